@@ -1,0 +1,129 @@
+//! Wiring: database, state, listener. `App::build` binds (port 0 works for tests) and
+//! `App::run` serves until the shutdown token is cancelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth0::Verifier;
+use crate::config::{Config, DatabaseConfig};
+use crate::db;
+use crate::db::embedded::{Durability, EmbeddedPostgres};
+use crate::http::{self, AppState};
+
+/// The database the embedded cluster serves smsgate from.
+const EMBEDDED_DATABASE: &str = "smsgate";
+
+/// An open pool, and the embedded cluster behind it when we started one.
+pub struct Database {
+    pub pool: PgPool,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Connects to `database.url` / `DATABASE_URL`, or starts the embedded cluster when empty.
+    pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Self> {
+        if !config.url.is_empty() {
+            let options = db::options_from_url(config.url.expose())?;
+            let pool = db::connect(options, config).await?;
+            return Ok(Self {
+                pool,
+                embedded: None,
+            });
+        }
+        let home = config.data_dir.clone();
+        let embedded = tokio::task::spawn_blocking(move || {
+            EmbeddedPostgres::start(&home, Durability::Durable)
+        })
+        .await
+        .context("embedded PostgreSQL start-up panicked")??;
+        tracing::info!(url = %embedded.url(EMBEDDED_DATABASE), "embedded PostgreSQL is running");
+        let bootstrap = db::connect(embedded.connect_options("postgres"), config).await?;
+        db::ensure_database(&bootstrap, EMBEDDED_DATABASE).await?;
+        bootstrap.close().await;
+        let pool = db::connect(embedded.connect_options(EMBEDDED_DATABASE), config).await?;
+        Ok(Self {
+            pool,
+            embedded: Some(embedded),
+        })
+    }
+
+    /// Closes the pool, then stops the embedded cluster if we started it.
+    pub async fn close(self) {
+        self.pool.close().await;
+        if let Some(embedded) = self.embedded {
+            tracing::info!("stopping embedded PostgreSQL");
+            if tokio::task::spawn_blocking(move || embedded.stop())
+                .await
+                .is_err()
+            {
+                tracing::warn!("stopping embedded PostgreSQL panicked");
+            }
+        }
+    }
+}
+
+/// A built gateway: bound, connected, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    database: Database,
+}
+
+impl App {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        if config.uses_development_secret() {
+            tracing::warn!(
+                "a signer uses the development secret from config/default.toml: anyone can mint \
+                 tokens for it; smsgate stays on loopback until you set your own secret"
+            );
+        }
+        let database = Database::open(&config.database).await?;
+        if config.database.migrate_on_start {
+            db::migrate(&database.pool).await?;
+        }
+        let verifier = Verifier::new(&config.auth0);
+        if verifier.is_empty() {
+            tracing::warn!("no [auth0.*] signer: accepting unauthenticated requests");
+        }
+        let state = AppState {
+            pool: database.pool.clone(),
+            accept_unsigned: verifier.is_empty() && config.server.allow_unauthenticated,
+            verifier: Arc::new(verifier),
+            admin_token: config.admin.token.clone(),
+            message_ttl_seconds: config.dispatch.message_ttl_seconds,
+        };
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+        Ok(Self {
+            listener,
+            state,
+            database,
+        })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.database.pool
+    }
+
+    /// Serves until `shutdown` is cancelled, lets in-flight requests finish, then closes the
+    /// database (stopping the embedded cluster).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let address = self.local_addr()?;
+        tracing::info!(%address, "smsgate is listening");
+        let served = axum::serve(self.listener, http::router(self.state))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        self.database.close().await;
+        served.context("HTTP server failed")
+    }
+}

@@ -1,0 +1,228 @@
+//! Auth0's gateway token: an HS256 JWT carrying the connection's `sub` and `aud`, signed with
+//! `gateway_authentication.secret` (see shared research, "auth0.md" §1). Verified strictly where
+//! Auth0 documents the token and tolerantly elsewhere.
+
+use std::collections::{BTreeMap, HashSet};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::Serialize;
+use serde::de::IgnoredAny;
+
+use crate::config::SignerConfig;
+use crate::secret::Secret;
+
+/// Clock skew allowed on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 60;
+/// Auth0's tokens are a few hundred bytes; anything this long is not one of them.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The only issuer seen in tokens Auth0 signs; checked only when `iss` is present.
+const AUTH0_ISSUER: &str = "Auth0";
+
+/// Why a bearer token was refused. Every variant is answered 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the Authorization header is missing")]
+    Missing,
+    #[error("the Authorization header is not a Bearer token")]
+    NotBearer,
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token is not signed with HS256")]
+    UnsupportedAlgorithm,
+    #[error("the token signature does not match any configured signer")]
+    BadSignature,
+    #[error("the token audience does not match")]
+    WrongAudience,
+    #[error("the token subject does not match")]
+    WrongSubject,
+    #[error("the token issuer is not Auth0")]
+    WrongIssuer,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+}
+
+impl TokenError {
+    /// How specific a failure is: when several signers refuse a token, the answer reports the
+    /// reason of the signer whose secret matched, not a generic signature error.
+    fn specificity(self) -> u8 {
+        match self {
+            TokenError::BadSignature => 0,
+            _ => 1,
+        }
+    }
+}
+
+/// One accepted signer with its key material prepared once.
+struct Signer {
+    name: String,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// All configured signers; a token is accepted when any of them verifies it completely.
+pub struct Verifier {
+    signers: Vec<Signer>,
+}
+
+impl Verifier {
+    pub fn new(signers: &BTreeMap<String, SignerConfig>) -> Self {
+        let signers = signers
+            .iter()
+            .map(|(name, config)| Signer {
+                name: name.clone(),
+                key: DecodingKey::from_secret(&key_bytes(config)),
+                validation: validation_for(config),
+            })
+            .collect();
+        Self { signers }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.signers.is_empty()
+    }
+
+    /// Checks an `Authorization` header value; returns the name of the signer that accepted it.
+    pub fn verify_header(&self, header: Option<&[u8]>) -> Result<&str, TokenError> {
+        let header = header.ok_or(TokenError::Missing)?;
+        let header = std::str::from_utf8(header).map_err(|_| TokenError::NotBearer)?;
+        let (scheme, token) = header.trim().split_once(' ').ok_or(TokenError::NotBearer)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(TokenError::NotBearer);
+        }
+        self.verify(token.trim())
+    }
+
+    /// Checks a compact JWT against every signer.
+    pub fn verify(&self, token: &str) -> Result<&str, TokenError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::HS256 {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+        let mut best = TokenError::BadSignature;
+        for signer in &self.signers {
+            match jsonwebtoken::decode::<IgnoredAny>(token, &signer.key, &signer.validation) {
+                Ok(_) => return Ok(&signer.name),
+                Err(err) => {
+                    let reason = classify(err.kind());
+                    if reason.specificity() > best.specificity() {
+                        best = reason;
+                    }
+                }
+            }
+        }
+        Err(best)
+    }
+}
+
+fn classify(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            TokenError::UnsupportedAlgorithm
+        }
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidSubject => TokenError::WrongSubject,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "sub" => TokenError::WrongSubject,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => TokenError::WrongAudience,
+        _ => TokenError::Malformed,
+    }
+}
+
+/// `aud` is required and must contain the audience; `sub` is required only when a subject is
+/// configured; `iss`, `exp` and `nbf` are checked only when present, since Auth0 does not
+/// document that it sends them.
+fn validation_for(config: &SignerConfig) -> Validation {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = LEEWAY_SECONDS;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_audience(&[config.audience.as_str()]);
+    validation.set_issuer(&[AUTH0_ISSUER]);
+    let mut required = HashSet::from(["aud".to_string()]);
+    if let Some(subject) = &config.subject {
+        validation.sub = Some(subject.clone());
+        required.insert("sub".to_string());
+    }
+    validation.required_spec_claims = required;
+    validation
+}
+
+/// The HMAC key: the secret's UTF-8 bytes, or its base64url-decoded bytes when so configured.
+fn key_bytes(config: &SignerConfig) -> Vec<u8> {
+    if config.secret_base64_encoded {
+        // Validation guarantees this decodes; an empty key would match nothing real.
+        decode_base64url_secret(config.secret.expose()).unwrap_or_default()
+    } else {
+        config.secret.expose().as_bytes().to_vec()
+    }
+}
+
+/// Decodes a base64url secret leniently, as Auth0's own Node code does: padding optional and
+/// either alphabet accepted.
+pub fn decode_base64url_secret(secret: &str) -> Option<Vec<u8>> {
+    let normalised: String = secret
+        .trim()
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            other => other,
+        })
+        .collect();
+    URL_SAFE_NO_PAD.decode(normalised).ok()
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<&'a str>,
+    aud: &'a str,
+    iat: u64,
+    exp: u64,
+}
+
+/// Signs a token the way Auth0 signs its gateway calls, valid for `ttl_seconds` from `now`.
+pub fn sign(config: &SignerConfig, now_unix: u64, ttl_seconds: u64) -> Result<Secret, String> {
+    let claims = Claims {
+        iss: AUTH0_ISSUER,
+        sub: config.subject.as_deref(),
+        aud: &config.audience,
+        iat: now_unix,
+        exp: now_unix.saturating_add(ttl_seconds),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&key_bytes(config)),
+    )
+    .map(Secret::new)
+    .map_err(|err| format!("cannot sign token: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_secrets_decode_with_or_without_padding_in_either_alphabet() {
+        let expected = vec![0xfb, 0xff, 0xfe];
+        assert_eq!(decode_base64url_secret("-__-"), Some(expected.clone()));
+        assert_eq!(decode_base64url_secret("+//+"), Some(expected));
+        assert_eq!(decode_base64url_secret("YQ=="), Some(b"a".to_vec()));
+        assert_eq!(decode_base64url_secret("YQ"), Some(b"a".to_vec()));
+        assert_eq!(decode_base64url_secret("not base64!"), None);
+    }
+}

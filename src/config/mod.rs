@@ -1,0 +1,197 @@
+//! The settings tree: one TOML file, overridden by `SMSGATE__SECTION__KEY` variables and
+//! `DATABASE_URL`, validated once before anything binds or connects.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::{Secret, lenient_string};
+
+pub use validate::ConfigError;
+
+/// The shared secret of `config/default.toml`; smsgate warns about it and keeps it on loopback.
+pub const DEVELOPMENT_SECRET: &str = "smsgate-development-secret-not-for-production";
+
+/// The whole configuration, as loaded and validated.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub metrics: MetricsConfig,
+    pub database: DatabaseConfig,
+    pub admin: AdminConfig,
+    /// One accepted token signer per table: several allow secret rotation and several tenants.
+    pub auth0: BTreeMap<String, SignerConfig>,
+    pub dispatch: DispatchConfig,
+    pub carriers: BTreeMap<String, CarrierConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Ingress, health and status API.
+    pub listen: SocketAddr,
+    /// Must be set explicitly to run without any `[auth0.*]` signer.
+    pub allow_unauthenticated: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus endpoint, kept off the public listener.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Empty means: run the embedded PostgreSQL cluster in `data_dir`.
+    pub url: Secret,
+    pub data_dir: PathBuf,
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before it is answered 503.
+    pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::default(),
+            data_dir: PathBuf::from("data/postgres"),
+            max_connections: 20,
+            acquire_timeout_ms: 3000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token of the status API; none disables that API.
+    pub token: Option<Secret>,
+}
+
+/// How one Auth0 connection signs its gateway token (`options.gateway_authentication`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerConfig {
+    pub secret: Secret,
+    #[serde(default)]
+    pub secret_base64_encoded: bool,
+    #[serde(deserialize_with = "lenient_string")]
+    pub audience: String,
+    /// Auth0 does not require a subject; when set, `sub` must equal it.
+    #[serde(default, deserialize_with = "lenient_optional_string")]
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Concurrent carrier sends per process.
+    pub workers: usize,
+    /// A code is worthless after Auth0's `totp.time_step` (300 s in its examples).
+    pub message_ttl_seconds: u32,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            workers: 16,
+            message_ttl_seconds: 300,
+        }
+    }
+}
+
+/// One carrier account; `kind` selects the implementation.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CarrierConfig {
+    /// Development carrier: records the message as sent and logs it with the code masked.
+    Log {},
+}
+
+/// Messages to numbers starting with `prefix` go to `carriers`, first one first.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub carriers: Vec<String>,
+}
+
+fn lenient_optional_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    lenient_string(deserializer).map(Some)
+}
+
+impl Config {
+    /// Loads `path`, applies the environment overrides and validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::single(
+                "--config",
+                format!("no configuration file at {}", path.display()),
+            ));
+        }
+        Self::from_figment(Figment::from(Toml::file(path)))
+    }
+
+    /// Loads from TOML text (tests, examples) with the same overrides and validation.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(text)))
+    }
+
+    fn from_figment(base: Figment) -> Result<Self, ConfigError> {
+        let config: Config = base
+            .merge(Env::prefixed("SMSGATE__").split("__"))
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database.url".into()),
+            )
+            .extract()
+            .map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML, every secret replaced by `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+
+    /// True when some signer still uses the secret shipped in `config/default.toml`.
+    pub fn uses_development_secret(&self) -> bool {
+        self.auth0
+            .values()
+            .any(|signer| signer.secret.expose() == DEVELOPMENT_SECRET)
+    }
+}

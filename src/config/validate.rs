@@ -1,0 +1,207 @@
+//! Checks that need more than types: every problem is reported with the key it concerns.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use super::{CarrierConfig, Config};
+use crate::auth0::decode_base64url_secret;
+
+/// One or more configuration problems, each naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn single(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                key: key.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+
+    pub(super) fn from_figment(error: figment::Error) -> Self {
+        let problems = error
+            .into_iter()
+            .map(|e| Problem {
+                key: if e.path.is_empty() {
+                    "(top level)".to_string()
+                } else {
+                    e.path.join(".")
+                },
+                reason: e.kind.to_string(),
+            })
+            .collect();
+        Self { problems }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(
+                f,
+                "invalid configuration: {}: {}",
+                problem.key, problem.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, reason: String| problems.push(Problem { key, reason });
+
+        if self.auth0.is_empty() && !self.server.allow_unauthenticated {
+            problem(
+                "auth0".into(),
+                "no signer is configured; add an [auth0.<name>] table, or set \
+                 server.allow_unauthenticated = true to accept unsigned requests"
+                    .into(),
+            );
+        }
+        for (name, signer) in &self.auth0 {
+            let key = |field: &str| format!("auth0.{name}.{field}");
+            if signer.secret.is_empty() {
+                problem(key("secret"), "must not be empty".into());
+            } else if signer.secret_base64_encoded
+                && decode_base64url_secret(signer.secret.expose()).is_none()
+            {
+                problem(
+                    key("secret"),
+                    "secret_base64_encoded is true but the secret is not base64url".into(),
+                );
+            }
+            if signer.audience.trim().is_empty() {
+                problem(key("audience"), "must not be empty".into());
+            }
+            if signer
+                .subject
+                .as_deref()
+                .is_some_and(|s| s.trim().is_empty())
+            {
+                problem(key("subject"), "must not be empty when present".into());
+            }
+        }
+        if self.uses_development_secret() && !self.server.listen.ip().is_loopback() {
+            problem(
+                "server.listen".into(),
+                format!(
+                    "{} is not a loopback address, and a signer uses the development secret \
+                     from config/default.toml; set your own secret first",
+                    self.server.listen
+                ),
+            );
+        }
+        if self.admin.token.as_ref().is_some_and(|t| t.is_empty()) {
+            problem(
+                "admin.token".into(),
+                "must not be empty; remove it to disable the status API".into(),
+            );
+        }
+        if self.metrics.listen == self.server.listen {
+            problem(
+                "metrics.listen".into(),
+                "must differ from server.listen".into(),
+            );
+        }
+        if self.database.max_connections == 0 {
+            problem(
+                "database.max_connections".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.database.acquire_timeout_ms == 0 {
+            problem(
+                "database.acquire_timeout_ms".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.database.url.is_empty() && self.database.data_dir.as_os_str().is_empty() {
+            problem(
+                "database.data_dir".into(),
+                "must be set when database.url is empty (embedded PostgreSQL)".into(),
+            );
+        }
+        if self.dispatch.workers == 0 {
+            problem("dispatch.workers".into(), "must be at least 1".into());
+        }
+        if !(1..=86_400).contains(&self.dispatch.message_ttl_seconds) {
+            problem(
+                "dispatch.message_ttl_seconds".into(),
+                "must be between 1 and 86400".into(),
+            );
+        }
+        for (name, carrier) in &self.carriers {
+            match carrier {
+                CarrierConfig::Log {} => {}
+            }
+            if name.is_empty() {
+                problem("carriers".into(), "carrier names must not be empty".into());
+            }
+        }
+        self.validate_routes(&mut problem);
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    fn validate_routes(&self, problem: &mut impl FnMut(String, String)) {
+        let mut prefixes = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = |field: &str| format!("routes[{i}].{field}");
+            let digits = route.prefix.strip_prefix('+').unwrap_or("-");
+            if !route.prefix.is_empty()
+                && (digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()))
+            {
+                problem(
+                    key("prefix"),
+                    format!(
+                        "{:?} is not an E.164 prefix like \"+44\" (or \"\" for the default route)",
+                        route.prefix
+                    ),
+                );
+            }
+            if !prefixes.insert(route.prefix.as_str()) {
+                problem(key("prefix"), format!("{:?} appears twice", route.prefix));
+            }
+            if route.carriers.is_empty() {
+                problem(key("carriers"), "must name at least one carrier".into());
+            }
+            for carrier in &route.carriers {
+                if !self.carriers.contains_key(carrier) {
+                    problem(
+                        key("carriers"),
+                        format!(
+                            "names carrier {carrier:?}, which has no [carriers.{carrier}] table"
+                        ),
+                    );
+                }
+            }
+        }
+        if !prefixes.contains("") {
+            problem(
+                "routes".into(),
+                "a default route (prefix = \"\") is required".into(),
+            );
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! A private PostgreSQL cluster run from the installed server binaries: the zero-setup default
+//! for `serve`, and the test harness's database server.
+//!
+//! The cluster listens on a unix socket only. PostgreSQL refuses to run as root, so when we are
+//! root every server command runs as the `postgres` account through `runuser`. A small watchdog
+//! shell holds a pipe from this process and stops the cluster when that pipe closes, so even a
+//! `kill -9` of smsgate leaves no server behind.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, bail};
+use nix::unistd::{Uid, User};
+use sqlx::postgres::PgConnectOptions;
+
+/// The port only names the socket file; nothing listens on TCP.
+const PORT: u16 = 5432;
+/// Unix socket paths are limited to 107 bytes on Linux.
+const MAX_SOCKET_PATH: usize = 107;
+const OS_ACCOUNT: &str = "postgres";
+
+/// How the cluster trades durability for speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on, as production needs: an acknowledged message survives a power cut.
+    Durable,
+    /// fsync off, and the directory is deleted when the cluster stops: test clusters.
+    Throwaway,
+}
+
+/// A running private cluster; [`EmbeddedPostgres::stop`] (or the watchdog) shuts it down.
+pub struct EmbeddedPostgres {
+    home: PathBuf,
+    watchdog: Option<Child>,
+}
+
+impl EmbeddedPostgres {
+    /// Initialises `home` on first use, then starts (or adopts) the cluster living there.
+    pub fn start(home: &Path, durability: Durability) -> anyhow::Result<Self> {
+        let bin = find_server_binaries()?;
+        std::fs::create_dir_all(home)
+            .with_context(|| format!("cannot create database.data_dir {}", home.display()))?;
+        let home = home
+            .canonicalize()
+            .with_context(|| format!("cannot resolve database.data_dir {}", home.display()))?;
+        let socket = home.join(format!(".s.PGSQL.{PORT}"));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            bail!(
+                "database.data_dir {} is too deep for a unix socket path (at most {} bytes); \
+                 choose a shorter path",
+                home.display(),
+                MAX_SOCKET_PATH - ".s.PGSQL.5432".len() - 1
+            );
+        }
+        let run_as = server_account()?;
+        if let Some(user) = &run_as {
+            std::os::unix::fs::chown(&home, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .with_context(|| format!("cannot hand {} to {OS_ACCOUNT}", home.display()))?;
+        }
+        let runner = Runner { bin, run_as };
+        let cluster = home.join("pgdata");
+
+        if !cluster.join("PG_VERSION").exists() {
+            let mut initdb = runner.command("initdb");
+            initdb.arg("-D").arg(&cluster).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]);
+            if durability == Durability::Throwaway {
+                initdb.arg("--no-sync");
+            }
+            run_checked(initdb, "initdb")?;
+        }
+
+        let running = runner
+            .command("pg_ctl")
+            .arg("status")
+            .arg("-D")
+            .arg(&cluster)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if running {
+            tracing::warn!(dir = %home.display(), "embedded PostgreSQL was already running; adopting it");
+        } else {
+            let mut options = format!("-k {} -c listen_addresses='' -p {PORT}", shell_quote(&home));
+            if durability == Durability::Throwaway {
+                options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+            }
+            let mut pg_ctl = runner.command("pg_ctl");
+            pg_ctl
+                .arg("start")
+                .arg("-D")
+                .arg(&cluster)
+                .args(["-w", "-t", "60", "-l"])
+                .arg(home.join("postgres.log"))
+                .arg("-o")
+                .arg(options);
+            run_checked(pg_ctl, "pg_ctl start").with_context(|| {
+                format!(
+                    "see {} for the server's own log",
+                    home.join("postgres.log").display()
+                )
+            })?;
+        }
+
+        let watchdog = spawn_watchdog(&runner, &home, durability == Durability::Throwaway)?;
+        Ok(Self {
+            home,
+            watchdog: Some(watchdog),
+        })
+    }
+
+    /// Connection options for `database` on this cluster.
+    pub fn connect_options(&self, database: &str) -> PgConnectOptions {
+        PgConnectOptions::new()
+            .socket(&self.home)
+            .port(PORT)
+            .username("postgres")
+            .database(database)
+    }
+
+    /// A `postgres://` URL for `database`, for tools and child processes.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@localhost:{PORT}/{database}?host={}",
+            self.home.display()
+        )
+    }
+
+    /// Stops the cluster and waits until it is down.
+    pub fn stop(mut self) {
+        self.stop_and_wait();
+    }
+
+    fn stop_and_wait(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Closing its stdin is the watchdog's signal to run `pg_ctl stop`.
+            drop(watchdog.stdin.take());
+            if let Err(err) = watchdog.wait() {
+                tracing::warn!(error = %err, "waiting for the embedded PostgreSQL to stop failed");
+            }
+        }
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        self.stop_and_wait();
+    }
+}
+
+/// Builds server commands, through `runuser` when we are root.
+struct Runner {
+    bin: PathBuf,
+    run_as: Option<User>,
+}
+
+impl Runner {
+    fn command(&self, program: &str) -> Command {
+        let program = self.bin.join(program);
+        match &self.run_as {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", &user.name, "--"]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
+/// A shell that ignores terminal signals, waits for EOF on stdin, then stops the cluster (and
+/// removes a throw-away one).
+fn spawn_watchdog(runner: &Runner, home: &Path, remove: bool) -> anyhow::Result<Child> {
+    let stop = runner.command("pg_ctl");
+    let mut argv = vec![stop.get_program().to_os_string()];
+    argv.extend(stop.get_args().map(|a| a.to_os_string()));
+    let script = if remove {
+        "trap '' INT TERM HUP; cat >/dev/null; \"$@\" stop -D \"$0/pgdata\" -m immediate -w; rm -rf \"$0\""
+    } else {
+        "trap '' INT TERM HUP; cat >/dev/null; exec \"$@\" stop -D \"$0/pgdata\" -m fast -w"
+    };
+    let mut watchdog = Command::new("sh");
+    watchdog
+        .arg("-c")
+        .arg(script)
+        .arg(home)
+        .args(argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Its own process group, so a Ctrl-C in the terminal does not reach it.
+    watchdog.process_group(0);
+    watchdog
+        .spawn()
+        .context("cannot start the PostgreSQL watchdog")
+}
+
+fn run_checked(mut command: Command, what: &str) -> anyhow::Result<()> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The unprivileged account to run the server as, when we are root.
+fn server_account() -> anyhow::Result<Option<User>> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    match User::from_name(OS_ACCOUNT) {
+        Ok(Some(user)) => Ok(Some(user)),
+        _ => bail!(
+            "smsgate runs as root and PostgreSQL refuses to; create a '{OS_ACCOUNT}' account \
+             (installing the postgresql package does) or run smsgate as another user"
+        ),
+    }
+}
+
+/// Looks on PATH, then `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_server_binaries() -> anyhow::Result<PathBuf> {
+    let has_server = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
+    let from_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .collect();
+    debian.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
+    from_path
+        .into_iter()
+        .chain(from_pg_config)
+        .chain(debian.into_iter().map(|(_, dir)| dir))
+        .find(|dir| has_server(dir))
+        .context(
+            "no PostgreSQL server binaries (initdb, pg_ctl, postgres) found on PATH, through \
+             pg_config or under /usr/lib/postgresql; install them (Debian/Ubuntu: \
+             apt-get install postgresql) or set database.url / DATABASE_URL",
+        )
+}
+
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}

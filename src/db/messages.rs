@@ -1,0 +1,136 @@
+//! Storing accepted messages and reading them back for the status API.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{MessageId, NewMessage, Status};
+
+/// What the ingress learns back from the commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Enqueued {
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Stores the message and its queue entry in one statement, so one commit makes both durable
+/// (or neither). Expiry is computed from the database clock, the one clock every process shares.
+pub async fn enqueue(
+    pool: &PgPool,
+    message: &NewMessage,
+    ttl_seconds: u32,
+) -> Result<Enqueued, sqlx::Error> {
+    let (created_at, expires_at) = sqlx::query_as::<_, (DateTime<Utc>, DateTime<Utc>)>(
+        "WITH m AS (
+             INSERT INTO messages
+                 (id, recipient, body, sender, client_ip, user_agent, signer, expires_at)
+             VALUES ($1, $2, $3, $4, $5::inet, $6, $7, now() + make_interval(secs => $8))
+             RETURNING id, created_at, expires_at
+         ), q AS (
+             INSERT INTO message_queue (message_id, run_at, expires_at)
+             SELECT id, created_at, expires_at FROM m
+         )
+         SELECT created_at, expires_at FROM m",
+    )
+    .bind(message.id.0)
+    .bind(message.recipient.as_str())
+    .bind(message.body.as_str())
+    .bind(message.sender.as_deref())
+    .bind(message.request.ip.map(|ip| ip.to_string()))
+    .bind(message.request.user_agent.as_deref())
+    .bind(message.signer.as_deref())
+    .bind(f64::from(ttl_seconds))
+    .fetch_one(pool)
+    .await?;
+    Ok(Enqueued {
+        created_at,
+        expires_at,
+    })
+}
+
+/// A message as the status API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageView {
+    pub id: Uuid,
+    pub status: Status,
+    pub recipient: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub carrier: Option<String>,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One carrier call.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct AttemptView {
+    pub attempt: i32,
+    pub carrier: String,
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub error_code: Option<String>,
+    pub latency_ms: Option<i32>,
+    pub carrier_message_id: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    id: Uuid,
+    status: String,
+    recipient: String,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    carrier: Option<String>,
+    leased: bool,
+}
+
+/// Reads one message with its attempts; `None` when the id is unknown.
+pub async fn find(pool: &PgPool, id: MessageId) -> Result<Option<MessageView>, sqlx::Error> {
+    // A message under a live lease is being sent; the queue row tells, so claiming never has
+    // to touch the wide messages row.
+    let row = sqlx::query_as::<_, MessageRow>(
+        "SELECT m.id, m.status, m.recipient, m.created_at, m.expires_at, m.carrier,
+                coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false) AS leased
+         FROM messages m
+         LEFT JOIN message_queue q ON q.message_id = m.id
+         WHERE m.id = $1",
+    )
+    .bind(id.0)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let attempts = sqlx::query_as::<_, AttemptView>(
+        "SELECT attempt, carrier, outcome, http_status, error_code, latency_ms,
+                carrier_message_id, created_at AS at
+         FROM message_attempts WHERE message_id = $1 ORDER BY id",
+    )
+    .bind(id.0)
+    .fetch_all(pool)
+    .await?;
+    let stored = Status::parse(&row.status).unwrap_or(Status::Queued);
+    let status = if stored == Status::Queued && row.leased {
+        Status::Sending
+    } else {
+        stored
+    };
+    Ok(Some(MessageView {
+        id: row.id,
+        status,
+        recipient: row.recipient,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+        carrier: row.carrier,
+        attempts,
+    }))
+}
+
+/// How many messages are stored; tests use it to prove a refused request stored nothing.
+pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_queue)",
+    )
+    .fetch_one(pool)
+    .await
+}

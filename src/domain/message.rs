@@ -1,0 +1,184 @@
+//! A message as the ingress accepted it, and the states it moves through.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use uuid::Uuid;
+
+use super::PhoneNumber;
+
+/// Longest body accepted, in characters: ten concatenated GSM-7 segments.
+pub const MAX_BODY_CHARS: usize = 1600;
+
+/// Time-ordered (UUIDv7) so new rows land at the right edge of the primary key index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(pub Uuid);
+
+impl MessageId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Uuid::try_parse(text).ok().map(Self)
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The text to send. It holds a one-time code, so `Debug` shows it with digits masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MessageBody(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("body is empty")]
+    Empty,
+    #[error("body is longer than {MAX_BODY_CHARS} characters")]
+    TooLong,
+    #[error("body contains a NUL character")]
+    Nul,
+}
+
+impl MessageBody {
+    pub fn parse(text: String) -> Result<Self, BodyError> {
+        if text.trim().is_empty() {
+            return Err(BodyError::Empty);
+        }
+        if text.chars().count() > MAX_BODY_CHARS {
+            return Err(BodyError::TooLong);
+        }
+        // PostgreSQL text cannot hold NUL; refusing it here keeps it a 400, not a 503.
+        if text.contains('\0') {
+            return Err(BodyError::Nul);
+        }
+        Ok(Self(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The body with every digit replaced by `*`, safe for logs and for retention.
+    pub fn redacted(&self) -> String {
+        redact_digits(&self.0)
+    }
+}
+
+impl fmt::Debug for MessageBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageBody({:?})", self.redacted())
+    }
+}
+
+/// Masks every decimal digit (of any script), which is where one-time codes live.
+pub fn redact_digits(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_numeric() { '*' } else { c })
+        .collect()
+}
+
+/// What Auth0 forwards about the end user's request when `forward_req_info` is on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+/// A validated message, ready to be queued.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub recipient: PhoneNumber,
+    pub body: MessageBody,
+    pub sender: Option<String>,
+    pub request: RequestInfo,
+    /// The `[auth0.<name>]` signer that authenticated the request, if any.
+    pub signer: Option<String>,
+}
+
+/// Where a message stands. The strings are stored in the database and shown by the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Sending,
+    Sent,
+    Failed,
+    Expired,
+    RateLimited,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Queued,
+        Status::Sending,
+        Status::Sent,
+        Status::Failed,
+        Status::Expired,
+        Status::RateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Sending => "sending",
+            Status::Sent => "sent",
+            Status::Failed => "failed",
+            Status::Expired => "expired",
+            Status::RateLimited => "rate_limited",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Final states never change again.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Sending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_limits_are_enforced_in_characters() {
+        assert_eq!(MessageBody::parse("  ".into()), Err(BodyError::Empty));
+        assert!(MessageBody::parse("é".repeat(MAX_BODY_CHARS)).is_ok());
+        assert_eq!(
+            MessageBody::parse("a".repeat(MAX_BODY_CHARS + 1)),
+            Err(BodyError::TooLong)
+        );
+        assert_eq!(MessageBody::parse("a\0b".into()), Err(BodyError::Nul));
+    }
+
+    #[test]
+    fn debug_of_a_body_masks_the_code() {
+        let body = MessageBody::parse("Your code is 123456".into()).expect("valid");
+        let shown = format!("{body:?}");
+        assert!(shown.contains("******"));
+        assert!(!shown.contains("123456"));
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_names() {
+        for status in Status::ALL {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(Status::parse("bogus"), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! The one error type of the HTTP boundary: Auth0-style JSON bodies, never internals.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth0::TokenError;
+
+/// Every way a request can be refused; each maps to one status and error code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(TokenError),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("the request body could not be read")]
+    UnreadableBody,
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{description}")]
+    InvalidField {
+        code: &'static str,
+        description: String,
+    },
+    #[error("the admin token is missing or wrong")]
+    AdminUnauthorized,
+    #[error("the status API is disabled: set admin.token to enable it")]
+    AdminDisabled,
+    #[error("no message with this id")]
+    NotFound,
+    /// The cause is logged by whoever builds this; the caller only learns to try again.
+    #[error("{0}")]
+    Unavailable(&'static str),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    error_description: String,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnreadableBody
+            | ApiError::MalformedJson(_)
+            | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(TokenError::Missing | TokenError::NotBearer) => "unauthorized",
+            ApiError::Unauthorized(_) => "invalid_token",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnreadableBody => "invalid_request",
+            ApiError::MalformedJson(_) => "invalid_json",
+            ApiError::InvalidField { code, .. } => code,
+            ApiError::AdminUnauthorized => "unauthorized",
+            ApiError::AdminDisabled => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::Unavailable(_) => "temporarily_unavailable",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ErrorBody {
+            error: self.code(),
+            error_description: self.to_string(),
+        };
+        let mut response = (status, Json(body)).into_response();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

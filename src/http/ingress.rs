@@ -1,0 +1,191 @@
+//! `POST /v1/auth0/sms`: Auth0's custom SMS gateway contract (shared reference,
+//! "auth0-sms-gateway.md"). A 200 is sent only after the message is committed.
+
+use std::net::IpAddr;
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::db;
+use crate::domain::{MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, redact_digits};
+
+/// Auth0's requests are well under 1 KiB; the limit leaves room for a long template.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Auth0 caps the connection's `options.from` at 128 characters.
+const MAX_SENDER_CHARS: usize = 128;
+/// Longer user agents are cut, not refused: refusing a login over one helps nobody.
+const MAX_USER_AGENT_CHARS: usize = 512;
+
+/// The legacy body: `sender` and `req` are optional, unknown fields are ignored.
+#[derive(Deserialize)]
+struct LegacySmsRequest {
+    recipient: String,
+    body: String,
+    #[serde(default)]
+    sender: Option<String>,
+    #[serde(default)]
+    req: Option<ForwardedRequest>,
+}
+
+/// Sent only when the connection has `forward_req_info` on.
+#[derive(Deserialize)]
+struct ForwardedRequest {
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default, rename = "user-agent")]
+    user_agent: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Accepted {
+    id: MessageId,
+}
+
+pub async fn accept_sms(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Json<Accepted>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let signer = authenticate(&state, &parts.headers)?;
+    require_json(&parts.headers)?;
+    let bytes = read_body(&parts.headers, body).await?;
+    let parsed: LegacySmsRequest =
+        serde_json::from_slice(&bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
+    let message = validate(parsed, signer)?;
+
+    match db::messages::enqueue(&state.pool, &message, state.message_ttl_seconds).await {
+        Ok(enqueued) => {
+            tracing::info!(
+                id = %message.id,
+                recipient = %message.recipient.masked(),
+                body = %message.body.redacted(),
+                signer = message.signer.as_deref().unwrap_or("-"),
+                expires_at = %enqueued.expires_at,
+                "message queued"
+            );
+            Ok(Json(Accepted { id: message.id }))
+        }
+        Err(err) => {
+            tracing::error!(id = %message.id, error = %err, "cannot store message; answering 503");
+            Err(ApiError::Unavailable(
+                "the message could not be stored; nothing was queued, try again",
+            ))
+        }
+    }
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    if state.accept_unsigned {
+        return Ok(None);
+    }
+    let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    state
+        .verifier
+        .verify_header(header)
+        .map(|name| Some(name.to_string()))
+        .map_err(|reason| {
+            // The reason only: the header itself may carry carrier credentials (MessageMedia).
+            tracing::warn!(%reason, "ingress refused a token");
+            ApiError::Unauthorized(reason)
+        })
+}
+
+/// `application/json`, with or without parameters such as `charset`.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    // A declared length over the limit is refused before reading a byte of it.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_REQUEST_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge(MAX_REQUEST_BYTES));
+    }
+    to_bytes(body, MAX_REQUEST_BYTES).await.map_err(|err| {
+        let over_limit = std::error::Error::source(&err)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            ApiError::PayloadTooLarge(MAX_REQUEST_BYTES)
+        } else {
+            ApiError::UnreadableBody
+        }
+    })
+}
+
+fn invalid(code: &'static str, description: impl Into<String>) -> ApiError {
+    ApiError::InvalidField {
+        code,
+        description: description.into(),
+    }
+}
+
+fn validate(request: LegacySmsRequest, signer: Option<String>) -> Result<NewMessage, ApiError> {
+    let recipient = PhoneNumber::parse(&request.recipient).map_err(|err| {
+        tracing::info!(recipient = %redact_digits(&request.recipient), reason = %err, "invalid recipient");
+        invalid("invalid_recipient", err.to_string())
+    })?;
+    let body =
+        MessageBody::parse(request.body).map_err(|err| invalid("invalid_body", err.to_string()))?;
+    let sender = match request.sender.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(sender) if sender.chars().count() > MAX_SENDER_CHARS => {
+            return Err(invalid(
+                "invalid_sender",
+                format!("sender is longer than {MAX_SENDER_CHARS} characters"),
+            ));
+        }
+        Some(sender) if sender.chars().any(char::is_control) => {
+            return Err(invalid(
+                "invalid_sender",
+                "sender contains control characters",
+            ));
+        }
+        Some(sender) => Some(sender.to_string()),
+    };
+    let request_info =
+        match request.req {
+            None => RequestInfo::default(),
+            Some(req) => RequestInfo {
+                ip: match req.ip.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(ip) => Some(ip.parse::<IpAddr>().map_err(|_| {
+                        invalid("invalid_request_info", "req.ip is not an IP address")
+                    })?),
+                },
+                user_agent: match req.user_agent {
+                    None => None,
+                    Some(ua) if ua.contains('\0') => {
+                        return Err(invalid(
+                            "invalid_request_info",
+                            "req.user-agent contains a NUL character",
+                        ));
+                    }
+                    Some(ua) => Some(ua.chars().take(MAX_USER_AGENT_CHARS).collect()),
+                },
+            },
+        };
+    Ok(NewMessage {
+        id: MessageId::new(),
+        recipient,
+        body,
+        sender,
+        request: request_info,
+        signer,
+    })
+}

@@ -1,0 +1,38 @@
+//! The public listener: Auth0 ingress, the status API and health checks.
+
+mod error;
+mod health;
+mod ingress;
+mod status;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use sqlx::PgPool;
+
+use crate::auth0::Verifier;
+use crate::secret::Secret;
+
+pub use error::ApiError;
+pub use ingress::MAX_REQUEST_BYTES;
+
+/// Cheap handles shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub verifier: Arc<Verifier>,
+    /// True only with `server.allow_unauthenticated` and no signer configured.
+    pub accept_unsigned: bool,
+    pub admin_token: Option<Secret>,
+    pub message_ttl_seconds: u32,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/auth0/sms", post(ingress::accept_sms))
+        .route("/v1/messages/{id}", get(status::show_message))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(state)
+}

@@ -1,0 +1,16 @@
+//! smsgate: an Auth0-compatible SMS gateway that durably queues every message in PostgreSQL.
+//!
+//! A request enters through [`http`], is parsed into [`domain`] types, and waits in [`db`]
+//! until a worker hands it to a carrier.
+
+pub mod app;
+pub mod auth0;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod secret;
+pub mod telemetry;
+
+pub use app::{App, Database};
+pub use config::Config;

@@ -1,0 +1,141 @@
+//! The `smsgate` command line: parse, load the configuration, hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use smsgate::{App, Config, Database, auth0, db, telemetry};
+
+#[derive(Parser)]
+#[command(version, about = "Auth0-compatible SMS gateway backed by PostgreSQL")]
+struct Cli {
+    /// Configuration file; `SMSGATE__SECTION__KEY` variables and DATABASE_URL override it.
+    #[arg(long, global = true, default_value = "config/default.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Validate the configuration and print it with secrets redacted.
+    CheckConfig,
+    /// Print an HS256 token signed the way Auth0 signs its gateway calls.
+    Token {
+        /// The `[auth0.<name>]` signer to sign for; optional when only one is configured.
+        #[arg(long)]
+        signer: Option<String>,
+        /// Lifetime of the token.
+        #[arg(long, default_value_t = 600)]
+        ttl_seconds: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Token {
+            signer,
+            ttl_seconds,
+        } => print_token(&config, signer.as_deref(), ttl_seconds),
+        Command::Serve => run_async(serve(config)),
+        Command::Migrate => run_async(migrate(config)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async(task: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    telemetry::init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(task)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let app = App::build(&config).await?;
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app.run(shutdown).await
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    let database = Database::open(&config.database).await?;
+    let result = db::migrate(&database.pool).await;
+    database.close().await;
+    result?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM both start a graceful shutdown.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+    shutdown.cancel();
+}
+
+fn print_token(config: &Config, signer: Option<&str>, ttl_seconds: u64) -> anyhow::Result<()> {
+    let (name, signer_config) = match signer {
+        Some(name) => config
+            .auth0
+            .get_key_value(name)
+            .with_context(|| format!("no signer [auth0.{name}] in the configuration"))?,
+        None => {
+            let mut signers = config.auth0.iter();
+            match (signers.next(), signers.next()) {
+                (Some(only), None) => only,
+                (None, _) => bail!("no [auth0.<name>] signer is configured"),
+                (Some(_), Some(_)) => bail!(
+                    "several signers are configured; pass --signer with one of: {}",
+                    config.auth0.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_secs();
+    let token = auth0::sign(signer_config, now, ttl_seconds)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("signer {name}"))?;
+    println!("{}", token.expose());
+    Ok(())
+}
