@@ -114,7 +114,7 @@ impl Config {
                 "must not be empty; remove it to disable the status API".into(),
             );
         }
-        if self.metrics.listen == self.server.listen {
+        if self.metrics.listen == self.server.listen && self.server.listen.port() != 0 {
             problem(
                 "metrics.listen".into(),
                 "must differ from server.listen".into(),

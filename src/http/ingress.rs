@@ -53,6 +53,10 @@ pub async fn accept_sms(
     let signer = authenticate(&state, &parts.headers)?;
     require_json(&parts.headers)?;
     let bytes = read_body(&parts.headers, body).await?;
+    // serde also reads a struct from an array; Auth0 sends an object, so demand one.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::MalformedJson("expected a JSON object".into()));
+    }
     let parsed: LegacySmsRequest =
         serde_json::from_slice(&bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
     let message = validate(parsed, signer)?;

@@ -1,0 +1,250 @@
+//! The bearer token: HS256 only, strict on signature, `aud` and `sub`, tolerant of what Auth0
+//! does not document. A refused token never creates a row.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    AUDIENCE, SECRET, SUBJECT, TestApp, assert_error, auth0_claims, base_config, now, sign_with,
+    sms, token,
+};
+
+/// Expects 401 with `code` for `authorization` (a whole header value), and nothing stored.
+async fn assert_unauthorized(app: &TestApp, authorization: Option<String>, code: &str) {
+    let mut request = app
+        .client
+        .post(app.url("/v1/auth0/sms"))
+        .header("content-type", "application/json")
+        .body(sms("+14155552671").to_string());
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let response = request.send().await.expect("sent");
+    assert_eq!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
+    assert_error(response, 401, code).await;
+    assert_eq!(app.stored_rows().await, 0, "a refused token stored nothing");
+}
+
+fn with_claims(change: impl FnOnce(&mut Value)) -> String {
+    let mut claims = auth0_claims();
+    change(&mut claims);
+    sign_with(&claims, SECRET.as_bytes(), Algorithm::HS256)
+}
+
+async fn assert_accepted(app: &TestApp, token: &str) {
+    let response = app.post_sms(Some(token), &sms("+14155552671")).await;
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "{:?}",
+        response.text().await
+    );
+}
+
+#[tokio::test]
+async fn a_missing_or_non_bearer_authorization_is_refused() {
+    let app = TestApp::spawn().await;
+    assert_unauthorized(&app, None, "unauthorized").await;
+    assert_unauthorized(&app, Some(format!("Basic {}", token())), "unauthorized").await;
+    assert_unauthorized(&app, Some("Bearer".into()), "unauthorized").await;
+    assert_unauthorized(&app, Some("Bearer not.a.jwt".into()), "invalid_token").await;
+    assert_unauthorized(&app, Some("Bearer abc".into()), "invalid_token").await;
+}
+
+#[tokio::test]
+async fn a_tampered_token_is_refused() {
+    let app = TestApp::spawn().await;
+    let good = token();
+    let parts: Vec<&str> = good.split('.').collect();
+    let forged_claims = URL_SAFE_NO_PAD.encode(
+        json!({"iss": "Auth0", "sub": SUBJECT, "aud": AUDIENCE, "exp": now() + 99_999}).to_string(),
+    );
+    let tampered_payload = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
+    let mut signature = parts[2].to_string();
+    let last = if signature.ends_with('A') { "B" } else { "A" };
+    signature.replace_range(signature.len() - 1.., last);
+    let tampered_signature = format!("{}.{}.{}", parts[0], parts[1], signature);
+
+    assert_unauthorized(
+        &app,
+        Some(format!("Bearer {tampered_payload}")),
+        "invalid_token",
+    )
+    .await;
+    assert_unauthorized(
+        &app,
+        Some(format!("Bearer {tampered_signature}")),
+        "invalid_token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_signed_with_another_secret_is_refused() {
+    let app = TestApp::spawn().await;
+    let other = sign_with(&auth0_claims(), b"some-other-secret", Algorithm::HS256);
+    assert_unauthorized(&app, Some(format!("Bearer {other}")), "invalid_token").await;
+    // The admin token is no signing key either.
+    let admin = sign_with(
+        &auth0_claims(),
+        crate::helpers::ADMIN_TOKEN.as_bytes(),
+        Algorithm::HS256,
+    );
+    assert_unauthorized(&app, Some(format!("Bearer {admin}")), "invalid_token").await;
+}
+
+#[tokio::test]
+async fn only_hs256_is_accepted() {
+    let app = TestApp::spawn().await;
+    for alg in [Algorithm::HS384, Algorithm::HS512] {
+        let token = sign_with(&auth0_claims(), SECRET.as_bytes(), alg);
+        assert_unauthorized(&app, Some(format!("Bearer {token}")), "invalid_token").await;
+    }
+    let payload = URL_SAFE_NO_PAD.encode(auth0_claims().to_string());
+    let unsigned_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+    let unsigned = format!("{unsigned_header}.{payload}.");
+    assert_unauthorized(&app, Some(format!("Bearer {unsigned}")), "invalid_token").await;
+    let rs_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#);
+    let rs256 = format!(
+        "{rs_header}.{payload}.{}",
+        URL_SAFE_NO_PAD.encode([7u8; 256])
+    );
+    assert_unauthorized(&app, Some(format!("Bearer {rs256}")), "invalid_token").await;
+}
+
+#[tokio::test]
+async fn the_audience_must_match_as_a_string_or_within_an_array() {
+    let app = TestApp::spawn().await;
+    let wrong = with_claims(|c| c["aud"] = json!("urn:SomeoneElse"));
+    assert_unauthorized(&app, Some(format!("Bearer {wrong}")), "invalid_token").await;
+    let missing = with_claims(|c| {
+        c.as_object_mut().map(|o| o.remove("aud"));
+    });
+    assert_unauthorized(&app, Some(format!("Bearer {missing}")), "invalid_token").await;
+
+    assert_accepted(
+        &app,
+        &with_claims(|c| c["aud"] = json!([AUDIENCE, "urn:other"])),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_subject_must_match_when_one_is_configured() {
+    let app = TestApp::spawn().await;
+    let wrong = with_claims(|c| c["sub"] = json!("urn:NotAuth0"));
+    assert_unauthorized(&app, Some(format!("Bearer {wrong}")), "invalid_token").await;
+    let missing = with_claims(|c| {
+        c.as_object_mut().map(|o| o.remove("sub"));
+    });
+    assert_unauthorized(&app, Some(format!("Bearer {missing}")), "invalid_token").await;
+}
+
+#[tokio::test]
+async fn without_a_configured_subject_any_or_no_sub_is_accepted() {
+    let config = base_config().replace(&format!("subject = \"{SUBJECT}\"\n"), "");
+    let app = TestApp::spawn_with(&config).await;
+    assert_accepted(
+        &app,
+        &with_claims(|c| {
+            c.as_object_mut().map(|o| o.remove("sub"));
+        }),
+    )
+    .await;
+    assert_accepted(&app, &with_claims(|c| c["sub"] = json!("anything"))).await;
+}
+
+#[tokio::test]
+async fn the_issuer_is_checked_only_when_present() {
+    let app = TestApp::spawn().await;
+    let wrong = with_claims(|c| c["iss"] = json!("https://evil.example"));
+    assert_unauthorized(&app, Some(format!("Bearer {wrong}")), "invalid_token").await;
+    assert_accepted(
+        &app,
+        &with_claims(|c| {
+            c.as_object_mut().map(|o| o.remove("iss"));
+        }),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn exp_and_nbf_are_enforced_with_60_seconds_of_leeway_but_not_required() {
+    let app = TestApp::spawn().await;
+    let expired = with_claims(|c| c["exp"] = json!(now() - 120));
+    assert_unauthorized(&app, Some(format!("Bearer {expired}")), "invalid_token").await;
+    let future = with_claims(|c| c["nbf"] = json!(now() + 120));
+    assert_unauthorized(&app, Some(format!("Bearer {future}")), "invalid_token").await;
+
+    assert_accepted(&app, &with_claims(|c| c["exp"] = json!(now() - 30))).await;
+    assert_accepted(&app, &with_claims(|c| c["nbf"] = json!(now() + 30))).await;
+    assert_accepted(
+        &app,
+        &with_claims(|c| {
+            let claims = c.as_object_mut().expect("object");
+            claims.remove("exp");
+            claims.remove("iat");
+        }),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_base64url_secret_is_decoded_before_use() {
+    let key = [0xfbu8, 0xff, 0x10, 0x42, 0x99, 0x00, 0xfe, 0x7f];
+    let encoded = URL_SAFE_NO_PAD.encode(key);
+    let config = base_config().replace(
+        &format!("secret = \"{SECRET}\""),
+        &format!("secret = \"{encoded}\"\nsecret_base64_encoded = true"),
+    );
+    let app = TestApp::spawn_with(&config).await;
+
+    let literal = sign_with(&auth0_claims(), encoded.as_bytes(), Algorithm::HS256);
+    assert_unauthorized(&app, Some(format!("Bearer {literal}")), "invalid_token").await;
+    assert_accepted(&app, &sign_with(&auth0_claims(), &key, Algorithm::HS256)).await;
+}
+
+#[tokio::test]
+async fn any_configured_signer_is_accepted_and_recorded() {
+    let config = format!(
+        "{}\n[auth0.rotated]\nsecret = \"second-secret\"\naudience = \"urn:Other\"\n",
+        base_config()
+    );
+    let app = TestApp::spawn_with(&config).await;
+    let mut claims = auth0_claims();
+    claims["aud"] = json!("urn:Other");
+    let second = sign_with(&claims, b"second-secret", Algorithm::HS256);
+
+    assert_accepted(&app, &second).await;
+    let signer: String = sqlx::query_scalar("SELECT signer FROM messages")
+        .fetch_one(&app.pool)
+        .await
+        .expect("stored");
+    assert_eq!(signer, "rotated");
+}
+
+#[tokio::test]
+async fn unsigned_requests_are_accepted_only_when_explicitly_allowed() {
+    let config = base_config().replace(
+        "listen = \"127.0.0.1:0\"\n[metrics]",
+        "listen = \"127.0.0.1:0\"\nallow_unauthenticated = true\n[metrics]",
+    );
+    let without_signers = config
+        .split("[auth0.primary]")
+        .next()
+        .map(|head| format!("{head}[carriers.console]\nkind = \"log\"\n[[routes]]\nprefix = \"\"\ncarriers = [\"console\"]\n"))
+        .expect("config head");
+    let app = TestApp::spawn_with(&without_signers).await;
+
+    let response = app.post_sms(None, &sms("+14155552671")).await;
+
+    assert_eq!(response.status().as_u16(), 200);
+}

@@ -1,0 +1,340 @@
+//! The real `smsgate` binary: `check-config`, `token`, and `serve` on the embedded database.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::helpers::{TestApp, base_config, sms};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_smsgate");
+
+/// Environment variables set for one run of the binary.
+type EnvOverrides<'a> = &'a [(&'a str, &'a str)];
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("smsgate.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn smsgate(args: &[&str], config: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BINARY);
+    command.args(args).arg("--config").arg(config);
+    command.env_remove("DATABASE_URL");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run smsgate")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &base_config());
+
+    let output = smsgate(
+        &["check-config"],
+        &config,
+        &[
+            ("SMSGATE__DISPATCH__WORKERS", "7"),
+            ("SMSGATE__CARRIERS__CONSOLE__KIND", "log"),
+        ],
+    );
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    assert!(
+        printed.contains("workers = 7"),
+        "environment override applied:\n{printed}"
+    );
+    assert!(printed.contains("[redacted]"));
+    assert!(
+        !printed.contains(crate::helpers::SECRET),
+        "signer secret leaked"
+    );
+    assert!(
+        !printed.contains(crate::helpers::ADMIN_TOKEN),
+        "admin token leaked"
+    );
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(String, EnvOverrides, &str); 6] = [
+        (
+            base_config(),
+            &[("SMSGATE__DISPATCH__WORKERS", "many")],
+            "dispatch.workers",
+        ),
+        (
+            base_config(),
+            &[("SMSGATE__DISPATCH__MESSAGE_TTL_SECONDS", "0")],
+            "dispatch.message_ttl_seconds",
+        ),
+        (
+            base_config().replace("carriers = [\"console\"]", "carriers = [\"nope\"]"),
+            &[],
+            "routes[0].carriers",
+        ),
+        (
+            base_config().replace("prefix = \"\"", "prefix = \"+44\""),
+            &[],
+            "routes",
+        ),
+        (
+            base_config().replace(
+                "[auth0.primary]",
+                "[auth0.primary]\nsecret_base64_encoded = true",
+            ),
+            &[],
+            "auth0.primary.secret",
+        ),
+        (
+            base_config().replace("kind = \"log\"", "kind = \"carrier-pigeon\""),
+            &[],
+            "carriers.console",
+        ),
+    ];
+    for (text, env, key) in cases {
+        let config = write_config(dir.path(), &text);
+        let output = smsgate(&["check-config"], &config, env);
+        assert_eq!(output.status.code(), Some(2), "exit code for {key}");
+        assert!(
+            stderr(&output).contains(key),
+            "message names {key}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn a_gateway_without_signers_refuses_to_start_unless_unauthenticated_is_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = base_config().replace("[auth0.primary]", "[auth0_disabled]");
+    let head = text
+        .split("[auth0_disabled]")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+        + "[carriers.console]\nkind = \"log\"\n[[routes]]\nprefix = \"\"\ncarriers = [\"console\"]\n";
+    let config = write_config(dir.path(), &head);
+
+    let output = smsgate(&["check-config"], &config, &[]);
+
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("allow_unauthenticated"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn the_development_secret_is_refused_on_a_public_address() {
+    let output = smsgate(
+        &["check-config"],
+        Path::new("config/default.toml"),
+        &[("SMSGATE__SERVER__LISTEN", "0.0.0.0:8080")],
+    );
+
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("server.listen"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn smsgate_token_signs_what_the_gateway_accepts() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &base_config());
+
+    let output = smsgate(&["token", "--signer", "primary"], &config, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let token = stdout(&output).trim().to_string();
+
+    let response = app.post_sms(Some(&token), &sms("+14155552671")).await;
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+/// A config for the real binary: embedded database in `dir`, fixed loopback port.
+fn serve_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let text = base_config()
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        )
+        .replace(
+            "[database]",
+            &format!("[database]\ndata_dir = \"{}\"", dir.join("pg").display()),
+        );
+    write_config(dir, &text)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// PostgreSQL processes whose command line mentions `dir`.
+fn postgres_processes_for(dir: &Path) -> usize {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| {
+            cmdline.contains("postgres") && cmdline.contains(&needle) && !cmdline.contains("sh -c")
+        })
+        .count()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_serve(dir: &Path) -> (Child, u16) {
+    // The embedded cluster may run as the postgres account, which must reach data_dir.
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod tempdir");
+    let port = free_port();
+    let config = serve_config(dir, port);
+    let child = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start smsgate serve");
+    (child, port)
+}
+
+async fn wait_until_healthy(port: u16) -> reqwest::Client {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let start = Instant::now();
+    loop {
+        let health = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            return client;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "smsgate never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_on_the_embedded_database_accepts_a_token_and_stops_postgres_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, port) = start_serve(dir.path());
+    let client = wait_until_healthy(port).await;
+    let token = stdout(&smsgate(&["token"], &serve_config(dir.path(), port), &[]))
+        .trim()
+        .to_string();
+
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(sms("+14155552671").to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        postgres_processes_for(dir.path()) > 0,
+        "embedded PostgreSQL runs"
+    );
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+    assert_eq!(
+        postgres_processes_for(dir.path()),
+        0,
+        "no PostgreSQL left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_gateway_leaves_no_postgres_behind_and_keeps_what_it_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, port) = start_serve(dir.path());
+    let client = wait_until_healthy(port).await;
+    let token = stdout(&smsgate(&["token"], &serve_config(dir.path(), port), &[]))
+        .trim()
+        .to_string();
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(sms("+14155552671").to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 200);
+    let id = response.json::<serde_json::Value>().await.expect("JSON")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    wait_for(
+        "the watchdog to stop PostgreSQL",
+        Duration::from_secs(30),
+        || postgres_processes_for(dir.path()) == 0,
+    );
+
+    // Restarted on the same data directory, the acknowledged message is still there.
+    let (mut child, port) = start_serve(dir.path());
+    let client = wait_until_healthy(port).await;
+    let status = client
+        .get(format!("http://127.0.0.1:{port}/v1/messages/{id}"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(status.status().as_u16(), 200);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success());
+}

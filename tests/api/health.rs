@@ -1,0 +1,51 @@
+//! Liveness and readiness.
+
+use crate::helpers::{TestApp, base_config};
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_200_on_a_migrated_database() {
+    let app = TestApp::spawn().await;
+
+    let health = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("sent");
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
+
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(ready.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn readyz_is_503_until_migrations_are_applied() {
+    let config = base_config().replace("[database]", "[database]\nmigrate_on_start = false");
+    let app = TestApp::spawn_with(&config).await;
+    sqlx::query("DROP TABLE message_attempts, message_queue, messages, _sqlx_migrations")
+        .execute(&app.pool)
+        .await
+        .expect("unmigrate");
+
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status().as_u16(), 503);
+
+    smsgate::db::migrate(&app.pool).await.expect("migrate");
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status().as_u16(), 200);
+}

@@ -1,0 +1,282 @@
+//! Test harness: one PostgreSQL server per test run, a fresh database per test, and the real
+//! app bound to port 0. With `DATABASE_URL` set, that server is used instead of a private one.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use smsgate::db::embedded::{Durability, EmbeddedPostgres};
+use smsgate::{App, Config};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-with-enough-entropy-0123456789";
+pub const AUDIENCE: &str = "urn:MySmsGateway";
+pub const SUBJECT: &str = "urn:Auth0";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+const TEMPLATE: &str = "smsgate_test_template";
+
+/// The database server shared by every test of this run.
+struct Server {
+    /// Options for the server's maintenance database; tests swap in their own database name.
+    options: PgConnectOptions,
+    /// Kept alive for the whole run; its watchdog stops it when the test process exits.
+    _cluster: Option<EmbeddedPostgres>,
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        // Its own thread and runtime: the caller may already be inside a test's runtime.
+        std::thread::spawn(start_server)
+            .join()
+            .unwrap_or_else(|_| panic!("the test database server could not start"))
+    })
+}
+
+fn start_server() -> Server {
+    let (options, cluster) = match std::env::var("DATABASE_URL") {
+        Ok(url) => (
+            url.parse::<PgConnectOptions>()
+                .expect("DATABASE_URL is a postgres URL"),
+            None,
+        ),
+        Err(_) => {
+            let home = std::env::temp_dir().join(format!("smsgate-test-pg-{}", std::process::id()));
+            let cluster = EmbeddedPostgres::start(&home, Durability::Throwaway)
+                .expect("start a private PostgreSQL (are the server binaries installed?)");
+            (cluster.connect_options("postgres"), Some(cluster))
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .expect("connect to the test server");
+        sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {TEMPLATE}")))
+            .execute(&admin)
+            .await
+            .expect("drop old template");
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {TEMPLATE}")))
+            .execute(&admin)
+            .await
+            .expect("create template");
+        let template = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone().database(TEMPLATE))
+            .await
+            .expect("connect to template");
+        smsgate::db::migrate(&template)
+            .await
+            .expect("migrate template");
+        template.close().await;
+        admin.close().await;
+    });
+    Server {
+        options,
+        _cluster: cluster,
+    }
+}
+
+/// A new, migrated, empty database for one test.
+pub async fn fresh_database() -> (String, PgConnectOptions) {
+    let server = server();
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(server.options.clone())
+        .await
+        .expect("connect to the test server");
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE {TEMPLATE}"
+    )))
+    .execute(&admin)
+    .await
+    .expect("create test database");
+    admin.close().await;
+    let options = server.options.clone().database(&name);
+    (name, options)
+}
+
+/// A connection to the server's maintenance database, for tests that break things.
+pub async fn server_admin() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(server().options.clone())
+        .await
+        .expect("connect to the test server")
+}
+
+/// The URL a child process (the real binary) uses to reach `options`.
+pub fn url_of(options: &PgConnectOptions) -> String {
+    let host = options.get_socket().map_or_else(
+        || options.get_host().to_string(),
+        |socket| socket.display().to_string(),
+    );
+    format!(
+        "postgres://{}@localhost:{}/{}?host={}",
+        options.get_username(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres"),
+        host
+    )
+}
+
+/// The configuration every test starts from: one signer, an admin token, port 0.
+pub fn base_config() -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[metrics]
+listen = "127.0.0.1:0"
+[database]
+max_connections = 5
+acquire_timeout_ms = 1000
+[admin]
+token = "{ADMIN_TOKEN}"
+[auth0.primary]
+secret = "{SECRET}"
+audience = "{AUDIENCE}"
+subject = "{SUBJECT}"
+[carriers.console]
+kind = "log"
+[[routes]]
+prefix = ""
+carriers = ["console"]
+"#
+    )
+}
+
+/// The real app on its own database, serving on a loopback port.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub pool: PgPool,
+    pub database: String,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&base_config()).await
+    }
+
+    pub async fn spawn_with(config_toml: &str) -> Self {
+        let (database, options) = fresh_database().await;
+        let mut config = Config::from_toml_str(config_toml).expect("test config is valid");
+        config.database.url = smsgate::secret::Secret::new(url_of(&options));
+        let app = App::build(&config).await.expect("app builds");
+        let address = app.local_addr().expect("bound");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(app.run(shutdown.clone()));
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .expect("test pool");
+        Self {
+            address,
+            pool,
+            database,
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("HTTP client"),
+            shutdown,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    /// POSTs a JSON body to the Auth0 ingress with `token` as bearer.
+    pub async fn post_sms(&self, token: Option<&str>, body: &Value) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.url("/v1/auth0/sms"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get_message(&self, id: &str, admin_token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(self.url(&format!("/v1/messages/{id}")));
+        if let Some(token) = admin_token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// Rows in `messages` plus rows in `message_queue`: zero proves nothing was stored.
+    pub async fn stored_rows(&self) -> i64 {
+        smsgate::db::messages::count(&self.pool)
+            .await
+            .expect("count rows")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A message body like the one Auth0 sends.
+pub fn sms(recipient: &str) -> Value {
+    json!({
+        "recipient": recipient,
+        "body": "Your verification code is: 123456",
+        "sender": "+15555555555",
+        "req": {"ip": "167.56.227.117", "user-agent": "Mozilla/5.0 (test)"}
+    })
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Claims as Auth0 sends them: issuer, subject, audience, issued-at and a 5-minute expiry.
+pub fn auth0_claims() -> Value {
+    json!({"iss": "Auth0", "sub": SUBJECT, "aud": AUDIENCE, "iat": now(), "exp": now() + 300})
+}
+
+/// Signs `claims` with `key` and `alg`, independently of smsgate's own signing code.
+pub fn sign_with(claims: &Value, key: &[u8], alg: Algorithm) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key))
+        .expect("token signs")
+}
+
+/// A valid token for the test signer.
+pub fn token() -> String {
+    sign_with(&auth0_claims(), SECRET.as_bytes(), Algorithm::HS256)
+}
+
+/// Checks an error answer: status, Auth0-style body with the expected code.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let body: Value = response.json().await.expect("JSON error body");
+    assert_eq!(body["error"], code, "error code in {body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "error_description in {body}"
+    );
+    body
+}
