@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -13,6 +14,8 @@ use crate::auth0::Verifier;
 use crate::config::{Config, DatabaseConfig};
 use crate::db;
 use crate::db::embedded::{Durability, EmbeddedPostgres};
+use crate::dispatch::Dispatcher;
+use crate::dispatch::wake::{Wake, run_notifier};
 use crate::http::{self, AppState};
 
 /// The database the embedded cluster serves smsgate from.
@@ -67,15 +70,42 @@ impl Database {
     }
 }
 
+/// Which parts of smsgate a process runs; operators scale ingress and workers apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Accept messages over HTTP only.
+    Ingress,
+    /// Dispatch messages only (health endpoints stay up).
+    Worker,
+    #[default]
+    All,
+}
+
+impl Role {
+    fn ingress(self) -> bool {
+        matches!(self, Role::Ingress | Role::All)
+    }
+
+    fn workers(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
+}
+
 /// A built gateway: bound, connected, not yet serving.
 pub struct App {
     listener: TcpListener,
     state: AppState,
     database: Database,
+    config: Config,
+    role: Role,
 }
 
 impl App {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        Self::build_with_role(config, Role::All).await
+    }
+
+    pub async fn build_with_role(config: &Config, role: Role) -> anyhow::Result<Self> {
         if config.uses_development_secret() {
             tracing::warn!(
                 "a signer uses the development secret from config/default.toml: anyone can mint \
@@ -96,6 +126,8 @@ impl App {
             verifier: Arc::new(verifier),
             admin_token: config.admin.token.clone(),
             message_ttl_seconds: config.dispatch.message_ttl_seconds,
+            wake: Wake::default(),
+            accept_messages: role.ingress(),
         };
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -104,6 +136,8 @@ impl App {
             listener,
             state,
             database,
+            config: config.clone(),
+            role,
         })
     }
 
@@ -115,14 +149,43 @@ impl App {
         &self.database.pool
     }
 
-    /// Serves until `shutdown` is cancelled, lets in-flight requests finish, then closes the
-    /// database (stopping the embedded cluster).
+    /// Serves (and dispatches, by role) until `shutdown` is cancelled; then lets in-flight
+    /// requests and sends finish, and closes the database (stopping the embedded cluster).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let address = self.local_addr()?;
-        tracing::info!(%address, "smsgate is listening");
-        let served = axum::serve(self.listener, http::router(self.state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let pool = self.database.pool.clone();
+        let wake = self.state.wake.clone();
+        let mut background = tokio::task::JoinSet::new();
+        if self.role.ingress() {
+            let interval = Duration::from_millis(self.config.dispatch.notify_interval_ms);
+            background.spawn(run_notifier(
+                pool.clone(),
+                wake.clone(),
+                interval,
+                shutdown.clone(),
+            ));
+        }
+        let dispatcher = if self.role.workers() {
+            Some(Dispatcher::start(
+                &self.config,
+                pool,
+                wake,
+                shutdown.clone(),
+            )?)
+        } else {
+            None
+        };
+        tracing::info!(%address, role = ?self.role, "smsgate is listening");
+        let server = axum::serve(self.listener, http::router(self.state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let workers = async {
+            if let Some(dispatcher) = dispatcher {
+                shutdown.cancelled().await;
+                dispatcher.stop().await;
+            }
+        };
+        let (served, ()) = tokio::join!(server, workers);
+        background.abort_all();
         self.database.close().await;
         served.context("HTTP server failed")
     }

@@ -5,12 +5,14 @@
 
 pub mod app;
 pub mod auth0;
+pub mod carriers;
 pub mod config;
 pub mod db;
+pub mod dispatch;
 pub mod domain;
 pub mod http;
 pub mod secret;
 pub mod telemetry;
 
-pub use app::{App, Database};
+pub use app::{App, Database, Role};
 pub use config::Config;

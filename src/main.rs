@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use smsgate::{App, Config, Database, auth0, db, telemetry};
+use smsgate::{App, Config, Database, Role, auth0, db, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "Auth0-compatible SMS gateway backed by PostgreSQL")]
@@ -23,7 +23,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve,
+    Serve {
+        /// Which parts to run: ingress, worker or all.
+        #[arg(long, value_enum, default_value_t = RoleArg::All)]
+        role: RoleArg,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Validate the configuration and print it with secrets redacted.
@@ -39,6 +43,23 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Ingress,
+    Worker,
+    All,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Ingress => Role::Ingress,
+            RoleArg::Worker => Role::Worker,
+            RoleArg::All => Role::All,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
@@ -48,7 +69,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve { role: RoleArg::All });
+    let result = match command {
         Command::CheckConfig => {
             print!("{}", config.to_redacted_toml());
             Ok(())
@@ -57,7 +79,7 @@ fn main() -> ExitCode {
             signer,
             ttl_seconds,
         } => print_token(&config, signer.as_deref(), ttl_seconds),
-        Command::Serve => run_async(serve(config)),
+        Command::Serve { role } => run_async(serve(config, role.into())),
         Command::Migrate => run_async(migrate(config)),
     };
     match result {
@@ -78,9 +100,9 @@ fn run_async(task: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<(
         .block_on(task)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let app = App::build(&config).await?;
+    let app = App::build_with_role(&config, role).await?;
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     app.run(shutdown).await
 }

@@ -1,6 +1,7 @@
 //! The settings tree: one TOML file, overridden by `SMSGATE__SECTION__KEY` variables and
 //! `DATABASE_URL`, validated once before anything binds or connects.
 
+mod carriers;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::{Secret, lenient_string};
 
+pub use carriers::{CarrierConfig, CarrierKind};
 pub use validate::ConfigError;
 
 /// The shared secret of `config/default.toml`; smsgate warns about it and keeps it on loopback.
@@ -31,6 +33,8 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub carriers: BTreeMap<String, CarrierConfig>,
     pub routes: Vec<RouteConfig>,
+    pub limits: LimitsConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -119,6 +123,24 @@ pub struct DispatchConfig {
     pub workers: usize,
     /// A code is worthless after Auth0's `totp.time_step` (300 s in its examples).
     pub message_ttl_seconds: u32,
+    /// How long a claimed message stays reserved for its worker; longer than the slowest
+    /// route can take, so only a dead process's messages are claimed again.
+    pub lease_seconds: u32,
+    /// Messages claimed per round trip.
+    pub claim_batch: usize,
+    /// Claiming tasks per process; carrier concurrency is `workers`, independent of this.
+    pub claimers: usize,
+    /// Longest sleep between claims when nothing wakes the workers.
+    pub poll_interval_ms: u64,
+    /// First retry delay; it doubles per attempt up to `retry_max_ms`, with full jitter.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Dispatch attempts (each may try every carrier of the route) before a message fails.
+    pub max_attempts: u32,
+    /// On SIGTERM, in-flight sends get this long to finish.
+    pub shutdown_grace_seconds: u64,
+    /// Cross-process wake-ups are sent at most this often (NOTIFY serialises commits).
+    pub notify_interval_ms: u64,
 }
 
 impl Default for DispatchConfig {
@@ -126,16 +148,51 @@ impl Default for DispatchConfig {
         Self {
             workers: 16,
             message_ttl_seconds: 300,
+            lease_seconds: 30,
+            claim_batch: 32,
+            claimers: 2,
+            poll_interval_ms: 1000,
+            retry_base_ms: 1000,
+            retry_max_ms: 30_000,
+            max_attempts: 5,
+            shutdown_grace_seconds: 10,
+            notify_interval_ms: 100,
         }
     }
 }
 
-/// One carrier account; `kind` selects the implementation.
+/// Anti-abuse limits, exact across every process sharing the database.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sliding windows on messages sent to one number; all must allow a send.
+    pub recipient: Vec<WindowLimit>,
+}
+
+/// At most `max` messages in any `window_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowLimit {
+    pub max: u32,
+    pub window_seconds: u32,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum CarrierConfig {
-    /// Development carrier: records the message as sent and logs it with the code masked.
-    Log {},
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Final messages (their bodies already erased) are deleted after this many days.
+    pub days: u32,
+    /// How often the clean-up runs (on one process at a time).
+    pub interval_seconds: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            days: 7,
+            interval_seconds: 60,
+        }
+    }
 }
 
 /// Messages to numbers starting with `prefix` go to `carriers`, first one first.

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use super::{CarrierConfig, Config};
+use super::Config;
 use crate::auth0::decode_base64url_secret;
 
 /// One or more configuration problems, each naming its key.
@@ -148,19 +148,71 @@ impl Config {
             );
         }
         for (name, carrier) in &self.carriers {
-            match carrier {
-                CarrierConfig::Log {} => {}
-            }
-            if name.is_empty() {
-                problem("carriers".into(), "carrier names must not be empty".into());
+            for p in carrier.problems(name) {
+                problem(p.key, p.reason);
             }
         }
+        self.validate_dispatch(&mut problem);
         self.validate_routes(&mut problem);
 
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError { problems })
+        }
+    }
+
+    fn validate_dispatch(&self, problem: &mut impl FnMut(String, String)) {
+        let d = &self.dispatch;
+        let mut at_least_one = |key: &str, value: u64| {
+            if value == 0 {
+                problem(format!("dispatch.{key}"), "must be at least 1".into());
+            }
+        };
+        at_least_one("lease_seconds", d.lease_seconds.into());
+        at_least_one("claim_batch", d.claim_batch as u64);
+        at_least_one("claimers", d.claimers as u64);
+        at_least_one("poll_interval_ms", d.poll_interval_ms);
+        at_least_one("retry_base_ms", d.retry_base_ms);
+        at_least_one("max_attempts", d.max_attempts.into());
+        at_least_one("notify_interval_ms", d.notify_interval_ms);
+        if self.retention.interval_seconds == 0 {
+            problem(
+                "retention.interval_seconds".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if d.retry_max_ms < d.retry_base_ms {
+            problem(
+                "dispatch.retry_max_ms".into(),
+                "must be at least retry_base_ms".into(),
+            );
+        }
+        // The lease must outlast the slowest route: every carrier timing out in turn.
+        for (i, route) in self.routes.iter().enumerate() {
+            let worst_ms: u64 = route
+                .carriers
+                .iter()
+                .filter_map(|name| self.carriers.get(name))
+                .map(|c| c.timeout_ms)
+                .sum();
+            if worst_ms >= u64::from(d.lease_seconds) * 1000 {
+                problem(
+                    "dispatch.lease_seconds".into(),
+                    format!(
+                        "must be longer than routes[{i}] can take ({worst_ms} ms if every \
+                         carrier times out)"
+                    ),
+                );
+            }
+        }
+        for (i, limit) in self.limits.recipient.iter().enumerate() {
+            if limit.max == 0 || limit.window_seconds == 0 {
+                problem(
+                    format!("limits.recipient[{i}]"),
+                    "max and window_seconds must be at least 1".into(),
+                );
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod embedded;
 pub mod messages;
+pub mod queue;
 
 use std::time::Duration;
 

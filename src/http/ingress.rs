@@ -63,6 +63,7 @@ pub async fn accept_sms(
 
     match db::messages::enqueue(&state.pool, &message, state.message_ttl_seconds).await {
         Ok(enqueued) => {
+            state.wake.message_queued();
             tracing::info!(
                 id = %message.id,
                 recipient = %message.recipient.masked(),

@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use sqlx::PgPool;
 
 use crate::auth0::Verifier;
+use crate::dispatch::wake::Wake;
 use crate::secret::Secret;
 
 pub use error::ApiError;
@@ -26,11 +27,19 @@ pub struct AppState {
     pub accept_unsigned: bool,
     pub admin_token: Option<Secret>,
     pub message_ttl_seconds: u32,
+    /// Told after each commit, so workers send without waiting for a poll.
+    pub wake: Wake,
+    /// False for `--role worker`: the ingress route is not served.
+    pub accept_messages: bool,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/auth0/sms", post(ingress::accept_sms))
+    let router = if state.accept_messages {
+        Router::new().route("/v1/auth0/sms", post(ingress::accept_sms))
+    } else {
+        Router::new()
+    };
+    router
         .route("/v1/messages/{id}", get(status::show_message))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use crate::helpers::{TestApp, base_config, sms};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_smsgate");
+pub const BINARY: &str = env!("CARGO_BIN_EXE_smsgate");
 
 /// Environment variables set for one run of the binary.
 type EnvOverrides<'a> = &'a [(&'a str, &'a str)];
@@ -186,7 +186,7 @@ fn serve_config(dir: &Path, port: u16) -> std::path::PathBuf {
     write_config(dir, &text)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -233,7 +233,7 @@ fn start_serve(dir: &Path) -> (Child, u16) {
     (child, port)
 }
 
-async fn wait_until_healthy(port: u16) -> reqwest::Client {
+pub async fn wait_until_healthy(port: u16) -> reqwest::Client {
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use smsgate::db::embedded::{Durability, EmbeddedPostgres};
-use smsgate::{App, Config};
+use smsgate::{App, Config, Role};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -166,15 +166,37 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The ingress alone: accepted messages stay queued, so tests can inspect them.
     pub async fn spawn() -> Self {
         Self::spawn_with(&base_config()).await
     }
 
     pub async fn spawn_with(config_toml: &str) -> Self {
+        Self::spawn_role(config_toml, Role::Ingress).await
+    }
+
+    pub async fn spawn_role(config_toml: &str, role: Role) -> Self {
         let (database, options) = fresh_database().await;
+        Self::spawn_on(config_toml, role, database, options).await
+    }
+
+    /// Another process on the same database (for multi-process tests).
+    pub async fn spawn_sibling(&self, config_toml: &str, role: Role) -> Self {
+        let options = self.pool.connect_options().as_ref().clone();
+        Self::spawn_on(config_toml, role, self.database.clone(), options).await
+    }
+
+    async fn spawn_on(
+        config_toml: &str,
+        role: Role,
+        database: String,
+        options: PgConnectOptions,
+    ) -> Self {
         let mut config = Config::from_toml_str(config_toml).expect("test config is valid");
         config.database.url = smsgate::secret::Secret::new(url_of(&options));
-        let app = App::build(&config).await.expect("app builds");
+        let app = App::build_with_role(&config, role)
+            .await
+            .expect("app builds");
         let address = app.local_addr().expect("bound");
         let shutdown = CancellationToken::new();
         tokio::spawn(app.run(shutdown.clone()));

@@ -2,7 +2,10 @@
 
 mod auth;
 mod cli;
+mod dispatch;
 mod health;
 mod helpers;
 mod ingress;
+mod process;
 mod status;
+mod twilio_standin;

@@ -1,0 +1,145 @@
+//! Carriers behind one interface: each module owns its wire format, credentials and the
+//! mapping of its errors into [`FailureClass`]es; the dispatcher decides from the class alone.
+
+mod log;
+mod routes;
+mod twilio;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::config::{CarrierConfig, CarrierKind, Config};
+use crate::domain::{MessageId, PhoneNumber};
+
+pub use routes::Routes;
+
+/// What a carrier is asked to send.
+#[derive(Debug, Clone)]
+pub struct OutboundSms {
+    pub id: MessageId,
+    pub to: PhoneNumber,
+    pub body: String,
+    /// The request's `sender`; a carrier's configured `from` wins over it.
+    pub sender: Option<String>,
+    /// What is left of the code's lifetime, for carriers that accept a validity period.
+    pub validity: Duration,
+}
+
+/// The carrier took the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub carrier_message_id: Option<String>,
+    pub http_status: Option<u16>,
+}
+
+/// Why a send failed, as far as routing is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The number or the message itself: another carrier would fail too, so the message fails.
+    Recipient,
+    /// The carrier or our account with it: try the next carrier, retry later.
+    Carrier,
+    /// The carrier asked us to slow down (429 and the like).
+    Throttled,
+    /// No answer in time; the message may or may not have been taken.
+    Timeout,
+}
+
+impl FailureClass {
+    /// The outcome name stored with each attempt (and, later, used as a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Recipient => "recipient_failure",
+            FailureClass::Carrier => "carrier_failure",
+            FailureClass::Throttled => "throttled",
+            FailureClass::Timeout => "timeout",
+        }
+    }
+}
+
+/// A classified failure with what the carrier told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendError {
+    pub class: FailureClass,
+    pub http_status: Option<u16>,
+    pub code: Option<String>,
+    /// Safe to store and log: carrier text, never our credentials.
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl SendError {
+    pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            http_status: None,
+            code: None,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// One carrier implementation.
+pub trait Carrier: Send + Sync {
+    fn send(&self, sms: &OutboundSms) -> impl Future<Output = Result<Accepted, SendError>> + Send;
+}
+
+/// The configured implementations, dispatched without boxing.
+enum AnyCarrier {
+    Log(log::LogCarrier),
+    Twilio(twilio::TwilioCarrier),
+}
+
+/// A named carrier with its per-process send-rate limit.
+pub struct CarrierHandle {
+    pub name: String,
+    client: AnyCarrier,
+    /// `max_per_second`, per process (governor keeps no shared state across processes).
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl CarrierHandle {
+    fn build(name: &str, config: &CarrierConfig) -> anyhow::Result<Self> {
+        let client = match config.kind {
+            CarrierKind::Log => AnyCarrier::Log(log::LogCarrier::new(name)),
+            CarrierKind::Twilio => AnyCarrier::Twilio(twilio::TwilioCarrier::new(config)?),
+        };
+        let limiter = config
+            .max_per_second
+            .and_then(NonZeroU32::new)
+            .map(|rate| RateLimiter::direct(Quota::per_second(rate)));
+        Ok(Self {
+            name: name.to_string(),
+            client,
+            limiter,
+        })
+    }
+
+    /// Waits until this process may send through the carrier again.
+    pub async fn ready(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+    }
+
+    pub async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
+        match &self.client {
+            AnyCarrier::Log(carrier) => carrier.send(sms).await,
+            AnyCarrier::Twilio(carrier) => carrier.send(sms).await,
+        }
+    }
+}
+
+/// Every configured carrier, by name.
+pub fn build_all(config: &Config) -> anyhow::Result<HashMap<String, Arc<CarrierHandle>>> {
+    config
+        .carriers
+        .iter()
+        .map(|(name, carrier)| Ok((name.clone(), Arc::new(CarrierHandle::build(name, carrier)?))))
+        .collect()
+}

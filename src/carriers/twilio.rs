@@ -1,0 +1,213 @@
+//! Twilio Programmable Messaging: `POST {base_url}/2010-04-01/Accounts/{sid}/Messages.json`,
+//! form-encoded, HTTP Basic; 201 with the message resource on success. Error codes and their
+//! classes are from the shared research, "carriers.md" §1 (Twilio's error dictionary).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use reqwest::StatusCode;
+use reqwest::header::RETRY_AFTER;
+use serde::Deserialize;
+
+use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
+use crate::config::CarrierConfig;
+use crate::secret::Secret;
+
+const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
+/// Twilio's `ValidityPeriod` range, in seconds.
+const VALIDITY_RANGE: (u64, u64) = (1, 36_000);
+
+/// Codes about the recipient or the message itself: every carrier would refuse them.
+const RECIPIENT_CODES: [i64; 7] = [21211, 21614, 21610, 21635, 21604, 21602, 21617];
+/// Codes that mean "slow down": 20429 REST concurrency, 21611 sender queue full.
+const THROTTLE_CODES: [i64; 2] = [20429, 21611];
+
+pub struct TwilioCarrier {
+    http: reqwest::Client,
+    url: String,
+    username: String,
+    password: Secret,
+    from: Option<String>,
+    messaging_service_sid: Option<String>,
+    status_callback: Option<String>,
+    timeout: Duration,
+}
+
+#[derive(Deserialize)]
+struct MessageResource {
+    sid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TwilioError {
+    code: Option<i64>,
+    message: Option<String>,
+}
+
+impl TwilioCarrier {
+    pub fn new(config: &CarrierConfig) -> anyhow::Result<Self> {
+        let account_sid = config.account_sid.clone().context("twilio: account_sid")?;
+        let (username, password) = match (&config.api_key_sid, &config.api_key_secret) {
+            (Some(key), Some(secret)) => (key.clone(), secret.clone()),
+            _ => (
+                account_sid.clone(),
+                config.auth_token.clone().context("twilio: auth_token")?,
+            ),
+        };
+        let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .context("twilio: HTTP client")?;
+        Ok(Self {
+            http,
+            url: format!(
+                "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
+                base.trim_end_matches('/')
+            ),
+            username,
+            password,
+            from: config.from.clone(),
+            messaging_service_sid: config.messaging_service_sid.clone(),
+            status_callback: config.status_callback.clone(),
+            timeout: Duration::from_millis(config.timeout_ms),
+        })
+    }
+
+    fn form(&self, sms: &OutboundSms) -> Vec<(&'static str, String)> {
+        let mut form = vec![
+            ("To", sms.to.as_str().to_string()),
+            ("Body", sms.body.clone()),
+        ];
+        let sender = self.from.clone().or_else(|| {
+            // With a Messaging Service the pool picks the sender; otherwise the request's.
+            self.messaging_service_sid
+                .is_none()
+                .then(|| sms.sender.clone())
+                .flatten()
+        });
+        if let Some(from) = sender {
+            form.push(("From", from));
+        }
+        if let Some(service) = &self.messaging_service_sid {
+            form.push(("MessagingServiceSid", service.clone()));
+        }
+        let validity = sms
+            .validity
+            .as_secs()
+            .clamp(VALIDITY_RANGE.0, VALIDITY_RANGE.1);
+        form.push(("ValidityPeriod", validity.to_string()));
+        if let Some(callback) = &self.status_callback {
+            form.push(("StatusCallback", callback.clone()));
+        }
+        form
+    }
+}
+
+impl Carrier for TwilioCarrier {
+    async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
+        let response = self
+            .http
+            .post(&self.url)
+            .basic_auth(&self.username, Some(self.password.expose()))
+            .form(&self.form(sms))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await.map_err(transport_error)?;
+        if status.is_success() {
+            let resource: Option<MessageResource> = serde_json::from_slice(&body).ok();
+            return Ok(Accepted {
+                carrier_message_id: resource.and_then(|r| r.sid),
+                http_status: Some(status.as_u16()),
+            });
+        }
+        let error: Option<TwilioError> = serde_json::from_slice(&body).ok();
+        let code = error.as_ref().and_then(|e| e.code);
+        Err(SendError {
+            class: classify(status, code),
+            http_status: Some(status.as_u16()),
+            code: code.map(|c| c.to_string()),
+            message: error
+                .and_then(|e| e.message)
+                .unwrap_or_else(|| format!("HTTP {status} without a Twilio error body")),
+            retry_after,
+        })
+    }
+}
+
+/// Maps an HTTP status and Twilio error code to a routing class.
+fn classify(status: StatusCode, code: Option<i64>) -> FailureClass {
+    match code {
+        Some(code) if RECIPIENT_CODES.contains(&code) => FailureClass::Recipient,
+        Some(code) if THROTTLE_CODES.contains(&code) => FailureClass::Throttled,
+        _ if status == StatusCode::TOO_MANY_REQUESTS => FailureClass::Throttled,
+        // 5xx, 401/403 (20003) and route/permission codes (21408, 21612, 21606, …): this
+        // carrier cannot take it now, another may.
+        _ => FailureClass::Carrier,
+    }
+}
+
+/// Timeouts and transport failures (refused, reset, TLS) never reached a verdict.
+pub(super) fn transport_error(err: reqwest::Error) -> SendError {
+    let class = if err.is_timeout() {
+        FailureClass::Timeout
+    } else {
+        FailureClass::Carrier
+    };
+    // Without the URL: it holds the account id, and the chain says enough.
+    let err = err.without_url();
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    SendError::new(class, message)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from APIs and ignored).
+pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipient_codes_fail_the_message_and_others_fail_over() {
+        let bad_request = StatusCode::BAD_REQUEST;
+        assert_eq!(classify(bad_request, Some(21211)), FailureClass::Recipient);
+        assert_eq!(classify(bad_request, Some(21610)), FailureClass::Recipient);
+        assert_eq!(classify(bad_request, Some(21408)), FailureClass::Carrier);
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, Some(20003)),
+            FailureClass::Carrier
+        );
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, Some(20429)),
+            FailureClass::Throttled
+        );
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, None),
+            FailureClass::Throttled
+        );
+        assert_eq!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, None),
+            FailureClass::Carrier
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! The queue's hot path: claim a batch under a lease (applying the per-recipient limits in the
+//! same transaction), and write outcomes back in batches. Every write is guarded by the lease
+//! token, so a worker whose lease ran out can record its attempt but no longer decide the
+//! message's fate.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::config::WindowLimit;
+use crate::dispatch::limits::{self, Admission};
+use crate::domain::{MessageId, Status};
+
+/// A message this worker now holds the lease on.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub recipient: String,
+    pub body: String,
+    pub sender: Option<String>,
+    /// Dispatch attempts already made.
+    pub attempts: i32,
+    /// Milliseconds of lifetime left, on the database clock.
+    pub remaining_ms: i64,
+    /// When it became due (the claim cursor advances over these).
+    pub due_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    #[sqlx(skip)]
+    pub lease_token: i64,
+    admitted: bool,
+}
+
+/// What one claim round trip produced.
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    /// Leased and cleared to send (or expired: the worker finalises those).
+    pub ready: Vec<Claimed>,
+    /// Over a recipient limit with no chance before expiry: still leased, to be finalised.
+    pub rate_limited: Vec<Claimed>,
+    /// Rows claimed in all, deferred ones included: a full batch means more may be due.
+    pub claimed: usize,
+}
+
+/// Claims up to `limit` due messages, leased for `lease_seconds`. With a `cursor`, only rows
+/// due at or after it (less 2 s for late commits) are looked at, which keeps the scan off the
+/// dead tuples at the head of the index (shared research, pgqueue.md §3 E8/E11).
+pub async fn claim(
+    pool: &PgPool,
+    limit: usize,
+    lease_seconds: u32,
+    cursor: Option<DateTime<Utc>>,
+    windows: &[WindowLimit],
+) -> Result<ClaimBatch, sqlx::Error> {
+    let lease_token: i64 = rand::random();
+    let mut tx = pool.begin().await?;
+    let mut rows: Vec<Claimed> = sqlx::query_as(
+        "WITH c AS (
+             SELECT message_id, run_at FROM message_queue
+             WHERE run_at <= now()
+               AND ($3::timestamptz IS NULL OR run_at >= $3::timestamptz - interval '2 seconds')
+             ORDER BY run_at, message_id
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE message_queue q
+         SET run_at = now() + make_interval(secs => $2), lease_token = $4
+         FROM c, messages m
+         WHERE q.message_id = c.message_id AND m.id = q.message_id
+         RETURNING q.message_id AS id, m.recipient, m.body, m.sender, q.attempts, q.admitted,
+                   (extract(epoch FROM q.expires_at - now()) * 1000)::bigint AS remaining_ms,
+                   c.run_at AS due_at, m.created_at",
+    )
+    .bind(limit as i64)
+    .bind(f64::from(lease_seconds))
+    .bind(cursor)
+    .bind(lease_token)
+    .fetch_all(&mut *tx)
+    .await?;
+    let claimed = rows.len();
+    rows.sort_by_key(|row| (row.due_at, row.id));
+    for row in &mut rows {
+        row.lease_token = lease_token;
+    }
+
+    let mut batch = ClaimBatch {
+        claimed,
+        ..ClaimBatch::default()
+    };
+    let needs_admission = |row: &Claimed| !row.admitted && row.remaining_ms > 0;
+    if windows.is_empty() || !rows.iter().any(needs_admission) {
+        batch.ready = rows;
+    } else {
+        admit(&mut tx, rows, windows, &mut batch).await?;
+    }
+    tx.commit().await?;
+    Ok(batch)
+}
+
+/// Applies the recipient windows to the rows not admitted yet. Rows of one recipient are
+/// locked in recipient order, so concurrent claimers serialise per number without deadlocks.
+async fn admit(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: Vec<Claimed>,
+    windows: &[WindowLimit],
+    batch: &mut ClaimBatch,
+) -> Result<(), sqlx::Error> {
+    let mut recipients: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.admitted && r.remaining_ms > 0)
+        .map(|r| r.recipient.clone())
+        .collect();
+    recipients.sort();
+    recipients.dedup();
+    sqlx::query(
+        "INSERT INTO recipient_sends (recipient) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&recipients)
+    .execute(&mut **tx)
+    .await?;
+    let locked: Vec<(String, Vec<i64>, i64)> = sqlx::query_as(
+        "SELECT recipient, sends, (extract(epoch FROM now()) * 1000)::bigint
+         FROM recipient_sends WHERE recipient = ANY($1) ORDER BY recipient FOR UPDATE",
+    )
+    .bind(&recipients)
+    .fetch_all(&mut **tx)
+    .await?;
+    let now_ms = locked.first().map_or(0, |row| row.2);
+    let mut logs: std::collections::HashMap<String, Vec<i64>> =
+        locked.into_iter().map(|(r, sends, _)| (r, sends)).collect();
+
+    let (mut admitted, mut deferred_ids, mut deferred_delays) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        if row.admitted || row.remaining_ms <= 0 {
+            batch.ready.push(row);
+            continue;
+        }
+        let log = logs.entry(row.recipient.clone()).or_default();
+        match limits::admit(log, now_ms, windows) {
+            Admission::Allowed => {
+                admitted.push(row.id);
+                batch.ready.push(row);
+            }
+            Admission::WaitMs(wait) if wait < row.remaining_ms => {
+                deferred_ids.push(row.id);
+                deferred_delays.push(wait);
+            }
+            Admission::WaitMs(_) => batch.rate_limited.push(row),
+        }
+    }
+
+    let (names, sends): (Vec<String>, Vec<String>) = logs
+        .into_iter()
+        .map(|(recipient, log)| (recipient, limits::to_pg_array(&log)))
+        .unzip();
+    sqlx::query(
+        "UPDATE recipient_sends r SET sends = v.sends::bigint[], updated_at = now()
+         FROM unnest($1::text[], $2::text[]) AS v(recipient, sends)
+         WHERE r.recipient = v.recipient",
+    )
+    .bind(&names)
+    .bind(&sends)
+    .execute(&mut **tx)
+    .await?;
+    if !admitted.is_empty() {
+        sqlx::query("UPDATE message_queue SET admitted = true WHERE message_id = ANY($1)")
+            .bind(&admitted)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if !deferred_ids.is_empty() {
+        // Not an attempt: the lease is dropped and the row waits for its window.
+        sqlx::query(
+            "UPDATE message_queue q
+             SET run_at = now() + v.wait_ms * interval '1 millisecond', lease_token = NULL
+             FROM unnest($1::uuid[], $2::bigint[]) AS v(id, wait_ms)
+             WHERE q.message_id = v.id",
+        )
+        .bind(&deferred_ids)
+        .bind(&deferred_delays)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// When the earliest queued row becomes due; `None` for an empty queue.
+pub async fn next_due(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT (extract(epoch FROM run_at - now()) * 1000)::bigint
+         FROM message_queue ORDER BY run_at, message_id LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// One carrier call, as recorded in `message_attempts`.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub carrier: String,
+    pub outcome: &'static str,
+    pub http_status: Option<i32>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub latency_ms: i32,
+    pub carrier_message_id: Option<String>,
+}
+
+/// What happens to a message after a dispatch attempt.
+#[derive(Debug, Clone)]
+pub enum Disposition {
+    /// It ends here: sent, failed, expired or rate-limited.
+    Final {
+        status: Status,
+        carrier: Option<String>,
+        carrier_message_id: Option<String>,
+        error: Option<String>,
+    },
+    /// Try again after `delay_ms`.
+    Retry { delay_ms: i64 },
+    /// Hand it back untried (shutdown before its turn came).
+    Release,
+}
+
+/// The outcome of one leased message, written by the completer.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: Uuid,
+    pub lease_token: i64,
+    /// Dispatch attempts made so far, this one included.
+    pub attempts: i32,
+    pub disposition: Disposition,
+    pub calls: Vec<AttemptRecord>,
+}
+
+/// Writes a batch of completions in one transaction. Attempts are always recorded; a final
+/// status or a reschedule only applies while the lease is still ours.
+pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    insert_attempts(&mut tx, batch).await?;
+
+    let finals: Vec<&Completion> = batch
+        .iter()
+        .filter(|c| matches!(c.disposition, Disposition::Final { .. }))
+        .collect();
+    if !finals.is_empty() {
+        let mut columns = FinalColumns::default();
+        for completion in finals {
+            if let Disposition::Final {
+                status,
+                carrier,
+                carrier_message_id,
+                error,
+            } = &completion.disposition
+            {
+                columns.ids.push(completion.id);
+                columns.tokens.push(completion.lease_token);
+                columns.statuses.push(status.as_str().to_string());
+                columns.carriers.push(carrier.clone());
+                columns.carrier_ids.push(carrier_message_id.clone());
+                columns.errors.push(error.clone());
+                columns.attempts.push(completion.attempts);
+            }
+        }
+        // The body is erased as the message ends: it held a one-time code.
+        sqlx::query(
+            "WITH v AS (
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[],
+                                      $5::text[], $6::text[], $7::int[])
+                     AS v(id, token, status, carrier, carrier_message_id, error, attempts)
+             ), ended AS (
+                 DELETE FROM message_queue q USING v
+                 WHERE q.message_id = v.id AND q.lease_token = v.token
+                 RETURNING q.message_id
+             )
+             UPDATE messages m
+             SET status = v.status, carrier = v.carrier, carrier_message_id = v.carrier_message_id,
+                 last_error = v.error, attempts = v.attempts, finished_at = now(),
+                 sent_at = CASE WHEN v.status = 'sent' THEN now() END,
+                 body = regexp_replace(m.body, '[[:digit:]]', '*', 'g')
+             FROM v JOIN ended ON ended.message_id = v.id
+             WHERE m.id = v.id",
+        )
+        .bind(&columns.ids)
+        .bind(&columns.tokens)
+        .bind(&columns.statuses)
+        .bind(&columns.carriers)
+        .bind(&columns.carrier_ids)
+        .bind(&columns.errors)
+        .bind(&columns.attempts)
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    let (mut ids, mut tokens, mut delays, mut attempts) = (vec![], vec![], vec![], vec![]);
+    for completion in batch {
+        let delay = match completion.disposition {
+            Disposition::Retry { delay_ms } => delay_ms,
+            Disposition::Release => 0,
+            Disposition::Final { .. } => continue,
+        };
+        ids.push(completion.id);
+        tokens.push(completion.lease_token);
+        delays.push(delay);
+        attempts.push(completion.attempts);
+    }
+    if !ids.is_empty() {
+        sqlx::query(
+            "UPDATE message_queue q
+             SET run_at = now() + v.delay_ms * interval '1 millisecond', lease_token = NULL,
+                 attempts = v.attempts
+             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[])
+                 AS v(id, token, delay_ms, attempts)
+             WHERE q.message_id = v.id AND q.lease_token = v.token",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(&delays)
+        .bind(&attempts)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+#[derive(Default)]
+struct FinalColumns {
+    ids: Vec<Uuid>,
+    tokens: Vec<i64>,
+    statuses: Vec<String>,
+    carriers: Vec<Option<String>>,
+    carrier_ids: Vec<Option<String>>,
+    errors: Vec<Option<String>>,
+    attempts: Vec<i32>,
+}
+
+async fn insert_attempts(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[Completion],
+) -> Result<(), sqlx::Error> {
+    let calls = batch
+        .iter()
+        .flat_map(|c| c.calls.iter().map(move |a| (c.id, a)));
+    let (mut ids, mut numbers, mut carriers, mut outcomes) = (vec![], vec![], vec![], vec![]);
+    let (mut statuses, mut codes, mut messages, mut latencies, mut carrier_ids) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for (id, call) in calls {
+        ids.push(id);
+        numbers.push(call.attempt);
+        carriers.push(call.carrier.clone());
+        outcomes.push(call.outcome.to_string());
+        statuses.push(call.http_status);
+        codes.push(call.error_code.clone());
+        messages.push(call.error_message.clone());
+        latencies.push(call.latency_ms);
+        carrier_ids.push(call.carrier_message_id.clone());
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO message_attempts (message_id, attempt, carrier, outcome, http_status,
+                                       error_code, error_message, latency_ms, carrier_message_id)
+         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[],
+                              $6::text[], $7::text[], $8::int[], $9::text[])",
+    )
+    .bind(&ids)
+    .bind(&numbers)
+    .bind(&carriers)
+    .bind(&outcomes)
+    .bind(&statuses)
+    .bind(&codes)
+    .bind(&messages)
+    .bind(&latencies)
+    .bind(&carrier_ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Messages still queued (tests and the shutdown log).
+pub async fn depth(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM message_queue")
+        .fetch_one(pool)
+        .await
+}
+
+impl Claimed {
+    pub fn message_id(&self) -> MessageId {
+        MessageId(self.id)
+    }
+}

@@ -1,0 +1,263 @@
+//! Workers: claim due messages in batches, send each through its route, write outcomes back in
+//! batches. Any number of processes can run this against one database.
+
+mod completer;
+pub mod limits;
+pub mod retention;
+pub mod retry;
+mod send;
+pub mod wake;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::carriers::{self, Routes};
+use crate::config::{Config, DispatchConfig, WindowLimit};
+use crate::db::queue::{self, ClaimBatch, Completion};
+use crate::domain::Status;
+use retry::RetryPolicy;
+use send::{SendContext, SharedContext};
+use wake::Wake;
+
+/// The claim cursor is dropped at least this often, so rows that committed late (with an
+/// earlier due time than the cursor) are found.
+const CURSOR_RESET: Duration = Duration::from_secs(1);
+
+/// The running workers of one process.
+pub struct Dispatcher {
+    claimers: JoinSet<()>,
+    background: JoinSet<()>,
+    sends: TaskTracker,
+    completer: tokio::task::JoinHandle<()>,
+    outcomes: mpsc::Sender<Completion>,
+    grace: Duration,
+}
+
+/// What every claimer shares.
+struct Claimer {
+    pool: PgPool,
+    wake: Wake,
+    config: DispatchConfig,
+    windows: Vec<WindowLimit>,
+    workers: Arc<Semaphore>,
+    sends: TaskTracker,
+    outcomes: mpsc::Sender<Completion>,
+    context: SharedContext,
+    shutdown: CancellationToken,
+}
+
+impl Dispatcher {
+    /// Starts claimers, the outcome writer, the LISTEN wake-up and retention.
+    pub fn start(
+        config: &Config,
+        pool: PgPool,
+        wake: Wake,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let handles = carriers::build_all(config)?;
+        let routes = Routes::new(&config.routes, &handles)?;
+        let d = &config.dispatch;
+        let context = Arc::new(SendContext {
+            routes,
+            retry: RetryPolicy {
+                base: Duration::from_millis(d.retry_base_ms),
+                max: Duration::from_millis(d.retry_max_ms),
+                max_attempts: d.max_attempts,
+            },
+            shutdown: shutdown.clone(),
+        });
+        let (outcomes, receiver) = mpsc::channel(4 * d.workers.max(64));
+        let completer = tokio::spawn(completer::run(pool.clone(), receiver));
+        let sends = TaskTracker::new();
+        let claimer = Arc::new(Claimer {
+            pool: pool.clone(),
+            wake: wake.clone(),
+            config: d.clone(),
+            windows: config.limits.recipient.clone(),
+            workers: Arc::new(Semaphore::new(d.workers)),
+            sends: sends.clone(),
+            outcomes: outcomes.clone(),
+            context,
+            shutdown: shutdown.clone(),
+        });
+        let mut claimers = JoinSet::new();
+        for _ in 0..d.claimers {
+            claimers.spawn(claimer.clone().run());
+        }
+        let mut background = JoinSet::new();
+        background.spawn(wake::run_listener(pool.clone(), wake, shutdown.clone()));
+        let longest_window = config
+            .limits
+            .recipient
+            .iter()
+            .map(|w| w.window_seconds)
+            .max()
+            .unwrap_or(0);
+        background.spawn(retention::run(
+            pool,
+            config.retention.days,
+            longest_window,
+            Duration::from_secs(config.retention.interval_seconds),
+            shutdown,
+        ));
+        tracing::info!(
+            workers = d.workers,
+            claimers = d.claimers,
+            "dispatch workers started"
+        );
+        Ok(Self {
+            claimers,
+            background,
+            sends,
+            completer,
+            outcomes,
+            grace: Duration::from_secs(d.shutdown_grace_seconds),
+        })
+    }
+
+    /// After the shutdown token fired: stop claiming, give in-flight sends the grace period,
+    /// then write every outcome that is in.
+    pub async fn stop(mut self) {
+        self.claimers.join_all().await;
+        self.sends.close();
+        if tokio::time::timeout(self.grace, self.sends.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "sends still in flight after the grace period; their leases will expire and \
+                 another process (or the next start) retries them"
+            );
+        }
+        drop(self.outcomes);
+        if tokio::time::timeout(Duration::from_secs(10), &mut self.completer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("outcome writer did not finish in time");
+            self.completer.abort();
+        }
+        self.background.abort_all();
+        tracing::info!("dispatch workers stopped");
+    }
+}
+
+impl Claimer {
+    async fn run(self: Arc<Self>) {
+        let mut cursor: Option<DateTime<Utc>> = None;
+        let mut cursor_since = Instant::now();
+        let mut failures = 0u32;
+        while !self.shutdown.is_cancelled() {
+            // Claim only what can start now: a leased message never waits for a worker.
+            let first = tokio::select! {
+                permit = self.workers.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                _ = self.shutdown.cancelled() => return,
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.config.claim_batch {
+                match self.workers.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            if cursor_since.elapsed() >= CURSOR_RESET {
+                cursor = None;
+                cursor_since = Instant::now();
+            }
+            let wanted = permits.len();
+            let batch = queue::claim(
+                &self.pool,
+                wanted,
+                self.config.lease_seconds,
+                cursor,
+                &self.windows,
+            )
+            .await;
+            let claimed_at = Instant::now();
+            let batch = match batch {
+                Ok(batch) => {
+                    failures = 0;
+                    batch
+                }
+                Err(err) => {
+                    drop(permits);
+                    failures += 1;
+                    let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
+                    tracing::warn!(error = %err, "claim failed; pausing {pause:?}");
+                    self.pause(pause).await;
+                    continue;
+                }
+            };
+            let full = batch.claimed == wanted;
+            if let Some(latest) = batch.ready.iter().map(|m| m.due_at).max() {
+                cursor = Some(cursor.map_or(latest, |c| c.max(latest)));
+            }
+            self.start_sends(batch, permits, claimed_at).await;
+            if full {
+                // More may be due: let a sibling claim too.
+                self.wake.wake_local();
+                continue;
+            }
+            cursor = None;
+            cursor_since = Instant::now();
+            let poll = Duration::from_millis(self.config.poll_interval_ms);
+            let wait = match queue::next_due(&self.pool).await {
+                Ok(Some(ms)) => Duration::from_millis(ms.max(1) as u64).min(poll),
+                _ => poll,
+            };
+            tokio::select! {
+                _ = self.wake.wait(wait) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn start_sends(
+        &self,
+        batch: ClaimBatch,
+        mut permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+        claimed_at: Instant,
+    ) {
+        for message in &batch.rate_limited {
+            let ended = send::finalise(
+                message,
+                Status::RateLimited,
+                "over a per-recipient limit until after the code expires",
+            );
+            self.outcomes.send(ended).await.ok();
+        }
+        for message in batch.ready {
+            if message.remaining_ms <= 0 {
+                let ended =
+                    send::finalise(&message, Status::Expired, "the code expired in the queue");
+                self.outcomes.send(ended).await.ok();
+                continue;
+            }
+            let permit = permits.pop();
+            let context = self.context.clone();
+            let outcomes = self.outcomes.clone();
+            self.sends.spawn(async move {
+                let completion = send::dispatch(&context, message, claimed_at).await;
+                outcomes.send(completion).await.ok();
+                drop(permit);
+            });
+        }
+    }
+
+    async fn pause(&self, duration: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+}

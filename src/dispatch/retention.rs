@@ -1,0 +1,78 @@
+//! Deletes final messages after `retention.days` and forgets recipient send logs older than the
+//! longest limit window: in small batches, on one process at a time (an advisory lock).
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks.
+const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
+const BATCH: i64 = 1000;
+
+pub async fn run(
+    pool: PgPool,
+    days: u32,
+    longest_window_seconds: u32,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match sweep(&pool, days, longest_window_seconds, &shutdown).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "retention: old messages deleted"),
+            Err(err) => tracing::warn!(error = %err, "retention sweep failed"),
+        }
+    }
+}
+
+/// One pass; returns how many messages were deleted.
+pub async fn sweep(
+    pool: &PgPool,
+    days: u32,
+    longest_window_seconds: u32,
+    shutdown: &CancellationToken,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RETENTION_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(total);
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM messages WHERE id IN (
+                 SELECT id FROM messages
+                 WHERE finished_at < now() - make_interval(days => $1)
+                 ORDER BY finished_at LIMIT $2)",
+        )
+        .bind(i32::try_from(days).unwrap_or(i32::MAX))
+        .bind(BATCH)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM recipient_sends WHERE recipient IN (
+                 SELECT recipient FROM recipient_sends
+                 WHERE updated_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(f64::from(longest_window_seconds))
+        .bind(BATCH)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        total += deleted;
+        if deleted < BATCH as u64 || shutdown.is_cancelled() {
+            return Ok(total);
+        }
+    }
+}

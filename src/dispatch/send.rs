@@ -1,0 +1,154 @@
+//! One dispatch attempt for one leased message: the route's carriers in order, failing over on
+//! carrier failures within the attempt, never calling a carrier after the code expired.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::retry::RetryPolicy;
+use crate::carriers::{FailureClass, OutboundSms, Routes};
+use crate::db::queue::{AttemptRecord, Claimed, Completion, Disposition};
+use crate::domain::{PhoneNumber, Status};
+
+/// What every send needs, shared by all workers of a process.
+pub struct SendContext {
+    pub routes: Routes,
+    pub retry: RetryPolicy,
+    pub shutdown: CancellationToken,
+}
+
+/// Runs the attempt and says what should happen to the message.
+pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Instant) -> Completion {
+    // The lifetime left was read on the database clock; from here on a monotonic clock counts.
+    let deadline = claimed_at + Duration::from_millis(message.remaining_ms.max(0) as u64);
+    let attempt = message.attempts + 1;
+    let mut calls = Vec::new();
+    let completion = |disposition, calls| Completion {
+        id: message.id,
+        lease_token: message.lease_token,
+        attempts: attempt,
+        disposition,
+        calls,
+    };
+    let expired = || Disposition::Final {
+        status: Status::Expired,
+        carrier: None,
+        carrier_message_id: None,
+        error: Some("the code expired before a carrier took it".into()),
+    };
+
+    let recipient = PhoneNumber::from_e164_unchecked(message.recipient.clone());
+    let mut retry_after = None;
+    let mut last_error = String::from("no carrier is routed for this number");
+    for carrier in context.routes.carriers_for(recipient.as_str()) {
+        tokio::select! {
+            _ = carrier.ready() => {}
+            _ = context.shutdown.cancelled(), if calls.is_empty() => {
+                // Nothing was sent yet: hand the message back for another process or restart.
+                return completion(Disposition::Release, calls);
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return completion(expired(), calls);
+        }
+        let sms = OutboundSms {
+            id: message.message_id(),
+            to: recipient.clone(),
+            body: message.body.clone(),
+            sender: message.sender.clone(),
+            validity: deadline - now,
+        };
+        let result = carrier.send(&sms).await;
+        let latency_ms = i32::try_from(now.elapsed().as_millis()).unwrap_or(i32::MAX);
+        match result {
+            Ok(accepted) => {
+                calls.push(AttemptRecord {
+                    attempt,
+                    carrier: carrier.name.clone(),
+                    outcome: "sent",
+                    http_status: accepted.http_status.map(i32::from),
+                    error_code: None,
+                    error_message: None,
+                    latency_ms,
+                    carrier_message_id: accepted.carrier_message_id.clone(),
+                });
+                tracing::info!(id = %message.id, carrier = %carrier.name, latency_ms, "message sent");
+                let sent = Disposition::Final {
+                    status: Status::Sent,
+                    carrier: Some(carrier.name.clone()),
+                    carrier_message_id: accepted.carrier_message_id,
+                    error: None,
+                };
+                return completion(sent, calls);
+            }
+            Err(error) => {
+                calls.push(AttemptRecord {
+                    attempt,
+                    carrier: carrier.name.clone(),
+                    outcome: error.class.as_str(),
+                    http_status: error.http_status.map(i32::from),
+                    error_code: error.code.clone(),
+                    error_message: Some(error.message.clone()),
+                    latency_ms,
+                    carrier_message_id: None,
+                });
+                tracing::warn!(
+                    id = %message.id, carrier = %carrier.name, outcome = error.class.as_str(),
+                    http_status = ?error.http_status, code = ?error.code, latency_ms,
+                    "carrier refused the message"
+                );
+                last_error = format!("{}: {}", carrier.name, error.message);
+                if error.class == FailureClass::Recipient {
+                    let failed = Disposition::Final {
+                        status: Status::Failed,
+                        carrier: Some(carrier.name.clone()),
+                        carrier_message_id: None,
+                        error: Some(last_error),
+                    };
+                    return completion(failed, calls);
+                }
+                retry_after = retry_after.max(error.retry_after);
+            }
+        }
+    }
+
+    // Every carrier of the route failed this time.
+    if attempt >= context.retry.max_attempts as i32 {
+        let failed = Disposition::Final {
+            status: Status::Failed,
+            carrier: None,
+            carrier_message_id: None,
+            error: Some(format!(
+                "gave up after {attempt} attempts; last: {last_error}"
+            )),
+        };
+        return completion(failed, calls);
+    }
+    let delay = context.retry.delay(attempt as u32, retry_after);
+    if Instant::now() + delay >= deadline {
+        return completion(expired(), calls);
+    }
+    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    completion(Disposition::Retry { delay_ms }, calls)
+}
+
+/// Used by the claimer for rows that are already past their expiry or their limits.
+pub fn finalise(message: &Claimed, status: Status, error: &str) -> Completion {
+    Completion {
+        id: message.id,
+        lease_token: message.lease_token,
+        attempts: message.attempts,
+        disposition: Disposition::Final {
+            status,
+            carrier: None,
+            carrier_message_id: None,
+            error: Some(error.to_string()),
+        },
+        calls: Vec::new(),
+    }
+}
+
+/// Shared handle type for the context.
+pub type SharedContext = Arc<SendContext>;

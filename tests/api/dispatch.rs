@@ -1,0 +1,487 @@
+//! Workers: claiming, sending, retries, expiry, limits and leases, against a real PostgreSQL and
+//! a Twilio stand-in.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use smsgate::Role;
+
+use crate::helpers::{ADMIN_TOKEN, TestApp, base_config, sms, token};
+use crate::twilio_standin::{FROM, Reply, TwilioStandIn};
+
+/// The base config with the console carrier replaced by the stand-in, plus `extra` TOML.
+pub fn config_with(standin: &TwilioStandIn, extra: &str) -> String {
+    let routed = base_config()
+        .replace(
+            "[carriers.console]\nkind = \"log\"\n",
+            &standin.carrier_toml("twilio"),
+        )
+        .replace("carriers = [\"console\"]", "carriers = [\"twilio\"]");
+    format!("{routed}\n{extra}")
+}
+
+/// Fast retries and polls for tests; `extra` may add more sections.
+pub const FAST_DISPATCH: &str = "[dispatch]\nretry_base_ms = 200\nretry_max_ms = 1000\nlease_seconds = 5\npoll_interval_ms = 200\n";
+
+pub async fn queue(app: &TestApp, recipient: &str) -> String {
+    let response = app.post_sms(Some(&token()), &sms(recipient)).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    body["id"].as_str().expect("id").to_string()
+}
+
+pub async fn status_of(app: &TestApp, id: &str) -> Value {
+    app.get_message(id, Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .expect("status JSON")
+}
+
+/// Polls the status API until the message is in a final state.
+pub async fn wait_final(app: &TestApp, id: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let view = status_of(app, id).await;
+        let status = view["status"].as_str().unwrap_or_default();
+        if !["queued", "sending"].contains(&status) {
+            return view;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "message {id} still {status} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_queued_message_is_sent_recorded_and_its_code_erased() {
+    let standin = TwilioStandIn::start().await;
+    let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+
+    assert_eq!(view["status"], "sent");
+    assert_eq!(view["carrier"], "twilio");
+    let attempts = view["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["outcome"], "sent");
+    assert_eq!(attempts[0]["http_status"], 201);
+    assert!(
+        attempts[0]["carrier_message_id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("SM"))
+    );
+    let received = standin.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].to, "+14155552671");
+    assert_eq!(received[0].body, "Your verification code is: 123456");
+    assert_eq!(
+        received[0].from.as_deref(),
+        Some(FROM),
+        "the carrier's from wins over sender"
+    );
+    let validity = received[0].validity_period.expect("ValidityPeriod sent");
+    assert!(
+        (290..=300).contains(&validity),
+        "remaining lifetime passed: {validity}"
+    );
+    let body: String = sqlx::query_scalar("SELECT body FROM messages")
+        .fetch_one(&app.pool)
+        .await
+        .expect("row");
+    assert_eq!(
+        body, "Your verification code is: ******",
+        "the code is erased once final"
+    );
+    assert_eq!(
+        smsgate::db::queue::depth(&app.pool).await.expect("depth"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_idle_worker_is_woken_at_once_in_process_and_across_processes() {
+    let standin = TwilioStandIn::start().await;
+    // Polling every 30 s: only a wake-up can deliver within the assertion's few seconds.
+    let slow_poll = "[dispatch]\npoll_interval_ms = 30000\n";
+    let config = config_with(&standin, slow_poll);
+    let app = TestApp::spawn_role(&config, Role::All).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let id = queue(&app, "+14155552671").await;
+    assert_eq!(
+        wait_final(&app, &id, Duration::from_secs(5)).await["status"],
+        "sent"
+    );
+
+    let ingress = TestApp::spawn_role(&config, Role::Ingress).await;
+    let worker = ingress.spawn_sibling(&config, Role::Worker).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = queue(&ingress, "+14155552672").await;
+    assert_eq!(
+        wait_final(&worker, &id, Duration::from_secs(5)).await["status"],
+        "sent"
+    );
+}
+
+#[tokio::test]
+async fn a_carrier_failing_twice_then_succeeding_ends_sent_after_three_attempts() {
+    let standin = TwilioStandIn::start().await;
+    standin.script([
+        Reply::Error {
+            status: 500,
+            code: 20500,
+            retry_after: None,
+        },
+        Reply::Error {
+            status: 503,
+            code: 20503,
+            retry_after: None,
+        },
+    ]);
+    let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(15)).await;
+
+    assert_eq!(view["status"], "sent");
+    let attempts = view["attempts"].as_array().expect("attempts");
+    let summary: Vec<(i64, &str, i64)> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_i64().unwrap_or_default(),
+                a["outcome"].as_str().unwrap_or_default(),
+                a["http_status"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, "carrier_failure", 500),
+            (2, "carrier_failure", 503),
+            (3, "sent", 201)
+        ]
+    );
+    // Full jitter: each wait lies within its doubling ceiling (200 ms, then 400 ms), plus
+    // scheduling slack.
+    let times: Vec<Instant> = standin.received().iter().map(|r| r.at).collect();
+    assert!(times[1] - times[0] < Duration::from_millis(200 + 900));
+    assert!(times[2] - times[1] < Duration::from_millis(400 + 900));
+}
+
+#[tokio::test]
+async fn retry_after_from_the_carrier_is_honoured() {
+    let standin = TwilioStandIn::start().await;
+    standin.script([Reply::Error {
+        status: 429,
+        code: 20429,
+        retry_after: Some(2),
+    }]);
+    let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(15)).await;
+
+    assert_eq!(view["status"], "sent");
+    assert_eq!(view["attempts"][0]["outcome"], "throttled");
+    let times: Vec<Instant> = standin.received().iter().map(|r| r.at).collect();
+    assert!(
+        times[1] - times[0] >= Duration::from_secs(2),
+        "waited {:?}",
+        times[1] - times[0]
+    );
+}
+
+#[tokio::test]
+async fn a_message_is_never_sent_after_it_expires() {
+    let standin = TwilioStandIn::start().await;
+    standin.set_default(Reply::Error {
+        status: 500,
+        code: 20500,
+        retry_after: None,
+    });
+    let extra = "[dispatch]\nmessage_ttl_seconds = 2\nretry_base_ms = 300\nretry_max_ms = 300\nmax_attempts = 100\nlease_seconds = 5\npoll_interval_ms = 100\n";
+    let app = TestApp::spawn_role(&config_with(&standin, extra), Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let queued_at = Instant::now();
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+
+    assert_eq!(view["status"], "expired");
+    let received = standin.received();
+    assert!(!received.is_empty(), "it was tried while it was valid");
+    for request in &received {
+        assert!(
+            request.at - queued_at < Duration::from_secs(2),
+            "a send after expiry"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        standin.received().len(),
+        received.len(),
+        "nothing more after the final state"
+    );
+}
+
+#[tokio::test]
+async fn a_message_that_expired_in_the_queue_reaches_no_carrier() {
+    let standin = TwilioStandIn::start().await;
+    let config = config_with(&standin, "[dispatch]\nmessage_ttl_seconds = 1\n");
+    let ingress = TestApp::spawn_role(&config, Role::Ingress).await;
+    let id = queue(&ingress, "+14155552671").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let worker = ingress.spawn_sibling(&config, Role::Worker).await;
+    let view = wait_final(&worker, &id, Duration::from_secs(5)).await;
+
+    assert_eq!(view["status"], "expired");
+    assert!(standin.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_recipient_failure_ends_the_message_without_retrying() {
+    let standin = TwilioStandIn::start().await;
+    standin.script([Reply::Error {
+        status: 400,
+        code: 21211,
+        retry_after: None,
+    }]);
+    let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+
+    assert_eq!(view["status"], "failed");
+    assert_eq!(view["attempts"][0]["outcome"], "recipient_failure");
+    assert_eq!(view["attempts"][0]["error_code"], "21211");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(standin.received().len(), 1);
+}
+
+#[tokio::test]
+async fn after_max_attempts_the_message_fails() {
+    let standin = TwilioStandIn::start().await;
+    standin.set_default(Reply::Error {
+        status: 500,
+        code: 20500,
+        retry_after: None,
+    });
+    let extra = "[dispatch]\nretry_base_ms = 50\nretry_max_ms = 100\nmax_attempts = 3\npoll_interval_ms = 100\n";
+    let app = TestApp::spawn_role(&config_with(&standin, extra), Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+
+    assert_eq!(view["status"], "failed");
+    assert_eq!(view["attempts"].as_array().map(Vec::len), Some(3));
+    assert_eq!(standin.received().len(), 3);
+}
+
+#[tokio::test]
+async fn recipient_limits_hold_exactly_across_two_processes() {
+    let standin = TwilioStandIn::start().await;
+    let limits = "[[limits.recipient]]\nmax = 2\nwindow_seconds = 600\n";
+    let config = config_with(&standin, &format!("{FAST_DISPATCH}{limits}"));
+    let first = TestApp::spawn_role(&config, Role::Ingress).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(queue(&first, "+14155552671").await);
+    }
+    let other = queue(&first, "+14155552672").await;
+
+    // Two worker processes race for the same number.
+    let worker_a = first.spawn_sibling(&config, Role::Worker).await;
+    let worker_b = first.spawn_sibling(&config, Role::Worker).await;
+    let mut statuses = Vec::new();
+    for id in &ids {
+        let app = if statuses.len() % 2 == 0 {
+            &worker_a
+        } else {
+            &worker_b
+        };
+        statuses.push(wait_final(app, id, Duration::from_secs(10)).await["status"].clone());
+    }
+
+    let accepted = standin.accepted_per_recipient();
+    assert_eq!(
+        accepted.get("+14155552671"),
+        Some(&2),
+        "exactly the limit reached the carrier"
+    );
+    assert_eq!(statuses.iter().filter(|s| *s == "sent").count(), 2);
+    assert_eq!(statuses.iter().filter(|s| *s == "rate_limited").count(), 4);
+    assert_eq!(
+        wait_final(&worker_a, &other, Duration::from_secs(10)).await["status"],
+        "sent"
+    );
+    assert_eq!(
+        accepted.get("+14155552672").copied().unwrap_or(1),
+        1,
+        "other numbers unaffected"
+    );
+}
+
+#[tokio::test]
+async fn a_limited_message_waits_for_its_window_when_it_can_still_be_sent() {
+    let standin = TwilioStandIn::start().await;
+    let limits = "[[limits.recipient]]\nmax = 1\nwindow_seconds = 2\n";
+    let app = TestApp::spawn_role(
+        &config_with(&standin, &format!("{FAST_DISPATCH}{limits}")),
+        Role::All,
+    )
+    .await;
+
+    let first = queue(&app, "+14155552671").await;
+    let second = queue(&app, "+14155552671").await;
+
+    assert_eq!(
+        wait_final(&app, &first, Duration::from_secs(10)).await["status"],
+        "sent"
+    );
+    assert_eq!(
+        wait_final(&app, &second, Duration::from_secs(10)).await["status"],
+        "sent"
+    );
+    let times: Vec<Instant> = standin.received().iter().map(|r| r.at).collect();
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(1900),
+        "second waited for the window"
+    );
+}
+
+#[tokio::test]
+async fn a_message_leased_by_a_dead_worker_is_claimed_again_after_the_lease() {
+    let standin = TwilioStandIn::start().await;
+    let config = config_with(&standin, FAST_DISPATCH);
+    let ingress = TestApp::spawn_role(&config, Role::Ingress).await;
+    let id = queue(&ingress, "+14155552671").await;
+    // A worker that claimed it and died: leased for 2 more seconds, never sent.
+    sqlx::query("UPDATE message_queue SET run_at = now() + interval '2 seconds', lease_token = 42")
+        .execute(&ingress.pool)
+        .await
+        .expect("lease");
+
+    let worker = ingress.spawn_sibling(&config, Role::Worker).await;
+    assert_eq!(status_of(&worker, &id).await["status"], "sending");
+    let started = Instant::now();
+    let view = wait_final(&worker, &id, Duration::from_secs(10)).await;
+
+    assert_eq!(view["status"], "sent");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before the lease ran out"
+    );
+    assert_eq!(standin.received().len(), 1);
+}
+
+#[tokio::test]
+async fn many_workers_in_several_processes_send_each_message_exactly_once() {
+    let standin = TwilioStandIn::start().await;
+    let extra = "[dispatch]\nclaim_batch = 8\nclaimers = 3\nworkers = 8\nlease_seconds = 10\n";
+    let config = config_with(&standin, extra);
+    let ingress = TestApp::spawn_role(&config, Role::Ingress).await;
+    let total = 300;
+    let mut recipients = Vec::new();
+    for i in 0..total {
+        let recipient = format!("+1415555{:04}", 1000 + i);
+        queue(&ingress, &recipient).await;
+        recipients.push(recipient);
+    }
+
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        workers.push(ingress.spawn_sibling(&config, Role::Worker).await);
+    }
+    wait_until(
+        "every message to be final",
+        Duration::from_secs(60),
+        async || smsgate::db::queue::depth(&ingress.pool).await.unwrap_or(1) == 0,
+    )
+    .await;
+
+    let accepted = standin.accepted_per_recipient();
+    assert_eq!(accepted.len(), total);
+    assert!(
+        accepted.values().all(|&n| n == 1),
+        "a message was sent twice"
+    );
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE status = 'sent'")
+        .fetch_one(&ingress.pool)
+        .await
+        .expect("count");
+    assert_eq!(sent, total as i64);
+}
+
+#[tokio::test]
+async fn retention_deletes_old_final_messages_only() {
+    let standin = TwilioStandIn::start().await;
+    let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
+    let old = queue(&app, "+14155552671").await;
+    wait_final(&app, &old, Duration::from_secs(10)).await;
+    sqlx::query("UPDATE messages SET finished_at = now() - interval '8 days', created_at = now() - interval '8 days'")
+        .execute(&app.pool)
+        .await
+        .expect("age it");
+    let recent = queue(&app, "+14155552672").await;
+    wait_final(&app, &recent, Duration::from_secs(10)).await;
+
+    let deleted = smsgate::dispatch::retention::sweep(&app.pool, 7, 600, &Default::default())
+        .await
+        .expect("sweep");
+
+    assert_eq!(deleted, 1);
+    assert_eq!(
+        app.get_message(&old, Some(ADMIN_TOKEN))
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
+    assert_eq!(status_of(&app, &recent).await["status"], "sent");
+}
+
+#[tokio::test]
+async fn no_carrier_is_called_once_the_code_expired_even_mid_failover() {
+    let hanging = TwilioStandIn::start().await;
+    hanging.set_default(Reply::Slow(Duration::from_secs(5)));
+    let good = TwilioStandIn::start().await;
+    let config = base_config()
+        .replace(
+            "[carriers.console]\nkind = \"log\"\n",
+            &format!(
+                "{}{}",
+                hanging.carrier_toml("hanging"),
+                good.carrier_toml("good")
+            ),
+        )
+        .replace(
+            "carriers = [\"console\"]",
+            "carriers = [\"hanging\", \"good\"]",
+        )
+        + "[dispatch]\nmessage_ttl_seconds = 2\nlease_seconds = 10\n";
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+
+    assert_eq!(view["status"], "expired");
+    assert_eq!(view["attempts"][0]["outcome"], "timeout");
+    assert!(
+        good.received().is_empty(),
+        "the second carrier was called after expiry"
+    );
+}

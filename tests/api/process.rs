@@ -1,0 +1,181 @@
+//! The real binary under crashes and shutdowns: nothing acknowledged is lost, duplicates stay
+//! bounded by what was in flight.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use smsgate::Role;
+
+use crate::cli::{BINARY, free_port, wait_until_healthy};
+use crate::dispatch::{config_with, wait_until};
+use crate::helpers::{TestApp, sms, token, url_of};
+use crate::twilio_standin::{Reply, TwilioStandIn};
+
+const WORKERS: usize = 8;
+
+/// Runs `smsgate serve` on the test app's database with `config`.
+fn spawn_binary(app: &TestApp, config: &str, dir: &std::path::Path) -> (Child, u16) {
+    let port = free_port();
+    let text = config.replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    );
+    let path = dir.join(format!("smsgate-{port}.toml"));
+    std::fs::write(&path, text).expect("config");
+    let log = std::fs::File::create(dir.join(format!("smsgate-{port}.log"))).expect("log");
+    let child = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("DATABASE_URL", url_of(&app.pool.connect_options()))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start smsgate");
+    (child, port)
+}
+
+async fn post_many(client: &reqwest::Client, port: u16, count: usize) -> Vec<String> {
+    let mut recipients = Vec::new();
+    for i in 0..count {
+        let recipient = format!("+1415555{:04}", 1000 + i);
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
+            .bearer_auth(token())
+            .header("content-type", "application/json")
+            .body(sms(&recipient).to_string())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 200);
+        let _: Value = response.json().await.expect("JSON");
+        recipients.push(recipient);
+    }
+    recipients
+}
+
+fn slow_config(standin: &TwilioStandIn) -> String {
+    config_with(
+        standin,
+        &format!(
+            "[dispatch]\nworkers = {WORKERS}\nlease_seconds = 4\npoll_interval_ms = 200\n\
+             shutdown_grace_seconds = 10\nretry_base_ms = 100\n"
+        ),
+    )
+}
+
+async fn stop(mut child: Child) -> std::process::ExitStatus {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait")
+}
+
+#[tokio::test]
+async fn a_kill_9_mid_flight_loses_nothing_and_duplicates_at_most_the_in_flight_sends() {
+    let standin = TwilioStandIn::start().await;
+    standin.set_default(Reply::Slow(Duration::from_millis(150)));
+    let config = slow_config(&standin);
+    let db = TestApp::spawn_role(&config, Role::Ingress).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let (mut child, port) = spawn_binary(&db, &config, dir.path());
+    let client = wait_until_healthy(port).await;
+    let acknowledged = post_many(&client, port, 300).await;
+    wait_until("some sends", Duration::from_secs(30), async || {
+        standin.received().len() >= 20
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let sent_before_kill = standin.received().len();
+    assert!(sent_before_kill < acknowledged.len(), "killed mid-flight");
+
+    let (restarted, _) = spawn_binary(&db, &config, dir.path());
+    wait_until("the queue to drain", Duration::from_secs(90), async || {
+        smsgate::db::queue::depth(&db.pool).await.unwrap_or(1) == 0
+    })
+    .await;
+    assert!(stop(restarted).await.success());
+
+    let accepted = standin.accepted_per_recipient();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|r| !accepted.contains_key(*r))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never sent: {missing:?}"
+    );
+    let duplicates: usize = accepted.values().map(|n| n - 1).sum();
+    assert!(
+        duplicates <= WORKERS,
+        "{duplicates} duplicates, more than the {WORKERS} in flight"
+    );
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE status = 'sent'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(sent, acknowledged.len() as i64);
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_sends_and_a_restart_sends_the_rest_exactly_once() {
+    let standin = TwilioStandIn::start().await;
+    standin.set_default(Reply::Slow(Duration::from_millis(300)));
+    let config = slow_config(&standin);
+    let db = TestApp::spawn_role(&config, Role::Ingress).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let (child, port) = spawn_binary(&db, &config, dir.path());
+    let client = wait_until_healthy(port).await;
+    let acknowledged = post_many(&client, port, 100).await;
+    wait_until("sends in flight", Duration::from_secs(30), async || {
+        standin.in_flight() > 0
+    })
+    .await;
+    let status = stop(child).await;
+
+    assert!(status.success(), "exit code 0 after SIGTERM: {status}");
+    assert_eq!(
+        standin.in_flight(),
+        0,
+        "in-flight sends finished before exit"
+    );
+    let accepted_so_far = standin.received().len() as i64;
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE status = 'sent'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        recorded, accepted_so_far,
+        "every send was recorded before exit"
+    );
+    assert!(recorded < acknowledged.len() as i64, "stopped mid-way");
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM message_queue WHERE lease_token IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    assert_eq!(leased, 0, "no message left leased");
+
+    let (restarted, _) = spawn_binary(&db, &config, dir.path());
+    wait_until("the queue to drain", Duration::from_secs(60), async || {
+        smsgate::db::queue::depth(&db.pool).await.unwrap_or(1) == 0
+    })
+    .await;
+    assert!(stop(restarted).await.success());
+
+    let accepted = standin.accepted_per_recipient();
+    let expected: HashSet<&String> = acknowledged.iter().collect();
+    assert_eq!(accepted.len(), expected.len(), "every message sent");
+    assert!(
+        accepted.values().all(|&n| n == 1),
+        "no duplicates after a graceful stop"
+    );
+}
