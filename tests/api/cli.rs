@@ -72,7 +72,7 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
 #[test]
 fn check_config_names_the_bad_key_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(String, EnvOverrides, &str); 6] = [
+    let cases: [(String, EnvOverrides, &str); 9] = [
         (
             base_config(),
             &[("SMSGATE__DISPATCH__WORKERS", "many")],
@@ -105,6 +105,21 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
             base_config().replace("kind = \"log\"", "kind = \"carrier-pigeon\""),
             &[],
             "carriers.console",
+        ),
+        (
+            base_config().replace("kind = \"log\"", "kind = \"twilio\""),
+            &[],
+            "carriers.console.account_sid",
+        ),
+        (
+            base_config().replace("kind = \"log\"", "kind = \"log\"\nauth_token = \"x\""),
+            &[],
+            "carriers.console.auth_token",
+        ),
+        (
+            base_config(),
+            &[("SMSGATE__DISPATCH__LEASE_SECONDS", "3")],
+            "dispatch.lease_seconds",
         ),
     ];
     for (text, env, key) in cases {

@@ -485,3 +485,37 @@ async fn no_carrier_is_called_once_the_code_expired_even_mid_failover() {
         "the second carrier was called after expiry"
     );
 }
+
+#[tokio::test]
+async fn a_carrier_send_rate_is_capped_per_process() {
+    let standin = TwilioStandIn::start().await;
+    let config = config_with(&standin, FAST_DISPATCH).replace(
+        "timeout_ms = 3000\n",
+        "timeout_ms = 3000\nmax_per_second = 2\n",
+    );
+    let app = TestApp::spawn_role(&config, Role::All).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(queue(&app, &format!("+1415555{:04}", 2000 + i)).await);
+    }
+
+    for id in &ids {
+        assert_eq!(
+            wait_final(&app, id, Duration::from_secs(15)).await["status"],
+            "sent"
+        );
+    }
+
+    let times: Vec<Instant> = standin.received().iter().map(|r| r.at).collect();
+    let span = times
+        .iter()
+        .max()
+        .copied()
+        .zip(times.iter().min().copied())
+        .map(|(a, b)| a - b);
+    // 2 per second with a burst of 2: the sixth send comes at least 2 s after the first.
+    assert!(
+        span.is_some_and(|s| s >= Duration::from_millis(1900)),
+        "span {span:?}"
+    );
+}
