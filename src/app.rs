@@ -166,12 +166,7 @@ impl App {
             ));
         }
         let dispatcher = if self.role.workers() {
-            Some(Dispatcher::start(
-                &self.config,
-                pool,
-                wake,
-                shutdown.clone(),
-            )?)
+            Some(Dispatcher::start(&self.config, pool, wake, shutdown.clone()).await?)
         } else {
             None
         };

@@ -1,8 +1,12 @@
 //! Carriers behind one interface: each module owns its wire format, credentials and the
 //! mapping of its errors into [`FailureClass`]es; the dispatcher decides from the class alone.
 
+mod breaker;
+mod http;
 mod log;
+mod messagemedia;
 mod routes;
+mod sns;
 mod twilio;
 
 use std::collections::HashMap;
@@ -11,10 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{CarrierConfig, CarrierKind, Config};
 use crate::domain::{MessageId, PhoneNumber};
 
+pub use breaker::BreakerState;
 pub use routes::Routes;
 
 /// What a carrier is asked to send.
@@ -93,21 +99,41 @@ pub trait Carrier: Send + Sync {
 enum AnyCarrier {
     Log(log::LogCarrier),
     Twilio(twilio::TwilioCarrier),
+    MessageMedia(messagemedia::MessageMediaCarrier),
+    Sns(sns::SnsCarrier),
 }
 
-/// A named carrier with its per-process send-rate limit.
+/// A named carrier with what guards it: the breaker and the per-process rate and
+/// concurrency limits.
 pub struct CarrierHandle {
     pub name: String,
     client: AnyCarrier,
+    breaker: breaker::Breaker,
     /// `max_per_second`, per process (governor keeps no shared state across processes).
     limiter: Option<DefaultDirectRateLimiter>,
+    /// `max_in_flight`, per process.
+    slots: Option<Arc<Semaphore>>,
 }
 
 impl CarrierHandle {
-    fn build(name: &str, config: &CarrierConfig) -> anyhow::Result<Self> {
+    async fn build(
+        name: &str,
+        config: &CarrierConfig,
+        http: &mut http::HttpClients,
+    ) -> anyhow::Result<Self> {
         let client = match config.kind {
             CarrierKind::Log => AnyCarrier::Log(log::LogCarrier::new(name)),
-            CarrierKind::Twilio => AnyCarrier::Twilio(twilio::TwilioCarrier::new(config)?),
+            CarrierKind::Twilio => AnyCarrier::Twilio(twilio::TwilioCarrier::new(
+                config,
+                http.get(config.connect_timeout_ms)?,
+            )?),
+            CarrierKind::Messagemedia => {
+                AnyCarrier::MessageMedia(messagemedia::MessageMediaCarrier::new(
+                    config,
+                    http.get(config.connect_timeout_ms)?,
+                )?)
+            }
+            CarrierKind::Sns => AnyCarrier::Sns(sns::SnsCarrier::new(config).await?),
         };
         let limiter = config
             .max_per_second
@@ -116,30 +142,65 @@ impl CarrierHandle {
         Ok(Self {
             name: name.to_string(),
             client,
+            breaker: breaker::Breaker::new(
+                name,
+                config.breaker_failures,
+                Duration::from_secs(config.breaker_cooldown_seconds),
+            ),
             limiter,
+            slots: config
+                .max_in_flight
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
         })
     }
 
-    /// Waits until this process may send through the carrier again.
+    /// False while the breaker is open: skip this carrier. True while half-open means this
+    /// caller is the probe.
+    pub fn allow(&self) -> bool {
+        self.breaker.allow()
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Waits until this process may send through the carrier again (`max_per_second`).
     pub async fn ready(&self) {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
     }
 
+    /// Waits for one of the carrier's `max_in_flight` slots; `None` when it has no limit.
+    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        match &self.slots {
+            Some(slots) => slots.clone().acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+
+    /// Sends and tells the breaker how it went.
     pub async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
-        match &self.client {
+        let result = match &self.client {
             AnyCarrier::Log(carrier) => carrier.send(sms).await,
             AnyCarrier::Twilio(carrier) => carrier.send(sms).await,
-        }
+            AnyCarrier::MessageMedia(carrier) => carrier.send(sms).await,
+            AnyCarrier::Sns(carrier) => carrier.send(sms).await,
+        };
+        // A recipient failure is a working carrier giving a verdict.
+        let carrier_failure = matches!(&result, Err(e) if e.class != FailureClass::Recipient);
+        self.breaker.record(carrier_failure);
+        result
     }
 }
 
 /// Every configured carrier, by name.
-pub fn build_all(config: &Config) -> anyhow::Result<HashMap<String, Arc<CarrierHandle>>> {
-    config
-        .carriers
-        .iter()
-        .map(|(name, carrier)| Ok((name.clone(), Arc::new(CarrierHandle::build(name, carrier)?))))
-        .collect()
+pub async fn build_all(config: &Config) -> anyhow::Result<HashMap<String, Arc<CarrierHandle>>> {
+    let mut http = http::HttpClients::default();
+    let mut carriers = HashMap::new();
+    for (name, carrier) in &config.carriers {
+        let handle = CarrierHandle::build(name, carrier, &mut http).await?;
+        carriers.insert(name.clone(), Arc::new(handle));
+    }
+    Ok(carriers)
 }

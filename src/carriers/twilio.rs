@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::StatusCode;
-use reqwest::header::RETRY_AFTER;
 use serde::Deserialize;
 
+use super::http::{class_of_status, retry_after, transport_error};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::CarrierConfig;
 use crate::secret::Secret;
@@ -45,7 +45,7 @@ struct TwilioError {
 }
 
 impl TwilioCarrier {
-    pub fn new(config: &CarrierConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &CarrierConfig, http: reqwest::Client) -> anyhow::Result<Self> {
         let account_sid = config.account_sid.clone().context("twilio: account_sid")?;
         let (username, password) = match (&config.api_key_sid, &config.api_key_secret) {
             (Some(key), Some(secret)) => (key.clone(), secret.clone()),
@@ -55,11 +55,6 @@ impl TwilioCarrier {
             ),
         };
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .context("twilio: HTTP client")?;
         Ok(Self {
             http,
             url: format!(
@@ -145,42 +140,10 @@ fn classify(status: StatusCode, code: Option<i64>) -> FailureClass {
     match code {
         Some(code) if RECIPIENT_CODES.contains(&code) => FailureClass::Recipient,
         Some(code) if THROTTLE_CODES.contains(&code) => FailureClass::Throttled,
-        _ if status == StatusCode::TOO_MANY_REQUESTS => FailureClass::Throttled,
         // 5xx, 401/403 (20003) and route/permission codes (21408, 21612, 21606, …): this
         // carrier cannot take it now, another may.
-        _ => FailureClass::Carrier,
+        _ => class_of_status(status),
     }
-}
-
-/// Timeouts and transport failures (refused, reset, TLS) never reached a verdict.
-pub(super) fn transport_error(err: reqwest::Error) -> SendError {
-    let class = if err.is_timeout() {
-        FailureClass::Timeout
-    } else {
-        FailureClass::Carrier
-    };
-    // Without the URL: it holds the account id, and the chain says enough.
-    let err = err.without_url();
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    SendError::new(class, message)
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is rare from APIs and ignored).
-pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
 }
 
 #[cfg(test)]

@@ -13,6 +13,10 @@ pub enum CarrierKind {
     Log,
     /// Twilio Programmable Messaging (`POST /2010-04-01/Accounts/{sid}/Messages.json`).
     Twilio,
+    /// MessageMedia (Sinch) Messages API (`POST /v1/messages`).
+    Messagemedia,
+    /// AWS SNS `Publish` to a phone number, through the AWS SDK and its credential chain.
+    Sns,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -29,6 +33,15 @@ pub struct CarrierConfig {
     /// Sends per second through this carrier, per smsgate process; none = unlimited.
     #[serde(default)]
     pub max_per_second: Option<u32>,
+    /// Concurrent requests to this carrier, per smsgate process; none = unlimited.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Consecutive carrier failures that open the circuit breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker skips the carrier before one message probes it.
+    #[serde(default = "default_breaker_cooldown_seconds")]
+    pub breaker_cooldown_seconds: u64,
 
     // Twilio
     #[serde(default, deserialize_with = "optional_string")]
@@ -44,7 +57,28 @@ pub struct CarrierConfig {
     #[serde(default, deserialize_with = "optional_string")]
     pub status_callback: Option<String>,
 
-    // Shared by the HTTP carriers
+    // MessageMedia
+    #[serde(default, deserialize_with = "optional_string")]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub api_secret: Option<Secret>,
+
+    // AWS SNS
+    #[serde(default, deserialize_with = "optional_string")]
+    pub region: Option<String>,
+    /// A VPC endpoint or a local stand-in; the public SNS endpoint when absent.
+    #[serde(default, deserialize_with = "optional_string")]
+    pub endpoint_url: Option<String>,
+    /// `AWS.SNS.SMS.SenderID`.
+    #[serde(default, deserialize_with = "optional_string")]
+    pub sender_id: Option<String>,
+    /// Static credentials; without them the standard AWS credential chain is used.
+    #[serde(default, deserialize_with = "optional_string")]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+
+    // Shared by several kinds
     /// Sender: a carrier's `from` wins over the request's `sender`.
     #[serde(default, deserialize_with = "optional_string")]
     pub from: Option<String>,
@@ -61,11 +95,64 @@ fn default_timeout_ms() -> u64 {
     5000
 }
 
+fn default_breaker_failures() -> u32 {
+    5
+}
+
+fn default_breaker_cooldown_seconds() -> u64 {
+    30
+}
+
 fn optional_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     lenient_string(d).map(Some)
 }
 
+impl CarrierKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CarrierKind::Log => "log",
+            CarrierKind::Twilio => "twilio",
+            CarrierKind::Messagemedia => "messagemedia",
+            CarrierKind::Sns => "sns",
+        }
+    }
+}
+
 impl CarrierConfig {
+    /// The kind-specific keys that are set, with the kinds each belongs to.
+    fn set_keys(&self) -> Vec<(&'static str, &'static [CarrierKind])> {
+        use CarrierKind::{Messagemedia, Sns, Twilio};
+        let keys: [(&str, bool, &'static [CarrierKind]); 15] = [
+            ("account_sid", self.account_sid.is_some(), &[Twilio]),
+            ("auth_token", self.auth_token.is_some(), &[Twilio]),
+            ("api_key_sid", self.api_key_sid.is_some(), &[Twilio]),
+            ("api_key_secret", self.api_key_secret.is_some(), &[Twilio]),
+            (
+                "messaging_service_sid",
+                self.messaging_service_sid.is_some(),
+                &[Twilio],
+            ),
+            ("status_callback", self.status_callback.is_some(), &[Twilio]),
+            ("api_key", self.api_key.is_some(), &[Messagemedia]),
+            ("api_secret", self.api_secret.is_some(), &[Messagemedia]),
+            ("region", self.region.is_some(), &[Sns]),
+            ("endpoint_url", self.endpoint_url.is_some(), &[Sns]),
+            ("sender_id", self.sender_id.is_some(), &[Sns]),
+            ("access_key_id", self.access_key_id.is_some(), &[Sns]),
+            (
+                "secret_access_key",
+                self.secret_access_key.is_some(),
+                &[Sns],
+            ),
+            ("from", self.from.is_some(), &[Twilio, Messagemedia, Sns]),
+            ("base_url", self.base_url.is_some(), &[Twilio, Messagemedia]),
+        ];
+        keys.into_iter()
+            .filter(|(_, set, _)| *set)
+            .map(|(key, _, kinds)| (key, kinds))
+            .collect()
+    }
+
     /// Problems with this carrier's keys, each naming `carriers.<name>.<key>`.
     pub(super) fn problems(&self, name: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -90,35 +177,39 @@ impl CarrierConfig {
                 "must be at least 1 (remove it for no limit)",
             );
         }
-        let twilio_keys = [
-            ("account_sid", self.account_sid.is_some()),
-            ("auth_token", self.auth_token.is_some()),
-            ("api_key_sid", self.api_key_sid.is_some()),
-            ("api_key_secret", self.api_key_secret.is_some()),
-            (
-                "messaging_service_sid",
-                self.messaging_service_sid.is_some(),
-            ),
-            ("status_callback", self.status_callback.is_some()),
-        ];
-        let http_keys = [
-            ("from", self.from.is_some()),
-            ("base_url", self.base_url.is_some()),
-        ];
-        match self.kind {
-            CarrierKind::Log => {
-                for (key, _) in twilio_keys.iter().chain(&http_keys).filter(|(_, set)| *set) {
-                    problem(key, "is not a key of kind \"log\"");
-                }
+        if self.max_in_flight == Some(0) {
+            problem(
+                "max_in_flight",
+                "must be at least 1 (remove it for no limit)",
+            );
+        }
+        if self.breaker_failures == 0 {
+            problem("breaker_failures", "must be at least 1");
+        }
+        if self.breaker_cooldown_seconds == 0 {
+            problem("breaker_cooldown_seconds", "must be at least 1");
+        }
+        for (key, kinds) in self.set_keys() {
+            if !kinds.contains(&self.kind) {
+                problem(
+                    key,
+                    &format!("is not a key of kind \"{}\"", self.kind.as_str()),
+                );
             }
+        }
+        let required = |key: &str, present: bool, problem: &mut dyn FnMut(&str, &str)| {
+            if !present {
+                problem(key, "is required for this kind");
+            }
+        };
+        let has = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.trim().is_empty());
+        let has_secret = |value: &Option<Secret>| value.as_ref().is_some_and(|v| !v.is_empty());
+        match self.kind {
+            CarrierKind::Log => {}
             CarrierKind::Twilio => {
-                let sid = self.account_sid.as_deref().unwrap_or_default();
-                if sid.is_empty() {
-                    problem("account_sid", "is required for kind \"twilio\"");
-                }
-                let token = self.auth_token.as_ref().is_some_and(|t| !t.is_empty());
-                let key = self.api_key_sid.is_some() && self.api_key_secret.is_some();
-                if !token && !key {
+                required("account_sid", has(&self.account_sid), &mut problem);
+                let key = has(&self.api_key_sid) && has_secret(&self.api_key_secret);
+                if !has_secret(&self.auth_token) && !key {
                     problem(
                         "auth_token",
                         "is required for kind \"twilio\" (or api_key_sid with api_key_secret)",
@@ -130,17 +221,35 @@ impl CarrierConfig {
                         "api_key_sid and api_key_secret go together",
                     );
                 }
-                if self.from.is_none() && self.messaging_service_sid.is_none() {
+                if !has(&self.from) && !has(&self.messaging_service_sid) {
                     problem(
                         "from",
                         "kind \"twilio\" needs from or messaging_service_sid",
                     );
                 }
-                if let Some(url) = &self.base_url
-                    && !(url.starts_with("http://") || url.starts_with("https://"))
-                {
-                    problem("base_url", "must be an http(s) URL");
+            }
+            CarrierKind::Messagemedia => {
+                required("api_key", has(&self.api_key), &mut problem);
+                required("api_secret", has_secret(&self.api_secret), &mut problem);
+            }
+            CarrierKind::Sns => {
+                required("region", has(&self.region), &mut problem);
+                if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+                    problem(
+                        "secret_access_key",
+                        "access_key_id and secret_access_key go together",
+                    );
                 }
+            }
+        }
+        for (key, url) in [
+            ("base_url", &self.base_url),
+            ("endpoint_url", &self.endpoint_url),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                problem(key, "must be an http(s) URL");
             }
         }
         problems

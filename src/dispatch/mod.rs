@@ -55,13 +55,13 @@ struct Claimer {
 
 impl Dispatcher {
     /// Starts claimers, the outcome writer, the LISTEN wake-up and retention.
-    pub fn start(
+    pub async fn start(
         config: &Config,
         pool: PgPool,
         wake: Wake,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let handles = carriers::build_all(config)?;
+        let handles = carriers::build_all(config).await?;
         let routes = Routes::new(&config.routes, &handles)?;
         let d = &config.dispatch;
         let context = Arc::new(SendContext {

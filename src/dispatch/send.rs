@@ -42,6 +42,15 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
     let mut retry_after = None;
     let mut last_error = String::from("no carrier is routed for this number");
     for carrier in context.routes.carriers_for(recipient.as_str()) {
+        if !carrier.allow() {
+            tracing::debug!(id = %message.id, carrier = %carrier.name, "breaker open; skipped");
+            last_error = format!("{}: circuit breaker open", carrier.name);
+            continue;
+        }
+        let _slot = tokio::select! {
+            slot = carrier.slot() => slot,
+            _ = tokio::time::sleep_until(deadline.into()) => return completion(expired(), calls),
+        };
         tokio::select! {
             _ = carrier.ready() => {}
             _ = context.shutdown.cancelled(), if calls.is_empty() => {
@@ -114,24 +123,37 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
         }
     }
 
-    // Every carrier of the route failed this time.
-    if attempt >= context.retry.max_attempts as i32 {
+    // Every carrier of the route failed this time. When all were skipped by their breakers,
+    // no carrier was called and the attempt does not count.
+    let attempts = if calls.is_empty() {
+        message.attempts
+    } else {
+        attempt
+    };
+    let ended = |disposition, calls| Completion {
+        id: message.id,
+        lease_token: message.lease_token,
+        attempts,
+        disposition,
+        calls,
+    };
+    if attempts >= context.retry.max_attempts as i32 {
         let failed = Disposition::Final {
             status: Status::Failed,
             carrier: None,
             carrier_message_id: None,
             error: Some(format!(
-                "gave up after {attempt} attempts; last: {last_error}"
+                "gave up after {attempts} attempts; last: {last_error}"
             )),
         };
-        return completion(failed, calls);
+        return ended(failed, calls);
     }
-    let delay = context.retry.delay(attempt as u32, retry_after);
+    let delay = context.retry.delay(attempts.max(1) as u32, retry_after);
     if Instant::now() + delay >= deadline {
-        return completion(expired(), calls);
+        return ended(expired(), calls);
     }
     let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-    completion(Disposition::Retry { delay_ms }, calls)
+    ended(Disposition::Retry { delay_ms }, calls)
 }
 
 /// Used by the claimer for rows that are already past their expiry or their limits.

@@ -7,7 +7,7 @@ use serde_json::Value;
 use smsgate::Role;
 
 use crate::helpers::{ADMIN_TOKEN, TestApp, base_config, sms, token};
-use crate::twilio_standin::{FROM, Reply, TwilioStandIn};
+use crate::standins::twilio::{FROM, Reply, TwilioStandIn};
 
 /// The base config with the console carrier replaced by the stand-in, plus `extra` TOML.
 pub fn config_with(standin: &TwilioStandIn, extra: &str) -> String {
@@ -141,12 +141,12 @@ async fn a_carrier_failing_twice_then_succeeding_ends_sent_after_three_attempts(
     standin.script([
         Reply::Error {
             status: 500,
-            code: 20500,
+            code: "20500",
             retry_after: None,
         },
         Reply::Error {
             status: 503,
-            code: 20503,
+            code: "20503",
             retry_after: None,
         },
     ]);
@@ -187,7 +187,7 @@ async fn retry_after_from_the_carrier_is_honoured() {
     let standin = TwilioStandIn::start().await;
     standin.script([Reply::Error {
         status: 429,
-        code: 20429,
+        code: "20429",
         retry_after: Some(2),
     }]);
     let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
@@ -210,7 +210,7 @@ async fn a_message_is_never_sent_after_it_expires() {
     let standin = TwilioStandIn::start().await;
     standin.set_default(Reply::Error {
         status: 500,
-        code: 20500,
+        code: "20500",
         retry_after: None,
     });
     let extra = "[dispatch]\nmessage_ttl_seconds = 2\nretry_base_ms = 300\nretry_max_ms = 300\nmax_attempts = 100\nlease_seconds = 5\npoll_interval_ms = 100\n";
@@ -257,7 +257,7 @@ async fn a_recipient_failure_ends_the_message_without_retrying() {
     let standin = TwilioStandIn::start().await;
     standin.script([Reply::Error {
         status: 400,
-        code: 21211,
+        code: "21211",
         retry_after: None,
     }]);
     let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
@@ -277,7 +277,7 @@ async fn after_max_attempts_the_message_fails() {
     let standin = TwilioStandIn::start().await;
     standin.set_default(Reply::Error {
         status: 500,
-        code: 20500,
+        code: "20500",
         retry_after: None,
     });
     let extra = "[dispatch]\nretry_base_ms = 50\nretry_max_ms = 100\nmax_attempts = 3\npoll_interval_ms = 100\n";

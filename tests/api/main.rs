@@ -1,11 +1,12 @@
 //! Integration tests: the real app, a real PostgreSQL, requests signed the way Auth0 signs them.
 
 mod auth;
+mod carriers;
 mod cli;
 mod dispatch;
 mod health;
 mod helpers;
 mod ingress;
 mod process;
+mod standins;
 mod status;
-mod twilio_standin;

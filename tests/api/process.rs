@@ -13,7 +13,7 @@ use smsgate::Role;
 use crate::cli::{BINARY, free_port, wait_until_healthy};
 use crate::dispatch::{config_with, wait_until};
 use crate::helpers::{TestApp, sms, token, url_of};
-use crate::twilio_standin::{Reply, TwilioStandIn};
+use crate::standins::twilio::{Reply, TwilioStandIn};
 
 const WORKERS: usize = 8;
 

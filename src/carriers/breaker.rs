@@ -1,0 +1,164 @@
+//! A circuit breaker per carrier: after `breaker_failures` consecutive carrier failures the
+//! carrier is skipped for `breaker_cooldown_seconds`, then one message probes it (half-open);
+//! the probe's result closes or reopens it.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed {
+        consecutive_failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe is out since `since`; a probe that never reports back is replaced after a
+    /// cooldown, so a lost probe cannot keep the carrier shut forever.
+    HalfOpen {
+        since: Instant,
+    },
+}
+
+pub struct Breaker {
+    carrier: String,
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<State>,
+}
+
+impl Breaker {
+    pub fn new(carrier: &str, threshold: u32, cooldown: Duration) -> Self {
+        Self {
+            carrier: carrier.to_string(),
+            threshold,
+            cooldown,
+            state: Mutex::new(State::Closed {
+                consecutive_failures: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// May a message be sent through the carrier now? A `true` while half-open makes this
+    /// caller the probe.
+    pub fn allow(&self) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match *state {
+            State::Closed { .. } => true,
+            State::Open { until } | State::HalfOpen { since: until } if now < until => false,
+            State::Open { .. } | State::HalfOpen { .. } => {
+                *state = State::HalfOpen {
+                    since: now + self.cooldown,
+                };
+                tracing::info!(carrier = %self.carrier, "circuit breaker half-open: probing");
+                true
+            }
+        }
+    }
+
+    /// Records the result of a call that `allow` let through.
+    pub fn record(&self, carrier_failure: bool) {
+        let mut state = self.lock();
+        match (&mut *state, carrier_failure) {
+            (
+                State::Closed {
+                    consecutive_failures,
+                },
+                false,
+            ) => *consecutive_failures = 0,
+            (
+                State::Closed {
+                    consecutive_failures,
+                },
+                true,
+            ) => {
+                *consecutive_failures += 1;
+                if *consecutive_failures >= self.threshold {
+                    tracing::warn!(
+                        carrier = %self.carrier, failures = *consecutive_failures,
+                        cooldown = ?self.cooldown, "circuit breaker open: skipping the carrier"
+                    );
+                    *state = State::Open {
+                        until: Instant::now() + self.cooldown,
+                    };
+                }
+            }
+            (State::HalfOpen { .. } | State::Open { .. }, false) => {
+                tracing::info!(carrier = %self.carrier, "circuit breaker closed: carrier recovered");
+                *state = State::Closed {
+                    consecutive_failures: 0,
+                };
+            }
+            (State::HalfOpen { .. } | State::Open { .. }, true) => {
+                tracing::warn!(carrier = %self.carrier, "circuit breaker reopened: probe failed");
+                *state = State::Open {
+                    until: Instant::now() + self.cooldown,
+                };
+            }
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match *self.lock() {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_the_threshold_skips_then_lets_one_probe_through() {
+        let breaker = Breaker::new("t", 3, Duration::from_millis(50));
+        for _ in 0..2 {
+            assert!(breaker.allow());
+            breaker.record(true);
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        breaker.record(true);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(!breaker.allow(), "skipped while open");
+
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(breaker.allow(), "the probe");
+        assert!(!breaker.allow(), "only one probe at a time");
+        breaker.record(false);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_and_a_success_resets_the_count() {
+        let breaker = Breaker::new("t", 2, Duration::from_millis(20));
+        breaker.record(true);
+        breaker.record(false);
+        breaker.record(true);
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "failures must be consecutive"
+        );
+        breaker.record(true);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(breaker.allow());
+        breaker.record(true);
+        assert_eq!(breaker.state(), BreakerState::Open);
+    }
+}

@@ -1,0 +1,75 @@
+//! What the HTTP carriers share: one connection pool per distinct connect timeout (so, with
+//! the defaults, one pool for all), and the mapping of transport errors and `Retry-After`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use super::{FailureClass, SendError};
+
+/// reqwest sets the connect timeout per client, so carriers with equal timeouts share one.
+#[derive(Default)]
+pub struct HttpClients {
+    by_connect_timeout: HashMap<u64, reqwest::Client>,
+}
+
+impl HttpClients {
+    pub fn get(&mut self, connect_timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
+        if let Some(client) = self.by_connect_timeout.get(&connect_timeout_ms) {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(connect_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .user_agent(concat!("smsgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot build the carriers' HTTP client")?;
+        self.by_connect_timeout
+            .insert(connect_timeout_ms, client.clone());
+        Ok(client)
+    }
+}
+
+/// Timeouts and transport failures (refused, reset, TLS) never reached a verdict.
+pub fn transport_error(err: reqwest::Error) -> SendError {
+    let class = if err.is_timeout() {
+        FailureClass::Timeout
+    } else {
+        FailureClass::Carrier
+    };
+    // Without the URL: it may hold an account id, and the cause chain says enough.
+    let err = err.without_url();
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    SendError::new(class, message)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from APIs and ignored).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The class every HTTP carrier gives a status it has no more specific code for.
+pub fn class_of_status(status: reqwest::StatusCode) -> FailureClass {
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        FailureClass::Throttled
+    } else {
+        FailureClass::Carrier
+    }
+}

@@ -1,0 +1,197 @@
+//! MessageMedia (Sinch) Messages API: `POST {base_url}/v1/messages` with JSON, HTTP Basic
+//! `api_key:api_secret`; 202 with `messages[0].message_id`. One message per request, because
+//! one invalid message voids a whole batch (shared research, "carriers.md" §2).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::http::{class_of_status, retry_after, transport_error};
+use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
+use crate::config::CarrierConfig;
+use crate::secret::Secret;
+
+const DEFAULT_BASE_URL: &str = "https://api.messagemedia.com";
+
+pub struct MessageMediaCarrier {
+    http: reqwest::Client,
+    url: String,
+    api_key: String,
+    api_secret: Secret,
+    from: Option<String>,
+    timeout: Duration,
+}
+
+#[derive(Serialize)]
+struct SendRequest<'a> {
+    messages: [OutgoingMessage<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct OutgoingMessage<'a> {
+    content: &'a str,
+    destination_number: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_number: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_number_type: Option<&'static str>,
+    format: &'static str,
+    /// The code's expiry: MessageMedia drops the message rather than deliver it late.
+    message_expiry_timestamp: String,
+}
+
+#[derive(Deserialize)]
+struct SendResponse {
+    #[serde(default)]
+    messages: Vec<SentMessage>,
+}
+
+#[derive(Deserialize)]
+struct SentMessage {
+    message_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    message: Option<String>,
+    #[serde(default)]
+    details: Vec<String>,
+}
+
+impl MessageMediaCarrier {
+    pub fn new(config: &CarrierConfig, http: reqwest::Client) -> anyhow::Result<Self> {
+        let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        Ok(Self {
+            http,
+            url: format!("{}/v1/messages", base.trim_end_matches('/')),
+            api_key: config.api_key.clone().context("messagemedia: api_key")?,
+            api_secret: config
+                .api_secret
+                .clone()
+                .context("messagemedia: api_secret")?,
+            from: config.from.clone(),
+            timeout: Duration::from_millis(config.timeout_ms),
+        })
+    }
+}
+
+/// MessageMedia wants the kind of sender spelled out when it is not a phone number.
+fn source_type(source: &str) -> &'static str {
+    if source.starts_with('+') {
+        "INTERNATIONAL"
+    } else if source.chars().all(|c| c.is_ascii_digit()) {
+        "SHORTCODE"
+    } else {
+        "ALPHANUMERIC"
+    }
+}
+
+impl Carrier for MessageMediaCarrier {
+    async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
+        let source = self.from.as_deref().or(sms.sender.as_deref());
+        let expiry = Utc::now()
+            + chrono::Duration::from_std(sms.validity).unwrap_or(chrono::Duration::zero());
+        let request = SendRequest {
+            messages: [OutgoingMessage {
+                content: &sms.body,
+                destination_number: sms.to.as_str(),
+                source_number: source,
+                source_number_type: source.map(source_type),
+                format: "SMS",
+                message_expiry_timestamp: expiry.to_rfc3339_opts(SecondsFormat::Secs, true),
+            }],
+        };
+        let response = self
+            .http
+            .post(&self.url)
+            .basic_auth(&self.api_key, Some(self.api_secret.expose()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .json(&request)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await.map_err(transport_error)?;
+        if status.is_success() {
+            let sent: Option<SendResponse> = serde_json::from_slice(&body).ok();
+            let id = sent
+                .and_then(|r| r.messages.into_iter().next())
+                .and_then(|m| m.message_id);
+            return Ok(Accepted {
+                carrier_message_id: id,
+                http_status: Some(status.as_u16()),
+            });
+        }
+        let error: Option<ErrorBody> = serde_json::from_slice(&body).ok();
+        let details = error
+            .as_ref()
+            .map(|e| e.details.join("; "))
+            .unwrap_or_default();
+        let class = classify(status, &details);
+        let message = match error.and_then(|e| e.message) {
+            Some(message) if details.is_empty() => message,
+            Some(message) => format!("{message} ({details})"),
+            None => format!("HTTP {status} without a MessageMedia error body"),
+        };
+        Err(SendError {
+            class,
+            http_status: Some(status.as_u16()),
+            code: None,
+            message,
+            retry_after,
+        })
+    }
+}
+
+/// A 400 names the offending field in `details`: the destination or the content is about the
+/// message itself; anything else (the source number, our account) is this carrier's problem.
+fn classify(status: reqwest::StatusCode, details: &str) -> FailureClass {
+    let about_the_message = details.contains("destination_number") || details.contains("/content");
+    if status == reqwest::StatusCode::BAD_REQUEST && about_the_message {
+        FailureClass::Recipient
+    } else {
+        class_of_status(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn a_bad_destination_fails_the_message_and_a_bad_source_fails_over() {
+        let bad_destination = "/messages/0/destination_number: International address must be between 8 and 15 characters";
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, bad_destination),
+            FailureClass::Recipient
+        );
+        assert_eq!(
+            classify(
+                StatusCode::BAD_REQUEST,
+                "/messages/0/source_number: not registered"
+            ),
+            FailureClass::Carrier
+        );
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, ""),
+            FailureClass::Carrier
+        );
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, ""),
+            FailureClass::Throttled
+        );
+        assert_eq!(classify(StatusCode::BAD_GATEWAY, ""), FailureClass::Carrier);
+    }
+
+    #[test]
+    fn sender_kinds_are_named() {
+        assert_eq!(source_type("+61491570157"), "INTERNATIONAL");
+        assert_eq!(source_type("12345"), "SHORTCODE");
+        assert_eq!(source_type("ACME"), "ALPHANUMERIC");
+    }
+}

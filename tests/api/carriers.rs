@@ -1,0 +1,374 @@
+//! The carriers through their wire contracts: success, every failure class, failover within one
+//! attempt, and the circuit breaker.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use smsgate::Role;
+
+use crate::dispatch::{queue, wait_final};
+use crate::helpers::{TestApp, base_config};
+use crate::standins::messagemedia::{MessageMediaStandIn, messagemedia_toml};
+use crate::standins::sns::{SnsStandIn, sns_toml};
+use crate::standins::twilio::{TwilioStandIn, twilio_toml};
+use crate::standins::{Reply, StandIn, refused_url};
+
+/// One dispatch attempt, so each failure shows as the message's final state at once.
+const ONE_ATTEMPT: &str = "[dispatch]\nmax_attempts = 1\npoll_interval_ms = 100\n";
+
+/// The base config with `tables` as its carriers, all numbers routed to `route`.
+fn routed(tables: &str, route: &[&str], extra: &str) -> String {
+    let names: Vec<String> = route.iter().map(|n| format!("\"{n}\"")).collect();
+    base_config()
+        .replace("[carriers.console]\nkind = \"log\"\n", tables)
+        .replace(
+            "carriers = [\"console\"]",
+            &format!("carriers = [{}]", names.join(", ")),
+        )
+        + extra
+}
+
+/// Sends one message through a single carrier described by `table` and returns its view.
+async fn send_through(table: &str, extra: &str) -> Value {
+    let app = TestApp::spawn_role(&routed(table, &["c"], extra), Role::All).await;
+    let id = queue(&app, "+14155552671").await;
+    wait_final(&app, &id, Duration::from_secs(15)).await
+}
+
+fn error(status: u16, code: &'static str) -> Reply {
+    Reply::Error {
+        status,
+        code,
+        retry_after: None,
+    }
+}
+
+fn short_timeout(table: String) -> String {
+    table
+        .replace("timeout_ms = 3000", "timeout_ms = 500")
+        .replace("timeout_ms = 2000", "timeout_ms = 500")
+        .replace("connect_timeout_ms = 1000", "connect_timeout_ms = 400")
+}
+
+/// Runs each scripted reply against a fresh stand-in and checks status and outcome class.
+async fn assert_classes<S: std::ops::Deref<Target = StandIn>>(
+    start: impl AsyncFn() -> S,
+    table: impl Fn(&S) -> String,
+    cases: Vec<(Reply, &str, &str)>,
+) {
+    for (reply, status, outcome) in cases {
+        let standin = start().await;
+        standin.set_default(reply.clone());
+        let view = send_through(&short_timeout(table(&standin)), ONE_ATTEMPT).await;
+        assert_eq!(view["status"], status, "{reply:?}: {view}");
+        assert_eq!(view["attempts"][0]["outcome"], outcome, "{reply:?}: {view}");
+    }
+}
+
+#[tokio::test]
+async fn twilio_failures_are_classified() {
+    assert_classes(
+        TwilioStandIn::start,
+        |s| s.carrier_toml("c"),
+        vec![
+            (error(400, "21211"), "failed", "recipient_failure"),
+            (error(400, "21610"), "failed", "recipient_failure"),
+            (error(400, "21408"), "failed", "carrier_failure"),
+            (error(401, "20003"), "failed", "carrier_failure"),
+            (error(500, "20500"), "failed", "carrier_failure"),
+            (error(429, "20429"), "failed", "throttled"),
+            (Reply::Slow(Duration::from_secs(2)), "failed", "timeout"),
+        ],
+    )
+    .await;
+    let refused = send_through(&twilio_toml("c", &refused_url()), ONE_ATTEMPT).await;
+    assert_eq!(refused["attempts"][0]["outcome"], "carrier_failure");
+}
+
+#[tokio::test]
+async fn messagemedia_sends_one_message_per_request_with_the_codes_expiry() {
+    let standin = MessageMediaStandIn::start().await;
+
+    let view = send_through(&standin.carrier_toml("c"), "").await;
+
+    assert_eq!(view["status"], "sent");
+    assert_eq!(view["attempts"][0]["http_status"], 202);
+    assert!(
+        view["attempts"][0]["carrier_message_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36)
+    );
+    let seen = standin.seen();
+    assert_eq!(seen.len(), 1);
+    let fields = &seen[0].fields;
+    assert_eq!(fields["to"], "+14155552671");
+    assert_eq!(fields["content"], "Your verification code is: 123456");
+    assert_eq!(fields["messages"], "1");
+    assert_eq!(fields["format"], "SMS");
+    assert_eq!(
+        fields["source_number"], "+15555555555",
+        "the request's sender without a from"
+    );
+    assert_eq!(fields["source_number_type"], "INTERNATIONAL");
+    let expiry = chrono::DateTime::parse_from_rfc3339(&fields["message_expiry_timestamp"])
+        .expect("RFC 3339");
+    let expires_at =
+        chrono::DateTime::parse_from_rfc3339(view["expires_at"].as_str().expect("expires_at"))
+            .expect("RFC 3339");
+    assert!(
+        (expiry - expires_at).num_seconds().abs() <= 2,
+        "expiry {expiry} vs {expires_at}"
+    );
+}
+
+#[tokio::test]
+async fn messagemedia_failures_are_classified() {
+    assert_classes(
+        MessageMediaStandIn::start,
+        |s| s.carrier_toml("c"),
+        vec![
+            (error(400, "destination"), "failed", "recipient_failure"),
+            (error(400, "other"), "failed", "carrier_failure"),
+            (error(401, ""), "failed", "carrier_failure"),
+            (error(503, ""), "failed", "carrier_failure"),
+            (error(429, ""), "failed", "throttled"),
+            (Reply::Slow(Duration::from_secs(2)), "failed", "timeout"),
+        ],
+    )
+    .await;
+    let refused = send_through(&messagemedia_toml("c", &refused_url()), ONE_ATTEMPT).await;
+    assert_eq!(refused["attempts"][0]["outcome"], "carrier_failure");
+}
+
+#[tokio::test]
+async fn sns_publishes_a_signed_transactional_sms_through_the_sdk() {
+    let standin = SnsStandIn::start().await;
+
+    let view = send_through(&standin.carrier_toml("c"), "").await;
+
+    assert_eq!(view["status"], "sent", "{view}");
+    assert!(view["attempts"][0]["carrier_message_id"].as_str().is_some());
+    let seen = standin.seen();
+    assert_eq!(seen.len(), 1);
+    let fields = &seen[0].fields;
+    assert_eq!(fields["to"], "+14155552671");
+    assert_eq!(fields["message"], "Your verification code is: 123456");
+    assert_eq!(fields["attr:AWS.SNS.SMS.SMSType"], "Transactional");
+    assert_eq!(fields["attr:AWS.SNS.SMS.SenderID"], "ACME");
+    assert_eq!(fields["attr:AWS.MM.SMS.OriginationNumber"], "+15555555555");
+}
+
+#[tokio::test]
+async fn sns_with_a_wrong_secret_is_refused_by_the_signature_check() {
+    let standin = SnsStandIn::start().await;
+    let table = standin
+        .carrier_toml("c")
+        .replace("sns-test-secret-access-key", "wrong-secret");
+
+    let view = send_through(&table, ONE_ATTEMPT).await;
+
+    assert_eq!(view["attempts"][0]["outcome"], "carrier_failure");
+    assert_eq!(view["attempts"][0]["http_status"], 403);
+    assert_eq!(view["attempts"][0]["error_code"], "SignatureDoesNotMatch");
+}
+
+#[tokio::test]
+async fn sns_failures_are_classified() {
+    assert_classes(
+        SnsStandIn::start,
+        |s| s.carrier_toml("c"),
+        vec![
+            (
+                error(400, "InvalidParameter"),
+                "failed",
+                "recipient_failure",
+            ),
+            (
+                error(403, "AuthorizationError"),
+                "failed",
+                "carrier_failure",
+            ),
+            (error(500, "InternalError"), "failed", "carrier_failure"),
+            (error(400, "Throttling"), "failed", "throttled"),
+            (Reply::Slow(Duration::from_secs(2)), "failed", "timeout"),
+        ],
+    )
+    .await;
+    let refused = send_through(&sns_toml("c", &refused_url()), ONE_ATTEMPT).await;
+    assert_eq!(refused["attempts"][0]["outcome"], "carrier_failure");
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_honoured_by_every_carrier() {
+    let twilio = TwilioStandIn::start().await;
+    let mm = MessageMediaStandIn::start().await;
+    let sns = SnsStandIn::start().await;
+    let throttle = |code| Reply::Error {
+        status: 429,
+        code,
+        retry_after: Some(2),
+    };
+    twilio.script([throttle("20429")]);
+    mm.script([throttle("")]);
+    sns.script([throttle("Throttling")]);
+    let retry = "[dispatch]\nmax_attempts = 2\nretry_base_ms = 10\nretry_max_ms = 10\npoll_interval_ms = 100\n";
+
+    for (table, standin) in [
+        (twilio.carrier_toml("c"), &*twilio),
+        (mm.carrier_toml("c"), &*mm),
+        (sns.carrier_toml("c"), &*sns),
+    ] {
+        let view = send_through(&table, retry).await;
+        assert_eq!(view["status"], "sent", "{view}");
+        assert_eq!(view["attempts"][0]["outcome"], "throttled");
+        let seen = standin.seen();
+        assert!(
+            seen[1].at - seen[0].at >= Duration::from_secs(2),
+            "Retry-After waited"
+        );
+    }
+}
+
+#[tokio::test]
+async fn failover_passes_dead_failing_and_throttling_carriers_within_one_attempt() {
+    let failing = MessageMediaStandIn::start().await;
+    failing.set_default(error(500, ""));
+    let throttling = SnsStandIn::start().await;
+    throttling.set_default(error(400, "Throttling"));
+    let good = TwilioStandIn::start().await;
+    let tables = format!(
+        "{}{}{}{}",
+        twilio_toml("dead", &refused_url()),
+        failing.carrier_toml("failing"),
+        throttling.carrier_toml("throttling"),
+        good.carrier_toml("good")
+    );
+    let config = routed(
+        &tables,
+        &["dead", "failing", "throttling", "good"],
+        "[dispatch]\nlease_seconds = 20\n",
+    );
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(15)).await;
+
+    assert_eq!(view["status"], "sent");
+    assert_eq!(view["carrier"], "good");
+    let calls: Vec<(i64, &str, &str)> = view["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_i64().unwrap_or_default(),
+                a["carrier"].as_str().unwrap_or_default(),
+                a["outcome"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            (1, "dead", "carrier_failure"),
+            (1, "failing", "carrier_failure"),
+            (1, "throttling", "throttled"),
+            (1, "good", "sent"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_recipient_failure_on_the_first_carrier_does_not_reach_the_second() {
+    let first = TwilioStandIn::start().await;
+    first.set_default(error(400, "21211"));
+    let second = MessageMediaStandIn::start().await;
+    let tables = format!(
+        "{}{}",
+        first.carrier_toml("first"),
+        second.carrier_toml("second")
+    );
+    let app = TestApp::spawn_role(&routed(&tables, &["first", "second"], ""), Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+
+    assert_eq!(view["status"], "failed");
+    assert_eq!(view["attempts"].as_array().map(Vec::len), Some(1));
+    assert!(
+        second.seen().is_empty(),
+        "the second carrier was charged for a bad number"
+    );
+}
+
+#[tokio::test]
+async fn the_longest_matching_prefix_picks_the_route() {
+    let us = TwilioStandIn::start().await;
+    let uk = MessageMediaStandIn::start().await;
+    let tables = format!("{}{}", us.carrier_toml("us"), uk.carrier_toml("uk"));
+    let config = routed(&tables, &["us"], "")
+        + "[[routes]]\nprefix = \"+44\"\ncarriers = [\"uk\"]\n[[routes]]\nprefix = \"+447\"\ncarriers = [\"us\"]\n";
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    for recipient in ["+14155552671", "+442071838750", "+447911123456"] {
+        let id = queue(&app, recipient).await;
+        wait_final(&app, &id, Duration::from_secs(10)).await;
+    }
+
+    let to_us: Vec<String> = us.seen().iter().map(|s| s.fields["to"].clone()).collect();
+    let to_uk: Vec<String> = uk.seen().iter().map(|s| s.fields["to"].clone()).collect();
+    assert_eq!(to_us, vec!["+14155552671", "+447911123456"]);
+    assert_eq!(to_uk, vec!["+442071838750"]);
+}
+
+#[tokio::test]
+async fn the_breaker_opens_skips_and_closes_after_a_successful_probe() {
+    let flaky = TwilioStandIn::start().await;
+    flaky.set_default(error(500, "20500"));
+    let backup = MessageMediaStandIn::start().await;
+    let tables = format!(
+        "{}breaker_failures = 2\nbreaker_cooldown_seconds = 1\n{}",
+        flaky.carrier_toml("flaky"),
+        backup.carrier_toml("backup")
+    );
+    let app = TestApp::spawn_role(&routed(&tables, &["flaky", "backup"], ""), Role::All).await;
+    let send = async || {
+        let id = queue(&app, "+14155552671").await;
+        wait_final(&app, &id, Duration::from_secs(10)).await
+    };
+
+    for _ in 0..2 {
+        assert_eq!(send().await["carrier"], "backup");
+    }
+    assert_eq!(flaky.seen().len(), 2);
+    let skipped = send().await;
+    assert_eq!(skipped["carrier"], "backup");
+    assert_eq!(
+        skipped["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "flaky skipped while open"
+    );
+    assert_eq!(flaky.seen().len(), 2);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    flaky.set_default(Reply::Created);
+    assert_eq!(
+        send().await["carrier"],
+        "flaky",
+        "the probe went through and succeeded"
+    );
+    assert_eq!(send().await["carrier"], "flaky", "closed again");
+    assert_eq!(flaky.seen().len(), 4);
+}
+
+#[tokio::test]
+async fn a_200_that_is_not_a_message_resource_counts_as_sent_without_an_id() {
+    let standin = TwilioStandIn::start().await;
+    standin.set_default(Reply::Garbage);
+
+    let view = send_through(&standin.carrier_toml("c"), ONE_ATTEMPT).await;
+
+    // The carrier said yes: failing over could send the code twice.
+    assert_eq!(view["status"], "sent");
+    assert!(view["attempts"][0]["carrier_message_id"].is_null());
+}

@@ -1,0 +1,225 @@
+//! Local HTTP servers that reproduce each carrier's documented wire contract: they refuse what
+//! the real API refuses, answer with the real success and error shapes, follow a per-test
+//! script, and record every request for assertions.
+
+// A refusal is a whole HTTP response; boxing it would only add noise to test code.
+#![allow(clippy::result_large_err)]
+
+pub mod messagemedia;
+pub mod sns;
+pub mod twilio;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// The carrier's success answer.
+    Created,
+    /// Success, after this long (a slow carrier).
+    Slow(Duration),
+    /// The carrier's error shape with this HTTP status and carrier error code.
+    Error {
+        status: u16,
+        code: &'static str,
+        retry_after: Option<u64>,
+    },
+    /// A 200 whose body is not what the carrier documents.
+    Garbage,
+}
+
+/// A request as the stand-in saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+    /// Answered with a 2xx success.
+    pub accepted: bool,
+    /// Carrier-specific fields decoded by the contract check (recipient under "to").
+    pub fields: HashMap<String, String>,
+}
+
+/// What makes a stand-in one carrier's: its contract and its answers.
+pub trait Contract: Send + Sync + 'static {
+    /// Checks the request as the real API would; `Err` is the real API's refusal.
+    fn check(&self, seen: &Seen) -> Result<HashMap<String, String>, Response>;
+    fn success(&self, seen: &Seen) -> Response;
+    fn error(&self, status: StatusCode, code: &str) -> Response;
+}
+
+#[derive(Default)]
+struct Script {
+    next: VecDeque<Reply>,
+    default: Option<Reply>,
+    seen: Vec<Seen>,
+    in_flight: usize,
+}
+
+struct Shared {
+    contract: Box<dyn Contract>,
+    script: Mutex<Script>,
+}
+
+/// A running stand-in.
+#[derive(Clone)]
+pub struct StandIn {
+    pub address: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl StandIn {
+    pub async fn start(contract: impl Contract) -> Self {
+        let shared = Arc::new(Shared {
+            contract: Box::new(contract),
+            script: Mutex::new(Script::default()),
+        });
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        Self { address, shared }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
+        lock(&self.shared)
+    }
+
+    /// The next replies, in order; afterwards the default reply applies.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.lock().next.extend(replies);
+    }
+
+    pub fn set_default(&self, reply: Reply) {
+        self.lock().default = Some(reply);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.lock().seen.clone()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+
+    /// Requests answered with success, per recipient.
+    pub fn accepted_per_recipient(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for seen in self.lock().seen.iter().filter(|s| s.accepted) {
+            let to = seen.fields.get("to").cloned().unwrap_or_default();
+            *counts.entry(to).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Script> {
+    shared
+        .script
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut seen = Seen {
+        method,
+        uri,
+        headers,
+        body,
+        at: Instant::now(),
+        accepted: false,
+        fields: HashMap::new(),
+    };
+    let fields = match shared.contract.check(&seen) {
+        Ok(fields) => fields,
+        Err(refusal) => {
+            lock(&shared).seen.push(seen);
+            return refusal;
+        }
+    };
+    seen.fields = fields;
+    let reply = {
+        let mut script = lock(&shared);
+        script.in_flight += 1;
+        script
+            .next
+            .pop_front()
+            .or_else(|| script.default.clone())
+            .unwrap_or(Reply::Created)
+    };
+    let response = match reply {
+        Reply::Created => shared.contract.success(&seen),
+        Reply::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            shared.contract.success(&seen)
+        }
+        Reply::Error {
+            status,
+            code,
+            retry_after,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = shared.contract.error(status, code);
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, seconds.into());
+            }
+            response
+        }
+        Reply::Garbage => (StatusCode::OK, "<html>not the API</html>").into_response(),
+    };
+    seen.accepted = response.status().is_success();
+    let mut script = lock(&shared);
+    script.in_flight -= 1;
+    script.seen.push(seen);
+    response
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body.
+pub fn form_fields(body: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+/// The value of `Authorization: Basic …` as `user:password`.
+pub fn basic_credentials(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    String::from_utf8(decoded).ok()
+}
+
+/// A TCP port on which nothing listens: connections are refused.
+pub fn refused_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    format!("http://127.0.0.1:{port}")
+}

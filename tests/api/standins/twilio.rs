@@ -1,0 +1,145 @@
+//! Twilio's create-Message contract (shared research, "carriers.md" §1): form-encoded POST with
+//! Basic auth to `/2010-04-01/Accounts/{sid}/Messages.json`, 201 with the message resource,
+//! JSON errors `{code, message, more_info, status}`.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{Contract, Seen, StandIn, basic_credentials, form_fields};
+
+pub use super::Reply;
+
+pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+pub const AUTH_TOKEN: &str = "twilio-test-auth-token";
+pub const FROM: &str = "+15005550006";
+
+struct Twilio;
+
+fn twilio_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let code: u64 = code.parse().unwrap_or_default();
+    let body = json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status.as_u16(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+impl Contract for Twilio {
+    fn check(&self, seen: &Seen) -> Result<HashMap<String, String>, Response> {
+        let path = format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json");
+        if seen.method != Method::POST || seen.uri.path() != path {
+            return Err(twilio_error(StatusCode::NOT_FOUND, "20404", "not found"));
+        }
+        if basic_credentials(&seen.headers) != Some(format!("{ACCOUNT_SID}:{AUTH_TOKEN}")) {
+            return Err(twilio_error(
+                StatusCode::UNAUTHORIZED,
+                "20003",
+                "Authenticate",
+            ));
+        }
+        let form = seen
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !form {
+            return Err(twilio_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "415",
+                "Unsupported Media Type",
+            ));
+        }
+        let mut fields = form_fields(&seen.body);
+        if !fields.contains_key("To") || !fields.contains_key("Body") {
+            return Err(twilio_error(
+                StatusCode::BAD_REQUEST,
+                "21604",
+                "A 'To' phone number is required.",
+            ));
+        }
+        if !fields.contains_key("From") && !fields.contains_key("MessagingServiceSid") {
+            return Err(twilio_error(
+                StatusCode::BAD_REQUEST,
+                "21603",
+                "A 'From' phone number is required.",
+            ));
+        }
+        if let Some(to) = fields.get("To").cloned() {
+            fields.insert("to".into(), to);
+        }
+        Ok(fields)
+    }
+
+    fn success(&self, seen: &Seen) -> Response {
+        let sid = format!("SM{}", uuid::Uuid::now_v7().simple());
+        let resource = json!({
+            "sid": sid, "status": "queued", "to": seen.fields.get("To"),
+            "body": seen.fields.get("Body"), "num_segments": "1", "direction": "outbound-api",
+        });
+        (StatusCode::CREATED, axum::Json(resource)).into_response()
+    }
+
+    fn error(&self, status: StatusCode, code: &str) -> Response {
+        twilio_error(status, code, "scripted failure")
+    }
+}
+
+/// A request Twilio took or refused, in Twilio's terms.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub to: String,
+    pub body: String,
+    pub from: Option<String>,
+    pub validity_period: Option<u64>,
+    pub at: std::time::Instant,
+}
+
+#[derive(Clone)]
+pub struct TwilioStandIn(StandIn);
+
+impl Deref for TwilioStandIn {
+    type Target = StandIn;
+    fn deref(&self) -> &StandIn {
+        &self.0
+    }
+}
+
+impl TwilioStandIn {
+    pub async fn start() -> Self {
+        Self(StandIn::start(Twilio).await)
+    }
+
+    /// Requests that passed the contract check.
+    pub fn received(&self) -> Vec<Received> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.fields.contains_key("to"))
+            .map(|s| Received {
+                to: s.fields.get("To").cloned().unwrap_or_default(),
+                body: s.fields.get("Body").cloned().unwrap_or_default(),
+                from: s.fields.get("From").cloned(),
+                validity_period: s.fields.get("ValidityPeriod").and_then(|v| v.parse().ok()),
+                at: s.at,
+            })
+            .collect()
+    }
+
+    /// The `[carriers.<name>]` table pointing at this stand-in.
+    pub fn carrier_toml(&self, name: &str) -> String {
+        twilio_toml(name, &self.base_url())
+    }
+}
+
+pub fn twilio_toml(name: &str, base_url: &str) -> String {
+    format!(
+        "[carriers.{name}]\nkind = \"twilio\"\naccount_sid = \"{ACCOUNT_SID}\"\n\
+         auth_token = \"{AUTH_TOKEN}\"\nfrom = \"{FROM}\"\nbase_url = \"{base_url}\"\n\
+         timeout_ms = 3000\nconnect_timeout_ms = 1000\n"
+    )
+}
