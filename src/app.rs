@@ -16,7 +16,8 @@ use crate::db;
 use crate::db::embedded::{Durability, EmbeddedPostgres};
 use crate::dispatch::Dispatcher;
 use crate::dispatch::wake::{Wake, run_notifier};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, MetricsState, metrics_router};
+use crate::metrics::Metrics;
 
 /// The database the embedded cluster serves smsgate from.
 const EMBEDDED_DATABASE: &str = "smsgate";
@@ -94,6 +95,7 @@ impl Role {
 /// A built gateway: bound, connected, not yet serving.
 pub struct App {
     listener: TcpListener,
+    metrics_listener: TcpListener,
     state: AppState,
     database: Database,
     config: Config,
@@ -120,6 +122,7 @@ impl App {
         if verifier.is_empty() {
             tracing::warn!("no [auth0.*] signer: accepting unauthenticated requests");
         }
+        let metrics = Metrics::new(config).context("cannot register metrics")?;
         let state = AppState {
             pool: database.pool.clone(),
             accept_unsigned: verifier.is_empty() && config.server.allow_unauthenticated,
@@ -128,12 +131,19 @@ impl App {
             message_ttl_seconds: config.dispatch.message_ttl_seconds,
             wake: Wake::default(),
             accept_messages: role.ingress(),
+            metrics,
         };
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+        let metrics_listener = TcpListener::bind(config.metrics.listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on metrics.listen {}", config.metrics.listen)
+            })?;
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             database,
             config: config.clone(),
@@ -143,6 +153,10 @@ impl App {
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    pub fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.metrics_listener.local_addr()?)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -166,10 +180,22 @@ impl App {
             ));
         }
         let dispatcher = if self.role.workers() {
-            Some(Dispatcher::start(&self.config, pool, wake, shutdown.clone()).await?)
+            let metrics = self.state.metrics.clone();
+            Some(
+                Dispatcher::start(&self.config, pool.clone(), wake, metrics, shutdown.clone())
+                    .await?,
+            )
         } else {
             None
         };
+        let metrics_state = MetricsState::new(self.state.metrics.clone(), pool);
+        let metrics_server = axum::serve(self.metrics_listener, metrics_router(metrics_state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        background.spawn(async move {
+            if let Err(err) = metrics_server.await {
+                tracing::error!(error = %err, "metrics listener failed");
+            }
+        });
         tracing::info!(%address, role = ?self.role, "smsgate is listening");
         let server = axum::serve(self.listener, http::router(self.state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -79,8 +79,8 @@ fn main() -> ExitCode {
             signer,
             ttl_seconds,
         } => print_token(&config, signer.as_deref(), ttl_seconds),
-        Command::Serve { role } => run_async(serve(config, role.into())),
-        Command::Migrate => run_async(migrate(config)),
+        Command::Serve { role } => run_async(&config.clone(), serve(config, role.into())),
+        Command::Migrate => run_async(&config.clone(), migrate(config)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,8 +91,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_async(task: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    telemetry::init();
+fn run_async(
+    config: &Config,
+    task: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    telemetry::init(&config.log);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

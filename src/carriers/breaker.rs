@@ -29,15 +29,24 @@ enum State {
 
 pub struct Breaker {
     carrier: String,
+    /// `smsgate_carrier_breaker_open{carrier}`: 1 while open or probing.
+    gauge: prometheus::IntGauge,
     threshold: u32,
     cooldown: Duration,
     state: Mutex<State>,
 }
 
 impl Breaker {
-    pub fn new(carrier: &str, threshold: u32, cooldown: Duration) -> Self {
+    pub fn new(
+        carrier: &str,
+        threshold: u32,
+        cooldown: Duration,
+        gauge: prometheus::IntGauge,
+    ) -> Self {
+        gauge.set(0);
         Self {
             carrier: carrier.to_string(),
+            gauge,
             threshold,
             cooldown,
             state: Mutex::new(State::Closed {
@@ -95,6 +104,7 @@ impl Breaker {
                     *state = State::Open {
                         until: Instant::now() + self.cooldown,
                     };
+                    self.gauge.set(1);
                 }
             }
             (State::HalfOpen { .. } | State::Open { .. }, false) => {
@@ -102,6 +112,7 @@ impl Breaker {
                 *state = State::Closed {
                     consecutive_failures: 0,
                 };
+                self.gauge.set(0);
             }
             (State::HalfOpen { .. } | State::Open { .. }, true) => {
                 tracing::warn!(carrier = %self.carrier, "circuit breaker reopened: probe failed");
@@ -127,7 +138,8 @@ mod tests {
 
     #[test]
     fn opens_after_the_threshold_skips_then_lets_one_probe_through() {
-        let breaker = Breaker::new("t", 3, Duration::from_millis(50));
+        let gauge = prometheus::IntGauge::new("g", "g").expect("gauge");
+        let breaker = Breaker::new("t", 3, Duration::from_millis(50), gauge.clone());
         for _ in 0..2 {
             assert!(breaker.allow());
             breaker.record(true);
@@ -135,6 +147,7 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Closed);
         breaker.record(true);
         assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(gauge.get(), 1);
         assert!(!breaker.allow(), "skipped while open");
 
         std::thread::sleep(Duration::from_millis(60));
@@ -142,11 +155,13 @@ mod tests {
         assert!(!breaker.allow(), "only one probe at a time");
         breaker.record(false);
         assert_eq!(breaker.state(), BreakerState::Closed);
+        assert_eq!(gauge.get(), 0);
     }
 
     #[test]
     fn a_failed_probe_reopens_and_a_success_resets_the_count() {
-        let breaker = Breaker::new("t", 2, Duration::from_millis(20));
+        let gauge = prometheus::IntGauge::new("g", "g").expect("gauge");
+        let breaker = Breaker::new("t", 2, Duration::from_millis(20), gauge);
         breaker.record(true);
         breaker.record(false);
         breaker.record(true);

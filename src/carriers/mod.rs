@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{CarrierConfig, CarrierKind, Config};
 use crate::domain::{MessageId, PhoneNumber};
+use crate::metrics::Metrics;
 
 pub use breaker::BreakerState;
 pub use routes::Routes;
@@ -120,6 +121,7 @@ impl CarrierHandle {
         name: &str,
         config: &CarrierConfig,
         http: &mut http::HttpClients,
+        metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         let client = match config.kind {
             CarrierKind::Log => AnyCarrier::Log(log::LogCarrier::new(name)),
@@ -146,6 +148,7 @@ impl CarrierHandle {
                 name,
                 config.breaker_failures,
                 Duration::from_secs(config.breaker_cooldown_seconds),
+                metrics.breaker_open.with_label_values(&[name]),
             ),
             limiter,
             slots: config
@@ -195,11 +198,14 @@ impl CarrierHandle {
 }
 
 /// Every configured carrier, by name.
-pub async fn build_all(config: &Config) -> anyhow::Result<HashMap<String, Arc<CarrierHandle>>> {
+pub async fn build_all(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<HashMap<String, Arc<CarrierHandle>>> {
     let mut http = http::HttpClients::default();
     let mut carriers = HashMap::new();
     for (name, carrier) in &config.carriers {
-        let handle = CarrierHandle::build(name, carrier, &mut http).await?;
+        let handle = CarrierHandle::build(name, carrier, &mut http, metrics).await?;
         carriers.insert(name.clone(), Arc::new(handle));
     }
     Ok(carriers)

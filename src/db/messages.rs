@@ -27,8 +27,8 @@ pub async fn enqueue(
              VALUES ($1, $2, $3, $4, $5::inet, $6, $7, now() + make_interval(secs => $8))
              RETURNING id, created_at, expires_at
          ), q AS (
-             INSERT INTO message_queue (message_id, run_at, expires_at)
-             SELECT id, created_at, expires_at FROM m
+             INSERT INTO message_queue (message_id, run_at, expires_at, created_at)
+             SELECT id, created_at, expires_at, created_at FROM m
          )
          SELECT created_at, expires_at FROM m",
     )

@@ -39,6 +39,8 @@ pub struct ClaimBatch {
     pub rate_limited: Vec<Claimed>,
     /// Rows claimed in all, deferred ones included: a full batch means more may be due.
     pub claimed: usize,
+    /// Rows sent back to wait for a recipient window.
+    pub deferred: usize,
 }
 
 /// Claims up to `limit` due messages, leased for `lease_seconds`. With a `cursor`, only rows
@@ -168,6 +170,7 @@ async fn admit(
             .execute(&mut **tx)
             .await?;
     }
+    batch.deferred = deferred_ids.len();
     if !deferred_ids.is_empty() {
         // Not an attempt: the lease is dropped and the row waits for its window.
         sqlx::query(
@@ -235,8 +238,9 @@ pub struct Completion {
 }
 
 /// Writes a batch of completions in one transaction. Attempts are always recorded; a final
-/// status or a reschedule only applies while the lease is still ours.
-pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<(), sqlx::Error> {
+/// status or a reschedule only applies while the lease is still ours. Returns the final
+/// statuses that did apply.
+pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     insert_attempts(&mut tx, batch).await?;
 
@@ -244,6 +248,7 @@ pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<(), sqlx::E
         .iter()
         .filter(|c| matches!(c.disposition, Disposition::Final { .. }))
         .collect();
+    let mut ended = Vec::new();
     if !finals.is_empty() {
         let mut columns = FinalColumns::default();
         for completion in finals {
@@ -264,7 +269,7 @@ pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<(), sqlx::E
             }
         }
         // The body is erased as the message ends: it held a one-time code.
-        sqlx::query(
+        ended = sqlx::query_scalar(
             "WITH v AS (
                  SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[],
                                       $5::text[], $6::text[], $7::int[])
@@ -280,7 +285,8 @@ pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<(), sqlx::E
                  sent_at = CASE WHEN v.status = 'sent' THEN now() END,
                  body = regexp_replace(m.body, '[[:digit:]]', '*', 'g')
              FROM v JOIN ended ON ended.message_id = v.id
-             WHERE m.id = v.id",
+             WHERE m.id = v.id
+             RETURNING m.status",
         )
         .bind(&columns.ids)
         .bind(&columns.tokens)
@@ -289,7 +295,7 @@ pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<(), sqlx::E
         .bind(&columns.carrier_ids)
         .bind(&columns.errors)
         .bind(&columns.attempts)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
     }
 
@@ -321,7 +327,8 @@ pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<(), sqlx::E
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(ended)
 }
 
 #[derive(Default)]
@@ -377,6 +384,31 @@ async fn insert_attempts(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// What the metrics endpoint reports about the queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueStats {
+    pub queued: i64,
+    pub sending: i64,
+    pub oldest_age_seconds: f64,
+}
+
+/// One pass over the narrow queue table: counts by state and the oldest message's age.
+pub async fn stats(pool: &PgPool) -> Result<QueueStats, sqlx::Error> {
+    let (queued, sending, oldest): (i64, i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE lease_token IS NULL OR run_at <= now()),
+                count(*) FILTER (WHERE lease_token IS NOT NULL AND run_at > now()),
+                extract(epoch FROM now() - min(created_at))::float8
+         FROM message_queue",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(QueueStats {
+        queued,
+        sending,
+        oldest_age_seconds: oldest.unwrap_or(0.0).max(0.0),
+    })
 }
 
 /// Messages still queued (tests and the shutdown log).

@@ -22,6 +22,7 @@ use crate::carriers::{self, Routes};
 use crate::config::{Config, DispatchConfig, WindowLimit};
 use crate::db::queue::{self, ClaimBatch, Completion};
 use crate::domain::Status;
+use crate::metrics::Metrics;
 use retry::RetryPolicy;
 use send::{SendContext, SharedContext};
 use wake::Wake;
@@ -50,6 +51,7 @@ struct Claimer {
     sends: TaskTracker,
     outcomes: mpsc::Sender<Completion>,
     context: SharedContext,
+    metrics: Metrics,
     shutdown: CancellationToken,
 }
 
@@ -59,9 +61,10 @@ impl Dispatcher {
         config: &Config,
         pool: PgPool,
         wake: Wake,
+        metrics: Metrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let handles = carriers::build_all(config).await?;
+        let handles = carriers::build_all(config, &metrics).await?;
         let routes = Routes::new(&config.routes, &handles)?;
         let d = &config.dispatch;
         let context = Arc::new(SendContext {
@@ -71,10 +74,11 @@ impl Dispatcher {
                 max: Duration::from_millis(d.retry_max_ms),
                 max_attempts: d.max_attempts,
             },
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         });
         let (outcomes, receiver) = mpsc::channel(4 * d.workers.max(64));
-        let completer = tokio::spawn(completer::run(pool.clone(), receiver));
+        let completer = tokio::spawn(completer::run(pool.clone(), receiver, metrics.clone()));
         let sends = TaskTracker::new();
         let claimer = Arc::new(Claimer {
             pool: pool.clone(),
@@ -85,6 +89,7 @@ impl Dispatcher {
             sends: sends.clone(),
             outcomes: outcomes.clone(),
             context,
+            metrics,
             shutdown: shutdown.clone(),
         });
         let mut claimers = JoinSet::new();
@@ -228,6 +233,13 @@ impl Claimer {
         mut permits: Vec<tokio::sync::OwnedSemaphorePermit>,
         claimed_at: Instant,
     ) {
+        let held_back = batch.deferred + batch.rate_limited.len();
+        if held_back > 0 {
+            self.metrics
+                .rate_limited
+                .with_label_values(&["recipient"])
+                .inc_by(held_back as u64);
+        }
         for message in &batch.rate_limited {
             let ended = send::finalise(
                 message,

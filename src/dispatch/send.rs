@@ -4,17 +4,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::retry::RetryPolicy;
 use crate::carriers::{FailureClass, OutboundSms, Routes};
 use crate::db::queue::{AttemptRecord, Claimed, Completion, Disposition};
 use crate::domain::{PhoneNumber, Status};
+use crate::metrics::Metrics;
 
 /// What every send needs, shared by all workers of a process.
 pub struct SendContext {
     pub routes: Routes,
     pub retry: RetryPolicy,
+    pub metrics: Metrics,
     pub shutdown: CancellationToken,
 }
 
@@ -41,6 +44,7 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
     let recipient = PhoneNumber::from_e164_unchecked(message.recipient.clone());
     let mut retry_after = None;
     let mut last_error = String::from("no carrier is routed for this number");
+    let mut failed_carrier: Option<&str> = None;
     for carrier in context.routes.carriers_for(recipient.as_str()) {
         if !carrier.allow() {
             tracing::debug!(id = %message.id, carrier = %carrier.name, "breaker open; skipped");
@@ -69,8 +73,30 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
             sender: message.sender.clone(),
             validity: deadline - now,
         };
+        if let Some(from) = failed_carrier {
+            context
+                .metrics
+                .failovers
+                .with_label_values(&[from, carrier.name.as_str()])
+                .inc();
+        }
         let result = carrier.send(&sms).await;
-        let latency_ms = i32::try_from(now.elapsed().as_millis()).unwrap_or(i32::MAX);
+        let elapsed = now.elapsed();
+        let latency_ms = i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX);
+        let outcome = match &result {
+            Ok(_) => "sent",
+            Err(error) => error.class.as_str(),
+        };
+        context
+            .metrics
+            .attempts
+            .with_label_values(&[carrier.name.as_str(), outcome])
+            .inc();
+        context
+            .metrics
+            .carrier_duration
+            .with_label_values(&[carrier.name.as_str()])
+            .observe(elapsed.as_secs_f64());
         match result {
             Ok(accepted) => {
                 calls.push(AttemptRecord {
@@ -83,7 +109,15 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
                     latency_ms,
                     carrier_message_id: accepted.carrier_message_id.clone(),
                 });
-                tracing::info!(id = %message.id, carrier = %carrier.name, latency_ms, "message sent");
+                let since_commit = (Utc::now() - message.created_at).num_milliseconds();
+                context
+                    .metrics
+                    .delivery_latency
+                    .observe(since_commit.max(0) as f64 / 1000.0);
+                tracing::info!(
+                    id = %message.id, carrier = %carrier.name, outcome = "sent", latency_ms,
+                    delivery_ms = since_commit, attempt, "message sent"
+                );
                 let sent = Disposition::Final {
                     status: Status::Sent,
                     carrier: Some(carrier.name.clone()),
@@ -119,6 +153,7 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
                     return completion(failed, calls);
                 }
                 retry_after = retry_after.max(error.retry_after);
+                failed_carrier = Some(carrier.name.as_str());
             }
         }
     }

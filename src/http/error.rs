@@ -57,6 +57,16 @@ impl ApiError {
         }
     }
 
+    /// The `outcome` label of `smsgate_ingress_requests_total`.
+    pub fn metric_outcome(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) | ApiError::AdminUnauthorized => "unauthorized",
+            ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::Unavailable(_) => "unavailable",
+            _ => "invalid",
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(TokenError::Missing | TokenError::NotBearer) => "unauthorized",

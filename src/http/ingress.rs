@@ -2,11 +2,13 @@
 //! "auth0-sms-gateway.md"). A 200 is sent only after the message is committed.
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
@@ -45,12 +47,29 @@ pub struct Accepted {
     id: MessageId,
 }
 
-pub async fn accept_sms(
-    State(state): State<AppState>,
-    request: Request,
-) -> Result<Json<Accepted>, ApiError> {
+/// The handler: the request itself, counted and timed by outcome.
+pub async fn accept_sms(State(state): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    let result = accept(&state, request).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(error) => error.metric_outcome(),
+    };
+    state
+        .metrics
+        .ingress_requests
+        .with_label_values(&[outcome])
+        .inc();
+    state
+        .metrics
+        .ingress_duration
+        .observe(started.elapsed().as_secs_f64());
+    result.into_response()
+}
+
+async fn accept(state: &AppState, request: Request) -> Result<Json<Accepted>, ApiError> {
     let (parts, body) = request.into_parts();
-    let signer = authenticate(&state, &parts.headers)?;
+    let signer = authenticate(state, &parts.headers)?;
     require_json(&parts.headers)?;
     let bytes = read_body(&parts.headers, body).await?;
     // serde also reads a struct from an array; Auth0 sends an object, so demand one.

@@ -3,6 +3,7 @@
 mod error;
 mod health;
 mod ingress;
+mod metrics;
 mod status;
 
 use std::sync::Arc;
@@ -13,10 +14,12 @@ use sqlx::PgPool;
 
 use crate::auth0::Verifier;
 use crate::dispatch::wake::Wake;
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 pub use error::ApiError;
 pub use ingress::MAX_REQUEST_BYTES;
+pub use metrics::{MetricsState, metrics_router};
 
 /// Cheap handles shared by every request.
 #[derive(Clone)]
@@ -31,6 +34,7 @@ pub struct AppState {
     pub wake: Wake,
     /// False for `--role worker`: the ingress route is not served.
     pub accept_messages: bool,
+    pub metrics: Metrics,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -159,6 +159,7 @@ carriers = ["console"]
 /// The real app on its own database, serving on a loopback port.
 pub struct TestApp {
     pub address: SocketAddr,
+    pub metrics_address: SocketAddr,
     pub pool: PgPool,
     pub database: String,
     pub client: reqwest::Client,
@@ -198,6 +199,7 @@ impl TestApp {
             .await
             .expect("app builds");
         let address = app.local_addr().expect("bound");
+        let metrics_address = app.metrics_addr().expect("metrics bound");
         let shutdown = CancellationToken::new();
         tokio::spawn(app.run(shutdown.clone()));
         let pool = PgPoolOptions::new()
@@ -207,6 +209,7 @@ impl TestApp {
             .expect("test pool");
         Self {
             address,
+            metrics_address,
             pool,
             database,
             client: reqwest::Client::builder()
@@ -215,6 +218,14 @@ impl TestApp {
                 .expect("HTTP client"),
             shutdown,
         }
+    }
+
+    /// The Prometheus exposition text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics_address);
+        let response = self.client.get(url).send().await.expect("scrape");
+        assert_eq!(response.status().as_u16(), 200);
+        response.text().await.expect("text")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -7,6 +7,7 @@ mod dispatch;
 mod health;
 mod helpers;
 mod ingress;
+mod observability;
 mod process;
 mod standins;
 mod status;

@@ -179,3 +179,61 @@ async fn sigterm_finishes_in_flight_sends_and_a_restart_sends_the_rest_exactly_o
         "no duplicates after a graceful stop"
     );
 }
+
+#[tokio::test]
+async fn json_logs_carry_one_outcome_line_per_message_and_never_a_code_number_or_secret() {
+    let standin = TwilioStandIn::start().await;
+    let config = config_with(
+        &standin,
+        "[log]\nformat = \"json\"\nlevel = \"debug,sqlx=warn\"\n",
+    );
+    let db = TestApp::spawn_role(&config, Role::Ingress).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, port) = spawn_binary(&db, &config, dir.path());
+    let client = wait_until_healthy(port).await;
+
+    post_many(&client, port, 1).await;
+    let unauthorized = client
+        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
+        .bearer_auth("not-a-token-but-a-secret-looking-string")
+        .header("content-type", "application/json")
+        .body(sms("+14155559999").to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(unauthorized.status().as_u16(), 401);
+    wait_until("the send", Duration::from_secs(10), async || {
+        smsgate::db::queue::depth(&db.pool).await.unwrap_or(1) == 0
+    })
+    .await;
+    assert!(stop(child).await.success());
+
+    let log = std::fs::read_to_string(dir.path().join(format!("smsgate-{port}.log"))).expect("log");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let outcome = lines
+        .iter()
+        .find(|l| l["message"] == "message sent")
+        .expect("an outcome line");
+    for field in ["id", "carrier", "outcome", "latency_ms"] {
+        assert!(outcome.get(field).is_some(), "{field} in {outcome}");
+    }
+    for secret in [
+        "123456",
+        "14155551000",
+        "14155559999",
+        crate::helpers::SECRET,
+        crate::helpers::ADMIN_TOKEN,
+        crate::standins::twilio::AUTH_TOKEN,
+        "not-a-token-but-a-secret-looking-string",
+        "Bearer",
+    ] {
+        assert!(!log.contains(secret), "{secret:?} appears in the log");
+    }
+    assert!(
+        log.contains("+********000"),
+        "numbers are masked but for their last 3 digits"
+    );
+}

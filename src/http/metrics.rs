@@ -1,0 +1,84 @@
+//! `GET /metrics` on its own listener (`metrics.listen`), kept off the public one. Queue gauges
+//! are read from the database at scrape time, at most once a second however often it is scraped.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use sqlx::PgPool;
+
+use crate::db::queue::{self, QueueStats};
+use crate::metrics::Metrics;
+
+const QUEUE_STATS_MAX_AGE: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub struct MetricsState {
+    pub metrics: Metrics,
+    pub pool: PgPool,
+    cached: Arc<Mutex<Option<(Instant, QueueStats)>>>,
+}
+
+impl MetricsState {
+    pub fn new(metrics: Metrics, pool: PgPool) -> Self {
+        Self {
+            metrics,
+            pool,
+            cached: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn fresh_cache(&self) -> Option<QueueStats> {
+        let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .filter(|(at, _)| at.elapsed() < QUEUE_STATS_MAX_AGE)
+            .map(|(_, stats)| stats)
+    }
+}
+
+pub fn metrics_router(state: MetricsState) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(state)
+}
+
+async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
+    let stats = match state.fresh_cache() {
+        Some(stats) => Some(stats),
+        None => match queue::stats(&state.pool).await {
+            Ok(stats) => {
+                *state.cached.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), stats));
+                Some(stats)
+            }
+            Err(err) => {
+                // The gauges keep their last values; the database's own health is on /readyz.
+                tracing::warn!(error = %err, "cannot read queue depth for metrics");
+                None
+            }
+        },
+    };
+    if let Some(stats) = stats {
+        let metrics = &state.metrics;
+        metrics
+            .queue_depth
+            .with_label_values(&["queued"])
+            .set(stats.queued);
+        metrics
+            .queue_depth
+            .with_label_values(&["sending"])
+            .set(stats.sending);
+        metrics.queue_oldest_age.set(stats.oldest_age_seconds);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}

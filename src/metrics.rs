@@ -1,0 +1,235 @@
+//! The Prometheus registry and every metric smsgate exports. Names are a contract (dashboards
+//! and alerts use them); labels are bounded: carrier names, outcomes and statuses, never a
+//! number, an id or a body. Known label values start at 0 so alerts and rate() work at once.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::config::Config;
+use crate::domain::Status;
+
+/// Outcomes of `POST /v1/auth0/sms`.
+pub const INGRESS_OUTCOMES: [&str; 7] = [
+    "accepted",
+    "unauthorized",
+    "invalid",
+    "too_large",
+    "rate_limited",
+    "blocked",
+    "unavailable",
+];
+/// Outcomes of one carrier call.
+pub const ATTEMPT_OUTCOMES: [&str; 5] = [
+    "sent",
+    "recipient_failure",
+    "carrier_failure",
+    "timeout",
+    "throttled",
+];
+/// Final statuses counted by `smsgate_messages_finished_total`.
+pub const FINISHED_STATUSES: [Status; 4] = [
+    Status::Sent,
+    Status::Failed,
+    Status::Expired,
+    Status::RateLimited,
+];
+/// Where a message can be held back by a limit.
+pub const RATE_LIMIT_SCOPES: [&str; 1] = ["recipient"];
+/// States of a queued message, as `smsgate_queue_depth` reports them.
+pub const QUEUE_STATES: [&str; 2] = ["queued", "sending"];
+
+/// Cheap to clone; every clone updates the same registry.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+pub struct Inner {
+    registry: Registry,
+    pub ingress_requests: IntCounterVec,
+    pub ingress_duration: Histogram,
+    pub attempts: IntCounterVec,
+    pub carrier_duration: HistogramVec,
+    pub delivery_latency: Histogram,
+    pub failovers: IntCounterVec,
+    pub finished: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
+    pub queue_oldest_age: Gauge,
+    pub breaker_open: IntGaugeVec,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Latency buckets from 1 ms to 30 s (Auth0's whole budget).
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+];
+
+impl Metrics {
+    /// Builds the registry for `config`'s carriers and routes. Registration can only fail on a
+    /// duplicate name, which is a programming error caught by the tests.
+    pub fn new(config: &Config) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
+            let metric = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()),
+            )?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let ingress_requests = counter(
+            "smsgate_ingress_requests_total",
+            "Requests to the Auth0 ingress, by outcome.",
+            &["outcome"],
+        )?;
+        let ingress_duration = histogram(
+            "smsgate_ingress_request_duration_seconds",
+            "Time to answer an ingress request (a 200 includes the commit).",
+        )?;
+        let attempts = counter(
+            "smsgate_dispatch_attempts_total",
+            "Carrier calls, by carrier and outcome.",
+            &["carrier", "outcome"],
+        )?;
+        let carrier_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "smsgate_carrier_request_duration_seconds",
+                "Duration of one carrier call.",
+            )
+            .buckets(SECONDS_BUCKETS.to_vec()),
+            &["carrier"],
+        )?;
+        registry.register(Box::new(carrier_duration.clone()))?;
+        let delivery_latency = histogram(
+            "smsgate_delivery_latency_seconds",
+            "From the ingress commit to a carrier accepting the message.",
+        )?;
+        let failovers = counter(
+            "smsgate_failovers_total",
+            "Moves to the next carrier of a route after a carrier failure.",
+            &["from", "to"],
+        )?;
+        let finished = counter(
+            "smsgate_messages_finished_total",
+            "Messages that reached a final status.",
+            &["status"],
+        )?;
+        let rate_limited = counter(
+            "smsgate_rate_limited_total",
+            "Messages held back or ended by a limit, by scope.",
+            &["scope"],
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("smsgate_queue_depth", "Messages not final yet, by state."),
+            &["status"],
+        )?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        let queue_oldest_age = Gauge::new(
+            "smsgate_queue_oldest_age_seconds",
+            "Age of the oldest message not final yet.",
+        )?;
+        registry.register(Box::new(queue_oldest_age.clone()))?;
+        let breaker_open = IntGaugeVec::new(
+            Opts::new(
+                "smsgate_carrier_breaker_open",
+                "1 while a carrier's circuit breaker is open or probing.",
+            ),
+            &["carrier"],
+        )?;
+        registry.register(Box::new(breaker_open.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("smsgate_build_info", "The running smsgate version."),
+            &["version"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        let metrics = Self(Arc::new(Inner {
+            registry,
+            ingress_requests,
+            ingress_duration,
+            attempts,
+            carrier_duration,
+            delivery_latency,
+            failovers,
+            finished,
+            rate_limited,
+            queue_depth,
+            queue_oldest_age,
+            breaker_open,
+        }));
+        metrics.initialise(config);
+        Ok(metrics)
+    }
+
+    /// Creates every known series at 0.
+    fn initialise(&self, config: &Config) {
+        for outcome in INGRESS_OUTCOMES {
+            self.ingress_requests.with_label_values(&[outcome]);
+        }
+        for carrier in config.carriers.keys() {
+            for outcome in ATTEMPT_OUTCOMES {
+                self.attempts
+                    .with_label_values(&[carrier.as_str(), outcome]);
+            }
+            self.carrier_duration.with_label_values(&[carrier.as_str()]);
+            self.breaker_open
+                .with_label_values(&[carrier.as_str()])
+                .set(0);
+        }
+        // Every ordered pair of carriers, so a route added later needs no new series names.
+        // (With a single carrier there is no pair, and the family has no series.)
+        for from in config.carriers.keys() {
+            for to in config.carriers.keys().filter(|to| *to != from) {
+                self.failovers
+                    .with_label_values(&[from.as_str(), to.as_str()]);
+            }
+        }
+        for status in FINISHED_STATUSES {
+            self.finished.with_label_values(&[status.as_str()]);
+        }
+        for scope in RATE_LIMIT_SCOPES {
+            self.rate_limited.with_label_values(&[scope]);
+        }
+        for state in QUEUE_STATES {
+            self.queue_depth.with_label_values(&[state]).set(0);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %err, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// Every metric family name currently exported (for tests of dashboards and alerts).
+    pub fn family_names(&self) -> Vec<String> {
+        self.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
+    }
+}

@@ -1,0 +1,229 @@
+//! Metrics and logs: every family from the start, counts that match what happened, and no
+//! number, code or secret in either.
+
+use std::time::Duration;
+
+use serde_json::json;
+use smsgate::Role;
+
+use crate::dispatch::{queue, wait_final};
+use crate::helpers::{TestApp, base_config, sms, token};
+use crate::standins::Reply;
+use crate::standins::messagemedia::MessageMediaStandIn;
+use crate::standins::twilio::TwilioStandIn;
+
+/// The value of the sample `series` (name with labels, as exposed), if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+pub const FAMILIES: [&str; 14] = [
+    "smsgate_ingress_requests_total",
+    "smsgate_ingress_request_duration_seconds",
+    "smsgate_dispatch_attempts_total",
+    "smsgate_carrier_request_duration_seconds",
+    "smsgate_delivery_latency_seconds",
+    "smsgate_failovers_total",
+    "smsgate_messages_finished_total",
+    "smsgate_rate_limited_total",
+    "smsgate_queue_depth",
+    "smsgate_queue_oldest_age_seconds",
+    "smsgate_carrier_breaker_open",
+    "smsgate_build_info",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+];
+
+#[tokio::test]
+async fn every_family_and_known_label_is_exported_at_zero_from_start_up() {
+    let config = base_config().replace(
+        "[carriers.console]\nkind = \"log\"\n",
+        "[carriers.console]\nkind = \"log\"\n[carriers.spare]\nkind = \"log\"\n",
+    );
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    let text = app.metrics().await;
+
+    for family in FAMILIES {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing"
+        );
+    }
+    for outcome in [
+        "accepted",
+        "unauthorized",
+        "invalid",
+        "too_large",
+        "rate_limited",
+        "unavailable",
+    ] {
+        let series = format!("smsgate_ingress_requests_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+    }
+    for outcome in [
+        "sent",
+        "recipient_failure",
+        "carrier_failure",
+        "timeout",
+        "throttled",
+    ] {
+        let series =
+            format!("smsgate_dispatch_attempts_total{{carrier=\"console\",outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+    }
+    for status in ["sent", "failed", "expired", "rate_limited"] {
+        let series = format!("smsgate_messages_finished_total{{status=\"{status}\"}}");
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+    }
+    assert_eq!(
+        sample(&text, "smsgate_carrier_breaker_open{carrier=\"console\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "smsgate_failovers_total{from=\"console\",to=\"spare\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "smsgate_queue_depth{status=\"queued\"}"),
+        Some(0.0)
+    );
+    let version = format!(
+        "smsgate_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&text, &version), Some(1.0));
+}
+
+#[tokio::test]
+async fn counters_agree_exactly_with_what_happened() {
+    let failing = TwilioStandIn::start().await;
+    failing.set_default(Reply::Error {
+        status: 500,
+        code: "20500",
+        retry_after: None,
+    });
+    let good = MessageMediaStandIn::start().await;
+    let config = base_config()
+        .replace(
+            "[carriers.console]\nkind = \"log\"\n",
+            &format!(
+                "{}{}",
+                failing.carrier_toml("failing"),
+                good.carrier_toml("good")
+            ),
+        )
+        .replace(
+            "carriers = [\"console\"]",
+            "carriers = [\"failing\", \"good\"]",
+        )
+        + "[dispatch]\nlease_seconds = 10\n";
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    wait_final(&app, &id, Duration::from_secs(10)).await;
+    app.post_sms(None, &sms("+14155552671")).await;
+    app.post_sms(Some(&token()), &json!({"recipient": "bogus", "body": "x"}))
+        .await;
+    let mut big = sms("+14155552671");
+    big["padding"] = json!("x".repeat(20_000));
+    app.post_sms(Some(&token()), &big).await;
+    let text = app.metrics().await;
+
+    let value = |series: &str| sample(&text, series).unwrap_or(-1.0);
+    assert_eq!(
+        value("smsgate_ingress_requests_total{outcome=\"accepted\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("smsgate_ingress_requests_total{outcome=\"unauthorized\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("smsgate_ingress_requests_total{outcome=\"invalid\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("smsgate_ingress_requests_total{outcome=\"too_large\"}"),
+        1.0
+    );
+    assert_eq!(value("smsgate_ingress_request_duration_seconds_count"), 4.0);
+    assert_eq!(
+        value("smsgate_dispatch_attempts_total{carrier=\"failing\",outcome=\"carrier_failure\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("smsgate_dispatch_attempts_total{carrier=\"good\",outcome=\"sent\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("smsgate_carrier_request_duration_seconds_count{carrier=\"failing\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("smsgate_failovers_total{from=\"failing\",to=\"good\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("smsgate_messages_finished_total{status=\"sent\"}"),
+        1.0
+    );
+    assert_eq!(value("smsgate_delivery_latency_seconds_count"), 1.0);
+    assert_eq!(value("smsgate_queue_depth{status=\"queued\"}"), 0.0);
+    assert!(
+        !text.contains("4155552671"),
+        "a phone number in the metrics"
+    );
+    assert!(!text.contains("123456"), "a code in the metrics");
+    assert!(!text.contains(&id), "a message id in the metrics");
+}
+
+#[tokio::test]
+async fn rate_limited_messages_and_queue_depth_are_reported() {
+    let standin = TwilioStandIn::start().await;
+    let config = crate::dispatch::config_with(
+        &standin,
+        "[[limits.recipient]]\nmax = 1\nwindow_seconds = 600\n",
+    );
+    let ingress = TestApp::spawn_role(&config, Role::Ingress).await;
+    let first = queue(&ingress, "+14155552671").await;
+    let second = queue(&ingress, "+14155552671").await;
+    let text = ingress.metrics().await;
+    assert_eq!(
+        sample(&text, "smsgate_queue_depth{status=\"queued\"}"),
+        Some(2.0)
+    );
+    assert!(sample(&text, "smsgate_queue_oldest_age_seconds").is_some_and(|age| age >= 0.0));
+
+    let worker = ingress.spawn_sibling(&config, Role::Worker).await;
+    wait_final(&worker, &first, Duration::from_secs(10)).await;
+    assert_eq!(
+        wait_final(&worker, &second, Duration::from_secs(10)).await["status"],
+        "rate_limited"
+    );
+    let text = worker.metrics().await;
+    assert_eq!(
+        sample(&text, "smsgate_rate_limited_total{scope=\"recipient\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "smsgate_messages_finished_total{status=\"rate_limited\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "smsgate_messages_finished_total{status=\"sent\"}"),
+        Some(1.0)
+    );
+}
