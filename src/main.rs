@@ -32,6 +32,8 @@ enum Command {
     Migrate,
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Exit 0 when this host's smsgate answers /readyz (container health checks).
+    Healthcheck,
     /// Print an HS256 token signed the way Auth0 signs its gateway calls.
     Token {
         /// The `[auth0.<name>]` signer to sign for; optional when only one is configured.
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         } => print_token(&config, signer.as_deref(), ttl_seconds),
         Command::Serve { role } => run_async(&config.clone(), serve(config, role.into())),
         Command::Migrate => run_async(&config.clone(), migrate(config)),
+        Command::Healthcheck => run_async(&config.clone(), healthcheck(config)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +119,27 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     database.close().await;
     result?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn healthcheck(config: Config) -> anyhow::Result<()> {
+    let mut address = config.server.listen;
+    // A wildcard listener is reached through loopback.
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{address}/readyz");
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("{url} unreachable"))?;
+    if !response.status().is_success() {
+        bail!("{url} answered {}", response.status());
+    }
     Ok(())
 }
 

@@ -8,6 +8,8 @@ mod health;
 mod helpers;
 mod ingress;
 mod observability;
+mod ops_files;
 mod process;
+mod prometheus;
 mod standins;
 mod status;

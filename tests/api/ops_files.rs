@@ -1,0 +1,115 @@
+//! The shipped dashboard and alert rules use only metric names smsgate exports.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use smsgate::Config;
+use smsgate::metrics::Metrics;
+
+use crate::helpers::base_config;
+
+/// Metric names in PromQL text: `smsgate_…` and `process_…` identifiers.
+fn metric_names(promql: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = promql;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(tail.len());
+        let word = &tail[..end];
+        if word.starts_with("smsgate_") || word.starts_with("process_") {
+            names.insert(word.to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The families a histogram's `_bucket`, `_count` and `_sum` series belong to.
+fn family_of(name: &str, families: &BTreeSet<String>) -> Option<String> {
+    if families.contains(name) {
+        return Some(name.to_string());
+    }
+    ["_bucket", "_count", "_sum"]
+        .iter()
+        .filter_map(|suffix| name.strip_suffix(suffix))
+        .find(|base| families.contains(*base))
+        .map(str::to_string)
+}
+
+fn exported_families() -> BTreeSet<String> {
+    let config = Config::from_toml_str(&base_config().replace(
+        "[carriers.console]\nkind = \"log\"\n",
+        "[carriers.console]\nkind = \"log\"\n[carriers.spare]\nkind = \"log\"\n",
+    ))
+    .expect("config");
+    let metrics = Metrics::new(&config).expect("metrics");
+    metrics.family_names().into_iter().collect()
+}
+
+fn dashboard() -> Value {
+    let text =
+        std::fs::read_to_string("config/grafana/dashboards/smsgate.json").expect("dashboard");
+    serde_json::from_str(&text).expect("the dashboard is JSON")
+}
+
+#[test]
+fn dashboard_queries_refer_only_to_exported_metrics() {
+    let families = exported_families();
+    let dashboard = dashboard();
+    let mut used = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            used.extend(metric_names(target["expr"].as_str().expect("expr")));
+        }
+    }
+    assert!(!used.is_empty());
+    for name in &used {
+        assert!(
+            family_of(name, &families).is_some(),
+            "dashboard uses unknown metric {name}"
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_has_a_panel_for_each_question_an_operator_asks() {
+    let dashboard = dashboard();
+    let titles: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .map(|p| p["title"].as_str().unwrap_or_default().to_lowercase())
+        .collect();
+    for topic in [
+        "ingress", "queue", "latency", "carrier", "failover", "breaker", "finished",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(topic)),
+            "no panel about {topic}: {titles:?}"
+        );
+    }
+}
+
+#[test]
+fn alert_rules_refer_only_to_exported_metrics() {
+    let families = exported_families();
+    let rules = std::fs::read_to_string("config/prometheus/alerts.yml").expect("alerts");
+    let used = metric_names(&rules);
+    for expected in [
+        "smsgate_queue_oldest_age_seconds",
+        "smsgate_dispatch_attempts_total",
+        "smsgate_carrier_breaker_open",
+        "smsgate_messages_finished_total",
+        "smsgate_ingress_requests_total",
+    ] {
+        assert!(used.contains(expected), "no alert uses {expected}");
+    }
+    for name in &used {
+        assert!(
+            family_of(name, &families).is_some(),
+            "alert uses unknown metric {name}"
+        );
+    }
+}
