@@ -246,13 +246,13 @@ impl Claimer {
                 Status::RateLimited,
                 "over a per-recipient limit until after the code expires",
             );
-            self.outcomes.send(ended).await.ok();
+            self.finish(ended).await;
         }
         for message in batch.ready {
             if message.remaining_ms <= 0 {
                 let ended =
                     send::finalise(&message, Status::Expired, "the code expired in the queue");
-                self.outcomes.send(ended).await.ok();
+                self.finish(ended).await;
                 continue;
             }
             let permit = permits.pop();
@@ -260,10 +260,17 @@ impl Claimer {
             let outcomes = self.outcomes.clone();
             self.sends.spawn(async move {
                 let completion = send::dispatch(&context, message, claimed_at).await;
+                send::log_outcome(&completion);
                 outcomes.send(completion).await.ok();
                 drop(permit);
             });
         }
+    }
+
+    /// Ends a message the claimer decided on without sending it.
+    async fn finish(&self, ended: Completion) {
+        send::log_outcome(&ended);
+        self.outcomes.send(ended).await.ok();
     }
 
     async fn pause(&self, duration: Duration) {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::retry::RetryPolicy;
 use crate::carriers::{FailureClass, OutboundSms, Routes};
 use crate::db::queue::{AttemptRecord, Claimed, Completion, Disposition};
-use crate::domain::{PhoneNumber, Status};
+use crate::domain::{PhoneNumber, Status, redact_digits};
 use crate::metrics::Metrics;
 
 /// What every send needs, shared by all workers of a process.
@@ -189,6 +189,33 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
     }
     let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
     ended(Disposition::Retry { delay_ms }, calls)
+}
+
+/// One log line per outcome that is not a send (sends are logged with their latency where they
+/// happen). Carrier texts can quote the number, so their digits are masked.
+pub fn log_outcome(completion: &Completion) {
+    match &completion.disposition {
+        Disposition::Final {
+            status,
+            carrier,
+            error,
+            ..
+        } if *status != Status::Sent => {
+            tracing::info!(
+                id = %completion.id, outcome = status.as_str(), carrier = carrier.as_deref().unwrap_or("-"),
+                attempts = completion.attempts, error = %redact_digits(error.as_deref().unwrap_or("")),
+                "message finished"
+            );
+        }
+        Disposition::Retry { delay_ms } => tracing::info!(
+            id = %completion.id, outcome = "retry", attempts = completion.attempts, delay_ms,
+            "message will be retried"
+        ),
+        Disposition::Release => tracing::info!(
+            id = %completion.id, outcome = "released", "message handed back untried at shutdown"
+        ),
+        Disposition::Final { .. } => {}
+    }
 }
 
 /// Used by the claimer for rows that are already past their expiry or their limits.
