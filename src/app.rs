@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth0::Verifier;
 use crate::config::{Config, DatabaseConfig};
 use crate::db;
+use crate::db::batcher::Batcher;
 use crate::db::embedded::{Durability, EmbeddedPostgres};
 use crate::dispatch::Dispatcher;
 use crate::dispatch::wake::{Wake, run_notifier};
@@ -132,6 +133,11 @@ impl App {
             wake: Wake::default(),
             accept_messages: role.ingress(),
             metrics,
+            batcher: Batcher::start(
+                database.pool.clone(),
+                config.dispatch.message_ttl_seconds,
+                config.database.ingress_writers,
+            ),
         };
         let listener = TcpListener::bind(config.server.listen)
             .await

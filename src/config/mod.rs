@@ -109,6 +109,8 @@ pub struct DatabaseConfig {
     pub acquire_timeout_ms: u64,
     /// Apply pending migrations when `serve` starts.
     pub migrate_on_start: bool,
+    /// Concurrent group-commit inserts of the ingress; each takes every request waiting.
+    pub ingress_writers: usize,
 }
 
 impl Default for DatabaseConfig {
@@ -119,6 +121,7 @@ impl Default for DatabaseConfig {
             max_connections: 20,
             acquire_timeout_ms: 3000,
             migrate_on_start: true,
+            ingress_writers: 2,
         }
     }
 }

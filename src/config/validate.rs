@@ -126,6 +126,12 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        if self.database.ingress_writers == 0 {
+            problem(
+                "database.ingress_writers".into(),
+                "must be at least 1".into(),
+            );
+        }
         if self.database.acquire_timeout_ms == 0 {
             problem(
                 "database.acquire_timeout_ms".into(),

@@ -13,39 +13,69 @@ pub struct Enqueued {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Stores the message and its queue entry in one statement, so one commit makes both durable
-/// (or neither). Expiry is computed from the database clock, the one clock every process shares.
-pub async fn enqueue(
+/// Stores messages and their queue entries in one statement, so one commit makes all of them
+/// durable (or none). Expiry is computed from the database clock, the one clock every process
+/// shares. Results come back in the order of `messages`.
+pub async fn enqueue_batch(
     pool: &PgPool,
-    message: &NewMessage,
+    messages: &[&NewMessage],
     ttl_seconds: u32,
-) -> Result<Enqueued, sqlx::Error> {
-    let (created_at, expires_at) = sqlx::query_as::<_, (DateTime<Utc>, DateTime<Utc>)>(
-        "WITH m AS (
+) -> Result<Vec<Enqueued>, sqlx::Error> {
+    let mut ids = Vec::with_capacity(messages.len());
+    let (mut recipients, mut bodies, mut senders) = (vec![], vec![], vec![]);
+    let (mut ips, mut agents, mut signers) = (vec![], vec![], vec![]);
+    for message in messages {
+        ids.push(message.id.0);
+        recipients.push(message.recipient.as_str());
+        bodies.push(message.body.as_str());
+        senders.push(message.sender.as_deref());
+        ips.push(message.request.ip.map(|ip| ip.to_string()));
+        agents.push(message.request.user_agent.as_deref());
+        signers.push(message.signer.as_deref());
+    }
+    let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "WITH v AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[])
+                 AS v(id, recipient, body, sender, client_ip, user_agent, signer)
+         ), m AS (
              INSERT INTO messages
                  (id, recipient, body, sender, client_ip, user_agent, signer, expires_at)
-             VALUES ($1, $2, $3, $4, $5::inet, $6, $7, now() + make_interval(secs => $8))
+             SELECT id, recipient, body, sender, client_ip::inet, user_agent, signer,
+                    now() + make_interval(secs => $8)
+             FROM v
              RETURNING id, created_at, expires_at
          ), q AS (
              INSERT INTO message_queue (message_id, run_at, expires_at, created_at)
              SELECT id, created_at, expires_at, created_at FROM m
          )
-         SELECT created_at, expires_at FROM m",
+         SELECT id, created_at, expires_at FROM m",
     )
-    .bind(message.id.0)
-    .bind(message.recipient.as_str())
-    .bind(message.body.as_str())
-    .bind(message.sender.as_deref())
-    .bind(message.request.ip.map(|ip| ip.to_string()))
-    .bind(message.request.user_agent.as_deref())
-    .bind(message.signer.as_deref())
+    .bind(&ids)
+    .bind(&recipients)
+    .bind(&bodies)
+    .bind(&senders)
+    .bind(&ips)
+    .bind(&agents)
+    .bind(&signers)
     .bind(f64::from(ttl_seconds))
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(Enqueued {
-        created_at,
-        expires_at,
-    })
+    let by_id: std::collections::HashMap<Uuid, Enqueued> = rows
+        .into_iter()
+        .map(|(id, created_at, expires_at)| {
+            (
+                id,
+                Enqueued {
+                    created_at,
+                    expires_at,
+                },
+            )
+        })
+        .collect();
+    ids.iter()
+        .map(|id| by_id.get(id).copied().ok_or(sqlx::Error::RowNotFound))
+        .collect()
 }
 
 /// A message as the status API shows it.

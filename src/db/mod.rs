@@ -1,5 +1,6 @@
 //! Everything that talks to PostgreSQL: the pool, migrations, readiness and the queries.
 
+pub mod batcher;
 pub mod embedded;
 pub mod messages;
 pub mod queue;

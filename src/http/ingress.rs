@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::db;
 use crate::domain::{MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, redact_digits};
 
 /// Auth0's requests are well under 1 KiB; the limit leaves room for a long template.
@@ -80,21 +79,22 @@ async fn accept(state: &AppState, request: Request) -> Result<Json<Accepted>, Ap
         serde_json::from_slice(&bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
     let message = validate(parsed, signer)?;
 
-    match db::messages::enqueue(&state.pool, &message, state.message_ttl_seconds).await {
+    let id = message.id;
+    tracing::debug!(
+        %id,
+        recipient = %message.recipient.masked(),
+        body = %message.body.redacted(),
+        signer = message.signer.as_deref().unwrap_or("-"),
+        "storing message"
+    );
+    match state.batcher.enqueue(message).await {
         Ok(enqueued) => {
             state.wake.message_queued();
-            tracing::info!(
-                id = %message.id,
-                recipient = %message.recipient.masked(),
-                body = %message.body.redacted(),
-                signer = message.signer.as_deref().unwrap_or("-"),
-                expires_at = %enqueued.expires_at,
-                "message queued"
-            );
-            Ok(Json(Accepted { id: message.id }))
+            tracing::debug!(%id, expires_at = %enqueued.expires_at, "message queued");
+            Ok(Json(Accepted { id }))
         }
         Err(err) => {
-            tracing::error!(id = %message.id, error = %err, "cannot store message; answering 503");
+            tracing::error!(%id, error = %err, "cannot store message; answering 503");
             Err(ApiError::Unavailable(
                 "the message could not be stored; nothing was queued, try again",
             ))

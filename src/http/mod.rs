@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use sqlx::PgPool;
 
 use crate::auth0::Verifier;
+use crate::db::batcher::Batcher;
 use crate::dispatch::wake::Wake;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -35,6 +36,8 @@ pub struct AppState {
     /// False for `--role worker`: the ingress route is not served.
     pub accept_messages: bool,
     pub metrics: Metrics,
+    /// Group-commit writer of accepted messages.
+    pub batcher: Batcher,
 }
 
 pub fn router(state: AppState) -> Router {

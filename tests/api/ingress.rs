@@ -280,3 +280,29 @@ async fn a_database_that_cannot_commit_gets_503_and_the_gateway_recovers() {
         "recovered without a restart"
     );
 }
+
+#[tokio::test]
+async fn concurrent_requests_share_commits_and_each_is_answered_after_its_own() {
+    let app = TestApp::spawn().await;
+    let requests = (0..100).map(|i| {
+        let app = &app;
+        async move {
+            let response = app.post_sms(Some(&token()), &sms(&format!("+1415555{:04}", 4000 + i))).await;
+            assert_eq!(response.status().as_u16(), 200);
+            let body: Value = response.json().await.expect("JSON");
+            body["id"].as_str().expect("id").to_string()
+        }
+    });
+    let ids = futures_util::future::join_all(requests).await;
+
+    // Every acknowledged id is committed, and rows share transactions (same xmin).
+    let (stored, transactions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT xmin::text) FROM messages WHERE id::text = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(stored, 100);
+    assert!(transactions < 100, "group commit: {transactions} transactions for 100 requests");
+}
