@@ -134,6 +134,11 @@ impl EmbeddedPostgres {
         )
     }
 
+    /// Where the server's unix socket lives (`-h` for psql and pgbench), and its port.
+    pub fn socket(&self) -> (&Path, u16) {
+        (&self.home, PORT)
+    }
+
     /// Stops the cluster and waits until it is down.
     pub fn stop(mut self) {
         self.stop_and_wait();
@@ -264,6 +269,16 @@ pub fn find_server_binaries() -> anyhow::Result<PathBuf> {
         .chain(from_pg_config)
         .chain(debian.into_iter().map(|(_, dir)| dir))
         .find(|dir| has_server(dir))
+        // PATH often holds symlinks (/usr/local/bin/initdb → /usr/lib/postgresql/15/bin/…);
+        // the real directory also has the tools beside the server (pgbench, psql).
+        .map(|dir| {
+            dir.join("initdb")
+                .canonicalize()
+                .ok()
+                .and_then(|real| real.parent().map(Path::to_path_buf))
+                .filter(|real| has_server(real))
+                .unwrap_or(dir)
+        })
         .context(
             "no PostgreSQL server binaries (initdb, pg_ctl, postgres) found on PATH, through \
              pg_config or under /usr/lib/postgresql; install them (Debian/Ubuntu: \

@@ -287,7 +287,9 @@ async fn concurrent_requests_share_commits_and_each_is_answered_after_its_own() 
     let requests = (0..100).map(|i| {
         let app = &app;
         async move {
-            let response = app.post_sms(Some(&token()), &sms(&format!("+1415555{:04}", 4000 + i))).await;
+            let response = app
+                .post_sms(Some(&token()), &sms(&format!("+1415555{:04}", 4000 + i)))
+                .await;
             assert_eq!(response.status().as_u16(), 200);
             let body: Value = response.json().await.expect("JSON");
             body["id"].as_str().expect("id").to_string()
@@ -304,5 +306,8 @@ async fn concurrent_requests_share_commits_and_each_is_answered_after_its_own() 
     .await
     .expect("count");
     assert_eq!(stored, 100);
-    assert!(transactions < 100, "group commit: {transactions} transactions for 100 requests");
+    assert!(
+        transactions < 100,
+        "group commit: {transactions} transactions for 100 requests"
+    );
 }

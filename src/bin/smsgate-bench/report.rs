@@ -1,0 +1,219 @@
+//! The results table and its JSON form: each figure beside the baseline it is compared with.
+
+use serde_json::{Value, json};
+
+use super::Args;
+
+/// What pgbench measured on the same cluster.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Baselines {
+    /// Average latency of a one-row insert commit from one client.
+    pub commit_ms: f64,
+    /// Single-row INSERT transactions per second at the ingress's concurrency.
+    pub insert_tps: f64,
+    /// One-row `FOR UPDATE SKIP LOCKED` claim-and-complete cycles per second.
+    pub cycle_tps: f64,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Figures {
+    pub ingress_per_second: f64,
+    pub ingress_failed: u64,
+    pub ingress_p50_ms: f64,
+    pub ingress_p99_ms: f64,
+    pub ingress_p999_ms: f64,
+    pub ingress_half_rate: u64,
+    pub ingress_half_p99_ms: f64,
+    pub dispatch_per_second: f64,
+    pub e2e_rate: u64,
+    pub e2e_accepted: u64,
+    pub e2e_missing: u64,
+    pub e2e_p50_ms: f64,
+    pub e2e_p99_ms: f64,
+    pub peak_rss_mib: f64,
+}
+
+pub struct Report {
+    connections: usize,
+    dispatch_clients: usize,
+    seconds: u64,
+    before: Baselines,
+    after: Baselines,
+    figures: Figures,
+}
+
+fn mean(a: f64, b: f64) -> f64 {
+    (a + b) / 2.0
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+impl Report {
+    pub fn new(args: &Args, before: Baselines, after: Baselines, figures: Figures) -> Self {
+        Self {
+            connections: args.connections,
+            dispatch_clients: args.dispatch_clients,
+            seconds: args.seconds,
+            before,
+            after,
+            figures,
+        }
+    }
+
+    fn insert_baseline(&self) -> f64 {
+        mean(self.before.insert_tps, self.after.insert_tps)
+    }
+
+    fn cycle_baseline(&self) -> f64 {
+        mean(self.before.cycle_tps, self.after.cycle_tps)
+    }
+
+    fn rows(&self) -> Vec<[String; 5]> {
+        let f = &self.figures;
+        let ingress_ratio = f.ingress_per_second / self.insert_baseline().max(1e-9);
+        let dispatch_ratio = f.dispatch_per_second / self.cycle_baseline().max(1e-9);
+        vec![
+            [
+                "commit latency probe (1 client)".into(),
+                format!(
+                    "{:.2} / {:.2} ms",
+                    self.before.commit_ms, self.after.commit_ms
+                ),
+                "before / after".into(),
+                "-".into(),
+                "-".into(),
+            ],
+            [
+                format!("pgbench single-row INSERT, {} clients", self.connections),
+                format!(
+                    "{:.0} / {:.0} tps",
+                    self.before.insert_tps, self.after.insert_tps
+                ),
+                "before / after".into(),
+                "baseline".into(),
+                "-".into(),
+            ],
+            [
+                format!("ingress accepted/s, {} connections", self.connections),
+                format!("{:.0}/s", f.ingress_per_second),
+                format!("{ingress_ratio:.2}x insert TPS"),
+                ">= 1.0x".into(),
+                verdict(ingress_ratio >= 1.0).into(),
+            ],
+            [
+                "ingress latency at saturation".into(),
+                format!(
+                    "p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+                    f.ingress_p50_ms, f.ingress_p99_ms, f.ingress_p999_ms
+                ),
+                format!(
+                    "{:.1}x commit",
+                    f.ingress_p99_ms / mean(self.before.commit_ms, self.after.commit_ms).max(1e-9)
+                ),
+                "-".into(),
+                "-".into(),
+            ],
+            [
+                format!("ingress p99 at half saturation ({}/s)", f.ingress_half_rate),
+                format!("{:.2} ms", f.ingress_half_p99_ms),
+                "-".into(),
+                "<= 10 ms".into(),
+                verdict(f.ingress_half_p99_ms <= 10.0).into(),
+            ],
+            [
+                format!(
+                    "pgbench 1-row claim+complete, {} clients",
+                    self.dispatch_clients
+                ),
+                format!(
+                    "{:.0} / {:.0} cycles/s",
+                    self.before.cycle_tps, self.after.cycle_tps
+                ),
+                "before / after".into(),
+                "baseline".into(),
+                "-".into(),
+            ],
+            [
+                "dispatch messages/s (pre-filled queue)".into(),
+                format!("{:.0}/s", f.dispatch_per_second),
+                format!("{dispatch_ratio:.2}x claim cycle"),
+                ">= 1.5x".into(),
+                verdict(dispatch_ratio >= 1.5).into(),
+            ],
+            [
+                format!("end to end, commit -> carrier, at {}/s", f.e2e_rate),
+                format!(
+                    "p50 {:.2} / p99 {:.2} ms ({} missing)",
+                    f.e2e_p50_ms, f.e2e_p99_ms, f.e2e_missing
+                ),
+                "-".into(),
+                "p50 <= 5, p99 <= 25 ms".into(),
+                verdict(f.e2e_p50_ms <= 5.0 && f.e2e_p99_ms <= 25.0 && f.e2e_missing == 0).into(),
+            ],
+            [
+                "peak RSS of smsgate".into(),
+                format!("{:.1} MiB", f.peak_rss_mib),
+                "-".into(),
+                "<= 150 MiB".into(),
+                verdict(f.peak_rss_mib <= 150.0).into(),
+            ],
+        ]
+    }
+
+    pub fn table(&self) -> String {
+        let header = ["figure", "measured", "ratio", "target", "verdict"];
+        let rows = self.rows();
+        let widths: Vec<usize> = (0..5)
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: [&str; 5]| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            format!("| {} |", padded.join(" | "))
+        };
+        let mut out = vec![line(header)];
+        out.push(format!(
+            "|{}|",
+            widths
+                .iter()
+                .map(|w| "-".repeat(w + 2))
+                .collect::<Vec<_>>()
+                .join("|")
+        ));
+        for row in &rows {
+            out.push(line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+        }
+        out.push(format!(
+            "({} s per phase; ratios use the mean of the baselines before and after)",
+            self.seconds
+        ));
+        out.join("\n")
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "seconds": self.seconds,
+            "connections": self.connections,
+            "dispatch_clients": self.dispatch_clients,
+            "baseline_before": self.before,
+            "baseline_after": self.after,
+            "figures": self.figures,
+            "ratios": {
+                "ingress_to_insert_tps": self.figures.ingress_per_second / self.insert_baseline().max(1e-9),
+                "dispatch_to_claim_cycle": self.figures.dispatch_per_second / self.cycle_baseline().max(1e-9),
+            },
+            "table": self.rows(),
+        })
+    }
+}
