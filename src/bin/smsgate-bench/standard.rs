@@ -1,0 +1,129 @@
+//! The standard run: baselines, ingress at saturation and at half of it, dispatch of a
+//! pre-filled queue, end-to-end latency at a fixed rate, baselines again.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::fixture::{Bench, backlog_sql};
+use crate::load::{closed_loop, open_loop, quantile};
+use crate::report::{Baselines, Figures};
+use crate::standin::Received;
+
+pub async fn run(
+    bench: &Bench,
+    received: &Arc<Received>,
+) -> anyhow::Result<(Baselines, Baselines, Figures)> {
+    let seconds = Duration::from_secs(bench.args.seconds);
+    eprintln!("bench: baselines (before)");
+    let before = bench.baselines()?;
+    let mut figures = Figures::default();
+
+    eprintln!("bench: ingress, {} connections", bench.args.connections);
+    bench.empty_queue().await?;
+    let ingress = bench.spawn("ingress").await?;
+    let target = bench.target(ingress.port)?;
+    closed_loop(
+        target.clone(),
+        bench.args.connections,
+        Duration::from_secs(1),
+    )
+    .await;
+    let mut saturated = closed_loop(target.clone(), bench.args.connections, seconds).await;
+    figures.ingress_per_second = saturated.accepted as f64 / saturated.seconds;
+    figures.ingress_failed = saturated.failed;
+    figures.ingress_p50_ms = quantile(&mut saturated.latencies_us, 0.5) / 1000.0;
+    figures.ingress_p99_ms = quantile(&mut saturated.latencies_us, 0.99) / 1000.0;
+    figures.ingress_p999_ms = quantile(&mut saturated.latencies_us, 0.999) / 1000.0;
+    let half_rate = (figures.ingress_per_second / 2.0).max(1.0) as u64;
+    eprintln!("bench: ingress at half saturation, {half_rate}/s");
+    let mut half = open_loop(target.clone(), half_rate, seconds).await;
+    figures.ingress_half_rate = half_rate;
+    figures.ingress_half_p99_ms = quantile(&mut half.latencies_us, 0.99) / 1000.0;
+    figures.peak_rss_mib = figures.peak_rss_mib.max(ingress.peak_rss_mib());
+    ingress.stop();
+
+    eprintln!(
+        "bench: dispatch of a {}-message backlog",
+        bench.args.backlog
+    );
+    bench.empty_queue().await?;
+    bench.psql(&backlog_sql(bench.args.backlog))?;
+    let start_count = received.count.load(Ordering::Relaxed);
+    let worker = bench.spawn("worker").await?;
+    let drained = drain_rate(
+        &received.count,
+        start_count,
+        bench.args.backlog,
+        seconds * 6,
+    )
+    .await;
+    figures.dispatch_per_second = drained;
+    figures.peak_rss_mib = figures.peak_rss_mib.max(worker.peak_rss_mib());
+    worker.stop();
+
+    eprintln!("bench: end to end at {}/s", bench.args.rate);
+    bench.empty_queue().await?;
+    let all = bench.spawn("all").await?;
+    received.track.store(true, Ordering::Relaxed);
+    let offered = open_loop(target.clone(), bench.args.rate, seconds).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    received.track.store(false, Ordering::Relaxed);
+    let (mut commit_to_carrier, missing) = {
+        let arrivals = received
+            .arrivals
+            .lock()
+            .map_err(|_| anyhow::anyhow!("arrivals lock"))?;
+        let mut latencies = Vec::new();
+        let mut missing = 0;
+        for (recipient, answered) in &offered.accepted_at {
+            match arrivals.get(recipient) {
+                Some(arrived) => {
+                    latencies.push(arrived.saturating_duration_since(*answered).as_micros() as u64)
+                }
+                None => missing += 1,
+            }
+        }
+        (latencies, missing)
+    };
+    figures.e2e_rate = bench.args.rate;
+    figures.e2e_accepted = offered.accepted;
+    figures.e2e_missing = missing;
+    figures.e2e_p50_ms = quantile(&mut commit_to_carrier, 0.5) / 1000.0;
+    figures.e2e_p99_ms = quantile(&mut commit_to_carrier, 0.99) / 1000.0;
+    figures.peak_rss_mib = figures.peak_rss_mib.max(all.peak_rss_mib());
+    all.stop();
+
+    eprintln!("bench: baselines (after)");
+    let after = bench.baselines()?;
+
+    Ok((before, after, figures))
+}
+
+/// Messages per second between 10 % and 90 % of the backlog reaching the carrier (start-up
+/// and the tail are left out).
+pub async fn drain_rate(
+    count: &std::sync::atomic::AtomicU64,
+    start: u64,
+    backlog: u64,
+    limit: Duration,
+) -> f64 {
+    let started = Instant::now();
+    let (low, high) = (start + backlog / 10, start + backlog * 9 / 10);
+    let mut at_low = None;
+    loop {
+        let now = count.load(Ordering::Relaxed);
+        if at_low.is_none() && now >= low {
+            at_low = Some((Instant::now(), now));
+        }
+        if now >= high
+            && let Some((t, n)) = at_low
+        {
+            return (now - n) as f64 / t.elapsed().as_secs_f64().max(1e-3);
+        }
+        if started.elapsed() > limit {
+            return (now - start) as f64 / started.elapsed().as_secs_f64();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
