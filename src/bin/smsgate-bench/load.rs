@@ -24,8 +24,8 @@ pub struct LoadResult {
     pub seconds: f64,
     /// Request latencies of accepted requests, in microseconds.
     pub latencies_us: Vec<u64>,
-    /// When each accepted request's 200 arrived, by recipient.
-    pub accepted_at: Vec<(String, Instant)>,
+    /// Each accepted request: its recipient, when it was sent and when its 200 arrived.
+    pub accepted_at: Vec<(String, Instant, Instant)>,
 }
 
 impl Target {
@@ -125,7 +125,9 @@ pub async fn open_loop(target: Arc<Target>, rate: u64, duration: Duration) -> Lo
                 Some((recipient, latency)) => {
                     result.accepted += 1;
                     result.latencies_us.push(latency.as_micros() as u64);
-                    result.accepted_at.push((recipient, answered));
+                    result
+                        .accepted_at
+                        .push((recipient, answered - latency, answered));
                 }
                 None => result.failed += 1,
             }
