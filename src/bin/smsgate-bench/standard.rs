@@ -67,7 +67,8 @@ pub async fn run(
     let all = bench.spawn("all").await?;
     let target = bench.target(all.port)?;
     received.track.store(true, Ordering::Relaxed);
-    let offered = open_loop(target, bench.args.rate, seconds).await;
+    let mut offered = open_loop(target, bench.args.rate, seconds).await;
+    figures.e2e_ingress_p99_ms = quantile(&mut offered.latencies_us, 0.99) / 1000.0;
     tokio::time::sleep(Duration::from_secs(2)).await;
     received.track.store(false, Ordering::Relaxed);
     // Two views of the same deliveries: from the request being sent (which includes the
