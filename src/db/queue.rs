@@ -41,16 +41,28 @@ pub struct ClaimBatch {
     pub claimed: usize,
     /// Rows sent back to wait for a recipient window.
     pub deferred: usize,
+    /// The last `(run_at, message_id)` claimed: where the next claim may start.
+    pub last_key: Option<ClaimCursor>,
 }
 
-/// Claims up to `limit` due messages, leased for `lease_seconds`. With a `cursor`, only rows
-/// due at or after it (less 2 s for late commits) are looked at, which keeps the scan off the
-/// dead tuples at the head of the index (shared research, pgqueue.md §3 E8/E11).
+/// A position in the due index, `(run_at, message_id)`: claims start strictly after it.
+pub type ClaimCursor = (DateTime<Utc>, Uuid);
+
+/// The cursor before every row: the start of a full scan.
+pub fn cursor_start() -> ClaimCursor {
+    (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil())
+}
+
+/// Claims up to `limit` due messages after `cursor`, leased for `lease_seconds`. Starting the
+/// index scan after the last row claimed keeps it off the dead tuples that claims and deletes
+/// leave at the head of the index, which a held snapshot keeps from being cleaned (shared
+/// research, pgqueue.md §2.1 and §3 E8/E11). The bound is a plain row comparison, not an
+/// `IS NULL OR …`, so a generic prepared plan still uses it as the index scan's start.
 pub async fn claim(
     pool: &PgPool,
     limit: usize,
     lease_seconds: u32,
-    cursor: Option<DateTime<Utc>>,
+    cursor: ClaimCursor,
     windows: &[WindowLimit],
 ) -> Result<ClaimBatch, sqlx::Error> {
     let lease_token: i64 = rand::random();
@@ -58,8 +70,7 @@ pub async fn claim(
     let mut rows: Vec<Claimed> = sqlx::query_as(
         "WITH c AS (
              SELECT message_id, run_at FROM message_queue
-             WHERE run_at <= now()
-               AND ($3::timestamptz IS NULL OR run_at >= $3::timestamptz - interval '2 seconds')
+             WHERE run_at <= now() AND (run_at, message_id) > ($3::timestamptz, $5::uuid)
              ORDER BY run_at, message_id
              LIMIT $1
              FOR UPDATE SKIP LOCKED
@@ -74,18 +85,21 @@ pub async fn claim(
     )
     .bind(limit as i64)
     .bind(f64::from(lease_seconds))
-    .bind(cursor)
+    .bind(cursor.0)
     .bind(lease_token)
+    .bind(cursor.1)
     .fetch_all(&mut *tx)
     .await?;
     let claimed = rows.len();
     rows.sort_by_key(|row| (row.due_at, row.id));
+    let last_key = rows.last().map(|row| (row.due_at, row.id));
     for row in &mut rows {
         row.lease_token = lease_token;
     }
 
     let mut batch = ClaimBatch {
         claimed,
+        last_key,
         ..ClaimBatch::default()
     };
     let needs_admission = |row: &Claimed| !row.admitted && row.remaining_ms > 0;

@@ -11,7 +11,6 @@ pub mod wake;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -27,9 +26,10 @@ use retry::RetryPolicy;
 use send::{SendContext, SharedContext};
 use wake::Wake;
 
-/// The claim cursor is dropped at least this often, so rows that committed late (with an
-/// earlier due time than the cursor) are found.
-const CURSOR_RESET: Duration = Duration::from_secs(1);
+/// The claim cursor goes back to the start at least this often, so rows that committed late
+/// (due before the cursor) wait at most this long. It also goes back whenever a claim comes
+/// back short, which is every claim unless a backlog is being drained.
+const CURSOR_RESET: Duration = Duration::from_secs(2);
 
 /// The running workers of one process.
 pub struct Dispatcher {
@@ -156,7 +156,7 @@ impl Dispatcher {
 
 impl Claimer {
     async fn run(self: Arc<Self>) {
-        let mut cursor: Option<DateTime<Utc>> = None;
+        let mut cursor = queue::cursor_start();
         let mut cursor_since = Instant::now();
         let mut failures = 0u32;
         while !self.shutdown.is_cancelled() {
@@ -176,7 +176,7 @@ impl Claimer {
                 }
             }
             if cursor_since.elapsed() >= CURSOR_RESET {
-                cursor = None;
+                cursor = queue::cursor_start();
                 cursor_since = Instant::now();
             }
             let wanted = permits.len();
@@ -204,8 +204,8 @@ impl Claimer {
                 }
             };
             let full = batch.claimed == wanted;
-            if let Some(latest) = batch.ready.iter().map(|m| m.due_at).max() {
-                cursor = Some(cursor.map_or(latest, |c| c.max(latest)));
+            if let Some(last) = batch.last_key {
+                cursor = cursor.max(last);
             }
             self.start_sends(batch, permits, claimed_at).await;
             if full {
@@ -213,7 +213,7 @@ impl Claimer {
                 self.wake.wake_local();
                 continue;
             }
-            cursor = None;
+            cursor = queue::cursor_start();
             cursor_since = Instant::now();
             let poll = Duration::from_millis(self.config.poll_interval_ms);
             let wait = match queue::next_due(&self.pool).await {
