@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::fixture::{Bench, Smsgate, backlog_sql};
+use crate::pg::PgBench;
 use crate::standard::drain_rate;
 use crate::standin::Received;
 
@@ -27,6 +28,10 @@ async fn sample(
     while started.elapsed() < duration && last < until {
         tokio::time::sleep(interval).await;
         let now = received.count.load(Ordering::Relaxed);
+        if now >= until {
+            // The backlog ran out inside this interval: a partial window is no rate.
+            break;
+        }
         rates.push((now - last) as f64 / interval.as_secs_f64());
         last = now;
     }
@@ -61,10 +66,11 @@ async fn refill(bench: &Bench) -> anyhow::Result<()> {
 
 /// A backlog of `--backlog` messages drained for up to 5 minutes, sampled every 10 s.
 pub async fn backlog(bench: &Bench, received: &Arc<Received>) -> anyhow::Result<Value> {
-    refill(bench).await?;
+    bench.psql(&PgBench::fill_sql(20_000 * bench.args.seconds.max(3)))?;
     let cycle = bench
         .pgbench
-        .run("cycle.sql", bench.args.dispatch_clients, bench.args.seconds);
+        .run("cycle.sql", bench.args.dispatch_clients, bench.args.seconds)?;
+    refill(bench).await?;
     let start = received.count.load(Ordering::Relaxed);
     let worker = bench.spawn("worker").await?;
     let rates = sample(
@@ -82,7 +88,8 @@ pub async fn backlog(bench: &Bench, received: &Arc<Received>) -> anyhow::Result<
         "mean_rate": mean(&rates),
         "trend_per_sample": trend(&rates),
         "last_over_first": rates.last().zip(rates.first()).map(|(l, f)| l / f.max(1e-9)),
-        "baseline_cycle_tps": cycle.ok().map(|c| c.tps),
+        "baseline_cycle_tps": cycle.tps,
+        "mean_rate_to_cycle_tps": mean(&rates) / cycle.tps.max(1e-9),
     }))
 }
 
