@@ -53,6 +53,33 @@ pub fn transport_error(err: reqwest::Error) -> SendError {
     SendError::new(class, message)
 }
 
+/// A carrier's answer, read whole: its status, `Retry-After` and body.
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    pub retry_after: Option<Duration>,
+    pub body: axum::body::Bytes,
+}
+
+/// Sends `request` within `timeout` and reads the answer; transport failures are classified.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<Answer, SendError> {
+    let response = request
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(transport_error)?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let body = response.bytes().await.map_err(transport_error)?;
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is rare from APIs and ignored).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers

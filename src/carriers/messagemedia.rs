@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::http::{class_of_status, retry_after, transport_error};
+use super::http::{self, Answer, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::CarrierConfig;
 use crate::secret::Secret;
@@ -103,19 +103,17 @@ impl Carrier for MessageMediaCarrier {
                 message_expiry_timestamp: expiry.to_rfc3339_opts(SecondsFormat::Secs, true),
             }],
         };
-        let response = self
+        let request = self
             .http
             .post(&self.url)
             .basic_auth(&self.api_key, Some(self.api_secret.expose()))
             .header(reqwest::header::ACCEPT, "application/json")
-            .json(&request)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let body = response.bytes().await.map_err(transport_error)?;
+            .json(&request);
+        let Answer {
+            status,
+            retry_after,
+            body,
+        } = http::send(request, self.timeout).await?;
         if status.is_success() {
             let sent: Option<SendResponse> = serde_json::from_slice(&body).ok();
             let id = sent

@@ -8,7 +8,7 @@ use anyhow::Context;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::http::{class_of_status, retry_after, transport_error};
+use super::http::{self, Answer, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::CarrierConfig;
 use crate::secret::Secret;
@@ -102,18 +102,16 @@ impl TwilioCarrier {
 
 impl Carrier for TwilioCarrier {
     async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
-        let response = self
+        let request = self
             .http
             .post(&self.url)
             .basic_auth(&self.username, Some(self.password.expose()))
-            .form(&self.form(sms))
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let body = response.bytes().await.map_err(transport_error)?;
+            .form(&self.form(sms));
+        let Answer {
+            status,
+            retry_after,
+            body,
+        } = http::send(request, self.timeout).await?;
         if status.is_success() {
             let resource: Option<MessageResource> = serde_json::from_slice(&body).ok();
             return Ok(Accepted {

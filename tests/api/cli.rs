@@ -270,34 +270,48 @@ pub async fn wait_until_healthy(port: u16) -> reqwest::Client {
     }
 }
 
-#[tokio::test]
-async fn serve_on_the_embedded_database_accepts_a_token_and_stops_postgres_on_sigterm() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut child, port) = start_serve(dir.path());
-    let client = wait_until_healthy(port).await;
-    let token = stdout(&smsgate(&["token"], &serve_config(dir.path(), port), &[]))
+/// Signs with `smsgate token` for the serve config in `dir` and posts one message.
+async fn post_with_smsgate_token(
+    client: &reqwest::Client,
+    dir: &Path,
+    port: u16,
+) -> reqwest::Response {
+    let token = stdout(&smsgate(&["token"], &serve_config(dir, port), &[]))
         .trim()
         .to_string();
-
-    let response = client
+    client
         .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
         .bearer_auth(&token)
         .header("content-type", "application/json")
         .body(sms("+14155552671").to_string())
         .send()
         .await
-        .expect("sent");
+        .expect("sent")
+}
+
+/// SIGTERM, then the exit status.
+pub async fn terminate(child: Child) -> std::process::ExitStatus {
+    let mut child = child;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait")
+}
+
+#[tokio::test]
+async fn serve_on_the_embedded_database_accepts_a_token_and_stops_postgres_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, port) = start_serve(dir.path());
+    let client = wait_until_healthy(port).await;
+    let response = post_with_smsgate_token(&client, dir.path(), port).await;
     assert_eq!(response.status().as_u16(), 200);
     assert!(
         postgres_processes_for(dir.path()) > 0,
         "embedded PostgreSQL runs"
     );
 
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let status = terminate(child).await;
     assert!(status.success(), "clean exit after SIGTERM: {status}");
     assert_eq!(
         postgres_processes_for(dir.path()),
@@ -311,17 +325,7 @@ async fn a_killed_gateway_leaves_no_postgres_behind_and_keeps_what_it_acknowledg
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut child, port) = start_serve(dir.path());
     let client = wait_until_healthy(port).await;
-    let token = stdout(&smsgate(&["token"], &serve_config(dir.path(), port), &[]))
-        .trim()
-        .to_string();
-    let response = client
-        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body(sms("+14155552671").to_string())
-        .send()
-        .await
-        .expect("sent");
+    let response = post_with_smsgate_token(&client, dir.path(), port).await;
     assert_eq!(response.status().as_u16(), 200);
     let id = response.json::<serde_json::Value>().await.expect("JSON")["id"]
         .as_str()
@@ -337,7 +341,7 @@ async fn a_killed_gateway_leaves_no_postgres_behind_and_keeps_what_it_acknowledg
     );
 
     // Restarted on the same data directory, the acknowledged message is still there.
-    let (mut child, port) = start_serve(dir.path());
+    let (child, port) = start_serve(dir.path());
     let client = wait_until_healthy(port).await;
     let status = client
         .get(format!("http://127.0.0.1:{port}/v1/messages/{id}"))
@@ -346,10 +350,5 @@ async fn a_killed_gateway_leaves_no_postgres_behind_and_keeps_what_it_acknowledg
         .await
         .expect("sent");
     assert_eq!(status.status().as_u16(), 200);
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
-    assert!(exit.success());
+    assert!(terminate(child).await.success());
 }

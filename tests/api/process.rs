@@ -5,12 +5,10 @@ use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::Value;
 use smsgate::Role;
 
-use crate::cli::{BINARY, free_port, wait_until_healthy};
+use crate::cli::{BINARY, free_port, terminate as stop, wait_until_healthy};
 use crate::dispatch::{config_with, wait_until};
 use crate::helpers::{TestApp, sms, token, url_of};
 use crate::standins::twilio::{Reply, TwilioStandIn};
@@ -66,14 +64,6 @@ fn slow_config(standin: &TwilioStandIn) -> String {
              shutdown_grace_seconds = 10\nretry_base_ms = 100\n"
         ),
     )
-}
-
-async fn stop(mut child: Child) -> std::process::ExitStatus {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-    tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait")
 }
 
 #[tokio::test]
