@@ -83,6 +83,10 @@ impl fmt::Debug for MessageBody {
 }
 
 /// Masks every decimal digit (of any script), which is where one-time codes live.
+///
+/// ```
+/// assert_eq!(smsgate::domain::redact_digits("Your code is 123456"), "Your code is ******");
+/// ```
 pub fn redact_digits(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_numeric() { '*' } else { c })
