@@ -128,7 +128,7 @@ impl App {
             pool: database.pool.clone(),
             accept_unsigned: verifier.is_empty() && config.server.allow_unauthenticated,
             verifier: Arc::new(verifier),
-            admin_token: config.admin.token.clone(),
+            admin_token: config.admin.token.clone().map(Arc::new),
             message_ttl_seconds: config.dispatch.message_ttl_seconds,
             wake: Wake::default(),
             accept_messages: role.ingress(),

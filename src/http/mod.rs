@@ -29,7 +29,8 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     /// True only with `server.allow_unauthenticated` and no signer configured.
     pub accept_unsigned: bool,
-    pub admin_token: Option<Secret>,
+    /// Shared, not copied: the state is cloned for every request.
+    pub admin_token: Option<Arc<Secret>>,
     pub message_ttl_seconds: u32,
     /// Told after each commit, so workers send without waiting for a poll.
     pub wake: Wake,
