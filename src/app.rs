@@ -165,10 +165,6 @@ impl App {
         Ok(self.metrics_listener.local_addr()?)
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.database.pool
-    }
-
     /// Serves (and dispatches, by role) until `shutdown` is cancelled; then lets in-flight
     /// requests and sends finish, and closes the database (stopping the embedded cluster).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {

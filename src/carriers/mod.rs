@@ -21,7 +21,6 @@ use crate::config::{CarrierConfig, CarrierKind, Config};
 use crate::domain::{MessageId, PhoneNumber};
 use crate::metrics::Metrics;
 
-pub use breaker::BreakerState;
 pub use routes::Routes;
 
 /// What a carrier is asked to send.
@@ -161,10 +160,6 @@ impl CarrierHandle {
     /// caller is the probe.
     pub fn allow(&self) -> bool {
         self.breaker.allow()
-    }
-
-    pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
     }
 
     /// Waits until this process may send through the carrier again (`max_per_second`).

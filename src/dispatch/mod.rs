@@ -31,6 +31,29 @@ use wake::Wake;
 /// back short, which is every claim unless a backlog is being drained.
 const CURSOR_RESET: Duration = Duration::from_secs(2);
 
+/// A periodic background task's clock: ticks every `interval` (late ticks are not bunched up)
+/// until the shutdown token fires.
+pub(crate) struct Ticks<'a> {
+    interval: tokio::time::Interval,
+    shutdown: &'a CancellationToken,
+}
+
+impl<'a> Ticks<'a> {
+    pub(crate) fn new(period: Duration, shutdown: &'a CancellationToken) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { interval, shutdown }
+    }
+
+    /// Waits for the next tick; false once shutdown has begun.
+    pub(crate) async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
 /// The running workers of one process.
 pub struct Dispatcher {
     claimers: JoinSet<()>,

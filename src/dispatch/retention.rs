@@ -6,6 +6,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::Ticks;
+
 /// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks.
 const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
 const BATCH: i64 = 1000;
@@ -17,13 +19,8 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(interval, &shutdown);
+    while ticks.next().await {
         match sweep(&pool, days, longest_window_seconds, &shutdown).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retention: old messages deleted"),

@@ -10,6 +10,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use super::Ticks;
 use uuid::Uuid;
 
 const CHANNEL: &str = "smsgate_queue";
@@ -58,13 +60,8 @@ pub async fn run_notifier(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(interval, &shutdown);
+    while ticks.next().await {
         if wake.remote_pending.swap(false, Ordering::AcqRel) {
             let sent = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)

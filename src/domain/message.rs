@@ -148,11 +148,6 @@ impl Status {
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
-
-    /// Final states never change again.
-    pub fn is_final(self) -> bool {
-        !matches!(self, Status::Queued | Status::Sending)
-    }
 }
 
 #[cfg(test)]
