@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::load::Target;
 use crate::pg::PgBench;
+use crate::tail::PROBE_RATE;
 use crate::{Args, DATABASE, SECRET, report};
 
 /// A child smsgate that is stopped when dropped.
@@ -91,6 +92,12 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A commit probe for the next `seconds`, logging into `name` under the bench directory.
+    pub fn start_probe(&self, name: &str, seconds: u64) -> anyhow::Result<crate::pg::Probe> {
+        self.pgbench
+            .start_probe(PROBE_RATE, seconds, &self.dir.join(name))
     }
 
     /// The pgbench baselines and the commit-latency probe.

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::fixture::{Bench, Smsgate, backlog_sql};
-use crate::pg::PgBench;
+use crate::pg::{PgBench, ProbeCommit};
 use crate::standard::drain_rate;
 use crate::standin::Received;
 
@@ -59,6 +59,53 @@ fn trend(rates: &[f64]) -> f64 {
     num / den / mean_y.max(1e-9)
 }
 
+/// The mean latency of the probe's commits that ended in each `interval` after `anchor`.
+fn probe_means(
+    commits: &[ProbeCommit],
+    anchor: SystemTime,
+    interval: Duration,
+    windows: usize,
+) -> Vec<f64> {
+    let mut sums = vec![(0.0, 0u32); windows];
+    for commit in commits {
+        let Ok(after) = commit.ended.duration_since(anchor) else {
+            continue;
+        };
+        let index = (after.as_secs_f64() / interval.as_secs_f64()) as usize;
+        if let Some((sum, n)) = sums.get_mut(index) {
+            *sum += commit.latency().as_secs_f64() * 1000.0;
+            *n += 1;
+        }
+    }
+    sums.into_iter()
+        .map(|(sum, n)| sum / f64::from(n.max(1)))
+        .collect()
+}
+
+/// Size, live and dead rows and autovacuum runs of smsgate's tables.
+async fn table_stats(bench: &Bench) -> anyhow::Result<Value> {
+    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_live_tup, n_dead_tup, autovacuum_count,
+                pg_total_relation_size(relid)
+         FROM pg_stat_user_tables
+         WHERE relname IN ('messages', 'message_queue', 'message_attempts')
+         ORDER BY relname",
+    )
+    .fetch_all(&bench.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(table, live, dead, autovacuums, bytes)| {
+            (
+                table,
+                json!({"live": live, "dead": dead, "autovacuums": autovacuums,
+                       "mib": bytes as f64 / 1048576.0}),
+            )
+        })
+        .collect::<serde_json::Map<String, Value>>()
+        .into())
+}
+
 async fn refill(bench: &Bench) -> anyhow::Result<()> {
     bench.empty_queue().await?;
     bench.psql(&backlog_sql(bench.args.backlog))
@@ -71,17 +118,37 @@ pub async fn backlog(bench: &Bench, received: &Arc<Received>) -> anyhow::Result<
         .pgbench
         .run("cycle.sql", bench.args.dispatch_clients, bench.args.seconds)?;
     refill(bench).await?;
+    let tables_before = table_stats(bench).await?;
     let start = received.count.load(Ordering::Relaxed);
     let worker = bench.spawn("worker").await?;
+    // PostgreSQL's own commit latency over the same minutes: a machine that slows down shows
+    // here as well, a queue that decays does not.
+    let anchor = SystemTime::now();
+    let probe = bench.start_probe("probe-backlog", 300)?;
+    let interval = Duration::from_secs(10);
     let rates = sample(
         received,
-        Duration::from_secs(10),
+        interval,
         Duration::from_secs(300),
         start + bench.args.backlog,
     )
     .await;
     worker.stop();
+    let commits = tokio::task::spawn_blocking(move || probe.finish()).await??;
+    let probe_ms = probe_means(&commits, anchor, interval, rates.len());
+    let tables_after = table_stats(bench).await?;
+    bench.psql(&PgBench::fill_sql(20_000 * bench.args.seconds.max(3)))?;
+    let cycle_after =
+        bench
+            .pgbench
+            .run("cycle.sql", bench.args.dispatch_clients, bench.args.seconds)?;
     Ok(json!({
+        "probe_commit_mean_ms_per_10s": probe_ms,
+        "baseline_cycle_tps_after": cycle_after.tps,
+        "last_rate_to_cycle_tps_after": rates.last().map(|l| l / cycle_after.tps.max(1e-9)),
+        "first_rate_to_cycle_tps_before": rates.first().map(|f| f / cycle.tps.max(1e-9)),
+        "tables_before": tables_before,
+        "tables_after": tables_after,
         "scenario": "backlog",
         "backlog": bench.args.backlog,
         "rates_per_10s": rates,

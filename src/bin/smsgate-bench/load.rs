@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use smsgate::auth0;
 use smsgate::config::SignerConfig;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 pub struct Target {
     pub url: String,
@@ -24,7 +24,7 @@ pub struct LoadResult {
     pub seconds: f64,
     /// Request latencies of accepted requests, in microseconds.
     pub latencies_us: Vec<u64>,
-    /// Each accepted request: its recipient, when it was sent and when its 200 arrived.
+    /// Each accepted request: its recipient, when it was due and when its 200 arrived.
     pub accepted_at: Vec<(String, Instant, Instant)>,
 }
 
@@ -44,8 +44,8 @@ impl Target {
         })
     }
 
-    /// One request; returns the recipient and its latency when it was accepted.
-    async fn send_one(&self) -> Option<(String, Duration)> {
+    /// One request; returns its recipient when it was accepted.
+    async fn send_one(&self) -> Option<String> {
         let n = self.next_number.fetch_add(1, Ordering::Relaxed);
         let recipient = format!("+1{}", 2_000_000_000 + n % 7_000_000_000);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -53,7 +53,6 @@ impl Target {
         let body = format!(
             r#"{{"recipient":"{recipient}","body":"Your verification code is: 123456","sender":"+15555555555","req":{{"ip":"203.0.113.7","user-agent":"smsgate-bench"}}}}"#
         );
-        let started = Instant::now();
         let response = self
             .client
             .post(&self.url)
@@ -65,7 +64,7 @@ impl Target {
             .ok()?;
         let ok = response.status().as_u16() == 200;
         response.bytes().await.ok()?;
-        ok.then(|| (recipient, started.elapsed()))
+        ok.then_some(recipient)
     }
 }
 
@@ -83,10 +82,13 @@ pub async fn closed_loop(
         tasks.spawn(async move {
             let mut result = LoadResult::default();
             while Instant::now() < deadline {
+                let started = Instant::now();
                 match target.send_one().await {
-                    Some((_, latency)) => {
+                    Some(_) => {
                         result.accepted += 1;
-                        result.latencies_us.push(latency.as_micros() as u64);
+                        result
+                            .latencies_us
+                            .push(started.elapsed().as_micros() as u64);
                     }
                     None => result.failed += 1,
                 }
@@ -104,34 +106,47 @@ pub async fn closed_loop(
     total
 }
 
-/// Requests started at a fixed `rate` per second, whatever the answers do (open loop).
-pub async fn open_loop(target: Arc<Target>, rate: u64, duration: Duration) -> LoadResult {
+/// Requests due at a fixed `rate` per second, whatever the answers do (open loop), over at
+/// most `connections` connections, as a client with a bounded pool sends them. Latency counts
+/// from when a request was due, so time spent waiting for a free connection is included (no
+/// coordinated omission).
+pub async fn open_loop(
+    target: Arc<Target>,
+    rate: u64,
+    duration: Duration,
+    connections: usize,
+) -> LoadResult {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let pool = Arc::new(Semaphore::new(connections.max(1)));
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let shared = Arc::new(Mutex::new(LoadResult::default()));
     let mut tasks = tokio::task::JoinSet::new();
     while Instant::now() < deadline {
-        ticker.tick().await;
-        let target = target.clone();
-        let shared = shared.clone();
+        let due = ticker.tick().await.into_std();
+        let (target, shared, pool) = (target.clone(), shared.clone(), pool.clone());
         tasks.spawn(async move {
-            let outcome = target.send_one().await;
+            let outcome = match pool.acquire().await {
+                Ok(_connection) => target.send_one().await,
+                Err(_) => None,
+            };
             let answered = Instant::now();
             let mut result = shared.lock().await;
             match outcome {
-                Some((recipient, latency)) => {
+                Some(recipient) => {
                     result.accepted += 1;
-                    result.latencies_us.push(latency.as_micros() as u64);
                     result
-                        .accepted_at
-                        .push((recipient, answered - latency, answered));
+                        .latencies_us
+                        .push(answered.duration_since(due).as_micros() as u64);
+                    result.accepted_at.push((recipient, due, answered));
                 }
                 None => result.failed += 1,
             }
         });
+        // Finished tasks are collected as we go, so memory follows the requests in flight.
+        while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
     let mut total = std::mem::take(&mut *shared.lock().await);

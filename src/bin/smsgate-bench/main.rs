@@ -9,6 +9,7 @@ mod pg;
 mod report;
 mod standard;
 mod standin;
+mod tail;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,8 @@
 //! The baselines: what PostgreSQL itself does on the same cluster, measured with pgbench.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
@@ -70,20 +71,54 @@ impl PgBench {
         })
     }
 
+    /// pgbench with the connection and protocol options every run shares.
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.arg("-h").arg(&self.socket_dir).args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-n",
+            "-M",
+            "prepared",
+        ]);
+        command
+    }
+
+    /// Starts the commit probe in the background: one client committing one-row inserts at
+    /// `rate` per second for `seconds`, logging every transaction, so that PostgreSQL's own
+    /// latency spikes can be lined up with smsgate's slow requests measured at the same time.
+    pub fn start_probe(&self, rate: u32, seconds: u64, log_dir: &Path) -> anyhow::Result<Probe> {
+        std::fs::create_dir_all(log_dir)?;
+        let child = self
+            .command()
+            .current_dir(log_dir)
+            .args([
+                "-c",
+                "1",
+                "-R",
+                &rate.to_string(),
+                "-T",
+                &seconds.to_string(),
+            ])
+            .args(["-l", "--log-prefix", "probe", "-f"])
+            .arg(self.scripts.join("probe.sql"))
+            .arg(&self.database)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot run pgbench")?;
+        Ok(Probe {
+            child,
+            log_dir: log_dir.to_path_buf(),
+        })
+    }
+
     /// Runs `script` with `clients` for `seconds`.
     pub fn run(&self, script: &str, clients: usize, seconds: u64) -> anyhow::Result<PgBenchResult> {
-        let output = Command::new(&self.binary)
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-n",
-                "-M",
-                "prepared",
-            ])
+        let output = self
+            .command()
             .args([
                 "-c",
                 &clients.to_string(),
@@ -129,4 +164,58 @@ impl PgBench {
             "CHECKPOINT".into(),
         ]
     }
+}
+
+/// A running commit probe (see [`PgBench::start_probe`]).
+pub struct Probe {
+    child: Child,
+    log_dir: PathBuf,
+}
+
+/// One probe transaction: when it started and ended (wall clock) and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeCommit {
+    pub started: SystemTime,
+    pub ended: SystemTime,
+}
+
+impl ProbeCommit {
+    pub fn latency(&self) -> Duration {
+        self.ended.duration_since(self.started).unwrap_or_default()
+    }
+}
+
+impl Probe {
+    /// Waits for the probe to end and reads its transaction log.
+    pub fn finish(mut self) -> anyhow::Result<Vec<ProbeCommit>> {
+        self.child.wait()?;
+        let mut commits = Vec::new();
+        for entry in std::fs::read_dir(&self.log_dir)? {
+            let path = entry?.path();
+            let is_log = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("probe."));
+            if is_log {
+                commits.extend(parse_probe_log(&std::fs::read_to_string(&path)?));
+            }
+        }
+        Ok(commits)
+    }
+}
+
+/// pgbench's per-transaction log: `client transaction latency_us script epoch_s epoch_us
+/// [lag_us]`, where the epoch is when the transaction ended.
+fn parse_probe_log(text: &str) -> impl Iterator<Item = ProbeCommit> + '_ {
+    text.lines().filter_map(|line| {
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let (latency_us, seconds, micros) = (*fields.get(2)?, *fields.get(4)?, *fields.get(5)?);
+        let ended = UNIX_EPOCH + Duration::from_secs(seconds) + Duration::from_micros(micros);
+        let started = ended.checked_sub(Duration::from_micros(latency_us))?;
+        Some(ProbeCommit { started, ended })
+    })
 }

@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::Args;
+use crate::tail::{PROBE_RATE, STALL, Tail};
 
 /// What pgbench measured on the same cluster.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -24,6 +25,7 @@ pub struct Figures {
     pub ingress_p999_ms: f64,
     pub ingress_half_rate: u64,
     pub ingress_half_p99_ms: f64,
+    pub ingress_half_tail: Tail,
     pub dispatch_per_second: f64,
     pub e2e_rate: u64,
     pub e2e_accepted: u64,
@@ -34,6 +36,7 @@ pub struct Figures {
     pub e2e_ingress_p99_ms: f64,
     pub e2e_after_200_p50_ms: f64,
     pub e2e_after_200_p99_ms: f64,
+    pub e2e_tail: Tail,
     pub peak_rss_mib: f64,
 }
 
@@ -52,6 +55,26 @@ fn mean(a: f64, b: f64) -> f64 {
 
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
+}
+
+/// The row under a latency figure: PostgreSQL's own commit probe at the same time, and how
+/// many of the slow requests overlapped one of its stalls.
+fn tail_row(tail: &Tail) -> [String; 5] {
+    [
+        format!("  meanwhile pgbench 1-row commit, {PROBE_RATE}/s"),
+        format!(
+            "p99 {:.2} / max {:.1} ms; {} of {} requests over {:.0} ms overlap a commit over {} ms",
+            tail.probe_p99_ms,
+            tail.probe_max_ms,
+            tail.slow_during_stall,
+            tail.slow,
+            tail.slow_over_ms,
+            STALL.as_millis()
+        ),
+        format!("{:.0}% in stalls", tail.explained_percent()),
+        "-".into(),
+        "-".into(),
+    ]
 }
 
 impl Report {
@@ -126,6 +149,7 @@ impl Report {
                 "<= 10 ms".into(),
                 verdict(f.ingress_half_p99_ms <= 10.0).into(),
             ],
+            tail_row(&f.ingress_half_tail),
             [
                 format!(
                     "pgbench 1-row claim+complete, {} clients",
@@ -172,6 +196,7 @@ impl Report {
                 )
                 .into(),
             ],
+            tail_row(&f.e2e_tail),
             [
                 "peak RSS of smsgate".into(),
                 format!("{:.1} MiB", f.peak_rss_mib),

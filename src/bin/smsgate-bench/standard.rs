@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::fixture::{Bench, backlog_sql};
 use crate::load::{closed_loop, open_loop, quantile};
+use crate::pg::{Probe, ProbeCommit};
 use crate::report::{Baselines, Figures};
 use crate::standin::Received;
+use crate::tail::{Anchor, Tail};
 
 pub async fn run(
     bench: &Bench,
@@ -37,9 +39,19 @@ pub async fn run(
     figures.ingress_p999_ms = quantile(&mut saturated.latencies_us, 0.999) / 1000.0;
     let half_rate = (figures.ingress_per_second / 2.0).max(1.0) as u64;
     eprintln!("bench: ingress at half saturation, {half_rate}/s");
-    let mut half = open_loop(target.clone(), half_rate, seconds).await;
+    let anchor = Anchor::now();
+    let probe = bench.start_probe("probe-half", bench.args.seconds)?;
+    let mut half = open_loop(target.clone(), half_rate, seconds, bench.args.connections).await;
+    let probe = finish(probe).await?;
     figures.ingress_half_rate = half_rate;
     figures.ingress_half_p99_ms = quantile(&mut half.latencies_us, 0.99) / 1000.0;
+    figures.ingress_half_tail = Tail::measure(
+        half.accepted_at
+            .iter()
+            .map(|(_, sent, answered)| (anchor.at(*sent), anchor.at(*answered))),
+        Duration::from_millis(10),
+        &probe,
+    );
     figures.peak_rss_mib = figures.peak_rss_mib.max(ingress.peak_rss_mib());
     ingress.stop();
 
@@ -67,31 +79,38 @@ pub async fn run(
     let all = bench.spawn("all").await?;
     let target = bench.target(all.port)?;
     received.track.store(true, Ordering::Relaxed);
-    let mut offered = open_loop(target, bench.args.rate, seconds).await;
+    let anchor = Anchor::now();
+    let probe = bench.start_probe("probe-e2e", bench.args.seconds)?;
+    let mut offered = open_loop(target, bench.args.rate, seconds, bench.args.connections).await;
+    let probe = finish(probe).await?;
     figures.e2e_ingress_p99_ms = quantile(&mut offered.latencies_us, 0.99) / 1000.0;
     tokio::time::sleep(Duration::from_secs(2)).await;
     received.track.store(false, Ordering::Relaxed);
     // Two views of the same deliveries: from the request being sent (which includes the
     // ingress commit), and from its 200 arriving (the carrier often has it before the client
     // has read the answer, which counts as 0).
-    let (mut sent_to_carrier, mut answered_to_carrier, missing) = {
+    let (mut sent_to_carrier, mut answered_to_carrier, missing, tail) = {
         let arrivals = received
             .arrivals
             .lock()
             .map_err(|_| anyhow::anyhow!("arrivals lock"))?;
         let (mut from_sent, mut from_answer, mut missing) = (Vec::new(), Vec::new(), 0);
+        let mut spans = Vec::new();
         for (recipient, sent, answered) in &offered.accepted_at {
             match arrivals.get(recipient) {
                 Some(arrived) => {
                     from_sent.push(arrived.saturating_duration_since(*sent).as_micros() as u64);
                     from_answer
                         .push(arrived.saturating_duration_since(*answered).as_micros() as u64);
+                    spans.push((anchor.at(*sent), anchor.at(*arrived)));
                 }
                 None => missing += 1,
             }
         }
-        (from_sent, from_answer, missing)
+        let tail = Tail::measure(spans.into_iter(), Duration::from_millis(25), &probe);
+        (from_sent, from_answer, missing, tail)
     };
+    figures.e2e_tail = tail;
     figures.e2e_rate = bench.args.rate;
     figures.e2e_accepted = offered.accepted;
     figures.e2e_missing = missing;
@@ -106,6 +125,11 @@ pub async fn run(
     let after = bench.baselines()?;
 
     Ok((before, after, figures))
+}
+
+/// Waits for a commit probe without blocking the runtime.
+async fn finish(probe: Probe) -> anyhow::Result<Vec<ProbeCommit>> {
+    tokio::task::spawn_blocking(move || probe.finish()).await?
 }
 
 /// Messages per second between 10 % and 90 % of the backlog reaching the carrier (start-up
