@@ -17,7 +17,10 @@ use crate::db::batcher::Batcher;
 use crate::db::embedded::{Durability, EmbeddedPostgres};
 use crate::dispatch::Dispatcher;
 use crate::dispatch::wake::{Wake, run_notifier};
-use crate::http::{self, AppState, MetricsState, metrics_router};
+use crate::http::server::ConnectionLimits;
+use crate::http::{self, AppState, InFlight, MetricsState, metrics_router};
+use crate::limits::destinations::DestinationPolicy;
+use crate::limits::ingress::IngressLimits;
 use crate::metrics::Metrics;
 
 /// The database the embedded cluster serves smsgate from.
@@ -137,7 +140,15 @@ impl App {
                 database.pool.clone(),
                 config.dispatch.message_ttl_seconds,
                 config.database.ingress_writers,
+                IngressLimits::new(&config.limits),
             ),
+            destinations: Arc::new(DestinationPolicy::new(&config.destinations)),
+            require_request_info: config.server.require_request_info,
+            in_flight: InFlight::new(
+                config.auth0.keys().map(String::as_str),
+                config.limits.max_in_flight,
+            ),
+            store_wait: Duration::from_millis(config.database.acquire_timeout_ms),
         };
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -199,17 +210,19 @@ impl App {
             }
         });
         tracing::info!(%address, role = ?self.role, "smsgate is listening");
-        let server = axum::serve(self.listener, http::router(self.state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let limits = ConnectionLimits::new(&self.config.server);
+        let request_timeout = Duration::from_millis(self.config.server.request_timeout_ms);
+        let router = http::harden(http::router(self.state), request_timeout);
+        let server = http::server::serve(self.listener, router, limits, shutdown.clone());
         let workers = async {
             if let Some(dispatcher) = dispatcher {
                 shutdown.cancelled().await;
                 dispatcher.stop().await;
             }
         };
-        let (served, ()) = tokio::join!(server, workers);
+        tokio::join!(server, workers);
         background.abort_all();
         self.database.close().await;
-        served.context("HTTP server failed")
+        Ok(())
     }
 }

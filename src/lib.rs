@@ -11,6 +11,7 @@ pub mod db;
 pub mod dispatch;
 pub mod domain;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod secret;
 pub mod telemetry;

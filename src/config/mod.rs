@@ -34,6 +34,7 @@ pub struct Config {
     pub carriers: BTreeMap<String, CarrierConfig>,
     pub routes: Vec<RouteConfig>,
     pub limits: LimitsConfig,
+    pub destinations: DestinationsConfig,
     pub retention: RetentionConfig,
     pub log: LogConfig,
 }
@@ -72,6 +73,17 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Must be set explicitly to run without any `[auth0.*]` signer.
     pub allow_unauthenticated: bool,
+    /// Refuse requests without `req.ip` (the connection's `forward_req_info` is off), so IP
+    /// limits cannot be bypassed by a misconfigured connection.
+    pub require_request_info: bool,
+    /// Open connections at most; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this; slower connections are closed.
+    pub header_timeout_ms: u64,
+    /// Request line and headers together (at least 8192); larger ones get 431.
+    pub max_header_bytes: usize,
+    /// A whole request (body included) must be answered within this, or it gets 408.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +91,11 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             allow_unauthenticated: false,
+            require_request_info: false,
+            max_connections: 1024,
+            header_timeout_ms: 5000,
+            max_header_bytes: 16 * 1024,
+            request_timeout_ms: 15_000,
         }
     }
 }
@@ -192,12 +209,33 @@ impl Default for DispatchConfig {
     }
 }
 
-/// Anti-abuse limits, exact across every process sharing the database.
+/// Anti-abuse limits. The windows are exact across every process sharing the database.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Sliding windows on messages sent to one number; all must allow a send.
+    /// Sliding windows on messages sent to one number; all must allow a send. A limited
+    /// message waits for its window (or ends `rate_limited` at expiry).
     pub recipient: Vec<WindowLimit>,
+    /// Requests accepted per client IP (Auth0's `req.ip`; IPv6 per /64), refused with 429.
+    pub ip: Vec<WindowLimit>,
+    /// Messages accepted per number at the ingress: hard caps, refused with 429.
+    pub ingress_recipient: Vec<WindowLimit>,
+    /// Requests of one signer handled at once by one process (0: no cap); more get 429.
+    pub max_in_flight: usize,
+}
+
+/// `[destinations]`: which numbers are accepted at all; a refusal is a 403.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DestinationsConfig {
+    /// ISO 3166-1 alpha-2 codes; when not empty, only numbers of these countries.
+    pub allowed_countries: Vec<String>,
+    pub blocked_countries: Vec<String>,
+    /// E.164 prefixes such as "+882" or "+4470".
+    pub blocked_prefixes: Vec<String>,
+    /// Only mobile numbers (or, where a number's type cannot be told apart, fixed line or
+    /// mobile): premium-rate, shared-cost, toll-free, VoIP and other types are refused.
+    pub mobile_only: bool,
 }
 
 /// At most `max` messages in any `window_seconds`.

@@ -5,6 +5,8 @@ use std::fmt;
 
 use super::Config;
 use crate::auth0::decode_base64url_secret;
+use crate::http::server::MIN_HEADER_BYTES;
+use crate::limits::destinations::parse_country;
 
 /// One or more configuration problems, each naming its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +162,8 @@ impl Config {
         }
         self.validate_dispatch(&mut problem);
         self.validate_routes(&mut problem);
+        self.validate_destinations(&mut problem);
+        self.validate_server(&mut problem);
 
         if problems.is_empty() {
             Ok(())
@@ -212,11 +216,77 @@ impl Config {
                 );
             }
         }
-        for (i, limit) in self.limits.recipient.iter().enumerate() {
-            if limit.max == 0 || limit.window_seconds == 0 {
+        let windows = [
+            ("recipient", &self.limits.recipient),
+            ("ip", &self.limits.ip),
+            ("ingress_recipient", &self.limits.ingress_recipient),
+        ];
+        for (name, limits) in windows {
+            for (i, limit) in limits.iter().enumerate() {
+                if limit.max == 0 || limit.window_seconds == 0 {
+                    problem(
+                        format!("limits.{name}[{i}]"),
+                        "max and window_seconds must be at least 1".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn validate_server(&self, problem: &mut impl FnMut(String, String)) {
+        let s = &self.server;
+        if s.max_connections == 0 {
+            problem("server.max_connections".into(), "must be at least 1".into());
+        }
+        if s.max_header_bytes < MIN_HEADER_BYTES {
+            problem(
+                "server.max_header_bytes".into(),
+                format!("must be at least {MIN_HEADER_BYTES}"),
+            );
+        }
+        for (key, value) in [
+            ("header_timeout_ms", s.header_timeout_ms),
+            ("request_timeout_ms", s.request_timeout_ms),
+        ] {
+            if value == 0 {
+                problem(format!("server.{key}"), "must be at least 1".into());
+            }
+        }
+    }
+
+    fn validate_destinations(&self, problem: &mut impl FnMut(String, String)) {
+        let d = &self.destinations;
+        for (name, codes) in [
+            ("allowed_countries", &d.allowed_countries),
+            ("blocked_countries", &d.blocked_countries),
+        ] {
+            for code in codes {
+                if parse_country(code).is_none() {
+                    problem(
+                        format!("destinations.{name}"),
+                        format!("{code:?} is not an ISO 3166-1 alpha-2 country code like \"GB\""),
+                    );
+                }
+            }
+        }
+        for code in &d.blocked_countries {
+            if d.allowed_countries
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(code))
+            {
                 problem(
-                    format!("limits.recipient[{i}]"),
-                    "max and window_seconds must be at least 1".into(),
+                    "destinations.blocked_countries".into(),
+                    format!("{code:?} is also in allowed_countries"),
+                );
+            }
+        }
+        for prefix in &d.blocked_prefixes {
+            let digits = prefix.strip_prefix('+').unwrap_or("");
+            if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                problem(
+                    "destinations.blocked_prefixes".into(),
+                    format!("{prefix:?} is not an E.164 prefix like \"+882\""),
                 );
             }
         }

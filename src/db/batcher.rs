@@ -2,24 +2,46 @@
 //! per transaction, and each request is answered only after the commit that holds its message.
 //! While one batch commits, the next one gathers, so the batch size follows the load: one row
 //! when idle, hundreds under pressure (shared research, pgqueue.md §4 "Ingress").
+//!
+//! A request waits at most its deadline for a writer to take it. One that no writer took in
+//! time is answered at once and is never written; one a writer took gets that write's true
+//! outcome. So a stalled database costs callers a bounded wait and a 503 never hides a stored
+//! message.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::messages::{self, Enqueued};
+use super::{
+    ingress_hits,
+    messages::{self, Enqueued},
+};
 use crate::domain::NewMessage;
+use crate::limits::ingress::{IngressLimits, Limited};
 
 /// Most messages in one insert.
 const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<Enqueued, Arc<sqlx::Error>>>;
+type Reply = oneshot::Sender<Result<Result<Enqueued, Limited>, Arc<sqlx::Error>>>;
+
+/// Who has a request: still waiting, taken by a writer, or given up by its caller.
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+struct Pending {
+    message: NewMessage,
+    reply: Reply,
+    state: Arc<AtomicU8>,
+}
 
 /// Hands messages to the writer tasks; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
-    requests: mpsc::Sender<(NewMessage, Reply)>,
+    requests: mpsc::Sender<Pending>,
 }
 
 /// Why a message could not be stored.
@@ -27,6 +49,12 @@ pub struct Batcher {
 pub enum EnqueueError {
     #[error("database: {0}")]
     Database(Arc<sqlx::Error>),
+    /// An ingress limit refused it; nothing was stored.
+    #[error("{0}")]
+    Limited(Limited),
+    /// No writer took it before its deadline; nothing was stored.
+    #[error("no database connection was free in time")]
+    TimedOut,
     #[error("the writer stopped")]
     Stopped,
 }
@@ -34,35 +62,108 @@ pub enum EnqueueError {
 impl Batcher {
     /// Starts `writers` tasks that take turns draining the queue of pending requests. They end
     /// when every `Batcher` clone is dropped.
-    pub fn start(pool: PgPool, ttl_seconds: u32, writers: usize) -> Self {
+    pub fn start(pool: PgPool, ttl_seconds: u32, writers: usize, limits: IngressLimits) -> Self {
         let (requests, receiver) = mpsc::channel(MAX_BATCH * writers.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
+        let writer = Arc::new(Writer {
+            pool,
+            ttl_seconds,
+            limits,
+        });
         for _ in 0..writers.max(1) {
-            tokio::spawn(write_batches(pool.clone(), ttl_seconds, receiver.clone()));
+            tokio::spawn(write_batches(writer.clone(), receiver.clone()));
         }
         Self { requests }
     }
 
-    /// Stores `message`; returns once its transaction has committed.
-    pub async fn enqueue(&self, message: NewMessage) -> Result<Enqueued, EnqueueError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send((message, reply))
-            .await
-            .map_err(|_| EnqueueError::Stopped)?;
-        match answer.await {
-            Ok(Ok(enqueued)) => Ok(enqueued),
+    /// Stores `message`; returns once its transaction has committed. Gives up with
+    /// `TimedOut` (storing nothing) when no writer has taken it within `wait`.
+    pub async fn enqueue(
+        &self,
+        message: NewMessage,
+        wait: Duration,
+    ) -> Result<Enqueued, EnqueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let (reply, mut answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(WAITING));
+        let pending = Pending {
+            message,
+            reply,
+            state: state.clone(),
+        };
+        match tokio::time::timeout_at(deadline, self.requests.send(pending)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(EnqueueError::Stopped),
+            Err(_) => return Err(EnqueueError::TimedOut),
+        }
+        let outcome = match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let abandoned = state
+                    .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if abandoned {
+                    return Err(EnqueueError::TimedOut);
+                }
+                // A writer has it: only its outcome is true, and the statement timeout bounds
+                // how long that takes.
+                answer.await
+            }
+        };
+        match outcome {
+            Ok(Ok(Ok(enqueued))) => Ok(enqueued),
+            Ok(Ok(Err(limited))) => Err(EnqueueError::Limited(limited)),
             Ok(Err(err)) => Err(EnqueueError::Database(err)),
             Err(_) => Err(EnqueueError::Stopped),
         }
     }
 }
 
-async fn write_batches(
+/// What every writer task shares.
+struct Writer {
     pool: PgPool,
     ttl_seconds: u32,
-    receiver: Arc<Mutex<mpsc::Receiver<(NewMessage, Reply)>>>,
-) {
+    limits: IngressLimits,
+}
+
+impl Writer {
+    /// One transaction for the batch: limits decided, admitted messages inserted, one commit.
+    async fn store(
+        &self,
+        messages: &[&NewMessage],
+    ) -> Result<Vec<Result<Enqueued, Limited>>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        if self.limits.is_empty() {
+            // A single statement commits on its own: no BEGIN/COMMIT round trips.
+            let stored = messages::enqueue_batch(&mut conn, messages, self.ttl_seconds).await?;
+            return Ok(stored.into_iter().map(Ok).collect());
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let decisions = ingress_hits::admit_batch(&mut tx, &self.limits, messages).await?;
+        let admitted: Vec<&NewMessage> = messages
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, decision)| decision.is_ok())
+            .map(|(message, _)| *message)
+            .collect();
+        let mut stored = if admitted.is_empty() {
+            Vec::new()
+        } else {
+            messages::enqueue_batch(&mut tx, &admitted, self.ttl_seconds).await?
+        }
+        .into_iter();
+        tx.commit().await?;
+        decisions
+            .into_iter()
+            .map(|decision| match decision {
+                Ok(()) => stored.next().ok_or(sqlx::Error::RowNotFound).map(Ok),
+                Err(limited) => Ok(Err(limited)),
+            })
+            .collect()
+    }
+}
+
+async fn write_batches(writer: Arc<Writer>, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         // Take whatever is waiting (at least one); the other writer gathers meanwhile.
@@ -70,18 +171,27 @@ async fn write_batches(
         if received == 0 {
             return;
         }
-        let messages: Vec<&NewMessage> = batch.iter().map(|(message, _)| message).collect();
-        let result = messages::enqueue_batch(&pool, &messages, ttl_seconds).await;
-        match result {
+        // Requests whose callers gave up were answered already: they must not be written.
+        batch.retain(|pending| {
+            pending
+                .state
+                .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if batch.is_empty() {
+            continue;
+        }
+        let messages: Vec<&NewMessage> = batch.iter().map(|pending| &pending.message).collect();
+        match writer.store(&messages).await {
             Ok(stored) => {
-                for ((_, reply), enqueued) in batch.drain(..).zip(stored) {
-                    reply.send(Ok(enqueued)).ok();
+                for (pending, outcome) in batch.drain(..).zip(stored) {
+                    pending.reply.send(Ok(outcome)).ok();
                 }
             }
             Err(err) => {
                 let err = Arc::new(err);
-                for (_, reply) in batch.drain(..) {
-                    reply.send(Err(err.clone())).ok();
+                for pending in batch.drain(..) {
+                    pending.reply.send(Err(err.clone())).ok();
                 }
             }
         }

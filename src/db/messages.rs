@@ -1,7 +1,7 @@
 //! Storing accepted messages and reading them back for the status API.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{MessageId, NewMessage, Status};
@@ -17,7 +17,7 @@ pub struct Enqueued {
 /// durable (or none). Expiry is computed from the database clock, the one clock every process
 /// shares. Results come back in the order of `messages`.
 pub async fn enqueue_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     messages: &[&NewMessage],
     ttl_seconds: u32,
 ) -> Result<Vec<Enqueued>, sqlx::Error> {
@@ -59,7 +59,7 @@ pub async fn enqueue_batch(
     .bind(&agents)
     .bind(&signers)
     .bind(f64::from(ttl_seconds))
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     let by_id: std::collections::HashMap<Uuid, Enqueued> = rows
         .into_iter()

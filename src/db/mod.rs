@@ -2,6 +2,7 @@
 
 pub mod batcher;
 pub mod embedded;
+pub mod ingress_hits;
 pub mod messages;
 pub mod queue;
 

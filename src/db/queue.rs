@@ -8,8 +8,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::config::WindowLimit;
-use crate::dispatch::limits::{self, Admission};
 use crate::domain::{MessageId, Status};
+use crate::limits::window::{self as limits, Admission};
 
 /// A message this worker now holds the lease on.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -2,7 +2,6 @@
 //! batches. Any number of processes can run this against one database.
 
 mod completer;
-pub mod limits;
 pub mod retention;
 pub mod retry;
 mod send;
@@ -21,6 +20,7 @@ use crate::carriers::{self, Routes};
 use crate::config::{Config, DispatchConfig, WindowLimit};
 use crate::db::queue::{self, ClaimBatch, Completion};
 use crate::domain::Status;
+use crate::limits::ingress::IngressLimits;
 use crate::metrics::Metrics;
 use retry::RetryPolicy;
 use send::{SendContext, SharedContext};
@@ -121,17 +121,20 @@ impl Dispatcher {
         }
         let mut background = JoinSet::new();
         background.spawn(wake::run_listener(pool.clone(), wake, shutdown.clone()));
-        let longest_window = config
-            .limits
-            .recipient
-            .iter()
-            .map(|w| w.window_seconds)
-            .max()
-            .unwrap_or(0);
+        let plan = retention::Plan {
+            days: config.retention.days,
+            send_log_seconds: config
+                .limits
+                .recipient
+                .iter()
+                .map(|w| w.window_seconds)
+                .max()
+                .unwrap_or(0),
+            ingress_log_seconds: IngressLimits::new(&config.limits).longest_window_seconds(),
+        };
         background.spawn(retention::run(
             pool,
-            config.retention.days,
-            longest_window,
+            plan,
             Duration::from_secs(config.retention.interval_seconds),
             shutdown,
         ));

@@ -1,5 +1,5 @@
-//! Deletes final messages after `retention.days` and forgets recipient send logs older than the
-//! longest limit window: in small batches, on one process at a time (an advisory lock).
+//! Deletes final messages after `retention.days` and forgets send and ingress logs older than
+//! their longest limit window: in small batches, on one process at a time (an advisory lock).
 
 use std::time::Duration;
 
@@ -12,16 +12,21 @@ use super::Ticks;
 const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
 const BATCH: i64 = 1000;
 
-pub async fn run(
-    pool: PgPool,
-    days: u32,
-    longest_window_seconds: u32,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
+/// What is kept how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Final messages, in days.
+    pub days: u32,
+    /// The longest `[[limits.recipient]]` window.
+    pub send_log_seconds: u32,
+    /// The longest `[[limits.ip]]` or `[[limits.ingress_recipient]]` window.
+    pub ingress_log_seconds: u32,
+}
+
+pub async fn run(pool: PgPool, plan: Plan, interval: Duration, shutdown: CancellationToken) {
     let mut ticks = Ticks::new(interval, &shutdown);
     while ticks.next().await {
-        match sweep(&pool, days, longest_window_seconds, &shutdown).await {
+        match sweep(&pool, plan, &shutdown).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retention: old messages deleted"),
             Err(err) => tracing::warn!(error = %err, "retention sweep failed"),
@@ -32,8 +37,7 @@ pub async fn run(
 /// One pass; returns how many messages were deleted.
 pub async fn sweep(
     pool: &PgPool,
-    days: u32,
-    longest_window_seconds: u32,
+    plan: Plan,
     shutdown: &CancellationToken,
 ) -> Result<u64, sqlx::Error> {
     let mut total = 0;
@@ -52,7 +56,7 @@ pub async fn sweep(
                  WHERE finished_at < now() - make_interval(days => $1)
                  ORDER BY finished_at LIMIT $2)",
         )
-        .bind(i32::try_from(days).unwrap_or(i32::MAX))
+        .bind(i32::try_from(plan.days).unwrap_or(i32::MAX))
         .bind(BATCH)
         .execute(&mut *tx)
         .await?
@@ -62,7 +66,16 @@ pub async fn sweep(
                  SELECT recipient FROM recipient_sends
                  WHERE updated_at < now() - make_interval(secs => $1) LIMIT $2)",
         )
-        .bind(f64::from(longest_window_seconds))
+        .bind(f64::from(plan.send_log_seconds))
+        .bind(BATCH)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM ingress_hits WHERE key IN (
+                 SELECT key FROM ingress_hits
+                 WHERE updated_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(f64::from(plan.ingress_log_seconds))
         .bind(BATCH)
         .execute(&mut *tx)
         .await?;

@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth0::TokenError;
+use crate::limits::destinations::Refusal;
+use crate::limits::ingress::Limited;
 
 /// Every way a request can be refused; each maps to one status and error code.
 #[derive(Debug, thiserror::Error)]
@@ -25,12 +27,24 @@ pub enum ApiError {
         code: &'static str,
         description: String,
     },
+    #[error("{0}")]
+    RateLimited(Limited),
+    #[error("too many requests of this signer are in flight; try again")]
+    TooManyInFlight,
+    #[error("{0}")]
+    Blocked(Refusal),
+    #[error("req.ip is required: enable forward_req_info on the Auth0 connection")]
+    MissingRequestInfo,
     #[error("the admin token is missing or wrong")]
     AdminUnauthorized,
     #[error("the status API is disabled: set admin.token to enable it")]
     AdminDisabled,
     #[error("no message with this id")]
     NotFound,
+    #[error("the request was not completed in time")]
+    Timeout,
+    #[error("internal error; nothing was stored")]
+    Internal,
     /// The cause is logged by whoever builds this; the caller only learns to try again.
     #[error("{0}")]
     Unavailable(&'static str),
@@ -50,10 +64,14 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnreadableBody
             | ApiError::MalformedJson(_)
-            | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
-            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            | ApiError::InvalidField { .. }
+            | ApiError::MissingRequestInfo => StatusCode::BAD_REQUEST,
+            ApiError::RateLimited(_) | ApiError::TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::AdminDisabled | ApiError::Blocked(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -63,6 +81,8 @@ impl ApiError {
             ApiError::Unauthorized(_) | ApiError::AdminUnauthorized => "unauthorized",
             ApiError::PayloadTooLarge(_) => "too_large",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::RateLimited(_) | ApiError::TooManyInFlight => "rate_limited",
+            ApiError::Blocked(_) => "blocked",
             _ => "invalid",
         }
     }
@@ -76,10 +96,15 @@ impl ApiError {
             ApiError::UnreadableBody => "invalid_request",
             ApiError::MalformedJson(_) => "invalid_json",
             ApiError::InvalidField { code, .. } => code,
+            ApiError::RateLimited(_) | ApiError::TooManyInFlight => "too_many_requests",
+            ApiError::Blocked(_) => "destination_blocked",
+            ApiError::MissingRequestInfo => "missing_request_info",
             ApiError::AdminUnauthorized => "unauthorized",
             ApiError::AdminDisabled => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::Unavailable(_) => "temporarily_unavailable",
+            ApiError::Timeout => "request_timeout",
+            ApiError::Internal => "internal_error",
         }
     }
 }
@@ -87,6 +112,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            ApiError::RateLimited(limited) => limited.retry_after_seconds(),
+            _ => 1,
+        };
         let body = ErrorBody {
             error: self.code(),
             error_description: self.to_string(),
@@ -98,10 +127,10 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
                 response
                     .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
+use crate::db::batcher::EnqueueError;
 use crate::domain::{MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, redact_digits};
 
 /// Auth0's requests are well under 1 KiB; the limit leaves room for a long template.
@@ -69,6 +70,13 @@ pub async fn accept_sms(State(state): State<AppState>, request: Request) -> Resp
 async fn accept(state: &AppState, request: Request) -> Result<Json<Accepted>, ApiError> {
     let (parts, body) = request.into_parts();
     let signer = authenticate(state, &parts.headers)?;
+    let _slot = state.in_flight.enter(signer.as_deref()).map_err(|_| {
+        tracing::warn!(
+            signer = signer.as_deref().unwrap_or("-"),
+            "ingress refused a request: limits.max_in_flight reached"
+        );
+        ApiError::TooManyInFlight
+    })?;
     require_json(&parts.headers)?;
     let bytes = read_body(&parts.headers, body).await?;
     // serde also reads a struct from an array; Auth0 sends an object, so demand one.
@@ -78,6 +86,17 @@ async fn accept(state: &AppState, request: Request) -> Result<Json<Accepted>, Ap
     let parsed: LegacySmsRequest =
         serde_json::from_slice(&bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
     let message = validate(parsed, signer)?;
+    if state.require_request_info && message.request.ip.is_none() {
+        return Err(ApiError::MissingRequestInfo);
+    }
+    if let Err(refusal) = state.destinations.check(&message.recipient) {
+        tracing::warn!(
+            recipient = %message.recipient.masked(),
+            reason = %refusal,
+            "ingress refused a request: destination blocked"
+        );
+        return Err(ApiError::Blocked(refusal));
+    }
 
     let id = message.id;
     tracing::debug!(
@@ -87,11 +106,27 @@ async fn accept(state: &AppState, request: Request) -> Result<Json<Accepted>, Ap
         signer = message.signer.as_deref().unwrap_or("-"),
         "storing message"
     );
-    match state.batcher.enqueue(message).await {
+    let (message_recipient, client_ip) = (message.recipient.masked(), message.request.ip);
+    match state.batcher.enqueue(message, state.store_wait).await {
         Ok(enqueued) => {
             state.wake.message_queued();
             tracing::debug!(%id, expires_at = %enqueued.expires_at, "message queued");
             Ok(Json(Accepted { id }))
+        }
+        Err(EnqueueError::Limited(limited)) => {
+            tracing::warn!(
+                recipient = %message_recipient,
+                ip = ?client_ip,
+                reason = %limited,
+                "ingress refused a request: rate limited"
+            );
+            Err(ApiError::RateLimited(limited))
+        }
+        Err(EnqueueError::TimedOut) => {
+            tracing::warn!(%id, "no database connection was free in time; answering 503");
+            Err(ApiError::Unavailable(
+                "the database is busy; nothing was queued, try again",
+            ))
         }
         Err(err) => {
             tracing::error!(%id, error = %err, "cannot store message; answering 503");

@@ -2,23 +2,31 @@
 
 mod error;
 mod health;
+mod in_flight;
 mod ingress;
 mod metrics;
+pub mod server;
 mod status;
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sqlx::PgPool;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::auth0::Verifier;
 use crate::db::batcher::Batcher;
 use crate::dispatch::wake::Wake;
+use crate::limits::destinations::DestinationPolicy;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 pub use error::ApiError;
+pub use in_flight::InFlight;
 pub use ingress::MAX_REQUEST_BYTES;
 pub use metrics::{MetricsState, metrics_router};
 
@@ -37,8 +45,14 @@ pub struct AppState {
     /// False for `--role worker`: the ingress route is not served.
     pub accept_messages: bool,
     pub metrics: Metrics,
-    /// Group-commit writer of accepted messages.
+    /// Group-commit writer of accepted messages (and judge of the ingress's limits).
     pub batcher: Batcher,
+    pub destinations: Arc<DestinationPolicy>,
+    pub require_request_info: bool,
+    pub in_flight: InFlight,
+    /// How long a request waits for a writer to take its message before it gets 503
+    /// (`database.acquire_timeout_ms`).
+    pub store_wait: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -52,4 +66,28 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .with_state(state)
+}
+
+/// What every public route gets: a whole-request timeout (408), a panic turned into a 500
+/// instead of a dropped connection, and Auth0-style bodies on both.
+pub fn harden(router: Router, request_timeout: std::time::Duration) -> Router {
+    router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(axum::middleware::map_response(explain_timeout))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked; answering 500");
+            ApiError::Internal.into_response()
+        }))
+}
+
+/// The timeout layer answers with an empty body; callers get the same JSON as for any error.
+async fn explain_timeout(response: Response) -> Response {
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        ApiError::Timeout.into_response()
+    } else {
+        response
+    }
 }

@@ -1,5 +1,6 @@
-//! Per-recipient sliding windows: "at most `max` messages in any `window_seconds`", decided on
-//! a log of send times that the claim transaction holds locked (see `db::queue`).
+//! Sliding windows: "at most `max` events in any `window_seconds`", decided on a log of event
+//! times that the caller's transaction holds locked (sends in `db::queue`, ingress hits in
+//! `db::ingress_hits`), so a limit holds exactly across every process sharing the database.
 
 use crate::config::WindowLimit;
 

@@ -439,7 +439,12 @@ async fn retention_deletes_old_final_messages_only() {
     let recent = queue(&app, "+14155552672").await;
     wait_final(&app, &recent, Duration::from_secs(10)).await;
 
-    let deleted = smsgate::dispatch::retention::sweep(&app.pool, 7, 600, &Default::default())
+    let plan = smsgate::dispatch::retention::Plan {
+        days: 7,
+        send_log_seconds: 600,
+        ingress_log_seconds: 600,
+    };
+    let deleted = smsgate::dispatch::retention::sweep(&app.pool, plan, &Default::default())
         .await
         .expect("sweep");
 

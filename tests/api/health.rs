@@ -28,7 +28,8 @@ async fn readyz_is_503_until_migrations_are_applied() {
     let config = base_config().replace("[database]", "[database]\nmigrate_on_start = false");
     let app = TestApp::spawn_with(&config).await;
     sqlx::query(
-        "DROP TABLE message_attempts, message_queue, messages, recipient_sends, _sqlx_migrations",
+        "DROP TABLE message_attempts, message_queue, messages, recipient_sends, ingress_hits,
+         _sqlx_migrations",
     )
     .execute(&app.pool)
     .await

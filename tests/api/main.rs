@@ -1,5 +1,6 @@
 //! Integration tests: the real app, a real PostgreSQL, requests signed the way Auth0 signs them.
 
+mod abuse;
 mod auth;
 mod carriers;
 mod cli;
@@ -11,5 +12,6 @@ mod observability;
 mod ops_files;
 mod process;
 mod prometheus;
+mod slow_clients;
 mod standins;
 mod status;

@@ -1,0 +1,211 @@
+//! `[destinations]`: which numbers smsgate sends to at all. SMS pumping sends codes to premium
+//! and other non-mobile numbers in countries the service has no users in; these rules refuse
+//! such a request at the ingress, before anything is stored or sent.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+
+use phonenumber::Type;
+use phonenumber::country;
+use phonenumber::metadata::DATABASE;
+
+use crate::config::DestinationsConfig;
+use crate::domain::PhoneNumber;
+
+/// The rules, parsed once from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationPolicy {
+    allowed_countries: HashSet<country::Id>,
+    blocked_countries: HashSet<country::Id>,
+    blocked_prefixes: Vec<String>,
+    mobile_only: bool,
+}
+
+/// Why a number was refused; the text is shown to the caller and logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Prefix(String),
+    CountryNotAllowed(Option<String>),
+    CountryBlocked(String),
+    NotMobile(&'static str),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Prefix(prefix) => write!(f, "numbers starting with {prefix} are blocked"),
+            Refusal::CountryNotAllowed(Some(country)) => {
+                write!(f, "numbers of country {country} are not allowed")
+            }
+            Refusal::CountryNotAllowed(None) => {
+                write!(
+                    f,
+                    "the number belongs to no country, and only listed countries are allowed"
+                )
+            }
+            Refusal::CountryBlocked(country) => {
+                write!(f, "numbers of country {country} are blocked")
+            }
+            Refusal::NotMobile(kind) => {
+                write!(
+                    f,
+                    "the number is {kind}, and only mobile numbers are accepted"
+                )
+            }
+        }
+    }
+}
+
+/// Parses an ISO 3166-1 alpha-2 code as `phonenumber` knows it ("GB", not "UK").
+pub fn parse_country(code: &str) -> Option<country::Id> {
+    country::Id::from_str(&code.trim().to_ascii_uppercase()).ok()
+}
+
+impl DestinationPolicy {
+    /// Expects a validated configuration: unknown country codes are skipped.
+    pub fn new(config: &DestinationsConfig) -> Self {
+        let countries = |codes: &[String]| codes.iter().filter_map(|c| parse_country(c)).collect();
+        Self {
+            allowed_countries: countries(&config.allowed_countries),
+            blocked_countries: countries(&config.blocked_countries),
+            blocked_prefixes: config.blocked_prefixes.clone(),
+            mobile_only: config.mobile_only,
+        }
+    }
+
+    /// Whether a number passes every rule. Prefixes are checked first because they need no
+    /// parsing; country and number type need `phonenumber`'s full parser, which only runs
+    /// when a rule asks for it.
+    pub fn check(&self, number: &PhoneNumber) -> Result<(), Refusal> {
+        if let Some(prefix) = self
+            .blocked_prefixes
+            .iter()
+            .find(|prefix| number.as_str().starts_with(prefix.as_str()))
+        {
+            return Err(Refusal::Prefix(prefix.clone()));
+        }
+        let needs_parse = self.mobile_only
+            || !self.allowed_countries.is_empty()
+            || !self.blocked_countries.is_empty();
+        if !needs_parse {
+            return Ok(());
+        }
+        // A number that already passed `PhoneNumber::parse` parses here too; if it somehow
+        // does not, it is treated as belonging to no country and of unknown type.
+        let parsed = phonenumber::parse(None, number.as_str()).ok();
+        let country = parsed.as_ref().and_then(|n| n.country().id());
+        if !self.allowed_countries.is_empty()
+            && !country.is_some_and(|c| self.allowed_countries.contains(&c))
+        {
+            return Err(Refusal::CountryNotAllowed(
+                country.map(|c| c.as_ref().to_string()),
+            ));
+        }
+        if let Some(c) = country.filter(|c| self.blocked_countries.contains(c)) {
+            return Err(Refusal::CountryBlocked(c.as_ref().to_string()));
+        }
+        if self.mobile_only {
+            let kind = parsed.map_or(Type::Unknown, |n| n.number_type(&DATABASE));
+            if !matches!(kind, Type::Mobile | Type::FixedLineOrMobile) {
+                return Err(Refusal::NotMobile(type_name(kind)));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn type_name(kind: Type) -> &'static str {
+    match kind {
+        Type::FixedLine => "a fixed line",
+        Type::Mobile | Type::FixedLineOrMobile => "mobile",
+        Type::TollFree => "toll-free",
+        Type::PremiumRate => "premium-rate",
+        Type::SharedCost => "shared-cost",
+        Type::PersonalNumber => "a personal number",
+        Type::Voip => "VoIP",
+        Type::Pager => "a pager",
+        Type::Uan => "a universal access number",
+        Type::Emergency => "an emergency number",
+        Type::Voicemail => "voicemail access",
+        Type::ShortCode => "a short code",
+        Type::StandardRate => "standard-rate",
+        Type::Carrier => "a carrier-specific number",
+        Type::NoInternational => "not reachable internationally",
+        Type::Unknown => "of no known type",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn number(e164: &str) -> PhoneNumber {
+        PhoneNumber::parse(e164).expect("test numbers are valid")
+    }
+
+    fn policy(edit: impl FnOnce(&mut DestinationsConfig)) -> DestinationPolicy {
+        let mut config = DestinationsConfig::default();
+        edit(&mut config);
+        DestinationPolicy::new(&config)
+    }
+
+    #[test]
+    fn no_rules_allow_everything() {
+        assert_eq!(policy(|_| {}).check(&number("+449012345678")), Ok(()));
+    }
+
+    #[test]
+    fn mobile_only_refuses_premium_shared_cost_and_fixed_lines() {
+        let p = policy(|c| c.mobile_only = true);
+        assert_eq!(p.check(&number("+447400123456")), Ok(()), "GB mobile");
+        assert_eq!(
+            p.check(&number("+12015550123")),
+            Ok(()),
+            "US: fixed line or mobile"
+        );
+        assert_eq!(
+            p.check(&number("+449012345678")),
+            Err(Refusal::NotMobile("premium-rate"))
+        );
+        assert_eq!(
+            p.check(&number("+34901123456")),
+            Err(Refusal::NotMobile("shared-cost")),
+            "ES 901"
+        );
+        assert_eq!(
+            p.check(&number("+448001234567")),
+            Err(Refusal::NotMobile("toll-free"))
+        );
+        assert_eq!(
+            p.check(&number("+441212345678")),
+            Err(Refusal::NotMobile("a fixed line"))
+        );
+    }
+
+    #[test]
+    fn countries_are_allowed_or_blocked_by_iso_code() {
+        let allowed = policy(|c| c.allowed_countries = vec!["gb".into(), "US".into()]);
+        assert_eq!(allowed.check(&number("+447400123456")), Ok(()));
+        assert_eq!(
+            allowed.check(&number("+4915123456789")),
+            Err(Refusal::CountryNotAllowed(Some("DE".into())))
+        );
+        let blocked = policy(|c| c.blocked_countries = vec!["DE".into()]);
+        assert_eq!(
+            blocked.check(&number("+4915123456789")),
+            Err(Refusal::CountryBlocked("DE".into()))
+        );
+        assert_eq!(blocked.check(&number("+447400123456")), Ok(()));
+    }
+
+    #[test]
+    fn blocked_prefixes_match_the_start_of_the_e164_form() {
+        let p = policy(|c| c.blocked_prefixes = vec!["+4490".into()]);
+        assert_eq!(
+            p.check(&number("+44 90 1234 5678")),
+            Err(Refusal::Prefix("+4490".into()))
+        );
+        assert_eq!(p.check(&number("+447400123456")), Ok(()));
+    }
+}
