@@ -34,6 +34,11 @@ impl PhoneNumber {
         if input.is_empty() {
             return Err(PhoneError::Empty);
         }
+        // The full parser skips characters it does not know, control characters included;
+        // a recipient carrying them is not what the caller meant to send.
+        if input.chars().any(char::is_control) {
+            return Err(PhoneError::Unparseable);
+        }
         let Some(rest) = input.strip_prefix('+') else {
             return Err(PhoneError::NotInternational);
         };
@@ -220,6 +225,17 @@ mod tests {
             PhoneNumber::parse("07911 123456"),
             Err(PhoneError::NotInternational)
         );
+    }
+
+    #[test]
+    fn control_characters_are_refused_wherever_they_are() {
+        for input in ["+14155552671\u{0}", "+1415\u{7}5552671", "+44 7911\t123456"] {
+            assert_eq!(
+                PhoneNumber::parse(input),
+                Err(PhoneError::Unparseable),
+                "{input:?}"
+            );
+        }
     }
 
     #[test]

@@ -248,3 +248,103 @@ async fn unsigned_requests_are_accepted_only_when_explicitly_allowed() {
 
     assert_eq!(response.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn the_admin_token_is_not_an_ingress_token() {
+    let app = TestApp::spawn().await;
+    let admin = format!("Bearer {}", crate::helpers::ADMIN_TOKEN);
+    assert_unauthorized(&app, Some(admin), "invalid_token").await;
+}
+
+#[tokio::test]
+async fn one_signers_claims_with_another_signers_secret_are_refused() {
+    let config = format!(
+        "{}\n[auth0.tenant_b]\nsecret = \"tenant-b-secret-0123456789\"\naudience = \"urn:TenantB\"\n",
+        base_config()
+    );
+    let app = TestApp::spawn_with(&config).await;
+    // Tenant A's audience and subject, signed with tenant B's secret.
+    let crossed = sign_with(
+        &auth0_claims(),
+        b"tenant-b-secret-0123456789",
+        Algorithm::HS256,
+    );
+    assert_unauthorized(&app, Some(format!("Bearer {crossed}")), "invalid_token").await;
+    // And tenant B's audience signed with tenant A's secret.
+    let mut claims = auth0_claims();
+    claims["aud"] = json!("urn:TenantB");
+    let crossed = sign_with(&claims, SECRET.as_bytes(), Algorithm::HS256);
+    assert_unauthorized(&app, Some(format!("Bearer {crossed}")), "invalid_token").await;
+}
+
+#[tokio::test]
+async fn an_oversized_token_is_refused_even_when_its_signature_is_valid() {
+    let app = TestApp::spawn().await;
+    // 8 KiB is far beyond any Auth0 token; the signature is valid, the size is not.
+    let oversized = with_claims(|c| c["padding"] = json!("x".repeat(8 * 1024)));
+    assert!(oversized.len() > 8 * 1024);
+    assert_unauthorized(&app, Some(format!("Bearer {oversized}")), "invalid_token").await;
+    let large_but_allowed = with_claims(|c| c["padding"] = json!("x".repeat(4 * 1024)));
+    assert_accepted(&app, &large_but_allowed).await;
+}
+
+#[tokio::test]
+async fn claims_of_the_wrong_type_are_refused() {
+    let app = TestApp::spawn().await;
+    for change in [
+        json!({"exp": "tomorrow"}),
+        json!({"aud": 42}),
+        json!({"sub": ["urn:Auth0"]}),
+        json!({"nbf": {"at": 1}}),
+    ] {
+        let token = with_claims(|c| {
+            for (key, value) in change.as_object().expect("object") {
+                c[key] = value.clone();
+            }
+        });
+        assert_unauthorized(&app, Some(format!("Bearer {token}")), "invalid_token").await;
+    }
+}
+
+/// Sends raw bytes as one HTTP/1.1 request and returns the status line's code.
+async fn raw_status(app: &TestApp, request: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.address)
+        .await
+        .expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut answer = vec![0; 256];
+    let read = stream.read(&mut answer).await.expect("read");
+    let text = String::from_utf8_lossy(&answer[..read]).to_string();
+    text.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+#[tokio::test]
+async fn non_utf8_and_control_bytes_in_the_authorization_header_are_refused() {
+    let app = TestApp::spawn().await;
+    let body = sms("+14155552671").to_string();
+    for authorization in [
+        b"Bearer \xff\xfe.\xfd".as_slice(),
+        b"Bearer abc\x01def".as_slice(),
+        format!("Bearer {}\x7f", token()).into_bytes().leak(),
+    ] {
+        let mut request = b"POST /v1/auth0/sms HTTP/1.1\r\nhost: x\r\nauthorization: ".to_vec();
+        request.extend_from_slice(authorization);
+        request.extend_from_slice(
+            format!(
+                "\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let status = raw_status(&app, &request).await;
+        assert!(
+            status == 400 || status == 401,
+            "{status} for {authorization:?}"
+        );
+    }
+    assert_eq!(app.stored_rows().await, 0);
+}

@@ -311,3 +311,41 @@ async fn concurrent_requests_share_commits_and_each_is_answered_after_its_own() 
         "group commit: {transactions} transactions for 100 requests"
     );
 }
+
+#[tokio::test]
+async fn control_characters_in_any_field_are_refused() {
+    for (field, value, code) in [
+        ("recipient", "+1415\u{7}5552671", "invalid_recipient"),
+        ("recipient", "+14155552671\u{0}", "invalid_recipient"),
+        ("sender", "\u{1b}[31mBANK", "invalid_sender"),
+        ("body", "code\u{0}", "invalid_body"),
+    ] {
+        let mut body = sms("+14155552671");
+        body[field] = json!(value);
+        assert_invalid(body, code).await;
+    }
+    let mut body = sms("+14155552671");
+    body["req"]["ip"] = json!("10.0.0.1\u{0}");
+    assert_invalid(body, "invalid_request_info").await;
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_utf8_is_refused() {
+    let app = TestApp::spawn().await;
+    let mut bytes = br#"{"recipient":"+14155552671","body":"code "#.to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(br#""}"#);
+
+    let response = app
+        .client
+        .post(app.url("/v1/auth0/sms"))
+        .header("authorization", format!("Bearer {}", token()))
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .expect("sent");
+
+    assert_error(response, 400, "invalid_json").await;
+    assert_eq!(app.stored_rows().await, 0);
+}
