@@ -51,6 +51,11 @@ impl PhoneNumber {
         {
             return Self::from_plain_digits(rest);
         }
+        Self::parse_full(input)
+    }
+
+    /// libphonenumber's rules through the crate's parser (regular expressions).
+    fn parse_full(input: &str) -> Result<Self, PhoneError> {
         let number = phonenumber::parse(None, input).map_err(|_| PhoneError::Unparseable)?;
         if number.extension().is_some() {
             return Err(PhoneError::Extension);
@@ -71,6 +76,20 @@ impl PhoneNumber {
             return Err(PhoneError::ImpossibleLength);
         }
         let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+        // E.164 allows 15 digits at most, whatever a national pattern would take.
+        if e164.len() > 16 {
+            return Err(PhoneError::ImpossibleLength);
+        }
+        // The parser drops zeros it reads as prefixes ("+43 000…1" became another number in
+        // the property tests); only the written trunk prefix "(0)" may go.
+        let written: String = input
+            .replace("(0)", "")
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        if e164[1..] != written {
+            return Err(PhoneError::Unparseable);
+        }
         Ok(Self(e164))
     }
 
@@ -83,6 +102,10 @@ impl PhoneNumber {
         if significant.is_empty() || significant.len() > 15 {
             return Err(PhoneError::ImpossibleLength);
         }
+        // No calling code starts with 0 (and "064" must not be read as 64).
+        if significant.starts_with('0') {
+            return Err(PhoneError::UnknownCountryCode);
+        }
         // Calling codes are prefix-free: at most one of the first 1–3 digits is assigned.
         let lengths = (1..=3.min(significant.len()))
             .find_map(|n| {
@@ -94,6 +117,11 @@ impl PhoneNumber {
             })
             .ok_or(PhoneError::UnknownCountryCode)?;
         let (code_digits, lengths) = lengths;
+        // A national number starting with 0 is a trunk prefix or one of the few countries
+        // (Italy) that keep the zero: the full parser knows which.
+        if significant[code_digits..].starts_with('0') {
+            return Self::parse_full(&e164);
+        }
         let national = (significant.len() - code_digits) as u16;
         if lengths.contains(&national) {
             Ok(Self(e164))
@@ -224,6 +252,28 @@ mod tests {
         assert_eq!(
             PhoneNumber::parse("07911 123456"),
             Err(PhoneError::NotInternational)
+        );
+    }
+
+    #[test]
+    fn the_full_parser_may_not_change_the_digits() {
+        // Found by the property tests: the parser read these zeros as a prefix and dropped them.
+        assert_eq!(
+            PhoneNumber::parse("+(4300000000000001)"),
+            Err(PhoneError::Unparseable)
+        );
+        assert_eq!(
+            PhoneNumber::parse("+44 (0)7911 123456").map(|n| n.as_str().to_string()),
+            Ok("+447911123456".to_string())
+        );
+    }
+
+    #[test]
+    fn a_leading_zero_is_no_calling_code() {
+        // Found by the property tests: "064" was read as New Zealand's 64.
+        assert_eq!(
+            PhoneNumber::parse("+06400000"),
+            Err(PhoneError::UnknownCountryCode)
         );
     }
 

@@ -27,7 +27,7 @@ use crate::secret::Secret;
 
 pub use error::ApiError;
 pub use in_flight::InFlight;
-pub use ingress::MAX_REQUEST_BYTES;
+pub use ingress::{MAX_REQUEST_BYTES, parse_request};
 pub use metrics::{MetricsState, metrics_router};
 
 /// Cheap handles shared by every request.
