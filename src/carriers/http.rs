@@ -72,7 +72,20 @@ pub async fn send(
         .map_err(transport_error)?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
-    let body = response.bytes().await.map_err(transport_error)?;
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        // A success status is the carrier's verdict even when its body then breaks off or
+        // trickles past the timeout: failing over would send the code twice.
+        Err(err) if status.is_success() => {
+            tracing::warn!(
+                status = status.as_u16(),
+                error = %transport_error(err).message,
+                "the carrier accepted but its answer broke off; taken as sent without an id"
+            );
+            axum::body::Bytes::new()
+        }
+        Err(err) => return Err(transport_error(err)),
+    };
     Ok(Answer {
         status,
         retry_after,

@@ -372,3 +372,85 @@ async fn a_200_that_is_not_a_message_resource_counts_as_sent_without_an_id() {
     assert_eq!(view["status"], "sent");
     assert!(view["attempts"][0]["carrier_message_id"].is_null());
 }
+
+/// A fast carrier that fails in the given way, then a good one, for one message.
+async fn fault_then_good(reply: Reply) -> (Value, TwilioStandIn, TwilioStandIn) {
+    let faulty = TwilioStandIn::start().await;
+    faulty.set_default(reply);
+    let good = TwilioStandIn::start().await;
+    let tables = format!(
+        "{}{}",
+        short_timeout(faulty.carrier_toml("faulty")),
+        good.carrier_toml("good")
+    );
+    let app = TestApp::spawn_role(
+        &routed(&tables, &["faulty", "good"], ONE_ATTEMPT),
+        Role::All,
+    )
+    .await;
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(15)).await;
+    (view, faulty, good)
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_off_after_a_success_status_counts_as_sent_and_is_not_resent() {
+    let (view, faulty, good) = fault_then_good(Reply::ResetMidBody).await;
+
+    // The status line said the carrier took it: failing over would send the code twice.
+    assert_eq!(view["status"], "sent", "{view}");
+    assert_eq!(view["carrier"], "faulty");
+    assert!(view["attempts"][0]["carrier_message_id"].is_null());
+    assert_eq!(faulty.seen().len(), 1);
+    assert!(good.seen().is_empty(), "the second carrier was not called");
+}
+
+#[tokio::test]
+async fn an_error_status_with_a_garbage_body_fails_over() {
+    let (view, faulty, good) = fault_then_good(Reply::GarbageError(502)).await;
+
+    assert_eq!(view["status"], "sent", "{view}");
+    assert_eq!(view["carrier"], "good");
+    assert_eq!(view["attempts"][0]["outcome"], "carrier_failure");
+    assert_eq!((faulty.seen().len(), good.seen().len()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_trickling_answer_is_cut_at_the_timeout_without_stalling_other_messages() {
+    let trickling = TwilioStandIn::start().await;
+    // The success body, one byte every 50 ms: many seconds in all, past the 500 ms timeout.
+    trickling.set_default(Reply::Trickle(Duration::from_millis(50)));
+    let good = TwilioStandIn::start().await;
+    let tables = format!(
+        "{}{}",
+        short_timeout(trickling.carrier_toml("trickling")),
+        good.carrier_toml("good")
+    );
+    // Numbers starting +1415 go to the trickling carrier; everything else to the good one.
+    let config = routed(&tables, &["good"], ONE_ATTEMPT)
+        + "[[routes]]\nprefix = \"+1415\"\ncarriers = [\"trickling\"]\n";
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    let slow = queue(&app, "+14155552671").await;
+    let started = std::time::Instant::now();
+    let others = [
+        queue(&app, "+12125552671").await,
+        queue(&app, "+12125552672").await,
+        queue(&app, "+12125552673").await,
+    ];
+    for id in &others {
+        let view = wait_final(&app, id, Duration::from_secs(10)).await;
+        assert_eq!(view["status"], "sent");
+    }
+    let others_done = started.elapsed();
+    let view = wait_final(&app, &slow, Duration::from_secs(10)).await;
+
+    assert!(
+        others_done < Duration::from_millis(450),
+        "the other messages did not wait for the trickle: {others_done:?}"
+    );
+    // Its success status arrived before the timeout cut the body: sent, not sent twice.
+    assert_eq!(view["status"], "sent", "{view}");
+    assert_eq!(view["carrier"], "trickling");
+    assert_eq!(trickling.seen().len(), 1);
+}

@@ -35,6 +35,12 @@ pub enum Reply {
     },
     /// A 200 whose body is not what the carrier documents.
     Garbage,
+    /// An error status with an HTML page instead of the carrier's error shape (a proxy's).
+    GarbageError(u16),
+    /// The success status and headers, then the connection breaks off mid-body.
+    ResetMidBody,
+    /// The success status at once, then the body one byte per interval.
+    Trickle(Duration),
 }
 
 /// A request as the stand-in saw it.
@@ -191,6 +197,46 @@ async fn handle(
             response
         }
         Reply::Garbage => (StatusCode::OK, "<html>not the API</html>").into_response(),
+        Reply::GarbageError(status) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            "<html><body>502 Bad Gateway</body></html>",
+        )
+            .into_response(),
+        Reply::ResetMidBody => {
+            // The first part goes out (and is flushed) before the connection breaks.
+            let chunks = futures_util::stream::unfold(0u8, |step| async move {
+                match step {
+                    0 => Some((Ok(Bytes::from_static(b"{\"sid\": \"SM")), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((Err(std::io::Error::other("connection lost")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            let mut response = axum::body::Body::from_stream(chunks).into_response();
+            *response.status_mut() = StatusCode::CREATED;
+            response
+        }
+        Reply::Trickle(interval) => {
+            let body = shared.contract.success(&seen).into_body();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            let chunks = futures_util::stream::unfold(0usize, move |at| {
+                let bytes = bytes.clone();
+                async move {
+                    if at >= bytes.len() {
+                        return None;
+                    }
+                    tokio::time::sleep(interval).await;
+                    Some((Ok::<_, std::io::Error>(bytes.slice(at..at + 1)), at + 1))
+                }
+            });
+            let mut response = axum::body::Body::from_stream(chunks).into_response();
+            *response.status_mut() = StatusCode::CREATED;
+            response
+        }
     };
     seen.accepted = response.status().is_success();
     let mut script = lock(&shared);
