@@ -5,6 +5,7 @@ mod auth;
 mod carriers;
 mod cli;
 mod dispatch;
+mod faults;
 mod health;
 mod helpers;
 mod ingress;

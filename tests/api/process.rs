@@ -13,10 +13,10 @@ use crate::dispatch::{config_with, wait_until};
 use crate::helpers::{TestApp, sms, token, url_of};
 use crate::standins::twilio::{Reply, TwilioStandIn};
 
-const WORKERS: usize = 8;
+pub const WORKERS: usize = 8;
 
 /// Runs `smsgate serve` on the test app's database with `config`.
-fn spawn_binary(app: &TestApp, config: &str, dir: &std::path::Path) -> (Child, u16) {
+pub fn spawn_binary(app: &TestApp, config: &str, dir: &std::path::Path) -> (Child, u16) {
     let port = free_port();
     let text = config.replacen(
         "listen = \"127.0.0.1:0\"",
@@ -56,7 +56,7 @@ async fn post_many(client: &reqwest::Client, port: u16, count: usize) -> Vec<Str
     recipients
 }
 
-fn slow_config(standin: &TwilioStandIn) -> String {
+pub fn slow_config(standin: &TwilioStandIn) -> String {
     config_with(
         standin,
         &format!(
