@@ -321,3 +321,54 @@ impl Config {
             .any(|signer| signer.secret.expose() == DEVELOPMENT_SECRET)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neither_debug_nor_the_printed_config_shows_a_secret() {
+        let config = Config::from_toml_str(
+            r#"
+[database]
+url = "postgres://smsgate:db-password-1@db/smsgate"
+[admin]
+token = "admin-token-2"
+[auth0.a]
+secret = "signer-secret-3"
+audience = "urn:x"
+[carriers.t]
+kind = "twilio"
+account_sid = "AC00000000000000000000000000000000"
+auth_token = "twilio-token-4"
+from = "+15005550006"
+[carriers.m]
+kind = "messagemedia"
+api_key = "key"
+api_secret = "mm-secret-5"
+[carriers.s]
+kind = "sns"
+region = "eu-west-1"
+access_key_id = "AKIAEXAMPLE"
+secret_access_key = "aws-secret-6"
+[[routes]]
+prefix = ""
+carriers = ["t", "m", "s"]
+"#,
+        )
+        .expect("valid");
+        let debug = format!("{config:?}");
+        let printed = config.to_redacted_toml();
+        for secret in [
+            "db-password-1",
+            "admin-token-2",
+            "signer-secret-3",
+            "twilio-token-4",
+            "mm-secret-5",
+            "aws-secret-6",
+        ] {
+            assert!(!debug.contains(secret), "Debug shows {secret}");
+            assert!(!printed.contains(secret), "check-config shows {secret}");
+        }
+    }
+}
