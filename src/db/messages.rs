@@ -1,6 +1,8 @@
 //! Storing accepted messages and reading them back for the status API.
 
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -9,13 +11,17 @@ use crate::domain::{MessageId, NewMessage, Status};
 /// What the ingress learns back from the commit.
 #[derive(Debug, Clone, Copy)]
 pub struct Enqueued {
+    /// The message's id: the request's own, or an earlier message's when its idempotency key
+    /// was seen before.
+    pub id: MessageId,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
 
 /// Stores messages and their queue entries in one statement, so one commit makes all of them
 /// durable (or none). Expiry is computed from the database clock, the one clock every process
-/// shares. Results come back in the order of `messages`.
+/// shares. A message whose idempotency key is already known is not stored again: its result
+/// is the earlier message's. Results come back in the order of `messages`.
 pub async fn enqueue_batch(
     conn: &mut PgConnection,
     messages: &[&NewMessage],
@@ -23,7 +29,7 @@ pub async fn enqueue_batch(
 ) -> Result<Vec<Enqueued>, sqlx::Error> {
     let mut ids = Vec::with_capacity(messages.len());
     let (mut recipients, mut bodies, mut senders) = (vec![], vec![], vec![]);
-    let (mut ips, mut agents, mut signers) = (vec![], vec![], vec![]);
+    let (mut ips, mut agents, mut signers, mut keys) = (vec![], vec![], vec![], vec![]);
     for message in messages {
         ids.push(message.id.0);
         recipients.push(message.recipient.as_str());
@@ -32,18 +38,25 @@ pub async fn enqueue_batch(
         ips.push(message.request.ip.map(|ip| ip.to_string()));
         agents.push(message.request.user_agent.as_deref());
         signers.push(message.signer.as_deref());
+        keys.push(message.idempotency_key.as_deref());
     }
     let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
         "WITH v AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[])
-                 AS v(id, recipient, body, sender, client_ip, user_agent, signer)
+                                  $6::text[], $7::text[], $9::text[])
+                 AS v(id, recipient, body, sender, client_ip, user_agent, signer, idem)
+         ), k AS (
+             INSERT INTO idempotency_keys (key, message_id)
+             SELECT idem, id FROM v WHERE idem IS NOT NULL
+             ON CONFLICT (key) DO NOTHING
+             RETURNING message_id
          ), m AS (
              INSERT INTO messages
                  (id, recipient, body, sender, client_ip, user_agent, signer, expires_at)
              SELECT id, recipient, body, sender, client_ip::inet, user_agent, signer,
                     now() + make_interval(secs => $8)
              FROM v
+             WHERE idem IS NULL OR id IN (SELECT message_id FROM k)
              RETURNING id, created_at, expires_at
          ), q AS (
              INSERT INTO message_queue (message_id, run_at, expires_at, created_at)
@@ -59,22 +72,57 @@ pub async fn enqueue_batch(
     .bind(&agents)
     .bind(&signers)
     .bind(f64::from(ttl_seconds))
-    .fetch_all(conn)
+    .bind(&keys)
+    .fetch_all(&mut *conn)
     .await?;
-    let by_id: std::collections::HashMap<Uuid, Enqueued> = rows
+    let mut by_id: HashMap<Uuid, Enqueued> = rows
         .into_iter()
         .map(|(id, created_at, expires_at)| {
-            (
-                id,
-                Enqueued {
-                    created_at,
-                    expires_at,
-                },
-            )
+            let enqueued = Enqueued {
+                id: MessageId(id),
+                created_at,
+                expires_at,
+            };
+            (id, enqueued)
         })
         .collect();
-    ids.iter()
-        .map(|id| by_id.get(id).copied().ok_or(sqlx::Error::RowNotFound))
+    // Messages not stored were repeats: answer with the message their key points to.
+    let repeated: Vec<&str> = messages
+        .iter()
+        .filter(|m| !by_id.contains_key(&m.id.0))
+        .filter_map(|m| m.idempotency_key.as_deref())
+        .collect();
+    let mut by_key = HashMap::new();
+    if !repeated.is_empty() {
+        let earlier: Vec<(String, Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT k.key, m.id, m.created_at, m.expires_at
+             FROM idempotency_keys k JOIN messages m ON m.id = k.message_id
+             WHERE k.key = ANY($1)",
+        )
+        .bind(&repeated)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (key, id, created_at, expires_at) in earlier {
+            let enqueued = Enqueued {
+                id: MessageId(id),
+                created_at,
+                expires_at,
+            };
+            by_key.insert(key, enqueued);
+        }
+    }
+    messages
+        .iter()
+        .map(|m| {
+            by_id
+                .remove(&m.id.0)
+                .or_else(|| {
+                    m.idempotency_key
+                        .as_deref()
+                        .and_then(|key| by_key.get(key).copied())
+                })
+                .ok_or(sqlx::Error::RowNotFound)
+        })
         .collect()
 }
 

@@ -11,6 +11,9 @@ use super::Ticks;
 /// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks.
 const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
 const BATCH: i64 = 1000;
+/// How long an idempotency key answers for its message: Auth0 retries a custom phone
+/// provider's Action within minutes; an hour leaves ample room.
+pub const IDEMPOTENCY_WINDOW_SECONDS: u32 = 3600;
 
 /// What is kept how long.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +70,15 @@ pub async fn sweep(
                  WHERE updated_at < now() - make_interval(secs => $1) LIMIT $2)",
         )
         .bind(f64::from(plan.send_log_seconds))
+        .bind(BATCH)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE key IN (
+                 SELECT key FROM idempotency_keys
+                 WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(f64::from(IDEMPOTENCY_WINDOW_SECONDS))
         .bind(BATCH)
         .execute(&mut *tx)
         .await?;

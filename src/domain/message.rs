@@ -110,6 +110,8 @@ pub struct NewMessage {
     pub request: RequestInfo,
     /// The `[auth0.<name>]` signer that authenticated the request, if any.
     pub signer: Option<String>,
+    /// A retried request with the same key (scoped to its signer) gets the same message.
+    pub idempotency_key: Option<String>,
 }
 
 /// Where a message stands. The strings are stored in the database and shown by the API.

@@ -24,22 +24,22 @@ const MAX_USER_AGENT_CHARS: usize = 512;
 
 /// The legacy body: `sender` and `req` are optional, unknown fields are ignored.
 #[derive(Deserialize)]
-struct LegacySmsRequest {
-    recipient: String,
-    body: String,
+pub(super) struct LegacySmsRequest {
+    pub recipient: String,
+    pub body: String,
     #[serde(default)]
-    sender: Option<String>,
+    pub sender: Option<String>,
     #[serde(default)]
-    req: Option<ForwardedRequest>,
+    pub req: Option<ForwardedRequest>,
 }
 
 /// Sent only when the connection has `forward_req_info` on.
 #[derive(Deserialize)]
-struct ForwardedRequest {
+pub(super) struct ForwardedRequest {
     #[serde(default)]
-    ip: Option<String>,
+    pub ip: Option<String>,
     #[serde(default, rename = "user-agent")]
-    user_agent: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -47,10 +47,23 @@ pub struct Accepted {
     id: MessageId,
 }
 
-/// The handler: the request itself, counted and timed by outcome.
+/// The body shapes the ingress understands: parsed and validated into one message.
+pub type Parser = fn(&[u8], Option<String>) -> Result<NewMessage, ApiError>;
+
+/// `POST /v1/auth0/sms`: the legacy custom SMS gateway body.
 pub async fn accept_sms(State(state): State<AppState>, request: Request) -> Response {
+    accept_counted(&state, request, parse_request).await
+}
+
+/// `POST /v1/auth0/phone-provider`: what an Auth0 Action forwards (see `http::actions`).
+pub async fn accept_phone_provider(State(state): State<AppState>, request: Request) -> Response {
+    accept_counted(&state, request, super::actions::parse_action_request).await
+}
+
+/// The request itself, counted and timed by outcome.
+async fn accept_counted(state: &AppState, request: Request, parse: Parser) -> Response {
     let started = Instant::now();
-    let result = accept(&state, request).await;
+    let result = accept(state, request, parse).await;
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(error) => error.metric_outcome(),
@@ -67,7 +80,11 @@ pub async fn accept_sms(State(state): State<AppState>, request: Request) -> Resp
     result.into_response()
 }
 
-async fn accept(state: &AppState, request: Request) -> Result<Json<Accepted>, ApiError> {
+async fn accept(
+    state: &AppState,
+    request: Request,
+    parse: Parser,
+) -> Result<Json<Accepted>, ApiError> {
     let (parts, body) = request.into_parts();
     let signer = authenticate(state, &parts.headers)?;
     let _slot = state.in_flight.enter(signer.as_deref()).map_err(|_| {
@@ -79,7 +96,15 @@ async fn accept(state: &AppState, request: Request) -> Result<Json<Accepted>, Ap
     })?;
     require_json(&parts.headers)?;
     let bytes = read_body(&parts.headers, body).await?;
-    let message = parse_request(&bytes, signer)?;
+    let mut message = parse(&bytes, signer)?;
+    if let Some(key) = idempotency_key(&parts.headers)? {
+        message.idempotency_key = Some(key);
+    }
+    // Keys are per signer: two tenants cannot collide, or probe each other's keys.
+    message.idempotency_key = message
+        .idempotency_key
+        .take()
+        .map(|key| format!("{}/{key}", message.signer.as_deref().unwrap_or("-")));
     if state.require_request_info && message.request.ip.is_none() {
         return Err(ApiError::MissingRequestInfo);
     }
@@ -105,7 +130,10 @@ async fn accept(state: &AppState, request: Request) -> Result<Json<Accepted>, Ap
         Ok(enqueued) => {
             state.wake.message_queued();
             tracing::debug!(%id, expires_at = %enqueued.expires_at, "message queued");
-            Ok(Json(Accepted { id }))
+            if enqueued.id != id {
+                tracing::info!(%id, earlier = %enqueued.id, "a repeated request: answered with the earlier message");
+            }
+            Ok(Json(Accepted { id: enqueued.id }))
         }
         Err(EnqueueError::Limited(limited)) => {
             tracing::warn!(
@@ -159,6 +187,32 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<String>,
         })
 }
 
+/// Longest `Idempotency-Key` accepted; Auth0's own ids are far shorter.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The `Idempotency-Key` header, when the caller sent one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|key| {
+            !key.is_empty()
+                && key.len() <= MAX_IDEMPOTENCY_KEY
+                && key.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            invalid(
+                "invalid_idempotency_key",
+                format!("Idempotency-Key must be 1–{MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+            )
+        })?;
+    Ok(Some(key.to_string()))
+}
+
 /// `application/json`, with or without parameters such as `charset`.
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let is_json = headers
@@ -193,14 +247,17 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes,
     })
 }
 
-fn invalid(code: &'static str, description: impl Into<String>) -> ApiError {
+pub(super) fn invalid(code: &'static str, description: impl Into<String>) -> ApiError {
     ApiError::InvalidField {
         code,
         description: description.into(),
     }
 }
 
-fn validate(request: LegacySmsRequest, signer: Option<String>) -> Result<NewMessage, ApiError> {
+pub(super) fn validate(
+    request: LegacySmsRequest,
+    signer: Option<String>,
+) -> Result<NewMessage, ApiError> {
     let recipient = PhoneNumber::parse(&request.recipient).map_err(|err| {
         tracing::info!(recipient = %redact_digits(&request.recipient), reason = %err, "invalid recipient");
         invalid("invalid_recipient", err.to_string())
@@ -252,5 +309,6 @@ fn validate(request: LegacySmsRequest, signer: Option<String>) -> Result<NewMess
         sender,
         request: request_info,
         signer,
+        idempotency_key: None,
     })
 }

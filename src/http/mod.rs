@@ -1,5 +1,6 @@
 //! The public listener: Auth0 ingress, the status API and health checks.
 
+mod actions;
 mod error;
 mod health;
 mod in_flight;
@@ -57,7 +58,12 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let router = if state.accept_messages {
-        Router::new().route("/v1/auth0/sms", post(ingress::accept_sms))
+        Router::new()
+            .route("/v1/auth0/sms", post(ingress::accept_sms))
+            .route(
+                "/v1/auth0/phone-provider",
+                post(ingress::accept_phone_provider),
+            )
     } else {
         Router::new()
     };

@@ -29,6 +29,7 @@ async fn readyz_is_503_until_migrations_are_applied() {
     let app = TestApp::spawn_with(&config).await;
     sqlx::query(
         "DROP TABLE message_attempts, message_queue, messages, recipient_sends, ingress_hits,
+         idempotency_keys,
          _sqlx_migrations",
     )
     .execute(&app.pool)

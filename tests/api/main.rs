@@ -1,6 +1,7 @@
 //! Integration tests: the real app, a real PostgreSQL, requests signed the way Auth0 signs them.
 
 mod abuse;
+mod actions;
 mod auth;
 mod carriers;
 mod cli;

@@ -1,0 +1,216 @@
+//! `POST /v1/auth0/phone-provider`: what Auth0 Actions forward. Tenants created since March
+//! 2025 send SMS through a tenant-level custom phone provider (the `custom-phone-provider`
+//! Action, `event.notification`), and MFA through the `send-phone-message` Action
+//! (`event.message_options`); shared research, auth0.md §3. Both are told apart by their keys
+//! and mapped to the same message as the legacy body, then validated by the same rules.
+//!
+//! The custom phone provider may run its Action again (`api.notification.retry`, up to five
+//! times), so a request is idempotent: on the caller's `Idempotency-Key` header, or else on a
+//! key derived from the notification when it carries a code.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::ApiError;
+use super::ingress::{ForwardedRequest, LegacySmsRequest, invalid, validate};
+use crate::domain::NewMessage;
+
+#[derive(Deserialize)]
+struct ActionRequest {
+    #[serde(default)]
+    notification: Option<Notification>,
+    #[serde(default)]
+    message_options: Option<MessageOptions>,
+    #[serde(default)]
+    request: Option<ActionRequestInfo>,
+}
+
+/// `event.notification` of the custom-phone-provider Action.
+#[derive(Deserialize)]
+struct Notification {
+    recipient: String,
+    #[serde(default)]
+    as_text: Option<String>,
+    #[serde(default)]
+    delivery_method: Option<String>,
+    #[serde(default)]
+    message_type: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+/// `event.message_options` of the send-phone-message Action.
+#[derive(Deserialize)]
+struct MessageOptions {
+    recipient: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message_type: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+}
+
+/// `event.request` as Actions have it (`user_agent`, not the legacy `user-agent`).
+#[derive(Deserialize)]
+struct ActionRequestInfo {
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    user_agent: Option<String>,
+}
+
+/// The parts both shapes share, before validation.
+struct Mapped {
+    recipient: String,
+    text: Option<String>,
+    sender: Option<String>,
+    voice: bool,
+    /// What identifies one notification across the Action's retries.
+    identity: Option<[String; 4]>,
+}
+
+/// Parses either Action shape into the message it asks for.
+pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewMessage, ApiError> {
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::MalformedJson("expected a JSON object".into()));
+    }
+    let parsed: ActionRequest =
+        serde_json::from_slice(bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
+    let mapped = match (parsed.notification, parsed.message_options) {
+        (Some(n), None) => Mapped {
+            voice: n.delivery_method.as_deref() == Some("voice"),
+            identity: n.code.clone().map(|code| {
+                let kind = n.message_type.unwrap_or_default();
+                [
+                    n.recipient.clone(),
+                    kind,
+                    code,
+                    n.as_text.clone().unwrap_or_default(),
+                ]
+            }),
+            recipient: n.recipient,
+            text: n.as_text,
+            sender: n.from,
+        },
+        (None, Some(o)) => Mapped {
+            voice: o.message_type.as_deref() == Some("voice"),
+            identity: o.code.clone().map(|code| {
+                let kind = o.action.unwrap_or_default();
+                [
+                    o.recipient.clone(),
+                    kind,
+                    code,
+                    o.text.clone().unwrap_or_default(),
+                ]
+            }),
+            recipient: o.recipient,
+            text: o.text,
+            sender: None,
+        },
+        (Some(_), Some(_)) => {
+            return Err(ApiError::MalformedJson(
+                "send either notification or message_options, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::MalformedJson(
+                "expected notification (custom phone provider) or message_options \
+                 (send-phone-message)"
+                    .into(),
+            ));
+        }
+    };
+    if mapped.voice {
+        return Err(invalid(
+            "voice_not_supported",
+            "voice delivery is not supported: no voice-capable carrier is configured",
+        ));
+    }
+    let text = mapped
+        .text
+        .ok_or_else(|| invalid("invalid_body", "the message text is missing"))?;
+    let legacy = LegacySmsRequest {
+        recipient: mapped.recipient,
+        body: text,
+        sender: mapped.sender,
+        req: parsed.request.map(|r| ForwardedRequest {
+            ip: r.ip,
+            user_agent: r.user_agent,
+        }),
+    };
+    let mut message = validate(legacy, signer)?;
+    message.idempotency_key = mapped.identity.map(|parts| derived_key(&parts));
+    Ok(message)
+}
+
+/// A retried notification carries the same recipient, type, code and text: their digest is
+/// its key. The code never leaves the process in clear.
+fn derived_key(parts: &[String; 4]) -> String {
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    format!("derived:{:x}", digest.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: serde_json::Value) -> Result<NewMessage, ApiError> {
+        parse_action_request(json.to_string().as_bytes(), Some("a".into()))
+    }
+
+    #[test]
+    fn both_shapes_map_to_the_same_message() {
+        let notification = parse(serde_json::json!({
+            "notification": {"recipient": "+14155552671", "as_text": "Code 123456",
+                             "delivery_method": "text", "message_type": "otp_verify",
+                             "code": "123456", "from": "+15005550006"},
+            "request": {"ip": "203.0.113.7", "user_agent": "Mozilla/5.0"}
+        }))
+        .expect("valid");
+        let options = parse(serde_json::json!({
+            "message_options": {"recipient": "+14155552671", "text": "Code 123456",
+                                "message_type": "sms", "code": "123456", "action": "enrollment"}
+        }))
+        .expect("valid");
+        assert_eq!(notification.recipient, options.recipient);
+        assert_eq!(notification.body.as_str(), options.body.as_str());
+        assert_eq!(notification.sender.as_deref(), Some("+15005550006"));
+        assert_eq!(
+            notification.request.user_agent.as_deref(),
+            Some("Mozilla/5.0")
+        );
+        assert!(notification.idempotency_key.is_some() && options.idempotency_key.is_some());
+        assert_ne!(notification.idempotency_key, options.idempotency_key);
+    }
+
+    #[test]
+    fn the_derived_key_follows_the_code_and_hides_it() {
+        let with_code = |code: &str| {
+            parse(
+                serde_json::json!({"notification": {"recipient": "+14155552671",
+                "as_text": "Code", "message_type": "otp_verify", "code": code}}),
+            )
+            .expect("valid")
+            .idempotency_key
+            .expect("derived")
+        };
+        assert_eq!(with_code("111111"), with_code("111111"));
+        assert_ne!(with_code("111111"), with_code("222222"));
+        assert!(!with_code("111111").contains("111111"));
+        let without_code = parse(
+            serde_json::json!({"notification": {"recipient": "+14155552671",
+            "as_text": "Your account was blocked", "message_type": "blocked_account"}}),
+        )
+        .expect("valid");
+        assert_eq!(without_code.idempotency_key, None);
+    }
+}
