@@ -149,6 +149,7 @@ impl App {
                 config.limits.max_in_flight,
             ),
             store_wait: Duration::from_millis(config.database.acquire_timeout_ms),
+            callbacks: http::callbacks::CallbackKeys::new(config.carriers.iter()),
         };
         let listener = TcpListener::bind(config.server.listen)
             .await

@@ -59,7 +59,12 @@ pub struct Inner {
     pub queue_depth: IntGaugeVec,
     pub queue_oldest_age: Gauge,
     pub breaker_open: IntGaugeVec,
+    pub receipts: IntCounterVec,
+    pub receipt_latency: Histogram,
 }
+
+/// What a delivery receipt said, as `smsgate_delivery_receipts_total` counts it.
+pub const RECEIPT_STATUSES: [&str; 3] = ["delivered", "undelivered", "other"];
 
 impl std::ops::Deref for Metrics {
     type Target = Inner;
@@ -151,6 +156,21 @@ impl Metrics {
             &["carrier"],
         )?;
         registry.register(Box::new(breaker_open.clone()))?;
+        let receipts = counter(
+            "smsgate_delivery_receipts_total",
+            "Delivery receipts from the carriers, by carrier and what they said.",
+            &["carrier", "status"],
+        )?;
+        let receipt_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "smsgate_receipt_latency_seconds",
+                "From the ingress commit to the carrier's receipt saying delivered.",
+            )
+            .buckets(vec![
+                1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+            ]),
+        )?;
+        registry.register(Box::new(receipt_latency.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new("smsgate_build_info", "The running smsgate version."),
             &["version"],
@@ -176,6 +196,8 @@ impl Metrics {
             queue_depth,
             queue_oldest_age,
             breaker_open,
+            receipts,
+            receipt_latency,
         }));
         metrics.initialise(config);
         Ok(metrics)
@@ -195,6 +217,9 @@ impl Metrics {
             self.breaker_open
                 .with_label_values(&[carrier.as_str()])
                 .set(0);
+            for status in RECEIPT_STATUSES {
+                self.receipts.with_label_values(&[carrier.as_str(), status]);
+            }
         }
         // Every ordered pair of carriers, so a route added later needs no new series names.
         // (With a single carrier there is no pair, and the family has no series.)

@@ -22,6 +22,8 @@ pub struct MessageMediaCarrier {
     api_secret: Secret,
     from: Option<String>,
     timeout: Duration,
+    /// Holds the callback secret: never logged.
+    callback_url: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -40,6 +42,10 @@ struct OutgoingMessage<'a> {
     format: &'static str,
     /// The code's expiry: MessageMedia drops the message rather than deliver it late.
     message_expiry_timestamp: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    delivery_report: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_url: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -61,9 +67,15 @@ struct ErrorBody {
 }
 
 impl MessageMediaCarrier {
-    pub fn new(config: &CarrierConfig, http: reqwest::Client) -> anyhow::Result<Self> {
+    /// `callback_url` is where smsgate takes delivery reports (from `public_url`).
+    pub fn new(
+        config: &CarrierConfig,
+        callback_url: Option<String>,
+        http: reqwest::Client,
+    ) -> anyhow::Result<Self> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         Ok(Self {
+            callback_url,
             http,
             url: format!("{}/v1/messages", base.trim_end_matches('/')),
             api_key: config.api_key.clone().context("messagemedia: api_key")?,
@@ -101,6 +113,8 @@ impl Carrier for MessageMediaCarrier {
                 source_number_type: source.map(source_type),
                 format: "SMS",
                 message_expiry_timestamp: expiry.to_rfc3339_opts(SecondsFormat::Secs, true),
+                delivery_report: self.callback_url.is_some(),
+                callback_url: self.callback_url.as_deref(),
             }],
         };
         let request = self

@@ -126,11 +126,13 @@ impl CarrierHandle {
             CarrierKind::Log => AnyCarrier::Log(log::LogCarrier::new(name)),
             CarrierKind::Twilio => AnyCarrier::Twilio(twilio::TwilioCarrier::new(
                 config,
+                config.callback_url(name),
                 http.get(config.connect_timeout_ms)?,
             )?),
             CarrierKind::Messagemedia => {
                 AnyCarrier::MessageMedia(messagemedia::MessageMediaCarrier::new(
                     config,
+                    config.callback_url(name),
                     http.get(config.connect_timeout_ms)?,
                 )?)
             }

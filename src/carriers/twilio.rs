@@ -45,7 +45,13 @@ struct TwilioError {
 }
 
 impl TwilioCarrier {
-    pub fn new(config: &CarrierConfig, http: reqwest::Client) -> anyhow::Result<Self> {
+    /// `callback_url` is where smsgate takes Twilio's status callbacks (from `public_url`);
+    /// an explicit `status_callback` wins.
+    pub fn new(
+        config: &CarrierConfig,
+        callback_url: Option<String>,
+        http: reqwest::Client,
+    ) -> anyhow::Result<Self> {
         let account_sid = config.account_sid.clone().context("twilio: account_sid")?;
         let (username, password) = match (&config.api_key_sid, &config.api_key_secret) {
             (Some(key), Some(secret)) => (key.clone(), secret.clone()),
@@ -65,7 +71,7 @@ impl TwilioCarrier {
             password,
             from: config.from.clone(),
             messaging_service_sid: config.messaging_service_sid.clone(),
-            status_callback: config.status_callback.clone(),
+            status_callback: config.status_callback.clone().or(callback_url),
             timeout: Duration::from_millis(config.timeout_ms),
         })
     }

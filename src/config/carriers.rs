@@ -57,6 +57,16 @@ pub struct CarrierConfig {
     #[serde(default, deserialize_with = "optional_string")]
     pub status_callback: Option<String>,
 
+    // Delivery receipts (Twilio, MessageMedia)
+    /// smsgate's own address as the carrier reaches it (e.g. "https://sms.example.com"):
+    /// when set, every send asks for a delivery receipt at /v1/callbacks/<kind>/<name>.
+    #[serde(default, deserialize_with = "optional_string")]
+    pub public_url: Option<String>,
+    /// MessageMedia signs no callbacks by default: this secret in the callback URL proves
+    /// them (at least 16 characters).
+    #[serde(default)]
+    pub callback_secret: Option<Secret>,
+
     // MessageMedia
     #[serde(default, deserialize_with = "optional_string")]
     pub api_key: Option<String>,
@@ -119,10 +129,26 @@ impl CarrierKind {
 }
 
 impl CarrierConfig {
+    /// Where this carrier sends its delivery receipts, when `public_url` is set.
+    pub fn callback_url(&self, name: &str) -> Option<String> {
+        let base = self.public_url.as_deref()?.trim_end_matches('/');
+        Some(match self.kind {
+            CarrierKind::Messagemedia => {
+                let secret = self
+                    .callback_secret
+                    .as_ref()
+                    .map(Secret::expose)
+                    .unwrap_or("");
+                format!("{base}/v1/callbacks/messagemedia/{name}?key={secret}")
+            }
+            kind => format!("{base}/v1/callbacks/{}/{name}", kind.as_str()),
+        })
+    }
+
     /// The kind-specific keys that are set, with the kinds each belongs to.
     fn set_keys(&self) -> Vec<(&'static str, &'static [CarrierKind])> {
         use CarrierKind::{Messagemedia, Sns, Twilio};
-        let keys: [(&str, bool, &'static [CarrierKind]); 15] = [
+        let keys: [(&str, bool, &'static [CarrierKind]); 17] = [
             ("account_sid", self.account_sid.is_some(), &[Twilio]),
             ("auth_token", self.auth_token.is_some(), &[Twilio]),
             ("api_key_sid", self.api_key_sid.is_some(), &[Twilio]),
@@ -133,6 +159,16 @@ impl CarrierConfig {
                 &[Twilio],
             ),
             ("status_callback", self.status_callback.is_some(), &[Twilio]),
+            (
+                "public_url",
+                self.public_url.is_some(),
+                &[Twilio, Messagemedia],
+            ),
+            (
+                "callback_secret",
+                self.callback_secret.is_some(),
+                &[Messagemedia],
+            ),
             ("api_key", self.api_key.is_some(), &[Messagemedia]),
             ("api_secret", self.api_secret.is_some(), &[Messagemedia]),
             ("region", self.region.is_some(), &[Sns]),
@@ -221,6 +257,12 @@ impl CarrierConfig {
                         "api_key_sid and api_key_secret go together",
                     );
                 }
+                if self.public_url.is_some() && !has_secret(&self.auth_token) {
+                    problem(
+                        "public_url",
+                        "Twilio signs status callbacks with the auth token: set auth_token too",
+                    );
+                }
                 if !has(&self.from) && !has(&self.messaging_service_sid) {
                     problem(
                         "from",
@@ -231,6 +273,17 @@ impl CarrierConfig {
             CarrierKind::Messagemedia => {
                 required("api_key", has(&self.api_key), &mut problem);
                 required("api_secret", has_secret(&self.api_secret), &mut problem);
+                let secret_len = self
+                    .callback_secret
+                    .as_ref()
+                    .map_or(0, |s| s.expose().len());
+                if self.public_url.is_some() && secret_len < 16 {
+                    problem(
+                        "callback_secret",
+                        "public_url needs a callback_secret of at least 16 characters \
+                         (it proves MessageMedia's delivery reports)",
+                    );
+                }
             }
             CarrierKind::Sns => {
                 required("region", has(&self.region), &mut problem);
@@ -245,6 +298,7 @@ impl CarrierConfig {
         for (key, url) in [
             ("base_url", &self.base_url),
             ("endpoint_url", &self.endpoint_url),
+            ("public_url", &self.public_url),
         ] {
             if let Some(url) = url
                 && !(url.starts_with("http://") || url.starts_with("https://"))

@@ -5,6 +5,7 @@ pub mod embedded;
 pub mod ingress_hits;
 pub mod messages;
 pub mod queue;
+pub mod receipts;
 
 use std::time::Duration;
 

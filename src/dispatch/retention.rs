@@ -29,6 +29,11 @@ pub struct Plan {
 pub async fn run(pool: PgPool, plan: Plan, interval: Duration, shutdown: CancellationToken) {
     let mut ticks = Ticks::new(interval, &shutdown);
     while ticks.next().await {
+        match crate::db::receipts::apply_pending(&pool).await {
+            Ok(0) => {}
+            Ok(applied) => tracing::info!(applied, "delivery receipts applied late"),
+            Err(err) => tracing::warn!(error = %err, "applying pending delivery receipts failed"),
+        }
         match sweep(&pool, plan, &shutdown).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retention: old messages deleted"),
@@ -70,6 +75,15 @@ pub async fn sweep(
                  WHERE updated_at < now() - make_interval(secs => $1) LIMIT $2)",
         )
         .bind(f64::from(plan.send_log_seconds))
+        .bind(BATCH)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM delivery_receipts WHERE id IN (
+                 SELECT id FROM delivery_receipts
+                 WHERE received_at < now() - make_interval(days => $1) LIMIT $2)",
+        )
+        .bind(i32::try_from(plan.days).unwrap_or(i32::MAX))
         .bind(BATCH)
         .execute(&mut *tx)
         .await?;

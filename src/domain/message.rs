@@ -124,16 +124,22 @@ pub enum Status {
     Failed,
     Expired,
     RateLimited,
+    /// A delivery receipt said it reached the handset.
+    Delivered,
+    /// A delivery receipt said it did not (failed, expired or rejected downstream).
+    Undelivered,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 8] = [
         Status::Queued,
         Status::Sending,
         Status::Sent,
         Status::Failed,
         Status::Expired,
         Status::RateLimited,
+        Status::Delivered,
+        Status::Undelivered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -144,6 +150,8 @@ impl Status {
             Status::Failed => "failed",
             Status::Expired => "expired",
             Status::RateLimited => "rate_limited",
+            Status::Delivered => "delivered",
+            Status::Undelivered => "undelivered",
         }
     }
 

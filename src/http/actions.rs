@@ -156,7 +156,12 @@ fn derived_key(parts: &[String; 4]) -> String {
         digest.update((part.len() as u64).to_be_bytes());
         digest.update(part.as_bytes());
     }
-    format!("derived:{:x}", digest.finalize())
+    let hex: String = digest
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("derived:{hex}")
 }
 
 #[cfg(test)]

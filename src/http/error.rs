@@ -41,6 +41,8 @@ pub enum ApiError {
     AdminDisabled,
     #[error("no message with this id")]
     NotFound,
+    #[error("the callback's signature or key does not match this carrier's")]
+    ForgedCallback,
     #[error("the request was not completed in time")]
     Timeout,
     #[error("internal error; nothing was stored")]
@@ -67,7 +69,9 @@ impl ApiError {
             | ApiError::InvalidField { .. }
             | ApiError::MissingRequestInfo => StatusCode::BAD_REQUEST,
             ApiError::RateLimited(_) | ApiError::TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::AdminDisabled | ApiError::Blocked(_) => StatusCode::FORBIDDEN,
+            ApiError::AdminDisabled | ApiError::Blocked(_) | ApiError::ForgedCallback => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
@@ -103,6 +107,7 @@ impl ApiError {
             ApiError::AdminDisabled => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::Unavailable(_) => "temporarily_unavailable",
+            ApiError::ForgedCallback => "invalid_signature",
             ApiError::Timeout => "request_timeout",
             ApiError::Internal => "internal_error",
         }

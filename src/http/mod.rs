@@ -1,6 +1,7 @@
 //! The public listener: Auth0 ingress, the status API and health checks.
 
 mod actions;
+pub mod callbacks;
 mod error;
 mod health;
 mod in_flight;
@@ -54,6 +55,8 @@ pub struct AppState {
     /// How long a request waits for a writer to take its message before it gets 503
     /// (`database.acquire_timeout_ms`).
     pub store_wait: std::time::Duration,
+    /// How each carrier's delivery receipts are proven.
+    pub callbacks: Arc<callbacks::CallbackKeys>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -68,6 +71,11 @@ pub fn router(state: AppState) -> Router {
         Router::new()
     };
     router
+        .route("/v1/callbacks/twilio/{carrier}", post(callbacks::twilio))
+        .route(
+            "/v1/callbacks/messagemedia/{carrier}",
+            post(callbacks::messagemedia),
+        )
         .route("/v1/messages/{id}", get(status::show_message))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

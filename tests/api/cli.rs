@@ -72,7 +72,7 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
 #[test]
 fn check_config_names_the_bad_key_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(String, EnvOverrides, &str); 9] = [
+    let cases: [(String, EnvOverrides, &str); 15] = [
         (
             base_config(),
             &[("SMSGATE__DISPATCH__WORKERS", "many")],
@@ -120,6 +120,47 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
             base_config(),
             &[("SMSGATE__DISPATCH__LEASE_SECONDS", "3")],
             "dispatch.lease_seconds",
+        ),
+        (
+            base_config().replace(
+                "kind = \"log\"",
+                "kind = \"messagemedia\"\napi_key = \"k\"\napi_secret = \"s\"\n\
+                 public_url = \"https://sms.example.com\"",
+            ),
+            &[],
+            "carriers.console.callback_secret",
+        ),
+        (
+            base_config().replace(
+                "kind = \"log\"",
+                "kind = \"twilio\"\naccount_sid = \"AC1\"\napi_key_sid = \"SK1\"\n\
+                 api_key_secret = \"s\"\nfrom = \"+15005550006\"\npublic_url = \"https://x\"",
+            ),
+            &[],
+            "carriers.console.public_url",
+        ),
+        (
+            base_config(),
+            &[("SMSGATE__DESTINATIONS__BLOCKED_PREFIXES", "[\"44\"]")],
+            "destinations.blocked_prefixes",
+        ),
+        (
+            base_config(),
+            &[("SMSGATE__DESTINATIONS__ALLOWED_COUNTRIES", "[\"UK\"]")],
+            "destinations.allowed_countries",
+        ),
+        (
+            base_config(),
+            &[("SMSGATE__SERVER__MAX_HEADER_BYTES", "1024")],
+            "server.max_header_bytes",
+        ),
+        (
+            format!(
+                "{}\n[[limits.ip]]\nmax = 0\nwindow_seconds = 60\n",
+                base_config()
+            ),
+            &[],
+            "limits.ip[0]",
         ),
     ];
     for (text, env, key) in cases {

@@ -27,14 +27,11 @@ async fn healthz_and_readyz_answer_200_on_a_migrated_database() {
 async fn readyz_is_503_until_migrations_are_applied() {
     let config = base_config().replace("[database]", "[database]\nmigrate_on_start = false");
     let app = TestApp::spawn_with(&config).await;
-    sqlx::query(
-        "DROP TABLE message_attempts, message_queue, messages, recipient_sends, ingress_hits,
-         idempotency_keys,
-         _sqlx_migrations",
-    )
-    .execute(&app.pool)
-    .await
-    .expect("unmigrate");
+    // Every table, whatever later migrations add.
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .execute(&app.pool)
+        .await
+        .expect("unmigrate");
 
     let ready = app
         .client

@@ -14,6 +14,7 @@ mod observability;
 mod ops_files;
 mod process;
 mod prometheus;
+mod receipts;
 mod slow_clients;
 mod standins;
 mod status;

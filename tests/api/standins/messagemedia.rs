@@ -88,10 +88,14 @@ impl Contract for MessageMedia {
             "source_number_type",
             "format",
             "message_expiry_timestamp",
+            "callback_url",
         ] {
             if let Some(value) = message[key].as_str() {
                 fields.insert(key.to_string(), value.to_string());
             }
+        }
+        if let Some(report) = message["delivery_report"].as_bool() {
+            fields.insert("delivery_report".to_string(), report.to_string());
         }
         Ok(fields)
     }

@@ -1,0 +1,86 @@
+//! Delivery receipts: recorded as they arrive and applied to the message they name, which
+//! moves from `sent` to `delivered` or `undelivered` (the first verdict wins).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::domain::Status;
+
+/// What a receipt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The message is now `delivered` or `undelivered`; it was accepted this long before.
+    Applied { accepted_at: DateTime<Utc> },
+    /// No message in `sent` with that carrier id yet (or any more): kept for the sweep.
+    Pending,
+}
+
+/// Records a receipt and applies it when its message is known.
+pub async fn record(
+    pool: &PgPool,
+    carrier: &str,
+    carrier_message_id: &str,
+    status: Status,
+    error_code: Option<&str>,
+) -> Result<Applied, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let accepted_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "UPDATE messages SET status = $3, receipt_at = now()
+         WHERE carrier_message_id = $2 AND carrier = $1 AND status = 'sent'
+         RETURNING created_at",
+    )
+    .bind(carrier)
+    .bind(carrier_message_id)
+    .bind(status.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO delivery_receipts (carrier, carrier_message_id, status, error_code, applied)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(carrier)
+    .bind(carrier_message_id)
+    .bind(status.as_str())
+    .bind(error_code)
+    .bind(accepted_at.is_some())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(match accepted_at {
+        Some(accepted_at) => Applied::Applied { accepted_at },
+        None => Applied::Pending,
+    })
+}
+
+/// Applies receipts that arrived before their message's outcome was written; forgets those
+/// older than an hour that never matched. Returns how many were applied.
+pub async fn apply_pending(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let applied = sqlx::query(
+        "WITH r AS (
+             SELECT DISTINCT ON (carrier, carrier_message_id) id, carrier, carrier_message_id, status
+             FROM delivery_receipts WHERE NOT applied
+             ORDER BY carrier, carrier_message_id, id
+         ), m AS (
+             UPDATE messages m SET status = r.status, receipt_at = now()
+             FROM r
+             WHERE m.carrier_message_id = r.carrier_message_id AND m.carrier = r.carrier
+               AND m.status = 'sent'
+             RETURNING r.carrier, r.carrier_message_id
+         )
+         UPDATE delivery_receipts d SET applied = true
+         FROM m WHERE d.carrier = m.carrier AND d.carrier_message_id = m.carrier_message_id
+           AND NOT d.applied",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "UPDATE delivery_receipts SET applied = true
+         WHERE NOT applied AND received_at < now() - interval '1 hour'",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(applied)
+}

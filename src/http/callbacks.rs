@@ -1,0 +1,257 @@
+//! Delivery receipts from the carriers: `POST /v1/callbacks/twilio/{carrier}` (Twilio's status
+//! callback, signed with `X-Twilio-Signature`) and `POST /v1/callbacks/messagemedia/{carrier}`
+//! (MessageMedia's delivery report, proven by the carrier's `callback_secret` in the URL).
+//! Wire contracts: shared research, carriers.md ("Status callback", "Delivery report
+//! callback"). A forged or unproven callback is refused with 403 and changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha1::Sha1;
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, AppState};
+use crate::config::{CarrierConfig, CarrierKind};
+use crate::db::receipts::{self, Applied};
+use crate::domain::Status;
+use crate::secret::Secret;
+
+/// How each carrier's callbacks are proven, from the configuration.
+#[derive(Default)]
+pub struct CallbackKeys {
+    by_carrier: HashMap<String, CallbackKey>,
+}
+
+enum CallbackKey {
+    /// Twilio signs with the auth token over the URL it called, which starts with public_url.
+    Twilio {
+        auth_token: Secret,
+        public_url: String,
+    },
+    MessageMedia {
+        secret: Secret,
+    },
+}
+
+impl CallbackKeys {
+    /// Carriers with `public_url` set take callbacks; others get 404.
+    pub fn new<'a>(carriers: impl Iterator<Item = (&'a String, &'a CarrierConfig)>) -> Arc<Self> {
+        let mut by_carrier = HashMap::new();
+        for (name, config) in carriers {
+            let Some(public_url) = config.public_url.as_deref() else {
+                continue;
+            };
+            let key = match (config.kind, &config.auth_token, &config.callback_secret) {
+                (CarrierKind::Twilio, Some(auth_token), _) => CallbackKey::Twilio {
+                    auth_token: auth_token.clone(),
+                    public_url: public_url.trim_end_matches('/').to_string(),
+                },
+                (CarrierKind::Messagemedia, _, Some(secret)) => CallbackKey::MessageMedia {
+                    secret: secret.clone(),
+                },
+                _ => continue,
+            };
+            by_carrier.insert(name.clone(), key);
+        }
+        Arc::new(Self { by_carrier })
+    }
+}
+
+/// `X-Twilio-Signature`: Base64(HMAC-SHA1(auth token, URL + every parameter as name + value,
+/// sorted by name)).
+pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    let mut mac = match Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()) {
+        Ok(mac) => mac,
+        // HMAC takes keys of any length; this arm is never taken.
+        Err(_) => return String::new(),
+    };
+    mac.update(url.as_bytes());
+    for (name, value) in sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn forged(carrier: &str, why: &str) -> Response {
+    tracing::warn!(carrier, why, "refused a delivery receipt");
+    ApiError::ForgedCallback.into_response()
+}
+
+pub async fn twilio(
+    State(state): State<AppState>,
+    Path(carrier): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(CallbackKey::Twilio {
+        auth_token,
+        public_url,
+    }) = state.callbacks.by_carrier.get(&carrier)
+    else {
+        return ApiError::NotFound.into_response();
+    };
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let url = match &query {
+        Some(query) => format!("{public_url}/v1/callbacks/twilio/{carrier}?{query}"),
+        None => format!("{public_url}/v1/callbacks/twilio/{carrier}"),
+    };
+    let expected = twilio_signature(auth_token.expose(), &url, &params);
+    let given = headers
+        .get("x-twilio-signature")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(given)) {
+        return forged(&carrier, "X-Twilio-Signature does not match");
+    }
+    let field = |name: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let (Some(sid), Some(status)) = (field("MessageSid"), field("MessageStatus")) else {
+        return ApiError::MalformedJson("MessageSid and MessageStatus are required".into())
+            .into_response();
+    };
+    let verdict = match status {
+        "delivered" => Some(Status::Delivered),
+        "undelivered" | "failed" => Some(Status::Undelivered),
+        _ => None,
+    };
+    apply(&state, &carrier, sid, verdict, field("ErrorCode")).await
+}
+
+#[derive(Deserialize)]
+struct DeliveryReport {
+    message_id: String,
+    status: String,
+    #[serde(default)]
+    error_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct KeyQuery {
+    #[serde(default)]
+    key: Option<String>,
+}
+
+pub async fn messagemedia(
+    State(state): State<AppState>,
+    Path(carrier): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<KeyQuery>,
+    body: Bytes,
+) -> Response {
+    let Some(CallbackKey::MessageMedia { secret }) = state.callbacks.by_carrier.get(&carrier)
+    else {
+        return ApiError::NotFound.into_response();
+    };
+    let given = query.key.unwrap_or_default();
+    if !bool::from(secret.expose().as_bytes().ct_eq(given.as_bytes())) {
+        return forged(&carrier, "the callback key does not match");
+    }
+    let report: DeliveryReport = match serde_json::from_slice(&body) {
+        Ok(report) => report,
+        Err(err) => return ApiError::MalformedJson(err.to_string()).into_response(),
+    };
+    let verdict = match report.status.as_str() {
+        "delivered" => Some(Status::Delivered),
+        "failed" | "expired" | "rejected" => Some(Status::Undelivered),
+        _ => None,
+    };
+    apply(
+        &state,
+        &carrier,
+        &report.message_id,
+        verdict,
+        report.error_code.as_deref(),
+    )
+    .await
+}
+
+/// Counts the receipt and applies a final verdict to its message; intermediate states
+/// (queued, sent, enroute, …) are only counted.
+async fn apply(
+    state: &AppState,
+    carrier: &str,
+    carrier_message_id: &str,
+    verdict: Option<Status>,
+    error_code: Option<&str>,
+) -> Response {
+    let label = verdict.map_or("other", Status::as_str);
+    state
+        .metrics
+        .receipts
+        .with_label_values(&[carrier, label])
+        .inc();
+    let Some(status) = verdict else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    match receipts::record(&state.pool, carrier, carrier_message_id, status, error_code).await {
+        Ok(Applied::Applied { accepted_at }) => {
+            if status == Status::Delivered {
+                let seconds = (chrono::Utc::now() - accepted_at).num_milliseconds() as f64 / 1e3;
+                state.metrics.receipt_latency.observe(seconds.max(0.0));
+            }
+            tracing::info!(
+                carrier,
+                carrier_message_id,
+                status = label,
+                "delivery receipt applied"
+            );
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(Applied::Pending) => {
+            tracing::info!(
+                carrier,
+                carrier_message_id,
+                status = label,
+                "delivery receipt kept for later"
+            );
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(err) => {
+            tracing::error!(carrier, error = %err, "cannot record a delivery receipt");
+            // The carrier retries (MessageMedia does; Twilio with its callback retry setting).
+            ApiError::Unavailable("the receipt could not be stored; try again").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_covers_the_url_and_every_parameter_sorted_by_name() {
+        let params = vec![
+            ("MessageStatus".to_string(), "delivered".to_string()),
+            ("MessageSid".to_string(), "SM123".to_string()),
+        ];
+        let url = "https://sms.example.com/v1/callbacks/twilio/t";
+        let signature = twilio_signature("token", url, &params);
+        // Independently: the same bytes through a fresh HMAC, in sorted order.
+        let mut mac = Hmac::<Sha1>::new_from_slice(b"token").expect("any key length");
+        mac.update(
+            b"https://sms.example.com/v1/callbacks/twilio/tMessageSidSM123MessageStatusdelivered",
+        );
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        assert_eq!(signature, expected);
+        assert_ne!(signature, twilio_signature("other", url, &params));
+        assert_ne!(
+            signature,
+            twilio_signature("token", "https://evil.example/x", &params)
+        );
+    }
+}
