@@ -83,7 +83,14 @@ fn the_dashboard_has_a_panel_for_each_question_an_operator_asks() {
         .map(|p| p["title"].as_str().unwrap_or_default().to_lowercase())
         .collect();
     for topic in [
-        "ingress", "queue", "latency", "carrier", "failover", "breaker", "finished",
+        "ingress",
+        "queue",
+        "latency",
+        "carrier",
+        "failover",
+        "breaker",
+        "finished",
+        "delivery ratio",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(topic)),
