@@ -150,6 +150,7 @@ impl App {
             ),
             store_wait: Duration::from_millis(config.database.acquire_timeout_ms),
             callbacks: http::callbacks::CallbackKeys::new(config.carriers.iter()),
+            carriers: Arc::new(config.carriers.keys().cloned().collect()),
         };
         let listener = TcpListener::bind(config.server.listen)
             .await

@@ -34,6 +34,11 @@ enum Command {
     CheckConfig,
     /// Exit 0 when this host's smsgate answers /readyz (container health checks).
     Healthcheck,
+    /// Inspect and act on messages, straight in the database.
+    Messages {
+        #[command(subcommand)]
+        action: MessagesAction,
+    },
     /// Print an HS256 token signed the way Auth0 signs its gateway calls.
     Token {
         /// The `[auth0.<name>]` signer to sign for; optional when only one is configured.
@@ -43,6 +48,29 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         ttl_seconds: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum MessagesAction {
+    /// The newest messages, one per line (numbers masked unless --reveal).
+    List {
+        /// Only this status (queued, sent, delivered, failed, …).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only messages accepted at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// One message with every carrier call, as JSON.
+    Show { id: String },
+    /// Make a waiting message due now (skip its backoff or limit wait).
+    Retry { id: String },
+    /// End a waiting message without sending it (failed, "canceled by an operator").
+    Cancel { id: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -83,6 +111,7 @@ fn main() -> ExitCode {
         } => print_token(&config, signer.as_deref(), ttl_seconds),
         Command::Serve { role } => run_async(&config.clone(), serve(config, role.into())),
         Command::Migrate => run_async(&config.clone(), migrate(config)),
+        Command::Messages { action } => run_async(&config.clone(), messages(config, action)),
         Command::Healthcheck => run_async(&config.clone(), healthcheck(config)),
     };
     match result {
@@ -119,6 +148,76 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     database.close().await;
     result?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn messages(config: Config, action: MessagesAction) -> anyhow::Result<()> {
+    let database = Database::open(&config.database).await?;
+    let result = run_messages(&database.pool, action).await;
+    database.close().await;
+    result
+}
+
+async fn run_messages(pool: &sqlx::PgPool, action: MessagesAction) -> anyhow::Result<()> {
+    use smsgate::db::operator::{self, ListFilter};
+    use smsgate::domain::{MessageId, PhoneNumber, Status};
+    let parse_id = |text: &str| {
+        MessageId::parse(text).with_context(|| format!("{text:?} is not a message id"))
+    };
+    match action {
+        MessagesAction::List {
+            status,
+            since,
+            limit,
+            reveal,
+        } => {
+            let filter = ListFilter {
+                status: status
+                    .map(|s| Status::parse(&s).with_context(|| format!("unknown status {s:?}")))
+                    .transpose()?,
+                since: since
+                    .map(|s| {
+                        chrono::DateTime::parse_from_rfc3339(&s)
+                            .map(|t| t.with_timezone(&chrono::Utc))
+                            .with_context(|| format!("{s:?} is not an RFC 3339 time"))
+                    })
+                    .transpose()?,
+                before: None,
+                limit,
+            };
+            for m in operator::list(pool, &filter).await? {
+                let recipient = if reveal {
+                    m.recipient
+                } else {
+                    PhoneNumber::from_e164_unchecked(m.recipient).masked()
+                };
+                println!(
+                    "{}  {:<12} {:<16} {:<14} attempts={} {}",
+                    m.id,
+                    m.status,
+                    recipient,
+                    m.carrier.as_deref().unwrap_or("-"),
+                    m.attempts,
+                    m.created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+            }
+        }
+        MessagesAction::Show { id } => {
+            let view = db::messages::find(pool, parse_id(&id)?)
+                .await?
+                .context("no message with this id")?;
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        }
+        MessagesAction::Retry { id } => {
+            operator::retry_now(pool, parse_id(&id)?).await??;
+            println!("{id}: due now");
+        }
+        MessagesAction::Cancel { id } => {
+            operator::cancel(pool, parse_id(&id)?).await??;
+            println!("{id}: canceled");
+        }
+    }
     Ok(())
 }
 

@@ -61,6 +61,7 @@ pub struct Inner {
     pub breaker_open: IntGaugeVec,
     pub receipts: IntCounterVec,
     pub receipt_latency: Histogram,
+    pub carrier_disabled: IntGaugeVec,
 }
 
 /// What a delivery receipt said, as `smsgate_delivery_receipts_total` counts it.
@@ -171,6 +172,14 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(receipt_latency.clone()))?;
+        let carrier_disabled = IntGaugeVec::new(
+            Opts::new(
+                "smsgate_carrier_disabled",
+                "1 while an operator has disabled the carrier (POST /v1/carriers/{name}/disable).",
+            ),
+            &["carrier"],
+        )?;
+        registry.register(Box::new(carrier_disabled.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new("smsgate_build_info", "The running smsgate version."),
             &["version"],
@@ -198,6 +207,7 @@ impl Metrics {
             breaker_open,
             receipts,
             receipt_latency,
+            carrier_disabled,
         }));
         metrics.initialise(config);
         Ok(metrics)
@@ -215,6 +225,9 @@ impl Metrics {
             }
             self.carrier_duration.with_label_values(&[carrier.as_str()]);
             self.breaker_open
+                .with_label_values(&[carrier.as_str()])
+                .set(0);
+            self.carrier_disabled
                 .with_label_values(&[carrier.as_str()])
                 .set(0);
             for status in RECEIPT_STATUSES {

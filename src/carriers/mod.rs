@@ -113,6 +113,8 @@ pub struct CarrierHandle {
     limiter: Option<DefaultDirectRateLimiter>,
     /// `max_in_flight`, per process.
     slots: Option<Arc<Semaphore>>,
+    /// Switched off by an operator (`carrier_states`, refreshed every second).
+    disabled: std::sync::atomic::AtomicBool,
 }
 
 impl CarrierHandle {
@@ -155,13 +157,23 @@ impl CarrierHandle {
             slots: config
                 .max_in_flight
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
+            disabled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// False while the breaker is open: skip this carrier. True while half-open means this
-    /// caller is the probe.
+    /// False while an operator has disabled the carrier or its breaker is open: skip it. True
+    /// while half-open means this caller is the probe.
     pub fn allow(&self) -> bool {
-        self.breaker.allow()
+        !self.is_disabled() && self.breaker.allow()
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_disabled(&self, disabled: bool) {
+        self.disabled
+            .store(disabled, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits until this process may send through the carrier again (`max_per_second`).

@@ -1,9 +1,11 @@
 //! Everything that talks to PostgreSQL: the pool, migrations, readiness and the queries.
 
 pub mod batcher;
+pub mod carrier_states;
 pub mod embedded;
 pub mod ingress_hits;
 pub mod messages;
+pub mod operator;
 pub mod queue;
 pub mod receipts;
 

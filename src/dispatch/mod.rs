@@ -89,6 +89,7 @@ impl Dispatcher {
     ) -> anyhow::Result<Self> {
         let handles = carriers::build_all(config, &metrics).await?;
         let routes = Routes::new(&config.routes, &handles)?;
+        let switches: Vec<Arc<carriers::CarrierHandle>> = handles.values().cloned().collect();
         let d = &config.dispatch;
         let context = Arc::new(SendContext {
             routes,
@@ -112,7 +113,7 @@ impl Dispatcher {
             sends: sends.clone(),
             outcomes: outcomes.clone(),
             context,
-            metrics,
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         });
         let mut claimers = JoinSet::new();
@@ -121,6 +122,12 @@ impl Dispatcher {
         }
         let mut background = JoinSet::new();
         background.spawn(wake::run_listener(pool.clone(), wake, shutdown.clone()));
+        background.spawn(follow_carrier_switches(
+            pool.clone(),
+            switches,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let plan = retention::Plan {
             days: config.retention.days,
             send_log_seconds: config
@@ -303,6 +310,38 @@ impl Claimer {
         tokio::select! {
             _ = tokio::time::sleep(duration) => {}
             _ = self.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Applies operators' carrier switches (`carrier_states`) every second, so a carrier disabled
+/// through any process is skipped by every worker within a second.
+async fn follow_carrier_switches(
+    pool: PgPool,
+    carriers: Vec<Arc<carriers::CarrierHandle>>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = Ticks::new(Duration::from_secs(1), &shutdown);
+    loop {
+        match crate::db::carrier_states::disabled(&pool).await {
+            Ok(disabled) => {
+                for carrier in &carriers {
+                    let off = disabled.contains(&carrier.name);
+                    if off != carrier.is_disabled() {
+                        tracing::warn!(carrier = %carrier.name, disabled = off, "carrier switched");
+                    }
+                    carrier.set_disabled(off);
+                    metrics
+                        .carrier_disabled
+                        .with_label_values(&[carrier.name.as_str()])
+                        .set(i64::from(off));
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot read carrier switches"),
+        }
+        if !ticks.next().await {
+            return;
         }
     }
 }

@@ -47,8 +47,13 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
     let mut failed_carrier: Option<&str> = None;
     for carrier in context.routes.carriers_for(recipient.as_str()) {
         if !carrier.allow() {
-            tracing::debug!(id = %message.id, carrier = %carrier.name, "breaker open; skipped");
-            last_error = format!("{}: circuit breaker open", carrier.name);
+            let why = if carrier.is_disabled() {
+                "disabled by an operator"
+            } else {
+                "circuit breaker open"
+            };
+            tracing::debug!(id = %message.id, carrier = %carrier.name, why, "carrier skipped");
+            last_error = format!("{}: {why}", carrier.name);
             continue;
         }
         let _slot = tokio::select! {

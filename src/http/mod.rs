@@ -57,6 +57,8 @@ pub struct AppState {
     pub store_wait: std::time::Duration,
     /// How each carrier's delivery receipts are proven.
     pub callbacks: Arc<callbacks::CallbackKeys>,
+    /// The configured carriers' names (operators switch them on and off).
+    pub carriers: Arc<std::collections::BTreeSet<String>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -76,6 +78,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/callbacks/messagemedia/{carrier}",
             post(callbacks::messagemedia),
         )
+        .route("/v1/messages", get(status::list_messages))
+        .route("/v1/carriers/{name}/{action}", post(status::switch_carrier))
         .route("/v1/messages/{id}", get(status::show_message))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod ingress;
 mod observability;
+mod operator;
 mod ops_files;
 mod process;
 mod prometheus;

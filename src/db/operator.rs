@@ -1,0 +1,159 @@
+//! What operators do to messages: list them (newest first, keyset-paginated on the id, which
+//! is a UUIDv7 and so ordered by creation time), send a waiting one now, or cancel one.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{MessageId, Status};
+
+/// One line of a listing.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct MessageSummary {
+    pub id: Uuid,
+    pub status: String,
+    pub recipient: String,
+    pub carrier: Option<String>,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub since: Option<DateTime<Utc>>,
+    /// The last id of the previous page.
+    pub before: Option<MessageId>,
+    pub limit: i64,
+}
+
+/// The smallest UUIDv7 of a millisecond: ids at or after `at` compare greater or equal.
+fn first_id_at(at: DateTime<Utc>) -> Uuid {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    bytes[6] = 0x70;
+    bytes[8] = 0x80;
+    Uuid::from_bytes(bytes)
+}
+
+pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<MessageSummary>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status, recipient, carrier, attempts, created_at, finished_at
+         FROM messages
+         WHERE ($1::text IS NULL OR status = $1)
+           AND ($2::uuid IS NULL OR id >= $2)
+           AND ($3::uuid IS NULL OR id < $3)
+         ORDER BY id DESC
+         LIMIT $4",
+    )
+    .bind(filter.status.map(Status::as_str))
+    .bind(filter.since.map(first_id_at))
+    .bind(filter.before.map(|id| id.0))
+    .bind(filter.limit.clamp(1, 1000))
+    .fetch_all(pool)
+    .await
+}
+
+/// Why an operator action did nothing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActionError {
+    #[error("no message with this id")]
+    NotFound,
+    #[error("the message is {0}: only a message still waiting can be changed")]
+    Final(String),
+    #[error("the message is being sent right now; try again in a moment")]
+    Leased,
+    #[error("the message has expired")]
+    Expired,
+}
+
+/// Makes a waiting message due now (skipping its backoff or limit wait).
+pub async fn retry_now(
+    pool: &PgPool,
+    id: MessageId,
+) -> Result<Result<(), ActionError>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, bool, bool)> = sqlx::query_as(
+        "SELECT m.status, coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false),
+                m.expires_at <= now()
+         FROM messages m LEFT JOIN message_queue q ON q.message_id = m.id
+         WHERE m.id = $1 FOR UPDATE OF m",
+    )
+    .bind(id.0)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let verdict = match row {
+        None => Err(ActionError::NotFound),
+        Some((status, _, _)) if status != "queued" => Err(ActionError::Final(status)),
+        Some((_, true, _)) => Err(ActionError::Leased),
+        Some((_, _, true)) => Err(ActionError::Expired),
+        Some(_) => Ok(()),
+    };
+    if verdict.is_ok() {
+        sqlx::query(
+            "UPDATE message_queue SET run_at = now() WHERE message_id = $1 AND lease_token IS NULL",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(verdict)
+}
+
+/// Ends a waiting message without sending it: `failed`, "canceled by an operator", body erased.
+pub async fn cancel(pool: &PgPool, id: MessageId) -> Result<Result<(), ActionError>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT m.status, coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false)
+         FROM messages m LEFT JOIN message_queue q ON q.message_id = m.id
+         WHERE m.id = $1 FOR UPDATE OF m",
+    )
+    .bind(id.0)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let verdict = match row {
+        None => Err(ActionError::NotFound),
+        Some((status, _)) if status != "queued" => Err(ActionError::Final(status)),
+        Some((_, true)) => Err(ActionError::Leased),
+        Some(_) => Ok(()),
+    };
+    if verdict.is_ok() {
+        sqlx::query("DELETE FROM message_queue WHERE message_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE messages SET status = 'failed', last_error = 'canceled by an operator',
+                    body = regexp_replace(body, '[[:digit:]]', '*', 'g'), finished_at = now()
+             WHERE id = $1",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_id_of_a_millisecond_sorts_before_every_id_made_then() {
+        let at = DateTime::<Utc>::from_timestamp_millis(1_795_440_000_123).expect("valid");
+        let bound = first_id_at(at);
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, 1_795_440_000, 123_000_000);
+        let made = Uuid::new_v7(ts);
+        assert!(bound <= made, "{bound} vs {made}");
+        let earlier = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            1_795_440_000,
+            122_000_000,
+        ));
+        assert!(earlier < bound);
+    }
+}

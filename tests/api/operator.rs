@@ -1,0 +1,256 @@
+//! Operator tools: the message list API, `smsgate messages …` on the command line, and
+//! switching a carrier off and on at runtime.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use smsgate::Role;
+
+use crate::cli::BINARY;
+use crate::dispatch::{FAST_DISPATCH, queue, wait_final};
+use crate::helpers::{ADMIN_TOKEN, TestApp, base_config, url_of};
+use crate::observability::sample;
+use crate::standins::twilio::TwilioStandIn;
+
+async fn admin_get(app: &TestApp, path: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = app.client.get(app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("sent")
+}
+
+async fn listed(app: &TestApp, path: &str) -> Value {
+    let response = admin_get(app, path, Some(ADMIN_TOKEN)).await;
+    assert_eq!(response.status().as_u16(), 200, "{path}");
+    response.json().await.expect("JSON")
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_message_list_is_newest_first_paginated_filtered_and_masked() {
+    let app = TestApp::spawn().await;
+    let first = queue(&app, "+14155550001").await;
+    let second = queue(&app, "+14155550002").await;
+    let third = queue(&app, "+14155550003").await;
+    sqlx::query("UPDATE messages SET status = 'sent', finished_at = now() WHERE id = $1::uuid")
+        .bind(&second)
+        .execute(&app.pool)
+        .await
+        .expect("mark sent");
+
+    let page1 = listed(&app, "/v1/messages?limit=2").await;
+    let next = page1["next"].as_str().expect("a next page").to_string();
+    let page2 = listed(&app, &format!("/v1/messages?limit=2&before={next}")).await;
+
+    assert_eq!(ids(&page1), vec![third.clone(), second.clone()]);
+    assert_eq!(ids(&page2), vec![first.clone()]);
+    assert!(page2.get("next").is_none(), "the last page has no next");
+    assert_eq!(
+        page1["messages"][0]["recipient"], "+********003",
+        "masked by default"
+    );
+    let revealed = listed(&app, "/v1/messages?limit=1&reveal=true").await;
+    assert_eq!(revealed["messages"][0]["recipient"], "+14155550003");
+    assert_eq!(
+        ids(&listed(&app, "/v1/messages?status=sent").await),
+        vec![second]
+    );
+    assert!(ids(&listed(&app, "/v1/messages?since=2099-01-01T00:00:00Z").await).is_empty());
+    assert_eq!(
+        ids(&listed(&app, "/v1/messages?since=2020-01-01T00:00:00Z").await).len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn the_message_list_refuses_bad_queries_and_strangers() {
+    let app = TestApp::spawn().await;
+    for query in [
+        "status=lost",
+        "since=yesterday",
+        "before=42",
+        "limit=0",
+        "limit=5000",
+    ] {
+        let response = admin_get(&app, &format!("/v1/messages?{query}"), Some(ADMIN_TOKEN)).await;
+        crate::helpers::assert_error(response, 400, "invalid_query").await;
+    }
+    let stranger = admin_get(&app, "/v1/messages", Some("guess")).await;
+    crate::helpers::assert_error(stranger, 401, "unauthorized").await;
+    let anonymous = admin_get(&app, "/v1/messages", None).await;
+    crate::helpers::assert_error(anonymous, 401, "unauthorized").await;
+}
+
+/// Runs `smsgate messages …` against the test app's database.
+fn messages_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("smsgate.toml");
+    std::fs::write(&config, base_config()).expect("config");
+    std::process::Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .arg("messages")
+        .args(args)
+        .env("DATABASE_URL", url_of(&app.pool.connect_options()))
+        .output()
+        .expect("smsgate runs")
+}
+
+#[tokio::test]
+async fn the_command_line_lists_shows_retries_and_cancels() {
+    let app = TestApp::spawn().await;
+    let waiting = queue(&app, "+14155550011").await;
+    let other = queue(&app, "+14155550012").await;
+    sqlx::query("UPDATE message_queue SET run_at = now() + interval '10 minutes' WHERE message_id = $1::uuid")
+        .bind(&waiting)
+        .execute(&app.pool)
+        .await
+        .expect("backing off");
+
+    let list = messages_cli(&app, &["list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert!(
+        text.contains(&waiting) && text.contains("+********011"),
+        "{text}"
+    );
+    assert!(!text.contains("+14155550011"), "numbers masked: {text}");
+
+    let show = messages_cli(&app, &["show", &waiting]);
+    let view: Value = serde_json::from_slice(&show.stdout).expect("JSON");
+    assert_eq!(view["status"], "queued");
+
+    let retry = messages_cli(&app, &["retry", &waiting]);
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    let due: bool =
+        sqlx::query_scalar("SELECT run_at <= now() FROM message_queue WHERE message_id = $1::uuid")
+            .bind(&waiting)
+            .fetch_one(&app.pool)
+            .await
+            .expect("queued");
+    assert!(due, "due now");
+
+    let cancel = messages_cli(&app, &["cancel", &other]);
+    assert!(
+        cancel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
+    let (status, body, queued): (String, String, i64) = sqlx::query_as(
+        "SELECT status, body, (SELECT count(*) FROM message_queue WHERE message_id = m.id)
+         FROM messages m WHERE id = $1::uuid",
+    )
+    .bind(&other)
+    .fetch_one(&app.pool)
+    .await
+    .expect("row");
+    assert_eq!((status.as_str(), queued), ("failed", 0));
+    assert!(!body.contains("123456"), "the code is erased: {body}");
+
+    let again = messages_cli(&app, &["cancel", &other]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("only a message still waiting"));
+    let unknown = messages_cli(&app, &["show", "0190b8a4-0000-7000-8000-000000000000"]);
+    assert_eq!(unknown.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn a_disabled_carrier_is_skipped_by_every_route_until_enabled() {
+    let first = TwilioStandIn::start().await;
+    let second = TwilioStandIn::start().await;
+    let config = base_config()
+        .replace(
+            "[carriers.console]\nkind = \"log\"\n",
+            &format!(
+                "{}{}",
+                first.carrier_toml("first"),
+                second.carrier_toml("second")
+            ),
+        )
+        .replace(
+            "carriers = [\"console\"]",
+            "carriers = [\"first\", \"second\"]",
+        )
+        + &FAST_DISPATCH.replace("lease_seconds = 5", "lease_seconds = 10");
+    let app = TestApp::spawn_role(&config, Role::All).await;
+    let switch = |action: &'static str, name: &'static str, token: Option<&'static str>| {
+        let mut request = app
+            .client
+            .post(app.url(&format!("/v1/carriers/{name}/{action}")));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+
+    let off = switch("disable", "first", Some(ADMIN_TOKEN))
+        .await
+        .expect("sent");
+    assert_eq!(off.status().as_u16(), 200);
+    let body: Value = off.json().await.expect("JSON");
+    assert_eq!(
+        body,
+        serde_json::json!({"carrier": "first", "disabled": true})
+    );
+    crate::dispatch::wait_until(
+        "the switch to reach the workers",
+        Duration::from_secs(5),
+        async || {
+            sample(
+                &app.metrics().await,
+                "smsgate_carrier_disabled{carrier=\"first\"}",
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    assert_eq!(view["carrier"], "second", "{view}");
+    assert!(
+        first.seen().is_empty(),
+        "the disabled carrier was not called"
+    );
+
+    let on = switch("enable", "first", Some(ADMIN_TOKEN))
+        .await
+        .expect("sent");
+    assert_eq!(on.status().as_u16(), 200);
+    crate::dispatch::wait_until("the switch back", Duration::from_secs(5), async || {
+        sample(
+            &app.metrics().await,
+            "smsgate_carrier_disabled{carrier=\"first\"}",
+        ) == Some(0.0)
+    })
+    .await;
+    let id = queue(&app, "+14155552672").await;
+    assert_eq!(
+        wait_final(&app, &id, Duration::from_secs(10)).await["carrier"],
+        "first"
+    );
+
+    for (action, name, token, status) in [
+        ("disable", "nope", Some(ADMIN_TOKEN), 404),
+        ("explode", "first", Some(ADMIN_TOKEN), 404),
+        ("disable", "first", None, 401),
+    ] {
+        let response = switch(action, name, token).await.expect("sent");
+        assert_eq!(response.status().as_u16(), status, "{action} {name}");
+    }
+}
