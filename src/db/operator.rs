@@ -69,12 +69,13 @@ pub enum ActionError {
     Expired,
 }
 
-/// Makes a waiting message due now (skipping its backoff or limit wait).
-pub async fn retry_now(
-    pool: &PgPool,
+/// Locks a message and says whether an operator may still act on it: it must be waiting
+/// (`queued`, not under a live lease), and, when `must_be_alive`, not expired.
+async fn lock_waiting(
+    tx: &mut sqlx::PgConnection,
     id: MessageId,
+    must_be_alive: bool,
 ) -> Result<Result<(), ActionError>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
     let row: Option<(String, bool, bool)> = sqlx::query_as(
         "SELECT m.status, coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false),
                 m.expires_at <= now()
@@ -82,15 +83,24 @@ pub async fn retry_now(
          WHERE m.id = $1 FOR UPDATE OF m",
     )
     .bind(id.0)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(tx)
     .await?;
-    let verdict = match row {
+    Ok(match row {
         None => Err(ActionError::NotFound),
         Some((status, _, _)) if status != "queued" => Err(ActionError::Final(status)),
         Some((_, true, _)) => Err(ActionError::Leased),
-        Some((_, _, true)) => Err(ActionError::Expired),
+        Some((_, _, true)) if must_be_alive => Err(ActionError::Expired),
         Some(_) => Ok(()),
-    };
+    })
+}
+
+/// Makes a waiting message due now (skipping its backoff or limit wait).
+pub async fn retry_now(
+    pool: &PgPool,
+    id: MessageId,
+) -> Result<Result<(), ActionError>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let verdict = lock_waiting(&mut tx, id, true).await?;
     if verdict.is_ok() {
         sqlx::query(
             "UPDATE message_queue SET run_at = now() WHERE message_id = $1 AND lease_token IS NULL",
@@ -106,20 +116,7 @@ pub async fn retry_now(
 /// Ends a waiting message without sending it: `failed`, "canceled by an operator", body erased.
 pub async fn cancel(pool: &PgPool, id: MessageId) -> Result<Result<(), ActionError>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let row: Option<(String, bool)> = sqlx::query_as(
-        "SELECT m.status, coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false)
-         FROM messages m LEFT JOIN message_queue q ON q.message_id = m.id
-         WHERE m.id = $1 FOR UPDATE OF m",
-    )
-    .bind(id.0)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let verdict = match row {
-        None => Err(ActionError::NotFound),
-        Some((status, _)) if status != "queued" => Err(ActionError::Final(status)),
-        Some((_, true)) => Err(ActionError::Leased),
-        Some(_) => Ok(()),
-    };
+    let verdict = lock_waiting(&mut tx, id, false).await?;
     if verdict.is_ok() {
         sqlx::query("DELETE FROM message_queue WHERE message_id = $1")
             .bind(id.0)

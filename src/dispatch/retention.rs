@@ -69,42 +69,42 @@ pub async fn sweep(
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query(
-            "DELETE FROM recipient_sends WHERE recipient IN (
-                 SELECT recipient FROM recipient_sends
-                 WHERE updated_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(f64::from(plan.send_log_seconds))
-        .bind(BATCH)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM delivery_receipts WHERE id IN (
-                 SELECT id FROM delivery_receipts
-                 WHERE received_at < now() - make_interval(days => $1) LIMIT $2)",
-        )
-        .bind(i32::try_from(plan.days).unwrap_or(i32::MAX))
-        .bind(BATCH)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM idempotency_keys WHERE key IN (
-                 SELECT key FROM idempotency_keys
-                 WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(f64::from(IDEMPOTENCY_WINDOW_SECONDS))
-        .bind(BATCH)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM ingress_hits WHERE key IN (
-                 SELECT key FROM ingress_hits
-                 WHERE updated_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(f64::from(plan.ingress_log_seconds))
-        .bind(BATCH)
-        .execute(&mut *tx)
-        .await?;
+        let days_seconds = f64::from(plan.days) * 86_400.0;
+        // The side tables, each older than what it is kept for: (table, key, age column, seconds).
+        let side_tables = [
+            (
+                "recipient_sends",
+                "recipient",
+                "updated_at",
+                f64::from(plan.send_log_seconds),
+            ),
+            ("delivery_receipts", "id", "received_at", days_seconds),
+            (
+                "idempotency_keys",
+                "key",
+                "created_at",
+                f64::from(IDEMPOTENCY_WINDOW_SECONDS),
+            ),
+            (
+                "ingress_hits",
+                "key",
+                "updated_at",
+                f64::from(plan.ingress_log_seconds),
+            ),
+        ];
+        for (table, key, age, seconds) in side_tables {
+            // Names from the list above, never from input.
+            let statement = format!(
+                "DELETE FROM {table} WHERE {key} IN (
+                     SELECT {key} FROM {table}
+                     WHERE {age} < now() - make_interval(secs => $1) LIMIT $2)"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .bind(seconds)
+                .bind(BATCH)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         total += deleted;
         if deleted < BATCH as u64 || shutdown.is_cancelled() {

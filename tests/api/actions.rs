@@ -56,6 +56,11 @@ async fn post(
     request.send().await.expect("sent")
 }
 
+/// Posts `body` with a valid token and returns the accepted message's id.
+async fn queued_id(app: &TestApp, body: &Value) -> String {
+    accepted_id(post(app, body, None, Some(&token())).await).await
+}
+
 async fn accepted_id(response: reqwest::Response) -> String {
     assert_eq!(response.status().as_u16(), 200);
     let body: Value = response.json().await.expect("JSON");
@@ -93,16 +98,7 @@ async fn messages(app: &TestApp) -> i64 {
 async fn a_custom_phone_provider_notification_is_queued_like_a_legacy_message() {
     let app = TestApp::spawn().await;
 
-    let id = accepted_id(
-        post(
-            &app,
-            &notification("+1 415 555 2671", "482913"),
-            None,
-            Some(&token()),
-        )
-        .await,
-    )
-    .await;
+    let id = queued_id(&app, &notification("+1 415 555 2671", "482913")).await;
 
     let row = stored(&app, &id).await;
     assert_eq!(row.recipient, "+14155552671");
@@ -116,16 +112,7 @@ async fn a_custom_phone_provider_notification_is_queued_like_a_legacy_message() 
 async fn a_send_phone_message_request_is_queued() {
     let app = TestApp::spawn().await;
 
-    let id = accepted_id(
-        post(
-            &app,
-            &message_options("+447911123456", "550122"),
-            None,
-            Some(&token()),
-        )
-        .await,
-    )
-    .await;
+    let id = queued_id(&app, &message_options("+447911123456", "550122")).await;
 
     let row = stored(&app, &id).await;
     assert_eq!(row.recipient, "+447911123456");
@@ -213,38 +200,11 @@ async fn unknown_or_ambiguous_shapes_and_bad_fields_are_refused() {
 #[tokio::test]
 async fn a_retried_notification_is_the_same_message() {
     let app = TestApp::spawn().await;
-    let first = accepted_id(
-        post(
-            &app,
-            &notification("+14155552671", "777001"),
-            None,
-            Some(&token()),
-        )
-        .await,
-    )
-    .await;
+    let first = queued_id(&app, &notification("+14155552671", "777001")).await;
 
     // The Action runs again with the same event (api.notification.retry): same derived key.
-    let retried = accepted_id(
-        post(
-            &app,
-            &notification("+14155552671", "777001"),
-            None,
-            Some(&token()),
-        )
-        .await,
-    )
-    .await;
-    let new_code = accepted_id(
-        post(
-            &app,
-            &notification("+14155552671", "777002"),
-            None,
-            Some(&token()),
-        )
-        .await,
-    )
-    .await;
+    let retried = queued_id(&app, &notification("+14155552671", "777001")).await;
+    let new_code = queued_id(&app, &notification("+14155552671", "777002")).await;
 
     assert_eq!(retried, first);
     assert_ne!(new_code, first);
