@@ -28,6 +28,11 @@ pub struct Plan {
 
 pub async fn run(pool: PgPool, plan: Plan, interval: Duration, shutdown: CancellationToken) {
     let mut ticks = Ticks::new(interval, &shutdown);
+    // The first tick is immediate: skip it, so a starting process does not sweep at once
+    // (and races nobody for the advisory lock while it starts).
+    if !ticks.next().await {
+        return;
+    }
     while ticks.next().await {
         match crate::db::receipts::apply_pending(&pool).await {
             Ok(0) => {}
