@@ -25,7 +25,14 @@ use crate::limits::ingress::{IngressLimits, Limited};
 /// Most messages in one insert.
 const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<Result<Enqueued, Limited>, Arc<sqlx::Error>>>;
+type Reply = oneshot::Sender<Result<Result<Enqueued, Refused>, Arc<sqlx::Error>>>;
+
+/// Why a message was answered without being stored.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    Limited(Limited),
+    KeyReused,
+}
 
 /// Who has a request: still waiting, taken by a writer, or given up by its caller.
 const WAITING: u8 = 0;
@@ -52,6 +59,9 @@ pub enum EnqueueError {
     /// An ingress limit refused it; nothing was stored.
     #[error("{0}")]
     Limited(Limited),
+    /// Its idempotency key was first used for a different message; nothing was stored.
+    #[error("the idempotency key was used for a different message")]
+    KeyReused,
     /// No writer took it before its deadline; nothing was stored.
     #[error("no database connection was free in time")]
     TimedOut,
@@ -112,7 +122,8 @@ impl Batcher {
         };
         match outcome {
             Ok(Ok(Ok(enqueued))) => Ok(enqueued),
-            Ok(Ok(Err(limited))) => Err(EnqueueError::Limited(limited)),
+            Ok(Ok(Err(Refused::Limited(limited)))) => Err(EnqueueError::Limited(limited)),
+            Ok(Ok(Err(Refused::KeyReused))) => Err(EnqueueError::KeyReused),
             Ok(Err(err)) => Err(EnqueueError::Database(err)),
             Err(_) => Err(EnqueueError::Stopped),
         }
@@ -131,12 +142,15 @@ impl Writer {
     async fn store(
         &self,
         messages: &[&NewMessage],
-    ) -> Result<Vec<Result<Enqueued, Limited>>, sqlx::Error> {
+    ) -> Result<Vec<Result<Enqueued, Refused>>, sqlx::Error> {
+        let reused = |stored: Result<Enqueued, messages::KeyReused>| {
+            stored.map_err(|messages::KeyReused| Refused::KeyReused)
+        };
         let mut conn = self.pool.acquire().await?;
         if self.limits.is_empty() {
             // A single statement commits on its own: no BEGIN/COMMIT round trips.
             let stored = messages::enqueue_batch(&mut conn, messages, self.ttl_seconds).await?;
-            return Ok(stored.into_iter().map(Ok).collect());
+            return Ok(stored.into_iter().map(reused).collect());
         }
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let decisions = ingress_hits::admit_batch(&mut tx, &self.limits, messages).await?;
@@ -156,8 +170,8 @@ impl Writer {
         decisions
             .into_iter()
             .map(|decision| match decision {
-                Ok(()) => stored.next().ok_or(sqlx::Error::RowNotFound).map(Ok),
-                Err(limited) => Ok(Err(limited)),
+                Ok(()) => stored.next().ok_or(sqlx::Error::RowNotFound).map(reused),
+                Err(limited) => Ok(Err(Refused::Limited(limited))),
             })
             .collect()
     }

@@ -18,16 +18,44 @@ pub struct Enqueued {
     pub expires_at: DateTime<Utc>,
 }
 
+/// An idempotency key's first message: key, fingerprint, id, created and expiry times.
+type EarlierRow = (String, Option<String>, Uuid, DateTime<Utc>, DateTime<Utc>);
+
+/// A key that came back with a different message than the one it was first used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyReused;
+
+/// What an idempotency key's request asked for: recipient, body and sender, length-prefixed.
+fn fingerprint(message: &NewMessage) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in [
+        message.recipient.as_str(),
+        message.body.as_str(),
+        message.sender.as_deref().unwrap_or(""),
+    ] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Stores messages and their queue entries in one statement, so one commit makes all of them
 /// durable (or none). Expiry is computed from the database clock, the one clock every process
 /// shares. A message whose idempotency key is already known is not stored again: its result
-/// is the earlier message's. Results come back in the order of `messages`.
+/// is the earlier message's, or `KeyReused` when the key was first used for a different
+/// message. Results come back in the order of `messages`.
 pub async fn enqueue_batch(
     conn: &mut PgConnection,
     messages: &[&NewMessage],
     ttl_seconds: u32,
-) -> Result<Vec<Enqueued>, sqlx::Error> {
+) -> Result<Vec<Result<Enqueued, KeyReused>>, sqlx::Error> {
     let mut ids = Vec::with_capacity(messages.len());
+    let mut fingerprints = Vec::with_capacity(messages.len());
     let (mut recipients, mut bodies, mut senders) = (vec![], vec![], vec![]);
     let (mut ips, mut agents, mut signers, mut keys) = (vec![], vec![], vec![], vec![]);
     for message in messages {
@@ -39,15 +67,21 @@ pub async fn enqueue_batch(
         agents.push(message.request.user_agent.as_deref());
         signers.push(message.signer.as_deref());
         keys.push(message.idempotency_key.as_deref());
+        fingerprints.push(
+            message
+                .idempotency_key
+                .as_ref()
+                .map(|_| fingerprint(message)),
+        );
     }
     let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
         "WITH v AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[], $9::text[])
-                 AS v(id, recipient, body, sender, client_ip, user_agent, signer, idem)
+                                  $6::text[], $7::text[], $9::text[], $10::text[])
+                 AS v(id, recipient, body, sender, client_ip, user_agent, signer, idem, print)
          ), k AS (
-             INSERT INTO idempotency_keys (key, message_id)
-             SELECT idem, id FROM v WHERE idem IS NOT NULL
+             INSERT INTO idempotency_keys (key, message_id, fingerprint)
+             SELECT idem, id, print FROM v WHERE idem IS NOT NULL
              ON CONFLICT (key) DO NOTHING
              RETURNING message_id
          ), m AS (
@@ -73,6 +107,7 @@ pub async fn enqueue_batch(
     .bind(&signers)
     .bind(f64::from(ttl_seconds))
     .bind(&keys)
+    .bind(&fingerprints)
     .fetch_all(&mut *conn)
     .await?;
     let mut by_id: HashMap<Uuid, Enqueued> = rows
@@ -94,34 +129,40 @@ pub async fn enqueue_batch(
         .collect();
     let mut by_key = HashMap::new();
     if !repeated.is_empty() {
-        let earlier: Vec<(String, Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT k.key, m.id, m.created_at, m.expires_at
-             FROM idempotency_keys k JOIN messages m ON m.id = k.message_id
-             WHERE k.key = ANY($1)",
+        let earlier: Vec<EarlierRow> = sqlx::query_as(
+            "SELECT k.key, k.fingerprint, m.id, m.created_at, m.expires_at
+                 FROM idempotency_keys k JOIN messages m ON m.id = k.message_id
+                 WHERE k.key = ANY($1)",
         )
         .bind(&repeated)
         .fetch_all(&mut *conn)
         .await?;
-        for (key, id, created_at, expires_at) in earlier {
+        for (key, print, id, created_at, expires_at) in earlier {
             let enqueued = Enqueued {
                 id: MessageId(id),
                 created_at,
                 expires_at,
             };
-            by_key.insert(key, enqueued);
+            by_key.insert(key, (print, enqueued));
         }
     }
     messages
         .iter()
         .map(|m| {
-            by_id
-                .remove(&m.id.0)
-                .or_else(|| {
-                    m.idempotency_key
-                        .as_deref()
-                        .and_then(|key| by_key.get(key).copied())
-                })
-                .ok_or(sqlx::Error::RowNotFound)
+            if let Some(stored) = by_id.remove(&m.id.0) {
+                return Ok(Ok(stored));
+            }
+            let key = m
+                .idempotency_key
+                .as_deref()
+                .ok_or(sqlx::Error::RowNotFound)?;
+            let (print, earlier) = by_key.get(key).ok_or(sqlx::Error::RowNotFound)?;
+            // Keys stored before fingerprints existed match anything.
+            if print.as_ref().is_some_and(|print| *print != fingerprint(m)) {
+                Ok(Err(KeyReused))
+            } else {
+                Ok(Ok(*earlier))
+            }
         })
         .collect()
 }

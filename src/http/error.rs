@@ -43,6 +43,8 @@ pub enum ApiError {
     NotFound,
     #[error("the callback's signature or key does not match this carrier's")]
     ForgedCallback,
+    #[error("this Idempotency-Key was already used for a different message")]
+    IdempotencyKeyReused,
     #[error("the request was not completed in time")]
     Timeout,
     #[error("internal error; nothing was stored")]
@@ -75,6 +77,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,6 +111,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::Unavailable(_) => "temporarily_unavailable",
             ApiError::ForgedCallback => "invalid_signature",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Timeout => "request_timeout",
             ApiError::Internal => "internal_error",
         }

@@ -100,11 +100,12 @@ async fn accept(
     if let Some(key) = idempotency_key(&parts.headers)? {
         message.idempotency_key = Some(key);
     }
-    // Keys are per signer: two tenants cannot collide, or probe each other's keys.
-    message.idempotency_key = message
-        .idempotency_key
-        .take()
-        .map(|key| format!("{}/{key}", message.signer.as_deref().unwrap_or("-")));
+    // Keys are per signer: two tenants cannot collide, or probe each other's keys. The
+    // signer's length goes first, so no pair of names and keys can spell the same string.
+    message.idempotency_key = message.idempotency_key.take().map(|key| {
+        let signer = message.signer.as_deref().unwrap_or("-");
+        format!("{}:{signer}/{key}", signer.len())
+    });
     if state.require_request_info && message.request.ip.is_none() {
         return Err(ApiError::MissingRequestInfo);
     }
@@ -144,6 +145,7 @@ async fn accept(
             );
             Err(ApiError::RateLimited(limited))
         }
+        Err(EnqueueError::KeyReused) => Err(ApiError::IdempotencyKeyReused),
         Err(EnqueueError::TimedOut) => {
             tracing::warn!(%id, "no database connection was free in time; answering 503");
             Err(ApiError::Unavailable(

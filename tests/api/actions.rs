@@ -232,18 +232,41 @@ async fn an_idempotency_key_header_holds_even_under_concurrent_retries() {
     ids.dedup();
     assert_eq!(ids.len(), 1, "every retry got the first message's id");
     assert_eq!(messages(&app).await, 1);
-    // The legacy endpoint honours the header too, and keys are per signer.
-    let legacy = app
-        .client
+}
+
+async fn post_legacy(app: &TestApp, recipient: &str, key: &str) -> reqwest::Response {
+    app.client
         .post(app.url("/v1/auth0/sms"))
-        .bearer_auth(&token)
+        .bearer_auth(token())
         .header("content-type", "application/json")
-        .header("idempotency-key", "txn-4f1c9a")
-        .body(crate::helpers::sms("+14155552671").to_string())
+        .header("idempotency-key", key)
+        .body(crate::helpers::sms(recipient).to_string())
         .send()
         .await
-        .expect("sent");
-    assert_eq!(accepted_id(legacy).await, ids[0]);
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn a_key_reused_for_a_different_message_is_refused_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let first = accepted_id(post_legacy(&app, "+14155552671", "login-77").await).await;
+    // The legacy endpoint honours the header too: the same request again is the same message.
+    let again = accepted_id(post_legacy(&app, "+14155552671", "login-77").await).await;
+    assert_eq!(again, first);
+
+    // The same key for another number would silently drop that message: refused instead.
+    let other = post_legacy(&app, "+14155552672", "login-77").await;
+    crate::helpers::assert_error(other, 422, "idempotency_key_reused").await;
+    let across = post(
+        &app,
+        &message_options("+14155552671", "123456"),
+        Some("login-77"),
+        Some(&token()),
+    )
+    .await;
+    crate::helpers::assert_error(across, 422, "idempotency_key_reused").await;
+
+    assert_eq!(messages(&app).await, 1);
 }
 
 #[tokio::test]
