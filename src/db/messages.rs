@@ -148,7 +148,8 @@ pub async fn enqueue_batch(
     }
     messages
         .iter()
-        .map(|m| {
+        .zip(&fingerprints)
+        .map(|(m, own_print)| {
             if let Some(stored) = by_id.remove(&m.id.0) {
                 return Ok(Ok(stored));
             }
@@ -158,7 +159,7 @@ pub async fn enqueue_batch(
                 .ok_or(sqlx::Error::RowNotFound)?;
             let (print, earlier) = by_key.get(key).ok_or(sqlx::Error::RowNotFound)?;
             // Keys stored before fingerprints existed match anything.
-            if print.as_ref().is_some_and(|print| *print != fingerprint(m)) {
+            if print.is_some() && print != own_print {
                 Ok(Err(KeyReused))
             } else {
                 Ok(Ok(*earlier))

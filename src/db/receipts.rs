@@ -2,7 +2,7 @@
 //! moves from `sent` to `delivered` or `undelivered` (the first verdict wins).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::Status;
 
@@ -56,6 +56,13 @@ pub async fn record(
 /// older than an hour that never matched. Returns how many were applied.
 pub async fn apply_pending(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let applied = apply_pending_in(&mut tx).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// The same inside the caller's transaction (the retention sweep, under its lock).
+pub async fn apply_pending_in(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     let applied = sqlx::query(
         "WITH r AS (
              SELECT DISTINCT ON (carrier, carrier_message_id) id, carrier, carrier_message_id, status
@@ -72,15 +79,14 @@ pub async fn apply_pending(pool: &PgPool) -> Result<u64, sqlx::Error> {
          FROM m WHERE d.carrier = m.carrier AND d.carrier_message_id = m.carrier_message_id
            AND NOT d.applied",
     )
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     sqlx::query(
         "UPDATE delivery_receipts SET applied = true
          WHERE NOT applied AND received_at < now() - interval '1 hour'",
     )
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
     Ok(applied)
 }

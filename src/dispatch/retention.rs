@@ -1,5 +1,6 @@
-//! Deletes final messages after `retention.days` and forgets send and ingress logs older than
-//! their longest limit window: in small batches, on one process at a time (an advisory lock).
+//! Deletes final messages after `retention.days`, forgets send and ingress logs older than
+//! their longest limit window, and applies delivery receipts that arrived early: in small
+//! batches, on one process at a time (an advisory lock).
 
 use std::time::Duration;
 
@@ -34,11 +35,6 @@ pub async fn run(pool: PgPool, plan: Plan, interval: Duration, shutdown: Cancell
         return;
     }
     while ticks.next().await {
-        match crate::db::receipts::apply_pending(&pool).await {
-            Ok(0) => {}
-            Ok(applied) => tracing::info!(applied, "delivery receipts applied late"),
-            Err(err) => tracing::warn!(error = %err, "applying pending delivery receipts failed"),
-        }
         match sweep(&pool, plan, &shutdown).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retention: old messages deleted"),
@@ -54,6 +50,7 @@ pub async fn sweep(
     shutdown: &CancellationToken,
 ) -> Result<u64, sqlx::Error> {
     let mut total = 0;
+    let mut first = true;
     loop {
         let mut tx = pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -62,6 +59,14 @@ pub async fn sweep(
             .await?;
         if !locked {
             return Ok(total);
+        }
+        if std::mem::take(&mut first) {
+            // Once per sweep, by the one process holding the lock: receipts that beat their
+            // message's outcome write.
+            let applied = crate::db::receipts::apply_pending_in(&mut tx).await?;
+            if applied > 0 {
+                tracing::info!(applied, "delivery receipts applied late");
+            }
         }
         let deleted = sqlx::query(
             "DELETE FROM messages WHERE id IN (

@@ -70,8 +70,10 @@ struct Mapped {
     text: Option<String>,
     sender: Option<String>,
     voice: bool,
-    /// What identifies one notification across the Action's retries.
-    identity: Option<[String; 4]>,
+    /// What the notification is for (its type or MFA action) and its code: with the
+    /// recipient and text, they identify one notification across the Action's retries.
+    kind: Option<String>,
+    code: Option<String>,
 }
 
 /// Parses either Action shape into the message it asks for.
@@ -84,30 +86,16 @@ pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewM
     let mapped = match (parsed.notification, parsed.message_options) {
         (Some(n), None) => Mapped {
             voice: n.delivery_method.as_deref() == Some("voice"),
-            identity: n.code.clone().map(|code| {
-                let kind = n.message_type.unwrap_or_default();
-                [
-                    n.recipient.clone(),
-                    kind,
-                    code,
-                    n.as_text.clone().unwrap_or_default(),
-                ]
-            }),
+            kind: n.message_type,
+            code: n.code,
             recipient: n.recipient,
             text: n.as_text,
             sender: n.from,
         },
         (None, Some(o)) => Mapped {
             voice: o.message_type.as_deref() == Some("voice"),
-            identity: o.code.clone().map(|code| {
-                let kind = o.action.unwrap_or_default();
-                [
-                    o.recipient.clone(),
-                    kind,
-                    code,
-                    o.text.clone().unwrap_or_default(),
-                ]
-            }),
+            kind: o.action,
+            code: o.code,
             recipient: o.recipient,
             text: o.text,
             sender: None,
@@ -134,6 +122,14 @@ pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewM
     let text = mapped
         .text
         .ok_or_else(|| invalid("invalid_body", "the message text is missing"))?;
+    let key = mapped.code.as_deref().map(|code| {
+        derived_key(&[
+            &mapped.recipient,
+            mapped.kind.as_deref().unwrap_or(""),
+            code,
+            &text,
+        ])
+    });
     let legacy = LegacySmsRequest {
         recipient: mapped.recipient,
         body: text,
@@ -144,13 +140,13 @@ pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewM
         }),
     };
     let mut message = validate(legacy, signer)?;
-    message.idempotency_key = mapped.identity.map(|parts| derived_key(&parts));
+    message.idempotency_key = key;
     Ok(message)
 }
 
 /// A retried notification carries the same recipient, type, code and text: their digest is
 /// its key. The code never leaves the process in clear.
-fn derived_key(parts: &[String; 4]) -> String {
+fn derived_key(parts: &[&str; 4]) -> String {
     let mut digest = Sha256::new();
     for part in parts {
         digest.update((part.len() as u64).to_be_bytes());
