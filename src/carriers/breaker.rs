@@ -81,6 +81,15 @@ impl Breaker {
         }
     }
 
+    /// How long the breaker stays open from now; `None` when it is closed or a probe is out
+    /// (then nobody knows when it will close).
+    pub fn open_for(&self) -> Option<Duration> {
+        match *self.lock() {
+            State::Open { until } => Some(until.saturating_duration_since(Instant::now())),
+            State::Closed { .. } | State::HalfOpen { .. } => None,
+        }
+    }
+
     /// Records the result of a call that `allow` let through.
     pub fn record(&self, carrier_failure: bool) {
         let mut state = self.lock();

@@ -93,7 +93,8 @@ pub async fn send(
     })
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from APIs and ignored).
+/// `Retry-After` in seconds (the HTTP-date form is rare from APIs and ignored), at most
+/// [`super::MAX_RETRY_AFTER`]: a carrier's number must never overflow a clock.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(RETRY_AFTER)?
@@ -102,7 +103,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse::<u64>()
         .ok()
-        .map(Duration::from_secs)
+        .map(|seconds| Duration::from_secs(seconds).min(super::MAX_RETRY_AFTER))
 }
 
 /// The class every HTTP carrier gives a status it has no more specific code for.

@@ -78,7 +78,46 @@ pub struct SendError {
     pub retry_after: Option<Duration>,
 }
 
+impl Accepted {
+    /// What the carrier said, made storable: see [`storable`].
+    fn cleaned(self) -> Self {
+        Self {
+            carrier_message_id: self
+                .carrier_message_id
+                .map(|id| storable(&id, MAX_CARRIER_ID_CHARS))
+                .filter(|id| !id.is_empty()),
+            ..self
+        }
+    }
+}
+
+/// A carrier's message id longer than this is not an id we can look up (real ones are 34-64).
+const MAX_CARRIER_ID_CHARS: usize = 128;
+/// Carrier error texts are kept for people; more than this is noise.
+const MAX_CARRIER_TEXT_CHARS: usize = 500;
+/// A carrier may ask for a pause; longer than a day is no answer a one-time code can use.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// Text from a carrier as PostgreSQL can store it and a log can show it: control characters
+/// (NUL above all: a text column refuses it) dropped, at most `max` characters.
+pub fn storable(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
 impl SendError {
+    /// Bounded and storable, whatever the carrier sent.
+    fn cleaned(self) -> Self {
+        Self {
+            code: self
+                .code
+                .map(|code| storable(&code, MAX_CARRIER_ID_CHARS))
+                .filter(|code| !code.is_empty()),
+            message: storable(&self.message, MAX_CARRIER_TEXT_CHARS),
+            retry_after: self.retry_after.map(|delay| delay.min(MAX_RETRY_AFTER)),
+            ..self
+        }
+    }
+
     pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
         Self {
             class,
@@ -113,8 +152,13 @@ pub struct CarrierHandle {
     limiter: Option<DefaultDirectRateLimiter>,
     /// `max_in_flight`, per process.
     slots: Option<Arc<Semaphore>>,
+    max_in_flight: u128,
+    max_per_second: Option<u32>,
     /// Switched off by an operator (`carrier_states`, refreshed every second).
     disabled: std::sync::atomic::AtomicBool,
+    /// The longest one call may take (`timeout_ms`): a call starts only while the lease
+    /// still covers it.
+    pub timeout: Duration,
 }
 
 impl CarrierHandle {
@@ -157,7 +201,10 @@ impl CarrierHandle {
             slots: config
                 .max_in_flight
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
+            max_in_flight: u128::from(config.max_in_flight.unwrap_or(0)),
+            max_per_second: config.max_per_second.filter(|&rate| rate > 0),
             disabled: std::sync::atomic::AtomicBool::new(false),
+            timeout: Duration::from_millis(config.timeout_ms),
         })
     }
 
@@ -165,6 +212,31 @@ impl CarrierHandle {
     /// while half-open means this caller is the probe.
     pub fn allow(&self) -> bool {
         !self.is_disabled() && self.breaker.allow()
+    }
+
+    /// When a skipped carrier may be usable again: its breaker's reopening, or `None` when
+    /// only an operator can tell (disabled) or a probe is out.
+    pub fn usable_in(&self) -> Option<Duration> {
+        if self.is_disabled() {
+            return None;
+        }
+        self.breaker.open_for()
+    }
+
+    /// How many calls this process can start through the carrier within `window`, at the
+    /// worst (every call taking its whole timeout); `None` when the carrier is not capped.
+    pub fn starts_within(&self, window: Duration) -> Option<usize> {
+        let by_slots = self.slots.is_some().then(|| {
+            let per_slot = window.as_millis() / self.timeout.as_millis().max(1);
+            (self.max_in_flight * per_slot.max(1)) as usize
+        });
+        let by_rate = self
+            .max_per_second
+            .map(|rate| (u128::from(rate) * window.as_millis() / 1000).max(1) as usize);
+        match (by_slots, by_rate) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn is_disabled(&self) -> bool {
@@ -202,7 +274,7 @@ impl CarrierHandle {
         // A recipient failure is a working carrier giving a verdict.
         let carrier_failure = matches!(&result, Err(e) if e.class != FailureClass::Recipient);
         self.breaker.record(carrier_failure);
-        result
+        result.map(Accepted::cleaned).map_err(SendError::cleaned)
     }
 }
 

@@ -236,8 +236,9 @@ pub enum Disposition {
     },
     /// Try again after `delay_ms`.
     Retry { delay_ms: i64 },
-    /// Hand it back untried (shutdown before its turn came).
-    Release,
+    /// Hand it back untried, due again after `delay_ms` (shutdown, no carrier turn within the
+    /// lease, or every carrier skipped); the attempt does not count.
+    Release { delay_ms: i64 },
 }
 
 /// The outcome of one leased message, written by the completer.
@@ -316,8 +317,7 @@ pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<Vec<String>
     let (mut ids, mut tokens, mut delays, mut attempts) = (vec![], vec![], vec![], vec![]);
     for completion in batch {
         let delay = match completion.disposition {
-            Disposition::Retry { delay_ms } => delay_ms,
-            Disposition::Release => 0,
+            Disposition::Retry { delay_ms } | Disposition::Release { delay_ms } => delay_ms,
             Disposition::Final { .. } => continue,
         };
         ids.push(completion.id);
@@ -430,6 +430,39 @@ pub async fn depth(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM message_queue")
         .fetch_one(pool)
         .await
+}
+
+impl Completion {
+    /// The same outcome without any carrier-supplied text (ids, codes, messages), for when the
+    /// database refuses what a carrier sent.
+    pub fn without_texts(&self) -> Self {
+        let disposition = match &self.disposition {
+            Disposition::Final {
+                status, carrier, ..
+            } => Disposition::Final {
+                status: *status,
+                carrier: carrier.clone(),
+                carrier_message_id: None,
+                error: None,
+            },
+            other => other.clone(),
+        };
+        let calls = self
+            .calls
+            .iter()
+            .map(|call| AttemptRecord {
+                error_code: None,
+                error_message: None,
+                carrier_message_id: None,
+                ..call.clone()
+            })
+            .collect();
+        Self {
+            disposition,
+            calls,
+            ..self.clone()
+        }
+    }
 }
 
 impl Claimed {

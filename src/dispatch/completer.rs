@@ -25,12 +25,18 @@ pub async fn run(pool: PgPool, mut outcomes: mpsc::Receiver<Completion>, metrics
 }
 
 /// Retries a failed write: losing an outcome would mean sending the message again once its
-/// lease runs out. Gives up after about a minute, and the lease takes over.
+/// lease runs out. Gives up after about a minute, and the lease takes over. A batch that the
+/// database refuses for its data is written one outcome at a time, so one bad outcome cannot
+/// cost the others theirs.
 async fn write_with_retry(pool: &PgPool, batch: &[Completion]) -> Vec<String> {
     let mut delay = Duration::from_millis(50);
     for _ in 0..12 {
         match queue::complete(pool, batch).await {
             Ok(ended) => return ended,
+            Err(err) if is_data_error(&err) => {
+                tracing::error!(error = %err, outcomes = batch.len(), "outcomes refused for their data; isolating");
+                return write_isolated(pool, batch).await;
+            }
             Err(err) => {
                 tracing::warn!(error = %err, outcomes = batch.len(), "cannot record outcomes; retrying");
                 tokio::time::sleep(delay).await;
@@ -43,4 +49,34 @@ async fn write_with_retry(pool: &PgPool, batch: &[Completion]) -> Vec<String> {
         "outcomes not recorded; their messages are retried when the leases expire"
     );
     Vec::new()
+}
+
+/// Each outcome alone; one the database still refuses is written without the texts it came
+/// with (its status and lease are what matter).
+async fn write_isolated(pool: &PgPool, batch: &[Completion]) -> Vec<String> {
+    let mut ended = Vec::new();
+    for completion in batch {
+        let one = std::slice::from_ref(completion);
+        let written = match queue::complete(pool, one).await {
+            Err(err) if is_data_error(&err) => {
+                tracing::error!(id = %completion.id, error = %err, "outcome refused; writing it without its texts");
+                queue::complete(pool, &[completion.without_texts()]).await
+            }
+            other => other,
+        };
+        match written {
+            Ok(statuses) => ended.extend(statuses),
+            Err(err) => {
+                tracing::error!(id = %completion.id, error = %err, "outcome not recorded")
+            }
+        }
+    }
+    ended
+}
+
+/// SQLSTATE classes 22 (data exception) and 23 (integrity): retrying the same data fails again.
+fn is_data_error(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }

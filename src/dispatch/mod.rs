@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,6 +71,9 @@ struct Claimer {
     config: DispatchConfig,
     windows: Vec<WindowLimit>,
     workers: Arc<Semaphore>,
+    /// Messages claimed but whose first call has not started, at most what the tightest
+    /// capped carrier can start within a lease (none without capped carriers).
+    in_hand: Option<Arc<Semaphore>>,
     sends: TaskTracker,
     outcomes: mpsc::Sender<Completion>,
     context: SharedContext,
@@ -100,7 +103,9 @@ impl Dispatcher {
             },
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
+            lease: Duration::from_secs(u64::from(d.lease_seconds)),
         });
+        let in_hand = claim_capacity(&handles, context.lease).map(|n| Arc::new(Semaphore::new(n)));
         let (outcomes, receiver) = mpsc::channel(4 * d.workers.max(64));
         let completer = tokio::spawn(completer::run(pool.clone(), receiver, metrics.clone()));
         let sends = TaskTracker::new();
@@ -110,6 +115,7 @@ impl Dispatcher {
             config: d.clone(),
             windows: config.limits.recipient.clone(),
             workers: Arc::new(Semaphore::new(d.workers)),
+            in_hand,
             sends: sends.clone(),
             outcomes: outcomes.clone(),
             context,
@@ -208,11 +214,18 @@ impl Claimer {
                     Err(_) => break,
                 }
             }
+            let Some(hands) = self.take_hands(permits.len()).await else {
+                return;
+            };
+            if self.in_hand.is_some() {
+                permits.truncate(hands.len());
+            }
             if cursor_since.elapsed() >= CURSOR_RESET {
                 cursor = queue::cursor_start();
                 cursor_since = Instant::now();
             }
             let wanted = permits.len();
+            let claim_started = Instant::now();
             let batch = queue::claim(
                 &self.pool,
                 wanted,
@@ -221,7 +234,6 @@ impl Claimer {
                 &self.windows,
             )
             .await;
-            let claimed_at = Instant::now();
             let batch = match batch {
                 Ok(batch) => {
                     failures = 0;
@@ -240,7 +252,7 @@ impl Claimer {
             if let Some(last) = batch.last_key {
                 cursor = cursor.max(last);
             }
-            self.start_sends(batch, permits, claimed_at).await;
+            self.start_sends(batch, permits, hands, claim_started).await;
             if full {
                 // More may be due: let a sibling claim too.
                 self.wake.wake_local();
@@ -260,11 +272,32 @@ impl Claimer {
         }
     }
 
+    /// Up to `wanted` in-hand permits (at least one, waited for), or an empty list when no
+    /// carrier is capped; `None` once shutdown begins.
+    async fn take_hands(&self, wanted: usize) -> Option<Vec<OwnedSemaphorePermit>> {
+        let Some(in_hand) = &self.in_hand else {
+            return Some(Vec::new());
+        };
+        let first = tokio::select! {
+            permit = in_hand.clone().acquire_owned() => permit.ok()?,
+            _ = self.shutdown.cancelled() => return None,
+        };
+        let mut hands = vec![first];
+        while hands.len() < wanted {
+            match in_hand.clone().try_acquire_owned() {
+                Ok(permit) => hands.push(permit),
+                Err(_) => break,
+            }
+        }
+        Some(hands)
+    }
+
     async fn start_sends(
         &self,
         batch: ClaimBatch,
-        mut permits: Vec<tokio::sync::OwnedSemaphorePermit>,
-        claimed_at: Instant,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        mut hands: Vec<OwnedSemaphorePermit>,
+        claim_started: Instant,
     ) {
         let held_back = batch.deferred + batch.rate_limited.len();
         if held_back > 0 {
@@ -289,10 +322,22 @@ impl Claimer {
                 continue;
             }
             let permit = permits.pop();
+            let hand = hands.pop();
             let context = self.context.clone();
             let outcomes = self.outcomes.clone();
+            let clocks = send::Clocks::new(claim_started, message.remaining_ms, context.lease);
             self.sends.spawn(async move {
-                let completion = send::dispatch(&context, message, claimed_at).await;
+                let ticket = message.clone();
+                // A panic is caught here, so it becomes a recorded failure, not a lost outcome
+                // (which would send the message again once its lease ran out).
+                let completion =
+                    match tokio::spawn(send::dispatch(context, message, clocks, hand)).await {
+                        Ok(completion) => completion,
+                        Err(err) => {
+                            tracing::error!(id = %ticket.id, error = %err, "a send panicked");
+                            send::finalise(&ticket, Status::Failed, "internal error while sending")
+                        }
+                    };
                 send::log_outcome(&completion);
                 outcomes.send(completion).await.ok();
                 drop(permit);
@@ -312,6 +357,24 @@ impl Claimer {
             _ = self.shutdown.cancelled() => {}
         }
     }
+}
+
+/// How many messages one process may hold claimed before their first call starts: what the
+/// tightest capped carrier can start within a lease, so a message claimed behind a slow,
+/// capped carrier still gets its turn before its lease runs out (and is handed back untried,
+/// never sent twice, when it does not). `None` when no carrier is capped.
+fn claim_capacity(
+    carriers: &std::collections::HashMap<String, Arc<carriers::CarrierHandle>>,
+    lease: Duration,
+) -> Option<usize> {
+    carriers
+        .values()
+        .filter_map(|carrier| {
+            let window = lease.saturating_sub(carrier.timeout + send::lease_margin(lease));
+            carrier.starts_within(window)
+        })
+        .min()
+        .map(|n| n.max(1))
 }
 
 /// Applies operators' carrier switches (`carrier_states`) every second, so a carrier disabled

@@ -102,6 +102,9 @@ pub async fn sweep(
                 f64::from(plan.ingress_log_seconds),
             ),
         ];
+        // Every table is swept until it is done, not only while messages are: a side table
+        // can grow faster than the messages (keys, refused ingress hits).
+        let mut more = deleted == BATCH as u64;
         for (table, key, age, seconds) in side_tables {
             // Names from the list above, never from input.
             let statement = format!(
@@ -109,15 +112,17 @@ pub async fn sweep(
                      SELECT {key} FROM {table}
                      WHERE {age} < now() - make_interval(secs => $1) LIMIT $2)"
             );
-            sqlx::query(sqlx::AssertSqlSafe(statement))
+            let swept = sqlx::query(sqlx::AssertSqlSafe(statement))
                 .bind(seconds)
                 .bind(BATCH)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
+            more |= swept == BATCH as u64;
         }
         tx.commit().await?;
         total += deleted;
-        if deleted < BATCH as u64 || shutdown.is_cancelled() {
+        if !more || shutdown.is_cancelled() {
             return Ok(total);
         }
     }

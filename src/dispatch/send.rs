@@ -1,17 +1,36 @@
 //! One dispatch attempt for one leased message: the route's carriers in order, failing over on
-//! carrier failures within the attempt, never calling a carrier after the code expired.
+//! carrier failures within the attempt. A carrier is called only while the code is alive and
+//! the lease still covers the whole call (its timeout plus a margin for the outcome write), so
+//! no other worker can hold the message while this one sends it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use rand::RngExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::retry::RetryPolicy;
-use crate::carriers::{FailureClass, OutboundSms, Routes};
+use crate::carriers::{Accepted, CarrierHandle, FailureClass, OutboundSms, Routes, SendError};
 use crate::db::queue::{AttemptRecord, Claimed, Completion, Disposition};
 use crate::domain::{PhoneNumber, Status, redact_digits};
 use crate::metrics::Metrics;
+
+/// Left of the lease after a call's timeout, for the outcome to reach the database: a second,
+/// or a tenth of a short lease (validation already makes the lease outlast every route).
+pub fn lease_margin(lease: Duration) -> Duration {
+    (lease / 10).min(Duration::from_secs(1))
+}
+/// A message that could not start within its lease goes back for this long, so the same
+/// saturated carrier is not asked again at once.
+const BUSY_PAUSE: Duration = Duration::from_secs(1);
+/// A message whose every carrier is skipped (disabled, breaker open) waits at least this
+/// long between looks. A look costs two queue writes (the claim and the hand-back), so
+/// waiting costs at most one write per message per 2 s, and a message goes out within about
+/// five seconds of its carrier being enabled again (plus the second the switch takes).
+const SKIPPED_MIN_WAIT: Duration = Duration::from_secs(4);
+const SKIPPED_MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// What every send needs, shared by all workers of a process.
 pub struct SendContext {
@@ -19,65 +38,97 @@ pub struct SendContext {
     pub retry: RetryPolicy,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    pub lease: Duration,
 }
 
-/// Runs the attempt and says what should happen to the message.
-pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Instant) -> Completion {
-    // The lifetime left was read on the database clock; from here on a monotonic clock counts.
-    let deadline = claimed_at + Duration::from_millis(message.remaining_ms.max(0) as u64);
-    let attempt = message.attempts + 1;
-    let mut calls = Vec::new();
-    let completion = |disposition, calls| Completion {
-        id: message.id,
-        lease_token: message.lease_token,
-        attempts: attempt,
-        disposition,
-        calls,
-    };
-    let expired = || Disposition::Final {
-        status: Status::Expired,
-        carrier: None,
-        carrier_message_id: None,
-        error: Some("the code expired before a carrier took it".into()),
-    };
+/// The clocks of one claimed message, started when the claim was sent: the database's
+/// `now()` is later than that, so both ends come early rather than late.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    /// The code expires.
+    pub deadline: Instant,
+    /// The lease runs out, less the margin for the outcome write: a call must end by then.
+    pub lease_end: Instant,
+}
 
+impl Clocks {
+    pub fn new(claim_started: Instant, remaining_ms: i64, lease: Duration) -> Self {
+        // A code lives minutes; the cap only keeps a corrupt row from overflowing the clock.
+        let remaining = Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0))
+            .min(Duration::from_secs(86_400));
+        Self {
+            deadline: claim_started + remaining,
+            lease_end: claim_started + lease - lease_margin(lease),
+        }
+    }
+
+    /// The last moment a call through `carrier` may start.
+    fn latest_start(&self, carrier: &CarrierHandle) -> Option<Instant> {
+        let latest = self.lease_end.checked_sub(carrier.timeout)?;
+        Some(latest.min(self.deadline))
+    }
+}
+
+/// Why a carrier of the route was not called.
+enum Skip {
+    /// Disabled or its breaker open: usable again after this long, if known.
+    Unusable(Option<Duration>),
+    /// No slot before the lease (or the code) would run out, or shutdown began.
+    NoTurn,
+}
+
+/// The attempt in progress: which calls were made, and what the last failure was.
+struct Attempt<'a> {
+    context: &'a SendContext,
+    message: &'a Claimed,
+    clocks: Clocks,
+    calls: Vec<AttemptRecord>,
+    last_error: String,
+    retry_after: Option<Duration>,
+}
+
+/// Runs the attempt and says what should happen to the message. `in_hand` is given back as
+/// soon as a carrier call starts: the claimer counts messages claimed but not yet started.
+pub async fn dispatch(
+    context: Arc<SendContext>,
+    message: Claimed,
+    clocks: Clocks,
+    in_hand: Option<OwnedSemaphorePermit>,
+) -> Completion {
+    let mut in_hand = in_hand;
+    let mut attempt = Attempt {
+        context: &context,
+        message: &message,
+        clocks,
+        calls: Vec::new(),
+        last_error: String::from("no carrier is routed for this number"),
+        retry_after: None,
+    };
     let recipient = PhoneNumber::from_e164_unchecked(message.recipient.clone());
-    let mut retry_after = None;
-    let mut last_error = String::from("no carrier is routed for this number");
+    let mut skipped_until: Option<Option<Duration>> = None;
+    let mut no_turn = false;
     let mut failed_carrier: Option<&str> = None;
     for carrier in context.routes.carriers_for(recipient.as_str()) {
-        if !carrier.allow() {
-            let why = if carrier.is_disabled() {
-                "disabled by an operator"
-            } else {
-                "circuit breaker open"
-            };
-            tracing::debug!(id = %message.id, carrier = %carrier.name, why, "carrier skipped");
-            last_error = format!("{}: {why}", carrier.name);
-            continue;
-        }
-        let _slot = tokio::select! {
-            slot = carrier.slot() => slot,
-            _ = tokio::time::sleep_until(deadline.into()) => return completion(expired(), calls),
-        };
-        tokio::select! {
-            _ = carrier.ready() => {}
-            _ = context.shutdown.cancelled(), if calls.is_empty() => {
-                // Nothing was sent yet: hand the message back for another process or restart.
-                return completion(Disposition::Release, calls);
+        let turn = match attempt.wait_for_turn(carrier).await {
+            Ok(turn) => turn,
+            Err(Skip::Unusable(usable_in)) => {
+                // The soonest any skipped carrier may be usable (None: unknown).
+                skipped_until = Some(match skipped_until {
+                    None => usable_in,
+                    Some(earlier) => earlier.zip(usable_in).map(|(a, b)| a.min(b)),
+                });
+                continue;
             }
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return completion(expired(), calls);
-        }
-        let sms = OutboundSms {
-            id: message.message_id(),
-            to: recipient.clone(),
-            body: message.body.clone(),
-            sender: message.sender.clone(),
-            validity: deadline - now,
+            Err(Skip::NoTurn) => {
+                no_turn = true;
+                break;
+            }
         };
+        let now = Instant::now();
+        if now >= clocks.deadline {
+            return attempt.ended(expired());
+        }
+        drop(in_hand.take());
         if let Some(from) = failed_carrier {
             context
                 .metrics
@@ -85,27 +136,84 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
                 .with_label_values(&[from, carrier.name.as_str()])
                 .inc();
         }
+        let sms = OutboundSms {
+            id: message.message_id(),
+            to: recipient.clone(),
+            body: message.body.clone(),
+            sender: message.sender.clone(),
+            validity: clocks.deadline - now,
+        };
         let result = carrier.send(&sms).await;
-        let elapsed = now.elapsed();
-        let latency_ms = i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX);
+        drop(turn);
+        match attempt.record(carrier, now.elapsed(), result) {
+            Some(disposition) => return attempt.ended(disposition),
+            None => failed_carrier = Some(carrier.name.as_str()),
+        }
+    }
+    attempt.after_every_carrier(no_turn, skipped_until)
+}
+
+/// A carrier's slot, held while its call runs.
+type Turn = Option<OwnedSemaphorePermit>;
+
+impl Attempt<'_> {
+    /// Waits for the carrier's slot and rate, but only as long as a call started then would
+    /// still end inside the lease and the code's life, and not past the start of shutdown.
+    async fn wait_for_turn(&mut self, carrier: &CarrierHandle) -> Result<Turn, Skip> {
+        if !carrier.allow() {
+            let why = if carrier.is_disabled() {
+                "disabled by an operator"
+            } else {
+                "circuit breaker open"
+            };
+            tracing::debug!(id = %self.message.id, carrier = %carrier.name, why, "carrier skipped");
+            self.last_error = format!("{}: {why}", carrier.name);
+            return Err(Skip::Unusable(carrier.usable_in()));
+        }
+        let Some(latest) = self.clocks.latest_start(carrier) else {
+            return Err(Skip::NoTurn);
+        };
+        let shutdown = &self.context.shutdown;
+        let slot = tokio::select! {
+            slot = carrier.slot() => slot,
+            _ = tokio::time::sleep_until(latest.into()) => return Err(Skip::NoTurn),
+            _ = shutdown.cancelled() => return Err(Skip::NoTurn),
+        };
+        tokio::select! {
+            _ = carrier.ready() => {}
+            _ = tokio::time::sleep_until(latest.into()) => return Err(Skip::NoTurn),
+            _ = shutdown.cancelled() => return Err(Skip::NoTurn),
+        }
+        if Instant::now() > latest {
+            return Err(Skip::NoTurn);
+        }
+        Ok(slot)
+    }
+
+    /// Records one call; `Some` when the message's fate is decided, `None` to fail over.
+    fn record(
+        &mut self,
+        carrier: &CarrierHandle,
+        elapsed: Duration,
+        result: Result<Accepted, SendError>,
+    ) -> Option<Disposition> {
+        let metrics = &self.context.metrics;
         let outcome = match &result {
             Ok(_) => "sent",
             Err(error) => error.class.as_str(),
         };
-        context
-            .metrics
-            .attempts
-            .with_label_values(&[carrier.name.as_str(), outcome])
-            .inc();
-        context
-            .metrics
+        let name = carrier.name.as_str();
+        metrics.attempts.with_label_values(&[name, outcome]).inc();
+        metrics
             .carrier_duration
-            .with_label_values(&[carrier.name.as_str()])
+            .with_label_values(&[name])
             .observe(elapsed.as_secs_f64());
+        let latency_ms = i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX);
+        let (id, number) = (self.message.id, self.message.attempts + 1);
         match result {
             Ok(accepted) => {
-                calls.push(AttemptRecord {
-                    attempt,
+                self.calls.push(AttemptRecord {
+                    attempt: number,
                     carrier: carrier.name.clone(),
                     outcome: "sent",
                     http_status: accepted.http_status.map(i32::from),
@@ -114,26 +222,24 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
                     latency_ms,
                     carrier_message_id: accepted.carrier_message_id.clone(),
                 });
-                let since_commit = (Utc::now() - message.created_at).num_milliseconds();
-                context
-                    .metrics
+                let since_commit = (Utc::now() - self.message.created_at).num_milliseconds();
+                metrics
                     .delivery_latency
                     .observe(since_commit.max(0) as f64 / 1000.0);
                 tracing::info!(
-                    id = %message.id, carrier = %carrier.name, outcome = "sent", latency_ms,
-                    delivery_ms = since_commit, attempt, "message sent"
+                    %id, carrier = name, outcome = "sent", latency_ms,
+                    delivery_ms = since_commit, attempt = number, "message sent"
                 );
-                let sent = Disposition::Final {
+                Some(Disposition::Final {
                     status: Status::Sent,
                     carrier: Some(carrier.name.clone()),
                     carrier_message_id: accepted.carrier_message_id,
                     error: None,
-                };
-                return completion(sent, calls);
+                })
             }
             Err(error) => {
-                calls.push(AttemptRecord {
-                    attempt,
+                self.calls.push(AttemptRecord {
+                    attempt: number,
                     carrier: carrier.name.clone(),
                     outcome: error.class.as_str(),
                     http_status: error.http_status.map(i32::from),
@@ -143,57 +249,111 @@ pub async fn dispatch(context: &SendContext, message: Claimed, claimed_at: Insta
                     carrier_message_id: None,
                 });
                 tracing::warn!(
-                    id = %message.id, carrier = %carrier.name, outcome = error.class.as_str(),
+                    %id, carrier = name, outcome = error.class.as_str(),
                     http_status = ?error.http_status, code = ?error.code, latency_ms,
                     "carrier refused the message"
                 );
-                last_error = format!("{}: {}", carrier.name, error.message);
-                if error.class == FailureClass::Recipient {
-                    let failed = Disposition::Final {
-                        status: Status::Failed,
-                        carrier: Some(carrier.name.clone()),
-                        carrier_message_id: None,
-                        error: Some(last_error),
-                    };
-                    return completion(failed, calls);
-                }
-                retry_after = retry_after.max(error.retry_after);
-                failed_carrier = Some(carrier.name.as_str());
+                self.last_error = format!("{name}: {}", error.message);
+                self.retry_after = self.retry_after.max(error.retry_after);
+                (error.class == FailureClass::Recipient).then(|| Disposition::Final {
+                    status: Status::Failed,
+                    carrier: Some(carrier.name.clone()),
+                    carrier_message_id: None,
+                    error: Some(self.last_error.clone()),
+                })
             }
         }
     }
 
-    // Every carrier of the route failed this time. When all were skipped by their breakers,
-    // no carrier was called and the attempt does not count.
-    let attempts = if calls.is_empty() {
-        message.attempts
-    } else {
-        attempt
-    };
-    let ended = |disposition, calls| Completion {
-        id: message.id,
-        lease_token: message.lease_token,
-        attempts,
-        disposition,
-        calls,
-    };
-    if attempts >= context.retry.max_attempts as i32 {
-        let failed = Disposition::Final {
-            status: Status::Failed,
-            carrier: None,
-            carrier_message_id: None,
-            error: Some(format!(
-                "gave up after {attempts} attempts; last: {last_error}"
-            )),
+    /// No carrier took the message this time: wait, retry, give back, fail or expire.
+    fn after_every_carrier(
+        mut self,
+        no_turn: bool,
+        skipped_until: Option<Option<Duration>>,
+    ) -> Completion {
+        if self.calls.is_empty() {
+            // Nothing was sent: the attempt does not count.
+            let wait = if no_turn && self.context.shutdown.is_cancelled() {
+                Duration::ZERO
+            } else if no_turn {
+                BUSY_PAUSE
+            } else if let Some(usable_in) = skipped_until {
+                skipped_wait(usable_in)
+            } else {
+                // No carrier is routed: a configuration fault that only a restart mends.
+                self.context.retry.delay(1, None).max(SKIPPED_MIN_WAIT)
+            };
+            return self.wait_or_expire(wait, Disposition::Release { delay_ms: 0 });
+        }
+        let attempts = self.message.attempts + 1;
+        if attempts >= self.context.retry.max_attempts as i32 {
+            let error = format!(
+                "gave up after {attempts} attempts; last: {}",
+                self.last_error
+            );
+            return self.ended(Disposition::Final {
+                status: Status::Failed,
+                carrier: None,
+                carrier_message_id: None,
+                error: Some(error),
+            });
+        }
+        let delay = self
+            .context
+            .retry
+            .delay(attempts.max(1) as u32, self.retry_after);
+        self.retry_after = None;
+        self.wait_or_expire(delay, Disposition::Retry { delay_ms: 0 })
+    }
+
+    /// `template` with `delay`, or expired when the code would not outlive the delay.
+    fn wait_or_expire(self, delay: Duration, template: Disposition) -> Completion {
+        let left = self
+            .clocks
+            .deadline
+            .saturating_duration_since(Instant::now());
+        if delay >= left {
+            return self.ended(expired());
+        }
+        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        self.ended(match template {
+            Disposition::Retry { .. } => Disposition::Retry { delay_ms },
+            _ => Disposition::Release { delay_ms },
+        })
+    }
+
+    fn ended(self, disposition: Disposition) -> Completion {
+        // A call made counts as an attempt; a message given back untried keeps its count.
+        let attempts = if self.calls.is_empty() {
+            self.message.attempts
+        } else {
+            self.message.attempts + 1
         };
-        return ended(failed, calls);
+        Completion {
+            id: self.message.id,
+            lease_token: self.message.lease_token,
+            attempts,
+            disposition,
+            calls: self.calls,
+        }
     }
-    let delay = context.retry.delay(attempts.max(1) as u32, retry_after);
-    if Instant::now() + delay >= deadline {
-        return ended(expired(), calls);
+}
+
+/// How long a message whose every carrier was skipped waits: until the soonest breaker
+/// reopens, or a few seconds when only an operator can tell (disabled), never less than
+/// `SKIPPED_MIN_WAIT`, so waiting costs at most one queue write per message per look.
+fn skipped_wait(usable_in: Option<Duration>) -> Duration {
+    let jittered = rand::rng().random_range(SKIPPED_MIN_WAIT..=SKIPPED_MAX_WAIT);
+    usable_in.unwrap_or(jittered).max(SKIPPED_MIN_WAIT)
+}
+
+fn expired() -> Disposition {
+    Disposition::Final {
+        status: Status::Expired,
+        carrier: None,
+        carrier_message_id: None,
+        error: Some("the code expired before a carrier took it".into()),
     }
-    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-    ended(Disposition::Retry { delay_ms }, calls)
 }
 
 /// One log line per outcome that is not a send (sends are logged with their latency where they
@@ -216,14 +376,16 @@ pub fn log_outcome(completion: &Completion) {
             id = %completion.id, outcome = "retry", attempts = completion.attempts, delay_ms,
             "message will be retried"
         ),
-        Disposition::Release => tracing::info!(
-            id = %completion.id, outcome = "released", "message handed back untried at shutdown"
+        Disposition::Release { delay_ms } => tracing::debug!(
+            id = %completion.id, outcome = "released", delay_ms,
+            "message handed back untried"
         ),
         Disposition::Final { .. } => {}
     }
 }
 
-/// Used by the claimer for rows that are already past their expiry or their limits.
+/// Used by the claimer for rows that are already past their expiry or their limits, and for
+/// a send that panicked.
 pub fn finalise(message: &Claimed, status: Status, error: &str) -> Completion {
     Completion {
         id: message.id,
@@ -241,3 +403,32 @@ pub fn finalise(message: &Claimed, status: Status, error: &str) -> Completion {
 
 /// Shared handle type for the context.
 pub type SharedContext = Arc<SendContext>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skipped_message_waits_for_the_breaker_but_never_less_than_the_floor() {
+        assert_eq!(
+            skipped_wait(Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            skipped_wait(Some(Duration::from_millis(10))),
+            SKIPPED_MIN_WAIT
+        );
+        for _ in 0..100 {
+            let wait = skipped_wait(None);
+            assert!((SKIPPED_MIN_WAIT..=SKIPPED_MAX_WAIT).contains(&wait));
+        }
+    }
+
+    #[test]
+    fn clocks_survive_an_absurd_remaining_life() {
+        let clocks = Clocks::new(Instant::now(), i64::MIN, Duration::from_secs(30));
+        assert!(clocks.deadline <= Instant::now());
+        let clocks = Clocks::new(Instant::now(), i64::MAX, Duration::from_secs(30));
+        assert!(clocks.deadline > clocks.lease_end);
+    }
+}

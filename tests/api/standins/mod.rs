@@ -35,6 +35,8 @@ pub enum Reply {
     },
     /// A 200 whose body is not what the carrier documents.
     Garbage,
+    /// This status and JSON body, exactly (hostile or odd carrier answers).
+    Raw(u16, &'static str),
     /// An error status with an HTML page instead of the carrier's error shape (a proxy's).
     GarbageError(u16),
     /// The success status and headers, then the connection breaks off mid-body.
@@ -197,6 +199,12 @@ async fn handle(
             response
         }
         Reply::Garbage => (StatusCode::OK, "<html>not the API</html>").into_response(),
+        Reply::Raw(status, body) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
         Reply::GarbageError(status) => (
             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
             "<html><body>502 Bad Gateway</body></html>",
