@@ -118,6 +118,9 @@ impl App {
                  tokens for it; smsgate stays on loopback until you set your own secret"
             );
         }
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let database = Database::open(&config.database).await?;
         if config.database.migrate_on_start {
             db::migrate(&database.pool).await?;
@@ -151,6 +154,7 @@ impl App {
             store_wait: Duration::from_millis(config.database.acquire_timeout_ms),
             callbacks: http::callbacks::CallbackKeys::new(config.carriers.iter()),
             carriers: Arc::new(config.carriers.keys().cloned().collect()),
+            readiness: Arc::default(),
         };
         let listener = TcpListener::bind(config.server.listen)
             .await

@@ -9,7 +9,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
-use serde::de::IgnoredAny;
 
 use crate::config::SignerConfig;
 use crate::secret::Secret;
@@ -108,8 +107,15 @@ impl Verifier {
         }
         let mut best = TokenError::BadSignature;
         for signer in &self.signers {
-            match jsonwebtoken::decode::<IgnoredAny>(token, &signer.key, &signer.validation) {
-                Ok(_) => return Ok(&signer.name),
+            match jsonwebtoken::decode::<IssuerClaim>(token, &signer.key, &signer.validation) {
+                // jsonwebtoken checks `iss` only when it is a string: any other type is
+                // refused here, so a number or an object cannot slip past the check.
+                Ok(data) => {
+                    return match data.claims.iss {
+                        None | Some(serde_json::Value::String(_)) => Ok(&signer.name),
+                        Some(_) => Err(TokenError::WrongIssuer),
+                    };
+                }
                 Err(err) => {
                     let reason = classify(err.kind());
                     if reason.specificity() > best.specificity() {
@@ -120,6 +126,13 @@ impl Verifier {
         }
         Err(best)
     }
+}
+
+/// The one claim read back after verification, whatever its JSON type.
+#[derive(serde::Deserialize)]
+struct IssuerClaim {
+    #[serde(default)]
+    iss: Option<serde_json::Value>,
 }
 
 fn classify(kind: &ErrorKind) -> TokenError {

@@ -102,6 +102,9 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Serve { role: RoleArg::All });
     let result = match command {
         Command::CheckConfig => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", config.to_redacted_toml());
             Ok(())
         }

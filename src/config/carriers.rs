@@ -139,7 +139,10 @@ impl CarrierConfig {
                     .as_ref()
                     .map(Secret::expose)
                     .unwrap_or("");
-                format!("{base}/v1/callbacks/messagemedia/{name}?key={secret}")
+                // Encoded: a base64 secret's `+ / =` would otherwise arrive decoded as other
+                // characters (`+` as a space) and the report would be refused.
+                let key: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+                format!("{base}/v1/callbacks/messagemedia/{name}?key={key}")
             }
             kind => format!("{base}/v1/callbacks/{}/{name}", kind.as_str()),
         })

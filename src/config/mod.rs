@@ -314,6 +314,28 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
 
+    /// Valid but risky settings, each naming its keys: printed by `check-config` and logged
+    /// at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let lease_ms = u64::from(self.dispatch.lease_seconds) * 1000;
+        for (name, carrier) in &self.carriers {
+            let Some(slots) = carrier.max_in_flight.filter(|&n| n > 0) else {
+                continue;
+            };
+            // Every worker's message queued behind the carrier's slots, each call taking its
+            // whole timeout: the last one starts this long after the claim.
+            let queued_ms = self.dispatch.workers as u64 * carrier.timeout_ms / u64::from(slots);
+            if queued_ms > lease_ms {
+                warnings.push(format!(
+                    "carriers.{name}: dispatch.workers ({}) x timeout_ms ({}) / max_in_flight                      ({slots}) = {queued_ms} ms exceeds dispatch.lease_seconds ({} s): messages                      queued behind this carrier are handed back untried and claimed again,                      which delays them; raise lease_seconds or max_in_flight, or lower workers",
+                    self.dispatch.workers, carrier.timeout_ms, self.dispatch.lease_seconds
+                ));
+            }
+        }
+        warnings
+    }
+
     /// True when some signer still uses the secret shipped in `config/default.toml`.
     pub fn uses_development_secret(&self) -> bool {
         self.auth0

@@ -31,7 +31,7 @@ type Reply = oneshot::Sender<Result<Result<Enqueued, Refused>, Arc<sqlx::Error>>
 #[derive(Debug, Clone, Copy)]
 enum Refused {
     Limited(Limited),
-    KeyReused,
+    NotStored(messages::NotStored),
 }
 
 /// Who has a request: still waiting, taken by a writer, or given up by its caller.
@@ -62,6 +62,9 @@ pub enum EnqueueError {
     /// Its idempotency key was first used for a different message; nothing was stored.
     #[error("the idempotency key was used for a different message")]
     KeyReused,
+    /// Its idempotency key's message vanished under it repeatedly; nothing was stored.
+    #[error("the idempotency key's earlier message could not be found")]
+    KeyUnresolved,
     /// No writer took it before its deadline; nothing was stored.
     #[error("no database connection was free in time")]
     TimedOut,
@@ -123,7 +126,12 @@ impl Batcher {
         match outcome {
             Ok(Ok(Ok(enqueued))) => Ok(enqueued),
             Ok(Ok(Err(Refused::Limited(limited)))) => Err(EnqueueError::Limited(limited)),
-            Ok(Ok(Err(Refused::KeyReused))) => Err(EnqueueError::KeyReused),
+            Ok(Ok(Err(Refused::NotStored(messages::NotStored::KeyReused)))) => {
+                Err(EnqueueError::KeyReused)
+            }
+            Ok(Ok(Err(Refused::NotStored(messages::NotStored::KeyUnresolved)))) => {
+                Err(EnqueueError::KeyUnresolved)
+            }
             Ok(Err(err)) => Err(EnqueueError::Database(err)),
             Err(_) => Err(EnqueueError::Stopped),
         }
@@ -143,9 +151,8 @@ impl Writer {
         &self,
         messages: &[&NewMessage],
     ) -> Result<Vec<Result<Enqueued, Refused>>, sqlx::Error> {
-        let reused = |stored: Result<Enqueued, messages::KeyReused>| {
-            stored.map_err(|messages::KeyReused| Refused::KeyReused)
-        };
+        let reused =
+            |stored: Result<Enqueued, messages::NotStored>| stored.map_err(Refused::NotStored);
         let mut conn = self.pool.acquire().await?;
         if self.limits.is_empty() {
             // A single statement commits on its own: no BEGIN/COMMIT round trips.

@@ -67,8 +67,11 @@ pub async fn admit_batch(
         });
     }
 
-    let (keys, hits): (Vec<&str>, Vec<String>) = logs
-        .iter()
+    // A key with no hit in its windows is deleted rather than kept: refused requests count
+    // nothing, so a caller spraying new numbers or addresses leaves no rows behind.
+    let (empty, counted): (Vec<_>, Vec<_>) = logs.iter().partition(|(_, log)| log.is_empty());
+    let (keys, hits): (Vec<&str>, Vec<String>) = counted
+        .into_iter()
         .map(|(key, log)| (key.as_str(), to_pg_array(log)))
         .unzip();
     sqlx::query(
@@ -79,6 +82,13 @@ pub async fn admit_batch(
     .bind(&hits)
     .execute(&mut *conn)
     .await?;
+    if !empty.is_empty() {
+        let empty: Vec<&str> = empty.into_iter().map(|(key, _)| key.as_str()).collect();
+        sqlx::query("DELETE FROM ingress_hits WHERE key = ANY($1)")
+            .bind(&empty)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(decisions)
 }
 

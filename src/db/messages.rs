@@ -21,9 +21,16 @@ pub struct Enqueued {
 /// An idempotency key's first message: key, fingerprint, id, created and expiry times.
 type EarlierRow = (String, Option<String>, Uuid, DateTime<Utc>, DateTime<Utc>);
 
-/// A key that came back with a different message than the one it was first used for.
+/// Why a message of a batch was not stored, while the others of its batch were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyReused;
+pub enum NotStored {
+    /// Its idempotency key came back with a different message than the one it was first used
+    /// for.
+    KeyReused,
+    /// Its key was taken, yet its message could not be found again (deleted under it, more
+    /// than once): nothing was stored for it and the caller may try again.
+    KeyUnresolved,
+}
 
 /// What an idempotency key's request asked for: recipient, body and sender, length-prefixed.
 fn fingerprint(message: &NewMessage) -> String {
@@ -44,16 +51,81 @@ fn fingerprint(message: &NewMessage) -> String {
         .collect()
 }
 
-/// Stores messages and their queue entries in one statement, so one commit makes all of them
-/// durable (or none). Expiry is computed from the database clock, the one clock every process
-/// shares. A message whose idempotency key is already known is not stored again: its result
-/// is the earlier message's, or `KeyReused` when the key was first used for a different
-/// message. Results come back in the order of `messages`.
+/// How often a batch's repeated keys are looked for again when their message vanished between
+/// the insert and the look-up (retention deleted it, and the key with it).
+const KEY_ROUNDS: usize = 3;
+
+/// Stores messages and their queue entries, so one commit makes all of them durable (or
+/// none). Expiry is computed from the database clock, the one clock every process shares. A
+/// message whose idempotency key is already known is not stored again: its result is the
+/// earlier message's, or `KeyReused` when the key was first used for a different message.
+/// Results come back in the order of `messages`; an error means nothing was stored.
+///
+/// Without keys this is one statement (it commits on its own). With keys, the insert and the
+/// look-up of earlier messages share a transaction, so a failed look-up rolls the batch back
+/// instead of answering 503 for messages that were stored.
 pub async fn enqueue_batch(
     conn: &mut PgConnection,
     messages: &[&NewMessage],
     ttl_seconds: u32,
-) -> Result<Vec<Result<Enqueued, KeyReused>>, sqlx::Error> {
+) -> Result<Vec<Result<Enqueued, NotStored>>, sqlx::Error> {
+    if messages.iter().all(|m| m.idempotency_key.is_none()) {
+        let stored = insert(conn, messages, ttl_seconds).await?;
+        return Ok(messages
+            .iter()
+            .map(|m| stored.get(&m.id.0).copied().ok_or(NotStored::KeyUnresolved))
+            .collect());
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut results: Vec<Option<Result<Enqueued, NotStored>>> = vec![None; messages.len()];
+    for _ in 0..KEY_ROUNDS {
+        let open: Vec<usize> = (0..messages.len())
+            .filter(|&i| results[i].is_none())
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        let batch: Vec<&NewMessage> = open.iter().map(|&i| messages[i]).collect();
+        let stored = insert(&mut tx, &batch, ttl_seconds).await?;
+        let repeated: Vec<&str> = batch
+            .iter()
+            .filter(|m| !stored.contains_key(&m.id.0))
+            .filter_map(|m| m.idempotency_key.as_deref())
+            .collect();
+        let earlier = earlier_messages(&mut tx, &repeated).await?;
+        for i in open {
+            let message = messages[i];
+            results[i] = if let Some(enqueued) = stored.get(&message.id.0) {
+                Some(Ok(*enqueued))
+            } else {
+                // Not stored, so it has a key: the key's first message answers for it.
+                let key = message.idempotency_key.as_deref().unwrap_or_default();
+                earlier.get(key).map(|(print, enqueued)| {
+                    // Keys stored before fingerprints existed match anything.
+                    let own = fingerprint(message);
+                    match print {
+                        Some(print) if *print != own => Err(NotStored::KeyReused),
+                        _ => Ok(*enqueued),
+                    }
+                })
+            };
+        }
+    }
+    tx.commit().await?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(NotStored::KeyUnresolved)))
+        .collect())
+}
+
+/// The insert itself: messages whose key is new (or who have none), with their queue rows.
+/// Keys are inserted in key order, so concurrent batches lock them in one order (no
+/// deadlocks). Returns what was stored, by message id.
+async fn insert(
+    conn: &mut PgConnection,
+    messages: &[&NewMessage],
+    ttl_seconds: u32,
+) -> Result<HashMap<Uuid, Enqueued>, sqlx::Error> {
     let mut ids = Vec::with_capacity(messages.len());
     let mut fingerprints = Vec::with_capacity(messages.len());
     let (mut recipients, mut bodies, mut senders) = (vec![], vec![], vec![]);
@@ -81,7 +153,7 @@ pub async fn enqueue_batch(
                  AS v(id, recipient, body, sender, client_ip, user_agent, signer, idem, print)
          ), k AS (
              INSERT INTO idempotency_keys (key, message_id, fingerprint)
-             SELECT idem, id, print FROM v WHERE idem IS NOT NULL
+             SELECT idem, id, print FROM v WHERE idem IS NOT NULL ORDER BY idem
              ON CONFLICT (key) DO NOTHING
              RETURNING message_id
          ), m AS (
@@ -110,7 +182,7 @@ pub async fn enqueue_batch(
     .bind(&fingerprints)
     .fetch_all(&mut *conn)
     .await?;
-    let mut by_id: HashMap<Uuid, Enqueued> = rows
+    Ok(rows
         .into_iter()
         .map(|(id, created_at, expires_at)| {
             let enqueued = Enqueued {
@@ -120,52 +192,37 @@ pub async fn enqueue_batch(
             };
             (id, enqueued)
         })
-        .collect();
-    // Messages not stored were repeats: answer with the message their key points to.
-    let repeated: Vec<&str> = messages
-        .iter()
-        .filter(|m| !by_id.contains_key(&m.id.0))
-        .filter_map(|m| m.idempotency_key.as_deref())
-        .collect();
-    let mut by_key = HashMap::new();
-    if !repeated.is_empty() {
-        let earlier: Vec<EarlierRow> = sqlx::query_as(
-            "SELECT k.key, k.fingerprint, m.id, m.created_at, m.expires_at
-                 FROM idempotency_keys k JOIN messages m ON m.id = k.message_id
-                 WHERE k.key = ANY($1)",
-        )
-        .bind(&repeated)
-        .fetch_all(&mut *conn)
-        .await?;
-        for (key, print, id, created_at, expires_at) in earlier {
+        .collect())
+}
+
+/// The first message of each key, with the fingerprint stored with the key. A key whose
+/// message is gone is gone too (the foreign key cascades), so every key found has one.
+async fn earlier_messages(
+    conn: &mut PgConnection,
+    keys: &[&str],
+) -> Result<HashMap<String, (Option<String>, Enqueued)>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let earlier: Vec<EarlierRow> = sqlx::query_as(
+        "SELECT k.key, k.fingerprint, m.id, m.created_at, m.expires_at
+             FROM idempotency_keys k JOIN messages m ON m.id = k.message_id
+             WHERE k.key = ANY($1)",
+    )
+    .bind(keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(earlier
+        .into_iter()
+        .map(|(key, print, id, created_at, expires_at)| {
             let enqueued = Enqueued {
                 id: MessageId(id),
                 created_at,
                 expires_at,
             };
-            by_key.insert(key, (print, enqueued));
-        }
-    }
-    messages
-        .iter()
-        .zip(&fingerprints)
-        .map(|(m, own_print)| {
-            if let Some(stored) = by_id.remove(&m.id.0) {
-                return Ok(Ok(stored));
-            }
-            let key = m
-                .idempotency_key
-                .as_deref()
-                .ok_or(sqlx::Error::RowNotFound)?;
-            let (print, earlier) = by_key.get(key).ok_or(sqlx::Error::RowNotFound)?;
-            // Keys stored before fingerprints existed match anything.
-            if print.is_some() && print != own_print {
-                Ok(Err(KeyReused))
-            } else {
-                Ok(Ok(*earlier))
-            }
+            (key, (print, enqueued))
         })
-        .collect()
+        .collect())
 }
 
 /// A message as the status API shows it.

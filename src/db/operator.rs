@@ -76,15 +76,22 @@ async fn lock_waiting(
     id: MessageId,
     must_be_alive: bool,
 ) -> Result<Result<(), ActionError>, sqlx::Error> {
-    let row: Option<(String, bool, bool)> = sqlx::query_as(
-        "SELECT m.status, coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false),
-                m.expires_at <= now()
-         FROM messages m LEFT JOIN message_queue q ON q.message_id = m.id
-         WHERE m.id = $1 FOR UPDATE OF m",
+    // The queue row first, in the order the workers lock (queue, then message): while it is
+    // locked a claim skips it, so no worker can take the message between this check and
+    // the change; a claim already under way makes this wait, and its lease is then seen.
+    let leased: Option<bool> = sqlx::query_scalar(
+        "SELECT lease_token IS NOT NULL AND run_at > now() FROM message_queue
+         WHERE message_id = $1 FOR UPDATE",
     )
     .bind(id.0)
-    .fetch_optional(tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    let row: Option<(String, bool)> =
+        sqlx::query_as("SELECT status, expires_at <= now() FROM messages WHERE id = $1 FOR UPDATE")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let row = row.map(|(status, expired)| (status, leased.unwrap_or(false), expired));
     Ok(match row {
         None => Err(ActionError::NotFound),
         Some((status, _, _)) if status != "queued" => Err(ActionError::Final(status)),

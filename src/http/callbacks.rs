@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -92,7 +92,7 @@ pub async fn twilio(
     Path(carrier): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(CallbackKey::Twilio {
         auth_token,
@@ -100,6 +100,11 @@ pub async fn twilio(
     }) = state.callbacks.by_carrier.get(&carrier)
     else {
         return ApiError::NotFound.into_response();
+    };
+    // Read only once the carrier is known, and no more than the ingress reads.
+    let body = match super::ingress::read_body(&headers, body).await {
+        Ok(body) => body,
+        Err(err) => return err.into_response(),
     };
     let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let url = match &query {
@@ -150,7 +155,8 @@ pub async fn messagemedia(
     State(state): State<AppState>,
     Path(carrier): Path<String>,
     axum::extract::Query(query): axum::extract::Query<KeyQuery>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let Some(CallbackKey::MessageMedia { secret }) = state.callbacks.by_carrier.get(&carrier)
     else {
@@ -160,6 +166,10 @@ pub async fn messagemedia(
     if !bool::from(secret.expose().as_bytes().ct_eq(given.as_bytes())) {
         return forged(&carrier, "the callback key does not match");
     }
+    let body = match super::ingress::read_body(&headers, body).await {
+        Ok(body) => body,
+        Err(err) => return err.into_response(),
+    };
     let report: DeliveryReport = match serde_json::from_slice(&body) {
         Ok(report) => report,
         Err(err) => return ApiError::MalformedJson(err.to_string()).into_response(),

@@ -59,6 +59,8 @@ pub struct AppState {
     pub callbacks: Arc<callbacks::CallbackKeys>,
     /// The configured carriers' names (operators switch them on and off).
     pub carriers: Arc<std::collections::BTreeSet<String>>,
+    /// `/readyz`'s last verdict, reused for a second.
+    pub readiness: Arc<health::Readiness>,
 }
 
 pub fn router(state: AppState) -> Router {
