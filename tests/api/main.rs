@@ -5,6 +5,7 @@ mod actions;
 mod auth;
 mod carriers;
 mod cli;
+mod correctness;
 mod dispatch;
 mod faults;
 mod health;

@@ -1,0 +1,535 @@
+//! Regression tests for the defects an adversarial review found with ordinary configurations:
+//! a capped carrier slower than the lease, retention at 0 days under repeated keys, a route
+//! whose carriers are all disabled, hostile carrier answers, encoded callback secrets, side
+//! tables under load, and the smaller races around them.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use smsgate::Role;
+
+use crate::dispatch::{FAST_DISPATCH, config_with, queue, wait_final, wait_until};
+use crate::helpers::{ADMIN_TOKEN, TestApp, assert_error, base_config, sms, token};
+use crate::process::spawn_binary;
+use crate::standins::messagemedia::MessageMediaStandIn;
+use crate::standins::twilio::{Reply, TwilioStandIn};
+
+async fn queue_depth(app: &TestApp) -> i64 {
+    smsgate::db::queue::depth(&app.pool).await.unwrap_or(-1)
+}
+
+async fn statuses(app: &TestApp) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT status, count(*) FROM messages GROUP BY status ORDER BY status")
+        .fetch_all(&app.pool)
+        .await
+        .expect("statuses")
+}
+
+#[tokio::test]
+async fn a_capped_carrier_slower_than_the_lease_sends_each_message_once() {
+    let standin = TwilioStandIn::start().await;
+    standin.set_default(Reply::Slow(Duration::from_secs(1)));
+    let table = standin.carrier_toml("twilio") + "max_in_flight = 1\n";
+    let config = config_with(
+        &standin,
+        "[dispatch]\nlease_seconds = 6\npoll_interval_ms = 200\n",
+    )
+    .replace(&standin.carrier_toml("twilio"), &table);
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    for i in 0..12 {
+        queue(&app, &format!("+1415555{:04}", 2000 + i)).await;
+    }
+    wait_until(
+        "every message to end",
+        Duration::from_secs(60),
+        async || queue_depth(&app).await == 0,
+    )
+    .await;
+
+    let accepted = standin.accepted_per_recipient();
+    assert_eq!(accepted.len(), 12, "every number got its code");
+    let repeated: Vec<_> = accepted.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "sent more than once: {repeated:?}");
+    assert_eq!(statuses(&app).await, vec![("sent".to_string(), 12)]);
+}
+
+#[tokio::test]
+async fn check_config_warns_when_a_capped_carrier_cannot_drain_the_workers_within_a_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let standin_table = crate::standins::twilio::twilio_toml("twilio", "http://127.0.0.1:9")
+        + "max_in_flight = 1\n";
+    let config = base_config()
+        .replace("[carriers.console]\nkind = \"log\"\n", &standin_table)
+        .replace("carriers = [\"console\"]", "carriers = [\"twilio\"]")
+        + "[dispatch]\nlease_seconds = 6\n";
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config).expect("config");
+    let output = std::process::Command::new(crate::cli::BINARY)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "a warning, not an error");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: carriers.twilio:") && stderr.contains("dispatch.lease_seconds"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_key_whose_message_retention_deleted_is_a_new_message_and_fails_nobody() {
+    let config = base_config() + "[retention]\ndays = 0\n";
+    let app = TestApp::spawn_role(&config, Role::All).await;
+    let post_keyed = |recipient: String, key: &'static str| {
+        app.client
+            .post(app.url("/v1/auth0/sms"))
+            .bearer_auth(token())
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(sms(&recipient).to_string())
+            .send()
+    };
+    let first = post_keyed("+14155552671".into(), "key-gone")
+        .await
+        .expect("sent");
+    assert_eq!(first.status().as_u16(), 200);
+    let first: Value = first.json().await.expect("JSON");
+    wait_final(
+        &app,
+        first["id"].as_str().expect("id"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let plan = smsgate::dispatch::retention::Plan {
+        days: 0,
+        send_log_seconds: 0,
+        ingress_log_seconds: 0,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    smsgate::dispatch::retention::sweep(&app.pool, plan, &shutdown)
+        .await
+        .expect("sweep");
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(keys, 0, "the key went with its message");
+
+    // The repeat and 40 other requests arrive together, so they share ingress batches.
+    let mut requests = vec![post_keyed("+14155552671".into(), "key-gone")];
+    for i in 0..40 {
+        let body = sms(&format!("+1415555{:04}", 3000 + i));
+        requests.push(
+            app.client
+                .post(app.url("/v1/auth0/sms"))
+                .bearer_auth(token())
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send(),
+        );
+    }
+    let answers = join_all(requests).await;
+    let mut ids = Vec::new();
+    for answer in answers {
+        let answer = answer.expect("sent");
+        assert_eq!(
+            answer.status().as_u16(),
+            200,
+            "no request fails for another's key"
+        );
+        let body: Value = answer.json().await.expect("JSON");
+        ids.push(body["id"].as_str().expect("id").to_string());
+    }
+    assert_ne!(ids[0], first["id"].as_str().expect("id"), "a new message");
+    for id in &ids {
+        let view = app.get_message(id, Some(ADMIN_TOKEN)).await;
+        assert_eq!(
+            view.status().as_u16(),
+            200,
+            "every 200 names a stored message"
+        );
+    }
+}
+
+#[tokio::test]
+async fn messages_whose_carriers_are_all_disabled_wait_quietly_and_go_out_once_enabled() {
+    let standin = TwilioStandIn::start().await;
+    let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
+    sqlx::raw_sql(
+        "CREATE TABLE queue_writes (at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE FUNCTION count_queue_write() RETURNS trigger LANGUAGE plpgsql AS
+             'BEGIN INSERT INTO queue_writes DEFAULT VALUES; RETURN NULL; END';
+         CREATE TRIGGER queue_writes AFTER UPDATE ON message_queue
+             FOR EACH ROW EXECUTE FUNCTION count_queue_write();",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("write counter");
+    let off = app
+        .client
+        .post(app.url("/v1/carriers/twilio/disable"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(off.status().as_u16(), 200);
+    // The workers follow the switch within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(queue(&app, &format!("+1415555{:04}", 4000 + i)).await);
+    }
+    let watched = Duration::from_secs(8);
+    tokio::time::sleep(watched).await;
+    let writes: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_writes")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    // At most one write per message per 2 s, plus each message's first claim.
+    let bound = 20 * (watched.as_secs() as i64 / 2) + 20;
+    assert!(
+        writes <= bound,
+        "{writes} queue writes in {watched:?}, bound {bound}"
+    );
+    assert!(standin.seen().is_empty(), "nothing sent while disabled");
+    let attempts: i32 = sqlx::query_scalar("SELECT coalesce(max(attempts), 0) FROM message_queue")
+        .fetch_one(&app.pool)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts, 0, "waiting is not an attempt");
+
+    let enabled_at = Instant::now();
+    let on = app
+        .client
+        .post(app.url("/v1/carriers/twilio/enable"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(on.status().as_u16(), 200);
+    wait_until(
+        "every message to go out",
+        Duration::from_secs(10),
+        async || queue_depth(&app).await == 0,
+    )
+    .await;
+    assert!(
+        enabled_at.elapsed() < Duration::from_secs(8),
+        "within a few seconds"
+    );
+    assert_eq!(standin.accepted_per_recipient().len(), 20);
+}
+
+#[tokio::test]
+async fn a_carrier_id_postgres_cannot_store_costs_no_other_outcome_of_its_batch() {
+    let standin = TwilioStandIn::start().await;
+    // A JSON string may carry U+0000; a PostgreSQL text column may not.
+    standin.set_default(Reply::Raw(
+        201,
+        r#"{"sid": "SM\u0000abc", "status": "queued", "error_code": null}"#,
+    ));
+    let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
+
+    for i in 0..25 {
+        queue(&app, &format!("+1415555{:04}", 5000 + i)).await;
+    }
+    wait_until(
+        "every outcome to be written",
+        Duration::from_secs(20),
+        async || queue_depth(&app).await == 0,
+    )
+    .await;
+
+    assert_eq!(statuses(&app).await, vec![("sent".to_string(), 25)]);
+    let ids: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT DISTINCT carrier_message_id FROM messages")
+            .fetch_all(&app.pool)
+            .await
+            .expect("ids");
+    assert_eq!(ids, vec![Some("SMabc".to_string())], "cleaned, not dropped");
+    assert_eq!(standin.seen().len(), 25, "each sent once");
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_ends_the_message_instead_of_panicking_the_send() {
+    let standin = TwilioStandIn::start().await;
+    standin.set_default(Reply::Error {
+        status: 429,
+        code: "20429",
+        retry_after: Some(u64::MAX),
+    });
+    let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+
+    assert_eq!(view["status"], "expired", "{view}");
+    assert_eq!(
+        standin.seen().len(),
+        1,
+        "asked once, not again after a lost outcome"
+    );
+}
+
+#[tokio::test]
+async fn a_messagemedia_report_posted_to_the_exact_callback_url_is_accepted_whatever_the_secret() {
+    let standin = MessageMediaStandIn::start().await;
+    let secret = "a+b/c=d&e%f 0123456789+/==";
+    let table = format!(
+        "{}public_url = \"https://sms.example.com\"\ncallback_secret = \"{secret}\"\n",
+        standin.carrier_toml("mm")
+    );
+    let config = base_config()
+        .replace("[carriers.console]\nkind = \"log\"\n", &table)
+        .replace("carriers = [\"console\"]", "carriers = [\"mm\"]")
+        + FAST_DISPATCH;
+    let app = TestApp::spawn_role(&config, Role::All).await;
+    let id = queue(&app, "+61491570156").await;
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    let callback_url = standin.seen()[0]
+        .fields
+        .get("callback_url")
+        .cloned()
+        .expect("a callback URL");
+    let path_and_query = callback_url
+        .strip_prefix("https://sms.example.com")
+        .expect("under public_url");
+    let report = json!({
+        "message_id": view["attempts"][0]["carrier_message_id"],
+        "status": "delivered",
+    });
+
+    let answer = app
+        .client
+        .post(app.url(path_and_query))
+        .header("content-type", "application/json")
+        .body(report.to_string())
+        .send()
+        .await
+        .expect("sent");
+
+    assert_eq!(answer.status().as_u16(), 204, "{callback_url}");
+    let view = crate::dispatch::status_of(&app, &id).await;
+    assert_eq!(view["status"], "delivered");
+}
+
+#[tokio::test]
+async fn every_side_table_is_swept_to_its_retention_whatever_the_message_count() {
+    let app = TestApp::spawn().await;
+    sqlx::raw_sql(
+        "CREATE TEMP TABLE ids AS SELECT gen_random_uuid() AS id, g FROM generate_series(1, 2500) g;
+         INSERT INTO messages (id, recipient, body, expires_at) SELECT id, '+14155550000', 'x', now() FROM ids;
+         INSERT INTO idempotency_keys (key, message_id, created_at)
+             SELECT 'k' || g, id, now() - interval '2 hours' FROM ids;
+         INSERT INTO ingress_hits (key, updated_at)
+             SELECT 'to:+1' || g, now() - interval '2 hours' FROM generate_series(1, 2500) g;",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("old rows");
+    let plan = smsgate::dispatch::retention::Plan {
+        days: 7,
+        send_log_seconds: 60,
+        ingress_log_seconds: 60,
+    };
+
+    smsgate::dispatch::retention::sweep(
+        &app.pool,
+        plan,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("sweep");
+
+    let left: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM idempotency_keys), (SELECT count(*) FROM ingress_hits)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(left, (0, 0), "one sweep empties every side table");
+}
+
+#[tokio::test]
+async fn refused_ingress_requests_leave_no_rows_behind() {
+    let config = base_config()
+        + "[[limits.ip]]\nmax = 1\nwindow_seconds = 60\n\
+           [[limits.ingress_recipient]]\nmax = 5\nwindow_seconds = 60\n";
+    let app = TestApp::spawn_with(&config).await;
+
+    assert_eq!(
+        app.post_sms(Some(&token()), &sms("+14155552671"))
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    for i in 0..20 {
+        let refused = app
+            .post_sms(Some(&token()), &sms(&format!("+1415555{:04}", 6000 + i)))
+            .await;
+        assert_error(refused, 429, "too_many_requests").await;
+    }
+
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ingress_hits")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 2, "the IP's and the one accepted number's logs only");
+}
+
+#[tokio::test]
+async fn cancel_waits_for_a_claim_in_progress_and_then_refuses_the_leased_message() {
+    let app = TestApp::spawn().await;
+    let id = queue(&app, "+14155552671").await;
+    let uuid: uuid::Uuid = id.parse().expect("uuid");
+    // A claim in progress: the queue row locked and leased, not committed yet.
+    let mut claim = app.pool.begin().await.expect("begin");
+    sqlx::query(
+        "UPDATE message_queue SET lease_token = 7, run_at = now() + interval '30 seconds'
+         WHERE message_id = $1",
+    )
+    .bind(uuid)
+    .execute(&mut *claim)
+    .await
+    .expect("lease");
+
+    let pool = app.pool.clone();
+    let cancel = tokio::spawn(async move {
+        smsgate::db::operator::cancel(&pool, smsgate::domain::MessageId(uuid)).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!cancel.is_finished(), "cancel waits for the claim");
+    claim.commit().await.expect("commit");
+    let verdict = cancel.await.expect("join").expect("query");
+
+    assert_eq!(verdict, Err(smsgate::db::operator::ActionError::Leased));
+    let status: String = sqlx::query_scalar("SELECT status FROM messages WHERE id = $1")
+        .bind(uuid)
+        .fetch_one(&app.pool)
+        .await
+        .expect("status");
+    assert_eq!(
+        status, "queued",
+        "not recorded as canceled while a worker sends it"
+    );
+}
+
+#[tokio::test]
+async fn a_token_whose_issuer_is_not_a_string_is_refused() {
+    let app = TestApp::spawn().await;
+    for iss in [
+        json!(123),
+        json!({"name": "Auth0"}),
+        json!(["Auth0"]),
+        json!(true),
+    ] {
+        let mut claims = crate::helpers::auth0_claims();
+        claims["iss"] = iss.clone();
+        let forged = crate::helpers::sign_with(
+            &claims,
+            crate::helpers::SECRET.as_bytes(),
+            jsonwebtoken::Algorithm::HS256,
+        );
+        let answer = app.post_sms(Some(&forged), &sms("+14155552671")).await;
+        assert_error(answer, 401, "invalid_token").await;
+    }
+    assert_eq!(app.stored_rows().await, 0);
+}
+
+#[tokio::test]
+async fn callback_routes_look_up_the_carrier_before_reading_and_cap_the_body() {
+    let standin = TwilioStandIn::start().await;
+    let table = standin.carrier_toml("twilio") + "public_url = \"https://sms.example.com\"\n";
+    let config = config_with(&standin, "").replace(&standin.carrier_toml("twilio"), &table);
+    let app = TestApp::spawn_with(&config).await;
+    let big = vec![b'a'; 3 * 1024 * 1024];
+
+    let unknown = app
+        .client
+        .post(app.url("/v1/callbacks/twilio/nobody"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(big.clone())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        unknown.status().as_u16(),
+        404,
+        "refused before the body is read"
+    );
+
+    let known = app
+        .client
+        .post(app.url("/v1/callbacks/twilio/twilio"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(vec![b'a'; 64 * 1024])
+        .send()
+        .await
+        .expect("sent");
+    assert_error(known, 413, "payload_too_large").await;
+}
+
+#[tokio::test]
+async fn readiness_is_cached_for_about_a_second() {
+    let app = TestApp::spawn().await;
+    let ready = || app.client.get(app.url("/readyz")).send();
+    assert_eq!(ready().await.expect("sent").status().as_u16(), 200);
+    sqlx::raw_sql("DROP TABLE _sqlx_migrations")
+        .execute(&app.pool)
+        .await
+        .expect("unmigrate");
+
+    assert_eq!(
+        ready().await.expect("sent").status().as_u16(),
+        200,
+        "cached"
+    );
+    wait_until("the cache to expire", Duration::from_secs(3), async || {
+        ready().await.is_ok_and(|r| r.status().as_u16() == 503)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_sends_waiting_for_a_carrier_slot_and_hands_them_back() {
+    let standin = TwilioStandIn::start().await;
+    standin.set_default(Reply::Slow(Duration::from_secs(2)));
+    let table = standin.carrier_toml("twilio") + "max_in_flight = 1\n";
+    let config = config_with(
+        &standin,
+        "[dispatch]\nworkers = 4\nlease_seconds = 30\npoll_interval_ms = 200\n",
+    )
+    .replace(&standin.carrier_toml("twilio"), &table);
+    let db = TestApp::spawn_role(&config, Role::Ingress).await;
+    for i in 0..3 {
+        queue(&db, &format!("+1415555{:04}", 7000 + i)).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, _) = spawn_binary(&db, &config, dir.path());
+    wait_until("the first send", Duration::from_secs(20), async || {
+        standin.in_flight() == 1
+    })
+    .await;
+
+    let stopping = Instant::now();
+    let status = crate::cli::terminate(child).await;
+
+    assert!(status.success());
+    assert!(
+        stopping.elapsed() < Duration::from_millis(3500),
+        "no new send started after SIGTERM: {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(standin.seen().len(), 1, "only the send in flight");
+    let waiting: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM message_queue WHERE lease_token IS NULL")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    assert_eq!(waiting, 2, "the others handed back, not leased");
+}
