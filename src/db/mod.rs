@@ -8,6 +8,7 @@ pub mod messages;
 pub mod operator;
 pub mod queue;
 pub mod receipts;
+pub mod recipient_sends;
 
 use std::time::Duration;
 

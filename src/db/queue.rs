@@ -7,9 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::config::WindowLimit;
 use crate::domain::{MessageId, Status};
-use crate::limits::window::{self as limits, Admission};
 
 /// A message this worker now holds the lease on.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -27,20 +25,15 @@ pub struct Claimed {
     pub created_at: DateTime<Utc>,
     #[sqlx(skip)]
     pub lease_token: i64,
-    admitted: bool,
 }
 
 /// What one claim round trip produced.
 #[derive(Debug, Default)]
 pub struct ClaimBatch {
-    /// Leased and cleared to send (or expired: the worker finalises those).
+    /// Leased (expired ones included: the worker finalises those).
     pub ready: Vec<Claimed>,
-    /// Over a recipient limit with no chance before expiry: still leased, to be finalised.
-    pub rate_limited: Vec<Claimed>,
-    /// Rows claimed in all, deferred ones included: a full batch means more may be due.
+    /// Rows claimed: a full batch means more may be due.
     pub claimed: usize,
-    /// Rows sent back to wait for a recipient window.
-    pub deferred: usize,
     /// The last `(run_at, message_id)` claimed: where the next claim may start.
     pub last_key: Option<ClaimCursor>,
 }
@@ -53,7 +46,8 @@ pub fn cursor_start() -> ClaimCursor {
     (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil())
 }
 
-/// Claims up to `limit` due messages after `cursor`, leased for `lease_seconds`. Starting the
+/// Claims up to `limit` due messages after `cursor`, leased for `lease_seconds` (per-recipient
+/// limits are applied later, right before each carrier call: `db::recipient_sends`). Starting the
 /// index scan after the last row claimed keeps it off the dead tuples that claims and deletes
 /// leave at the head of the index, which a held snapshot keeps from being cleaned (shared
 /// research, pgqueue.md §2.1 and §3 E8/E11). The bound is a plain row comparison, not an
@@ -63,10 +57,8 @@ pub async fn claim(
     limit: usize,
     lease_seconds: u32,
     cursor: ClaimCursor,
-    windows: &[WindowLimit],
 ) -> Result<ClaimBatch, sqlx::Error> {
     let lease_token: i64 = rand::random();
-    let mut tx = pool.begin().await?;
     let mut rows: Vec<Claimed> = sqlx::query_as(
         "WITH c AS (
              SELECT message_id, run_at FROM message_queue
@@ -79,7 +71,7 @@ pub async fn claim(
          SET run_at = now() + make_interval(secs => $2), lease_token = $4
          FROM c, messages m
          WHERE q.message_id = c.message_id AND m.id = q.message_id
-         RETURNING q.message_id AS id, m.recipient, m.body, m.sender, q.attempts, q.admitted,
+         RETURNING q.message_id AS id, m.recipient, m.body, m.sender, q.attempts,
                    (extract(epoch FROM q.expires_at - now()) * 1000)::bigint AS remaining_ms,
                    c.run_at AS due_at, m.created_at",
     )
@@ -88,7 +80,7 @@ pub async fn claim(
     .bind(cursor.0)
     .bind(lease_token)
     .bind(cursor.1)
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
     let claimed = rows.len();
     rows.sort_by_key(|row| (row.due_at, row.id));
@@ -97,108 +89,11 @@ pub async fn claim(
         row.lease_token = lease_token;
     }
 
-    let mut batch = ClaimBatch {
+    Ok(ClaimBatch {
+        ready: rows,
         claimed,
         last_key,
-        ..ClaimBatch::default()
-    };
-    let needs_admission = |row: &Claimed| !row.admitted && row.remaining_ms > 0;
-    if windows.is_empty() || !rows.iter().any(needs_admission) {
-        batch.ready = rows;
-    } else {
-        admit(&mut tx, rows, windows, &mut batch).await?;
-    }
-    tx.commit().await?;
-    Ok(batch)
-}
-
-/// Applies the recipient windows to the rows not admitted yet. Rows of one recipient are
-/// locked in recipient order, so concurrent claimers serialise per number without deadlocks.
-async fn admit(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: Vec<Claimed>,
-    windows: &[WindowLimit],
-    batch: &mut ClaimBatch,
-) -> Result<(), sqlx::Error> {
-    let mut recipients: Vec<String> = rows
-        .iter()
-        .filter(|r| !r.admitted && r.remaining_ms > 0)
-        .map(|r| r.recipient.clone())
-        .collect();
-    recipients.sort();
-    recipients.dedup();
-    sqlx::query(
-        "INSERT INTO recipient_sends (recipient) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-    )
-    .bind(&recipients)
-    .execute(&mut **tx)
-    .await?;
-    let locked: Vec<(String, Vec<i64>, i64)> = sqlx::query_as(
-        "SELECT recipient, sends, (extract(epoch FROM now()) * 1000)::bigint
-         FROM recipient_sends WHERE recipient = ANY($1) ORDER BY recipient FOR UPDATE",
-    )
-    .bind(&recipients)
-    .fetch_all(&mut **tx)
-    .await?;
-    let now_ms = locked.first().map_or(0, |row| row.2);
-    let mut logs: std::collections::HashMap<String, Vec<i64>> =
-        locked.into_iter().map(|(r, sends, _)| (r, sends)).collect();
-
-    let (mut admitted, mut deferred_ids, mut deferred_delays) =
-        (Vec::new(), Vec::new(), Vec::new());
-    for row in rows {
-        if row.admitted || row.remaining_ms <= 0 {
-            batch.ready.push(row);
-            continue;
-        }
-        let log = logs.entry(row.recipient.clone()).or_default();
-        match limits::admit(log, now_ms, windows) {
-            Admission::Allowed => {
-                admitted.push(row.id);
-                batch.ready.push(row);
-            }
-            Admission::WaitMs(wait) if wait < row.remaining_ms => {
-                deferred_ids.push(row.id);
-                deferred_delays.push(wait);
-            }
-            Admission::WaitMs(_) => batch.rate_limited.push(row),
-        }
-    }
-
-    let (names, sends): (Vec<String>, Vec<String>) = logs
-        .into_iter()
-        .map(|(recipient, log)| (recipient, limits::to_pg_array(&log)))
-        .unzip();
-    sqlx::query(
-        "UPDATE recipient_sends r SET sends = v.sends::bigint[], updated_at = now()
-         FROM unnest($1::text[], $2::text[]) AS v(recipient, sends)
-         WHERE r.recipient = v.recipient",
-    )
-    .bind(&names)
-    .bind(&sends)
-    .execute(&mut **tx)
-    .await?;
-    if !admitted.is_empty() {
-        sqlx::query("UPDATE message_queue SET admitted = true WHERE message_id = ANY($1)")
-            .bind(&admitted)
-            .execute(&mut **tx)
-            .await?;
-    }
-    batch.deferred = deferred_ids.len();
-    if !deferred_ids.is_empty() {
-        // Not an attempt: the lease is dropped and the row waits for its window.
-        sqlx::query(
-            "UPDATE message_queue q
-             SET run_at = now() + v.wait_ms * interval '1 millisecond', lease_token = NULL
-             FROM unnest($1::uuid[], $2::bigint[]) AS v(id, wait_ms)
-             WHERE q.message_id = v.id",
-        )
-        .bind(&deferred_ids)
-        .bind(&deferred_delays)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
+    })
 }
 
 /// When the earliest queued row becomes due; `None` for an empty queue.

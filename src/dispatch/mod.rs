@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::carriers::{self, Routes};
-use crate::config::{Config, DispatchConfig, WindowLimit};
+use crate::config::{Config, DispatchConfig};
 use crate::db::queue::{self, ClaimBatch, Completion};
 use crate::domain::Status;
 use crate::limits::ingress::IngressLimits;
@@ -69,7 +69,6 @@ struct Claimer {
     pool: PgPool,
     wake: Wake,
     config: DispatchConfig,
-    windows: Vec<WindowLimit>,
     workers: Arc<Semaphore>,
     /// Messages claimed but whose first call has not started, at most what the tightest
     /// capped carrier can start within a lease (none without capped carriers).
@@ -77,7 +76,6 @@ struct Claimer {
     sends: TaskTracker,
     outcomes: mpsc::Sender<Completion>,
     context: SharedContext,
-    metrics: Metrics,
     shutdown: CancellationToken,
 }
 
@@ -104,6 +102,8 @@ impl Dispatcher {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             lease: Duration::from_secs(u64::from(d.lease_seconds)),
+            pool: pool.clone(),
+            windows: config.limits.recipient.clone(),
         });
         let in_hand = claim_capacity(&handles, context.lease).map(|n| Arc::new(Semaphore::new(n)));
         let (outcomes, receiver) = mpsc::channel(4 * d.workers.max(64));
@@ -113,13 +113,11 @@ impl Dispatcher {
             pool: pool.clone(),
             wake: wake.clone(),
             config: d.clone(),
-            windows: config.limits.recipient.clone(),
             workers: Arc::new(Semaphore::new(d.workers)),
             in_hand,
             sends: sends.clone(),
             outcomes: outcomes.clone(),
             context,
-            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         });
         let mut claimers = JoinSet::new();
@@ -226,14 +224,7 @@ impl Claimer {
             }
             let wanted = permits.len();
             let claim_started = Instant::now();
-            let batch = queue::claim(
-                &self.pool,
-                wanted,
-                self.config.lease_seconds,
-                cursor,
-                &self.windows,
-            )
-            .await;
+            let batch = queue::claim(&self.pool, wanted, self.config.lease_seconds, cursor).await;
             let batch = match batch {
                 Ok(batch) => {
                     failures = 0;
@@ -299,21 +290,6 @@ impl Claimer {
         mut hands: Vec<OwnedSemaphorePermit>,
         claim_started: Instant,
     ) {
-        let held_back = batch.deferred + batch.rate_limited.len();
-        if held_back > 0 {
-            self.metrics
-                .rate_limited
-                .with_label_values(&["recipient"])
-                .inc_by(held_back as u64);
-        }
-        for message in &batch.rate_limited {
-            let ended = send::finalise(
-                message,
-                Status::RateLimited,
-                "over a per-recipient limit until after the code expires",
-            );
-            self.finish(ended).await;
-        }
         for message in batch.ready {
             if message.remaining_ms <= 0 {
                 let ended =

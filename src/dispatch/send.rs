@@ -12,9 +12,14 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::retry::RetryPolicy;
+use sqlx::PgPool;
+
 use crate::carriers::{Accepted, CarrierHandle, FailureClass, OutboundSms, Routes, SendError};
+use crate::config::WindowLimit;
 use crate::db::queue::{AttemptRecord, Claimed, Completion, Disposition};
+use crate::db::recipient_sends;
 use crate::domain::{PhoneNumber, Status, redact_digits};
+use crate::limits::window::Admission;
 use crate::metrics::Metrics;
 
 /// Left of the lease after a call's timeout, for the outcome to reach the database: a second,
@@ -24,7 +29,7 @@ pub fn lease_margin(lease: Duration) -> Duration {
 }
 /// A message that could not start within its lease goes back for this long, so the same
 /// saturated carrier is not asked again at once.
-const BUSY_PAUSE: Duration = Duration::from_secs(1);
+const BUSY_PAUSE: Duration = Duration::from_secs(2);
 /// A message whose every carrier is skipped (disabled, breaker open) waits at least this
 /// long between looks. A look costs two queue writes (the claim and the hand-back), so
 /// waiting costs at most one write per message per 2 s, and a message goes out within about
@@ -39,6 +44,9 @@ pub struct SendContext {
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
     pub lease: Duration,
+    pub pool: PgPool,
+    /// `[[limits.recipient]]`: each send is admitted against them right before its call.
+    pub windows: Vec<WindowLimit>,
 }
 
 /// The clocks of one claimed message, started when the claim was sent: the database's
@@ -107,6 +115,7 @@ pub async fn dispatch(
     let recipient = PhoneNumber::from_e164_unchecked(message.recipient.clone());
     let mut skipped_until: Option<Option<Duration>> = None;
     let mut no_turn = false;
+    let mut admitted = context.windows.is_empty();
     let mut failed_carrier: Option<&str> = None;
     for carrier in context.routes.carriers_for(recipient.as_str()) {
         let turn = match attempt.wait_for_turn(carrier).await {
@@ -124,10 +133,17 @@ pub async fn dispatch(
                 break;
             }
         };
-        let now = Instant::now();
-        if now >= clocks.deadline {
+        if Instant::now() >= clocks.deadline {
             return attempt.ended(expired());
         }
+        if !admitted {
+            // Once per attempt: a failover within it is the same send to the number.
+            if let Err(disposition) = attempt.admit().await {
+                return attempt.ended(disposition);
+            }
+            admitted = true;
+        }
+        let now = Instant::now();
         drop(in_hand.take());
         if let Some(from) = failed_carrier {
             context
@@ -188,6 +204,47 @@ impl Attempt<'_> {
             return Err(Skip::NoTurn);
         }
         Ok(slot)
+    }
+
+    /// Counts this send against the recipient's windows, right before the call, so the limits
+    /// count the sends that really happen. `Err` says what to do instead: wait for the window,
+    /// or end the message when the window opens only after the code expires.
+    async fn admit(&mut self) -> Result<(), Disposition> {
+        let message = self.message;
+        let windows = &self.context.windows;
+        let wait_ms = match recipient_sends::admit(&self.context.pool, &message.recipient, windows)
+            .await
+        {
+            Ok(Admission::Allowed) => return Ok(()),
+            Ok(Admission::WaitMs(wait_ms)) => wait_ms,
+            Err(err) => {
+                tracing::warn!(id = %message.id, error = %err, "cannot check the recipient's limits; handing the message back");
+                return Err(Disposition::Release {
+                    delay_ms: BUSY_PAUSE.as_millis() as i64,
+                });
+            }
+        };
+        self.context
+            .metrics
+            .rate_limited
+            .with_label_values(&["recipient"])
+            .inc();
+        let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+        if wait
+            >= self
+                .clocks
+                .deadline
+                .saturating_duration_since(Instant::now())
+        {
+            return Err(Disposition::Final {
+                status: Status::RateLimited,
+                carrier: None,
+                carrier_message_id: None,
+                error: Some("over a per-recipient limit until after the code expires".into()),
+            });
+        }
+        // Not an attempt: the message waits for its window.
+        Err(Disposition::Release { delay_ms: wait_ms })
     }
 
     /// Records one call; `Some` when the message's fate is decided, `None` to fail over.

@@ -18,5 +18,6 @@ mod process;
 mod prometheus;
 mod receipts;
 mod slow_clients;
+mod soak;
 mod standins;
 mod status;

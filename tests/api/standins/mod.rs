@@ -53,8 +53,12 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// The same moment on the wall clock (to compare with the database's times).
+    pub wall: std::time::SystemTime,
     /// Answered with a 2xx success.
     pub accepted: bool,
+    /// The scripted answer it got (`None` when the contract check refused it).
+    pub reply: Option<Reply>,
     /// Carrier-specific fields decoded by the contract check (recipient under "to").
     pub fields: HashMap<String, String>,
 }
@@ -158,7 +162,9 @@ async fn handle(
         headers,
         body,
         at: Instant::now(),
+        wall: std::time::SystemTime::now(),
         accepted: false,
+        reply: None,
         fields: HashMap::new(),
     };
     let fields = match shared.contract.check(&seen) {
@@ -178,7 +184,18 @@ async fn handle(
             .or_else(|| script.default.clone())
             .unwrap_or(Reply::Created)
     };
-    let response = match reply {
+    seen.reply = Some(reply.clone());
+    // Recorded on arrival: a real carrier has the message once the request is in, even when
+    // the client gives up before the answer (then this handler is dropped mid-way).
+    seen.accepted = match &reply {
+        Reply::Error { status, .. } | Reply::Raw(status, _) => (200..300).contains(status),
+        Reply::GarbageError(_) => false,
+        Reply::Created | Reply::Slow(_) | Reply::Garbage => true,
+        Reply::ResetMidBody | Reply::Trickle(_) => true,
+    };
+    lock(&shared).seen.push(seen.clone());
+    let _in_flight = InFlight(shared.clone());
+    match reply {
         Reply::Created => shared.contract.success(&seen),
         Reply::Slow(delay) => {
             tokio::time::sleep(delay).await;
@@ -245,12 +262,16 @@ async fn handle(
             *response.status_mut() = StatusCode::CREATED;
             response
         }
-    };
-    seen.accepted = response.status().is_success();
-    let mut script = lock(&shared);
-    script.in_flight -= 1;
-    script.seen.push(seen);
-    response
+    }
+}
+
+/// Counts a request in flight until its handler ends, finished or dropped.
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0).in_flight -= 1;
+    }
 }
 
 /// Decodes an `application/x-www-form-urlencoded` body.

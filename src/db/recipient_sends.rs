@@ -1,0 +1,40 @@
+//! The send log behind `[[limits.recipient]]`: one row per number with the times (database
+//! clock, epoch ms) of its sends within the longest window. A send is admitted right before
+//! its carrier call, under the row's lock, so the log holds the sends that really happen, in
+//! the order they happen, across every process.
+
+use sqlx::PgPool;
+
+use crate::config::WindowLimit;
+use crate::limits::window::{self, Admission};
+
+/// Admits one send to `recipient` now, or says how long until its windows allow one.
+pub async fn admit(
+    pool: &PgPool,
+    recipient: &str,
+    windows: &[WindowLimit],
+) -> Result<Admission, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Created or locked in one statement; the clock is read once the lock is held, so two
+    // processes' sends to one number are logged in the order they were admitted.
+    let (mut sends, now_ms): (Vec<i64>, i64) = sqlx::query_as(
+        "INSERT INTO recipient_sends (recipient) VALUES ($1)
+         ON CONFLICT (recipient) DO UPDATE SET updated_at = recipient_sends.updated_at
+         RETURNING sends, (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    )
+    .bind(recipient)
+    .fetch_one(&mut *tx)
+    .await?;
+    let admission = window::admit(&mut sends, now_ms, windows);
+    if admission == Admission::Allowed {
+        sqlx::query(
+            "UPDATE recipient_sends SET sends = $2, updated_at = now() WHERE recipient = $1",
+        )
+        .bind(recipient)
+        .bind(&sends)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(admission)
+}
