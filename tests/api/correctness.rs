@@ -533,3 +533,79 @@ async fn sigterm_stops_sends_waiting_for_a_carrier_slot_and_hands_them_back() {
             .expect("count");
     assert_eq!(waiting, 2, "the others handed back, not leased");
 }
+
+#[tokio::test]
+async fn the_expiry_clock_starts_before_the_claim_so_a_slow_claim_cannot_stretch_a_codes_life() {
+    let standin = TwilioStandIn::start().await;
+    let extra = "[dispatch]\nmessage_ttl_seconds = 2\nlease_seconds = 10\npoll_interval_ms = 100\n";
+    let app = TestApp::spawn_role(&config_with(&standin, extra), Role::Ingress).await;
+    // Every claim takes longer than the code lives: the remaining life it reads is stale by
+    // the time it returns.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_claim() RETURNS trigger LANGUAGE plpgsql AS
+             'BEGIN PERFORM pg_sleep(2.5); RETURN NEW; END';
+         CREATE TRIGGER slow_claim BEFORE UPDATE ON message_queue FOR EACH ROW
+             WHEN (NEW.lease_token IS NOT NULL AND OLD.lease_token IS DISTINCT FROM NEW.lease_token)
+             EXECUTE FUNCTION slow_claim();",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("slow claims");
+    let id = queue(&app, "+14155552671").await;
+    let worker = app
+        .spawn_sibling(&config_with(&standin, extra), Role::Worker)
+        .await;
+
+    let view = wait_final(&worker, &id, Duration::from_secs(15)).await;
+
+    assert_eq!(view["status"], "expired", "{view}");
+    assert!(standin.seen().is_empty(), "no carrier called after expiry");
+}
+
+fn keyed(key: &str) -> smsgate::domain::NewMessage {
+    smsgate::domain::NewMessage {
+        id: smsgate::domain::MessageId::new(),
+        recipient: smsgate::domain::PhoneNumber::parse("+14155552671").expect("number"),
+        body: smsgate::domain::MessageBody::parse("Your code is 123456".into()).expect("body"),
+        sender: None,
+        request: smsgate::domain::RequestInfo::default(),
+        signer: None,
+        idempotency_key: Some(key.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn two_batches_holding_the_same_keys_in_opposite_orders_do_not_deadlock() {
+    let app = TestApp::spawn().await;
+    // Each key insert takes a while, so both batches are mid-statement at once: without a
+    // common lock order, each would wait for the key the other holds.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_key() RETURNS trigger LANGUAGE plpgsql AS
+             'BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END';
+         CREATE TRIGGER slow_key BEFORE INSERT ON idempotency_keys FOR EACH ROW
+             EXECUTE FUNCTION slow_key();",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("slow keys");
+    let (a1, a2, b1, b2) = (keyed("k1"), keyed("k2"), keyed("k1"), keyed("k2"));
+    let enqueue = |batch: Vec<smsgate::domain::NewMessage>| {
+        let pool = app.pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.expect("connection");
+            let batch: Vec<&smsgate::domain::NewMessage> = batch.iter().collect();
+            smsgate::db::messages::enqueue_batch(&mut conn, &batch, 300).await
+        }
+    };
+
+    let (first, second) = tokio::join!(enqueue(vec![a2, a1]), enqueue(vec![b1, b2]));
+
+    let first = first.expect("no deadlock");
+    let second = second.expect("no deadlock");
+    assert!(first.iter().chain(&second).all(Result::is_ok));
+    assert_eq!(
+        app.stored_rows().await,
+        4,
+        "two messages and their queue rows"
+    );
+}
