@@ -1,10 +1,15 @@
 //! A private PostgreSQL cluster run from the installed server binaries: the zero-setup default
 //! for `serve`, and the test harness's database server.
 //!
-//! The cluster listens on a unix socket only. PostgreSQL refuses to run as root, so when we are
-//! root every server command runs as the `postgres` account through `runuser`. A small watchdog
-//! shell holds a pipe from this process and stops the cluster when that pipe closes, so even a
-//! `kill -9` of smsgate leaves no server behind.
+//! The cluster listens on a unix socket only, in its home directory, which only the server's
+//! account (and root) may enter: initdb's `trust` authentication then admits nobody else.
+//! PostgreSQL refuses to run as root, so when we are root every server command runs as the
+//! `postgres` account through `runuser`.
+//!
+//! The process that starts the cluster owns it (its pid is in `smsgate.owner`): a small watchdog
+//! shell holds a pipe from that process and stops the cluster when the pipe closes, so even a
+//! `kill -9` of smsgate leaves no server behind. Any other process that finds the cluster
+//! running (an operator command beside a live gateway) only connects, and never stops it.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +21,10 @@ use sqlx::postgres::PgConnectOptions;
 
 /// The port only names the socket file; nothing listens on TCP.
 const PORT: u16 = 5432;
+/// Names the process that started the cluster, inside its home.
+const OWNER_FILE: &str = "smsgate.owner";
+/// How long a cluster whose owner died is given to be stopped by the owner's watchdog.
+const ORPHAN_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Unix socket paths are limited to 107 bytes on Linux.
 const MAX_SOCKET_PATH: usize = 107;
 const OS_ACCOUNT: &str = "postgres";
@@ -77,19 +86,30 @@ impl EmbeddedPostgres {
             run_checked(initdb, "initdb")?;
         }
 
-        let running = runner
-            .command("pg_ctl")
-            .arg("status")
-            .arg("-D")
-            .arg(&cluster)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if running {
-            tracing::warn!(dir = %home.display(), "embedded PostgreSQL was already running; adopting it");
+        // Only the server's account may reach the socket (root always can).
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", home.display()))?;
+        if runner.is_running(&cluster) {
+            if owner_alive(&home) {
+                tracing::info!(dir = %home.display(), "embedded PostgreSQL is run by another smsgate; connecting only");
+                return Ok(Self {
+                    home,
+                    watchdog: None,
+                });
+            }
+            // Its owner died: its watchdog is stopping it. Wait, then start it as ours.
+            let waited = std::time::Instant::now();
+            while runner.is_running(&cluster) && waited.elapsed() < ORPHAN_STOP_WAIT {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        if runner.is_running(&cluster) {
+            tracing::warn!(dir = %home.display(), "embedded PostgreSQL runs without its owner; taking it over");
         } else {
-            let mut options = format!("-k {} -c listen_addresses='' -p {PORT}", shell_quote(&home));
+            let mut options = format!(
+                "-k {} -c listen_addresses='' -c unix_socket_permissions=0700 -p {PORT}",
+                shell_quote(&home)
+            );
             if durability == Durability::Throwaway {
                 options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
             }
@@ -111,6 +131,8 @@ impl EmbeddedPostgres {
         }
 
         let watchdog = spawn_watchdog(&runner, &home, durability == Durability::Throwaway)?;
+        std::fs::write(home.join(OWNER_FILE), std::process::id().to_string())
+            .with_context(|| format!("cannot write {}", home.join(OWNER_FILE).display()))?;
         Ok(Self {
             home,
             watchdog: Some(watchdog),
@@ -168,6 +190,17 @@ struct Runner {
 }
 
 impl Runner {
+    fn is_running(&self, cluster: &Path) -> bool {
+        self.command("pg_ctl")
+            .arg("status")
+            .arg("-D")
+            .arg(cluster)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
     fn command(&self, program: &str) -> Command {
         let program = self.bin.join(program);
         match &self.run_as {
@@ -206,6 +239,24 @@ fn spawn_watchdog(runner: &Runner, home: &Path, remove: bool) -> anyhow::Result<
     watchdog
         .spawn()
         .context("cannot start the PostgreSQL watchdog")
+}
+
+/// Whether the process named in the cluster's owner file is alive (and is not this one).
+fn owner_alive(home: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(home.join(OWNER_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    if pid <= 0 || pid == std::process::id() as i32 {
+        return false;
+    }
+    // Signal 0 only asks whether the process exists; EPERM means it does.
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(err) => err == nix::errno::Errno::EPERM,
+    }
 }
 
 fn run_checked(mut command: Command, what: &str) -> anyhow::Result<()> {

@@ -228,7 +228,7 @@ async fn smsgate_token_signs_what_the_gateway_accepts() {
 }
 
 /// A config for the real binary: embedded database in `dir`, fixed loopback port.
-fn serve_config(dir: &Path, port: u16) -> std::path::PathBuf {
+pub fn serve_config(dir: &Path, port: u16) -> std::path::PathBuf {
     let text = base_config()
         .replacen(
             "listen = \"127.0.0.1:0\"",
@@ -250,7 +250,7 @@ pub fn free_port() -> u16 {
 }
 
 /// PostgreSQL processes whose command line mentions `dir`.
-fn postgres_processes_for(dir: &Path) -> usize {
+pub fn postgres_processes_for(dir: &Path) -> usize {
     let needle = dir.display().to_string();
     std::fs::read_dir("/proc")
         .into_iter()
@@ -272,7 +272,7 @@ fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) 
     }
 }
 
-fn start_serve(dir: &Path) -> (Child, u16) {
+pub fn start_serve(dir: &Path) -> (Child, u16) {
     // The embedded cluster may run as the postgres account, which must reach data_dir.
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod tempdir");
@@ -312,7 +312,7 @@ pub async fn wait_until_healthy(port: u16) -> reqwest::Client {
 }
 
 /// Signs with `smsgate token` for the serve config in `dir` and posts one message.
-async fn post_with_smsgate_token(
+pub async fn post_with_smsgate_token(
     client: &reqwest::Client,
     dir: &Path,
     port: u16,

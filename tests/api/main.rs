@@ -6,6 +6,7 @@ mod auth;
 mod carriers;
 mod cli;
 mod correctness;
+mod deploy;
 mod dispatch;
 mod faults;
 mod health;
