@@ -14,7 +14,12 @@ use smsgate::{App, Config, Database, Role, auth0, db, telemetry};
 #[command(version, about = "Auth0-compatible SMS gateway backed by PostgreSQL")]
 struct Cli {
     /// Configuration file; `SMSGATE__SECTION__KEY` variables and DATABASE_URL override it.
-    #[arg(long, global = true, default_value = "config/default.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "SMSGATE_CONFIG",
+        default_value = "config/default.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,

@@ -4,6 +4,9 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// What stands in a secret's place wherever it would be shown.
+pub const REDACTED: &str = "[redacted]";
+
 /// Holds a credential or shared secret; only [`Secret::expose`] reveals it.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -25,14 +28,14 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(\"[redacted]\")")
+        write!(f, "Secret(\"{REDACTED}\")")
     }
 }
 
 /// Serialising is only used to print the effective configuration, so it redacts too.
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
+        serializer.serialize_str(if self.0.is_empty() { "" } else { REDACTED })
     }
 }
 

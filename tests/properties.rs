@@ -160,6 +160,7 @@ fn verifier() -> Verifier {
             secret_base64_encoded: false,
             audience: AUDIENCE.into(),
             subject: Some("urn:Auth0".into()),
+            public_secret: false,
         },
     );
     Verifier::new(&signers)

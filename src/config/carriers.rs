@@ -129,6 +129,20 @@ impl CarrierKind {
 }
 
 impl CarrierConfig {
+    /// The credentials that are set, by key name.
+    pub fn secret_values(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("auth_token", &self.auth_token),
+            ("api_key_secret", &self.api_key_secret),
+            ("callback_secret", &self.callback_secret),
+            ("api_secret", &self.api_secret),
+            ("secret_access_key", &self.secret_access_key),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.as_ref().map(|v| (key, v.expose())))
+        .collect()
+    }
+
     /// Where this carrier sends its delivery receipts, when `public_url` is set.
     pub fn callback_url(&self, name: &str) -> Option<String> {
         let base = self.public_url.as_deref()?.trim_end_matches('/');

@@ -2,6 +2,7 @@
 //! `DATABASE_URL`, validated once before anything binds or connects.
 
 mod carriers;
+mod secrets;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -151,7 +152,7 @@ pub struct AdminConfig {
 }
 
 /// How one Auth0 connection signs its gateway token (`options.gateway_authentication`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerConfig {
     pub secret: Secret,
@@ -162,6 +163,28 @@ pub struct SignerConfig {
     /// Auth0 does not require a subject; when set, `sub` must equal it.
     #[serde(default, deserialize_with = "lenient_optional_string")]
     pub subject: Option<String>,
+    /// The secret is published (MessageMedia's Auth0 guide uses `MessageMedia`): allowed on a
+    /// public listener only with this opt-in, and then the audience, which must be long, is
+    /// what proves the caller (and is redacted like a secret).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_secret: bool,
+}
+
+impl std::fmt::Debug for SignerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let audience = if self.public_secret {
+            crate::secret::REDACTED
+        } else {
+            self.audience.as_str()
+        };
+        f.debug_struct("SignerConfig")
+            .field("secret", &self.secret)
+            .field("secret_base64_encoded", &self.secret_base64_encoded)
+            .field("audience", &audience)
+            .field("subject", &self.subject)
+            .field("public_secret", &self.public_secret)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -296,22 +319,26 @@ impl Config {
     }
 
     fn from_figment(base: Figment) -> Result<Self, ConfigError> {
-        let config: Config = base
-            .merge(Env::prefixed("SMSGATE__").split("__"))
-            .merge(
-                Env::raw()
-                    .only(&["DATABASE_URL"])
-                    .map(|_| "database.url".into()),
-            )
-            .extract()
-            .map_err(ConfigError::from_figment)?;
-        config.validate()?;
+        let figment = base.merge(Env::prefixed("SMSGATE__").split("__")).merge(
+            Env::raw()
+                .only(&["DATABASE_URL"])
+                .map(|_| "database.url".into()),
+        );
+        let config: Config = figment.extract().map_err(ConfigError::from_figment)?;
+        config
+            .validate()
+            .map_err(|error| error.naming_variables(&figment))?;
         Ok(config)
     }
 
     /// The effective configuration as TOML, every secret replaced by `[redacted]`.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+        let mut shown = self.clone();
+        for signer in shown.auth0.values_mut().filter(|s| s.public_secret) {
+            // The audience is the secret of a signer whose secret is public.
+            signer.audience = crate::secret::REDACTED.into();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
 
     /// Valid but risky settings, each naming its keys: printed by `check-config` and logged

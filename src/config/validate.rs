@@ -33,17 +33,51 @@ impl ConfigError {
     pub(super) fn from_figment(error: figment::Error) -> Self {
         let problems = error
             .into_iter()
-            .map(|e| Problem {
-                key: if e.path.is_empty() {
+            .map(|e| {
+                let mut path = e.path.clone();
+                if let figment::error::Kind::UnknownField(field, _) = &e.kind
+                    && path.last() != Some(field)
+                {
+                    path.push(field.clone());
+                }
+                let reason = match environment_variable(e.metadata.as_ref(), &path) {
+                    Some(variable) => format!("{} (set by {variable})", e.kind),
+                    None => e.kind.to_string(),
+                };
+                let key = if path.is_empty() {
                     "(top level)".to_string()
                 } else {
-                    e.path.join(".")
-                },
-                reason: e.kind.to_string(),
+                    path.join(".")
+                };
+                Problem { key, reason }
             })
             .collect();
         Self { problems }
     }
+
+    /// Names the environment variable behind each problem whose value came from one.
+    pub(super) fn naming_variables(mut self, figment: &figment::Figment) -> Self {
+        for problem in &mut self.problems {
+            let path: Vec<String> = problem.key.split('.').map(str::to_string).collect();
+            if let Some(variable) = environment_variable(figment.find_metadata(&problem.key), &path)
+            {
+                problem.reason.push_str(&format!(" (set by {variable})"));
+            }
+        }
+        self
+    }
+}
+
+/// The variable an environment provider maps `path` from, e.g. `SMSGATE__SERVER__LISTEN`.
+fn environment_variable(metadata: Option<&figment::Metadata>, path: &[String]) -> Option<String> {
+    let metadata = metadata.filter(|m| m.name.contains("environment"))?;
+    Some(if metadata.name.contains("SMSGATE__") {
+        format!("SMSGATE__{}", path.join("__").to_uppercase())
+    } else if path == ["database", "url"] {
+        "DATABASE_URL".to_string()
+    } else {
+        metadata.interpolate(&figment::Profile::Default, path)
+    })
 }
 
 impl fmt::Display for ConfigError {
@@ -140,6 +174,19 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        let url = self.database.url.expose();
+        if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            problem(
+                "database.url".into(),
+                "must start with postgres:// or postgresql://".into(),
+            );
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problem(
+                "log.level".into(),
+                format!("is not a tracing filter: {err}"),
+            );
+        }
         if self.database.url.is_empty() && self.database.data_dir.as_os_str().is_empty() {
             problem(
                 "database.data_dir".into(),
@@ -164,6 +211,9 @@ impl Config {
         self.validate_routes(&mut problem);
         self.validate_destinations(&mut problem);
         self.validate_server(&mut problem);
+        for p in super::secrets::problems(self) {
+            problem(p.key, p.reason);
+        }
 
         if problems.is_empty() {
             Ok(())

@@ -14,13 +14,13 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_smsgate");
 /// Environment variables set for one run of the binary.
 type EnvOverrides<'a> = &'a [(&'a str, &'a str)];
 
-fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+pub fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("smsgate.toml");
     std::fs::write(&path, text).expect("write config");
     path
 }
 
-fn smsgate(args: &[&str], config: &Path, env: &[(&str, &str)]) -> Output {
+pub fn smsgate(args: &[&str], config: &Path, env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BINARY);
     command.args(args).arg("--config").arg(config);
     command.env_remove("DATABASE_URL");
@@ -30,11 +30,11 @@ fn smsgate(args: &[&str], config: &Path, env: &[(&str, &str)]) -> Output {
     command.output().expect("run smsgate")
 }
 
-fn stdout(output: &Output) -> String {
+pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr(output: &Output) -> String {
+pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 

@@ -76,3 +76,173 @@ async fn no_other_local_account_can_open_a_session_on_the_embedded_database() {
     assert!(stderr.contains("Permission denied"), "{stderr}");
     assert!(terminate(child).await.success());
 }
+
+/// The base configuration on a public address, with `secret` and `admin` as the signer's secret
+/// and the admin token.
+fn public(secret: &str, admin: &str) -> String {
+    crate::helpers::base_config()
+        .replacen("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:8080\"", 1)
+        .replace(crate::helpers::SECRET, secret)
+        .replace(crate::helpers::ADMIN_TOKEN, admin)
+}
+
+const GOOD_SECRET: &str = "k3J9v0Qm7Lr2Xz8Wq4Nt6Bp1Yc5Hd0Gs";
+const GOOD_ADMIN: &str = "Adm1n-t0ken-Of-32-characters-xyz";
+
+#[test]
+fn placeholder_and_short_secrets_are_refused_on_a_public_listener_naming_their_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            public("change-me", GOOD_ADMIN),
+            "auth0.primary.secret: is a placeholder",
+        ),
+        (public("x", GOOD_ADMIN), "auth0.primary.secret: is 1 bytes"),
+        (
+            public(crate::helpers::SECRET, GOOD_ADMIN)
+                .replace(
+                    "[auth0.primary]",
+                    "[auth0.primary]\nsecret_base64_encoded = true",
+                )
+                .replace(crate::helpers::SECRET, "="),
+            "auth0.primary.secret: decodes to an empty HMAC key",
+        ),
+        (
+            public(GOOD_SECRET, "change-me"),
+            "admin.token: is a placeholder",
+        ),
+        (
+            public(GOOD_SECRET, "short-admin-token"),
+            "admin.token: must be at least 32",
+        ),
+        (
+            public(GOOD_SECRET, GOOD_ADMIN).replace(
+                "kind = \"log\"",
+                "kind = \"twilio\"\naccount_sid = \"AC0123456789abcdef0123456789abcdef\"\n\
+                 auth_token = \"change-me\"\nfrom = \"+15005550006\"",
+            ),
+            "carriers.console.auth_token: is a placeholder",
+        ),
+        (
+            public("MessageMedia", GOOD_ADMIN)
+                .replace("[auth0.primary]", "[auth0.primary]\npublic_secret = true"),
+            "auth0.primary.audience: with public_secret = true",
+        ),
+    ];
+    for (text, expected) in cases {
+        let config = crate::cli::write_config(dir.path(), &text);
+        let output = crate::cli::smsgate(&["check-config"], &config, &[]);
+        assert_eq!(output.status.code(), Some(2), "{expected}");
+        let stderr = crate::cli::stderr(&output);
+        assert!(stderr.contains(expected), "{expected} in {stderr}");
+    }
+
+    // The same on loopback is development: only the empty key is refused.
+    let config = crate::cli::write_config(
+        dir.path(),
+        &crate::helpers::base_config().replace(crate::helpers::SECRET, "x"),
+    );
+    assert!(
+        crate::cli::smsgate(&["check-config"], &config, &[])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn a_public_secret_signer_is_allowed_with_a_long_audience_which_is_then_redacted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audience = "mm-api-secret-0123456789abcdefXYZ";
+    let text = public("MessageMedia", GOOD_ADMIN)
+        .replace("[auth0.primary]", "[auth0.primary]\npublic_secret = true")
+        .replace(crate::helpers::AUDIENCE, audience);
+    let config = crate::cli::write_config(dir.path(), &text);
+
+    let output = crate::cli::smsgate(&["check-config"], &config, &[]);
+
+    assert!(output.status.success(), "{}", crate::cli::stderr(&output));
+    let printed = crate::cli::stdout(&output);
+    assert!(
+        !printed.contains(audience),
+        "the audience is redacted: {printed}"
+    );
+    assert!(printed.contains("public_secret = true"));
+}
+
+#[test]
+fn configuration_mistakes_are_caught_at_start_and_name_their_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = crate::helpers::base_config();
+    let config = crate::cli::write_config(dir.path(), &base);
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[("DATABASE_URL", "mysql://db/smsgate")],
+            "database.url: must start with postgres://",
+        ),
+        (
+            &[("SMSGATE__LOG__LEVEL", "info,[[[")],
+            "log.level: is not a tracing filter",
+        ),
+        (
+            &[("SMSGATE__SERVER__LISTEN", "nowhere")],
+            "(set by SMSGATE__SERVER__LISTEN)",
+        ),
+        (
+            &[("SMSGATE__SERVER__BOGUS", "1")],
+            "(set by SMSGATE__SERVER__BOGUS)",
+        ),
+    ];
+    for (env, expected) in cases {
+        let mut command = Command::new(BINARY);
+        command.args(["check-config", "--config"]).arg(&config);
+        command.env_remove("DATABASE_URL");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("run");
+        assert_eq!(output.status.code(), Some(2), "{expected}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{expected} in {stderr}");
+    }
+
+    // SMSGATE_CONFIG stands in for --config.
+    let output = Command::new(BINARY)
+        .arg("check-config")
+        .env("SMSGATE_CONFIG", &config)
+        .env_remove("DATABASE_URL")
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("urn:MySmsGateway"));
+}
+
+#[tokio::test]
+async fn logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let port = crate::cli::free_port();
+    let config = crate::cli::serve_config(dir.path(), port);
+    let log = dir.path().join("smsgate.log");
+    let child = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("DATABASE_URL")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start");
+    wait_until_healthy(port).await;
+    assert!(terminate(child).await.success());
+
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("dispatch workers started"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no ANSI escape codes: {text:?}");
+}

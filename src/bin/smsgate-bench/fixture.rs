@@ -150,6 +150,7 @@ impl Bench {
             secret_base64_encoded: false,
             audience: "urn:MySmsGateway".into(),
             subject: Some("urn:Auth0".into()),
+            public_secret: false,
         };
         let url = format!("http://127.0.0.1:{port}/v1/auth0/sms");
         Ok(Arc::new(Target::new(url, signer, self.args.connections)?))
