@@ -61,6 +61,8 @@ struct Signer {
     name: String,
     key: DecodingKey,
     validation: Validation,
+    /// Keys the digests this signer's requests leave in the database (never stored itself).
+    digest_key: Vec<u8>,
 }
 
 /// All configured signers; a token is accepted when any of them verifies it completely.
@@ -76,6 +78,7 @@ impl Verifier {
                 name: name.clone(),
                 key: DecodingKey::from_secret(&key_bytes(config)),
                 validation: validation_for(config),
+                digest_key: digest_key(config),
             })
             .collect();
         Self { signers }
@@ -94,6 +97,29 @@ impl Verifier {
             return Err(TokenError::NotBearer);
         }
         self.verify(token.trim())
+    }
+
+    /// HMAC-SHA256 of `parts` (each length-prefixed) under a key derived from `signer`'s
+    /// secret, as hex: what idempotency fingerprints and derived keys store, so a database
+    /// dump cannot be searched for the one-time code they cover. Unsigned requests (only with
+    /// `server.allow_unauthenticated`, for development) get a fixed key.
+    pub fn digest(&self, signer: Option<&str>, parts: &[&str]) -> String {
+        use hmac::{Hmac, KeyInit, Mac};
+        let key = signer
+            .and_then(|name| self.signers.iter().find(|s| s.name == name))
+            .map_or(&b"smsgate-unsigned"[..], |s| s.digest_key.as_slice());
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
+            return String::new();
+        };
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Checks a compact JWT against every signer.
@@ -169,6 +195,18 @@ fn validation_for(config: &SignerConfig) -> Validation {
     }
     validation.required_spec_claims = required;
     validation
+}
+
+/// The digest key: the signing key, and for a signer whose secret is published
+/// (`public_secret`) the audience too, which is then the secret part.
+fn digest_key(config: &SignerConfig) -> Vec<u8> {
+    let mut key = b"smsgate-digest\0".to_vec();
+    key.extend(key_bytes(config));
+    if config.public_secret {
+        key.push(0);
+        key.extend(config.audience.as_bytes());
+    }
+    key
 }
 
 /// The HMAC key: the secret's UTF-8 bytes, or its base64url-decoded bytes when so configured.

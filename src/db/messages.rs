@@ -32,25 +32,6 @@ pub enum NotStored {
     KeyUnresolved,
 }
 
-/// What an idempotency key's request asked for: recipient, body and sender, length-prefixed.
-fn fingerprint(message: &NewMessage) -> String {
-    use sha2::{Digest, Sha256};
-    let mut digest = Sha256::new();
-    for part in [
-        message.recipient.as_str(),
-        message.body.as_str(),
-        message.sender.as_deref().unwrap_or(""),
-    ] {
-        digest.update((part.len() as u64).to_be_bytes());
-        digest.update(part.as_bytes());
-    }
-    digest
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// How often a batch's repeated keys are looked for again when their message vanished between
 /// the insert and the look-up (retention deleted it, and the key with it).
 const KEY_ROUNDS: usize = 3;
@@ -102,9 +83,8 @@ pub async fn enqueue_batch(
                 let key = message.idempotency_key.as_deref().unwrap_or_default();
                 earlier.get(key).map(|(print, enqueued)| {
                     // Keys stored before fingerprints existed match anything.
-                    let own = fingerprint(message);
-                    match print {
-                        Some(print) if *print != own => Err(NotStored::KeyReused),
+                    match (print, &message.fingerprint) {
+                        (Some(print), Some(own)) if print != own => Err(NotStored::KeyReused),
                         _ => Ok(*enqueued),
                     }
                 })
@@ -139,12 +119,7 @@ async fn insert(
         agents.push(message.request.user_agent.as_deref());
         signers.push(message.signer.as_deref());
         keys.push(message.idempotency_key.as_deref());
-        fingerprints.push(
-            message
-                .idempotency_key
-                .as_ref()
-                .map(|_| fingerprint(message)),
-        );
+        fingerprints.push(message.fingerprint.as_deref());
     }
     let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
         "WITH v AS (

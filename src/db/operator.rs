@@ -131,7 +131,7 @@ pub async fn cancel(pool: &PgPool, id: MessageId) -> Result<Result<(), ActionErr
             .await?;
         sqlx::query(
             "UPDATE messages SET status = 'failed', last_error = 'canceled by an operator',
-                    body = regexp_replace(body, '[[:digit:]]', '*', 'g'), finished_at = now()
+                    body = '', finished_at = now()
              WHERE id = $1",
         )
         .bind(id.0)

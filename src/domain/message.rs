@@ -112,6 +112,10 @@ pub struct NewMessage {
     pub signer: Option<String>,
     /// A retried request with the same key (scoped to its signer) gets the same message.
     pub idempotency_key: Option<String>,
+    /// With a key: a keyed digest of what the request asked for (recipient, body, sender), so a
+    /// key reused for another message is told apart without storing anything a code can be
+    /// recovered from.
+    pub fingerprint: Option<String>,
 }
 
 /// Where a message stands. The strings are stored in the database and shown by the API.

@@ -144,6 +144,10 @@ pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewM
     Ok(message)
 }
 
+/// Marks a key derived from a notification; the ingress keys its digest with the signer's
+/// secret before it is stored.
+pub const DERIVED_PREFIX: &str = "derived:";
+
 /// A retried notification carries the same recipient, type, code and text: their digest is
 /// its key. The code never leaves the process in clear.
 fn derived_key(parts: &[&str; 4]) -> String {
@@ -157,7 +161,7 @@ fn derived_key(parts: &[&str; 4]) -> String {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect();
-    format!("derived:{hex}")
+    format!("{DERIVED_PREFIX}{hex}")
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use super::actions::DERIVED_PREFIX;
 use super::{ApiError, AppState};
 use crate::db::batcher::EnqueueError;
 use crate::domain::{MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, redact_digits};
@@ -104,8 +105,27 @@ async fn accept(
     // signer's length goes first, so no pair of names and keys can spell the same string.
     message.idempotency_key = message.idempotency_key.take().map(|key| {
         let signer = message.signer.as_deref().unwrap_or("-");
+        // A key derived from the notification covers its code: stored only under the
+        // signer's own HMAC key, which the database does not hold.
+        let key = match key.strip_prefix(DERIVED_PREFIX) {
+            Some(digest) => format!(
+                "{DERIVED_PREFIX}{}",
+                state.verifier.digest(message.signer.as_deref(), &[digest])
+            ),
+            None => key,
+        };
         format!("{}:{signer}/{key}", signer.len())
     });
+    if message.idempotency_key.is_some() {
+        message.fingerprint = Some(state.verifier.digest(
+            message.signer.as_deref(),
+            &[
+                message.recipient.as_str(),
+                message.body.as_str(),
+                message.sender.as_deref().unwrap_or(""),
+            ],
+        ));
+    }
     if state.require_request_info && message.request.ip.is_none() {
         return Err(ApiError::MissingRequestInfo);
     }
@@ -315,5 +335,6 @@ pub(super) fn validate(
         request: request_info,
         signer,
         idempotency_key: None,
+        fingerprint: None,
     })
 }

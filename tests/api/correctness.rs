@@ -571,6 +571,7 @@ fn keyed(key: &str) -> smsgate::domain::NewMessage {
         request: smsgate::domain::RequestInfo::default(),
         signer: None,
         idempotency_key: Some(key.to_string()),
+        fingerprint: None,
     }
 }
 

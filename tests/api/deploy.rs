@@ -246,3 +246,88 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
     assert!(text.contains("dispatch workers started"), "{text}");
     assert!(!text.contains('\u{1b}'), "no ANSI escape codes: {text:?}");
 }
+
+/// The digest an attacker with a database dump would try: SHA-256 over the length-prefixed
+/// parts, with no key.
+fn unkeyed(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    hex::encode(digest.finalize())
+}
+
+#[tokio::test]
+async fn nothing_stored_lets_a_database_dump_recover_a_code() {
+    let standin = crate::standins::twilio::TwilioStandIn::start().await;
+    let app = crate::helpers::TestApp::spawn_role(
+        &crate::dispatch::config_with(&standin, crate::dispatch::FAST_DISPATCH),
+        smsgate::Role::All,
+    )
+    .await;
+    let recipient = "+14155552671";
+    // Arabic-Indic digits: masking ASCII digits would leave this code readable.
+    let body = "رمز التحقق: ٤٥٦٧٨٩";
+    let keyed = app
+        .client
+        .post(app.url("/v1/auth0/sms"))
+        .bearer_auth(crate::helpers::token())
+        .header("content-type", "application/json")
+        .header("idempotency-key", "dump-1")
+        .body(serde_json::json!({"recipient": recipient, "body": body}).to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(keyed.status().as_u16(), 200);
+    let action = app
+        .client
+        .post(app.url("/v1/auth0/phone-provider"))
+        .bearer_auth(crate::helpers::token())
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"notification": {"recipient": recipient, "as_text": "Code 482913",
+                "message_type": "otp_verify", "code": "482913", "delivery_method": "text"}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(action.status().as_u16(), 200);
+    crate::dispatch::wait_until("both sent", Duration::from_secs(10), async || {
+        smsgate::db::queue::depth(&app.pool).await.unwrap_or(1) == 0
+    })
+    .await;
+
+    let keys: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT key, fingerprint FROM idempotency_keys")
+            .fetch_all(&app.pool)
+            .await
+            .expect("keys");
+    assert_eq!(keys.len(), 2);
+    let header_print = keys
+        .iter()
+        .find_map(|(key, print)| key.ends_with("/dump-1").then(|| print.clone()))
+        .flatten()
+        .expect("a fingerprint");
+    assert_ne!(
+        header_print,
+        unkeyed(&[recipient, body, ""]),
+        "keyed, not a plain digest"
+    );
+    let derived = unkeyed(&[recipient, "otp_verify", "482913", "Code 482913"]);
+    assert!(
+        keys.iter().all(|(key, _)| !key.contains(&derived)),
+        "the derived key is keyed too: {keys:?}"
+    );
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM messages")
+        .fetch_all(&app.pool)
+        .await
+        .expect("bodies");
+    assert_eq!(
+        bodies,
+        vec![String::new(), String::new()],
+        "bodies erased once final"
+    );
+}
