@@ -75,7 +75,7 @@ pub async fn admit_batch(
         .map(|(key, log)| (key.as_str(), to_pg_array(log)))
         .unzip();
     sqlx::query(
-        "UPDATE ingress_hits h SET hits = v.hits::bigint[], updated_at = now()
+        "UPDATE ingress_hits h SET hits = v.hits::bigint[], updated_at = clock_timestamp()
          FROM unnest($1::text[], $2::text[]) AS v(key, hits) WHERE h.key = v.key",
     )
     .bind(&keys)

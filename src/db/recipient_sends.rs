@@ -28,7 +28,7 @@ pub async fn admit(
     let admission = window::admit(&mut sends, now_ms, windows);
     if admission == Admission::Allowed {
         sqlx::query(
-            "UPDATE recipient_sends SET sends = $2, updated_at = now() WHERE recipient = $1",
+            "UPDATE recipient_sends SET sends = $2, updated_at = clock_timestamp() WHERE recipient = $1",
         )
         .bind(recipient)
         .bind(&sends)

@@ -72,7 +72,8 @@ pub async fn sweep(
             "DELETE FROM messages WHERE id IN (
                  SELECT id FROM messages
                  WHERE finished_at < now() - make_interval(days => $1)
-                 ORDER BY finished_at LIMIT $2)",
+                 ORDER BY finished_at LIMIT $2)
+             AND finished_at < now() - make_interval(days => $1)",
         )
         .bind(i32::try_from(plan.days).unwrap_or(i32::MAX))
         .bind(BATCH)
@@ -103,14 +104,17 @@ pub async fn sweep(
             ),
         ];
         // Every table is swept until it is done, not only while messages are: a side table
-        // can grow faster than the messages (keys, refused ingress hits).
+        // can grow faster than the messages (keys, refused ingress hits). The age is checked
+        // again on the row itself: a row a limit updated while this statement waited for its
+        // lock is re-read, and kept (the `IN` list alone was chosen from the old version).
         let mut more = deleted == BATCH as u64;
         for (table, key, age, seconds) in side_tables {
             // Names from the list above, never from input.
             let statement = format!(
                 "DELETE FROM {table} WHERE {key} IN (
                      SELECT {key} FROM {table}
-                     WHERE {age} < now() - make_interval(secs => $1) LIMIT $2)"
+                     WHERE {age} < now() - make_interval(secs => $1) LIMIT $2)
+                 AND {age} < now() - make_interval(secs => $1)"
             );
             let swept = sqlx::query(sqlx::AssertSqlSafe(statement))
                 .bind(seconds)

@@ -610,3 +610,75 @@ async fn two_batches_holding_the_same_keys_in_opposite_orders_do_not_deadlock() 
         "two messages and their queue rows"
     );
 }
+
+#[tokio::test]
+async fn concurrent_admissions_to_one_number_allow_exactly_its_limit() {
+    let app = TestApp::spawn().await;
+    let windows = vec![smsgate::config::WindowLimit {
+        max: 1,
+        window_seconds: 4,
+    }];
+    let admissions = (0..10).map(|_| {
+        let (pool, windows) = (app.pool.clone(), windows.clone());
+        async move {
+            smsgate::db::recipient_sends::admit(&pool, "+14155552671", &windows)
+                .await
+                .expect("admit")
+        }
+    });
+    let allowed = join_all(admissions)
+        .await
+        .into_iter()
+        .filter(|a| *a == smsgate::limits::window::Admission::Allowed)
+        .count();
+    assert_eq!(allowed, 1);
+}
+
+#[tokio::test]
+async fn retention_never_deletes_a_send_log_a_limit_is_updating_meanwhile() {
+    let app = TestApp::spawn().await;
+    sqlx::query(
+        "INSERT INTO recipient_sends (recipient, sends, updated_at)
+         VALUES ('+14155552671', '{1}', now() - interval '1 hour')",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("an old log");
+    // A send is being admitted: the row is locked and about to be fresh.
+    let mut admitting = app.pool.begin().await.expect("begin");
+    sqlx::query(
+        "UPDATE recipient_sends
+         SET sends = ARRAY[(extract(epoch FROM clock_timestamp()) * 1000)::bigint],
+             updated_at = clock_timestamp()
+         WHERE recipient = '+14155552671'",
+    )
+    .execute(&mut *admitting)
+    .await
+    .expect("admit");
+    let pool = app.pool.clone();
+    let sweep = tokio::spawn(async move {
+        let plan = smsgate::dispatch::retention::Plan {
+            days: 7,
+            send_log_seconds: 60,
+            ingress_log_seconds: 60,
+        };
+        smsgate::dispatch::retention::sweep(
+            &pool,
+            plan,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admitting.commit().await.expect("commit");
+    sweep.await.expect("join").expect("sweep");
+
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM recipient_sends")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        kept, 1,
+        "the fresh send log survives the sweep that waited for it"
+    );
+}

@@ -295,9 +295,18 @@ fn recipient_windows_hold(plan: &Plan, sends: &[Send], problems: &mut Vec<String
                 .take_while(|(at, _)| at.duration_since(**start).unwrap_or_default() < span)
                 .count();
             if inside > limit.max as usize {
+                let which: Vec<String> = times[i..i + inside]
+                    .iter()
+                    .map(|(at, body)| {
+                        let at: DateTime<Utc> = (**at).into();
+                        format!("{body:?} at {}", at.format("%H:%M:%S%.3f"))
+                    })
+                    .collect();
                 problems.push(format!(
-                    "{recipient} got {inside} messages within {span:?} (limit {} per {} s)",
-                    limit.max, limit.window_seconds
+                    "{recipient} got {inside} messages within {span:?} (limit {} per {} s): {}",
+                    limit.max,
+                    limit.window_seconds,
+                    which.join(", ")
                 ));
                 break;
             }
