@@ -133,17 +133,28 @@ pub async fn dispatch(
                 break;
             }
         };
-        if Instant::now() >= clocks.deadline {
+        if !admitted {
+            // Once per attempt: a failover within it is the same send to the number. The
+            // number's log is a lock many sends may queue on: no longer than the turn lasts.
+            match tokio::time::timeout_at(turn.latest.into(), attempt.admit()).await {
+                Ok(Ok(())) => admitted = true,
+                Ok(Err(disposition)) => return attempt.ended(disposition),
+                Err(_) => {
+                    no_turn = true;
+                    break;
+                }
+            }
+        }
+        // Checked last, right before the call: the lease must still cover it, and the code
+        // must still be alive.
+        let now = Instant::now();
+        if now >= clocks.deadline {
             return attempt.ended(expired());
         }
-        if !admitted {
-            // Once per attempt: a failover within it is the same send to the number.
-            if let Err(disposition) = attempt.admit().await {
-                return attempt.ended(disposition);
-            }
-            admitted = true;
+        if now > turn.latest {
+            no_turn = true;
+            break;
         }
-        let now = Instant::now();
         drop(in_hand.take());
         if let Some(from) = failed_carrier {
             context
@@ -169,8 +180,11 @@ pub async fn dispatch(
     attempt.after_every_carrier(no_turn, skipped_until)
 }
 
-/// A carrier's slot, held while its call runs.
-type Turn = Option<OwnedSemaphorePermit>;
+/// A carrier's slot, held while its call runs, and the last moment the call may start.
+struct Turn {
+    _slot: Option<OwnedSemaphorePermit>,
+    latest: Instant,
+}
 
 impl Attempt<'_> {
     /// Waits for the carrier's slot and rate, but only as long as a call started then would
@@ -203,7 +217,10 @@ impl Attempt<'_> {
         if Instant::now() > latest {
             return Err(Skip::NoTurn);
         }
-        Ok(slot)
+        Ok(Turn {
+            _slot: slot,
+            latest,
+        })
     }
 
     /// Counts this send against the recipient's windows, right before the call, so the limits

@@ -682,3 +682,43 @@ async fn retention_never_deletes_a_send_log_a_limit_is_updating_meanwhile() {
         "the fresh send log survives the sweep that waited for it"
     );
 }
+
+#[tokio::test]
+async fn a_send_whose_limit_check_outlasts_the_lease_is_handed_back_not_sent_twice() {
+    // Found by an attack: sends to one number queue on its send log's lock; one that got the
+    // lock after its lease ran out was sent while a second worker, holding the new lease,
+    // sent it too.
+    let standin = TwilioStandIn::start().await;
+    let extra = "[dispatch]\nclaimers = 2\nlease_seconds = 2\npoll_interval_ms = 100\n\
+                 [[limits.recipient]]\nmax = 100\nwindow_seconds = 60\n";
+    let config = config_with(&standin, extra)
+        .replace("timeout_ms = 3000", "timeout_ms = 700")
+        .replace("connect_timeout_ms = 1000", "connect_timeout_ms = 500");
+    let app = TestApp::spawn_role(&config, Role::Ingress).await;
+    // The first check of the number's limits takes longer than the lease (a sequence, so a
+    // check that is given up still counts as the slow one).
+    sqlx::raw_sql(
+        "CREATE SEQUENCE slow_once;
+         CREATE FUNCTION slow_log() RETURNS trigger LANGUAGE plpgsql AS
+             'BEGIN IF nextval(''slow_once'') = 1 THEN PERFORM pg_sleep(2.5); END IF;
+                    RETURN NEW; END';
+         CREATE TRIGGER slow_log BEFORE UPDATE ON recipient_sends FOR EACH ROW
+             EXECUTE FUNCTION slow_log();",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("slow log");
+    sqlx::query("INSERT INTO recipient_sends (recipient) VALUES ('+14155552671')")
+        .execute(&app.pool)
+        .await
+        .expect("log row");
+    let id = queue(&app, "+14155552671").await;
+    let worker = app.spawn_sibling(&config, Role::Worker).await;
+
+    let view = wait_final(&worker, &id, Duration::from_secs(20)).await;
+
+    assert_eq!(view["status"], "sent", "{view}");
+    // Whatever was still in flight has had time to arrive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(standin.received().len(), 1, "sent once");
+}

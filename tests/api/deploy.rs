@@ -331,3 +331,36 @@ async fn nothing_stored_lets_a_database_dump_recover_a_code() {
         "bodies erased once final"
     );
 }
+
+#[tokio::test]
+async fn a_gateway_whose_log_reader_went_away_keeps_serving_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let port = crate::cli::free_port();
+    let config = crate::cli::serve_config(dir.path(), port);
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    // The log shipper dies: nobody reads stderr any more.
+    drop(child.stderr.take());
+    let client = wait_until_healthy(port).await;
+
+    for _ in 0..3 {
+        let accepted = post_with_smsgate_token(&client, dir.path(), port).await;
+        assert_eq!(accepted.status().as_u16(), 200);
+    }
+    let stopping = std::time::Instant::now();
+    let status = terminate(child).await;
+
+    assert!(status.success(), "clean exit: {status}");
+    assert!(stopping.elapsed() < Duration::from_secs(15));
+}
