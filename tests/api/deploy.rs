@@ -364,3 +364,207 @@ async fn a_gateway_whose_log_reader_went_away_keeps_serving_and_stops_cleanly() 
     assert!(status.success(), "clean exit: {status}");
     assert!(stopping.elapsed() < Duration::from_secs(15));
 }
+
+/// A PostgreSQL that accepts only TLS connections with scram passwords, its server
+/// certificate signed by a CA this test makes; stopped when dropped.
+struct TlsPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("run");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn as_postgres(program: &str) -> Command {
+    let mut command = Command::new("runuser");
+    command.args(["-u", "postgres", "--"]).arg(program);
+    command
+}
+
+/// A CA and a certificate it signs for `localhost` / 127.0.0.1, in `dir`.
+fn make_certificates(dir: &std::path::Path, ca: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["req", "-x509"])
+        .args(ec)
+        .args([
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
+        ])
+        .args(["-days", "2", "-subj", &format!("/CN={ca}")]));
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["req"])
+        .args(ec)
+        .args([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]));
+    std::fs::write(
+        dir.join("san.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("san");
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &format!("{ca}.crt"),
+        ])
+        .args([
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+        ])
+        .args(["-days", "2", "-extfile", "san.cnf"]));
+}
+
+impl TlsPostgres {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        make_certificates(path, "test-ca");
+        run(Command::new("chown").args(["-R", "postgres"]).arg(path));
+        std::fs::set_permissions(
+            path.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("key mode");
+        let data = path.join("data");
+        run(as_postgres(&format!("{PG_BIN}/initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync"]));
+        // Local socket for the test's own set-up; over TCP, TLS with scram or nothing.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("hba");
+        let port = crate::cli::free_port();
+        let options = format!(
+            "-k {dir} -c listen_addresses=127.0.0.1 -p {port} -c ssl=on \
+             -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key -c fsync=off",
+            dir = path.display()
+        );
+        run(as_postgres(&format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-w", "-l"])
+            .arg(path.join("pg.log"))
+            .args(["-o", &options, "start"]));
+        let server = Self { dir, port };
+        run(Command::new("psql")
+            .arg("-h")
+            .arg(server.dir.path())
+            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-c",
+                "CREATE ROLE smsgate LOGIN PASSWORD 'tls-test-password'",
+            ])
+            .args(["-c", "CREATE DATABASE smsgate OWNER smsgate"]));
+        server
+    }
+
+    fn url(&self, mode: &str, root: &std::path::Path) -> String {
+        format!(
+            "postgres://smsgate:tls-test-password@localhost:{}/smsgate?sslmode={mode}&sslrootcert={}",
+            self.port,
+            root.display()
+        )
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn smsgate_reaches_a_tls_only_postgres_with_verify_full_and_refuses_anything_less() {
+    let postgres = tokio::task::spawn_blocking(TlsPostgres::start)
+        .await
+        .expect("start");
+    let ca = postgres.dir.path().join("test-ca.crt");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::cli::free_port();
+    let config = crate::cli::write_config(
+        dir.path(),
+        &crate::helpers::base_config().replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        ),
+    );
+
+    let child = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("DATABASE_URL", postgres.url("verify-full", &ca))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let client = wait_until_healthy(port).await;
+    let accepted = client
+        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
+        .bearer_auth(crate::helpers::token())
+        .header("content-type", "application/json")
+        .body(crate::helpers::sms("+14155552671").to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(accepted.status().as_u16(), 200, "stored over TLS");
+    assert!(terminate(child).await.success());
+
+    // Another CA's certificate, and no TLS at all: both refused, naming why.
+    let other = tempfile::tempdir().expect("tempdir");
+    make_certificates(other.path(), "other-ca");
+    for url in [
+        postgres.url("verify-full", &other.path().join("other-ca.crt")),
+        postgres.url("disable", &ca),
+    ] {
+        let output = Command::new(BINARY)
+            .args(["migrate", "--config"])
+            .arg(&config)
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("run");
+        assert!(!output.status.success(), "{url}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
+    }
+}
