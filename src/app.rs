@@ -100,6 +100,7 @@ impl Role {
 pub struct App {
     listener: TcpListener,
     metrics_listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     state: AppState,
     database: Database,
     config: Config,
@@ -164,9 +165,18 @@ impl App {
             .with_context(|| {
                 format!("cannot listen on metrics.listen {}", config.metrics.listen)
             })?;
+        let admin_listener = match config.admin.listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on admin.listen {address}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             metrics_listener,
+            admin_listener,
             state,
             database,
             config: config.clone(),
@@ -180,6 +190,11 @@ impl App {
 
     pub fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.metrics_listener.local_addr()?)
+    }
+
+    /// The admin listener's address, when `admin.listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener.as_ref()?.local_addr().ok()
     }
 
     /// Serves (and dispatches, by role) until `shutdown` is cancelled; then lets in-flight
@@ -218,7 +233,18 @@ impl App {
         tracing::info!(%address, role = ?self.role, "smsgate is listening");
         let limits = ConnectionLimits::new(&self.config.server);
         let request_timeout = Duration::from_millis(self.config.server.request_timeout_ms);
-        let router = http::harden(http::router(self.state), request_timeout);
+        if let Some(listener) = self.admin_listener {
+            let admin = http::harden(http::admin_router(self.state.clone()), request_timeout);
+            let admin_server = axum::serve(listener, admin)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            background.spawn(async move {
+                if let Err(err) = admin_server.await {
+                    tracing::error!(error = %err, "admin listener failed");
+                }
+            });
+        }
+        let admin_apart = self.config.admin.listen.is_some();
+        let router = http::harden(http::router(self.state, admin_apart), request_timeout);
         let server = http::server::serve(self.listener, router, limits, shutdown.clone());
         let workers = async {
             if let Some(dispatcher) = dispatcher {

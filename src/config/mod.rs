@@ -149,6 +149,9 @@ impl Default for DatabaseConfig {
 pub struct AdminConfig {
     /// Bearer token of the status API; none disables that API.
     pub token: Option<Secret>,
+    /// When set, the admin routes (`/v1/messages…`, `/v1/carriers/…`) are served here only,
+    /// and the public listener answers 404 for them.
+    pub listen: Option<SocketAddr>,
 }
 
 /// How one Auth0 connection signs its gateway token (`options.gateway_authentication`).

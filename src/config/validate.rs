@@ -150,6 +150,15 @@ impl Config {
                 "must not be empty; remove it to disable the status API".into(),
             );
         }
+        if let Some(admin) = self.admin.listen
+            && admin.port() != 0
+            && (admin == self.server.listen || admin == self.metrics.listen)
+        {
+            problem(
+                "admin.listen".into(),
+                "must differ from server.listen and metrics.listen".into(),
+            );
+        }
         if self.metrics.listen == self.server.listen && self.server.listen.port() != 0 {
             problem(
                 "metrics.listen".into(),

@@ -63,7 +63,8 @@ pub struct AppState {
     pub readiness: Arc<health::Readiness>,
 }
 
-pub fn router(state: AppState) -> Router {
+/// The public listener's routes; with `admin_apart`, without the admin routes (404 there).
+pub fn router(state: AppState, admin_apart: bool) -> Router {
     let router = if state.accept_messages {
         Router::new()
             .route("/v1/auth0/sms", post(ingress::accept_sms))
@@ -74,18 +75,36 @@ pub fn router(state: AppState) -> Router {
     } else {
         Router::new()
     };
-    router
+    let router = router
         .route("/v1/callbacks/twilio/{carrier}", post(callbacks::twilio))
         .route(
             "/v1/callbacks/messagemedia/{carrier}",
             post(callbacks::messagemedia),
         )
-        .route("/v1/messages", get(status::list_messages))
-        .route("/v1/carriers/{name}/{action}", post(status::switch_carrier))
-        .route("/v1/messages/{id}", get(status::show_message))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    let router = if admin_apart {
+        router
+    } else {
+        with_admin_routes(router)
+    };
+    router.with_state(state)
+}
+
+/// The admin listener's routes (`admin.listen`), with its own health checks.
+pub fn admin_router(state: AppState) -> Router {
+    with_admin_routes(Router::new())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .with_state(state)
+}
+
+/// Operators' routes: the status API and the carrier switches (admin token).
+fn with_admin_routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .route("/v1/messages", get(status::list_messages))
+        .route("/v1/carriers/{name}/{action}", post(status::switch_carrier))
+        .route("/v1/messages/{id}", get(status::show_message))
 }
 
 /// What every public route gets: a whole-request timeout (408), a panic turned into a 500

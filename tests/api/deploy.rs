@@ -568,3 +568,68 @@ async fn smsgate_reaches_a_tls_only_postgres_with_verify_full_and_refuses_anythi
         assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let (port, admin_port) = (crate::cli::free_port(), crate::cli::free_port());
+    let text = std::fs::read_to_string(crate::cli::serve_config(dir.path(), port))
+        .expect("config")
+        .replace(
+            "[admin]",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
+        );
+    let config = crate::cli::write_config(dir.path(), &text);
+    let child = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("DATABASE_URL")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let client = wait_until_healthy(port).await;
+    let accepted = post_with_smsgate_token(&client, dir.path(), port).await;
+    assert_eq!(accepted.status().as_u16(), 200, "the ingress stays public");
+    let id = accepted.json::<serde_json::Value>().await.expect("JSON")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let admin = |port: u16, path: String| {
+        client
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .send()
+    };
+
+    for path in [format!("/v1/messages/{id}"), "/v1/messages".to_string()] {
+        let public = admin(port, path.clone()).await.expect("sent");
+        assert_eq!(public.status().as_u16(), 404, "{path} is not public");
+        let private = admin(admin_port, path.clone()).await.expect("sent");
+        assert_eq!(private.status().as_u16(), 200, "{path} on admin.listen");
+    }
+    let switch = client
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/carriers/console/disable"
+        ))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(switch.status().as_u16(), 404);
+    let ingress_on_admin = client
+        .post(format!("http://127.0.0.1:{admin_port}/v1/auth0/sms"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        ingress_on_admin.status().as_u16(),
+        404,
+        "no ingress on the admin port"
+    );
+    assert!(terminate(child).await.success());
+}
