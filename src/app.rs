@@ -60,6 +60,11 @@ impl Database {
         })
     }
 
+    /// True when the embedded cluster belongs to another process: this one only connects.
+    pub fn is_embedded_guest(&self) -> bool {
+        self.embedded.as_ref().is_some_and(|e| !e.is_owner())
+    }
+
     /// Closes the pool, then stops the embedded cluster if we started it.
     pub async fn close(self) {
         self.pool.close().await;
@@ -123,6 +128,16 @@ impl App {
             tracing::warn!("{warning}");
         }
         let database = Database::open(&config.database).await?;
+        if database.is_embedded_guest() {
+            // It would lose its database whenever the owner stops: one gateway per embedded
+            // cluster (operator commands may still connect beside it).
+            anyhow::bail!(
+                "database.data_dir {} is the embedded database of another running smsgate; \
+                 run one gateway per embedded database, or use an external PostgreSQL \
+                 (database.url) for several",
+                config.database.data_dir.display()
+            );
+        }
         if config.database.migrate_on_start {
             db::migrate(&database.pool).await?;
         }

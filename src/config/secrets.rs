@@ -13,35 +13,55 @@ pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 /// With `public_secret = true` the audience is what nobody else knows.
 pub const MIN_SECRET_AUDIENCE_CHARS: usize = 24;
 
-/// Values from config/*.toml, .env.example and the README: never a real secret.
-const PLACEHOLDERS: [&str; 6] = [
+/// Values from config/*.toml, .env.example and the README, refused wherever they appear in a
+/// secret, and short words refused as the whole secret: never a real secret.
+const PLACEHOLDERS: [&str; 5] = [
+    "change-me",
+    "change_me",
     super::DEVELOPMENT_SECRET,
     "smsgate-development-admin-token",
     "at-least-16-random-characters",
-    "secret",
-    "password",
-    "changeme",
 ];
+const PLACEHOLDER_WORDS: [&str; 3] = ["secret", "password", "changeme"];
+/// A secret drawn at random has many distinct bytes; one with fewer is typed, not generated.
+const MIN_DISTINCT_BYTES: usize = 8;
 
 /// A value copied from an example instead of made up.
 fn is_placeholder(value: &str) -> bool {
     let value = value.trim().to_ascii_lowercase();
-    value.starts_with("change-me")
-        || value.starts_with("change_me")
-        || PLACEHOLDERS.iter().any(|p| value == p.to_ascii_lowercase())
+    PLACEHOLDERS
+        .iter()
+        .any(|p| value.contains(&p.to_ascii_lowercase()))
+        || PLACEHOLDER_WORDS.contains(&value.as_str())
+}
+
+/// Too few distinct bytes to have been generated (`aaaa…`, an all-zero key, a word repeated).
+fn lacks_variety(bytes: &[u8]) -> bool {
+    let mut seen = [false; 256];
+    bytes.iter().for_each(|&b| seen[usize::from(b)] = true);
+    seen.iter().filter(|&&s| s).count() < MIN_DISTINCT_BYTES
 }
 
 pub(super) fn problems(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut problem = |key: String, reason: String| problems.push(Problem { key, reason });
-    let exposed = !config.server.listen.ip().is_loopback();
+    // Reachable from elsewhere: the public listener, or the admin one.
+    let exposed = !config.server.listen.ip().is_loopback()
+        || config.admin.listen.is_some_and(|a| !a.ip().is_loopback());
+    if exposed && config.auth0.is_empty() && config.server.allow_unauthenticated {
+        problem(
+            "server.allow_unauthenticated".into(),
+            "would accept unsigned requests on a non-loopback listener (an open SMS relay)".into(),
+        );
+    }
     for (name, signer) in &config.auth0 {
         let key = format!("auth0.{name}.secret");
-        let bytes = if signer.secret_base64_encoded {
-            decode_base64url_secret(signer.secret.expose()).map(|key| key.len())
+        let decoded = if signer.secret_base64_encoded {
+            decode_base64url_secret(signer.secret.expose())
         } else {
-            Some(signer.secret.expose().len())
+            Some(signer.secret.expose().as_bytes().to_vec())
         };
+        let bytes = decoded.as_ref().map(Vec::len);
         if bytes == Some(0) && !signer.secret.is_empty() {
             problem(key.clone(), "decodes to an empty HMAC key".into());
         }
@@ -50,18 +70,27 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         }
         if signer.public_secret {
             // MessageMedia's Auth0 guide uses a published secret: the audience carries it.
-            if signer.audience.chars().count() < MIN_SECRET_AUDIENCE_CHARS {
+            let audience = signer.audience.trim();
+            if audience.chars().count() < MIN_SECRET_AUDIENCE_CHARS
+                || audience.contains("://")
+                || lacks_variety(audience.as_bytes())
+            {
                 problem(
                     format!("auth0.{name}.audience"),
                     format!(
                         "with public_secret = true the audience is the only secret: it must be \
-                         at least {MIN_SECRET_AUDIENCE_CHARS} characters"
+                         a generated value (the MessageMedia API secret) of at least \
+                         {MIN_SECRET_AUDIENCE_CHARS} characters, not a URL"
                     ),
                 );
             }
             continue;
         }
-        if is_placeholder(signer.secret.expose()) {
+        let decoded_text = decoded
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        if is_placeholder(signer.secret.expose()) || is_placeholder(&decoded_text) {
             problem(
                 key,
                 "is a placeholder from an example; set the connection's own secret".into(),
@@ -74,6 +103,11 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                      (RFC 7518 section 3.2) on a non-loopback listener",
                     bytes.unwrap_or(0)
                 ),
+            );
+        } else if decoded.as_deref().is_some_and(lacks_variety) {
+            problem(
+                key,
+                format!("has fewer than {MIN_DISTINCT_BYTES} distinct bytes; generate it"),
             );
         }
     }
@@ -93,6 +127,16 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 format!(
                     "must be at least {MIN_ADMIN_TOKEN_CHARS} characters on a non-loopback listener"
                 ),
+            );
+        } else if lacks_variety(token.as_bytes()) {
+            problem(
+                "admin.token".into(),
+                format!("has fewer than {MIN_DISTINCT_BYTES} distinct characters; generate it"),
+            );
+        } else if config.auth0.values().any(|s| s.secret.expose() == token) {
+            problem(
+                "admin.token".into(),
+                "must differ from every signer's secret".into(),
             );
         }
     }
@@ -124,5 +168,19 @@ mod tests {
             assert!(is_placeholder(value), "{value}");
         }
         assert!(!is_placeholder("k3J9v0Qm-a-real-looking-secret-value"));
+        assert!(is_placeholder(&format!(
+            "{}2",
+            crate::config::DEVELOPMENT_SECRET
+        )));
+    }
+
+    #[test]
+    fn typed_secrets_lack_variety_and_generated_ones_do_not() {
+        assert!(lacks_variety(&[b'a'; 40]));
+        assert!(lacks_variety(&[0; 32]));
+        assert!(lacks_variety("secretsecretsecretsecretsecret12".as_bytes()));
+        assert!(!lacks_variety(
+            "k3J9v0Qm7Lr2Xz8Wq4Nt6Bp1Yc5Hd0Gs".as_bytes()
+        ));
     }
 }

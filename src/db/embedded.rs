@@ -6,10 +6,12 @@
 //! PostgreSQL refuses to run as root, so when we are root every server command runs as the
 //! `postgres` account through `runuser`.
 //!
-//! The process that starts the cluster owns it (its pid is in `smsgate.owner`): a small watchdog
-//! shell holds a pipe from that process and stops the cluster when the pipe closes, so even a
-//! `kill -9` of smsgate leaves no server behind. Any other process that finds the cluster
-//! running (an operator command beside a live gateway) only connects, and never stops it.
+//! One process owns the cluster: the one holding an exclusive lock on `smsgate.lock` in its
+//! home, taken before anything else is done there and released by the kernel when that
+//! process dies. The owner starts the cluster and runs a small watchdog shell that holds a pipe
+//! from it and stops the cluster when the pipe closes, so even a `kill -9` of smsgate leaves no
+//! server behind. Any other process (an operator command beside a live gateway) is a guest: it
+//! only connects, and never starts or stops the cluster.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -21,8 +23,10 @@ use sqlx::postgres::PgConnectOptions;
 
 /// The port only names the socket file; nothing listens on TCP.
 const PORT: u16 = 5432;
-/// Names the process that started the cluster, inside its home.
-const OWNER_FILE: &str = "smsgate.owner";
+/// Locked by the owner for as long as it lives; holds its pid, for people.
+const LOCK_FILE: &str = "smsgate.lock";
+/// How long a guest waits for the owner to bring the cluster up.
+const GUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a cluster whose owner died is given to be stopped by the owner's watchdog.
 const ORPHAN_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Unix socket paths are limited to 107 bytes on Linux.
@@ -42,12 +46,22 @@ pub enum Durability {
 pub struct EmbeddedPostgres {
     home: PathBuf,
     watchdog: Option<Child>,
+    /// The owner's lock; `None` for a guest.
+    lock: Option<std::fs::File>,
 }
 
 impl EmbeddedPostgres {
     /// Initialises `home` on first use, then starts (or adopts) the cluster living there.
     pub fn start(home: &Path, durability: Durability) -> anyhow::Result<Self> {
         let bin = find_server_binaries()?;
+        // Root hands the directory to the server's account: never through a link someone
+        // else may have planted.
+        if std::fs::symlink_metadata(home).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "database.data_dir {} is a symbolic link; give the real directory",
+                home.display()
+            );
+        }
         std::fs::create_dir_all(home)
             .with_context(|| format!("cannot create database.data_dir {}", home.display()))?;
         let home = home
@@ -69,6 +83,27 @@ impl EmbeddedPostgres {
         }
         let runner = Runner { bin, run_as };
         let cluster = home.join("pgdata");
+        // Only the server's account may reach the socket (root always can).
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", home.display()))?;
+        let Some(mut lock) = take_lock(&home)? else {
+            // A live owner: connect only, once it has the cluster up.
+            let waited = std::time::Instant::now();
+            while !runner.is_running(&cluster) && waited.elapsed() < GUEST_WAIT {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            tracing::info!(dir = %home.display(), "embedded PostgreSQL is run by another smsgate; connecting only");
+            return Ok(Self {
+                home,
+                watchdog: None,
+                lock: None,
+            });
+        };
+        {
+            use std::io::Write;
+            lock.set_len(0).ok();
+            write!(lock, "{}", std::process::id()).ok();
+        }
 
         if !cluster.join("PG_VERSION").exists() {
             let mut initdb = runner.command("initdb");
@@ -86,18 +121,9 @@ impl EmbeddedPostgres {
             run_checked(initdb, "initdb")?;
         }
 
-        // Only the server's account may reach the socket (root always can).
-        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .with_context(|| format!("cannot restrict {}", home.display()))?;
         if runner.is_running(&cluster) {
-            if owner_alive(&home) {
-                tracing::info!(dir = %home.display(), "embedded PostgreSQL is run by another smsgate; connecting only");
-                return Ok(Self {
-                    home,
-                    watchdog: None,
-                });
-            }
-            // Its owner died: its watchdog is stopping it. Wait, then start it as ours.
+            // Its owner died (the lock was free): its watchdog is stopping it. Wait, then
+            // start it as ours.
             let waited = std::time::Instant::now();
             while runner.is_running(&cluster) && waited.elapsed() < ORPHAN_STOP_WAIT {
                 std::thread::sleep(std::time::Duration::from_millis(100));
@@ -131,12 +157,16 @@ impl EmbeddedPostgres {
         }
 
         let watchdog = spawn_watchdog(&runner, &home, durability == Durability::Throwaway)?;
-        std::fs::write(home.join(OWNER_FILE), std::process::id().to_string())
-            .with_context(|| format!("cannot write {}", home.join(OWNER_FILE).display()))?;
         Ok(Self {
             home,
             watchdog: Some(watchdog),
+            lock: Some(lock),
         })
+    }
+
+    /// True for the process that started the cluster and will stop it.
+    pub fn is_owner(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// Connection options for `database` on this cluster.
@@ -241,21 +271,22 @@ fn spawn_watchdog(runner: &Runner, home: &Path, remove: bool) -> anyhow::Result<
         .context("cannot start the PostgreSQL watchdog")
 }
 
-/// Whether the process named in the cluster's owner file is alive (and is not this one).
-fn owner_alive(home: &Path) -> bool {
-    let Some(pid) = std::fs::read_to_string(home.join(OWNER_FILE))
-        .ok()
-        .and_then(|text| text.trim().parse::<i32>().ok())
-    else {
-        return false;
-    };
-    if pid <= 0 || pid == std::process::id() as i32 {
-        return false;
-    }
-    // Signal 0 only asks whether the process exists; EPERM means it does.
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) => true,
-        Err(err) => err == nix::errno::Errno::EPERM,
+/// The owner's lock on `home`, or `None` when a live process holds it.
+fn take_lock(home: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    let path = home.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(err)) => {
+            Err(err).with_context(|| format!("cannot lock {}", path.display()))
+        }
     }
 }
 

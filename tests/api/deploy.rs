@@ -9,6 +9,20 @@ use crate::cli::{
     wait_until_healthy,
 };
 
+/// A directory the embedded cluster's account can enter, a free port, and a config serving
+/// there on the embedded database.
+fn embedded_gateway_config() -> (tempfile::TempDir, u16, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let port = crate::cli::free_port();
+    let config = crate::cli::serve_config(dir.path(), port);
+    (dir, port, config)
+}
+
 #[tokio::test]
 async fn operator_commands_beside_a_live_gateway_never_stop_its_embedded_database() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -86,6 +100,15 @@ fn public(secret: &str, admin: &str) -> String {
         .replace(crate::helpers::ADMIN_TOKEN, admin)
 }
 
+/// `text` with its `[auth0.primary]` table cut out.
+fn without_signers(text: &str) -> String {
+    let start = text.find("[auth0.primary]").expect("a signer table");
+    let end = text
+        .find("[carriers.console]")
+        .expect("the carriers after it");
+    format!("{}{}", &text[..start], &text[end..])
+}
+
 const GOOD_SECRET: &str = "k3J9v0Qm7Lr2Xz8Wq4Nt6Bp1Yc5Hd0Gs";
 const GOOD_ADMIN: &str = "Adm1n-t0ken-Of-32-characters-xyz";
 
@@ -127,6 +150,35 @@ fn placeholder_and_short_secrets_are_refused_on_a_public_listener_naming_their_k
             public("MessageMedia", GOOD_ADMIN)
                 .replace("[auth0.primary]", "[auth0.primary]\npublic_secret = true"),
             "auth0.primary.audience: with public_secret = true",
+        ),
+        // The development secret, base64url-encoded, is still the development secret.
+        (
+            public(
+                "c21zZ2F0ZS1kZXZlbG9wbWVudC1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u",
+                GOOD_ADMIN,
+            )
+            .replace(
+                "[auth0.primary]",
+                "[auth0.primary]\nsecret_base64_encoded = true",
+            ),
+            "auth0.primary.secret: is a placeholder",
+        ),
+        (
+            public(&"a".repeat(40), GOOD_ADMIN),
+            "auth0.primary.secret: has fewer than 8 distinct bytes",
+        ),
+        (public(GOOD_SECRET, GOOD_SECRET), "admin.token: must differ"),
+        // Loopback ingress, but the admin listener faces the network.
+        (
+            crate::helpers::base_config()
+                .replace(crate::helpers::ADMIN_TOKEN, "x")
+                .replace("[admin]", "[admin]\nlisten = \"0.0.0.0:9465\""),
+            "admin.token: must be at least 32",
+        ),
+        (
+            without_signers(&public(GOOD_SECRET, GOOD_ADMIN))
+                .replace("[server]", "[server]\nallow_unauthenticated = true"),
+            "server.allow_unauthenticated: would accept unsigned requests",
         ),
     ];
     for (text, expected) in cases {
@@ -223,14 +275,7 @@ fn configuration_mistakes_are_caught_at_start_and_name_their_variable() {
 
 #[tokio::test]
 async fn logs_written_to_a_file_carry_no_colour_codes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let port = crate::cli::free_port();
-    let config = crate::cli::serve_config(dir.path(), port);
+    let (dir, port, config) = embedded_gateway_config();
     let log = dir.path().join("smsgate.log");
     let child = Command::new(BINARY)
         .args(["serve", "--config"])
@@ -334,14 +379,7 @@ async fn nothing_stored_lets_a_database_dump_recover_a_code() {
 
 #[tokio::test]
 async fn a_gateway_whose_log_reader_went_away_keeps_serving_and_stops_cleanly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let port = crate::cli::free_port();
-    let config = crate::cli::serve_config(dir.path(), port);
+    let (dir, port, config) = embedded_gateway_config();
     let mut child = Command::new(BINARY)
         .args(["serve", "--config"])
         .arg(&config)
@@ -571,19 +609,12 @@ async fn smsgate_reaches_a_tls_only_postgres_with_verify_full_and_refuses_anythi
 
 #[tokio::test]
 async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let (port, admin_port) = (crate::cli::free_port(), crate::cli::free_port());
-    let text = std::fs::read_to_string(crate::cli::serve_config(dir.path(), port))
-        .expect("config")
-        .replace(
-            "[admin]",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
-        );
+    let (dir, port, config) = embedded_gateway_config();
+    let admin_port = crate::cli::free_port();
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "[admin]",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
+    );
     let config = crate::cli::write_config(dir.path(), &text);
     let child = Command::new(BINARY)
         .args(["serve", "--config"])
@@ -632,4 +663,87 @@ async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
         "no ingress on the admin port"
     );
     assert!(terminate(child).await.success());
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_a_live_embedded_database_is_refused_and_commands_during_start_up_do_no_harm()
+ {
+    let (dir, port, config) = embedded_gateway_config();
+    let child = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("DATABASE_URL")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    // Operator commands while the gateway is still starting its cluster.
+    for _ in 0..6 {
+        let _ = Command::new(BINARY)
+            .args(["messages", "list", "--config"])
+            .arg(&config)
+            .env_remove("DATABASE_URL")
+            .output();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let client = wait_until_healthy(port).await;
+    let accepted = post_with_smsgate_token(&client, dir.path(), port).await;
+    assert_eq!(
+        accepted.status().as_u16(),
+        200,
+        "still serving after the commands"
+    );
+
+    let second_port = crate::cli::free_port();
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{second_port}"),
+    );
+    let second = dir.path().join("second.toml");
+    std::fs::write(&second, text).expect("config");
+    let output = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&second)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    assert!(!output.status.success(), "a second gateway is refused");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("embedded database of another running smsgate"),
+        "{stderr}"
+    );
+    let ready = client
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        ready.status().as_u16(),
+        200,
+        "the first gateway keeps its database"
+    );
+    assert!(terminate(child).await.success());
+}
+
+#[test]
+fn a_data_dir_that_is_a_symbolic_link_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).expect("victim");
+    let link = dir.path().join("postgres");
+    std::os::unix::fs::symlink(&victim, &link).expect("link");
+    let text = crate::helpers::base_config().replace(
+        "[database]",
+        &format!("[database]\ndata_dir = \"{}\"", link.display()),
+    );
+    let config = crate::cli::write_config(dir.path(), &text);
+
+    let output = crate::cli::smsgate(&["messages", "list"], &config, &[]);
+
+    assert!(!output.status.success());
+    assert!(crate::cli::stderr(&output).contains("is a symbolic link"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&victim).expect("victim").permissions(),
+    );
+    assert_ne!(mode & 0o777, 0o700, "the link's target was left alone");
 }
