@@ -157,9 +157,11 @@ impl Bench {
     }
 
     pub async fn empty_queue(&self) -> anyhow::Result<()> {
-        sqlx::raw_sql("TRUNCATE messages, message_queue, message_attempts, recipient_sends")
-            .execute(&self.pool)
-            .await?;
+        sqlx::raw_sql(
+            "TRUNCATE messages, message_queue, message_attempts, recipient_sends, idempotency_keys",
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }
