@@ -33,8 +33,19 @@ pub struct Database {
 }
 
 impl Database {
-    /// Connects to `database.url` / `DATABASE_URL`, or starts the embedded cluster when empty.
+    /// Connects to `database.url` / `DATABASE_URL`, or to the embedded cluster when empty:
+    /// starting it, or connecting to the one another process runs (operator commands).
     pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Self> {
+        Self::open_as(config, false).await
+    }
+
+    /// As [`Database::open`], but the embedded cluster must be this process's own: a gateway
+    /// waits until no other process holds it.
+    pub async fn open_owned(config: &DatabaseConfig) -> anyhow::Result<Self> {
+        Self::open_as(config, true).await
+    }
+
+    async fn open_as(config: &DatabaseConfig, owned: bool) -> anyhow::Result<Self> {
         if !config.url.is_empty() {
             let options = db::options_from_url(config.url.expose())?;
             let pool = db::connect(options, config).await?;
@@ -45,7 +56,11 @@ impl Database {
         }
         let home = config.data_dir.clone();
         let embedded = tokio::task::spawn_blocking(move || {
-            EmbeddedPostgres::start(&home, Durability::Durable)
+            if owned {
+                EmbeddedPostgres::start_owned(&home, Durability::Durable)
+            } else {
+                EmbeddedPostgres::start(&home, Durability::Durable)
+            }
         })
         .await
         .context("embedded PostgreSQL start-up panicked")??;
@@ -127,7 +142,7 @@ impl App {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
-        let database = Database::open(&config.database).await?;
+        let database = Database::open_owned(&config.database).await?;
         if database.is_embedded_guest() {
             // It would lose its database whenever the owner stops: one gateway per embedded
             // cluster (operator commands may still connect beside it).

@@ -42,6 +42,13 @@ pub enum Durability {
     Throwaway,
 }
 
+/// Whether a process may connect to a cluster another process owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ownership {
+    Owner,
+    OwnerOrGuest,
+}
+
 /// A running private cluster; [`EmbeddedPostgres::stop`] (or the watchdog) shuts it down.
 pub struct EmbeddedPostgres {
     home: PathBuf,
@@ -53,6 +60,17 @@ pub struct EmbeddedPostgres {
 impl EmbeddedPostgres {
     /// Initialises `home` on first use, then starts (or adopts) the cluster living there.
     pub fn start(home: &Path, durability: Durability) -> anyhow::Result<Self> {
+        Self::start_as(home, durability, Ownership::OwnerOrGuest)
+    }
+
+    /// Like [`EmbeddedPostgres::start`], but always as the owner: while another process owns
+    /// the cluster, waits for it to go (a gateway replacing another on one box takes over
+    /// when the old one stops; one behind a short operator command waits seconds).
+    pub fn start_owned(home: &Path, durability: Durability) -> anyhow::Result<Self> {
+        Self::start_as(home, durability, Ownership::Owner)
+    }
+
+    fn start_as(home: &Path, durability: Durability, wanted: Ownership) -> anyhow::Result<Self> {
         let bin = find_server_binaries()?;
         // Root hands the directory to the server's account: never through a link someone
         // else may have planted.
@@ -86,7 +104,17 @@ impl EmbeddedPostgres {
         // Only the server's account may reach the socket (root always can).
         std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .with_context(|| format!("cannot restrict {}", home.display()))?;
-        let Some(mut lock) = take_lock(&home)? else {
+        let mut lock = take_lock(&home)?;
+        let mut said: Option<std::time::Instant> = None;
+        while lock.is_none() && wanted == Ownership::Owner {
+            if said.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(10)) {
+                tracing::warn!(dir = %home.display(), "the embedded database belongs to another smsgate; waiting for it to stop");
+                said = Some(std::time::Instant::now());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            lock = take_lock(&home)?;
+        }
+        let Some(mut lock) = lock else {
             // A live owner: connect only, once it has the cluster up.
             let waited = std::time::Instant::now();
             while !runner.is_running(&cluster) && waited.elapsed() < GUEST_WAIT {

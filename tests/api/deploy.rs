@@ -666,7 +666,7 @@ async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
 }
 
 #[tokio::test]
-async fn a_second_gateway_on_a_live_embedded_database_is_refused_and_commands_during_start_up_do_no_harm()
+async fn a_second_gateway_waits_for_a_live_embedded_database_and_commands_during_start_up_do_no_harm()
  {
     let (dir, port, config) = embedded_gateway_config();
     let child = Command::new(BINARY)
@@ -693,36 +693,40 @@ async fn a_second_gateway_on_a_live_embedded_database_is_refused_and_commands_du
         "still serving after the commands"
     );
 
+    // A second gateway on the same data directory waits for it instead of sharing it, and
+    // takes over once the first stops (a replacement on one box).
     let second_port = crate::cli::free_port();
     let text = std::fs::read_to_string(&config).expect("config").replace(
         &format!("127.0.0.1:{port}"),
         &format!("127.0.0.1:{second_port}"),
     );
-    let second = dir.path().join("second.toml");
-    std::fs::write(&second, text).expect("config");
-    let output = Command::new(BINARY)
+    let second_config = dir.path().join("second.toml");
+    std::fs::write(&second_config, text).expect("config");
+    let second = Command::new(BINARY)
         .args(["serve", "--config"])
-        .arg(&second)
+        .arg(&second_config)
         .env_remove("DATABASE_URL")
-        .output()
-        .expect("run");
-    assert!(!output.status.success(), "a second gateway is refused");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("embedded database of another running smsgate"),
-        "{stderr}"
-    );
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the second");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let not_yet = client
+        .get(format!("http://127.0.0.1:{second_port}/readyz"))
+        .send()
+        .await;
+    assert!(not_yet.is_err(), "the second waits, not serving");
     let ready = client
         .get(format!("http://127.0.0.1:{port}/readyz"))
         .send()
         .await
         .expect("sent");
-    assert_eq!(
-        ready.status().as_u16(),
-        200,
-        "the first gateway keeps its database"
-    );
+    assert_eq!(ready.status().as_u16(), 200, "the first keeps its database");
     assert!(terminate(child).await.success());
+
+    let client = wait_until_healthy(second_port).await;
+    let accepted = post_with_smsgate_token(&client, dir.path(), second_port).await;
+    assert_eq!(accepted.status().as_u16(), 200, "the second took over");
+    assert!(terminate(second).await.success());
 }
 
 #[test]

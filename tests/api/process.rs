@@ -102,10 +102,11 @@ async fn a_kill_9_mid_flight_loses_nothing_and_duplicates_at_most_the_in_flight_
         missing.is_empty(),
         "acknowledged but never sent: {missing:?}"
     );
+    // The sends in flight at the kill, and those done whose outcomes were not yet written.
     let duplicates: usize = accepted.values().map(|n| n - 1).sum();
     assert!(
-        duplicates <= WORKERS,
-        "{duplicates} duplicates, more than the {WORKERS} in flight"
+        duplicates <= 2 * WORKERS,
+        "{duplicates} duplicates, more than 2 × the {WORKERS} workers"
     );
     let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE status = 'sent'")
         .fetch_one(&db.pool)
