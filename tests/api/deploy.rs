@@ -100,6 +100,17 @@ fn public(secret: &str, admin: &str) -> String {
         .replace(crate::helpers::ADMIN_TOKEN, admin)
 }
 
+/// `smsgate serve --config config` on the embedded database, its log discarded.
+fn serve_quietly(config: &std::path::Path) -> std::process::Child {
+    Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("DATABASE_URL")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start smsgate serve")
+}
+
 /// `text` with its `[auth0.primary]` table cut out.
 fn without_signers(text: &str) -> String {
     let start = text.find("[auth0.primary]").expect("a signer table");
@@ -616,13 +627,7 @@ async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
         &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
     );
     let config = crate::cli::write_config(dir.path(), &text);
-    let child = Command::new(BINARY)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("DATABASE_URL")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
+    let child = serve_quietly(&config);
     let client = wait_until_healthy(port).await;
     let accepted = post_with_smsgate_token(&client, dir.path(), port).await;
     assert_eq!(accepted.status().as_u16(), 200, "the ingress stays public");
@@ -669,13 +674,7 @@ async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
 async fn a_second_gateway_waits_for_a_live_embedded_database_and_commands_during_start_up_do_no_harm()
  {
     let (dir, port, config) = embedded_gateway_config();
-    let child = Command::new(BINARY)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("DATABASE_URL")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
+    let child = serve_quietly(&config);
     // Operator commands while the gateway is still starting its cluster.
     for _ in 0..6 {
         let _ = Command::new(BINARY)
@@ -702,13 +701,7 @@ async fn a_second_gateway_waits_for_a_live_embedded_database_and_commands_during
     );
     let second_config = dir.path().join("second.toml");
     std::fs::write(&second_config, text).expect("config");
-    let second = Command::new(BINARY)
-        .args(["serve", "--config"])
-        .arg(&second_config)
-        .env_remove("DATABASE_URL")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the second");
+    let second = serve_quietly(&second_config);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let not_yet = client
         .get(format!("http://127.0.0.1:{second_port}/readyz"))
