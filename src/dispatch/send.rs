@@ -341,7 +341,7 @@ impl Attempt<'_> {
 
     /// No carrier took the message this time: wait, retry, give back, fail or expire.
     fn after_every_carrier(
-        mut self,
+        self,
         no_turn: bool,
         skipped_until: Option<Option<Duration>>,
     ) -> Completion {
@@ -357,7 +357,7 @@ impl Attempt<'_> {
                 // No carrier is routed: a configuration fault that only a restart mends.
                 self.context.retry.delay(1, None).max(SKIPPED_MIN_WAIT)
             };
-            return self.wait_or_expire(wait, Disposition::Release { delay_ms: 0 });
+            return self.wait_or_expire(wait, |delay_ms| Disposition::Release { delay_ms });
         }
         let attempts = self.message.attempts + 1;
         if attempts >= self.context.retry.max_attempts as i32 {
@@ -376,12 +376,11 @@ impl Attempt<'_> {
             .context
             .retry
             .delay(attempts.max(1) as u32, self.retry_after);
-        self.retry_after = None;
-        self.wait_or_expire(delay, Disposition::Retry { delay_ms: 0 })
+        self.wait_or_expire(delay, |delay_ms| Disposition::Retry { delay_ms })
     }
 
-    /// `template` with `delay`, or expired when the code would not outlive the delay.
-    fn wait_or_expire(self, delay: Duration, template: Disposition) -> Completion {
+    /// `then(delay)`, or expired when the code would not outlive the delay.
+    fn wait_or_expire(self, delay: Duration, then: fn(i64) -> Disposition) -> Completion {
         let left = self
             .clocks
             .deadline
@@ -390,10 +389,7 @@ impl Attempt<'_> {
             return self.ended(expired());
         }
         let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        self.ended(match template {
-            Disposition::Retry { .. } => Disposition::Retry { delay_ms },
-            _ => Disposition::Release { delay_ms },
-        })
+        self.ended(then(delay_ms))
     }
 
     fn ended(self, disposition: Disposition) -> Completion {
