@@ -105,14 +105,11 @@ impl EmbeddedPostgres {
         std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .with_context(|| format!("cannot restrict {}", home.display()))?;
         let mut lock = take_lock(&home)?;
-        let mut said: Option<std::time::Instant> = None;
-        while lock.is_none() && wanted == Ownership::Owner {
-            if said.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(10)) {
-                tracing::warn!(dir = %home.display(), "the embedded database belongs to another smsgate; waiting for it to stop");
-                said = Some(std::time::Instant::now());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            lock = take_lock(&home)?;
+        if lock.is_none() && wanted == Ownership::Owner {
+            // Blocking on the lock (not polling it) puts this process first in line when the
+            // holder goes, ahead of operator commands that start meanwhile.
+            tracing::warn!(dir = %home.display(), "the embedded database belongs to another smsgate; waiting for it to stop");
+            lock = Some(wait_for_lock(&home)?);
         }
         let Some(mut lock) = lock else {
             // A live owner: connect only, once it has the cluster up.
@@ -299,16 +296,29 @@ fn spawn_watchdog(runner: &Runner, home: &Path, remove: bool) -> anyhow::Result<
         .context("cannot start the PostgreSQL watchdog")
 }
 
-/// The owner's lock on `home`, or `None` when a live process holds it.
-fn take_lock(home: &Path) -> anyhow::Result<Option<std::fs::File>> {
+fn open_lock_file(home: &Path) -> anyhow::Result<std::fs::File> {
     let path = home.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// The owner's lock, once whoever holds it has gone.
+fn wait_for_lock(home: &Path) -> anyhow::Result<std::fs::File> {
+    let file = open_lock_file(home)?;
+    file.lock()
+        .with_context(|| format!("cannot lock {}", home.join(LOCK_FILE).display()))?;
+    Ok(file)
+}
+
+/// The owner's lock on `home`, or `None` when a live process holds it.
+fn take_lock(home: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    let path = home.join(LOCK_FILE);
+    let file = open_lock_file(home)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),

@@ -676,7 +676,7 @@ async fn a_second_gateway_waits_for_a_live_embedded_database_and_commands_during
     let (dir, port, config) = embedded_gateway_config();
     let child = serve_quietly(&config);
     // Operator commands while the gateway is still starting its cluster.
-    for _ in 0..6 {
+    for _ in 0..3 {
         let _ = Command::new(BINARY)
             .args(["messages", "list", "--config"])
             .arg(&config)
