@@ -93,6 +93,8 @@ struct Attempt<'a> {
     calls: Vec<AttemptRecord>,
     last_error: String,
     retry_after: Option<Duration>,
+    /// The route was not tried whole (a later carrier had no turn): the attempt does not count.
+    uncounted: bool,
 }
 
 /// Runs the attempt and says what should happen to the message. `in_hand` is given back as
@@ -111,6 +113,7 @@ pub async fn dispatch(
         calls: Vec::new(),
         last_error: String::from("no carrier is routed for this number"),
         retry_after: None,
+        uncounted: false,
     };
     let recipient = PhoneNumber::from_e164_unchecked(message.recipient.clone());
     let mut skipped_until: Option<Option<Duration>> = None;
@@ -341,7 +344,7 @@ impl Attempt<'_> {
 
     /// No carrier took the message this time: wait, retry, give back, fail or expire.
     fn after_every_carrier(
-        self,
+        mut self,
         no_turn: bool,
         skipped_until: Option<Option<Duration>>,
     ) -> Completion {
@@ -358,6 +361,18 @@ impl Attempt<'_> {
                 self.context.retry.delay(1, None).max(SKIPPED_MIN_WAIT)
             };
             return self.wait_or_expire(wait, |delay_ms| Disposition::Release { delay_ms });
+        }
+        if no_turn {
+            // A carrier failed and the next had no turn within the lease (a capped carrier
+            // busy): the route was not tried whole, so the attempt does not count, or a
+            // message could fail without its healthy carrier ever being asked.
+            self.uncounted = true;
+            let delay = self
+                .context
+                .retry
+                .delay(self.message.attempts.max(1) as u32, self.retry_after)
+                .max(BUSY_PAUSE);
+            return self.wait_or_expire(delay, |delay_ms| Disposition::Retry { delay_ms });
         }
         let attempts = self.message.attempts + 1;
         if attempts >= self.context.retry.max_attempts as i32 {
@@ -394,7 +409,7 @@ impl Attempt<'_> {
 
     fn ended(self, disposition: Disposition) -> Completion {
         // A call made counts as an attempt; a message given back untried keeps its count.
-        let attempts = if self.calls.is_empty() {
+        let attempts = if self.calls.is_empty() || self.uncounted {
             self.message.attempts
         } else {
             self.message.attempts + 1

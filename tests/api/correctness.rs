@@ -731,3 +731,45 @@ async fn a_send_whose_limit_check_outlasts_the_lease_is_handed_back_not_sent_twi
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(standin.received().len(), 1, "sent once");
 }
+
+#[tokio::test]
+async fn a_failover_carrier_with_no_turn_costs_no_attempt() {
+    // Found by an attack: the first carrier fails, the capped second one has no slot within
+    // the lease; that attempt counted, so messages failed without the healthy carrier being
+    // asked.
+    let failing = TwilioStandIn::start().await;
+    failing.set_default(Reply::Error {
+        status: 500,
+        code: "20500",
+        retry_after: None,
+    });
+    let capped = TwilioStandIn::start().await;
+    capped.set_default(Reply::Slow(Duration::from_millis(1500)));
+    let tables = failing
+        .carrier_toml("first")
+        .replace("timeout_ms = 3000", "timeout_ms = 500")
+        .replace("connect_timeout_ms = 1000", "connect_timeout_ms = 200")
+        + &capped
+            .carrier_toml("second")
+            .replace("timeout_ms = 3000", "timeout_ms = 2500")
+        + "max_in_flight = 1\n";
+    let config = base_config()
+        .replace("[carriers.console]\nkind = \"log\"\n", &tables)
+        .replace(
+            "carriers = [\"console\"]",
+            "carriers = [\"first\", \"second\"]",
+        )
+        + "[dispatch]\nlease_seconds = 5\nmax_attempts = 1\nretry_base_ms = 100\n\
+           retry_max_ms = 200\npoll_interval_ms = 100\n";
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(queue(&app, &format!("+1415555{:04}", 9000 + i)).await);
+    }
+    for id in &ids {
+        let view = wait_final(&app, id, Duration::from_secs(30)).await;
+        assert_eq!(view["status"], "sent", "{view}");
+    }
+    assert_eq!(capped.accepted_per_recipient().len(), 3);
+}
