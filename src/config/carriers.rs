@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::validate::Problem;
+use crate::messagemedia_signature::{MAX_KEYS, SignatureKeys};
 use crate::secret::{Secret, lenient_string};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -66,6 +67,11 @@ pub struct CarrierConfig {
     /// them (at least 16 characters).
     #[serde(default)]
     pub callback_secret: Option<Secret>,
+    /// With secure callbacks enabled on the MessageMedia account: the public keys of its
+    /// signature keys (the `public_key` its key API returned, or PEM). Reports must then be
+    /// signed by one of them and the callback URL carries no secret.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub callback_public_keys: Vec<String>,
 
     // MessageMedia
     #[serde(default, deserialize_with = "optional_string")]
@@ -113,6 +119,20 @@ fn default_breaker_cooldown_seconds() -> u64 {
     30
 }
 
+/// A list, or one string (an environment variable gives one).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
 fn optional_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     lenient_string(d).map(Some)
 }
@@ -147,6 +167,10 @@ impl CarrierConfig {
     pub fn callback_url(&self, name: &str) -> Option<String> {
         let base = self.public_url.as_deref()?.trim_end_matches('/');
         Some(match self.kind {
+            CarrierKind::Messagemedia if !self.callback_public_keys.is_empty() => {
+                // Signed reports need no secret, so none goes into a URL that logs record.
+                format!("{base}/v1/callbacks/messagemedia/{name}")
+            }
             CarrierKind::Messagemedia => {
                 let secret = self
                     .callback_secret
@@ -165,7 +189,7 @@ impl CarrierConfig {
     /// The kind-specific keys that are set, with the kinds each belongs to.
     fn set_keys(&self) -> Vec<(&'static str, &'static [CarrierKind])> {
         use CarrierKind::{Messagemedia, Sns, Twilio};
-        let keys: [(&str, bool, &'static [CarrierKind]); 17] = [
+        let keys: [(&str, bool, &'static [CarrierKind]); 18] = [
             ("account_sid", self.account_sid.is_some(), &[Twilio]),
             ("auth_token", self.auth_token.is_some(), &[Twilio]),
             ("api_key_sid", self.api_key_sid.is_some(), &[Twilio]),
@@ -184,6 +208,11 @@ impl CarrierConfig {
             (
                 "callback_secret",
                 self.callback_secret.is_some(),
+                &[Messagemedia],
+            ),
+            (
+                "callback_public_keys",
+                !self.callback_public_keys.is_empty(),
                 &[Messagemedia],
             ),
             ("api_key", self.api_key.is_some(), &[Messagemedia]),
@@ -294,12 +323,24 @@ impl CarrierConfig {
                     .callback_secret
                     .as_ref()
                     .map_or(0, |s| s.expose().len());
-                if self.public_url.is_some() && secret_len < 16 {
+                let signed = !self.callback_public_keys.is_empty();
+                if self.public_url.is_some() && (self.callback_secret.is_some() || !signed) {
+                    // Also with keys: a secret set beside them still admits unsigned reports.
+                    if secret_len < 16 {
+                        problem(
+                            "callback_secret",
+                            "public_url needs callback_public_keys or a callback_secret of \
+                             at least 16 characters (they prove MessageMedia's delivery reports)",
+                        );
+                    }
+                }
+                if self.callback_public_keys.len() > MAX_KEYS {
                     problem(
-                        "callback_secret",
-                        "public_url needs a callback_secret of at least 16 characters \
-                         (it proves MessageMedia's delivery reports)",
+                        "callback_public_keys",
+                        &format!("holds at most {MAX_KEYS} keys"),
                     );
+                } else if let Err((i, why)) = SignatureKeys::parse(&self.callback_public_keys) {
+                    problem(&format!("callback_public_keys[{i}]"), &why);
                 }
             }
             CarrierKind::Sns => {

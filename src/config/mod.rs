@@ -13,6 +13,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::messagemedia_signature::{RECOMMENDED_BITS, SignatureKeys};
 use crate::secret::{Secret, lenient_string};
 
 pub use carriers::{CarrierConfig, CarrierKind};
@@ -360,6 +361,17 @@ impl Config {
                 warnings.push(format!(
                     "carriers.{name}: dispatch.workers ({}) x timeout_ms ({}) / max_in_flight                      ({slots}) = {queued_ms} ms exceeds dispatch.lease_seconds ({} s): messages                      queued behind this carrier are handed back untried and claimed again,                      which delays them; raise lease_seconds or max_in_flight, or lower workers",
                     self.dispatch.workers, carrier.timeout_ms, self.dispatch.lease_seconds
+                ));
+            }
+        }
+        for (name, carrier) in &self.carriers {
+            let smallest = SignatureKeys::parse(&carrier.callback_public_keys)
+                .ok()
+                .and_then(|keys| keys.smallest_bits());
+            if let Some(bits) = smallest.filter(|&bits| bits < RECOMMENDED_BITS) {
+                warnings.push(format!(
+                    "carriers.{name}.callback_public_keys: a {bits}-bit key is weaker than \
+                     {RECOMMENDED_BITS} bits; create a larger signature key with MessageMedia"
                 ));
             }
         }

@@ -1,6 +1,7 @@
 //! Delivery receipts from the carriers: `POST /v1/callbacks/twilio/{carrier}` (Twilio's status
 //! callback, signed with `X-Twilio-Signature`) and `POST /v1/callbacks/messagemedia/{carrier}`
-//! (MessageMedia's delivery report, proven by the carrier's `callback_secret` in the URL).
+//! (MessageMedia's delivery report, signed with the account's RSA signature key, or proven by
+//! the carrier's `callback_secret` in the URL).
 //! Wire contracts: shared research, carriers.md ("Status callback", "Delivery report
 //! callback"). A forged or unproven callback is refused with 403 and changes nothing.
 
@@ -21,6 +22,7 @@ use super::{ApiError, AppState};
 use crate::config::{CarrierConfig, CarrierKind};
 use crate::db::receipts::{self, Applied};
 use crate::domain::Status;
+use crate::messagemedia_signature::{SignatureKeys, SignedRequest};
 use crate::secret::Secret;
 
 /// How each carrier's callbacks are proven, from the configuration.
@@ -36,7 +38,13 @@ enum CallbackKey {
         public_url: String,
     },
     MessageMedia {
-        secret: Secret,
+        /// Proves unsigned reports when set.
+        secret: Option<Secret>,
+        /// Prove signed reports when not empty.
+        keys: SignatureKeys,
+        /// `POST <public_url's path>/v1/callbacks/messagemedia/<name>`: what MessageMedia signs
+        /// before the query, whatever path a proxy in between forwards to us.
+        request_target: String,
     },
 }
 
@@ -53,9 +61,24 @@ impl CallbackKeys {
                     auth_token: auth_token.clone(),
                     public_url: public_url.trim_end_matches('/').to_string(),
                 },
-                (CarrierKind::Messagemedia, _, Some(secret)) => CallbackKey::MessageMedia {
-                    secret: secret.clone(),
-                },
+                (CarrierKind::Messagemedia, _, secret) => {
+                    // Configuration checks refused keys that do not parse.
+                    let keys =
+                        SignatureKeys::parse(&config.callback_public_keys).unwrap_or_default();
+                    if secret.is_none() && keys.is_empty() {
+                        continue;
+                    }
+                    let base_path = reqwest::Url::parse(public_url)
+                        .map(|url| url.path().trim_end_matches('/').to_string())
+                        .unwrap_or_default();
+                    CallbackKey::MessageMedia {
+                        secret: secret.clone(),
+                        keys,
+                        request_target: format!(
+                            "POST {base_path}/v1/callbacks/messagemedia/{name}"
+                        ),
+                    }
+                }
                 _ => continue,
             };
             by_carrier.insert(name.clone(), key);
@@ -145,31 +168,77 @@ struct DeliveryReport {
     error_code: Option<String>,
 }
 
-#[derive(Deserialize)]
-pub struct KeyQuery {
-    #[serde(default)]
-    key: Option<String>,
+/// Why a MessageMedia report is not proven, or `None` when it is: by a signature when the
+/// carrier has keys and the report is signed, otherwise by the secret in its URL.
+fn messagemedia_unproven(
+    key: &CallbackKey,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<&'static str> {
+    let CallbackKey::MessageMedia {
+        secret,
+        keys,
+        request_target,
+    } = key
+    else {
+        return Some("not a MessageMedia carrier");
+    };
+    let header = |name: &str| headers.get(name).map(|value| value.as_bytes());
+    if let Some(signature) = header("x-messagemedia-signature")
+        && !keys.is_empty()
+    {
+        let method_and_target = match query {
+            Some(query) => format!("{request_target}?{query}"),
+            None => request_target.clone(),
+        };
+        let signed = SignedRequest {
+            method_and_target: &method_and_target,
+            date: header("date").unwrap_or_default(),
+            body,
+            signature,
+            digest_type: header("x-messagemedia-digest-type"),
+            cipher_type: header("x-messagemedia-cipher-type"),
+        };
+        return keys.verify(&signed).err();
+    }
+    let Some(secret) = secret else {
+        return Some("the report is not signed");
+    };
+    let given = query
+        .and_then(|query| {
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(name, _)| name == "key")
+                .map(|(_, value)| value.into_owned())
+        })
+        .unwrap_or_default();
+    if bool::from(secret.expose().as_bytes().ct_eq(given.as_bytes())) {
+        None
+    } else {
+        Some("the callback key does not match")
+    }
 }
 
 pub async fn messagemedia(
     State(state): State<AppState>,
     Path(carrier): Path<String>,
-    axum::extract::Query(query): axum::extract::Query<KeyQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(CallbackKey::MessageMedia { secret }) = state.callbacks.by_carrier.get(&carrier)
-    else {
+    let Some(key) = state.callbacks.by_carrier.get(&carrier) else {
         return ApiError::NotFound.into_response();
     };
-    let given = query.key.unwrap_or_default();
-    if !bool::from(secret.expose().as_bytes().ct_eq(given.as_bytes())) {
-        return forged(&carrier, "the callback key does not match");
+    if !matches!(key, CallbackKey::MessageMedia { .. }) {
+        return ApiError::NotFound.into_response();
     }
     let body = match super::ingress::read_body(&headers, body).await {
         Ok(body) => body,
         Err(err) => return err.into_response(),
     };
+    if let Some(why) = messagemedia_unproven(key, query.as_deref(), &headers, &body) {
+        return forged(&carrier, why);
+    }
     let report: DeliveryReport = match serde_json::from_slice(&body) {
         Ok(report) => report,
         Err(err) => return ApiError::MalformedJson(err.to_string()).into_response(),

@@ -18,6 +18,7 @@ mod ops_files;
 mod process;
 mod prometheus;
 mod receipts;
+mod signed_reports;
 mod slow_clients;
 mod soak;
 mod standins;
