@@ -93,17 +93,23 @@ pub async fn send(
     })
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from APIs and ignored), at most
-/// [`super::MAX_RETRY_AFTER`]: a carrier's number must never overflow a clock.
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3), at most
+/// [`super::MAX_RETRY_AFTER`]: a carrier's number must never overflow a clock. A date in the
+/// past means now.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|seconds| Duration::from_secs(seconds).min(super::MAX_RETRY_AFTER))
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(delay.min(super::MAX_RETRY_AFTER))
 }
 
 /// The class every HTTP carrier gives a status it has no more specific code for.
@@ -112,5 +118,35 @@ pub fn class_of_status(status: reqwest::StatusCode) -> FailureClass {
         FailureClass::Throttled
     } else {
         FailureClass::Carrier
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, value.parse().expect("a header value"));
+        headers
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates_and_caps_both() {
+        let now = httpdate::parse_http_date("Mon, 30 Nov 2026 01:00:00 GMT").expect("date");
+        let at = |value: &str| retry_after_at(&headers(value), now);
+        assert_eq!(at("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            at("Mon, 30 Nov 2026 01:02:30 GMT"),
+            Some(Duration::from_secs(150))
+        );
+        assert_eq!(at("Sun, 29 Nov 2026 23:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(at("99999999999999"), Some(super::super::MAX_RETRY_AFTER));
+        assert_eq!(
+            at("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(super::super::MAX_RETRY_AFTER)
+        );
+        assert_eq!(at("soon"), None);
+        assert_eq!(at("-5"), None);
     }
 }

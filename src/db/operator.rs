@@ -31,11 +31,8 @@ pub struct ListFilter {
 /// The smallest UUIDv7 of a millisecond: ids at or after `at` compare greater or equal.
 fn first_id_at(at: DateTime<Utc>) -> Uuid {
     let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-    bytes[6] = 0x70;
-    bytes[8] = 0x80;
-    Uuid::from_bytes(bytes)
+    // The builder sets the version and variant bits over zeroed random bits.
+    uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid()
 }
 
 pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<MessageSummary>, sqlx::Error> {

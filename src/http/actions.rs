@@ -156,12 +156,7 @@ fn derived_key(parts: &[&str; 4]) -> String {
         digest.update((part.len() as u64).to_be_bytes());
         digest.update(part.as_bytes());
     }
-    let hex: String = digest
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    format!("{DERIVED_PREFIX}{hex}")
+    format!("{DERIVED_PREFIX}{}", hex::encode(digest.finalize()))
 }
 
 #[cfg(test)]
