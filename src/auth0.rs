@@ -4,14 +4,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
 
 use crate::config::SignerConfig;
-use crate::secret::Secret;
+use crate::secret::{Secret, decode_base64url_secret};
 
 /// Clock skew allowed on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 60;
@@ -217,22 +215,6 @@ fn key_bytes(config: &SignerConfig) -> Vec<u8> {
     } else {
         config.secret.expose().as_bytes().to_vec()
     }
-}
-
-/// Decodes a base64url secret leniently, as Auth0's own Node code does: padding optional and
-/// either alphabet accepted.
-pub fn decode_base64url_secret(secret: &str) -> Option<Vec<u8>> {
-    let normalised: String = secret
-        .trim()
-        .trim_end_matches('=')
-        .chars()
-        .map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            other => other,
-        })
-        .collect();
-    URL_SAFE_NO_PAD.decode(normalised).ok()
 }
 
 #[derive(Serialize)]

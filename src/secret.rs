@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What stands in a secret's place wherever it would be shown.
@@ -77,6 +79,22 @@ pub fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Stri
         }
     }
     deserializer.deserialize_any(Visitor)
+}
+
+/// Decodes a base64url secret leniently, as Auth0's own Node code does: padding optional and
+/// either alphabet accepted.
+pub fn decode_base64url_secret(secret: &str) -> Option<Vec<u8>> {
+    let normalised: String = secret
+        .trim()
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            other => other,
+        })
+        .collect();
+    URL_SAFE_NO_PAD.decode(normalised).ok()
 }
 
 #[cfg(test)]

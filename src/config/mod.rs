@@ -68,6 +68,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// hyper refuses a read buffer smaller than this (`server.max_header_bytes`).
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {

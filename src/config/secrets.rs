@@ -5,7 +5,7 @@
 
 use super::Config;
 use super::validate::Problem;
-use crate::auth0::decode_base64url_secret;
+use crate::secret::decode_base64url_secret;
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the SHA-256 output.
 pub const MIN_HS256_KEY_BYTES: usize = 32;

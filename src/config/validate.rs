@@ -3,10 +3,9 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use super::Config;
-use crate::auth0::decode_base64url_secret;
-use crate::http::server::MIN_HEADER_BYTES;
-use crate::limits::destinations::parse_country;
+use super::{Config, MIN_HEADER_BYTES};
+use crate::domain::parse_country;
+use crate::secret::decode_base64url_secret;
 
 /// One or more configuration problems, each naming its key.
 #[derive(Debug, Clone, PartialEq, Eq)]

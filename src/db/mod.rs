@@ -9,6 +9,8 @@ pub mod operator;
 pub mod queue;
 pub mod receipts;
 pub mod recipient_sends;
+pub mod retention;
+pub mod wake;
 
 use std::time::Duration;
 

@@ -1,57 +1,12 @@
-//! Waking workers when a message is queued: in-process at once, across processes through a
-//! throttled NOTIFY sent outside any insert transaction (NOTIFY inside one serialises commits
-//! cluster-wide: shared research, pgqueue.md §2.3).
+//! The cross-process half of wake-ups (`db::wake`): one NOTIFY per interval at most.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Ticks;
-use uuid::Uuid;
-
-const CHANNEL: &str = "smsgate_queue";
-
-/// Shared by the ingress (which signals) and the claimers (which wait).
-#[derive(Clone)]
-pub struct Wake {
-    local: Arc<Notify>,
-    remote_pending: Arc<AtomicBool>,
-    /// Tells our own NOTIFYs apart from other processes'.
-    instance: Uuid,
-}
-
-impl Default for Wake {
-    fn default() -> Self {
-        Self {
-            local: Arc::new(Notify::new()),
-            remote_pending: Arc::new(AtomicBool::new(false)),
-            instance: Uuid::now_v7(),
-        }
-    }
-}
-
-impl Wake {
-    /// Called after a commit: local claimers wake now, other processes within the interval.
-    pub fn message_queued(&self) {
-        self.local.notify_one();
-        self.remote_pending.store(true, Ordering::Release);
-    }
-
-    /// Wakes one local claimer (a sibling, when a full batch suggests more work is due).
-    pub fn wake_local(&self) {
-        self.local.notify_one();
-    }
-
-    /// Waits for a wake-up or `timeout`, whichever comes first.
-    pub async fn wait(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.local.notified()).await;
-    }
-}
+pub use crate::db::wake::{Wake, run_listener};
 
 /// Sends at most one NOTIFY per `interval`, only when something was queued meanwhile.
 pub async fn run_notifier(
@@ -62,47 +17,8 @@ pub async fn run_notifier(
 ) {
     let mut ticks = Ticks::new(interval, &shutdown);
     while ticks.next().await {
-        if wake.remote_pending.swap(false, Ordering::AcqRel) {
-            let sent = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(wake.instance.to_string())
-                .execute(&pool)
-                .await;
-            if let Err(err) = sent {
-                tracing::debug!(error = %err, "queue NOTIFY failed; other processes will poll");
-            }
+        if let Err(err) = wake.notify_others(&pool).await {
+            tracing::debug!(error = %err, "queue NOTIFY failed; other processes will poll");
         }
-    }
-}
-
-/// LISTENs for other processes' wake-ups; reconnects after errors (polling covers the gap).
-pub async fn run_listener(pool: PgPool, wake: Wake, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let listener = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(CHANNEL).await?;
-            loop {
-                let notification = listener.recv().await?;
-                if notification.payload() != wake.instance.to_string() {
-                    wake.local.notify_one();
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            result = listener => {
-                if let Err(err) = result {
-                    tracing::debug!(error = %err, "queue LISTEN lost; reconnecting");
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

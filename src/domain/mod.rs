@@ -4,4 +4,4 @@ mod message;
 mod phone;
 
 pub use message::{MessageBody, MessageId, NewMessage, RequestInfo, Status, redact_digits};
-pub use phone::{PhoneError, PhoneNumber};
+pub use phone::{PhoneError, PhoneNumber, parse_country};

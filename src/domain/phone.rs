@@ -202,6 +202,12 @@ impl fmt::Debug for PhoneNumber {
     }
 }
 
+/// Parses an ISO 3166-1 alpha-2 code as `phonenumber` knows it ("GB", not "UK").
+pub fn parse_country(code: &str) -> Option<phonenumber::country::Id> {
+    use std::str::FromStr;
+    phonenumber::country::Id::from_str(&code.trim().to_ascii_uppercase()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

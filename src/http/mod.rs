@@ -22,7 +22,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::auth0::Verifier;
 use crate::db::batcher::Batcher;
-use crate::dispatch::wake::Wake;
+use crate::db::wake::Wake;
 use crate::limits::destinations::DestinationPolicy;
 use crate::metrics::Metrics;
 use crate::secret::Secret;

@@ -16,10 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerConfig;
-
-/// hyper refuses a read buffer smaller than this.
-pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+use crate::config::{MIN_HEADER_BYTES, ServerConfig};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {

@@ -4,14 +4,13 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::str::FromStr;
 
 use phonenumber::Type;
 use phonenumber::country;
 use phonenumber::metadata::DATABASE;
 
 use crate::config::DestinationsConfig;
-use crate::domain::PhoneNumber;
+use crate::domain::{PhoneNumber, parse_country};
 
 /// The rules, parsed once from the configuration.
 #[derive(Debug, Clone, Default)]
@@ -55,11 +54,6 @@ impl fmt::Display for Refusal {
             }
         }
     }
-}
-
-/// Parses an ISO 3166-1 alpha-2 code as `phonenumber` knows it ("GB", not "UK").
-pub fn parse_country(code: &str) -> Option<country::Id> {
-    country::Id::from_str(&code.trim().to_ascii_uppercase()).ok()
 }
 
 impl DestinationPolicy {

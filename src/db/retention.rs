@@ -1,0 +1,113 @@
+//! The retention sweep's SQL: deletes final messages after `retention.days`, forgets send and
+//! ingress logs older than their longest limit window, and applies delivery receipts that
+//! arrived early; in small batches, on one process at a time (an advisory lock).
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks.
+const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
+const BATCH: i64 = 1000;
+/// How long an idempotency key answers for its message: Auth0 retries a custom phone
+/// provider's Action within minutes; an hour leaves ample room.
+pub const IDEMPOTENCY_WINDOW_SECONDS: u32 = 3600;
+
+/// What is kept how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Final messages, in days.
+    pub days: u32,
+    /// The longest `[[limits.recipient]]` window.
+    pub send_log_seconds: u32,
+    /// The longest `[[limits.ip]]` or `[[limits.ingress_recipient]]` window.
+    pub ingress_log_seconds: u32,
+}
+
+/// One pass; returns how many messages were deleted.
+pub async fn sweep(
+    pool: &PgPool,
+    plan: Plan,
+    shutdown: &CancellationToken,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    let mut first = true;
+    loop {
+        let mut tx = pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RETENTION_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(total);
+        }
+        if std::mem::take(&mut first) {
+            // Once per sweep, by the one process holding the lock: receipts that beat their
+            // message's outcome write.
+            let applied = super::receipts::apply_pending_in(&mut tx).await?;
+            if applied > 0 {
+                tracing::info!(applied, "delivery receipts applied late");
+            }
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM messages WHERE id IN (
+                 SELECT id FROM messages
+                 WHERE finished_at < now() - make_interval(days => $1)
+                 ORDER BY finished_at LIMIT $2)
+             AND finished_at < now() - make_interval(days => $1)",
+        )
+        .bind(i32::try_from(plan.days).unwrap_or(i32::MAX))
+        .bind(BATCH)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let days_seconds = f64::from(plan.days) * 86_400.0;
+        // The side tables, each older than what it is kept for: (table, key, age column, seconds).
+        let side_tables = [
+            (
+                "recipient_sends",
+                "recipient",
+                "updated_at",
+                f64::from(plan.send_log_seconds),
+            ),
+            ("delivery_receipts", "id", "received_at", days_seconds),
+            (
+                "idempotency_keys",
+                "key",
+                "created_at",
+                f64::from(IDEMPOTENCY_WINDOW_SECONDS),
+            ),
+            (
+                "ingress_hits",
+                "key",
+                "updated_at",
+                f64::from(plan.ingress_log_seconds),
+            ),
+        ];
+        // Every table is swept until it is done, not only while messages are: a side table
+        // can grow faster than the messages (keys, refused ingress hits). The age is checked
+        // again on the row itself: a row a limit updated while this statement waited for its
+        // lock is re-read, and kept (the `IN` list alone was chosen from the old version).
+        let mut more = deleted == BATCH as u64;
+        for (table, key, age, seconds) in side_tables {
+            // Names from the list above, never from input.
+            let statement = format!(
+                "DELETE FROM {table} WHERE {key} IN (
+                     SELECT {key} FROM {table}
+                     WHERE {age} < now() - make_interval(secs => $1) LIMIT $2)
+                 AND {age} < now() - make_interval(secs => $1)"
+            );
+            let swept = sqlx::query(sqlx::AssertSqlSafe(statement))
+                .bind(seconds)
+                .bind(BATCH)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            more |= swept == BATCH as u64;
+        }
+        tx.commit().await?;
+        total += deleted;
+        if !more || shutdown.is_cancelled() {
+            return Ok(total);
+        }
+    }
+}
