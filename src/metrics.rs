@@ -79,136 +79,149 @@ const SECONDS_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
 ];
 
+/// Creates metrics and registers each with the registry it holds.
+struct Registrar {
+    registry: Registry,
+}
+
+impl Registrar {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        metric: M,
+    ) -> Result<M, prometheus::Error> {
+        self.registry.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
+
+    fn counter(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauge(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> Result<Histogram, prometheus::Error> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(Histogram::with_opts(opts)?)
+    }
+}
+
+/// Receipts come seconds to minutes after the message.
+const RECEIPT_BUCKETS: [f64; 11] = [
+    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
 impl Metrics {
     /// Builds the registry for `config`'s carriers and routes. Registration can only fail on a
     /// duplicate name, which is a programming error caught by the tests.
     pub fn new(config: &Config) -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(metric.clone()))?;
-                Ok(metric)
-            };
-        let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
-            let metric = Histogram::with_opts(
-                HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()),
-            )?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
+        let r = Registrar {
+            registry: Registry::new(),
         };
-        let ingress_requests = counter(
-            "smsgate_ingress_requests_total",
-            "Requests to the Auth0 ingress, by outcome.",
-            &["outcome"],
-        )?;
-        let ingress_duration = histogram(
-            "smsgate_ingress_request_duration_seconds",
-            "Time to answer an ingress request (a 200 includes the commit).",
-        )?;
-        let attempts = counter(
-            "smsgate_dispatch_attempts_total",
-            "Carrier calls, by carrier and outcome.",
-            &["carrier", "outcome"],
-        )?;
-        let carrier_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "smsgate_carrier_request_duration_seconds",
-                "Duration of one carrier call.",
-            )
-            .buckets(SECONDS_BUCKETS.to_vec()),
-            &["carrier"],
-        )?;
-        registry.register(Box::new(carrier_duration.clone()))?;
-        let delivery_latency = histogram(
-            "smsgate_delivery_latency_seconds",
-            "From the ingress commit to a carrier accepting the message.",
-        )?;
-        let failovers = counter(
-            "smsgate_failovers_total",
-            "Moves to the next carrier of a route after a carrier failure.",
-            &["from", "to"],
-        )?;
-        let finished = counter(
-            "smsgate_messages_finished_total",
-            "Messages that reached a final status.",
-            &["status"],
-        )?;
-        let rate_limited = counter(
-            "smsgate_rate_limited_total",
-            "Messages held back or ended by a limit, by scope.",
-            &["scope"],
-        )?;
-        let queue_depth = IntGaugeVec::new(
-            Opts::new("smsgate_queue_depth", "Messages not final yet, by state."),
-            &["status"],
-        )?;
-        registry.register(Box::new(queue_depth.clone()))?;
-        let queue_oldest_age = Gauge::new(
-            "smsgate_queue_oldest_age_seconds",
-            "Age of the oldest message not final yet.",
-        )?;
-        registry.register(Box::new(queue_oldest_age.clone()))?;
-        let breaker_open = IntGaugeVec::new(
-            Opts::new(
+        let inner = Inner {
+            ingress_requests: r.counter(
+                "smsgate_ingress_requests_total",
+                "Requests to the Auth0 ingress, by outcome.",
+                &["outcome"],
+            )?,
+            ingress_duration: r.histogram(
+                "smsgate_ingress_request_duration_seconds",
+                "Time to answer an ingress request (a 200 includes the commit).",
+                &SECONDS_BUCKETS,
+            )?,
+            attempts: r.counter(
+                "smsgate_dispatch_attempts_total",
+                "Carrier calls, by carrier and outcome.",
+                &["carrier", "outcome"],
+            )?,
+            carrier_duration: r.register(HistogramVec::new(
+                HistogramOpts::new(
+                    "smsgate_carrier_request_duration_seconds",
+                    "Duration of one carrier call.",
+                )
+                .buckets(SECONDS_BUCKETS.to_vec()),
+                &["carrier"],
+            )?)?,
+            delivery_latency: r.histogram(
+                "smsgate_delivery_latency_seconds",
+                "From the ingress commit to a carrier accepting the message.",
+                &SECONDS_BUCKETS,
+            )?,
+            failovers: r.counter(
+                "smsgate_failovers_total",
+                "Moves to the next carrier of a route after a carrier failure.",
+                &["from", "to"],
+            )?,
+            finished: r.counter(
+                "smsgate_messages_finished_total",
+                "Messages that reached a final status.",
+                &["status"],
+            )?,
+            rate_limited: r.counter(
+                "smsgate_rate_limited_total",
+                "Messages held back or ended by a limit, by scope.",
+                &["scope"],
+            )?,
+            queue_depth: r.gauge(
+                "smsgate_queue_depth",
+                "Messages not final yet, by state.",
+                &["status"],
+            )?,
+            queue_oldest_age: r.register(Gauge::new(
+                "smsgate_queue_oldest_age_seconds",
+                "Age of the oldest message not final yet.",
+            )?)?,
+            breaker_open: r.gauge(
                 "smsgate_carrier_breaker_open",
                 "1 while a carrier's circuit breaker is open or probing.",
-            ),
-            &["carrier"],
-        )?;
-        registry.register(Box::new(breaker_open.clone()))?;
-        let receipts = counter(
-            "smsgate_delivery_receipts_total",
-            "Delivery receipts from the carriers, by carrier and what they said.",
-            &["carrier", "status"],
-        )?;
-        let receipt_latency = Histogram::with_opts(
-            HistogramOpts::new(
+                &["carrier"],
+            )?,
+            receipts: r.counter(
+                "smsgate_delivery_receipts_total",
+                "Delivery receipts from the carriers, by carrier and what they said.",
+                &["carrier", "status"],
+            )?,
+            receipt_latency: r.histogram(
                 "smsgate_receipt_latency_seconds",
                 "From the ingress commit to the carrier's receipt saying delivered.",
-            )
-            .buckets(vec![
-                1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
-            ]),
-        )?;
-        registry.register(Box::new(receipt_latency.clone()))?;
-        let carrier_disabled = IntGaugeVec::new(
-            Opts::new(
+                &RECEIPT_BUCKETS,
+            )?,
+            carrier_disabled: r.gauge(
                 "smsgate_carrier_disabled",
                 "1 while an operator has disabled the carrier (POST /v1/carriers/{name}/disable).",
-            ),
-            &["carrier"],
-        )?;
-        registry.register(Box::new(carrier_disabled.clone()))?;
-        let build_info = IntGaugeVec::new(
-            Opts::new("smsgate_build_info", "The running smsgate version."),
+                &["carrier"],
+            )?,
+            // A clone shares the registry it was taken from.
+            registry: r.registry.clone(),
+        };
+        let build_info = r.gauge(
+            "smsgate_build_info",
+            "The running smsgate version.",
             &["version"],
         )?;
-        registry.register(Box::new(build_info.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        registry.register(Box::new(
+        r.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-
-        let metrics = Self(Arc::new(Inner {
-            registry,
-            ingress_requests,
-            ingress_duration,
-            attempts,
-            carrier_duration,
-            delivery_latency,
-            failovers,
-            finished,
-            rate_limited,
-            queue_depth,
-            queue_oldest_age,
-            breaker_open,
-            receipts,
-            receipt_latency,
-            carrier_disabled,
-        }));
+        let metrics = Self(Arc::new(inner));
         metrics.initialise(config);
         Ok(metrics)
     }

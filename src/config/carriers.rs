@@ -237,122 +237,19 @@ impl CarrierConfig {
 
     /// Problems with this carrier's keys, each naming `carriers.<name>.<key>`.
     pub(super) fn problems(&self, name: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let mut problem = |field: &str, reason: &str| {
-            problems.push(Problem {
-                key: format!("carriers.{name}.{field}"),
-                reason: reason.to_string(),
-            })
-        };
-        if self.timeout_ms == 0 || self.timeout_ms > 25_000 {
-            problem(
-                "timeout_ms",
-                "must be between 1 and 25000 (Auth0 waits 30 s in all)",
-            );
-        }
-        if self.connect_timeout_ms == 0 || self.connect_timeout_ms > self.timeout_ms {
-            problem("connect_timeout_ms", "must be between 1 and timeout_ms");
-        }
-        if self.max_per_second == Some(0) {
-            problem(
-                "max_per_second",
-                "must be at least 1 (remove it for no limit)",
-            );
-        }
-        if self.max_in_flight == Some(0) {
-            problem(
-                "max_in_flight",
-                "must be at least 1 (remove it for no limit)",
-            );
-        }
-        if self.breaker_failures == 0 {
-            problem("breaker_failures", "must be at least 1");
-        }
-        if self.breaker_cooldown_seconds == 0 {
-            problem("breaker_cooldown_seconds", "must be at least 1");
-        }
+        let mut found = self.transport_problems();
         for (key, kinds) in self.set_keys() {
             if !kinds.contains(&self.kind) {
-                problem(
-                    key,
-                    &format!("is not a key of kind \"{}\"", self.kind.as_str()),
-                );
+                let reason = format!("is not a key of kind \"{}\"", self.kind.as_str());
+                found.push((key.to_string(), reason));
             }
         }
-        let required = |key: &str, present: bool, problem: &mut dyn FnMut(&str, &str)| {
-            if !present {
-                problem(key, "is required for this kind");
-            }
-        };
-        let has = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.trim().is_empty());
-        let has_secret = |value: &Option<Secret>| value.as_ref().is_some_and(|v| !v.is_empty());
-        match self.kind {
-            CarrierKind::Log => {}
-            CarrierKind::Twilio => {
-                required("account_sid", has(&self.account_sid), &mut problem);
-                let key = has(&self.api_key_sid) && has_secret(&self.api_key_secret);
-                if !has_secret(&self.auth_token) && !key {
-                    problem(
-                        "auth_token",
-                        "is required for kind \"twilio\" (or api_key_sid with api_key_secret)",
-                    );
-                }
-                if self.api_key_sid.is_some() != self.api_key_secret.is_some() {
-                    problem(
-                        "api_key_secret",
-                        "api_key_sid and api_key_secret go together",
-                    );
-                }
-                if self.public_url.is_some() && !has_secret(&self.auth_token) {
-                    problem(
-                        "public_url",
-                        "Twilio signs status callbacks with the auth token: set auth_token too",
-                    );
-                }
-                if !has(&self.from) && !has(&self.messaging_service_sid) {
-                    problem(
-                        "from",
-                        "kind \"twilio\" needs from or messaging_service_sid",
-                    );
-                }
-            }
-            CarrierKind::Messagemedia => {
-                required("api_key", has(&self.api_key), &mut problem);
-                required("api_secret", has_secret(&self.api_secret), &mut problem);
-                let secret_len = self
-                    .callback_secret
-                    .as_ref()
-                    .map_or(0, |s| s.expose().len());
-                let signed = !self.callback_public_keys.is_empty();
-                if self.public_url.is_some() && (self.callback_secret.is_some() || !signed) {
-                    // Also with keys: a secret set beside them still admits unsigned reports.
-                    if secret_len < 16 {
-                        problem(
-                            "callback_secret",
-                            "public_url needs callback_public_keys or a callback_secret of \
-                             at least 16 characters (they prove MessageMedia's delivery reports)",
-                        );
-                    }
-                }
-                if self.callback_public_keys.len() > MAX_KEYS {
-                    problem(
-                        "callback_public_keys",
-                        &format!("holds at most {MAX_KEYS} keys"),
-                    );
-                } else if let Err((i, why)) = SignatureKeys::parse(&self.callback_public_keys) {
-                    problem(&format!("callback_public_keys[{i}]"), &why);
-                }
-            }
-            CarrierKind::Sns => {
-                required("region", has(&self.region), &mut problem);
-                if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-                    problem(
-                        "secret_access_key",
-                        "access_key_id and secret_access_key go together",
-                    );
-                }
-            }
-        }
+        found.extend(match self.kind {
+            CarrierKind::Log => Vec::new(),
+            CarrierKind::Twilio => self.twilio_problems(),
+            CarrierKind::Messagemedia => self.messagemedia_problems(),
+            CarrierKind::Sns => self.sns_problems(),
+        });
         for (key, url) in [
             ("base_url", &self.base_url),
             ("endpoint_url", &self.endpoint_url),
@@ -361,9 +258,149 @@ impl CarrierConfig {
             if let Some(url) = url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                problem(key, "must be an http(s) URL");
+                found.push(problem(key, "must be an http(s) URL"));
             }
         }
-        problems
+        found
+            .into_iter()
+            .map(|(field, reason)| Problem {
+                key: format!("carriers.{name}.{field}"),
+                reason,
+            })
+            .collect()
     }
+
+    /// Timeouts, limits and the breaker, shared by every kind.
+    fn transport_problems(&self) -> Found {
+        let mut found = Vec::new();
+        if self.timeout_ms == 0 || self.timeout_ms > 25_000 {
+            found.push(problem(
+                "timeout_ms",
+                "must be between 1 and 25000 (Auth0 waits 30 s in all)",
+            ));
+        }
+        if self.connect_timeout_ms == 0 || self.connect_timeout_ms > self.timeout_ms {
+            found.push(problem(
+                "connect_timeout_ms",
+                "must be between 1 and timeout_ms",
+            ));
+        }
+        for (key, zero) in [
+            ("max_per_second", self.max_per_second == Some(0)),
+            ("max_in_flight", self.max_in_flight == Some(0)),
+        ] {
+            if zero {
+                found.push(problem(key, "must be at least 1 (remove it for no limit)"));
+            }
+        }
+        for (key, zero) in [
+            ("breaker_failures", self.breaker_failures == 0),
+            (
+                "breaker_cooldown_seconds",
+                self.breaker_cooldown_seconds == 0,
+            ),
+        ] {
+            if zero {
+                found.push(problem(key, "must be at least 1"));
+            }
+        }
+        found
+    }
+
+    fn twilio_problems(&self) -> Found {
+        let mut found = Vec::new();
+        if !has(&self.account_sid) {
+            found.push(problem("account_sid", REQUIRED));
+        }
+        let key = has(&self.api_key_sid) && has_secret(&self.api_key_secret);
+        if !has_secret(&self.auth_token) && !key {
+            found.push(problem(
+                "auth_token",
+                "is required for kind \"twilio\" (or api_key_sid with api_key_secret)",
+            ));
+        }
+        if self.api_key_sid.is_some() != self.api_key_secret.is_some() {
+            found.push(problem(
+                "api_key_secret",
+                "api_key_sid and api_key_secret go together",
+            ));
+        }
+        if self.public_url.is_some() && !has_secret(&self.auth_token) {
+            found.push(problem(
+                "public_url",
+                "Twilio signs status callbacks with the auth token: set auth_token too",
+            ));
+        }
+        if !has(&self.from) && !has(&self.messaging_service_sid) {
+            found.push(problem(
+                "from",
+                "kind \"twilio\" needs from or messaging_service_sid",
+            ));
+        }
+        found
+    }
+
+    fn messagemedia_problems(&self) -> Found {
+        let mut found = Vec::new();
+        if !has(&self.api_key) {
+            found.push(problem("api_key", REQUIRED));
+        }
+        if !has_secret(&self.api_secret) {
+            found.push(problem("api_secret", REQUIRED));
+        }
+        let secret_len = self
+            .callback_secret
+            .as_ref()
+            .map_or(0, |s| s.expose().len());
+        let signed = !self.callback_public_keys.is_empty();
+        // Also with keys: a secret set beside them still admits unsigned reports.
+        if self.public_url.is_some()
+            && (self.callback_secret.is_some() || !signed)
+            && secret_len < 16
+        {
+            found.push(problem(
+                "callback_secret",
+                "public_url needs callback_public_keys or a callback_secret of at least 16 \
+                 characters (they prove MessageMedia's delivery reports)",
+            ));
+        }
+        if self.callback_public_keys.len() > MAX_KEYS {
+            let reason = format!("holds at most {MAX_KEYS} keys");
+            found.push(problem("callback_public_keys", &reason));
+        } else if let Err((i, why)) = SignatureKeys::parse(&self.callback_public_keys) {
+            found.push((format!("callback_public_keys[{i}]"), why));
+        }
+        found
+    }
+
+    fn sns_problems(&self) -> Found {
+        let mut found = Vec::new();
+        if !has(&self.region) {
+            found.push(problem("region", REQUIRED));
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            found.push(problem(
+                "secret_access_key",
+                "access_key_id and secret_access_key go together",
+            ));
+        }
+        found
+    }
+}
+
+/// Problems under one carrier: (key, reason).
+type Found = Vec<(String, String)>;
+
+const REQUIRED: &str = "is required for this kind";
+
+fn problem(key: &str, reason: &str) -> (String, String) {
+    (key.to_string(), reason.to_string())
+}
+
+fn has(value: &Option<String>) -> bool {
+    value.as_deref().is_some_and(|v| !v.trim().is_empty())
+}
+
+fn has_secret(value: &Option<Secret>) -> bool {
+    value.as_ref().is_some_and(|v| !v.is_empty())
 }

@@ -3,8 +3,8 @@
 //! placeholder values the shipped examples carry. On a loopback listener (development) only
 //! an empty key is refused.
 
-use super::Config;
 use super::validate::Problem;
+use super::{Config, SignerConfig};
 use crate::secret::decode_base64url_secret;
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the SHA-256 output.
@@ -42,6 +42,7 @@ fn lacks_variety(bytes: &[u8]) -> bool {
     seen.iter().filter(|&&s| s).count() < MIN_DISTINCT_BYTES
 }
 
+/// Problems (key, reason) with secrets; most only on a listener reachable from elsewhere.
 pub(super) fn problems(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut problem = |key: String, reason: String| problems.push(Problem { key, reason });
@@ -55,90 +56,13 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         );
     }
     for (name, signer) in &config.auth0 {
-        let key = format!("auth0.{name}.secret");
-        let decoded = if signer.secret_base64_encoded {
-            decode_base64url_secret(signer.secret.expose())
-        } else {
-            Some(signer.secret.expose().as_bytes().to_vec())
-        };
-        let bytes = decoded.as_ref().map(Vec::len);
-        if bytes == Some(0) && !signer.secret.is_empty() {
-            problem(key.clone(), "decodes to an empty HMAC key".into());
-        }
-        if !exposed {
-            continue;
-        }
-        if signer.public_secret {
-            // MessageMedia's Auth0 guide uses a published secret: the audience carries it.
-            let audience = signer.audience.trim();
-            if audience.chars().count() < MIN_SECRET_AUDIENCE_CHARS
-                || audience.contains("://")
-                || lacks_variety(audience.as_bytes())
-            {
-                problem(
-                    format!("auth0.{name}.audience"),
-                    format!(
-                        "with public_secret = true the audience is the only secret: it must be \
-                         a generated value (the MessageMedia API secret) of at least \
-                         {MIN_SECRET_AUDIENCE_CHARS} characters, not a URL"
-                    ),
-                );
-            }
-            continue;
-        }
-        let decoded_text = decoded
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
-        if is_placeholder(signer.secret.expose()) || is_placeholder(&decoded_text) {
-            problem(
-                key,
-                "is a placeholder from an example; set the connection's own secret".into(),
-            );
-        } else if bytes.is_some_and(|n| n < MIN_HS256_KEY_BYTES) {
-            problem(
-                key,
-                format!(
-                    "is {} bytes; an HS256 key must be at least {MIN_HS256_KEY_BYTES} bytes \
-                     (RFC 7518 section 3.2) on a non-loopback listener",
-                    bytes.unwrap_or(0)
-                ),
-            );
-        } else if decoded.as_deref().is_some_and(lacks_variety) {
-            problem(
-                key,
-                format!("has fewer than {MIN_DISTINCT_BYTES} distinct bytes; generate it"),
-            );
-        }
+        signer_problems(name, signer, exposed, &mut problem);
     }
     if !exposed {
         return problems;
     }
     if let Some(token) = &config.admin.token {
-        let token = token.expose();
-        if is_placeholder(token) {
-            problem(
-                "admin.token".into(),
-                "is a placeholder from an example".into(),
-            );
-        } else if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
-            problem(
-                "admin.token".into(),
-                format!(
-                    "must be at least {MIN_ADMIN_TOKEN_CHARS} characters on a non-loopback listener"
-                ),
-            );
-        } else if lacks_variety(token.as_bytes()) {
-            problem(
-                "admin.token".into(),
-                format!("has fewer than {MIN_DISTINCT_BYTES} distinct characters; generate it"),
-            );
-        } else if config.auth0.values().any(|s| s.secret.expose() == token) {
-            problem(
-                "admin.token".into(),
-                "must differ from every signer's secret".into(),
-            );
-        }
+        admin_token_problems(config, token.expose(), &mut problem);
     }
     for (name, carrier) in &config.carriers {
         for (field, value) in carrier.secret_values() {
@@ -151,6 +75,95 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         }
     }
     problems
+}
+
+fn signer_problems(
+    name: &str,
+    signer: &SignerConfig,
+    exposed: bool,
+    problem: &mut impl FnMut(String, String),
+) {
+    let key = format!("auth0.{name}.secret");
+    let decoded = if signer.secret_base64_encoded {
+        decode_base64url_secret(signer.secret.expose())
+    } else {
+        Some(signer.secret.expose().as_bytes().to_vec())
+    };
+    let bytes = decoded.as_ref().map(Vec::len);
+    if bytes == Some(0) && !signer.secret.is_empty() {
+        problem(key.clone(), "decodes to an empty HMAC key".into());
+    }
+    if !exposed {
+        return;
+    }
+    if signer.public_secret {
+        // MessageMedia's Auth0 guide uses a published secret: the audience carries it.
+        let audience = signer.audience.trim();
+        if audience.chars().count() < MIN_SECRET_AUDIENCE_CHARS
+            || audience.contains("://")
+            || lacks_variety(audience.as_bytes())
+        {
+            problem(
+                format!("auth0.{name}.audience"),
+                format!(
+                    "with public_secret = true the audience is the only secret: it must be \
+                     a generated value (the MessageMedia API secret) of at least \
+                     {MIN_SECRET_AUDIENCE_CHARS} characters, not a URL"
+                ),
+            );
+        }
+        return;
+    }
+    let decoded_text = decoded
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    if is_placeholder(signer.secret.expose()) || is_placeholder(&decoded_text) {
+        problem(
+            key,
+            "is a placeholder from an example; set the connection's own secret".into(),
+        );
+    } else if bytes.is_some_and(|n| n < MIN_HS256_KEY_BYTES) {
+        problem(
+            key,
+            format!(
+                "is {} bytes; an HS256 key must be at least {MIN_HS256_KEY_BYTES} bytes \
+                 (RFC 7518 section 3.2) on a non-loopback listener",
+                bytes.unwrap_or(0)
+            ),
+        );
+    } else if decoded.as_deref().is_some_and(lacks_variety) {
+        problem(
+            key,
+            format!("has fewer than {MIN_DISTINCT_BYTES} distinct bytes; generate it"),
+        );
+    }
+}
+
+fn admin_token_problems(config: &Config, token: &str, problem: &mut impl FnMut(String, String)) {
+    if is_placeholder(token) {
+        problem(
+            "admin.token".into(),
+            "is a placeholder from an example".into(),
+        );
+    } else if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        problem(
+            "admin.token".into(),
+            format!(
+                "must be at least {MIN_ADMIN_TOKEN_CHARS} characters on a non-loopback listener"
+            ),
+        );
+    } else if lacks_variety(token.as_bytes()) {
+        problem(
+            "admin.token".into(),
+            format!("has fewer than {MIN_DISTINCT_BYTES} distinct characters; generate it"),
+        );
+    } else if config.auth0.values().any(|s| s.secret.expose() == token) {
+        problem(
+            "admin.token".into(),
+            "must differ from every signer's secret".into(),
+        );
+    }
 }
 
 #[cfg(test)]

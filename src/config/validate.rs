@@ -101,7 +101,29 @@ impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let mut problem = |key: String, reason: String| problems.push(Problem { key, reason });
+        self.validate_signers(&mut problem);
+        self.validate_listeners(&mut problem);
+        self.validate_database_and_log(&mut problem);
+        for (name, carrier) in &self.carriers {
+            for p in carrier.problems(name) {
+                problem(p.key, p.reason);
+            }
+        }
+        self.validate_dispatch(&mut problem);
+        self.validate_routes(&mut problem);
+        self.validate_destinations(&mut problem);
+        self.validate_server(&mut problem);
+        for p in super::secrets::problems(self) {
+            problem(p.key, p.reason);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
 
+    fn validate_signers(&self, problem: &mut impl FnMut(String, String)) {
         if self.auth0.is_empty() && !self.server.allow_unauthenticated {
             problem(
                 "auth0".into(),
@@ -143,6 +165,10 @@ impl Config {
                 ),
             );
         }
+    }
+
+    /// The admin token and which listener is where.
+    fn validate_listeners(&self, problem: &mut impl FnMut(String, String)) {
         if self.admin.token.as_ref().is_some_and(|t| t.is_empty()) {
             problem(
                 "admin.token".into(),
@@ -164,6 +190,9 @@ impl Config {
                 "must differ from server.listen".into(),
             );
         }
+    }
+
+    fn validate_database_and_log(&self, problem: &mut impl FnMut(String, String)) {
         if self.database.max_connections == 0 {
             problem(
                 "database.max_connections".into(),
@@ -201,6 +230,9 @@ impl Config {
                 "must be set when database.url is empty (embedded PostgreSQL)".into(),
             );
         }
+    }
+
+    fn validate_dispatch(&self, problem: &mut impl FnMut(String, String)) {
         if self.dispatch.workers == 0 {
             problem("dispatch.workers".into(), "must be at least 1".into());
         }
@@ -210,27 +242,6 @@ impl Config {
                 "must be between 1 and 86400".into(),
             );
         }
-        for (name, carrier) in &self.carriers {
-            for p in carrier.problems(name) {
-                problem(p.key, p.reason);
-            }
-        }
-        self.validate_dispatch(&mut problem);
-        self.validate_routes(&mut problem);
-        self.validate_destinations(&mut problem);
-        self.validate_server(&mut problem);
-        for p in super::secrets::problems(self) {
-            problem(p.key, p.reason);
-        }
-
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems })
-        }
-    }
-
-    fn validate_dispatch(&self, problem: &mut impl FnMut(String, String)) {
         let d = &self.dispatch;
         let mut at_least_one = |key: &str, value: u64| {
             if value == 0 {

@@ -71,39 +71,12 @@ impl EmbeddedPostgres {
     }
 
     fn start_as(home: &Path, durability: Durability, wanted: Ownership) -> anyhow::Result<Self> {
-        let bin = find_server_binaries()?;
-        // Root hands the directory to the server's account: never through a link someone
-        // else may have planted.
-        if std::fs::symlink_metadata(home).is_ok_and(|m| m.file_type().is_symlink()) {
-            bail!(
-                "database.data_dir {} is a symbolic link; give the real directory",
-                home.display()
-            );
-        }
-        std::fs::create_dir_all(home)
-            .with_context(|| format!("cannot create database.data_dir {}", home.display()))?;
-        let home = home
-            .canonicalize()
-            .with_context(|| format!("cannot resolve database.data_dir {}", home.display()))?;
-        let socket = home.join(format!(".s.PGSQL.{PORT}"));
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            bail!(
-                "database.data_dir {} is too deep for a unix socket path (at most {} bytes); \
-                 choose a shorter path",
-                home.display(),
-                MAX_SOCKET_PATH - ".s.PGSQL.5432".len() - 1
-            );
-        }
-        let run_as = server_account()?;
-        if let Some(user) = &run_as {
-            std::os::unix::fs::chown(&home, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-                .with_context(|| format!("cannot hand {} to {OS_ACCOUNT}", home.display()))?;
-        }
-        let runner = Runner { bin, run_as };
+        let runner = Runner {
+            bin: find_server_binaries()?,
+            run_as: server_account()?,
+        };
+        let home = prepare_home(home, runner.run_as.as_ref())?;
         let cluster = home.join("pgdata");
-        // Only the server's account may reach the socket (root always can).
-        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .with_context(|| format!("cannot restrict {}", home.display()))?;
         let mut lock = take_lock(&home)?;
         if lock.is_none() && wanted == Ownership::Owner {
             // Blocking on the lock (not polling it) puts this process first in line when the
@@ -129,58 +102,10 @@ impl EmbeddedPostgres {
             lock.set_len(0).ok();
             write!(lock, "{}", std::process::id()).ok();
         }
-
         if !cluster.join("PG_VERSION").exists() {
-            let mut initdb = runner.command("initdb");
-            initdb.arg("-D").arg(&cluster).args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ]);
-            if durability == Durability::Throwaway {
-                initdb.arg("--no-sync");
-            }
-            run_checked(initdb, "initdb")?;
+            init_cluster(&runner, &cluster, durability)?;
         }
-
-        if runner.is_running(&cluster) {
-            // Its owner died (the lock was free): its watchdog is stopping it. Wait, then
-            // start it as ours.
-            let waited = std::time::Instant::now();
-            while runner.is_running(&cluster) && waited.elapsed() < ORPHAN_STOP_WAIT {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
-        if runner.is_running(&cluster) {
-            tracing::warn!(dir = %home.display(), "embedded PostgreSQL runs without its owner; taking it over");
-        } else {
-            let mut options = format!(
-                "-k {} -c listen_addresses='' -c unix_socket_permissions=0700 -p {PORT}",
-                shell_quote(&home)
-            );
-            if durability == Durability::Throwaway {
-                options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
-            }
-            let mut pg_ctl = runner.command("pg_ctl");
-            pg_ctl
-                .arg("start")
-                .arg("-D")
-                .arg(&cluster)
-                .args(["-w", "-t", "60", "-l"])
-                .arg(home.join("postgres.log"))
-                .arg("-o")
-                .arg(options);
-            run_checked(pg_ctl, "pg_ctl start").with_context(|| {
-                format!(
-                    "see {} for the server's own log",
-                    home.join("postgres.log").display()
-                )
-            })?;
-        }
-
+        start_cluster(&runner, &home, &cluster, durability)?;
         let watchdog = spawn_watchdog(&runner, &home, durability == Durability::Throwaway)?;
         Ok(Self {
             home,
@@ -408,4 +333,98 @@ pub fn find_server_binaries() -> anyhow::Result<PathBuf> {
 
 fn shell_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}
+
+/// Creates `home` for the server's account, `0700` (only that account may reach the socket;
+/// root always can); its canonical path.
+fn prepare_home(home: &Path, run_as: Option<&User>) -> anyhow::Result<PathBuf> {
+    // Root hands the directory to the server's account: never through a link someone else
+    // may have planted.
+    if std::fs::symlink_metadata(home).is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!(
+            "database.data_dir {} is a symbolic link; give the real directory",
+            home.display()
+        );
+    }
+    std::fs::create_dir_all(home)
+        .with_context(|| format!("cannot create database.data_dir {}", home.display()))?;
+    let home = home
+        .canonicalize()
+        .with_context(|| format!("cannot resolve database.data_dir {}", home.display()))?;
+    let socket = home.join(format!(".s.PGSQL.{PORT}"));
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        bail!(
+            "database.data_dir {} is too deep for a unix socket path (at most {} bytes); \
+             choose a shorter path",
+            home.display(),
+            MAX_SOCKET_PATH - ".s.PGSQL.5432".len() - 1
+        );
+    }
+    if let Some(user) = run_as {
+        std::os::unix::fs::chown(&home, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .with_context(|| format!("cannot hand {} to {OS_ACCOUNT}", home.display()))?;
+    }
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", home.display()))?;
+    Ok(home)
+}
+
+fn init_cluster(runner: &Runner, cluster: &Path, durability: Durability) -> anyhow::Result<()> {
+    let mut initdb = runner.command("initdb");
+    initdb.arg("-D").arg(cluster).args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+    ]);
+    if durability == Durability::Throwaway {
+        initdb.arg("--no-sync");
+    }
+    run_checked(initdb, "initdb")
+}
+
+/// Starts the cluster, or takes over one whose owner died and which its watchdog did not
+/// stop in time.
+fn start_cluster(
+    runner: &Runner,
+    home: &Path,
+    cluster: &Path,
+    durability: Durability,
+) -> anyhow::Result<()> {
+    if runner.is_running(cluster) {
+        // Its owner died (the lock was free): its watchdog is stopping it. Wait, then start
+        // it as ours.
+        let waited = std::time::Instant::now();
+        while runner.is_running(cluster) && waited.elapsed() < ORPHAN_STOP_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    if runner.is_running(cluster) {
+        tracing::warn!(dir = %home.display(), "embedded PostgreSQL runs without its owner; taking it over");
+        return Ok(());
+    }
+    let mut options = format!(
+        "-k {} -c listen_addresses='' -c unix_socket_permissions=0700 -p {PORT}",
+        shell_quote(home)
+    );
+    if durability == Durability::Throwaway {
+        options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+    }
+    let mut pg_ctl = runner.command("pg_ctl");
+    pg_ctl
+        .arg("start")
+        .arg("-D")
+        .arg(cluster)
+        .args(["-w", "-t", "60", "-l"])
+        .arg(home.join("postgres.log"))
+        .arg("-o")
+        .arg(options);
+    run_checked(pg_ctl, "pg_ctl start").with_context(|| {
+        format!(
+            "see {} for the server's own log",
+            home.join("postgres.log").display()
+        )
+    })
 }

@@ -4,7 +4,7 @@
 //! message's fate.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::domain::{MessageId, Status};
@@ -153,63 +153,72 @@ pub struct Completion {
 pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     insert_attempts(&mut tx, batch).await?;
+    let ended = end_finals(&mut tx, batch).await?;
+    reschedule(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(ended)
+}
 
-    let finals: Vec<&Completion> = batch
-        .iter()
-        .filter(|c| matches!(c.disposition, Disposition::Final { .. }))
-        .collect();
-    let mut ended = Vec::new();
-    if !finals.is_empty() {
-        let mut columns = FinalColumns::default();
-        for completion in finals {
-            if let Disposition::Final {
-                status,
-                carrier,
-                carrier_message_id,
-                error,
-            } = &completion.disposition
-            {
-                columns.ids.push(completion.id);
-                columns.tokens.push(completion.lease_token);
-                columns.statuses.push(status.as_str().to_string());
-                columns.carriers.push(carrier.clone());
-                columns.carrier_ids.push(carrier_message_id.clone());
-                columns.errors.push(error.clone());
-                columns.attempts.push(completion.attempts);
-            }
+/// Ends the final ones whose lease is still ours; their final statuses.
+async fn end_finals(
+    tx: &mut PgConnection,
+    batch: &[Completion],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut columns = FinalColumns::default();
+    for completion in batch {
+        if let Disposition::Final {
+            status,
+            carrier,
+            carrier_message_id,
+            error,
+        } = &completion.disposition
+        {
+            columns.ids.push(completion.id);
+            columns.tokens.push(completion.lease_token);
+            columns.statuses.push(status.as_str().to_string());
+            columns.carriers.push(carrier.clone());
+            columns.carrier_ids.push(carrier_message_id.clone());
+            columns.errors.push(error.clone());
+            columns.attempts.push(completion.attempts);
         }
-        // The body is erased as the message ends: it held a one-time code (in any script's
-        // digits, so masking digits would not do).
-        ended = sqlx::query_scalar(
-            "WITH v AS (
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[],
-                                      $5::text[], $6::text[], $7::int[])
-                     AS v(id, token, status, carrier, carrier_message_id, error, attempts)
-             ), ended AS (
-                 DELETE FROM message_queue q USING v
-                 WHERE q.message_id = v.id AND q.lease_token = v.token
-                 RETURNING q.message_id
-             )
-             UPDATE messages m
-             SET status = v.status, carrier = v.carrier, carrier_message_id = v.carrier_message_id,
-                 last_error = v.error, attempts = v.attempts, finished_at = now(),
-                 sent_at = CASE WHEN v.status = 'sent' THEN now() END,
-                 body = ''
-             FROM v JOIN ended ON ended.message_id = v.id
-             WHERE m.id = v.id
-             RETURNING m.status",
-        )
-        .bind(&columns.ids)
-        .bind(&columns.tokens)
-        .bind(&columns.statuses)
-        .bind(&columns.carriers)
-        .bind(&columns.carrier_ids)
-        .bind(&columns.errors)
-        .bind(&columns.attempts)
-        .fetch_all(&mut *tx)
-        .await?;
     }
+    if columns.ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The body is erased as the message ends: it held a one-time code (in any script's
+    // digits, so masking digits would not do).
+    sqlx::query_scalar(
+        "WITH v AS (
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[],
+                                  $5::text[], $6::text[], $7::int[])
+                 AS v(id, token, status, carrier, carrier_message_id, error, attempts)
+         ), ended AS (
+             DELETE FROM message_queue q USING v
+             WHERE q.message_id = v.id AND q.lease_token = v.token
+             RETURNING q.message_id
+         )
+         UPDATE messages m
+         SET status = v.status, carrier = v.carrier, carrier_message_id = v.carrier_message_id,
+             last_error = v.error, attempts = v.attempts, finished_at = now(),
+             sent_at = CASE WHEN v.status = 'sent' THEN now() END,
+             body = ''
+         FROM v JOIN ended ON ended.message_id = v.id
+         WHERE m.id = v.id
+         RETURNING m.status",
+    )
+    .bind(&columns.ids)
+    .bind(&columns.tokens)
+    .bind(&columns.statuses)
+    .bind(&columns.carriers)
+    .bind(&columns.carrier_ids)
+    .bind(&columns.errors)
+    .bind(&columns.attempts)
+    .fetch_all(&mut *tx)
+    .await
+}
 
+/// Puts retried and released ones back in the queue, while their lease is still ours.
+async fn reschedule(tx: &mut PgConnection, batch: &[Completion]) -> Result<(), sqlx::Error> {
     let (mut ids, mut tokens, mut delays, mut attempts) = (vec![], vec![], vec![], vec![]);
     for completion in batch {
         let delay = match completion.disposition {
@@ -221,24 +230,24 @@ pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<Vec<String>
         delays.push(delay);
         attempts.push(completion.attempts);
     }
-    if !ids.is_empty() {
-        sqlx::query(
-            "UPDATE message_queue q
-             SET run_at = now() + v.delay_ms * interval '1 millisecond', lease_token = NULL,
-                 attempts = v.attempts
-             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[])
-                 AS v(id, token, delay_ms, attempts)
-             WHERE q.message_id = v.id AND q.lease_token = v.token",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(&delays)
-        .bind(&attempts)
-        .execute(&mut *tx)
-        .await?;
+    if ids.is_empty() {
+        return Ok(());
     }
-    tx.commit().await?;
-    Ok(ended)
+    sqlx::query(
+        "UPDATE message_queue q
+         SET run_at = now() + v.delay_ms * interval '1 millisecond', lease_token = NULL,
+             attempts = v.attempts
+         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[])
+             AS v(id, token, delay_ms, attempts)
+         WHERE q.message_id = v.id AND q.lease_token = v.token",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&delays)
+    .bind(&attempts)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 #[derive(Default)]

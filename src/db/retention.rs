@@ -2,7 +2,7 @@
 //! ingress logs older than their longest limit window, and applies delivery receipts that
 //! arrived early; in small batches, on one process at a time (an advisory lock).
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 /// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks.
@@ -60,54 +60,62 @@ pub async fn sweep(
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let days_seconds = f64::from(plan.days) * 86_400.0;
-        // The side tables, each older than what it is kept for: (table, key, age column, seconds).
-        let side_tables = [
-            (
-                "recipient_sends",
-                "recipient",
-                "updated_at",
-                f64::from(plan.send_log_seconds),
-            ),
-            ("delivery_receipts", "id", "received_at", days_seconds),
-            (
-                "idempotency_keys",
-                "key",
-                "created_at",
-                f64::from(IDEMPOTENCY_WINDOW_SECONDS),
-            ),
-            (
-                "ingress_hits",
-                "key",
-                "updated_at",
-                f64::from(plan.ingress_log_seconds),
-            ),
-        ];
-        // Every table is swept until it is done, not only while messages are: a side table
-        // can grow faster than the messages (keys, refused ingress hits). The age is checked
-        // again on the row itself: a row a limit updated while this statement waited for its
-        // lock is re-read, and kept (the `IN` list alone was chosen from the old version).
-        let mut more = deleted == BATCH as u64;
-        for (table, key, age, seconds) in side_tables {
-            // Names from the list above, never from input.
-            let statement = format!(
-                "DELETE FROM {table} WHERE {key} IN (
-                     SELECT {key} FROM {table}
-                     WHERE {age} < now() - make_interval(secs => $1) LIMIT $2)
-                 AND {age} < now() - make_interval(secs => $1)"
-            );
-            let swept = sqlx::query(sqlx::AssertSqlSafe(statement))
-                .bind(seconds)
-                .bind(BATCH)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            more |= swept == BATCH as u64;
-        }
+        let side_tables_full = sweep_side_tables(&mut tx, plan).await?;
+        let more = deleted == BATCH as u64 || side_tables_full;
         tx.commit().await?;
         total += deleted;
         if !more || shutdown.is_cancelled() {
             return Ok(total);
         }
     }
+}
+
+/// One batch from each side table, each older than what it is kept for; true when some
+/// table had a full batch (more may be due).
+async fn sweep_side_tables(tx: &mut PgConnection, plan: Plan) -> Result<bool, sqlx::Error> {
+    let days_seconds = f64::from(plan.days) * 86_400.0;
+    // The side tables, each older than what it is kept for: (table, key, age column, seconds).
+    let side_tables = [
+        (
+            "recipient_sends",
+            "recipient",
+            "updated_at",
+            f64::from(plan.send_log_seconds),
+        ),
+        ("delivery_receipts", "id", "received_at", days_seconds),
+        (
+            "idempotency_keys",
+            "key",
+            "created_at",
+            f64::from(IDEMPOTENCY_WINDOW_SECONDS),
+        ),
+        (
+            "ingress_hits",
+            "key",
+            "updated_at",
+            f64::from(plan.ingress_log_seconds),
+        ),
+    ];
+    // Every table is swept until it is done, not only while messages are: a side table
+    // can grow faster than the messages (keys, refused ingress hits). The age is checked
+    // again on the row itself: a row a limit updated while this statement waited for its
+    // lock is re-read, and kept (the `IN` list alone was chosen from the old version).
+    let mut more = false;
+    for (table, key, age, seconds) in side_tables {
+        // Names from the list above, never from input.
+        let statement = format!(
+            "DELETE FROM {table} WHERE {key} IN (
+                 SELECT {key} FROM {table}
+                 WHERE {age} < now() - make_interval(secs => $1) LIMIT $2)
+             AND {age} < now() - make_interval(secs => $1)"
+        );
+        let swept = sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(seconds)
+            .bind(BATCH)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        more |= swept == BATCH as u64;
+    }
+    Ok(more)
 }
