@@ -18,10 +18,13 @@ use sha2::{Digest, Sha224, Sha256, Sha512};
 pub const MAX_KEYS: usize = 4;
 /// Keys smaller than this verify but draw a warning (NIST SP 800-131A: 2048 bits or more).
 pub const RECOMMENDED_BITS: usize = 2048;
+/// Larger keys are refused: every forged report costs one check per key, and an 8192-bit
+/// check is some 15 times a 2048-bit one.
+pub const MAX_BITS: usize = 4096;
 /// A configured key's text is never longer (an 8192-bit key in PEM is about 1.5 KiB).
 const MAX_KEY_TEXT: usize = 16 * 1024;
-/// An 8192-bit signature is 1024 bytes, 1368 base64 characters.
-const MAX_SIGNATURE_TEXT: usize = 1400;
+/// A 4096-bit signature is 512 bytes, 684 base64 characters.
+const MAX_SIGNATURE_TEXT: usize = 700;
 
 /// The digests MessageMedia signs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +33,6 @@ enum DigestKind {
     Sha256,
     Sha512,
 }
-
-const ALL_DIGESTS: [DigestKind; 3] = [DigestKind::Sha224, DigestKind::Sha256, DigestKind::Sha512];
 
 impl DigestKind {
     /// `SHA224`, `sha-256`, … as the digest header names it.
@@ -84,9 +85,18 @@ pub fn parse_public_key(text: &str) -> Result<PublicKey, String> {
     let der = base64::engine::general_purpose::STANDARD
         .decode(base64.as_bytes())
         .map_err(|_| "is not base64 (paste the public_key MessageMedia returned)".to_string())?;
-    PublicKey::from_public_key_der(&der)
+    let key = PublicKey::from_public_key_der(&der)
         .or_else(|_| PublicKey::from_pkcs1_der(&der))
-        .map_err(|_| "is not an RSA public key of 1024 to 8192 bits".to_string())
+        .map_err(|_| {
+            format!("is not an RSA public key of 1024 to {MAX_BITS} bits (exponent below 2^33)")
+        })?;
+    if key.size() * 8 > MAX_BITS {
+        return Err(format!(
+            "is a {}-bit key; at most {MAX_BITS} bits are taken",
+            key.size() * 8
+        ));
+    }
+    Ok(key)
 }
 
 /// The public keys a carrier's signed reports are checked against.
@@ -102,6 +112,7 @@ pub struct SignedRequest<'a> {
     pub date: &'a [u8],
     pub body: &'a [u8],
     pub signature: &'a [u8],
+    /// Required: each forged report then costs one check per key, not one per digest too.
     pub digest_type: Option<&'a [u8]>,
     pub cipher_type: Option<&'a [u8]>,
 }
@@ -133,15 +144,15 @@ impl SignatureKeys {
         {
             return Err("X-MessageMedia-Cipher-Type is not RSA");
         }
-        let digests = match request.digest_type {
-            None => ALL_DIGESTS.to_vec(),
-            Some(value) => {
-                let named = std::str::from_utf8(value)
+        let digest = request
+            .digest_type
+            .ok_or("X-MessageMedia-Digest-Type is missing")
+            .and_then(|value| {
+                std::str::from_utf8(value)
                     .ok()
-                    .and_then(DigestKind::from_header);
-                vec![named.ok_or("X-MessageMedia-Digest-Type names no supported digest")?]
-            }
-        };
+                    .and_then(DigestKind::from_header)
+                    .ok_or("X-MessageMedia-Digest-Type names no supported digest")
+            })?;
         if request.signature.len() > MAX_SIGNATURE_TEXT {
             return Err("X-MessageMedia-Signature is too long");
         }
@@ -151,15 +162,17 @@ impl SignatureKeys {
         // MessageMedia writes HTTP/1.1 into the signed request line whatever the hop to us used.
         let request_line = format!("{} HTTP/1.1", request.method_and_target);
         let parts = [request_line.as_bytes(), request.date, request.body];
-        for digest in digests {
-            let hashed = digest.hash(&parts);
-            for key in &self.keys {
-                if key.verify(digest.scheme(), &hashed, &signature).is_ok() {
-                    return Ok(());
-                }
-            }
+        let hashed = digest.hash(&parts);
+        let signed_by_a_key = self
+            .keys
+            .iter()
+            .filter(|key| key.size() == signature.len())
+            .any(|key| key.verify(digest.scheme(), &hashed, &signature).is_ok());
+        if signed_by_a_key {
+            Ok(())
+        } else {
+            Err("X-MessageMedia-Signature does not match the request")
         }
-        Err("X-MessageMedia-Signature does not match the request")
     }
 }
 

@@ -122,7 +122,7 @@ fn default_breaker_cooldown_seconds() -> u64 {
 /// A list, or one string (an environment variable gives one).
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
-    #[serde(untagged)]
+    #[serde(untagged, expecting = "a string or a list of strings")]
     enum OneOrMany {
         One(String),
         Many(Vec<String>),
@@ -244,6 +244,7 @@ impl CarrierConfig {
                 found.push((key.to_string(), reason));
             }
         }
+        found.extend(self.callback_problems(name));
         found.extend(match self.kind {
             CarrierKind::Log => Vec::new(),
             CarrierKind::Twilio => self.twilio_problems(),
@@ -268,6 +269,38 @@ impl CarrierConfig {
                 reason,
             })
             .collect()
+    }
+
+    /// The callback URL is `public_url` + a path holding the carrier's name; carriers sign
+    /// it, so it must read back exactly as it was handed out.
+    fn callback_problems(&self, name: &str) -> Found {
+        let Some(public_url) = &self.public_url else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if !name.chars().all(plain) {
+            found.push(problem(
+                "public_url",
+                "needs a carrier name of letters, digits, '-' and '_' only (the name is part \
+                 of the callback URL the carrier signs)",
+            ));
+        }
+        let usable = reqwest::Url::parse(public_url).is_ok_and(|url| {
+            url.host().is_some()
+                && url.query().is_none()
+                && url.fragment().is_none()
+                && url.username().is_empty()
+                && url.password().is_none()
+        });
+        if !usable {
+            found.push(problem(
+                "public_url",
+                "must be an absolute http(s) URL with a host and no query, fragment or \
+                 user name (e.g. https://sms.example.com or https://example.com/sms)",
+            ));
+        }
+        found
     }
 
     /// Timeouts, limits and the breaker, shared by every kind.
@@ -353,16 +386,15 @@ impl CarrierConfig {
             .as_ref()
             .map_or(0, |s| s.expose().len());
         let signed = !self.callback_public_keys.is_empty();
-        // Also with keys: a secret set beside them still admits unsigned reports.
-        if self.public_url.is_some()
-            && (self.callback_secret.is_some() || !signed)
-            && secret_len < 16
-        {
+        if self.public_url.is_some() && !signed && secret_len < 16 {
             found.push(problem(
                 "callback_secret",
                 "public_url needs callback_public_keys or a callback_secret of at least 16 \
                  characters (they prove MessageMedia's delivery reports)",
             ));
+        } else if self.callback_secret.is_some() && secret_len < 16 {
+            // Beside keys too: it still admits unsigned reports.
+            found.push(problem("callback_secret", "must be at least 16 characters"));
         }
         if self.callback_public_keys.len() > MAX_KEYS {
             let reason = format!("holds at most {MAX_KEYS} keys");

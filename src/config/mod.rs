@@ -371,6 +371,12 @@ impl Config {
             let smallest = SignatureKeys::parse(&carrier.callback_public_keys)
                 .ok()
                 .and_then(|keys| keys.smallest_bits());
+            if smallest.is_some() && carrier.public_url.is_none() {
+                warnings.push(format!(
+                    "carriers.{name}.callback_public_keys: unused without public_url (no \
+                     delivery reports are asked for)"
+                ));
+            }
             if let Some(bits) = smallest.filter(|&bits| bits < RECOMMENDED_BITS) {
                 warnings.push(format!(
                     "carriers.{name}.callback_public_keys: a {bits}-bit key is weaker than \

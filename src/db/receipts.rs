@@ -13,6 +13,8 @@ pub enum Applied {
     Applied { accepted_at: DateTime<Utc> },
     /// No message in `sent` with that carrier id yet (or any more): kept for the sweep.
     Pending,
+    /// The same report (carrier, id, status) was recorded before: nothing new.
+    Repeated,
 }
 
 /// Records a receipt and applies it when its message is known.
@@ -34,21 +36,27 @@ pub async fn record(
     .bind(status.as_str())
     .fetch_optional(&mut *tx)
     .await?;
-    sqlx::query(
+    // A repeat only marks the first copy applied, when this one applied it (the first came
+    // before its message's outcome was written).
+    let first: bool = sqlx::query_scalar(
         "INSERT INTO delivery_receipts (carrier, carrier_message_id, status, error_code, applied)
-         VALUES ($1, $2, $3, $4, $5)",
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (carrier, carrier_message_id, status)
+             DO UPDATE SET applied = delivery_receipts.applied OR EXCLUDED.applied
+         RETURNING xmax = 0",
     )
     .bind(carrier)
     .bind(carrier_message_id)
     .bind(status.as_str())
     .bind(error_code)
     .bind(accepted_at.is_some())
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(match accepted_at {
         Some(accepted_at) => Applied::Applied { accepted_at },
-        None => Applied::Pending,
+        None if first => Applied::Pending,
+        None => Applied::Repeated,
     })
 }
 

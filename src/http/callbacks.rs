@@ -26,10 +26,15 @@ use crate::messagemedia_signature::{SignatureKeys, SignedRequest};
 use crate::secret::Secret;
 
 /// How each carrier's callbacks are proven, from the configuration.
-#[derive(Default)]
 pub struct CallbackKeys {
     by_carrier: HashMap<String, CallbackKey>,
+    /// RSA checks run on the blocking pool one at a time: a flood of forged reports then
+    /// takes at most one core, and waits its turn instead of starving the ingress.
+    rsa_turn: tokio::sync::Semaphore,
 }
+
+/// A report that waits longer than this for its RSA check gets 503 (the carrier retries).
+const RSA_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 enum CallbackKey {
     /// Twilio signs with the auth token over the URL it called, which starts with public_url.
@@ -83,7 +88,10 @@ impl CallbackKeys {
             };
             by_carrier.insert(name.clone(), key);
         }
-        Arc::new(Self { by_carrier })
+        Arc::new(Self {
+            by_carrier,
+            rsa_turn: tokio::sync::Semaphore::new(1),
+        })
     }
 }
 
@@ -168,6 +176,8 @@ struct DeliveryReport {
     error_code: Option<String>,
 }
 
+const SIGNATURE: &str = "x-messagemedia-signature";
+
 /// Why a MessageMedia report is not proven, or `None` when it is: by a signature when the
 /// carrier has keys and the report is signed, otherwise by the secret in its URL.
 fn messagemedia_unproven(
@@ -185,7 +195,7 @@ fn messagemedia_unproven(
         return Some("not a MessageMedia carrier");
     };
     let header = |name: &str| headers.get(name).map(|value| value.as_bytes());
-    if let Some(signature) = header("x-messagemedia-signature")
+    if let Some(signature) = header(SIGNATURE)
         && !keys.is_empty()
     {
         let method_and_target = match query {
@@ -236,7 +246,26 @@ pub async fn messagemedia(
         Ok(body) => body,
         Err(err) => return err.into_response(),
     };
-    if let Some(why) = messagemedia_unproven(key, query.as_deref(), &headers, &body) {
+    let signed = headers.contains_key(SIGNATURE)
+        && matches!(key, CallbackKey::MessageMedia { keys, .. } if !keys.is_empty());
+    let unproven = if signed {
+        let Ok(Ok(_turn)) =
+            tokio::time::timeout(RSA_TURN_WAIT, state.callbacks.rsa_turn.acquire()).await
+        else {
+            return ApiError::Unavailable("too many reports being verified; try again")
+                .into_response();
+        };
+        let (callbacks, name, body) = (state.callbacks.clone(), carrier.clone(), body.clone());
+        tokio::task::spawn_blocking(move || {
+            let key = callbacks.by_carrier.get(&name)?;
+            messagemedia_unproven(key, query.as_deref(), &headers, &body)
+        })
+        .await
+        .unwrap_or(Some("the signature check failed"))
+    } else {
+        messagemedia_unproven(key, query.as_deref(), &headers, &body)
+    };
+    if let Some(why) = unproven {
         return forged(&carrier, why);
     }
     let report: DeliveryReport = match serde_json::from_slice(&body) {
@@ -258,8 +287,8 @@ pub async fn messagemedia(
     .await
 }
 
-/// Counts the receipt and applies a final verdict to its message; intermediate states
-/// (queued, sent, enroute, …) are only counted.
+/// Applies a final verdict to its message and counts the receipt, once per distinct report;
+/// intermediate states (queued, sent, enroute, …) are only counted.
 async fn apply(
     state: &AppState,
     carrier: &str,
@@ -268,43 +297,50 @@ async fn apply(
     error_code: Option<&str>,
 ) -> Response {
     let label = verdict.map_or("other", Status::as_str);
-    state
-        .metrics
-        .receipts
-        .with_label_values(&[carrier, label])
-        .inc();
+    let count = || {
+        state
+            .metrics
+            .receipts
+            .with_label_values(&[carrier, label])
+            .inc()
+    };
     let Some(status) = verdict else {
+        count();
         return StatusCode::NO_CONTENT.into_response();
     };
-    match receipts::record(&state.pool, carrier, carrier_message_id, status, error_code).await {
-        Ok(Applied::Applied { accepted_at }) => {
+    let applied = match receipts::record(
+        &state.pool,
+        carrier,
+        carrier_message_id,
+        status,
+        error_code,
+    )
+    .await
+    {
+        Ok(applied) => applied,
+        Err(err) => {
+            tracing::error!(carrier, error = %err, "cannot record a delivery receipt");
+            // The carrier retries (MessageMedia does; Twilio with its callback retry setting).
+            return ApiError::Unavailable("the receipt could not be stored; try again")
+                .into_response();
+        }
+    };
+    let what = match applied {
+        Applied::Applied { accepted_at } => {
             if status == Status::Delivered {
                 let seconds = (chrono::Utc::now() - accepted_at).num_milliseconds() as f64 / 1e3;
                 state.metrics.receipt_latency.observe(seconds.max(0.0));
             }
-            tracing::info!(
-                carrier,
-                carrier_message_id,
-                status = label,
-                "delivery receipt applied"
-            );
-            StatusCode::NO_CONTENT.into_response()
+            "delivery receipt applied"
         }
-        Ok(Applied::Pending) => {
-            tracing::info!(
-                carrier,
-                carrier_message_id,
-                status = label,
-                "delivery receipt kept for later"
-            );
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(err) => {
-            tracing::error!(carrier, error = %err, "cannot record a delivery receipt");
-            // The carrier retries (MessageMedia does; Twilio with its callback retry setting).
-            ApiError::Unavailable("the receipt could not be stored; try again").into_response()
-        }
+        Applied::Pending => "delivery receipt kept for later",
+        Applied::Repeated => "delivery receipt already recorded; ignored",
+    };
+    if applied != Applied::Repeated {
+        count();
     }
+    tracing::info!(carrier, carrier_message_id, status = label, "{what}");
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[cfg(test)]

@@ -261,10 +261,22 @@ async fn a_messagemedia_report_with_the_carriers_key_marks_the_message() {
 
     assert_eq!(accepted.status().as_u16(), 204);
     assert_eq!(status_of(&app, &id).await["status"], "delivered");
+
+    // The carrier resending it, or anyone replaying it: answered, neither stored nor counted
+    // again.
+    for _ in 0..3 {
+        let repeated = post_messagemedia(&app, Some(MM_KEY), &report).await;
+        assert_eq!(repeated.status().as_u16(), 204);
+    }
     assert_eq!(
         receipts_counted(&app.metrics().await, "mm", "delivered"),
         1.0
     );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_receipts")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 1);
 }
 
 #[tokio::test]

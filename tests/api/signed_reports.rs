@@ -233,13 +233,17 @@ struct Forgery {
     what: &'static str,
     path: String,
     body: String,
-    /// `Date` first (later entries of the same name replace it), then the rest.
+    /// `Date` and the digest header first (later entries of the same name replace them),
+    /// then the rest.
     headers: Vec<(&'static str, String)>,
 }
 
 impl Forgery {
     fn new(what: &'static str, body: &str, headers: &[(&'static str, &str)]) -> Self {
-        let mut all = vec![("date", DATE.to_string())];
+        let mut all = vec![
+            ("date", DATE.to_string()),
+            ("x-messagemedia-digest-type", "SHA224".to_string()),
+        ];
         for (name, value) in headers {
             all.retain(|(existing, _)| existing != name);
             all.push((name, value.to_string()));
@@ -250,6 +254,11 @@ impl Forgery {
             body: body.to_string(),
             headers: all,
         }
+    }
+
+    fn without(mut self, header: &str) -> Self {
+        self.headers.retain(|(name, _)| *name != header);
+        self
     }
 
     fn at(self, path: &str) -> Self {
@@ -347,6 +356,12 @@ async fn only_reports_signed_by_a_configured_key_change_a_message() {
             ],
         ),
         Forgery::new(
+            "no digest header (each forged report would cost a check per digest)",
+            &body,
+            &[("x-messagemedia-signature", &good)],
+        )
+        .without("x-messagemedia-digest-type"),
+        Forgery::new(
             "a signature that is not base64",
             &body,
             &[("x-messagemedia-signature", "%%%not base64%%%")],
@@ -384,20 +399,21 @@ async fn only_reports_signed_by_a_configured_key_change_a_message() {
     assert_eq!(accepted, 204);
     assert_eq!(gateway.message(&id).await["status"], "delivered");
 
-    // The key being rotated out, other digests, no digest header (every digest is tried), and
-    // a query string, which MessageMedia signs as part of the request line.
+    // The key being rotated out, other digests, and a query string, which MessageMedia signs
+    // as part of the request line.
     for (key, digest, header, recipient) in [
-        ("old", "sha256", Some("SHA256"), "+61491570157"),
-        ("account", "sha512", None, "+61491570158"),
+        ("old", "sha256", "SHA256", "+61491570157"),
+        ("account", "sha512", "sha-512", "+61491570158"),
     ] {
         let (id, carrier_id) = gateway.sent_message(recipient).await;
         let body = report(&carrier_id, "failed");
         let target = format!("{TARGET}?attempt=2");
         let signature = sign(keys, key, digest, &signed_text(&target, DATE, &body));
-        let mut headers = vec![("date", DATE), ("x-messagemedia-signature", &signature)];
-        if let Some(header) = header {
-            headers.push(("x-messagemedia-digest-type", header));
-        }
+        let headers = [
+            ("date", DATE),
+            ("x-messagemedia-signature", &signature),
+            ("x-messagemedia-digest-type", header),
+        ];
         assert_eq!(
             gateway.post_report(&target, &body, &headers).await,
             204,
@@ -408,48 +424,100 @@ async fn only_reports_signed_by_a_configured_key_change_a_message() {
     gateway.stop().await;
 }
 
+/// `smsgate check-config` on one MessageMedia carrier `name` whose table ends with `extra`.
+fn check_carrier(dir: &Path, name: &str, extra: &str) -> std::process::Output {
+    let text = base_config()
+        .replace(
+            "[carriers.console]\nkind = \"log\"\n",
+            &format!(
+                "[carriers.\"{name}\"]\nkind = \"messagemedia\"\napi_key = \"k\"\n\
+                 api_secret = \"s\"\n{extra}\n"
+            ),
+        )
+        .replace(
+            "carriers = [\"console\"]",
+            &format!("carriers = [\"{name}\"]"),
+        );
+    smsgate(&["check-config"], &write_config(dir, &text), &[])
+}
+
 #[test]
-fn keys_that_are_not_keys_are_refused_and_small_ones_warned_about() {
+fn callback_settings_that_cannot_work_are_refused_naming_their_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let small = rsa_key(dir.path(), "small", 1024);
-    let config = |keys: &str| {
-        let text = base_config()
-            .replace(
-                "[carriers.console]\nkind = \"log\"\n",
-                &format!(
-                    "[carriers.mm]\nkind = \"messagemedia\"\napi_key = \"k\"\napi_secret = \"s\"\n\
-                     public_url = \"https://sms.example.com\"\ncallback_public_keys = {keys}\n"
-                ),
-            )
-            .replace("carriers = [\"console\"]", "carriers = [\"mm\"]");
-        write_config(dir.path(), &text)
-    };
-
-    for (keys, named) in [
-        ("[\"bm90IGEga2V5\"]", "carriers.mm.callback_public_keys[0]"),
-        ("[\"MIIB\", \"x\"]", "carriers.mm.callback_public_keys[0]"),
+    let large = rsa_key(dir.path(), "large", 4104);
+    let public = "public_url = \"https://sms.example.com\"\n";
+    let with_keys = |keys: &str| format!("{public}callback_public_keys = {keys}");
+    let cases = [
         (
-            &format!("[\"{small}\", \"!!\"]"),
+            "mm",
+            with_keys("[\"bm90IGEga2V5\"]"),
+            "carriers.mm.callback_public_keys[0]",
+        ),
+        (
+            "mm",
+            with_keys(&format!("[\"{small}\", \"!!\"]")),
             "carriers.mm.callback_public_keys[1]",
         ),
         (
-            "[\"a\", \"b\", \"c\", \"d\", \"e\"]",
+            "mm",
+            with_keys(&format!("[\"{large}\"]")),
+            "at most 4096 bits",
+        ),
+        (
+            "mm",
+            with_keys("[\"a\", \"b\", \"c\", \"d\", \"e\"]"),
             "carriers.mm.callback_public_keys",
         ),
-    ] {
-        let output = smsgate(&["check-config"], &config(keys), &[]);
-        assert_eq!(output.status.code(), Some(2), "{keys}");
+        ("mm", with_keys("42"), "a string or a list of strings"),
+        (
+            "mm",
+            format!(
+                "{}\ncallback_secret = \"short\"",
+                with_keys(&format!("\"{small}\""))
+            ),
+            "carriers.mm.callback_secret",
+        ),
+        (
+            "mm x",
+            with_keys(&format!("\"{small}\"")),
+            "letters, digits, '-' and '_' only",
+        ),
+        (
+            "mm",
+            format!(
+                "public_url = \"https://sms.example.com/?x=1\"\ncallback_public_keys = \"{small}\""
+            ),
+            "carriers.mm.public_url",
+        ),
+    ];
+    for (name, extra, expected) in &cases {
+        let output = check_carrier(dir.path(), name, extra);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{extra}: {}",
+            stderr(&output)
+        );
         assert!(
-            stderr(&output).contains(named),
-            "{keys}: {}",
+            stderr(&output).contains(expected),
+            "{extra}: {}",
             stderr(&output)
         );
     }
-    let output = smsgate(&["check-config"], &config(&format!("\"{small}\"")), &[]);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    let weak = check_carrier(dir.path(), "mm", &with_keys(&format!("\"{small}\"")));
+    assert_eq!(weak.status.code(), Some(0), "{}", stderr(&weak));
+    assert!(stderr(&weak).contains("1024-bit key"), "{}", stderr(&weak));
+    let unused = check_carrier(
+        dir.path(),
+        "mm",
+        &format!("callback_public_keys = \"{small}\""),
+    );
+    assert_eq!(unused.status.code(), Some(0), "{}", stderr(&unused));
     assert!(
-        stderr(&output).contains("1024-bit key"),
+        stderr(&unused).contains("unused without public_url"),
         "{}",
-        stderr(&output)
+        stderr(&unused)
     );
 }
