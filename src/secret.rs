@@ -77,6 +77,10 @@ pub fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Stri
         fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
             Ok(v.to_string())
         }
+        // Not echoed: the value may be a secret, and its text is already lost to the float.
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<String, E> {
+            Err(E::custom("a decimal number where a string goes; quote it"))
+        }
     }
     deserializer.deserialize_any(Visitor)
 }

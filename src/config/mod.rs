@@ -2,6 +2,7 @@
 //! `DATABASE_URL`, validated once before anything binds or connects.
 
 mod carriers;
+mod env;
 mod secrets;
 mod validate;
 
@@ -326,7 +327,7 @@ impl Config {
     }
 
     fn from_figment(base: Figment) -> Result<Self, ConfigError> {
-        let figment = base.merge(Env::prefixed("SMSGATE__").split("__")).merge(
+        let figment = base.merge(env::ExactEnv::from_process()).merge(
             Env::raw()
                 .only(&["DATABASE_URL"])
                 .map(|_| "database.url".into()),
