@@ -325,3 +325,464 @@ fn environment_values_keep_their_exact_text_and_secrets_are_not_echoed() {
     assert!(stderr.contains("carriers.console.api_secret"), "{stderr}");
     assert!(!stderr.contains("1.5"), "{stderr}");
 }
+
+#[tokio::test]
+async fn logs_written_to_a_file_carry_no_colour_codes() {
+    let (dir, port, config) = embedded_gateway_config();
+    let log = dir.path().join("smsgate.log");
+    let child = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("DATABASE_URL")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start");
+    wait_until_healthy(port).await;
+    assert!(terminate(child).await.success());
+
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("dispatch workers started"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no ANSI escape codes: {text:?}");
+}
+
+/// The digest an attacker with a database dump would try: SHA-256 over the length-prefixed
+/// parts, with no key.
+fn unkeyed(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    hex::encode(digest.finalize())
+}
+
+#[tokio::test]
+async fn nothing_stored_lets_a_database_dump_recover_a_code() {
+    let standin = crate::standins::twilio::TwilioStandIn::start().await;
+    let app = crate::helpers::TestApp::spawn_role(
+        &crate::dispatch::config_with(&standin, crate::dispatch::FAST_DISPATCH),
+        smsgate::Role::All,
+    )
+    .await;
+    let recipient = "+14155552671";
+    // Arabic-Indic digits: masking ASCII digits would leave this code readable.
+    let body = "رمز التحقق: ٤٥٦٧٨٩";
+    let keyed = app
+        .client
+        .post(app.url("/v1/auth0/sms"))
+        .bearer_auth(crate::helpers::token())
+        .header("content-type", "application/json")
+        .header("idempotency-key", "dump-1")
+        .body(serde_json::json!({"recipient": recipient, "body": body}).to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(keyed.status().as_u16(), 200);
+    let action = app
+        .client
+        .post(app.url("/v1/auth0/phone-provider"))
+        .bearer_auth(crate::helpers::token())
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"notification": {"recipient": recipient, "as_text": "Code 482913",
+                "message_type": "otp_verify", "code": "482913", "delivery_method": "text"}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(action.status().as_u16(), 200);
+    crate::dispatch::wait_until("both sent", Duration::from_secs(10), async || {
+        smsgate::db::queue::depth(&app.pool).await.unwrap_or(1) == 0
+    })
+    .await;
+
+    let keys: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT key, fingerprint FROM idempotency_keys")
+            .fetch_all(&app.pool)
+            .await
+            .expect("keys");
+    assert_eq!(keys.len(), 2);
+    let header_print = keys
+        .iter()
+        .find_map(|(key, print)| key.ends_with("/dump-1").then(|| print.clone()))
+        .flatten()
+        .expect("a fingerprint");
+    assert_ne!(
+        header_print,
+        unkeyed(&[recipient, body, ""]),
+        "keyed, not a plain digest"
+    );
+    let derived = unkeyed(&[recipient, "otp_verify", "482913", "Code 482913"]);
+    assert!(
+        keys.iter().all(|(key, _)| !key.contains(&derived)),
+        "the derived key is keyed too: {keys:?}"
+    );
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM messages")
+        .fetch_all(&app.pool)
+        .await
+        .expect("bodies");
+    assert_eq!(
+        bodies,
+        vec![String::new(), String::new()],
+        "bodies erased once final"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_whose_log_reader_went_away_keeps_serving_and_stops_cleanly() {
+    let (dir, port, config) = embedded_gateway_config();
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    // The log shipper dies: nobody reads stderr any more.
+    drop(child.stderr.take());
+    let client = wait_until_healthy(port).await;
+
+    for _ in 0..3 {
+        let accepted = post_with_smsgate_token(&client, dir.path(), port).await;
+        assert_eq!(accepted.status().as_u16(), 200);
+    }
+    let stopping = std::time::Instant::now();
+    let status = terminate(child).await;
+
+    assert!(status.success(), "clean exit: {status}");
+    assert!(stopping.elapsed() < Duration::from_secs(15));
+}
+
+/// A PostgreSQL that accepts only TLS connections with scram passwords, its server
+/// certificate signed by a CA this test makes; stopped when dropped.
+struct TlsPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("run");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn as_postgres(program: &str) -> Command {
+    let mut command = Command::new("runuser");
+    command.args(["-u", "postgres", "--"]).arg(program);
+    command
+}
+
+/// A CA and a certificate it signs for `localhost` / 127.0.0.1, in `dir`.
+fn make_certificates(dir: &std::path::Path, ca: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["req", "-x509"])
+        .args(ec)
+        .args([
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
+        ])
+        .args(["-days", "2", "-subj", &format!("/CN={ca}")]));
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["req"])
+        .args(ec)
+        .args([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]));
+    std::fs::write(
+        dir.join("san.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("san");
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &format!("{ca}.crt"),
+        ])
+        .args([
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+        ])
+        .args(["-days", "2", "-extfile", "san.cnf"]));
+}
+
+impl TlsPostgres {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        make_certificates(path, "test-ca");
+        run(Command::new("chown").args(["-R", "postgres"]).arg(path));
+        std::fs::set_permissions(
+            path.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("key mode");
+        let data = path.join("data");
+        run(as_postgres(&format!("{PG_BIN}/initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync"]));
+        // Local socket for the test's own set-up; over TCP, TLS with scram or nothing.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("hba");
+        let port = crate::cli::free_port();
+        let options = format!(
+            "-k {dir} -c listen_addresses=127.0.0.1 -p {port} -c ssl=on \
+             -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key -c fsync=off",
+            dir = path.display()
+        );
+        run(as_postgres(&format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-w", "-l"])
+            .arg(path.join("pg.log"))
+            .args(["-o", &options, "start"]));
+        let server = Self { dir, port };
+        run(Command::new("psql")
+            .arg("-h")
+            .arg(server.dir.path())
+            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-c",
+                "CREATE ROLE smsgate LOGIN PASSWORD 'tls-test-password'",
+            ])
+            .args(["-c", "CREATE DATABASE smsgate OWNER smsgate"]));
+        server
+    }
+
+    fn url(&self, mode: &str, root: &std::path::Path) -> String {
+        format!(
+            "postgres://smsgate:tls-test-password@localhost:{}/smsgate?sslmode={mode}&sslrootcert={}",
+            self.port,
+            root.display()
+        )
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn smsgate_reaches_a_tls_only_postgres_with_verify_full_and_refuses_anything_less() {
+    let postgres = tokio::task::spawn_blocking(TlsPostgres::start)
+        .await
+        .expect("start");
+    let ca = postgres.dir.path().join("test-ca.crt");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::cli::free_port();
+    let config = crate::cli::write_config(
+        dir.path(),
+        &crate::helpers::base_config().replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        ),
+    );
+
+    let child = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("DATABASE_URL", postgres.url("verify-full", &ca))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let client = wait_until_healthy(port).await;
+    let accepted = client
+        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
+        .bearer_auth(crate::helpers::token())
+        .header("content-type", "application/json")
+        .body(crate::helpers::sms("+14155552671").to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(accepted.status().as_u16(), 200, "stored over TLS");
+    assert!(terminate(child).await.success());
+
+    // Another CA's certificate, and no TLS at all: both refused, naming why.
+    let other = tempfile::tempdir().expect("tempdir");
+    make_certificates(other.path(), "other-ca");
+    for url in [
+        postgres.url("verify-full", &other.path().join("other-ca.crt")),
+        postgres.url("disable", &ca),
+    ] {
+        let output = Command::new(BINARY)
+            .args(["migrate", "--config"])
+            .arg(&config)
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("run");
+        assert!(!output.status.success(), "{url}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
+    let (dir, port, config) = embedded_gateway_config();
+    let admin_port = crate::cli::free_port();
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "[admin]",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
+    );
+    let config = crate::cli::write_config(dir.path(), &text);
+    let child = serve_quietly(&config);
+    let client = wait_until_healthy(port).await;
+    let accepted = post_with_smsgate_token(&client, dir.path(), port).await;
+    assert_eq!(accepted.status().as_u16(), 200, "the ingress stays public");
+    let id = accepted.json::<serde_json::Value>().await.expect("JSON")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let admin = |port: u16, path: String| {
+        client
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .send()
+    };
+
+    for path in [format!("/v1/messages/{id}"), "/v1/messages".to_string()] {
+        let public = admin(port, path.clone()).await.expect("sent");
+        assert_eq!(public.status().as_u16(), 404, "{path} is not public");
+        let private = admin(admin_port, path.clone()).await.expect("sent");
+        assert_eq!(private.status().as_u16(), 200, "{path} on admin.listen");
+    }
+    let switch = client
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/carriers/console/disable"
+        ))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(switch.status().as_u16(), 404);
+    let ingress_on_admin = client
+        .post(format!("http://127.0.0.1:{admin_port}/v1/auth0/sms"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        ingress_on_admin.status().as_u16(),
+        404,
+        "no ingress on the admin port"
+    );
+    assert!(terminate(child).await.success());
+}
+
+#[tokio::test]
+async fn a_second_gateway_waits_for_a_live_embedded_database_and_commands_during_start_up_do_no_harm()
+ {
+    let (dir, port, config) = embedded_gateway_config();
+    let child = serve_quietly(&config);
+    // Operator commands while the gateway is still starting its cluster.
+    for _ in 0..3 {
+        let _ = Command::new(BINARY)
+            .args(["messages", "list", "--config"])
+            .arg(&config)
+            .env_remove("DATABASE_URL")
+            .output();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let client = wait_until_healthy(port).await;
+    let accepted = post_with_smsgate_token(&client, dir.path(), port).await;
+    assert_eq!(
+        accepted.status().as_u16(),
+        200,
+        "still serving after the commands"
+    );
+
+    // A second gateway on the same data directory waits for it instead of sharing it, and
+    // takes over once the first stops (a replacement on one box).
+    let second_port = crate::cli::free_port();
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{second_port}"),
+    );
+    let second_config = dir.path().join("second.toml");
+    std::fs::write(&second_config, text).expect("config");
+    let second = serve_quietly(&second_config);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let not_yet = client
+        .get(format!("http://127.0.0.1:{second_port}/readyz"))
+        .send()
+        .await;
+    assert!(not_yet.is_err(), "the second waits, not serving");
+    let ready = client
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status().as_u16(), 200, "the first keeps its database");
+    assert!(terminate(child).await.success());
+
+    let client = wait_until_healthy(second_port).await;
+    let accepted = post_with_smsgate_token(&client, dir.path(), second_port).await;
+    assert_eq!(accepted.status().as_u16(), 200, "the second took over");
+    assert!(terminate(second).await.success());
+}
+
+#[test]
+fn a_data_dir_that_is_a_symbolic_link_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).expect("victim");
+    let link = dir.path().join("postgres");
+    std::os::unix::fs::symlink(&victim, &link).expect("link");
+    let text = crate::helpers::base_config().replace(
+        "[database]",
+        &format!("[database]\ndata_dir = \"{}\"", link.display()),
+    );
+    let config = crate::cli::write_config(dir.path(), &text);
+
+    let output = crate::cli::smsgate(&["messages", "list"], &config, &[]);
+
+    assert!(!output.status.success());
+    assert!(crate::cli::stderr(&output).contains("is a symbolic link"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&victim).expect("victim").permissions(),
+    );
+    assert_ne!(mode & 0o777, 0o700, "the link's target was left alone");
+}
