@@ -156,53 +156,8 @@ impl App {
         if config.database.migrate_on_start {
             db::migrate(&database.pool).await?;
         }
-        let verifier = Verifier::new(&config.auth0);
-        if verifier.is_empty() {
-            tracing::warn!("no [auth0.*] signer: accepting unauthenticated requests");
-        }
-        let metrics = Metrics::new(config).context("cannot register metrics")?;
-        let state = AppState {
-            pool: database.pool.clone(),
-            accept_unsigned: verifier.is_empty() && config.server.allow_unauthenticated,
-            verifier: Arc::new(verifier),
-            admin_token: config.admin.token.clone().map(Arc::new),
-            message_ttl_seconds: config.dispatch.message_ttl_seconds,
-            wake: Wake::default(),
-            accept_messages: role.ingress(),
-            metrics,
-            batcher: Batcher::start(
-                database.pool.clone(),
-                config.dispatch.message_ttl_seconds,
-                config.database.ingress_writers,
-                IngressLimits::new(&config.limits),
-            ),
-            destinations: Arc::new(DestinationPolicy::new(&config.destinations)),
-            require_request_info: config.server.require_request_info,
-            in_flight: InFlight::new(
-                config.auth0.keys().map(String::as_str),
-                config.limits.max_in_flight,
-            ),
-            store_wait: Duration::from_millis(config.database.acquire_timeout_ms),
-            callbacks: http::callbacks::CallbackKeys::new(config.carriers.iter()),
-            carriers: Arc::new(config.carriers.keys().cloned().collect()),
-            readiness: Arc::default(),
-        };
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
-        let metrics_listener = TcpListener::bind(config.metrics.listen)
-            .await
-            .with_context(|| {
-                format!("cannot listen on metrics.listen {}", config.metrics.listen)
-            })?;
-        let admin_listener = match config.admin.listen {
-            Some(address) => Some(
-                TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("cannot listen on admin.listen {address}"))?,
-            ),
-            None => None,
-        };
+        let state = app_state(config, role, &database)?;
+        let (listener, metrics_listener, admin_listener) = bind_listeners(config).await?;
         Ok(Self {
             listener,
             metrics_listener,
@@ -287,4 +242,61 @@ impl App {
         self.database.close().await;
         Ok(())
     }
+}
+
+/// What every request handler shares.
+fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result<AppState> {
+    let verifier = Verifier::new(&config.auth0);
+    if verifier.is_empty() {
+        tracing::warn!("no [auth0.*] signer: accepting unauthenticated requests");
+    }
+    let metrics = Metrics::new(config).context("cannot register metrics")?;
+    let state = AppState {
+        pool: database.pool.clone(),
+        accept_unsigned: verifier.is_empty() && config.server.allow_unauthenticated,
+        verifier: Arc::new(verifier),
+        admin_token: config.admin.token.clone().map(Arc::new),
+        message_ttl_seconds: config.dispatch.message_ttl_seconds,
+        wake: Wake::default(),
+        accept_messages: role.ingress(),
+        metrics,
+        batcher: Batcher::start(
+            database.pool.clone(),
+            config.dispatch.message_ttl_seconds,
+            config.database.ingress_writers,
+            IngressLimits::new(&config.limits),
+        ),
+        destinations: Arc::new(DestinationPolicy::new(&config.destinations)),
+        require_request_info: config.server.require_request_info,
+        in_flight: InFlight::new(
+            config.auth0.keys().map(String::as_str),
+            config.limits.max_in_flight,
+        ),
+        store_wait: Duration::from_millis(config.database.acquire_timeout_ms),
+        callbacks: http::callbacks::CallbackKeys::new(config.carriers.iter()),
+        carriers: Arc::new(config.carriers.keys().cloned().collect()),
+        readiness: Arc::default(),
+    };
+    Ok(state)
+}
+
+/// The public, metrics and (when set) admin listeners.
+async fn bind_listeners(
+    config: &Config,
+) -> anyhow::Result<(TcpListener, TcpListener, Option<TcpListener>)> {
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+    let metrics_listener = TcpListener::bind(config.metrics.listen)
+        .await
+        .with_context(|| format!("cannot listen on metrics.listen {}", config.metrics.listen))?;
+    let admin_listener = match config.admin.listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on admin.listen {address}"))?,
+        ),
+        None => None,
+    };
+    Ok((listener, metrics_listener, admin_listener))
 }

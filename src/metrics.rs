@@ -79,6 +79,20 @@ const SECONDS_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
 ];
 
+/// A labelled counter or gauge: its name, help and label names.
+struct Spec {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+/// A histogram: its name, help and bucket bounds in seconds.
+struct HistogramSpec {
+    name: &'static str,
+    help: &'static str,
+    buckets: &'static [f64],
+}
+
 /// Creates metrics and registers each with the registry it holds.
 struct Registrar {
     registry: Registry,
@@ -93,34 +107,92 @@ impl Registrar {
         Ok(metric)
     }
 
-    fn counter(
-        &self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-    ) -> Result<IntCounterVec, prometheus::Error> {
-        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+    fn counter(&self, spec: &Spec) -> Result<IntCounterVec, prometheus::Error> {
+        self.register(IntCounterVec::new(
+            Opts::new(spec.name, spec.help),
+            spec.labels,
+        )?)
     }
 
-    fn gauge(
-        &self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-    ) -> Result<IntGaugeVec, prometheus::Error> {
-        self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    fn gauge(&self, spec: &Spec) -> Result<IntGaugeVec, prometheus::Error> {
+        self.register(IntGaugeVec::new(
+            Opts::new(spec.name, spec.help),
+            spec.labels,
+        )?)
     }
 
-    fn histogram(
-        &self,
-        name: &str,
-        help: &str,
-        buckets: &[f64],
-    ) -> Result<Histogram, prometheus::Error> {
-        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    fn histogram(&self, spec: &HistogramSpec) -> Result<Histogram, prometheus::Error> {
+        let opts = HistogramOpts::new(spec.name, spec.help).buckets(spec.buckets.to_vec());
         self.register(Histogram::with_opts(opts)?)
     }
 }
+
+// The metrics' names and help: a contract with dashboards and alerts.
+const BUILD_INFO: Spec = Spec {
+    name: "smsgate_build_info",
+    help: "The running smsgate version.",
+    labels: &["version"],
+};
+const INGRESS_REQUESTS: Spec = Spec {
+    name: "smsgate_ingress_requests_total",
+    help: "Requests to the Auth0 ingress, by outcome.",
+    labels: &["outcome"],
+};
+const INGRESS_DURATION: HistogramSpec = HistogramSpec {
+    name: "smsgate_ingress_request_duration_seconds",
+    help: "Time to answer an ingress request (a 200 includes the commit).",
+    buckets: &SECONDS_BUCKETS,
+};
+const ATTEMPTS: Spec = Spec {
+    name: "smsgate_dispatch_attempts_total",
+    help: "Carrier calls, by carrier and outcome.",
+    labels: &["carrier", "outcome"],
+};
+const DELIVERY_LATENCY: HistogramSpec = HistogramSpec {
+    name: "smsgate_delivery_latency_seconds",
+    help: "From the ingress commit to a carrier accepting the message.",
+    buckets: &SECONDS_BUCKETS,
+};
+const FAILOVERS: Spec = Spec {
+    name: "smsgate_failovers_total",
+    help: "Moves to the next carrier of a route after a carrier failure.",
+    labels: &["from", "to"],
+};
+const FINISHED: Spec = Spec {
+    name: "smsgate_messages_finished_total",
+    help: "Messages that reached a final status.",
+    labels: &["status"],
+};
+const RATE_LIMITED: Spec = Spec {
+    name: "smsgate_rate_limited_total",
+    help: "Messages held back or ended by a limit, by scope.",
+    labels: &["scope"],
+};
+const QUEUE_DEPTH: Spec = Spec {
+    name: "smsgate_queue_depth",
+    help: "Messages not final yet, by state.",
+    labels: &["status"],
+};
+const BREAKER_OPEN: Spec = Spec {
+    name: "smsgate_carrier_breaker_open",
+    help: "1 while a carrier's circuit breaker is open or probing.",
+    labels: &["carrier"],
+};
+const RECEIPTS: Spec = Spec {
+    name: "smsgate_delivery_receipts_total",
+    help: "Delivery receipts from the carriers, by carrier and what they said.",
+    labels: &["carrier", "status"],
+};
+const RECEIPT_LATENCY: HistogramSpec = HistogramSpec {
+    name: "smsgate_receipt_latency_seconds",
+    help: "From the ingress commit to the carrier's receipt saying delivered.",
+    buckets: &RECEIPT_BUCKETS,
+};
+const CARRIER_DISABLED: Spec = Spec {
+    name: "smsgate_carrier_disabled",
+    help: "1 while an operator has disabled the carrier (POST /v1/carriers/{name}/disable).",
+    labels: &["carrier"],
+};
 
 /// Receipts come seconds to minutes after the message.
 const RECEIPT_BUCKETS: [f64; 11] = [
@@ -135,21 +207,18 @@ impl Metrics {
             registry: Registry::new(),
         };
         let inner = Inner {
-            ingress_requests: r.counter(
-                "smsgate_ingress_requests_total",
-                "Requests to the Auth0 ingress, by outcome.",
-                &["outcome"],
-            )?,
-            ingress_duration: r.histogram(
-                "smsgate_ingress_request_duration_seconds",
-                "Time to answer an ingress request (a 200 includes the commit).",
-                &SECONDS_BUCKETS,
-            )?,
-            attempts: r.counter(
-                "smsgate_dispatch_attempts_total",
-                "Carrier calls, by carrier and outcome.",
-                &["carrier", "outcome"],
-            )?,
+            ingress_requests: r.counter(&INGRESS_REQUESTS)?,
+            ingress_duration: r.histogram(&INGRESS_DURATION)?,
+            attempts: r.counter(&ATTEMPTS)?,
+            delivery_latency: r.histogram(&DELIVERY_LATENCY)?,
+            failovers: r.counter(&FAILOVERS)?,
+            finished: r.counter(&FINISHED)?,
+            rate_limited: r.counter(&RATE_LIMITED)?,
+            queue_depth: r.gauge(&QUEUE_DEPTH)?,
+            breaker_open: r.gauge(&BREAKER_OPEN)?,
+            receipts: r.counter(&RECEIPTS)?,
+            receipt_latency: r.histogram(&RECEIPT_LATENCY)?,
+            carrier_disabled: r.gauge(&CARRIER_DISABLED)?,
             carrier_duration: r.register(HistogramVec::new(
                 HistogramOpts::new(
                     "smsgate_carrier_request_duration_seconds",
@@ -158,63 +227,14 @@ impl Metrics {
                 .buckets(SECONDS_BUCKETS.to_vec()),
                 &["carrier"],
             )?)?,
-            delivery_latency: r.histogram(
-                "smsgate_delivery_latency_seconds",
-                "From the ingress commit to a carrier accepting the message.",
-                &SECONDS_BUCKETS,
-            )?,
-            failovers: r.counter(
-                "smsgate_failovers_total",
-                "Moves to the next carrier of a route after a carrier failure.",
-                &["from", "to"],
-            )?,
-            finished: r.counter(
-                "smsgate_messages_finished_total",
-                "Messages that reached a final status.",
-                &["status"],
-            )?,
-            rate_limited: r.counter(
-                "smsgate_rate_limited_total",
-                "Messages held back or ended by a limit, by scope.",
-                &["scope"],
-            )?,
-            queue_depth: r.gauge(
-                "smsgate_queue_depth",
-                "Messages not final yet, by state.",
-                &["status"],
-            )?,
             queue_oldest_age: r.register(Gauge::new(
                 "smsgate_queue_oldest_age_seconds",
                 "Age of the oldest message not final yet.",
             )?)?,
-            breaker_open: r.gauge(
-                "smsgate_carrier_breaker_open",
-                "1 while a carrier's circuit breaker is open or probing.",
-                &["carrier"],
-            )?,
-            receipts: r.counter(
-                "smsgate_delivery_receipts_total",
-                "Delivery receipts from the carriers, by carrier and what they said.",
-                &["carrier", "status"],
-            )?,
-            receipt_latency: r.histogram(
-                "smsgate_receipt_latency_seconds",
-                "From the ingress commit to the carrier's receipt saying delivered.",
-                &RECEIPT_BUCKETS,
-            )?,
-            carrier_disabled: r.gauge(
-                "smsgate_carrier_disabled",
-                "1 while an operator has disabled the carrier (POST /v1/carriers/{name}/disable).",
-                &["carrier"],
-            )?,
             // A clone shares the registry it was taken from.
             registry: r.registry.clone(),
         };
-        let build_info = r.gauge(
-            "smsgate_build_info",
-            "The running smsgate version.",
-            &["version"],
-        )?;
+        let build_info = r.gauge(&BUILD_INFO)?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

@@ -234,7 +234,6 @@ fn sql_lives_in_db() {
 }
 
 #[test]
-#[ignore = "twelve functions are still being split"]
 fn no_function_in_src_is_longer_than_a_screen() {
     let mut files = Vec::new();
     rust_files(&src(), &mut files);

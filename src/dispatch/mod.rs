@@ -79,6 +79,21 @@ struct Claimer {
     shutdown: CancellationToken,
 }
 
+/// What the retention sweep keeps how long, from the configuration.
+fn retention_plan(config: &Config) -> retention::Plan {
+    retention::Plan {
+        days: config.retention.days,
+        send_log_seconds: config
+            .limits
+            .recipient
+            .iter()
+            .map(|w| w.window_seconds)
+            .max()
+            .unwrap_or(0),
+        ingress_log_seconds: IngressLimits::new(&config.limits).longest_window_seconds(),
+    }
+}
+
 impl Dispatcher {
     /// Starts claimers, the outcome writer, the LISTEN wake-up and retention.
     pub async fn start(
@@ -132,20 +147,9 @@ impl Dispatcher {
             metrics.clone(),
             shutdown.clone(),
         ));
-        let plan = retention::Plan {
-            days: config.retention.days,
-            send_log_seconds: config
-                .limits
-                .recipient
-                .iter()
-                .map(|w| w.window_seconds)
-                .max()
-                .unwrap_or(0),
-            ingress_log_seconds: IngressLimits::new(&config.limits).longest_window_seconds(),
-        };
         background.spawn(retention::run(
             pool,
-            plan,
+            retention_plan(config),
             Duration::from_secs(config.retention.interval_seconds),
             shutdown,
         ));

@@ -136,28 +136,14 @@ pub async fn dispatch(
                 break;
             }
         };
-        if !admitted {
-            // Once per attempt: a failover within it is the same send to the number. The
-            // number's log is a lock many sends may queue on: no longer than the turn lasts.
-            match tokio::time::timeout_at(turn.latest.into(), attempt.admit()).await {
-                Ok(Ok(())) => admitted = true,
-                Ok(Err(disposition)) => return attempt.ended(disposition),
-                Err(_) => {
-                    no_turn = true;
-                    break;
-                }
+        let now = match attempt.clear_to_call(&turn, &mut admitted).await {
+            Ok(now) => now,
+            Err(Blocked::Ended(disposition)) => return attempt.ended(disposition),
+            Err(Blocked::NoTurn) => {
+                no_turn = true;
+                break;
             }
-        }
-        // Checked last, right before the call: the lease must still cover it, and the code
-        // must still be alive.
-        let now = Instant::now();
-        if now >= clocks.deadline {
-            return attempt.ended(expired());
-        }
-        if now > turn.latest {
-            no_turn = true;
-            break;
-        }
+        };
         drop(in_hand.take());
         if let Some(from) = failed_carrier {
             context
@@ -183,6 +169,14 @@ pub async fn dispatch(
     attempt.after_every_carrier(no_turn, skipped_until)
 }
 
+/// Why a carrier's turn did not lead to a call.
+enum Blocked {
+    /// The message is done with (expired, or refused by a per-number limit).
+    Ended(Disposition),
+    /// The turn ran out: the call would no longer end inside the lease.
+    NoTurn,
+}
+
 /// A carrier's slot, held while its call runs, and the last moment the call may start.
 struct Turn {
     _slot: Option<OwnedSemaphorePermit>,
@@ -190,6 +184,32 @@ struct Turn {
 }
 
 impl Attempt<'_> {
+    /// Admits the send to the number once per attempt (a failover within it is the same send),
+    /// then checks, right before the call, that the lease still covers it and the code is
+    /// still alive; the moment of the check.
+    async fn clear_to_call(
+        &mut self,
+        turn: &Turn,
+        admitted: &mut bool,
+    ) -> Result<Instant, Blocked> {
+        if !*admitted {
+            // The number's log is a lock many sends may queue on: no longer than the turn lasts.
+            match tokio::time::timeout_at(turn.latest.into(), self.admit()).await {
+                Ok(Ok(())) => *admitted = true,
+                Ok(Err(disposition)) => return Err(Blocked::Ended(disposition)),
+                Err(_) => return Err(Blocked::NoTurn),
+            }
+        }
+        let now = Instant::now();
+        if now >= self.clocks.deadline {
+            return Err(Blocked::Ended(expired()));
+        }
+        if now > turn.latest {
+            return Err(Blocked::NoTurn);
+        }
+        Ok(now)
+    }
+
     /// Waits for the carrier's slot and rate, but only as long as a call started then would
     /// still end inside the lease and the code's life, and not past the start of shutdown.
     async fn wait_for_turn(&mut self, carrier: &CarrierHandle) -> Result<Turn, Skip> {

@@ -101,8 +101,26 @@ async fn accept(
     if let Some(key) = idempotency_key(&parts.headers)? {
         message.idempotency_key = Some(key);
     }
-    // Keys are per signer: two tenants cannot collide, or probe each other's keys. The
-    // signer's length goes first, so no pair of names and keys can spell the same string.
+    scope_idempotency(state, &mut message);
+    if state.require_request_info && message.request.ip.is_none() {
+        return Err(ApiError::MissingRequestInfo);
+    }
+    if let Err(refusal) = state.destinations.check(&message.recipient) {
+        tracing::warn!(
+            recipient = %message.recipient.masked(),
+            reason = %refusal,
+            "ingress refused a request: destination blocked"
+        );
+        return Err(ApiError::Blocked(refusal));
+    }
+
+    store(state, message).await
+}
+
+/// Keys are per signer: two tenants cannot collide, or probe each other's keys. A keyed
+/// message also gets its fingerprint, to tell a repeat from a reuse of the key.
+fn scope_idempotency(state: &AppState, message: &mut NewMessage) {
+    // The signer's length goes first, so no pair of names and keys can spell the same string.
     message.idempotency_key = message.idempotency_key.take().map(|key| {
         let signer = message.signer.as_deref().unwrap_or("-");
         // A key derived from the notification covers its code: stored only under the
@@ -126,18 +144,10 @@ async fn accept(
             ],
         ));
     }
-    if state.require_request_info && message.request.ip.is_none() {
-        return Err(ApiError::MissingRequestInfo);
-    }
-    if let Err(refusal) = state.destinations.check(&message.recipient) {
-        tracing::warn!(
-            recipient = %message.recipient.masked(),
-            reason = %refusal,
-            "ingress refused a request: destination blocked"
-        );
-        return Err(ApiError::Blocked(refusal));
-    }
+}
 
+/// Hands the message to the batch writer and answers with what became of it.
+async fn store(state: &AppState, message: NewMessage) -> Result<Json<Accepted>, ApiError> {
     let id = message.id;
     tracing::debug!(
         %id,

@@ -16,11 +16,20 @@ pub async fn run(
     bench: &Bench,
     received: &Arc<Received>,
 ) -> anyhow::Result<(Baselines, Baselines, Figures)> {
-    let seconds = Duration::from_secs(bench.args.seconds);
     eprintln!("bench: baselines (before)");
     let before = bench.baselines()?;
     let mut figures = Figures::default();
+    ingress(bench, &mut figures).await?;
+    dispatch(bench, received, &mut figures).await?;
+    end_to_end(bench, received, &mut figures).await?;
+    eprintln!("bench: baselines (after)");
+    let after = bench.baselines()?;
+    Ok((before, after, figures))
+}
 
+/// The ingress at saturation, then at half of it beside a commit probe.
+async fn ingress(bench: &Bench, figures: &mut Figures) -> anyhow::Result<()> {
+    let seconds = Duration::from_secs(bench.args.seconds);
     eprintln!("bench: ingress, {} connections", bench.args.connections);
     bench.empty_queue().await?;
     let ingress = bench.spawn("ingress").await?;
@@ -54,7 +63,16 @@ pub async fn run(
     );
     figures.peak_rss_mib = figures.peak_rss_mib.max(ingress.peak_rss_mib());
     ingress.stop();
+    Ok(())
+}
 
+/// How fast a worker drains a pre-filled queue.
+async fn dispatch(
+    bench: &Bench,
+    received: &Arc<Received>,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    let seconds = Duration::from_secs(bench.args.seconds);
     eprintln!(
         "bench: dispatch of a {}-message backlog",
         bench.args.backlog
@@ -73,7 +91,16 @@ pub async fn run(
     figures.dispatch_per_second = drained;
     figures.peak_rss_mib = figures.peak_rss_mib.max(worker.peak_rss_mib());
     worker.stop();
+    Ok(())
+}
 
+/// Request to carrier at a fixed rate, beside a commit probe.
+async fn end_to_end(
+    bench: &Bench,
+    received: &Arc<Received>,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    let seconds = Duration::from_secs(bench.args.seconds);
     eprintln!("bench: end to end at {}/s", bench.args.rate);
     bench.empty_queue().await?;
     let all = bench.spawn("all").await?;
@@ -120,11 +147,7 @@ pub async fn run(
     figures.e2e_after_200_p99_ms = quantile(&mut answered_to_carrier, 0.99) / 1000.0;
     figures.peak_rss_mib = figures.peak_rss_mib.max(all.peak_rss_mib());
     all.stop();
-
-    eprintln!("bench: baselines (after)");
-    let after = bench.baselines()?;
-
-    Ok((before, after, figures))
+    Ok(())
 }
 
 /// Waits for a commit probe without blocking the runtime.
