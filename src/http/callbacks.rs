@@ -133,7 +133,7 @@ pub async fn twilio(
         return ApiError::NotFound.into_response();
     };
     // Read only once the carrier is known, and no more than the ingress reads.
-    let body = match super::ingress::read_body(&headers, body).await {
+    let body = match super::extract::read_body(&headers, body).await {
         Ok(body) => body,
         Err(err) => return err.into_response(),
     };
@@ -242,7 +242,7 @@ pub async fn messagemedia(
     if !matches!(key, CallbackKey::MessageMedia { .. }) {
         return ApiError::NotFound.into_response();
     }
-    let body = match super::ingress::read_body(&headers, body).await {
+    let body = match super::extract::read_body(&headers, body).await {
         Ok(body) => body,
         Err(err) => return err.into_response(),
     };

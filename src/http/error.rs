@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth0::TokenError;
+use crate::db::batcher::EnqueueError;
 use crate::limits::destinations::Refusal;
 use crate::limits::ingress::Limited;
 
@@ -52,6 +53,41 @@ pub enum ApiError {
     /// The cause is logged by whoever builds this; the caller only learns to try again.
     #[error("{0}")]
     Unavailable(&'static str),
+}
+
+/// The `outcome` an error leaves on its response, for the ingress's request counter.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome(pub &'static str);
+
+/// A database failure: logged here, once; the caller only learns to try again.
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        tracing::error!(error = %err, "the database failed a request; answering 503");
+        ApiError::Unavailable("the database is unavailable; try again")
+    }
+}
+
+/// Why the batch writer did not store a message: logged here, once.
+impl From<EnqueueError> for ApiError {
+    fn from(err: EnqueueError) -> Self {
+        match err {
+            EnqueueError::Limited(limited) => {
+                tracing::warn!(reason = %limited, "ingress refused a request: rate limited");
+                ApiError::RateLimited(limited)
+            }
+            EnqueueError::KeyReused => ApiError::IdempotencyKeyReused,
+            EnqueueError::TimedOut => {
+                tracing::warn!("no database connection was free in time; answering 503");
+                ApiError::Unavailable("the database is busy; nothing was queued, try again")
+            }
+            err => {
+                tracing::error!(error = %err, "cannot store message; answering 503");
+                ApiError::Unavailable(
+                    "the message could not be stored; nothing was queued, try again",
+                )
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -130,6 +166,9 @@ impl IntoResponse for ApiError {
             error_description: self.to_string(),
         };
         let mut response = (status, Json(body)).into_response();
+        response
+            .extensions_mut()
+            .insert(Outcome(self.metric_outcome()));
         match status {
             StatusCode::UNAUTHORIZED => {
                 response

@@ -1,23 +1,23 @@
-//! `POST /v1/auth0/sms`: Auth0's custom SMS gateway contract (shared reference,
-//! "auth0-sms-gateway.md"). A 200 is sent only after the message is committed.
+//! The ingress: `POST /v1/auth0/sms`, Auth0's custom SMS gateway contract, and the shared
+//! path of both ingress routes (the Actions body is read by `http::phone_provider`). A 200 is
+//! sent only after the message is committed.
 
 use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::Json;
-use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::actions::DERIVED_PREFIX;
+use super::error::Outcome;
+use super::extract::{Caller, JsonBytes};
+use super::phone_provider::DERIVED_PREFIX;
 use super::{ApiError, AppState};
-use crate::db::batcher::EnqueueError;
 use crate::domain::{MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, redact_digits};
 
-/// Auth0's requests are well under 1 KiB; the limit leaves room for a long template.
-pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// Auth0 caps the connection's `options.from` at 128 characters.
 const MAX_SENDER_CHARS: usize = 128;
 /// Longer user agents are cut, not refused: refusing a login over one helps nobody.
@@ -52,22 +52,39 @@ pub struct Accepted {
 pub type Parser = fn(&[u8], Option<String>) -> Result<NewMessage, ApiError>;
 
 /// `POST /v1/auth0/sms`: the legacy custom SMS gateway body.
-pub async fn accept_sms(State(state): State<AppState>, request: Request) -> Response {
-    accept_counted(&state, request, parse_request).await
+pub async fn accept_sms(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBytes(body): JsonBytes,
+) -> Result<Json<Accepted>, ApiError> {
+    accept(&state, caller, &headers, &body, parse_request).await
 }
 
-/// `POST /v1/auth0/phone-provider`: what an Auth0 Action forwards (see `http::actions`).
-pub async fn accept_phone_provider(State(state): State<AppState>, request: Request) -> Response {
-    accept_counted(&state, request, super::actions::parse_action_request).await
+/// `POST /v1/auth0/phone-provider`: what an Auth0 Action forwards (see `http::phone_provider`).
+pub async fn accept_phone_provider(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBytes(body): JsonBytes,
+) -> Result<Json<Accepted>, ApiError> {
+    let parse: Parser = super::phone_provider::parse_action_request;
+    accept(&state, caller, &headers, &body, parse).await
 }
 
-/// The request itself, counted and timed by outcome.
-async fn accept_counted(state: &AppState, request: Request, parse: Parser) -> Response {
+/// Counts and times every ingress answer by outcome, refusals by extractors included (an
+/// [`ApiError`] leaves its outcome on the response).
+pub async fn count_outcomes(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
-    let result = accept(state, request, parse).await;
-    let outcome = match &result {
-        Ok(_) => "accepted",
-        Err(error) => error.metric_outcome(),
+    let response = next.run(request).await;
+    let outcome = match response.extensions().get::<Outcome>() {
+        Some(Outcome(outcome)) => outcome,
+        None if response.status().is_success() => "accepted",
+        None => "invalid",
     };
     state
         .metrics
@@ -78,27 +95,18 @@ async fn accept_counted(state: &AppState, request: Request, parse: Parser) -> Re
         .metrics
         .ingress_duration
         .observe(started.elapsed().as_secs_f64());
-    result.into_response()
+    response
 }
 
 async fn accept(
     state: &AppState,
-    request: Request,
+    caller: Caller,
+    headers: &HeaderMap,
+    body: &[u8],
     parse: Parser,
 ) -> Result<Json<Accepted>, ApiError> {
-    let (parts, body) = request.into_parts();
-    let signer = authenticate(state, &parts.headers)?;
-    let _slot = state.in_flight.enter(signer.as_deref()).map_err(|_| {
-        tracing::warn!(
-            signer = signer.as_deref().unwrap_or("-"),
-            "ingress refused a request: limits.max_in_flight reached"
-        );
-        ApiError::TooManyInFlight
-    })?;
-    require_json(&parts.headers)?;
-    let bytes = read_body(&parts.headers, body).await?;
-    let mut message = parse(&bytes, signer)?;
-    if let Some(key) = idempotency_key(&parts.headers)? {
+    let mut message = parse(body, caller.signer.clone())?;
+    if let Some(key) = idempotency_key(headers)? {
         message.idempotency_key = Some(key);
     }
     scope_idempotency(state, &mut message);
@@ -113,8 +121,10 @@ async fn accept(
         );
         return Err(ApiError::Blocked(refusal));
     }
-
-    store(state, message).await
+    let answer = store(state, message).await;
+    // The in-flight slot is held until the message is stored or refused.
+    drop(caller);
+    answer
 }
 
 /// Keys are per signer: two tenants cannot collide, or probe each other's keys. A keyed
@@ -149,46 +159,27 @@ fn scope_idempotency(state: &AppState, message: &mut NewMessage) {
 /// Hands the message to the batch writer and answers with what became of it.
 async fn store(state: &AppState, message: NewMessage) -> Result<Json<Accepted>, ApiError> {
     let id = message.id;
-    tracing::debug!(
+    let span = tracing::info_span!(
+        "ingress",
         %id,
         recipient = %message.recipient.masked(),
-        body = %message.body.redacted(),
-        signer = message.signer.as_deref().unwrap_or("-"),
-        "storing message"
+        ip = ?message.request.ip
     );
-    let (message_recipient, client_ip) = (message.recipient.masked(), message.request.ip);
-    match state.batcher.enqueue(message, state.store_wait).await {
-        Ok(enqueued) => {
-            state.wake.message_queued();
-            tracing::debug!(%id, expires_at = %enqueued.expires_at, "message queued");
-            if enqueued.id != id {
-                tracing::info!(%id, earlier = %enqueued.id, "a repeated request: answered with the earlier message");
-            }
-            Ok(Json(Accepted { id: enqueued.id }))
-        }
-        Err(EnqueueError::Limited(limited)) => {
-            tracing::warn!(
-                recipient = %message_recipient,
-                ip = ?client_ip,
-                reason = %limited,
-                "ingress refused a request: rate limited"
-            );
-            Err(ApiError::RateLimited(limited))
-        }
-        Err(EnqueueError::KeyReused) => Err(ApiError::IdempotencyKeyReused),
-        Err(EnqueueError::TimedOut) => {
-            tracing::warn!(%id, "no database connection was free in time; answering 503");
-            Err(ApiError::Unavailable(
-                "the database is busy; nothing was queued, try again",
-            ))
-        }
-        Err(err) => {
-            tracing::error!(%id, error = %err, "cannot store message; answering 503");
-            Err(ApiError::Unavailable(
-                "the message could not be stored; nothing was queued, try again",
-            ))
-        }
+    span.in_scope(|| {
+        tracing::debug!(
+            body = %message.body.redacted(),
+            signer = message.signer.as_deref().unwrap_or("-"),
+            "storing message"
+        )
+    });
+    let result = state.batcher.enqueue(message, state.store_wait).await;
+    let enqueued = span.in_scope(|| result.map_err(ApiError::from))?;
+    state.wake.message_queued();
+    tracing::debug!(%id, expires_at = %enqueued.expires_at, "message queued");
+    if enqueued.id != id {
+        tracing::info!(%id, earlier = %enqueued.id, "a repeated request: answered with the earlier message");
     }
+    Ok(Json(Accepted { id: enqueued.id }))
 }
 
 /// The body of a legacy request, parsed and validated into the message it asks for. Pure, so
@@ -201,22 +192,6 @@ pub fn parse_request(bytes: &[u8], signer: Option<String>) -> Result<NewMessage,
     let parsed: LegacySmsRequest =
         serde_json::from_slice(bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
     validate(parsed, signer)
-}
-
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    if state.accept_unsigned {
-        return Ok(None);
-    }
-    let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    state
-        .verifier
-        .verify_header(header)
-        .map(|name| Some(name.to_string()))
-        .map_err(|reason| {
-            // The reason only: the header itself may carry carrier credentials (MessageMedia).
-            tracing::warn!(%reason, "ingress refused a token");
-            ApiError::Unauthorized(reason)
-        })
 }
 
 /// Longest `Idempotency-Key` accepted; Auth0's own ids are far shorter.
@@ -243,43 +218,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             )
         })?;
     Ok(Some(key.to_string()))
-}
-
-/// `application/json`, with or without parameters such as `charset`.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if is_json {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType)
-    }
-}
-
-pub(super) async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<axum::body::Bytes, ApiError> {
-    // A declared length over the limit is refused before reading a byte of it.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_REQUEST_BYTES as u64) {
-        return Err(ApiError::PayloadTooLarge(MAX_REQUEST_BYTES));
-    }
-    to_bytes(body, MAX_REQUEST_BYTES).await.map_err(|err| {
-        let over_limit = std::error::Error::source(&err)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-        if over_limit {
-            ApiError::PayloadTooLarge(MAX_REQUEST_BYTES)
-        } else {
-            ApiError::UnreadableBody
-        }
-    })
 }
 
 pub(super) fn invalid(code: &'static str, description: impl Into<String>) -> ApiError {

@@ -1,14 +1,16 @@
-//! The public listener: Auth0 ingress, the status API and health checks.
+//! The HTTP boundary: the Auth0 ingress, delivery receipts, the operators' API and health
+//! checks; the checks every handler of a kind shares are extractors (`extract`).
 
-mod actions;
+mod admin;
 pub mod callbacks;
 mod error;
+mod extract;
 mod health;
 mod in_flight;
 mod ingress;
 mod metrics;
+mod phone_provider;
 pub mod server;
-mod status;
 
 use std::sync::Arc;
 
@@ -28,8 +30,9 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 pub use error::ApiError;
+pub use extract::MAX_REQUEST_BYTES;
 pub use in_flight::InFlight;
-pub use ingress::{MAX_REQUEST_BYTES, parse_request};
+pub use ingress::parse_request;
 pub use metrics::{MetricsState, metrics_router};
 
 /// Cheap handles shared by every request.
@@ -72,6 +75,10 @@ pub fn router(state: AppState, admin_apart: bool) -> Router {
                 "/v1/auth0/phone-provider",
                 post(ingress::accept_phone_provider),
             )
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                ingress::count_outcomes,
+            ))
     } else {
         Router::new()
     };
@@ -102,9 +109,12 @@ pub fn admin_router(state: AppState) -> Router {
 /// Operators' routes: the status API and the carrier switches (admin token).
 fn with_admin_routes(router: Router<AppState>) -> Router<AppState> {
     router
-        .route("/v1/messages", get(status::list_messages))
-        .route("/v1/carriers/{name}/{action}", post(status::switch_carrier))
-        .route("/v1/messages/{id}", get(status::show_message))
+        .route("/v1/messages", get(admin::messages::list_messages))
+        .route(
+            "/v1/carriers/{name}/{action}",
+            post(admin::carriers::switch_carrier),
+        )
+        .route("/v1/messages/{id}", get(admin::messages::show_message))
 }
 
 /// What every public route gets: a whole-request timeout (408), a panic turned into a 500

@@ -1,0 +1,39 @@
+//! Carrier switches, for holders of the admin token: `POST /v1/carriers/{name}/disable` and
+//! `/enable`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+
+use crate::db;
+use crate::http::extract::Admin;
+use crate::http::{ApiError, AppState};
+
+#[derive(serde::Serialize)]
+pub struct CarrierSwitch {
+    carrier: String,
+    disabled: bool,
+}
+
+/// `POST /v1/carriers/{name}/disable` and `/enable`: takes a carrier out of (or back into)
+/// every route at once, on every worker within a second; its state shows as
+/// `smsgate_carrier_disabled`.
+pub async fn switch_carrier(
+    State(state): State<AppState>,
+    _: Admin,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<CarrierSwitch>, ApiError> {
+    let disabled = match action.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => return Err(ApiError::NotFound),
+    };
+    if !state.carriers.contains(&name) {
+        return Err(ApiError::NotFound);
+    }
+    db::carrier_states::set_disabled(&state.pool, &name, disabled).await?;
+    tracing::warn!(carrier = %name, disabled, "carrier switched by an operator");
+    Ok(Json(CarrierSwitch {
+        carrier: name,
+        disabled,
+    }))
+}

@@ -1,0 +1,124 @@
+//! The checks every handler of a kind shares, as extractors that refuse with [`ApiError`]:
+//! the Auth0 caller (a verified bearer token and an in-flight slot), the admin token, and a
+//! bounded JSON body. A handler that takes one cannot forget its check.
+
+use axum::body::{Body, Bytes, to_bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use subtle::ConstantTimeEq;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{ApiError, AppState};
+
+/// Auth0's requests are well under 1 KiB; the limit leaves room for a long template.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// The Auth0 signer whose token the request carries (`None` when unsigned requests are
+/// allowed), holding one of that signer's in-flight slots until the request ends.
+pub struct Caller {
+    pub signer: Option<String>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let signer = if state.accept_unsigned {
+            None
+        } else {
+            let header = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            let name = state.verifier.verify_header(header).map_err(|reason| {
+                // The reason only: the header itself may carry carrier credentials.
+                tracing::warn!(%reason, "ingress refused a token");
+                ApiError::Unauthorized(reason)
+            })?;
+            Some(name.to_string())
+        };
+        let slot = state.in_flight.enter(signer.as_deref()).map_err(|_| {
+            tracing::warn!(
+                signer = signer.as_deref().unwrap_or("-"),
+                "ingress refused a request: limits.max_in_flight reached"
+            );
+            ApiError::TooManyInFlight
+        })?;
+        Ok(Self {
+            signer,
+            _slot: slot,
+        })
+    }
+}
+
+/// The holder of `admin.token`, compared in constant time.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let expected = state.admin_token.as_ref().ok_or(ApiError::AdminDisabled)?;
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::AdminUnauthorized)?;
+        // Constant time, so response timing does not reveal how much of a guess was right.
+        let right = presented
+            .trim()
+            .as_bytes()
+            .ct_eq(expected.expose().as_bytes());
+        if bool::from(right) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::AdminUnauthorized)
+        }
+    }
+}
+
+/// A body declared `application/json` (parameters such as `charset` allowed), read whole up
+/// to [`MAX_REQUEST_BYTES`].
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let is_json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        read_body(&parts.headers, body).await.map(JsonBytes)
+    }
+}
+
+/// The body, whatever its type, up to [`MAX_REQUEST_BYTES`]: a declared length over it is
+/// refused before a byte is read.
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_REQUEST_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge(MAX_REQUEST_BYTES));
+    }
+    to_bytes(body, MAX_REQUEST_BYTES).await.map_err(|err| {
+        let over_limit = std::error::Error::source(&err)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            ApiError::PayloadTooLarge(MAX_REQUEST_BYTES)
+        } else {
+            ApiError::UnreadableBody
+        }
+    })
+}
