@@ -18,7 +18,7 @@ struct Cli {
         long,
         global = true,
         env = "SMSGATE_CONFIG",
-        default_value = "config/default.toml"
+        default_value = "config/development.toml"
     )]
     config: PathBuf,
     #[command(subcommand)]

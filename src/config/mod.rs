@@ -20,7 +20,7 @@ use crate::secret::{Secret, lenient_string};
 pub use carriers::{CarrierConfig, CarrierKind};
 pub use validate::ConfigError;
 
-/// The shared secret of `config/default.toml`; smsgate warns about it and keeps it on loopback.
+/// The shared secret of `config/development.toml`; smsgate warns about it and keeps it on loopback.
 pub const DEVELOPMENT_SECRET: &str = "smsgate-development-secret-not-for-production";
 
 /// The whole configuration, as loaded and validated.
@@ -388,7 +388,7 @@ impl Config {
         warnings
     }
 
-    /// True when some signer still uses the secret shipped in `config/default.toml`.
+    /// True when some signer still uses the secret shipped in `config/development.toml`.
     pub fn uses_development_secret(&self) -> bool {
         self.auth0
             .values()

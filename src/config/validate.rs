@@ -160,7 +160,7 @@ impl Config {
                 "server.listen".into(),
                 format!(
                     "{} is not a loopback address, and a signer uses the development secret \
-                     from config/default.toml; set your own secret first",
+                     from config/development.toml; set your own secret first",
                     self.server.listen
                 ),
             );

@@ -201,7 +201,7 @@ fn a_gateway_without_signers_refuses_to_start_unless_unauthenticated_is_allowed(
 fn the_development_secret_is_refused_on_a_public_address() {
     let output = smsgate(
         &["check-config"],
-        Path::new("config/default.toml"),
+        Path::new("config/development.toml"),
         &[("SMSGATE__SERVER__LISTEN", "0.0.0.0:8080")],
     );
 
