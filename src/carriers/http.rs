@@ -12,16 +12,16 @@ use super::{FailureClass, SendError};
 /// reqwest sets the connect timeout per client, so carriers with equal timeouts share one.
 #[derive(Default)]
 pub struct HttpClients {
-    by_connect_timeout: HashMap<u64, reqwest::Client>,
+    by_connect_timeout: HashMap<Duration, reqwest::Client>,
 }
 
 impl HttpClients {
-    pub fn get(&mut self, connect_timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
-        if let Some(client) = self.by_connect_timeout.get(&connect_timeout_ms) {
+    pub fn get(&mut self, connect_timeout: Duration) -> anyhow::Result<reqwest::Client> {
+        if let Some(client) = self.by_connect_timeout.get(&connect_timeout) {
             return Ok(client.clone());
         }
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(connect_timeout_ms))
+            .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
@@ -29,7 +29,7 @@ impl HttpClients {
             .build()
             .context("cannot build the carriers' HTTP client")?;
         self.by_connect_timeout
-            .insert(connect_timeout_ms, client.clone());
+            .insert(connect_timeout, client.clone());
         Ok(client)
     }
 }

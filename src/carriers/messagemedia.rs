@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::http::{self, Answer, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
-use crate::config::CarrierConfig;
+use crate::config::MessageMediaSettings;
 use crate::secret::Secret;
 
 const DEFAULT_BASE_URL: &str = "https://api.messagemedia.com";
@@ -69,23 +68,21 @@ struct ErrorBody {
 impl MessageMediaCarrier {
     /// `callback_url` is where smsgate takes delivery reports (from `public_url`).
     pub fn new(
-        config: &CarrierConfig,
+        settings: &MessageMediaSettings,
         callback_url: Option<String>,
+        timeout: Duration,
         http: reqwest::Client,
-    ) -> anyhow::Result<Self> {
-        let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        Ok(Self {
+    ) -> Self {
+        let base = settings.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        Self {
             callback_url,
             http,
             url: format!("{}/v1/messages", base.trim_end_matches('/')),
-            api_key: config.api_key.clone().context("messagemedia: api_key")?,
-            api_secret: config
-                .api_secret
-                .clone()
-                .context("messagemedia: api_secret")?,
-            from: config.from.clone(),
-            timeout: Duration::from_millis(config.timeout_ms),
-        })
+            api_key: settings.api_key.clone(),
+            api_secret: settings.api_secret.clone(),
+            from: settings.from.clone(),
+            timeout,
+        }
     }
 }
 

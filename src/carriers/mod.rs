@@ -17,7 +17,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{CarrierConfig, CarrierKind, Config};
+use crate::config::{CarrierSettings, Config, KindSettings};
 use crate::domain::{MessageId, PhoneNumber};
 use crate::metrics::Metrics;
 
@@ -164,47 +164,49 @@ pub struct CarrierHandle {
 impl CarrierHandle {
     async fn build(
         name: &str,
-        config: &CarrierConfig,
+        settings: &CarrierSettings,
         http: &mut http::HttpClients,
         metrics: &Metrics,
     ) -> anyhow::Result<Self> {
-        let client = match config.kind {
-            CarrierKind::Log => AnyCarrier::Log(log::LogCarrier::new(name)),
-            CarrierKind::Twilio => AnyCarrier::Twilio(twilio::TwilioCarrier::new(
-                config,
-                config.callback_url(name),
-                http.get(config.connect_timeout_ms)?,
-            )?),
-            CarrierKind::Messagemedia => {
+        let transport = &settings.transport;
+        let callback_url = settings.callback_url.clone();
+        let client = match &settings.kind {
+            KindSettings::Log => AnyCarrier::Log(log::LogCarrier::new(name)),
+            KindSettings::Twilio(twilio) => AnyCarrier::Twilio(twilio::TwilioCarrier::new(
+                twilio,
+                callback_url,
+                transport.timeout,
+                http.get(transport.connect_timeout)?,
+            )),
+            KindSettings::MessageMedia(messagemedia) => {
                 AnyCarrier::MessageMedia(messagemedia::MessageMediaCarrier::new(
-                    config,
-                    config.callback_url(name),
-                    http.get(config.connect_timeout_ms)?,
-                )?)
+                    messagemedia,
+                    callback_url,
+                    transport.timeout,
+                    http.get(transport.connect_timeout)?,
+                ))
             }
-            CarrierKind::Sns => AnyCarrier::Sns(sns::SnsCarrier::new(config).await?),
+            KindSettings::Sns(sns) => AnyCarrier::Sns(sns::SnsCarrier::new(sns, transport).await),
         };
-        let limiter = config
-            .max_per_second
-            .and_then(NonZeroU32::new)
-            .map(|rate| RateLimiter::direct(Quota::per_second(rate)));
         Ok(Self {
             name: name.to_string(),
             client,
             breaker: breaker::Breaker::new(
                 name,
-                config.breaker_failures,
-                Duration::from_secs(config.breaker_cooldown_seconds),
+                transport.breaker_failures.get(),
+                transport.breaker_cooldown,
                 metrics.breaker_open.with_label_values(&[name]),
             ),
-            limiter,
-            slots: config
+            limiter: transport
+                .max_per_second
+                .map(|rate| RateLimiter::direct(Quota::per_second(rate))),
+            slots: transport
                 .max_in_flight
-                .map(|n| Arc::new(Semaphore::new(n as usize))),
-            max_in_flight: u128::from(config.max_in_flight.unwrap_or(0)),
-            max_per_second: config.max_per_second.filter(|&rate| rate > 0),
+                .map(|n| Arc::new(Semaphore::new(n.get() as usize))),
+            max_in_flight: u128::from(transport.max_in_flight.map_or(0, NonZeroU32::get)),
+            max_per_second: transport.max_per_second.map(NonZeroU32::get),
             disabled: std::sync::atomic::AtomicBool::new(false),
-            timeout: Duration::from_millis(config.timeout_ms),
+            timeout: transport.timeout,
         })
     }
 
@@ -286,7 +288,8 @@ pub async fn build_all(
     let mut http = http::HttpClients::default();
     let mut carriers = HashMap::new();
     for (name, carrier) in &config.carriers {
-        let handle = CarrierHandle::build(name, carrier, &mut http, metrics).await?;
+        let settings = carrier.settings(name)?;
+        let handle = CarrierHandle::build(name, &settings, &mut http, metrics).await?;
         carriers.insert(name.clone(), Arc::new(handle));
     }
     Ok(carriers)

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use aws_sdk_sns::Client;
 use aws_sdk_sns::config::timeout::TimeoutConfig;
 use aws_sdk_sns::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
@@ -14,7 +13,7 @@ use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sns::types::MessageAttributeValue;
 
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
-use crate::config::CarrierConfig;
+use crate::config::{SnsSettings, Transport};
 
 pub struct SnsCarrier {
     client: Client,
@@ -23,19 +22,18 @@ pub struct SnsCarrier {
 }
 
 impl SnsCarrier {
-    pub async fn new(config: &CarrierConfig) -> anyhow::Result<Self> {
-        let region = config.region.clone().context("sns: region")?;
+    pub async fn new(settings: &SnsSettings, transport: &Transport) -> Self {
         let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .operation_timeout(Duration::from_millis(config.timeout_ms))
+            .connect_timeout(transport.connect_timeout)
+            .operation_timeout(transport.timeout)
             .build();
         // The dispatcher fails over and retries itself; SDK retries would only hide failures
         // and spend the code's lifetime.
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(region))
+            .region(Region::new(settings.region.clone()))
             .timeout_config(timeouts)
             .retry_config(RetryConfig::disabled());
-        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+        if let Some((id, secret)) = &settings.static_credentials {
             loader = loader.credentials_provider(Credentials::new(
                 id,
                 secret.expose(),
@@ -44,15 +42,15 @@ impl SnsCarrier {
                 "smsgate-config",
             ));
         }
-        if let Some(url) = &config.endpoint_url {
+        if let Some(url) = &settings.endpoint_url {
             loader = loader.endpoint_url(url);
         }
         let client = Client::new(&loader.load().await);
-        Ok(Self {
+        Self {
             client,
-            sender_id: config.sender_id.clone(),
-            origination_number: config.from.clone(),
-        })
+            sender_id: settings.sender_id.clone(),
+            origination_number: settings.origination_number.clone(),
+        }
     }
 
     /// A configured origination number or sender ID wins; otherwise the request's sender is

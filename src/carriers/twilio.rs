@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::http::{self, Answer, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
-use crate::config::CarrierConfig;
+use crate::config::{TwilioCredentials, TwilioSettings};
 use crate::secret::Secret;
 
 const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
@@ -48,20 +47,18 @@ impl TwilioCarrier {
     /// `callback_url` is where smsgate takes Twilio's status callbacks (from `public_url`);
     /// an explicit `status_callback` wins.
     pub fn new(
-        config: &CarrierConfig,
+        settings: &TwilioSettings,
         callback_url: Option<String>,
+        timeout: Duration,
         http: reqwest::Client,
-    ) -> anyhow::Result<Self> {
-        let account_sid = config.account_sid.clone().context("twilio: account_sid")?;
-        let (username, password) = match (&config.api_key_sid, &config.api_key_secret) {
-            (Some(key), Some(secret)) => (key.clone(), secret.clone()),
-            _ => (
-                account_sid.clone(),
-                config.auth_token.clone().context("twilio: auth_token")?,
-            ),
+    ) -> Self {
+        let account_sid = &settings.account_sid;
+        let (username, password) = match &settings.credentials {
+            TwilioCredentials::ApiKey { sid, secret } => (sid.clone(), secret.clone()),
+            TwilioCredentials::AuthToken(token) => (account_sid.clone(), token.clone()),
         };
-        let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        Ok(Self {
+        let base = settings.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        Self {
             http,
             url: format!(
                 "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
@@ -69,11 +66,11 @@ impl TwilioCarrier {
             ),
             username,
             password,
-            from: config.from.clone(),
-            messaging_service_sid: config.messaging_service_sid.clone(),
-            status_callback: config.status_callback.clone().or(callback_url),
-            timeout: Duration::from_millis(config.timeout_ms),
-        })
+            from: settings.from.clone(),
+            messaging_service_sid: settings.messaging_service_sid.clone(),
+            status_callback: settings.status_callback.clone().or(callback_url),
+            timeout,
+        }
     }
 
     fn form(&self, sms: &OutboundSms) -> Vec<(&'static str, String)> {

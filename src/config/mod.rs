@@ -4,6 +4,7 @@
 mod carriers;
 mod env;
 mod secrets;
+mod settings;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,10 @@ use crate::messagemedia_signature::{RECOMMENDED_BITS, SignatureKeys};
 use crate::secret::{Secret, lenient_string};
 
 pub use carriers::{CarrierConfig, CarrierKind};
+pub use settings::{
+    CarrierSettings, KindSettings, MessageMediaSettings, SnsSettings, Transport, TwilioCredentials,
+    TwilioSettings,
+};
 pub use validate::ConfigError;
 
 /// The shared secret of `config/development.toml`; smsgate warns about it and keeps it on loopback.

@@ -1,0 +1,156 @@
+//! A carrier as the rest of smsgate sees it: one type per kind, with what the kind requires
+//! present (not optional) and counts that cannot be zero. Built from a `[carriers.<name>]`
+//! table that passed validation ([`CarrierConfig::settings`]), so a table that is missing
+//! something never gets this far, and no carrier checks its configuration again.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::validate::ConfigError;
+use super::{CarrierConfig, CarrierKind};
+use crate::secret::Secret;
+
+/// A carrier's settings: how it is reached, and its kind's own.
+#[derive(Debug, Clone)]
+pub struct CarrierSettings {
+    pub transport: Transport,
+    pub kind: KindSettings,
+    /// Where the carrier sends delivery receipts (from `public_url`), when it is asked to.
+    pub callback_url: Option<String>,
+}
+
+/// Timeouts, limits and the circuit breaker, shared by every kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_per_second: Option<NonZeroU32>,
+    pub max_in_flight: Option<NonZeroU32>,
+    pub breaker_failures: NonZeroU32,
+    pub breaker_cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum KindSettings {
+    Log,
+    Twilio(TwilioSettings),
+    MessageMedia(MessageMediaSettings),
+    Sns(SnsSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct TwilioSettings {
+    pub account_sid: String,
+    pub credentials: TwilioCredentials,
+    pub from: Option<String>,
+    pub messaging_service_sid: Option<String>,
+    /// An explicit `status_callback`; otherwise smsgate's own callback URL.
+    pub status_callback: Option<String>,
+    pub base_url: Option<String>,
+}
+
+/// HTTP Basic credentials: the account's auth token, or an API key.
+#[derive(Debug, Clone)]
+pub enum TwilioCredentials {
+    AuthToken(Secret),
+    ApiKey { sid: String, secret: Secret },
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageMediaSettings {
+    pub api_key: String,
+    pub api_secret: Secret,
+    pub from: Option<String>,
+    pub base_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnsSettings {
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub sender_id: Option<String>,
+    pub origination_number: Option<String>,
+    /// `(access_key_id, secret_access_key)`; the AWS credential chain otherwise.
+    pub static_credentials: Option<(String, Secret)>,
+}
+
+impl CarrierConfig {
+    /// The typed settings of this table. Validation refused every table this cannot build, so
+    /// an error here names a key validation missed.
+    pub fn settings(&self, name: &str) -> Result<CarrierSettings, ConfigError> {
+        let missing = |key: &str| {
+            ConfigError::single(
+                format!("carriers.{name}.{key}"),
+                "is required for this kind",
+            )
+        };
+        let at_least_one = |key: &str, value: u32| {
+            NonZeroU32::new(value).ok_or_else(|| {
+                ConfigError::single(format!("carriers.{name}.{key}"), "must be at least 1")
+            })
+        };
+        let transport = Transport {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_per_second: self
+                .max_per_second
+                .map(|n| at_least_one("max_per_second", n))
+                .transpose()?,
+            max_in_flight: self
+                .max_in_flight
+                .map(|n| at_least_one("max_in_flight", n))
+                .transpose()?,
+            breaker_failures: at_least_one("breaker_failures", self.breaker_failures)?,
+            breaker_cooldown: Duration::from_secs(self.breaker_cooldown_seconds),
+        };
+        let kind = match self.kind {
+            CarrierKind::Log => KindSettings::Log,
+            CarrierKind::Twilio => {
+                let credentials = match (&self.api_key_sid, &self.api_key_secret, &self.auth_token)
+                {
+                    (Some(sid), Some(secret), _) => TwilioCredentials::ApiKey {
+                        sid: sid.clone(),
+                        secret: secret.clone(),
+                    },
+                    (_, _, Some(token)) => TwilioCredentials::AuthToken(token.clone()),
+                    _ => return Err(missing("auth_token")),
+                };
+                KindSettings::Twilio(TwilioSettings {
+                    account_sid: self
+                        .account_sid
+                        .clone()
+                        .ok_or_else(|| missing("account_sid"))?,
+                    credentials,
+                    from: self.from.clone(),
+                    messaging_service_sid: self.messaging_service_sid.clone(),
+                    status_callback: self.status_callback.clone(),
+                    base_url: self.base_url.clone(),
+                })
+            }
+            CarrierKind::Messagemedia => KindSettings::MessageMedia(MessageMediaSettings {
+                api_key: self.api_key.clone().ok_or_else(|| missing("api_key"))?,
+                api_secret: self
+                    .api_secret
+                    .clone()
+                    .ok_or_else(|| missing("api_secret"))?,
+                from: self.from.clone(),
+                base_url: self.base_url.clone(),
+            }),
+            CarrierKind::Sns => KindSettings::Sns(SnsSettings {
+                region: self.region.clone().ok_or_else(|| missing("region"))?,
+                endpoint_url: self.endpoint_url.clone(),
+                sender_id: self.sender_id.clone(),
+                origination_number: self.from.clone(),
+                static_credentials: self
+                    .access_key_id
+                    .clone()
+                    .zip(self.secret_access_key.clone()),
+            }),
+        };
+        Ok(CarrierSettings {
+            transport,
+            kind,
+            callback_url: self.callback_url(name),
+        })
+    }
+}
