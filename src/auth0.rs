@@ -1,6 +1,6 @@
 //! Auth0's gateway token: an HS256 JWT carrying the connection's `sub` and `aud`, signed with
-//! `gateway_authentication.secret` (see shared research, "auth0.md" §1). Verified strictly where
-//! Auth0 documents the token and tolerantly elsewhere.
+//! `gateway_authentication.secret` (docs/design.md, "The path of a request"). Verified strictly
+//! where Auth0 documents the token and tolerantly elsewhere.
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -1,6 +1,6 @@
 //! MessageMedia (Sinch) Messages API: `POST {base_url}/v1/messages` with JSON, HTTP Basic
 //! `api_key:api_secret`; 202 with `messages[0].message_id`. One message per request, because
-//! one invalid message voids a whole batch (shared research, "carriers.md" §2).
+//! one invalid message voids a whole batch (docs/design.md, "Carriers and failure classes").
 
 use std::time::Duration;
 

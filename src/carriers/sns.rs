@@ -2,7 +2,7 @@
 //! chain works (environment, profile, web identity / IRSA, container and instance metadata).
 //! Always `Transactional`: these are one-time codes. SNS reports opted-out numbers and an
 //! exhausted spend limit only asynchronously (delivery-status logs), never in the Publish
-//! answer, so those failures cannot fail over (shared research, "carriers.md" §3).
+//! answer, so those failures cannot fail over (docs/design.md, "Carriers and failure classes").
 
 use std::time::Duration;
 

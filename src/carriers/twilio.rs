@@ -1,6 +1,6 @@
 //! Twilio Programmable Messaging: `POST {base_url}/2010-04-01/Accounts/{sid}/Messages.json`,
 //! form-encoded, HTTP Basic; 201 with the message resource on success. Error codes and their
-//! classes are from the shared research, "carriers.md" §1 (Twilio's error dictionary).
+//! classes follow Twilio's error dictionary (docs/design.md, "Carriers and failure classes").
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Group commit for the ingress: concurrent requests are coalesced into one multi-row insert
 //! per transaction, and each request is answered only after the commit that holds its message.
 //! While one batch commits, the next one gathers, so the batch size follows the load: one row
-//! when idle, hundreds under pressure (shared research, pgqueue.md §4 "Ingress").
+//! when idle, hundreds under pressure (docs/design.md, "The path of a request").
 //!
 //! A request waits at most its deadline for a writer to take it. One that no writer took in
 //! time is answered at once and is never written; one a writer took gets that write's true

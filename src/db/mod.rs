@@ -25,7 +25,7 @@ use crate::config::DatabaseConfig;
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Guards against a stuck statement or an abandoned transaction pinning the queue's xmin
-/// horizon, which is what makes SKIP LOCKED claims decay (shared research, pgqueue.md §2).
+/// horizon, which is what makes SKIP LOCKED claims decay (docs/design.md, "Measured figures").
 const SESSION_SETTINGS: [(&str, &str); 3] = [
     ("statement_timeout", "10s"),
     ("idle_in_transaction_session_timeout", "10s"),

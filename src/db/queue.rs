@@ -49,8 +49,8 @@ pub fn cursor_start() -> ClaimCursor {
 /// Claims up to `limit` due messages after `cursor`, leased for `lease_seconds` (per-recipient
 /// limits are applied later, right before each carrier call: `db::recipient_sends`). Starting the
 /// index scan after the last row claimed keeps it off the dead tuples that claims and deletes
-/// leave at the head of the index, which a held snapshot keeps from being cleaned (shared
-/// research, pgqueue.md §2.1 and §3 E8/E11). The bound is a plain row comparison, not an
+/// leave at the head of the index, which a held snapshot keeps from being cleaned (docs/design.md,
+/// "Claim, lease and complete"). The bound is a plain row comparison, not an
 /// `IS NULL OR …`, so a generic prepared plan still uses it as the index scan's start.
 pub async fn claim(
     pool: &PgPool,

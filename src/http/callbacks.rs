@@ -2,8 +2,8 @@
 //! callback, signed with `X-Twilio-Signature`) and `POST /v1/callbacks/messagemedia/{carrier}`
 //! (MessageMedia's delivery report, signed with the account's RSA signature key, or proven by
 //! the carrier's `callback_secret` in the URL).
-//! Wire contracts: shared research, carriers.md ("Status callback", "Delivery report
-//! callback"). A forged or unproven callback is refused with 403 and changes nothing.
+//! Wire contracts and proofs: docs/design.md, "Delivery receipts". A forged or unproven callback
+//! is refused with 403 and changes nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;

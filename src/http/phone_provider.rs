@@ -1,8 +1,8 @@
 //! `POST /v1/auth0/phone-provider`: what Auth0 Actions forward. Tenants created since March
 //! 2025 send SMS through a tenant-level custom phone provider (the `custom-phone-provider`
 //! Action, `event.notification`), and MFA through the `send-phone-message` Action
-//! (`event.message_options`); shared research, auth0.md §3. Both are told apart by their keys
-//! and mapped to the same message as the legacy body, then validated by the same rules.
+//! (`event.message_options`); docs/design.md, "The path of a request". Both are told apart by
+//! their keys and mapped to the same message as the legacy body, then validated by the same rules.
 //!
 //! The custom phone provider may run its Action again (`api.notification.retry`, up to five
 //! times), so a request is idempotent: on the caller's `Idempotency-Key` header, or else on a

@@ -1,6 +1,6 @@
-//! MessageMedia's Messages API (shared research, "carriers.md" §2): `POST /v1/messages` with
-//! JSON and Basic auth; 202 echoing the messages with `message_id`; errors
-//! `{"message", "details"}`.
+//! MessageMedia's Messages API (docs/design.md, "Carriers and failure classes"):
+//! `POST /v1/messages` with JSON and Basic auth; 202 echoing the messages with `message_id`;
+//! errors `{"message", "details"}`.
 
 use std::collections::HashMap;
 use std::ops::Deref;

@@ -1,6 +1,6 @@
-//! AWS SNS's Query API as the SDK speaks it (shared research, "carriers.md" §3): a form-encoded
-//! `Action=Publish` POST signed with SigV4, which this stand-in verifies with the test key;
-//! XML answers.
+//! AWS SNS's Query API as the SDK speaks it (docs/design.md, "Carriers and failure classes"):
+//! a form-encoded `Action=Publish` POST signed with SigV4, which this stand-in verifies with the
+//! test key; XML answers.
 
 use std::collections::HashMap;
 use std::ops::Deref;

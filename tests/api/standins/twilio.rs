@@ -1,6 +1,6 @@
-//! Twilio's create-Message contract (shared research, "carriers.md" §1): form-encoded POST with
-//! Basic auth to `/2010-04-01/Accounts/{sid}/Messages.json`, 201 with the message resource,
-//! JSON errors `{code, message, more_info, status}`.
+//! Twilio's create-Message contract (docs/design.md, "Carriers and failure classes"):
+//! form-encoded POST with Basic auth to `/2010-04-01/Accounts/{sid}/Messages.json`, 201 with
+//! the message resource, JSON errors `{code, message, more_info, status}`.
 
 use std::collections::HashMap;
 use std::ops::Deref;
