@@ -28,7 +28,7 @@ pub async fn run(pool: PgPool, mut outcomes: mpsc::Receiver<Completion>, metrics
 /// lease runs out. Gives up after about a minute, and the lease takes over. A batch that the
 /// database refuses for its data is written one outcome at a time, so one bad outcome cannot
 /// cost the others theirs.
-async fn write_with_retry(pool: &PgPool, batch: &[Completion]) -> Vec<String> {
+pub(super) async fn write_with_retry(pool: &PgPool, batch: &[Completion]) -> Vec<String> {
     let mut delay = Duration::from_millis(50);
     for _ in 0..12 {
         match queue::complete(pool, batch).await {

@@ -2,10 +2,13 @@
 //! batches. Any number of processes can run this against one database.
 
 mod completer;
+mod inline;
 pub mod retention;
 pub mod retry;
 mod send;
 pub mod wake;
+
+pub use inline::InlineDispatcher;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,6 +82,30 @@ struct Claimer {
     shutdown: CancellationToken,
 }
 
+/// What every send of a process shares.
+fn send_context(
+    config: &Config,
+    handles: &std::collections::HashMap<String, Arc<carriers::CarrierHandle>>,
+    pool: &PgPool,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<SendContext>> {
+    let d = &config.dispatch;
+    Ok(Arc::new(SendContext {
+        routes: Routes::new(&config.routes, handles)?,
+        retry: RetryPolicy {
+            base: Duration::from_millis(d.retry_base_ms),
+            max: Duration::from_millis(d.retry_max_ms),
+            max_attempts: d.max_attempts,
+        },
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        lease: Duration::from_secs(u64::from(d.lease_seconds)),
+        pool: pool.clone(),
+        windows: config.limits.recipient.clone(),
+    }))
+}
+
 /// What the retention sweep keeps how long, from the configuration.
 fn retention_plan(config: &Config) -> retention::Plan {
     retention::Plan {
@@ -104,22 +131,9 @@ impl Dispatcher {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let handles = carriers::build_all(config, &metrics).await?;
-        let routes = Routes::new(&config.routes, &handles)?;
         let switches: Vec<Arc<carriers::CarrierHandle>> = handles.values().cloned().collect();
         let d = &config.dispatch;
-        let context = Arc::new(SendContext {
-            routes,
-            retry: RetryPolicy {
-                base: Duration::from_millis(d.retry_base_ms),
-                max: Duration::from_millis(d.retry_max_ms),
-                max_attempts: d.max_attempts,
-            },
-            metrics: metrics.clone(),
-            shutdown: shutdown.clone(),
-            lease: Duration::from_secs(u64::from(d.lease_seconds)),
-            pool: pool.clone(),
-            windows: config.limits.recipient.clone(),
-        });
+        let context = send_context(config, &handles, &pool, &metrics, &shutdown)?;
         let in_hand = claim_capacity(&handles, context.lease).map(|n| Arc::new(Semaphore::new(n)));
         let (outcomes, receiver) = mpsc::channel(4 * d.workers.max(64));
         let completer = tokio::spawn(completer::run(pool.clone(), receiver, metrics.clone()));
@@ -367,24 +381,33 @@ async fn follow_carrier_switches(
 ) {
     let mut ticks = Ticks::new(Duration::from_secs(1), &shutdown);
     loop {
-        match crate::db::carrier_states::disabled(&pool).await {
-            Ok(disabled) => {
-                for carrier in &carriers {
-                    let off = disabled.contains(&carrier.name);
-                    if off != carrier.is_disabled() {
-                        tracing::warn!(carrier = %carrier.name, disabled = off, "carrier switched");
-                    }
-                    carrier.set_disabled(off);
-                    metrics
-                        .carrier_disabled
-                        .with_label_values(&[carrier.name.as_str()])
-                        .set(i64::from(off));
-                }
-            }
-            Err(err) => tracing::debug!(error = %err, "cannot read carrier switches"),
-        }
+        apply_carrier_switches(&pool, &carriers, &metrics).await;
         if !ticks.next().await {
             return;
         }
+    }
+}
+
+/// Reads the operators' switches once and applies them to `carriers`.
+async fn apply_carrier_switches(
+    pool: &PgPool,
+    carriers: &[Arc<carriers::CarrierHandle>],
+    metrics: &Metrics,
+) {
+    match crate::db::carrier_states::disabled(pool).await {
+        Ok(disabled) => {
+            for carrier in carriers {
+                let off = disabled.contains(&carrier.name);
+                if off != carrier.is_disabled() {
+                    tracing::warn!(carrier = %carrier.name, disabled = off, "carrier switched");
+                }
+                carrier.set_disabled(off);
+                metrics
+                    .carrier_disabled
+                    .with_label_values(&[carrier.name.as_str()])
+                    .set(i64::from(off));
+            }
+        }
+        Err(err) => tracing::debug!(error = %err, "cannot read carrier switches"),
     }
 }

@@ -411,7 +411,7 @@ async fn cancel_waits_for_a_claim_in_progress_and_then_refuses_the_leased_messag
     let cancel = tokio::spawn(async move {
         smsgate::db::operator::cancel(&pool, smsgate::domain::MessageId(uuid)).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::helpers::until_a_session_waits_for_a_lock(&app.pool).await;
     assert!(!cancel.is_finished(), "cancel waits for the claim");
     claim.commit().await.expect("commit");
     let verdict = cancel.await.expect("join").expect("query");
@@ -678,7 +678,7 @@ async fn retention_never_deletes_a_send_log_a_limit_is_updating_meanwhile() {
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::helpers::until_a_session_waits_for_a_lock(&app.pool).await;
     admitting.commit().await.expect("commit");
     sweep.await.expect("join").expect("sweep");
 

@@ -210,42 +210,43 @@ async fn a_message_is_never_sent_after_it_expires() {
         code: "20500",
         retry_after: None,
     });
-    let extra = "[dispatch]\nmessage_ttl_seconds = 2\nretry_base_ms = 300\nretry_max_ms = 300\nmax_attempts = 100\nlease_seconds = 5\npoll_interval_ms = 100\n";
-    let app = TestApp::spawn_role(&config_with(&standin, extra), Role::All).await;
+    let extra = "[dispatch]\nmessage_ttl_seconds = 2\nretry_base_ms = 300\nretry_max_ms = 300\nmax_attempts = 100\nlease_seconds = 5\n";
+    let app = TestApp::spawn_with(&config_with(&standin, extra)).await;
 
     let id = queue(&app, "+14155552671").await;
     let queued_at = Instant::now();
-    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    app.dispatch_until_empty(100).await;
 
-    assert_eq!(view["status"], "expired");
+    assert_eq!(status_of(&app, &id).await["status"], "expired");
     let received = standin.received();
-    assert!(!received.is_empty(), "it was tried while it was valid");
+    assert!(
+        received.len() > 1,
+        "it was tried, and retried, while it was valid"
+    );
     for request in &received {
         assert!(
             request.at - queued_at < Duration::from_secs(2),
             "a send after expiry"
         );
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        standin.received().len(),
-        received.len(),
-        "nothing more after the final state"
-    );
 }
 
 #[tokio::test]
 async fn a_message_that_expired_in_the_queue_reaches_no_carrier() {
     let standin = TwilioStandIn::start().await;
-    let config = config_with(&standin, "[dispatch]\nmessage_ttl_seconds = 1\n");
-    let ingress = TestApp::spawn_role(&config, Role::Ingress).await;
-    let id = queue(&ingress, "+14155552671").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let app = TestApp::spawn_with(&config_with(&standin, "")).await;
+    let id = queue(&app, "+14155552671").await;
+    for table in ["messages", "message_queue"] {
+        let expire = format!("UPDATE {table} SET expires_at = now() - interval '1 second'");
+        sqlx::query(sqlx::AssertSqlSafe(expire))
+            .execute(&app.pool)
+            .await
+            .expect("expire it");
+    }
 
-    let worker = ingress.spawn_sibling(&config, Role::Worker).await;
-    let view = wait_final(&worker, &id, Duration::from_secs(5)).await;
+    app.dispatch_until_idle().await;
 
-    assert_eq!(view["status"], "expired");
+    assert_eq!(status_of(&app, &id).await["status"], "expired");
     assert!(standin.received().is_empty());
 }
 
@@ -257,16 +258,18 @@ async fn a_recipient_failure_ends_the_message_without_retrying() {
         code: "21211",
         retry_after: None,
     }]);
-    let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
+    let app = TestApp::spawn_with(&config_with(&standin, FAST_DISPATCH)).await;
 
     let id = queue(&app, "+14155552671").await;
-    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    app.dispatch_until_idle().await;
 
+    let view = status_of(&app, &id).await;
     assert_eq!(view["status"], "failed");
     assert_eq!(view["attempts"][0]["outcome"], "recipient_failure");
     assert_eq!(view["attempts"][0]["error_code"], "21211");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(standin.received().len(), 1);
+    let queued = smsgate::db::queue::depth(&app.pool).await.expect("depth");
+    assert_eq!(queued, 0, "nothing left to retry");
 }
 
 #[tokio::test]

@@ -164,6 +164,9 @@ pub struct TestApp {
     pub database: String,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
+    config: Config,
+    /// The worker run in the test's own task (`dispatch_until_idle`), built on first use.
+    inline: tokio::sync::OnceCell<smsgate::dispatch::InlineDispatcher>,
 }
 
 impl TestApp {
@@ -217,7 +220,41 @@ impl TestApp {
                 .build()
                 .expect("HTTP client"),
             shutdown,
+            config,
+            inline: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Runs the worker here, in the test's task, until no message is due: claims, sends and
+    /// writes outcomes with the app's configuration (its own metrics registry). No polling and
+    /// no sleeping; spawn the app with `Role::Ingress` so no background worker competes.
+    pub async fn dispatch_until_idle(&self) -> usize {
+        let inline = self
+            .inline
+            .get_or_init(|| async {
+                let metrics = smsgate::metrics::Metrics::new(&self.config).expect("metrics");
+                smsgate::dispatch::InlineDispatcher::new(&self.config, self.pool.clone(), metrics)
+                    .await
+                    .expect("inline dispatcher")
+            })
+            .await;
+        inline.run_until_idle().await.expect("dispatch")
+    }
+
+    /// Dispatches until nothing is queued any more, waiting between passes only until the next
+    /// message is due (a retry's backoff); gives up after `limit` passes.
+    pub async fn dispatch_until_empty(&self, limit: usize) {
+        for _ in 0..limit {
+            self.dispatch_until_idle().await;
+            let next = smsgate::db::queue::next_due(&self.pool)
+                .await
+                .expect("next due");
+            let Some(ms) = next else {
+                return;
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(ms.clamp(0, 60_000) as u64)).await;
+        }
+        panic!("messages still queued after {limit} dispatch passes");
     }
 
     /// The Prometheus exposition text.
@@ -312,4 +349,32 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
         "error_description in {body}"
     );
     body
+}
+
+/// Waits until a session on `pool`'s database is blocked on a lock: the moment a statement a
+/// test started in the background has queued behind the lock the test holds.
+pub async fn until_a_session_waits_for_a_lock(pool: &PgPool) {
+    use sqlx::Connection;
+    // Its own connection: the test's pool is small, and its sessions are the ones locked.
+    let mut watcher = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .expect("a watching connection");
+    let start = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no session ever waited for the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

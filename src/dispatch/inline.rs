@@ -1,0 +1,85 @@
+//! Dispatch in the caller's task, without background workers: claim what is due, send it,
+//! write the outcomes, and again until nothing is due. Tests drive the worker with it, so they
+//! await the work itself instead of polling a running process or sleeping.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::send::{self, SendContext};
+use super::{apply_carrier_switches, completer, send_context};
+use crate::carriers::{self, CarrierHandle};
+use crate::config::Config;
+use crate::db::queue;
+use crate::domain::Status;
+use crate::metrics::Metrics;
+
+/// The carriers, routes and policies of a configuration, run on demand.
+pub struct InlineDispatcher {
+    context: Arc<SendContext>,
+    carriers: Vec<Arc<CarrierHandle>>,
+    pool: PgPool,
+    batch: usize,
+    lease_seconds: u32,
+}
+
+impl InlineDispatcher {
+    pub async fn new(config: &Config, pool: PgPool, metrics: Metrics) -> anyhow::Result<Self> {
+        let handles = carriers::build_all(config, &metrics).await?;
+        let context = send_context(config, &handles, &pool, &metrics, &CancellationToken::new())?;
+        Ok(Self {
+            context,
+            carriers: handles.into_values().collect(),
+            pool,
+            batch: config.dispatch.claim_batch.max(1),
+            lease_seconds: config.dispatch.lease_seconds,
+        })
+    }
+
+    /// Claims and sends until no message is due (one in backoff is not due until its time),
+    /// writing every outcome; how many outcomes were written.
+    pub async fn run_until_idle(&self) -> anyhow::Result<usize> {
+        apply_carrier_switches(&self.pool, &self.carriers, &self.context.metrics).await;
+        let mut written = 0;
+        loop {
+            let started = Instant::now();
+            let batch = queue::claim(
+                &self.pool,
+                self.batch,
+                self.lease_seconds,
+                queue::cursor_start(),
+            )
+            .await?;
+            if batch.claimed == 0 {
+                return Ok(written);
+            }
+            let mut sends = tokio::task::JoinSet::new();
+            for message in batch.ready {
+                let context = self.context.clone();
+                sends.spawn(async move {
+                    if message.remaining_ms <= 0 {
+                        let why = "the code expired in the queue";
+                        return send::finalise(&message, Status::Expired, why);
+                    }
+                    let clocks = send::Clocks::new(started, message.remaining_ms, context.lease);
+                    send::dispatch(context, message, clocks, None).await
+                });
+            }
+            let mut outcomes = Vec::new();
+            while let Some(joined) = sends.join_next().await {
+                // A send that panicked leaves its lease to run out, as in a worker that died.
+                outcomes.extend(joined.ok());
+            }
+            for status in completer::write_with_retry(&self.pool, &outcomes).await {
+                self.context
+                    .metrics
+                    .finished
+                    .with_label_values(&[status.as_str()])
+                    .inc();
+            }
+            written += outcomes.len();
+        }
+    }
+}
