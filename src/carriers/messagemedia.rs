@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::http::{self, Answer, class_of_status};
+use super::http::{self, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::MessageMediaSettings;
 use crate::secret::Secret;
@@ -120,11 +120,8 @@ impl Carrier for MessageMediaCarrier {
             .basic_auth(&self.api_key, Some(self.api_secret.expose()))
             .header(reqwest::header::ACCEPT, "application/json")
             .json(&request);
-        let Answer {
-            status,
-            retry_after,
-            body,
-        } = http::send(request, self.timeout).await?;
+        let answer = http::send(request, self.timeout).await?;
+        let (status, retry_after, body) = (answer.status, answer.retry_after, answer.body);
         if status.is_success() {
             let sent: Option<SendResponse> = serde_json::from_slice(&body).ok();
             let id = sent

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::http::{self, Answer, class_of_status};
+use super::http::{self, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::{TwilioCredentials, TwilioSettings};
 use crate::secret::Secret;
@@ -110,11 +110,8 @@ impl Carrier for TwilioCarrier {
             .post(&self.url)
             .basic_auth(&self.username, Some(self.password.expose()))
             .form(&self.form(sms));
-        let Answer {
-            status,
-            retry_after,
-            body,
-        } = http::send(request, self.timeout).await?;
+        let answer = http::send(request, self.timeout).await?;
+        let (status, retry_after, body) = (answer.status, answer.retry_after, answer.body);
         if status.is_success() {
             let resource: Option<MessageResource> = serde_json::from_slice(&body).ok();
             return Ok(Accepted {

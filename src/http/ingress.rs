@@ -51,24 +51,16 @@ pub struct Accepted {
 /// The body shapes the ingress understands: parsed and validated into one message.
 pub type Parser = fn(&[u8], Option<String>) -> Result<NewMessage, ApiError>;
 
-/// `POST /v1/auth0/sms`: the legacy custom SMS gateway body.
-pub async fn accept_sms(
+/// The handler of an ingress route whose body `parse` reads: `parse_request` for
+/// `POST /v1/auth0/sms` (the legacy custom SMS gateway body), `parse_action_request` for
+/// `POST /v1/auth0/phone-provider` (what an Auth0 Action forwards).
+pub async fn accept_with(
+    parse: Parser,
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     JsonBytes(body): JsonBytes,
 ) -> Result<Json<Accepted>, ApiError> {
-    accept(&state, caller, &headers, &body, parse_request).await
-}
-
-/// `POST /v1/auth0/phone-provider`: what an Auth0 Action forwards (see `http::phone_provider`).
-pub async fn accept_phone_provider(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    JsonBytes(body): JsonBytes,
-) -> Result<Json<Accepted>, ApiError> {
-    let parse: Parser = super::phone_provider::parse_action_request;
     accept(&state, caller, &headers, &body, parse).await
 }
 

@@ -70,10 +70,18 @@ pub struct AppState {
 pub fn router(state: AppState, admin_apart: bool) -> Router {
     let router = if state.accept_messages {
         Router::new()
-            .route("/v1/auth0/sms", post(ingress::accept_sms))
+            .route(
+                "/v1/auth0/sms",
+                post(|state, caller, headers, body| {
+                    ingress::accept_with(parse_request, state, caller, headers, body)
+                }),
+            )
             .route(
                 "/v1/auth0/phone-provider",
-                post(ingress::accept_phone_provider),
+                post(|state, caller, headers, body| {
+                    let parse: ingress::Parser = phone_provider::parse_action_request;
+                    ingress::accept_with(parse, state, caller, headers, body)
+                }),
             )
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
