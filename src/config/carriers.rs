@@ -286,18 +286,22 @@ impl CarrierConfig {
                  of the callback URL the carrier signs)",
             ));
         }
+        // As written, not only as parsed: `/a/../b` or a space would be normalised here but
+        // signed by the carrier as sent.
         let usable = reqwest::Url::parse(public_url).is_ok_and(|url| {
             url.host().is_some()
                 && url.query().is_none()
                 && url.fragment().is_none()
                 && url.username().is_empty()
                 && url.password().is_none()
+                && url.as_str().trim_end_matches('/') == public_url.trim_end_matches('/')
         });
         if !usable {
             found.push(problem(
                 "public_url",
-                "must be an absolute http(s) URL with a host and no query, fragment or \
-                 user name (e.g. https://sms.example.com or https://example.com/sms)",
+                "must be an absolute http(s) URL with a host and no query, fragment, user \
+                 name or parts a parser would rewrite (e.g. https://sms.example.com or \
+                 https://example.com/sms)",
             ));
         }
         found

@@ -1,8 +1,10 @@
 //! `SMSGATE__SECTION__KEY=value` overrides. figment's own environment provider reads every
 //! value as a loose TOML-like literal, which changes text: `+61491570157` loses its plus (a
 //! sender then no longer is E.164), `007` its zeros, `12345.50` becomes a float (and a secret
-//! shaped so was echoed in the error). Here a value is taken as a number, boolean, list or
-//! table only when it reads back as exactly the same text; otherwise it stays the string it was.
+//! shaped so was echoed in the error). Here a value (surrounding white space trimmed, as
+//! before) is a number or boolean only when it reads back as exactly the same text, a list or
+//! table only when it is one, and otherwise the string it is; a value holding `#` or a line
+//! break is always that string (TOML would drop a comment from it silently).
 
 use figment::value::{Dict, Map};
 use figment::{Error, Metadata, Profile, Provider};
@@ -11,25 +13,50 @@ use figment::{Error, Metadata, Profile, Provider};
 pub const PREFIX: &str = "SMSGATE__";
 
 pub struct ExactEnv {
+    /// Sorted by name, so overlapping variables combine the same way in every environment.
     vars: Vec<(String, String)>,
+    /// Variables under the prefix that cannot be used, by name (never by value).
+    refused: Vec<String>,
 }
 
+/// No configuration key is deeper than this (`carriers.<name>.<key>` is three).
+const MAX_DEPTH: usize = 8;
+
 impl ExactEnv {
-    /// The `SMSGATE__…` variables of this process (variables that are not UTF-8 are skipped).
+    /// The `SMSGATE__…` variables of this process; one whose name or value is not UTF-8 is
+    /// refused by name (others' are none of smsgate's business).
     pub fn from_process() -> Self {
-        Self::from_vars(std::env::vars())
+        let mut vars = Vec::new();
+        let mut refused = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let shown = name.to_string_lossy().into_owned();
+            if !is_ours(&shown) {
+                continue;
+            }
+            match (name.into_string(), value.into_string()) {
+                (Ok(name), Ok(value)) => vars.push((name, value)),
+                _ => refused.push(format!("{shown}: not UTF-8")),
+            }
+        }
+        Self::new(vars, refused)
     }
 
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
-        let vars = vars
-            .into_iter()
-            .filter(|(name, _)| {
-                name.len() > PREFIX.len()
-                    && name.is_char_boundary(PREFIX.len())
-                    && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
-            })
-            .collect();
-        Self { vars }
+    #[cfg(test)]
+    fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let vars = vars.into_iter().filter(|(name, _)| is_ours(name)).collect();
+        Self::new(vars, Vec::new())
+    }
+
+    fn new(mut vars: Vec<(String, String)>, mut refused: Vec<String>) -> Self {
+        vars.retain(|(name, _)| {
+            let deep = name[PREFIX.len()..].split("__").count() > MAX_DEPTH;
+            if deep {
+                refused.push(format!("{name}: nests deeper than any key"));
+            }
+            !deep
+        });
+        vars.sort();
+        Self { vars, refused }
     }
 
     fn table(&self) -> toml::Table {
@@ -44,6 +71,12 @@ impl ExactEnv {
         }
         root
     }
+}
+
+fn is_ours(name: &str) -> bool {
+    name.len() > PREFIX.len()
+        && name.is_char_boundary(PREFIX.len())
+        && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
 }
 
 /// Puts `value` at `path`, making the tables on the way (a later variable wins over an earlier
@@ -68,24 +101,41 @@ fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) {
     }
 }
 
-/// `raw` as a TOML value when it reads back as the same text, else as a string.
+/// `raw`, trimmed, as a TOML value when it reads back as the same text, else as a string.
 fn exact_value(raw: &str) -> toml::Value {
     let text = raw.trim();
+    if text.contains(['#', '\n', '\r']) {
+        return toml::Value::String(text.to_string());
+    }
     let parsed = format!("v = {text}")
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut table| table.remove("v"));
     match parsed {
         Some(toml::Value::Integer(n)) if n.to_string() == text => toml::Value::Integer(n),
-        Some(toml::Value::Boolean(b)) => toml::Value::Boolean(b),
+        Some(toml::Value::Boolean(b)) if b.to_string() == text => toml::Value::Boolean(b),
         Some(value @ (toml::Value::Array(_) | toml::Value::Table(_))) => value,
         // Quoting is the way to say "this text, exactly", as before.
         Some(toml::Value::String(quoted)) if text.starts_with(['"', '\'']) => {
             toml::Value::String(quoted)
         }
+        // A list of bare words (`[AU, NZ]`), as figment's own reading allowed.
+        None if text.starts_with('[') && text.ends_with(']') => bare_list(text),
         // Floats, dates, hex, signed or zero-padded numbers: the exact text.
-        _ => toml::Value::String(raw.to_string()),
+        _ => toml::Value::String(text.to_string()),
     }
+}
+
+/// `[a, b]` as a list of the strings between the commas.
+fn bare_list(text: &str) -> toml::Value {
+    let inner = &text[1..text.len() - 1];
+    let items = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| toml::Value::String(item.to_string()))
+        .collect();
+    toml::Value::Array(items)
 }
 
 impl Provider for ExactEnv {
@@ -94,6 +144,12 @@ impl Provider for ExactEnv {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, Error> {
+        if !self.refused.is_empty() {
+            return Err(Error::from(format!(
+                "environment variables refused: {}",
+                self.refused.join("; ")
+            )));
+        }
         figment::providers::Serialized::defaults(self.table()).data()
     }
 }
@@ -115,6 +171,12 @@ mod tests {
         assert_eq!(value("a b=c").as_str(), Some("a b=c"));
         assert_eq!(value("\"+61 4\"").as_str(), Some("+61 4"));
         assert!(value("[\"44\", \"1\"]").is_array());
+        assert_eq!(value("  secret \n").as_str(), Some("secret"));
+        assert_eq!(value("\"ab\" # rest").as_str(), Some("\"ab\" # rest"));
+        assert_eq!(value("true # no").as_str(), Some("true # no"));
+        let bare = value("[AU, NZ]");
+        assert_eq!(bare.as_array().map(Vec::len), Some(2));
+        assert_eq!(bare[1].as_str(), Some("NZ"));
     }
 
     #[test]

@@ -39,9 +39,10 @@ impl ConfigError {
                 {
                     path.push(field.clone());
                 }
+                let kind = without_value(&e.kind);
                 let reason = match environment_variable(e.metadata.as_ref(), &path) {
-                    Some(variable) => format!("{} (set by {variable})", e.kind),
-                    None => e.kind.to_string(),
+                    Some(variable) => format!("{kind} (set by {variable})"),
+                    None => kind,
                 };
                 let key = if path.is_empty() {
                     "(top level)".to_string()
@@ -64,6 +65,32 @@ impl ConfigError {
             }
         }
         self
+    }
+}
+
+/// What went wrong, without the value that was found: it may be a secret set where a table
+/// or a number goes.
+fn without_value(kind: &figment::error::Kind) -> String {
+    use figment::error::{Actual, Kind};
+    let found = |actual: &Actual| match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) => "a number",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        _ => "another kind of value",
+    };
+    match kind {
+        Kind::InvalidType(actual, expected) => {
+            format!("invalid type: found {}, expected {expected}", found(actual))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!(
+                "invalid value: found {}, expected {expected}",
+                found(actual)
+            )
+        }
+        other => other.to_string(),
     }
 }
 

@@ -10,7 +10,12 @@ use crate::domain::Status;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// The message is now `delivered` or `undelivered`; it was accepted this long before.
-    Applied { accepted_at: DateTime<Utc> },
+    /// `first` is false when this report was recorded before (kept for later) and a repeat
+    /// of it applied it now.
+    Applied {
+        accepted_at: DateTime<Utc>,
+        first: bool,
+    },
     /// No message in `sent` with that carrier id yet (or any more): kept for the sweep.
     Pending,
     /// The same report (carrier, id, status) was recorded before: nothing new.
@@ -54,7 +59,7 @@ pub async fn record(
     .await?;
     tx.commit().await?;
     Ok(match accepted_at {
-        Some(accepted_at) => Applied::Applied { accepted_at },
+        Some(accepted_at) => Applied::Applied { accepted_at, first },
         None if first => Applied::Pending,
         None => Applied::Repeated,
     })

@@ -30,7 +30,7 @@ pub struct CallbackKeys {
     by_carrier: HashMap<String, CallbackKey>,
     /// RSA checks run on the blocking pool one at a time: a flood of forged reports then
     /// takes at most one core, and waits its turn instead of starving the ingress.
-    rsa_turn: tokio::sync::Semaphore,
+    rsa_turn: Arc<tokio::sync::Semaphore>,
 }
 
 /// A report that waits longer than this for its RSA check gets 503 (the carrier retries).
@@ -90,7 +90,7 @@ impl CallbackKeys {
         }
         Arc::new(Self {
             by_carrier,
-            rsa_turn: tokio::sync::Semaphore::new(1),
+            rsa_turn: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 }
@@ -186,31 +186,11 @@ fn messagemedia_unproven(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Option<&'static str> {
-    let CallbackKey::MessageMedia {
-        secret,
-        keys,
-        request_target,
-    } = key
-    else {
+    let CallbackKey::MessageMedia { secret, .. } = key else {
         return Some("not a MessageMedia carrier");
     };
-    let header = |name: &str| headers.get(name).map(|value| value.as_bytes());
-    if let Some(signature) = header(SIGNATURE)
-        && !keys.is_empty()
-    {
-        let method_and_target = match query {
-            Some(query) => format!("{request_target}?{query}"),
-            None => request_target.clone(),
-        };
-        let signed = SignedRequest {
-            method_and_target: &method_and_target,
-            date: header("date").unwrap_or_default(),
-            body,
-            signature,
-            digest_type: header("x-messagemedia-digest-type"),
-            cipher_type: header("x-messagemedia-cipher-type"),
-        };
-        return keys.verify(&signed).err();
+    if let Some(verdict) = with_signed_request(key, query, headers, body, SignatureKeys::verify) {
+        return verdict.err();
     }
     let Some(secret) = secret else {
         return Some("the report is not signed");
@@ -227,6 +207,40 @@ fn messagemedia_unproven(
     } else {
         Some("the callback key does not match")
     }
+}
+
+/// Runs `check` on the report as MessageMedia signed it, when it is signed and the carrier has
+/// keys; `None` otherwise.
+fn with_signed_request<R>(
+    key: &CallbackKey,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+    check: impl FnOnce(&SignatureKeys, &SignedRequest<'_>) -> R,
+) -> Option<R> {
+    let CallbackKey::MessageMedia {
+        keys,
+        request_target,
+        ..
+    } = key
+    else {
+        return None;
+    };
+    let header = |name: &str| headers.get(name).map(|value| value.as_bytes());
+    let signature = header(SIGNATURE).filter(|_| !keys.is_empty())?;
+    let method_and_target = match query {
+        Some(query) => format!("{request_target}?{query}"),
+        None => request_target.clone(),
+    };
+    let signed = SignedRequest {
+        method_and_target: &method_and_target,
+        date: header("date").unwrap_or_default(),
+        body,
+        signature,
+        digest_type: header("x-messagemedia-digest-type"),
+        cipher_type: header("x-messagemedia-cipher-type"),
+    };
+    Some(check(keys, &signed))
 }
 
 pub async fn messagemedia(
@@ -246,24 +260,30 @@ pub async fn messagemedia(
         Ok(body) => body,
         Err(err) => return err.into_response(),
     };
-    let signed = headers.contains_key(SIGNATURE)
-        && matches!(key, CallbackKey::MessageMedia { keys, .. } if !keys.is_empty());
-    let unproven = if signed {
-        let Ok(Ok(_turn)) =
-            tokio::time::timeout(RSA_TURN_WAIT, state.callbacks.rsa_turn.acquire()).await
-        else {
-            return ApiError::Unavailable("too many reports being verified; try again")
-                .into_response();
-        };
-        let (callbacks, name, body) = (state.callbacks.clone(), carrier.clone(), body.clone());
-        tokio::task::spawn_blocking(move || {
-            let key = callbacks.by_carrier.get(&name)?;
-            messagemedia_unproven(key, query.as_deref(), &headers, &body)
-        })
-        .await
-        .unwrap_or(Some("the signature check failed"))
-    } else {
-        messagemedia_unproven(key, query.as_deref(), &headers, &body)
+    let precheck = with_signed_request(key, query.as_deref(), &headers, &body, |keys, signed| {
+        keys.precheck(signed)
+    });
+    let unproven = match precheck {
+        Some(Err(why)) => Some(why),
+        Some(Ok(())) => {
+            let turn = state.callbacks.rsa_turn.clone().acquire_owned();
+            let Ok(Ok(turn)) = tokio::time::timeout(RSA_TURN_WAIT, turn).await else {
+                return ApiError::Unavailable("too many reports being verified; try again")
+                    .into_response();
+            };
+            let (callbacks, name, body) = (state.callbacks.clone(), carrier.clone(), body.clone());
+            // The turn goes with the check: a client that hangs up does not end it early.
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                match callbacks.by_carrier.get(&name) {
+                    Some(key) => messagemedia_unproven(key, query.as_deref(), &headers, &body),
+                    None => Some("no such carrier"),
+                }
+            })
+            .await
+            .unwrap_or(Some("the signature check failed"))
+        }
+        None => messagemedia_unproven(key, query.as_deref(), &headers, &body),
     };
     if let Some(why) = unproven {
         return forged(&carrier, why);
@@ -287,6 +307,10 @@ pub async fn messagemedia(
     .await
 }
 
+/// Carriers' message ids are a few dozen characters (Twilio's SM + 32 hex, MessageMedia's
+/// UUID); a longer one is not a report of ours, and would not fit the receipts' index.
+const MAX_CARRIER_ID: usize = 255;
+
 /// Applies a final verdict to its message and counts the receipt, once per distinct report;
 /// intermediate states (queued, sent, enroute, …) are only counted.
 async fn apply(
@@ -296,6 +320,12 @@ async fn apply(
     verdict: Option<Status>,
     error_code: Option<&str>,
 ) -> Response {
+    if carrier_message_id.is_empty() || carrier_message_id.len() > MAX_CARRIER_ID {
+        return ApiError::MalformedJson(format!(
+            "the message id must be 1 to {MAX_CARRIER_ID} bytes"
+        ))
+        .into_response();
+    }
     let label = verdict.map_or("other", Status::as_str);
     let count = || {
         state
@@ -326,7 +356,7 @@ async fn apply(
         }
     };
     let what = match applied {
-        Applied::Applied { accepted_at } => {
+        Applied::Applied { accepted_at, .. } => {
             if status == Status::Delivered {
                 let seconds = (chrono::Utc::now() - accepted_at).num_milliseconds() as f64 / 1e3;
                 state.metrics.receipt_latency.observe(seconds.max(0.0));
@@ -336,7 +366,12 @@ async fn apply(
         Applied::Pending => "delivery receipt kept for later",
         Applied::Repeated => "delivery receipt already recorded; ignored",
     };
-    if applied != Applied::Repeated {
+    // Counted when first recorded: a repeat that applies a report kept for later was counted
+    // when it arrived.
+    if matches!(
+        applied,
+        Applied::Applied { first: true, .. } | Applied::Pending
+    ) {
         count();
     }
     tracing::info!(carrier, carrier_message_id, status = label, "{what}");

@@ -318,12 +318,43 @@ fn environment_values_keep_their_exact_text_and_secrets_are_not_echoed() {
         "{stdout}{stderr}"
     );
 
-    // A value of the wrong shape for a secret names the key, not the value.
-    let output = check(&[("SMSGATE__CARRIERS__CONSOLE__API_SECRET", "[1.5, 2]")]);
+    // A value of the wrong shape for a secret names the key, not the value; so does a secret
+    // set one level too high, where a table goes.
+    for (variable, value, key) in [
+        (
+            "SMSGATE__CARRIERS__CONSOLE__API_SECRET",
+            "[1.5, 2]",
+            "carriers.console.api_secret",
+        ),
+        ("SMSGATE__ADMIN", "hunter2-hunter2-hunter2", "admin"),
+    ] {
+        let output = check(&[(variable, value)]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(!stderr.contains(&value[1..4]), "{stderr}");
+    }
+
+    // A variable that is not UTF-8 is refused by its name: no panic, no value shown.
+    use std::os::unix::ffi::OsStrExt;
+    let output = Command::new(BINARY)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env_remove("DATABASE_URL")
+        .env(
+            "SMSGATE__ADMIN__TOKEN",
+            std::ffi::OsStr::from_bytes(b"s3cr\xffet"),
+        )
+        .env("UNRELATED", std::ffi::OsStr::from_bytes(b"\xfe"))
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("carriers.console.api_secret"), "{stderr}");
-    assert!(!stderr.contains("1.5"), "{stderr}");
+    assert!(
+        stderr.contains("SMSGATE__ADMIN__TOKEN: not UTF-8"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cr"), "{stderr}");
 }
 
 #[tokio::test]

@@ -272,6 +272,10 @@ async fn a_messagemedia_report_with_the_carriers_key_marks_the_message() {
         receipts_counted(&app.metrics().await, "mm", "delivered"),
         1.0
     );
+    // An id longer than any carrier's is no report of ours.
+    let long = json!({"message_id": "x".repeat(256), "status": "delivered"});
+    let refused = post_messagemedia(&app, Some(MM_KEY), &long).await;
+    assert_eq!(refused.status().as_u16(), 400);
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_receipts")
         .fetch_one(&app.pool)
         .await

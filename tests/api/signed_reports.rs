@@ -490,6 +490,13 @@ fn callback_settings_that_cannot_work_are_refused_naming_their_key() {
             ),
             "carriers.mm.public_url",
         ),
+        (
+            "mm",
+            format!(
+                "public_url = \"https://sms.example.com/a/../gw\"\ncallback_public_keys = \"{small}\""
+            ),
+            "parts a parser would rewrite",
+        ),
     ];
     for (name, extra, expected) in &cases {
         let output = check_carrier(dir.path(), name, extra);
