@@ -286,22 +286,22 @@ impl CarrierConfig {
                  of the callback URL the carrier signs)",
             ));
         }
-        // As written, not only as parsed: `/a/../b` or a space would be normalised here but
-        // signed by the carrier as sent.
+        // The path as written, not only as parsed: `/a/../b` or a space would be normalised
+        // here but signed by the carrier as sent. (Host case and default ports may differ.)
         let usable = reqwest::Url::parse(public_url).is_ok_and(|url| {
             url.host().is_some()
                 && url.query().is_none()
                 && url.fragment().is_none()
                 && url.username().is_empty()
                 && url.password().is_none()
-                && url.as_str().trim_end_matches('/') == public_url.trim_end_matches('/')
+                && url.path().trim_end_matches('/') == written_path(public_url)
         });
         if !usable {
             found.push(problem(
                 "public_url",
-                "must be an absolute http(s) URL with a host and no query, fragment, user \
-                 name or parts a parser would rewrite (e.g. https://sms.example.com or \
-                 https://example.com/sms)",
+                "must be an absolute http(s) URL with a host and no query, fragment or user \
+                 name, whose path reads back as written (no `..`, `.`, spaces or other \
+                 characters a parser would rewrite; e.g. https://example.com/sms)",
             ));
         }
         found
@@ -422,6 +422,13 @@ impl CarrierConfig {
         }
         found
     }
+}
+
+/// The path of `url` as written (after the authority), without a trailing slash.
+fn written_path(url: &str) -> &str {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme.find('/').map_or("", |at| &after_scheme[at..]);
+    path.trim_end_matches('/')
 }
 
 /// Problems under one carrier: (key, reason).

@@ -55,7 +55,8 @@ impl ExactEnv {
             }
             !deep
         });
-        vars.sort();
+        // By name regardless of case: upper- and lower-case spellings land the same way.
+        vars.sort_by_key(|(name, _)| name.to_ascii_lowercase());
         Self { vars, refused }
     }
 
@@ -104,7 +105,11 @@ fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) {
 /// `raw`, trimmed, as a TOML value when it reads back as the same text, else as a string.
 fn exact_value(raw: &str) -> toml::Value {
     let text = raw.trim();
-    if text.contains(['#', '\n', '\r']) {
+    let quoted = text.starts_with(['"', '\'']);
+    let structured = text.starts_with(['[', '{']);
+    // A comment or a second line would be dropped from a scalar without a word.
+    let unclosed = structured && !text.ends_with([']', '}']);
+    if unclosed || (!quoted && !structured && text.contains(['#', '\n', '\r'])) {
         return toml::Value::String(text.to_string());
     }
     let parsed = format!("v = {text}")
@@ -114,10 +119,17 @@ fn exact_value(raw: &str) -> toml::Value {
     match parsed {
         Some(toml::Value::Integer(n)) if n.to_string() == text => toml::Value::Integer(n),
         Some(toml::Value::Boolean(b)) if b.to_string() == text => toml::Value::Boolean(b),
+        // No list of the configuration holds numbers: `[+1900, 44]` means the strings.
+        Some(toml::Value::Array(items)) if items.iter().any(is_number) => bare_list(text),
         Some(value @ (toml::Value::Array(_) | toml::Value::Table(_))) => value,
-        // Quoting is the way to say "this text, exactly", as before.
-        Some(toml::Value::String(quoted)) if text.starts_with(['"', '\'']) => {
-            toml::Value::String(quoted)
+        // Quoting is the way to say "this text, exactly": one quoted string, nothing after it.
+        Some(toml::Value::String(content))
+            if quoted && toml::Value::String(content.clone()).to_string() == text =>
+        {
+            toml::Value::String(content)
+        }
+        Some(toml::Value::String(content)) if quoted && !text.contains('#') => {
+            toml::Value::String(content)
         }
         // A list of bare words (`[AU, NZ]`), as figment's own reading allowed.
         None if text.starts_with('[') && text.ends_with(']') => bare_list(text),
@@ -126,14 +138,23 @@ fn exact_value(raw: &str) -> toml::Value {
     }
 }
 
-/// `[a, b]` as a list of the strings between the commas.
+fn is_number(value: &toml::Value) -> bool {
+    matches!(value, toml::Value::Integer(_) | toml::Value::Float(_))
+}
+
+/// `[a, "b"]` as a list of the strings between the commas (quotes around one taken off).
 fn bare_list(text: &str) -> toml::Value {
     let inner = &text[1..text.len() - 1];
     let items = inner
         .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
-        .map(|item| toml::Value::String(item.to_string()))
+        .map(|item| {
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|q| item.strip_prefix(*q).and_then(|rest| rest.strip_suffix(*q)));
+            toml::Value::String(unquoted.unwrap_or(item).to_string())
+        })
         .collect();
     toml::Value::Array(items)
 }
@@ -174,6 +195,11 @@ mod tests {
         assert_eq!(value("  secret \n").as_str(), Some("secret"));
         assert_eq!(value("\"ab\" # rest").as_str(), Some("\"ab\" # rest"));
         assert_eq!(value("true # no").as_str(), Some("true # no"));
+        assert_eq!(value("\"urn:pa#ss\"").as_str(), Some("urn:pa#ss"));
+        assert!(value("[\n \"AU\",\n \"NZ\"\n]").is_array());
+        let plus = value("[+1900, +44]");
+        assert_eq!(plus[0].as_str(), Some("+1900"));
+        assert_eq!(value("[\"AU\", NZ]")[0].as_str(), Some("AU"));
         let bare = value("[AU, NZ]");
         assert_eq!(bare.as_array().map(Vec::len), Some(2));
         assert_eq!(bare[1].as_str(), Some("NZ"));

@@ -321,9 +321,10 @@ async fn apply(
     error_code: Option<&str>,
 ) -> Response {
     if carrier_message_id.is_empty() || carrier_message_id.len() > MAX_CARRIER_ID {
-        return ApiError::MalformedJson(format!(
-            "the message id must be 1 to {MAX_CARRIER_ID} bytes"
-        ))
+        return ApiError::InvalidField {
+            code: "invalid_request",
+            description: format!("the message id must be 1 to {MAX_CARRIER_ID} bytes"),
+        }
         .into_response();
     }
     let label = verdict.map_or("other", Status::as_str);
