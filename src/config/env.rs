@@ -49,7 +49,10 @@ impl ExactEnv {
 
     fn new(mut vars: Vec<(String, String)>, mut refused: Vec<String>) -> Self {
         vars.retain(|(name, _)| {
-            let deep = name[PREFIX.len()..].split("__").count() > MAX_DEPTH;
+            let parts = name[PREFIX.len()..]
+                .split("__")
+                .filter(|part| !part.is_empty());
+            let deep = parts.count() > MAX_DEPTH;
             if deep {
                 refused.push(format!("{name}: nests deeper than any key"));
             }

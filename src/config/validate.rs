@@ -96,7 +96,7 @@ fn without_value(kind: &figment::error::Kind) -> String {
 
 /// The variable an environment provider maps `path` from, e.g. `SMSGATE__SERVER__LISTEN`.
 fn environment_variable(metadata: Option<&figment::Metadata>, path: &[String]) -> Option<String> {
-    let metadata = metadata.filter(|m| m.name.contains("environment"))?;
+    let metadata = metadata.filter(|m| m.name.contains("environment") && !path.is_empty())?;
     Some(if metadata.name.contains("SMSGATE__") {
         format!("SMSGATE__{}", path.join("__").to_uppercase())
     } else if path == ["database", "url"] {

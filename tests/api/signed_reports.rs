@@ -110,16 +110,10 @@ fn config_text(dir: &Path, port: u16, standin: &MessageMediaStandIn, keys: &[&st
         standin.carrier_toml("mm"),
         keys.join(", ")
     );
-    base_config()
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        )
-        .replace(
-            "[database]",
-            &format!("[database]\ndata_dir = \"{}\"", dir.join("pg").display()),
-        )
+    // The embedded-database gateway config the CLI tests use, with this carrier.
+    let served = crate::cli::serve_config(dir, port);
+    std::fs::read_to_string(served)
+        .expect("the serve config")
         .replace("[carriers.console]\nkind = \"log\"\n", &carrier)
         .replace("carriers = [\"console\"]", "carriers = [\"mm\"]")
         + FAST_DISPATCH
