@@ -3,8 +3,9 @@
 //! sender then no longer is E.164), `007` its zeros, `12345.50` becomes a float (and a secret
 //! shaped so was echoed in the error). Here a value (surrounding white space trimmed, as
 //! before) is a number or boolean only when it reads back as exactly the same text, a list or
-//! table only when it is one, and otherwise the string it is; a value holding `#` or a line
-//! break is always that string (TOML would drop a comment from it silently).
+//! table only when it is one (a list's numbers are read as the strings written), one quoted
+//! string is its content, and anything else is the string it is; an unquoted scalar holding
+//! `#` or a line break is always that string (TOML would drop a comment from it silently).
 
 use figment::value::{Dict, Map};
 use figment::{Error, Metadata, Profile, Provider};
