@@ -2,6 +2,7 @@
 //! batches. Any number of processes can run this against one database.
 
 mod completer;
+pub mod decide;
 mod inline;
 pub mod retention;
 pub mod retry;

@@ -11,6 +11,7 @@ use rand::RngExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use super::decide::{BUSY_PAUSE, Decision, RouteOutcome, Standing, decide};
 use super::retry::RetryPolicy;
 use sqlx::PgPool;
 
@@ -27,15 +28,6 @@ use crate::metrics::Metrics;
 pub fn lease_margin(lease: Duration) -> Duration {
     (lease / 10).min(Duration::from_secs(1))
 }
-/// A message that could not start within its lease goes back for this long, so the same
-/// saturated carrier is not asked again at once.
-const BUSY_PAUSE: Duration = Duration::from_secs(2);
-/// A message whose every carrier is skipped (disabled, breaker open) waits at least this
-/// long between looks. A look costs two queue writes (the claim and the hand-back), so
-/// waiting costs at most one write per message per 2 s, and a message goes out within about
-/// five seconds of its carrier being enabled again (plus the second the switch takes).
-const SKIPPED_MIN_WAIT: Duration = Duration::from_secs(4);
-const SKIPPED_MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// What every send needs, shared by all workers of a process.
 pub struct SendContext {
@@ -363,68 +355,55 @@ impl Attempt<'_> {
     }
 
     /// No carrier took the message this time: wait, retry, give back, fail or expire.
+    /// The route is done without a final answer: what now (`decide`, a pure function) and the
+    /// completion that says so.
     fn after_every_carrier(
         mut self,
         no_turn: bool,
         skipped_until: Option<Option<Duration>>,
     ) -> Completion {
-        if self.calls.is_empty() {
-            // Nothing was sent: the attempt does not count.
-            let wait = if no_turn && self.context.shutdown.is_cancelled() {
-                Duration::ZERO
-            } else if no_turn {
-                BUSY_PAUSE
-            } else if let Some(usable_in) = skipped_until {
-                skipped_wait(usable_in)
-            } else {
-                // No carrier is routed: a configuration fault that only a restart mends.
-                self.context.retry.delay(1, None).max(SKIPPED_MIN_WAIT)
-            };
-            return self.wait_or_expire(wait, |delay_ms| Disposition::Release { delay_ms });
+        let route = RouteOutcome {
+            called: !self.calls.is_empty(),
+            no_turn,
+            skipped_until,
+            retry_after: self.retry_after,
+        };
+        let standing = Standing {
+            attempts_before: self.message.attempts,
+            left: self
+                .clocks
+                .deadline
+                .saturating_duration_since(Instant::now()),
+            shutting_down: self.context.shutdown.is_cancelled(),
+        };
+        let mut uniform = |low: Duration, high: Duration| {
+            let to_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            Duration::from_millis(rand::rng().random_range(to_ms(low)..=to_ms(high)))
+        };
+        let as_ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        // A route cut short by a busy carrier does not count, whatever becomes of the message.
+        self.uncounted = route.called && route.no_turn;
+        match decide(route, &self.context.retry, standing, &mut uniform) {
+            Decision::Release(wait) => self.ended(Disposition::Release {
+                delay_ms: as_ms(wait),
+            }),
+            Decision::Retry { delay, .. } => self.ended(Disposition::Retry {
+                delay_ms: as_ms(delay),
+            }),
+            Decision::GiveUp { attempts } => {
+                let error = format!(
+                    "gave up after {attempts} attempts; last: {}",
+                    self.last_error
+                );
+                self.ended(Disposition::Final {
+                    status: Status::Failed,
+                    carrier: None,
+                    carrier_message_id: None,
+                    error: Some(error),
+                })
+            }
+            Decision::Expire => self.ended(expired()),
         }
-        if no_turn {
-            // A carrier failed and the next had no turn within the lease (a capped carrier
-            // busy): the route was not tried whole, so the attempt does not count, or a
-            // message could fail without its healthy carrier ever being asked.
-            self.uncounted = true;
-            let delay = self
-                .context
-                .retry
-                .delay(self.message.attempts.max(1) as u32, self.retry_after)
-                .max(BUSY_PAUSE);
-            return self.wait_or_expire(delay, |delay_ms| Disposition::Retry { delay_ms });
-        }
-        let attempts = self.message.attempts + 1;
-        if attempts >= self.context.retry.max_attempts as i32 {
-            let error = format!(
-                "gave up after {attempts} attempts; last: {}",
-                self.last_error
-            );
-            return self.ended(Disposition::Final {
-                status: Status::Failed,
-                carrier: None,
-                carrier_message_id: None,
-                error: Some(error),
-            });
-        }
-        let delay = self
-            .context
-            .retry
-            .delay(attempts.max(1) as u32, self.retry_after);
-        self.wait_or_expire(delay, |delay_ms| Disposition::Retry { delay_ms })
-    }
-
-    /// `then(delay)`, or expired when the code would not outlive the delay.
-    fn wait_or_expire(self, delay: Duration, then: fn(i64) -> Disposition) -> Completion {
-        let left = self
-            .clocks
-            .deadline
-            .saturating_duration_since(Instant::now());
-        if delay >= left {
-            return self.ended(expired());
-        }
-        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        self.ended(then(delay_ms))
     }
 
     fn ended(self, disposition: Disposition) -> Completion {
@@ -442,14 +421,6 @@ impl Attempt<'_> {
             calls: self.calls,
         }
     }
-}
-
-/// How long a message whose every carrier was skipped waits: until the soonest breaker
-/// reopens, or a few seconds when only an operator can tell (disabled), never less than
-/// `SKIPPED_MIN_WAIT`, so waiting costs at most one queue write per message per look.
-fn skipped_wait(usable_in: Option<Duration>) -> Duration {
-    let jittered = rand::rng().random_range(SKIPPED_MIN_WAIT..=SKIPPED_MAX_WAIT);
-    usable_in.unwrap_or(jittered).max(SKIPPED_MIN_WAIT)
 }
 
 fn expired() -> Disposition {
@@ -512,22 +483,6 @@ pub type SharedContext = Arc<SendContext>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_skipped_message_waits_for_the_breaker_but_never_less_than_the_floor() {
-        assert_eq!(
-            skipped_wait(Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            skipped_wait(Some(Duration::from_millis(10))),
-            SKIPPED_MIN_WAIT
-        );
-        for _ in 0..100 {
-            let wait = skipped_wait(None);
-            assert!((SKIPPED_MIN_WAIT..=SKIPPED_MAX_WAIT).contains(&wait));
-        }
-    }
 
     #[test]
     fn clocks_survive_an_absurd_remaining_life() {
