@@ -137,6 +137,9 @@ async fn counters_agree_exactly_with_what_happened() {
     let mut big = sms("+14155552671");
     big["padding"] = json!("x".repeat(20_000));
     app.post_sms(Some(&token()), &big).await;
+    // The router's 405 for a wrong method never reached the ingress: not counted.
+    let wrong_method = app.client.get(app.url("/v1/auth0/sms")).send().await;
+    assert_eq!(wrong_method.expect("sent").status().as_u16(), 405);
     let text = app.metrics().await;
 
     let value = |series: &str| sample(&text, series).unwrap_or(-1.0);
