@@ -151,22 +151,20 @@ fn scope_idempotency(state: &AppState, message: &mut NewMessage) {
 
 /// Hands the message to the batch writer and answers with what became of it.
 async fn store(state: &AppState, message: NewMessage) -> Result<Json<Accepted>, ApiError> {
-    let id = message.id;
-    let span = tracing::info_span!(
-        "ingress",
+    let (id, recipient, ip) = (message.id, message.recipient.masked(), message.request.ip);
+    tracing::debug!(
         %id,
-        recipient = %message.recipient.masked(),
-        ip = ?message.request.ip
+        %recipient,
+        body = %message.body.redacted(),
+        signer = message.signer.as_deref().unwrap_or("-"),
+        "storing message"
     );
-    span.in_scope(|| {
-        tracing::debug!(
-            body = %message.body.redacted(),
-            signer = message.signer.as_deref().unwrap_or("-"),
-            "storing message"
-        )
-    });
     let result = state.batcher.enqueue(message, state.store_wait).await;
-    let enqueued = span.in_scope(|| result.map_err(ApiError::from))?;
+    let enqueued = result.map_err(|err| {
+        // The request's context for the line the conversion logs; built only on failure.
+        let _request = tracing::warn_span!("ingress", %id, %recipient, ?ip).entered();
+        ApiError::from(err)
+    })?;
     state.wake.message_queued();
     tracing::debug!(%id, expires_at = %enqueued.expires_at, "message queued");
     if enqueued.id != id {

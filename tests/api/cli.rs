@@ -277,16 +277,19 @@ pub fn start_serve(dir: &Path) -> (Child, u16) {
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod tempdir");
     let port = free_port();
-    let config = serve_config(dir, port);
-    let child = Command::new(BINARY)
+    (spawn_serve(&serve_config(dir, port)), port)
+}
+
+/// `smsgate serve --config config` on the embedded database, its output discarded.
+pub fn spawn_serve(config: &Path) -> Child {
+    Command::new(BINARY)
         .args(["serve", "--config"])
-        .arg(&config)
+        .arg(config)
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start smsgate serve");
-    (child, port)
+        .expect("start smsgate serve")
 }
 
 pub async fn wait_until_healthy(port: u16) -> reqwest::Client {

@@ -130,14 +130,7 @@ impl Gateway {
         let standin = MessageMediaStandIn::start().await;
         let port = free_port();
         let config = write_config(dir.path(), &config_text(dir.path(), port, &standin, keys));
-        let child = Command::new(crate::cli::BINARY)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("DATABASE_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start smsgate serve");
+        let child = crate::cli::spawn_serve(&config);
         let client = wait_until_healthy(port).await;
         Self {
             dir,
