@@ -3,9 +3,10 @@
 //! sender then no longer is E.164), `007` its zeros, `12345.50` becomes a float (and a secret
 //! shaped so was echoed in the error). Here a value (surrounding white space trimmed, as
 //! before) is a number or boolean only when it reads back as exactly the same text, a list or
-//! table only when it is one (a list's numbers are read as the strings written), one quoted
-//! string is its content, and anything else is the string it is; an unquoted scalar holding
-//! `#` or a line break is always that string (TOML would drop a comment from it silently).
+//! table only when it is one (a list's numbers are read as the strings written), a value in
+//! one pair of quotes is what stands between them (no escapes), and anything else is the
+//! string it is; an unquoted scalar holding `#` or a line break is always that string (TOML
+//! would drop a comment from it silently).
 
 use figment::value::{Dict, Map};
 use figment::{Error, Metadata, Profile, Provider};
@@ -112,6 +113,10 @@ fn exact_value(raw: &str) -> toml::Value {
     let quoted = text.starts_with(['"', '\'']);
     let structured = text.starts_with(['[', '{']);
     // A comment or a second line would be dropped from a scalar without a word.
+    // Quoting says "this text, exactly": what stands between one pair of quotes, no escapes.
+    if let Some(inner) = between_quotes(text) {
+        return toml::Value::String(inner.to_string());
+    }
     let unclosed = structured && !text.ends_with([']', '}']);
     if unclosed || (!quoted && !structured && text.contains(['#', '\n', '\r'])) {
         return toml::Value::String(text.to_string());
@@ -126,20 +131,19 @@ fn exact_value(raw: &str) -> toml::Value {
         // No list of the configuration holds numbers: `[+1900, 44]` means the strings.
         Some(toml::Value::Array(items)) if items.iter().any(is_number) => bare_list(text),
         Some(value @ (toml::Value::Array(_) | toml::Value::Table(_))) => value,
-        // Quoting is the way to say "this text, exactly": one quoted string, nothing after it.
-        Some(toml::Value::String(content))
-            if quoted && toml::Value::String(content.clone()).to_string() == text =>
-        {
-            toml::Value::String(content)
-        }
-        Some(toml::Value::String(content)) if quoted && !text.contains('#') => {
-            toml::Value::String(content)
-        }
         // A list of bare words (`[AU, NZ]`), as figment's own reading allowed.
         None if text.starts_with('[') && text.ends_with(']') => bare_list(text),
         // Floats, dates, hex, signed or zero-padded numbers: the exact text.
         _ => toml::Value::String(text.to_string()),
     }
+}
+
+/// The text inside `"…"` or `'…'` when the quotes open and close it and stand nowhere inside.
+fn between_quotes(text: &str) -> Option<&str> {
+    ['"', '\''].into_iter().find_map(|quote| {
+        let inner = text.strip_prefix(quote)?.strip_suffix(quote)?;
+        (!inner.contains(quote)).then_some(inner)
+    })
 }
 
 fn is_number(value: &toml::Value) -> bool {
@@ -200,6 +204,10 @@ mod tests {
         assert_eq!(value("\"ab\" # rest").as_str(), Some("\"ab\" # rest"));
         assert_eq!(value("true # no").as_str(), Some("true # no"));
         assert_eq!(value("\"urn:pa#ss\"").as_str(), Some("urn:pa#ss"));
+        // No escapes: what stands between the quotes is the value.
+        assert_eq!(value("\"C:\\temp\"").as_str(), Some("C:\\temp"));
+        assert_eq!(value("'+61\\u0034'").as_str(), Some("+61\\u0034"));
+        assert_eq!(value("\"a\" # \"b\"").as_str(), Some("\"a\" # \"b\""));
         assert!(value("[\n \"AU\",\n \"NZ\"\n]").is_array());
         let plus = value("[+1900, +44]");
         assert_eq!(plus[0].as_str(), Some("+1900"));
