@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -190,7 +189,7 @@ impl App {
         let wake = self.state.wake.clone();
         let mut background = tokio::task::JoinSet::new();
         if self.role.ingress() {
-            let interval = Duration::from_millis(self.config.dispatch.notify_interval_ms);
+            let interval = self.config.dispatch.notify_interval_ms.duration();
             background.spawn(run_notifier(
                 pool.clone(),
                 wake.clone(),
@@ -217,7 +216,7 @@ impl App {
         });
         tracing::info!(%address, role = ?self.role, "smsgate is listening");
         let limits = ConnectionLimits::new(&self.config.server);
-        let request_timeout = Duration::from_millis(self.config.server.request_timeout_ms);
+        let request_timeout = self.config.server.request_timeout_ms.duration();
         if let Some(listener) = self.admin_listener {
             let admin = http::harden(http::admin_router(self.state.clone()), request_timeout);
             let admin_server = axum::serve(listener, admin)
@@ -263,7 +262,7 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
         batcher: Batcher::start(
             database.pool.clone(),
             config.dispatch.message_ttl_seconds,
-            config.database.ingress_writers,
+            config.database.ingress_writers.get(),
             IngressLimits::new(&config.limits),
         ),
         destinations: Arc::new(DestinationPolicy::new(&config.destinations)),
@@ -272,7 +271,7 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
             config.auth0.keys().map(String::as_str),
             config.limits.max_in_flight,
         ),
-        store_wait: Duration::from_millis(config.database.acquire_timeout_ms),
+        store_wait: config.database.acquire_timeout_ms.duration(),
         callbacks: http::callbacks::CallbackKeys::new(config.carriers.iter()),
         carriers: Arc::new(config.carriers.keys().cloned().collect()),
         readiness: Arc::default(),

@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::num::NonZeroU32;
+
 use super::validate::Problem;
+use super::{Millis, Seconds};
 use crate::messagemedia_signature::{MAX_KEYS, SignatureKeys};
 use crate::secret::{Secret, lenient_string};
 
@@ -26,11 +29,11 @@ pub struct CarrierConfig {
     pub kind: CarrierKind,
     /// Connecting must succeed within this long.
     #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
+    pub connect_timeout_ms: Millis,
     /// One whole request must finish within this long; keep the sum over a route well under
     /// Auth0's 30 s.
     #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
+    pub timeout_ms: Millis,
     /// Sends per second through this carrier, per smsgate process; none = unlimited.
     #[serde(default)]
     pub max_per_second: Option<u32>,
@@ -39,10 +42,10 @@ pub struct CarrierConfig {
     pub max_in_flight: Option<u32>,
     /// Consecutive carrier failures that open the circuit breaker.
     #[serde(default = "default_breaker_failures")]
-    pub breaker_failures: u32,
+    pub breaker_failures: NonZeroU32,
     /// How long an open breaker skips the carrier before one message probes it.
     #[serde(default = "default_breaker_cooldown_seconds")]
-    pub breaker_cooldown_seconds: u64,
+    pub breaker_cooldown_seconds: Seconds,
 
     // Twilio
     #[serde(default, deserialize_with = "optional_string")]
@@ -103,20 +106,20 @@ pub struct CarrierConfig {
     pub base_url: Option<String>,
 }
 
-fn default_connect_timeout_ms() -> u64 {
-    2000
+fn default_connect_timeout_ms() -> Millis {
+    Millis::new(2000)
 }
 
-fn default_timeout_ms() -> u64 {
-    5000
+fn default_timeout_ms() -> Millis {
+    Millis::new(5000)
 }
 
-fn default_breaker_failures() -> u32 {
-    5
+fn default_breaker_failures() -> NonZeroU32 {
+    super::units::count32(5)
 }
 
-fn default_breaker_cooldown_seconds() -> u64 {
-    30
+fn default_breaker_cooldown_seconds() -> Seconds {
+    Seconds::new(30)
 }
 
 /// A list, or one string (an environment variable gives one).
@@ -310,13 +313,13 @@ impl CarrierConfig {
     /// Timeouts, limits and the breaker, shared by every kind.
     fn transport_problems(&self) -> Found {
         let mut found = Vec::new();
-        if self.timeout_ms == 0 || self.timeout_ms > 25_000 {
+        if self.timeout_ms.get() > 25_000 {
             found.push(problem(
                 "timeout_ms",
                 "must be between 1 and 25000 (Auth0 waits 30 s in all)",
             ));
         }
-        if self.connect_timeout_ms == 0 || self.connect_timeout_ms > self.timeout_ms {
+        if self.connect_timeout_ms > self.timeout_ms {
             found.push(problem(
                 "connect_timeout_ms",
                 "must be between 1 and timeout_ms",
@@ -328,17 +331,6 @@ impl CarrierConfig {
         ] {
             if zero {
                 found.push(problem(key, "must be at least 1 (remove it for no limit)"));
-            }
-        }
-        for (key, zero) in [
-            ("breaker_failures", self.breaker_failures == 0),
-            (
-                "breaker_cooldown_seconds",
-                self.breaker_cooldown_seconds == 0,
-            ),
-        ] {
-            if zero {
-                found.push(problem(key, "must be at least 1"));
             }
         }
         found

@@ -5,10 +5,12 @@ mod carriers;
 mod env;
 mod secrets;
 mod settings;
+mod units;
 mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -23,7 +25,10 @@ pub use settings::{
     CarrierSettings, KindSettings, MessageMediaSettings, SnsSettings, Transport, TwilioCredentials,
     TwilioSettings,
 };
+pub use units::{Millis, Seconds};
 pub use validate::ConfigError;
+
+use units::{count, count32};
 
 /// The shared secret of `config/development.toml`; smsgate warns about it and keeps it on loopback.
 pub const DEVELOPMENT_SECRET: &str = "smsgate-development-secret-not-for-production";
@@ -88,13 +93,13 @@ pub struct ServerConfig {
     /// limits cannot be bypassed by a misconfigured connection.
     pub require_request_info: bool,
     /// Open connections at most; further clients wait in the kernel's accept queue.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// A request's headers must arrive within this; slower connections are closed.
-    pub header_timeout_ms: u64,
+    pub header_timeout_ms: Millis,
     /// Request line and headers together (at least 8192); larger ones get 431.
     pub max_header_bytes: usize,
     /// A whole request (body included) must be answered within this, or it gets 408.
-    pub request_timeout_ms: u64,
+    pub request_timeout_ms: Millis,
 }
 
 impl Default for ServerConfig {
@@ -103,10 +108,10 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             allow_unauthenticated: false,
             require_request_info: false,
-            max_connections: 1024,
-            header_timeout_ms: 5000,
+            max_connections: count(1024),
+            header_timeout_ms: Millis::new(5000),
             max_header_bytes: 16 * 1024,
-            request_timeout_ms: 15_000,
+            request_timeout_ms: Millis::new(15_000),
         }
     }
 }
@@ -132,13 +137,13 @@ pub struct DatabaseConfig {
     /// Empty means: run the embedded PostgreSQL cluster in `data_dir`.
     pub url: Secret,
     pub data_dir: PathBuf,
-    pub max_connections: u32,
+    pub max_connections: NonZeroU32,
     /// How long a request waits for a free connection before it is answered 503.
-    pub acquire_timeout_ms: u64,
+    pub acquire_timeout_ms: Millis,
     /// Apply pending migrations when `serve` starts.
     pub migrate_on_start: bool,
     /// Concurrent group-commit inserts of the ingress; each takes every request waiting.
-    pub ingress_writers: usize,
+    pub ingress_writers: NonZeroUsize,
 }
 
 impl Default for DatabaseConfig {
@@ -146,10 +151,10 @@ impl Default for DatabaseConfig {
         Self {
             url: Secret::default(),
             data_dir: PathBuf::from("data/postgres"),
-            max_connections: 20,
-            acquire_timeout_ms: 3000,
+            max_connections: count32(20),
+            acquire_timeout_ms: Millis::new(3000),
             migrate_on_start: true,
-            ingress_writers: 2,
+            ingress_writers: count(2),
         }
     }
 }
@@ -204,43 +209,43 @@ impl std::fmt::Debug for SignerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DispatchConfig {
     /// Concurrent carrier sends per process.
-    pub workers: usize,
+    pub workers: NonZeroUsize,
     /// A code is worthless after Auth0's `totp.time_step` (300 s in its examples).
     pub message_ttl_seconds: u32,
     /// How long a claimed message stays reserved for its worker; longer than the slowest
     /// route can take, so only a dead process's messages are claimed again.
-    pub lease_seconds: u32,
+    pub lease_seconds: Seconds,
     /// Messages claimed per round trip.
-    pub claim_batch: usize,
+    pub claim_batch: NonZeroUsize,
     /// Claiming tasks per process; carrier concurrency is `workers`, independent of this.
-    pub claimers: usize,
+    pub claimers: NonZeroUsize,
     /// Longest sleep between claims when nothing wakes the workers.
-    pub poll_interval_ms: u64,
+    pub poll_interval_ms: Millis,
     /// First retry delay; it doubles per attempt up to `retry_max_ms`, with full jitter.
-    pub retry_base_ms: u64,
-    pub retry_max_ms: u64,
+    pub retry_base_ms: Millis,
+    pub retry_max_ms: Millis,
     /// Dispatch attempts (each may try every carrier of the route) before a message fails.
-    pub max_attempts: u32,
+    pub max_attempts: NonZeroU32,
     /// On SIGTERM, in-flight sends get this long to finish.
     pub shutdown_grace_seconds: u64,
     /// Cross-process wake-ups are sent at most this often (NOTIFY serialises commits).
-    pub notify_interval_ms: u64,
+    pub notify_interval_ms: Millis,
 }
 
 impl Default for DispatchConfig {
     fn default() -> Self {
         Self {
-            workers: 16,
+            workers: count(16),
             message_ttl_seconds: 300,
-            lease_seconds: 30,
-            claim_batch: 32,
-            claimers: 2,
-            poll_interval_ms: 1000,
-            retry_base_ms: 1000,
-            retry_max_ms: 30_000,
-            max_attempts: 5,
+            lease_seconds: Seconds::new(30),
+            claim_batch: count(32),
+            claimers: count(2),
+            poll_interval_ms: Millis::new(1000),
+            retry_base_ms: Millis::new(1000),
+            retry_max_ms: Millis::new(30_000),
+            max_attempts: count32(5),
             shutdown_grace_seconds: 10,
-            notify_interval_ms: 100,
+            notify_interval_ms: Millis::new(100),
         }
     }
 }
@@ -278,8 +283,18 @@ pub struct DestinationsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowLimit {
-    pub max: u32,
-    pub window_seconds: u32,
+    pub max: NonZeroU32,
+    pub window_seconds: Seconds,
+}
+
+impl WindowLimit {
+    /// A limit written in the code (tests, benchmarks); a zero there is a programming error.
+    pub const fn new(max: u32, window_seconds: u32) -> Self {
+        Self {
+            max: count32(max),
+            window_seconds: Seconds::new(window_seconds),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -288,14 +303,14 @@ pub struct RetentionConfig {
     /// Final messages (their bodies already erased) are deleted after this many days.
     pub days: u32,
     /// How often the clean-up runs (on one process at a time).
-    pub interval_seconds: u64,
+    pub interval_seconds: Seconds,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             days: 7,
-            interval_seconds: 60,
+            interval_seconds: Seconds::new(60),
         }
     }
 }
@@ -358,14 +373,15 @@ impl Config {
     /// at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        let lease_ms = u64::from(self.dispatch.lease_seconds) * 1000;
+        let lease_ms = self.dispatch.lease_seconds.as_millis();
         for (name, carrier) in &self.carriers {
             let Some(slots) = carrier.max_in_flight.filter(|&n| n > 0) else {
                 continue;
             };
             // Every worker's message queued behind the carrier's slots, each call taking its
             // whole timeout: the last one starts this long after the claim.
-            let queued_ms = self.dispatch.workers as u64 * carrier.timeout_ms / u64::from(slots);
+            let queued_ms =
+                self.dispatch.workers.get() as u64 * carrier.timeout_ms.get() / u64::from(slots);
             if queued_ms > lease_ms {
                 warnings.push(format!(
                     "carriers.{name}: dispatch.workers ({}) x timeout_ms ({}) / max_in_flight                      ({slots}) = {queued_ms} ms exceeds dispatch.lease_seconds ({} s): messages                      queued behind this carrier are handed back untried and claimed again,                      which delays them; raise lease_seconds or max_in_flight, or lower workers",

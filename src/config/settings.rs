@@ -90,8 +90,8 @@ impl CarrierConfig {
             })
         };
         let transport = Transport {
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
-            timeout: Duration::from_millis(self.timeout_ms),
+            connect_timeout: self.connect_timeout_ms.duration(),
+            timeout: self.timeout_ms.duration(),
             max_per_second: self
                 .max_per_second
                 .map(|n| at_least_one("max_per_second", n))
@@ -100,8 +100,8 @@ impl CarrierConfig {
                 .max_in_flight
                 .map(|n| at_least_one("max_in_flight", n))
                 .transpose()?,
-            breaker_failures: at_least_one("breaker_failures", self.breaker_failures)?,
-            breaker_cooldown: Duration::from_secs(self.breaker_cooldown_seconds),
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: self.breaker_cooldown_seconds.duration(),
         };
         let kind = match self.kind {
             CarrierKind::Log => KindSettings::Log,

@@ -47,7 +47,7 @@ impl ConfigError {
                 let key = if path.is_empty() {
                     "(top level)".to_string()
                 } else {
-                    path.join(".")
+                    key_of(&path)
                 };
                 Problem { key, reason }
             })
@@ -68,6 +68,22 @@ impl ConfigError {
     }
 }
 
+/// `limits.ip[0].max`: list positions written as the validation messages write them.
+fn key_of(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if part.bytes().all(|b| b.is_ascii_digit()) && !key.is_empty() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
+}
+
 /// What went wrong, without the value that was found: it may be a secret set where a table
 /// or a number goes.
 fn without_value(kind: &figment::error::Kind) -> String {
@@ -83,6 +99,12 @@ fn without_value(kind: &figment::error::Kind) -> String {
     match kind {
         Kind::InvalidType(actual, expected) => {
             format!("invalid type: found {}, expected {expected}", found(actual))
+        }
+        // The counts and durations that are typed non-zero.
+        Kind::InvalidValue(Actual::Unsigned(0) | Actual::Signed(0), expected)
+            if expected.starts_with("a nonzero") =>
+        {
+            "must be at least 1".to_string()
         }
         Kind::InvalidValue(actual, expected) => {
             format!(
@@ -220,24 +242,6 @@ impl Config {
     }
 
     fn validate_database_and_log(&self, problem: &mut impl FnMut(String, String)) {
-        if self.database.max_connections == 0 {
-            problem(
-                "database.max_connections".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if self.database.ingress_writers == 0 {
-            problem(
-                "database.ingress_writers".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if self.database.acquire_timeout_ms == 0 {
-            problem(
-                "database.acquire_timeout_ms".into(),
-                "must be at least 1".into(),
-            );
-        }
         let url = self.database.url.expose();
         if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             problem(
@@ -260,9 +264,6 @@ impl Config {
     }
 
     fn validate_dispatch(&self, problem: &mut impl FnMut(String, String)) {
-        if self.dispatch.workers == 0 {
-            problem("dispatch.workers".into(), "must be at least 1".into());
-        }
         if !(1..=86_400).contains(&self.dispatch.message_ttl_seconds) {
             problem(
                 "dispatch.message_ttl_seconds".into(),
@@ -270,24 +271,6 @@ impl Config {
             );
         }
         let d = &self.dispatch;
-        let mut at_least_one = |key: &str, value: u64| {
-            if value == 0 {
-                problem(format!("dispatch.{key}"), "must be at least 1".into());
-            }
-        };
-        at_least_one("lease_seconds", d.lease_seconds.into());
-        at_least_one("claim_batch", d.claim_batch as u64);
-        at_least_one("claimers", d.claimers as u64);
-        at_least_one("poll_interval_ms", d.poll_interval_ms);
-        at_least_one("retry_base_ms", d.retry_base_ms);
-        at_least_one("max_attempts", d.max_attempts.into());
-        at_least_one("notify_interval_ms", d.notify_interval_ms);
-        if self.retention.interval_seconds == 0 {
-            problem(
-                "retention.interval_seconds".into(),
-                "must be at least 1".into(),
-            );
-        }
         if d.retry_max_ms < d.retry_base_ms {
             problem(
                 "dispatch.retry_max_ms".into(),
@@ -300,9 +283,9 @@ impl Config {
                 .carriers
                 .iter()
                 .filter_map(|name| self.carriers.get(name))
-                .map(|c| c.timeout_ms)
+                .map(|c| c.timeout_ms.get())
                 .sum();
-            if worst_ms >= u64::from(d.lease_seconds) * 1000 {
+            if worst_ms >= d.lease_seconds.as_millis() {
                 problem(
                     "dispatch.lease_seconds".into(),
                     format!(
@@ -312,41 +295,15 @@ impl Config {
                 );
             }
         }
-        let windows = [
-            ("recipient", &self.limits.recipient),
-            ("ip", &self.limits.ip),
-            ("ingress_recipient", &self.limits.ingress_recipient),
-        ];
-        for (name, limits) in windows {
-            for (i, limit) in limits.iter().enumerate() {
-                if limit.max == 0 || limit.window_seconds == 0 {
-                    problem(
-                        format!("limits.{name}[{i}]"),
-                        "max and window_seconds must be at least 1".into(),
-                    );
-                }
-            }
-        }
     }
 
     fn validate_server(&self, problem: &mut impl FnMut(String, String)) {
         let s = &self.server;
-        if s.max_connections == 0 {
-            problem("server.max_connections".into(), "must be at least 1".into());
-        }
         if s.max_header_bytes < MIN_HEADER_BYTES {
             problem(
                 "server.max_header_bytes".into(),
                 format!("must be at least {MIN_HEADER_BYTES}"),
             );
-        }
-        for (key, value) in [
-            ("header_timeout_ms", s.header_timeout_ms),
-            ("request_timeout_ms", s.request_timeout_ms),
-        ] {
-            if value == 0 {
-                problem(format!("server.{key}"), "must be at least 1".into());
-            }
         }
     }
 

@@ -12,8 +12,6 @@ pub mod recipient_sends;
 pub mod retention;
 pub mod wake;
 
-use std::time::Duration;
-
 use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -42,8 +40,8 @@ pub fn options_from_url(url: &str) -> anyhow::Result<PgConnectOptions> {
 pub async fn connect(options: PgConnectOptions, config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     let options = options.options(SESSION_SETTINGS);
     PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .max_connections(config.max_connections.get())
+        .acquire_timeout(config.acquire_timeout_ms.duration())
         .connect_with(options)
         .await
         .context("cannot connect to PostgreSQL")

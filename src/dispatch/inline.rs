@@ -33,8 +33,8 @@ impl InlineDispatcher {
             context,
             carriers: handles.into_values().collect(),
             pool,
-            batch: config.dispatch.claim_batch.max(1),
-            lease_seconds: config.dispatch.lease_seconds,
+            batch: config.dispatch.claim_batch.get(),
+            lease_seconds: config.dispatch.lease_seconds.get(),
         })
     }
 

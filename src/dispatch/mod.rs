@@ -95,13 +95,13 @@ fn send_context(
     Ok(Arc::new(SendContext {
         routes: Routes::new(&config.routes, handles)?,
         retry: RetryPolicy {
-            base: Duration::from_millis(d.retry_base_ms),
-            max: Duration::from_millis(d.retry_max_ms),
-            max_attempts: d.max_attempts,
+            base: d.retry_base_ms.duration(),
+            max: d.retry_max_ms.duration(),
+            max_attempts: d.max_attempts.get(),
         },
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        lease: Duration::from_secs(u64::from(d.lease_seconds)),
+        lease: d.lease_seconds.duration(),
         pool: pool.clone(),
         windows: config.limits.recipient.clone(),
     }))
@@ -115,7 +115,7 @@ fn retention_plan(config: &Config) -> retention::Plan {
             .limits
             .recipient
             .iter()
-            .map(|w| w.window_seconds)
+            .map(|w| w.window_seconds.get())
             .max()
             .unwrap_or(0),
         ingress_log_seconds: IngressLimits::new(&config.limits).longest_window_seconds(),
@@ -136,14 +136,14 @@ impl Dispatcher {
         let d = &config.dispatch;
         let context = send_context(config, &handles, &pool, &metrics, &shutdown)?;
         let in_hand = claim_capacity(&handles, context.lease).map(|n| Arc::new(Semaphore::new(n)));
-        let (outcomes, receiver) = mpsc::channel(4 * d.workers.max(64));
+        let (outcomes, receiver) = mpsc::channel(4 * d.workers.get().max(64));
         let completer = tokio::spawn(completer::run(pool.clone(), receiver, metrics.clone()));
         let sends = TaskTracker::new();
         let claimer = Arc::new(Claimer {
             pool: pool.clone(),
             wake: wake.clone(),
             config: d.clone(),
-            workers: Arc::new(Semaphore::new(d.workers)),
+            workers: Arc::new(Semaphore::new(d.workers.get())),
             in_hand,
             sends: sends.clone(),
             outcomes: outcomes.clone(),
@@ -151,7 +151,7 @@ impl Dispatcher {
             shutdown: shutdown.clone(),
         });
         let mut claimers = JoinSet::new();
-        for _ in 0..d.claimers {
+        for _ in 0..d.claimers.get() {
             claimers.spawn(claimer.clone().run());
         }
         let mut background = JoinSet::new();
@@ -165,7 +165,7 @@ impl Dispatcher {
         background.spawn(retention::run(
             pool,
             retention_plan(config),
-            Duration::from_secs(config.retention.interval_seconds),
+            config.retention.interval_seconds.duration(),
             shutdown,
         ));
         tracing::info!(
@@ -225,7 +225,7 @@ impl Claimer {
                 _ = self.shutdown.cancelled() => return,
             };
             let mut permits = vec![first];
-            while permits.len() < self.config.claim_batch {
+            while permits.len() < self.config.claim_batch.get() {
                 match self.workers.clone().try_acquire_owned() {
                     Ok(permit) => permits.push(permit),
                     Err(_) => break,
@@ -243,7 +243,8 @@ impl Claimer {
             }
             let wanted = permits.len();
             let claim_started = Instant::now();
-            let batch = queue::claim(&self.pool, wanted, self.config.lease_seconds, cursor).await;
+            let batch =
+                queue::claim(&self.pool, wanted, self.config.lease_seconds.get(), cursor).await;
             let batch = match batch {
                 Ok(batch) => {
                     failures = 0;
@@ -270,7 +271,7 @@ impl Claimer {
             }
             cursor = queue::cursor_start();
             cursor_since = Instant::now();
-            let poll = Duration::from_millis(self.config.poll_interval_ms);
+            let poll = self.config.poll_interval_ms.duration();
             let wait = match queue::next_due(&self.pool).await {
                 Ok(Some(ms)) => Duration::from_millis(ms.max(1) as u64).min(poll),
                 _ => poll,

@@ -28,8 +28,8 @@ pub struct ConnectionLimits {
 impl ConnectionLimits {
     pub fn new(config: &ServerConfig) -> Self {
         Self {
-            max_connections: config.max_connections.max(1),
-            header_timeout: Duration::from_millis(config.header_timeout_ms.max(1)),
+            max_connections: config.max_connections.get(),
+            header_timeout: config.header_timeout_ms.duration(),
             max_header_bytes: config.max_header_bytes.max(MIN_HEADER_BYTES),
         }
     }

@@ -63,7 +63,7 @@ impl IngressLimits {
         self.ip
             .iter()
             .chain(&self.recipient)
-            .map(|w| w.window_seconds)
+            .map(|w| w.window_seconds.get())
             .max()
             .unwrap_or(0)
     }

@@ -17,7 +17,7 @@ pub enum Admission {
 pub fn admit(log: &mut Vec<i64>, now_ms: i64, windows: &[WindowLimit]) -> Admission {
     let longest_ms = windows
         .iter()
-        .map(|w| i64::from(w.window_seconds) * 1000)
+        .map(|w| i64::from(w.window_seconds.get()) * 1000)
         .max()
         .unwrap_or(0);
     log.retain(|&sent| sent > now_ms - longest_ms);
@@ -25,13 +25,13 @@ pub fn admit(log: &mut Vec<i64>, now_ms: i64, windows: &[WindowLimit]) -> Admiss
 
     let mut wait_ms = 0;
     for window in windows {
-        let span_ms = i64::from(window.window_seconds) * 1000;
+        let span_ms = i64::from(window.window_seconds.get()) * 1000;
         let inside: Vec<i64> = log
             .iter()
             .copied()
             .filter(|&sent| sent > now_ms - span_ms)
             .collect();
-        let max = window.max as usize;
+        let max = window.max.get() as usize;
         if inside.len() >= max {
             // The window frees a slot when enough of its oldest sends have left it.
             let oldest_that_must_leave = inside[inside.len() - max];
@@ -56,14 +56,8 @@ pub fn to_pg_array(log: &[i64]) -> String {
 mod tests {
     use super::*;
 
-    const THREE_PER_TEN_MIN: WindowLimit = WindowLimit {
-        max: 3,
-        window_seconds: 600,
-    };
-    const TEN_PER_DAY: WindowLimit = WindowLimit {
-        max: 10,
-        window_seconds: 86_400,
-    };
+    const THREE_PER_TEN_MIN: WindowLimit = WindowLimit::new(3, 600);
+    const TEN_PER_DAY: WindowLimit = WindowLimit::new(10, 86_400);
 
     #[test]
     fn a_window_allows_max_sends_then_waits_for_the_oldest_to_leave() {

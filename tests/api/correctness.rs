@@ -623,10 +623,7 @@ async fn two_batches_holding_the_same_keys_in_opposite_orders_do_not_deadlock() 
 #[tokio::test]
 async fn concurrent_admissions_to_one_number_allow_exactly_its_limit() {
     let app = TestApp::spawn().await;
-    let windows = vec![smsgate::config::WindowLimit {
-        max: 1,
-        window_seconds: 4,
-    }];
+    let windows = vec![smsgate::config::WindowLimit::new(1, 4)];
     let admissions = (0..10).map(|_| {
         let (pool, windows) = (app.pool.clone(), windows.clone());
         async move {
