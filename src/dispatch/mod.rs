@@ -4,6 +4,7 @@
 mod completer;
 pub mod decide;
 mod inline;
+mod record;
 pub mod retention;
 pub mod retry;
 mod send;

@@ -6,18 +6,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use rand::RngExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::decide::{BUSY_PAUSE, Decision, RouteOutcome, Standing, decide};
+use super::record::Recorder;
 use super::retry::RetryPolicy;
 use sqlx::PgPool;
 
 use crate::carriers::{Accepted, CarrierHandle, FailureClass, OutboundSms, Routes, SendError};
 use crate::config::WindowLimit;
-use crate::db::queue::{AttemptRecord, Claimed, Completion, Disposition};
+use crate::db::queue::{Claimed, Completion, Disposition};
 use crate::db::recipient_sends;
 use crate::domain::{PhoneNumber, Status, redact_digits};
 use crate::limits::window::Admission;
@@ -82,7 +82,7 @@ struct Attempt<'a> {
     context: &'a SendContext,
     message: &'a Claimed,
     clocks: Clocks,
-    calls: Vec<AttemptRecord>,
+    recorder: Recorder<'a>,
     last_error: String,
     retry_after: Option<Duration>,
     /// The route was not tried whole (a later carrier had no turn): the attempt does not count.
@@ -102,7 +102,7 @@ pub async fn dispatch(
         context: &context,
         message: &message,
         clocks,
-        calls: Vec::new(),
+        recorder: Recorder::new(&context.metrics, &message),
         last_error: String::from("no carrier is routed for this number"),
         retry_after: None,
         uncounted: false,
@@ -111,7 +111,6 @@ pub async fn dispatch(
     let mut skipped_until: Option<Option<Duration>> = None;
     let mut no_turn = false;
     let mut admitted = context.windows.is_empty();
-    let mut failed_carrier: Option<&str> = None;
     for carrier in context.routes.carriers_for(recipient.as_str()) {
         let turn = match attempt.wait_for_turn(carrier).await {
             Ok(turn) => turn,
@@ -137,13 +136,7 @@ pub async fn dispatch(
             }
         };
         drop(in_hand.take());
-        if let Some(from) = failed_carrier {
-            context
-                .metrics
-                .failovers
-                .with_label_values(&[from, carrier.name.as_str()])
-                .inc();
-        }
+        attempt.recorder.calling(&carrier.name);
         let sms = OutboundSms {
             id: message.message_id(),
             to: recipient.clone(),
@@ -153,9 +146,8 @@ pub async fn dispatch(
         };
         let result = carrier.send(&sms).await;
         drop(turn);
-        match attempt.record(carrier, now.elapsed(), result) {
-            Some(disposition) => return attempt.ended(disposition),
-            None => failed_carrier = Some(carrier.name.as_str()),
+        if let Some(disposition) = attempt.settle(carrier, now.elapsed(), result) {
+            return attempt.ended(disposition);
         }
     }
     attempt.after_every_carrier(no_turn, skipped_until)
@@ -256,11 +248,7 @@ impl Attempt<'_> {
                 });
             }
         };
-        self.context
-            .metrics
-            .rate_limited
-            .with_label_values(&["recipient"])
-            .inc();
+        self.recorder.recipient_limited();
         let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
         if wait
             >= self
@@ -279,70 +267,23 @@ impl Attempt<'_> {
         Err(Disposition::Release { delay_ms: wait_ms })
     }
 
-    /// Records one call; `Some` when the message's fate is decided, `None` to fail over.
-    fn record(
+    /// What one call decides: `Some` when the message's fate is settled, `None` to fail over.
+    fn settle(
         &mut self,
         carrier: &CarrierHandle,
         elapsed: Duration,
         result: Result<Accepted, SendError>,
     ) -> Option<Disposition> {
-        let metrics = &self.context.metrics;
-        let outcome = match &result {
-            Ok(_) => "sent",
-            Err(error) => error.class.as_str(),
-        };
-        let name = carrier.name.as_str();
-        metrics.attempts.with_label_values(&[name, outcome]).inc();
-        metrics
-            .carrier_duration
-            .with_label_values(&[name])
-            .observe(elapsed.as_secs_f64());
-        let latency_ms = i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX);
-        let (id, number) = (self.message.id, self.message.attempts + 1);
+        self.recorder.call(&carrier.name, elapsed, &result);
         match result {
-            Ok(accepted) => {
-                self.calls.push(AttemptRecord {
-                    attempt: number,
-                    carrier: carrier.name.clone(),
-                    outcome: "sent",
-                    http_status: accepted.http_status.map(i32::from),
-                    error_code: None,
-                    error_message: None,
-                    latency_ms,
-                    carrier_message_id: accepted.carrier_message_id.clone(),
-                });
-                let since_commit = (Utc::now() - self.message.created_at).num_milliseconds();
-                metrics
-                    .delivery_latency
-                    .observe(since_commit.max(0) as f64 / 1000.0);
-                tracing::info!(
-                    %id, carrier = name, outcome = "sent", latency_ms,
-                    delivery_ms = since_commit, attempt = number, "message sent"
-                );
-                Some(Disposition::Final {
-                    status: Status::Sent,
-                    carrier: Some(carrier.name.clone()),
-                    carrier_message_id: accepted.carrier_message_id,
-                    error: None,
-                })
-            }
+            Ok(accepted) => Some(Disposition::Final {
+                status: Status::Sent,
+                carrier: Some(carrier.name.clone()),
+                carrier_message_id: accepted.carrier_message_id,
+                error: None,
+            }),
             Err(error) => {
-                self.calls.push(AttemptRecord {
-                    attempt: number,
-                    carrier: carrier.name.clone(),
-                    outcome: error.class.as_str(),
-                    http_status: error.http_status.map(i32::from),
-                    error_code: error.code.clone(),
-                    error_message: Some(error.message.clone()),
-                    latency_ms,
-                    carrier_message_id: None,
-                });
-                tracing::warn!(
-                    %id, carrier = name, outcome = error.class.as_str(),
-                    http_status = ?error.http_status, code = ?error.code, latency_ms,
-                    "carrier refused the message"
-                );
-                self.last_error = format!("{name}: {}", error.message);
+                self.last_error = format!("{}: {}", carrier.name, error.message);
                 self.retry_after = self.retry_after.max(error.retry_after);
                 (error.class == FailureClass::Recipient).then(|| Disposition::Final {
                     status: Status::Failed,
@@ -363,7 +304,7 @@ impl Attempt<'_> {
         skipped_until: Option<Option<Duration>>,
     ) -> Completion {
         let route = RouteOutcome {
-            called: !self.calls.is_empty(),
+            called: !self.recorder.calls.is_empty(),
             no_turn,
             skipped_until,
             retry_after: self.retry_after,
@@ -408,7 +349,8 @@ impl Attempt<'_> {
 
     fn ended(self, disposition: Disposition) -> Completion {
         // A call made counts as an attempt; a message given back untried keeps its count.
-        let attempts = if self.calls.is_empty() || self.uncounted {
+        let calls = self.recorder.calls;
+        let attempts = if calls.is_empty() || self.uncounted {
             self.message.attempts
         } else {
             self.message.attempts + 1
@@ -418,7 +360,7 @@ impl Attempt<'_> {
             lease_token: self.message.lease_token,
             attempts,
             disposition,
-            calls: self.calls,
+            calls,
         }
     }
 }

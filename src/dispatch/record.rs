@@ -1,0 +1,107 @@
+//! What the carrier calls of one attempt leave behind: the metrics, a log line and an attempt
+//! row per call, and the failover between two calls. Written in one place, so the dashboard,
+//! the logs and `message_attempts` always tell the same story.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::carriers::{Accepted, SendError};
+use crate::db::queue::{AttemptRecord, Claimed};
+use crate::metrics::Metrics;
+
+pub struct Recorder<'a> {
+    metrics: &'a Metrics,
+    message: &'a Claimed,
+    /// The attempt rows, written with the message's outcome.
+    pub calls: Vec<AttemptRecord>,
+    /// The carrier whose failure the next call fails over from.
+    failed_carrier: Option<String>,
+}
+
+impl<'a> Recorder<'a> {
+    pub fn new(metrics: &'a Metrics, message: &'a Claimed) -> Self {
+        Self {
+            metrics,
+            message,
+            calls: Vec::new(),
+            failed_carrier: None,
+        }
+    }
+
+    /// A call to `carrier` is about to start: a failover when an earlier carrier failed.
+    pub fn calling(&mut self, carrier: &str) {
+        if let Some(from) = self.failed_carrier.take() {
+            self.metrics
+                .failovers
+                .with_label_values(&[from.as_str(), carrier])
+                .inc();
+        }
+    }
+
+    /// The send had to wait for the number's own window (not an attempt).
+    pub fn recipient_limited(&self) {
+        self.metrics
+            .rate_limited
+            .with_label_values(&["recipient"])
+            .inc();
+    }
+
+    /// One finished call, whatever its result.
+    pub fn call(&mut self, carrier: &str, elapsed: Duration, result: &Result<Accepted, SendError>) {
+        let outcome = match result {
+            Ok(_) => "sent",
+            Err(error) => error.class.as_str(),
+        };
+        self.metrics
+            .attempts
+            .with_label_values(&[carrier, outcome])
+            .inc();
+        self.metrics
+            .carrier_duration
+            .with_label_values(&[carrier])
+            .observe(elapsed.as_secs_f64());
+        let latency_ms = i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX);
+        let (id, number) = (self.message.id, self.message.attempts + 1);
+        let row = match result {
+            Ok(accepted) => {
+                let since_commit = (Utc::now() - self.message.created_at).num_milliseconds();
+                self.metrics
+                    .delivery_latency
+                    .observe(since_commit.max(0) as f64 / 1000.0);
+                tracing::info!(
+                    %id, carrier, outcome, latency_ms, delivery_ms = since_commit,
+                    attempt = number, "message sent"
+                );
+                AttemptRecord {
+                    attempt: number,
+                    carrier: carrier.to_string(),
+                    outcome,
+                    http_status: accepted.http_status.map(i32::from),
+                    error_code: None,
+                    error_message: None,
+                    latency_ms,
+                    carrier_message_id: accepted.carrier_message_id.clone(),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %id, carrier, outcome, http_status = ?error.http_status, code = ?error.code,
+                    latency_ms, "carrier refused the message"
+                );
+                self.failed_carrier = Some(carrier.to_string());
+                AttemptRecord {
+                    attempt: number,
+                    carrier: carrier.to_string(),
+                    outcome,
+                    http_status: error.http_status.map(i32::from),
+                    error_code: error.code.clone(),
+                    error_message: Some(error.message.clone()),
+                    latency_ms,
+                    carrier_message_id: None,
+                }
+            }
+        };
+        self.calls.push(row);
+    }
+}
