@@ -206,7 +206,11 @@ impl App {
         } else {
             None
         };
-        let metrics_state = MetricsState::new(self.state.metrics.clone(), pool);
+        let metrics_state = MetricsState::new(
+            self.state.metrics.clone(),
+            pool,
+            self.state.in_flight.clone(),
+        );
         let metrics_server = axum::serve(self.metrics_listener, metrics_router(metrics_state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         background.spawn(async move {

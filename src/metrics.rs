@@ -62,6 +62,7 @@ pub struct Inner {
     pub receipts: IntCounterVec,
     pub receipt_latency: Histogram,
     pub carrier_disabled: IntGaugeVec,
+    pub ingress_in_flight: IntGaugeVec,
 }
 
 /// What a delivery receipt said, as `smsgate_delivery_receipts_total` counts it.
@@ -194,6 +195,12 @@ const CARRIER_DISABLED: Spec = Spec {
     labels: &["carrier"],
 };
 
+const INGRESS_IN_FLIGHT: Spec = Spec {
+    name: "smsgate_ingress_in_flight",
+    help: "Ingress requests of a signer being handled by this process (with limits.max_in_flight).",
+    labels: &["signer"],
+};
+
 /// Receipts come seconds to minutes after the message.
 const RECEIPT_BUCKETS: [f64; 11] = [
     1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
@@ -219,6 +226,7 @@ impl Metrics {
             receipts: r.counter(&RECEIPTS)?,
             receipt_latency: r.histogram(&RECEIPT_LATENCY)?,
             carrier_disabled: r.gauge(&CARRIER_DISABLED)?,
+            ingress_in_flight: r.gauge(&INGRESS_IN_FLIGHT)?,
             carrier_duration: r.register(HistogramVec::new(
                 HistogramOpts::new(
                     "smsgate_carrier_request_duration_seconds",

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct InFlight {
     /// Empty when there is no cap. Unsigned requests (no signer configured) share "".
     by_signer: Arc<HashMap<String, Arc<Semaphore>>>,
+    max_in_flight: usize,
 }
 
 impl InFlight {
@@ -24,7 +25,16 @@ impl InFlight {
             .collect();
         Self {
             by_signer: Arc::new(by_signer),
+            max_in_flight,
         }
+    }
+
+    /// Requests of each signer being handled now ("" for unsigned ones); none without a cap.
+    pub fn in_use(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.by_signer.iter().map(|(signer, slots)| {
+            let used = self.max_in_flight.saturating_sub(slots.available_permits());
+            (signer.as_str(), used)
+        })
     }
 
     /// A slot for one request of `signer`, held until it is dropped; `Err` when all are taken.

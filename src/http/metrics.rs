@@ -11,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use sqlx::PgPool;
 
+use super::InFlight;
 use crate::db::queue::{self, QueueStats};
 use crate::metrics::Metrics;
 
@@ -20,14 +21,17 @@ const QUEUE_STATS_MAX_AGE: Duration = Duration::from_secs(1);
 pub struct MetricsState {
     pub metrics: Metrics,
     pub pool: PgPool,
+    /// The ingress's per-signer slots, read at scrape time.
+    pub in_flight: InFlight,
     cached: Arc<Mutex<Option<(Instant, QueueStats)>>>,
 }
 
 impl MetricsState {
-    pub fn new(metrics: Metrics, pool: PgPool) -> Self {
+    pub fn new(metrics: Metrics, pool: PgPool, in_flight: InFlight) -> Self {
         Self {
             metrics,
             pool,
+            in_flight,
             cached: Arc::new(Mutex::new(None)),
         }
     }
@@ -73,6 +77,13 @@ async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
             .with_label_values(&["sending"])
             .set(stats.sending);
         metrics.queue_oldest_age.set(stats.oldest_age_seconds);
+    }
+    for (signer, used) in state.in_flight.in_use() {
+        state
+            .metrics
+            .ingress_in_flight
+            .with_label_values(&[signer])
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
     }
     (
         [(

@@ -305,7 +305,17 @@ async fn a_signer_over_max_in_flight_gets_429_until_a_slot_frees() {
     let config = format!("{}\n[limits]\nmax_in_flight = 1\n", base_config());
     let app = TestApp::spawn_with(&config).await;
     let mut held = hold_a_request_open(&app).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    crate::dispatch::wait_until(
+        "the held request to take the signer's slot",
+        Duration::from_secs(5),
+        async || {
+            crate::observability::sample(
+                &app.metrics().await,
+                "smsgate_ingress_in_flight{signer=\"primary\"}",
+            ) == Some(1.0)
+        },
+    )
+    .await;
 
     let second = app
         .post_sms(Some(&token()), &from_ip("+14155552671", "192.0.2.1"))

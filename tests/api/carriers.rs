@@ -350,6 +350,7 @@ async fn the_breaker_opens_skips_and_closes_after_a_successful_probe() {
     );
     assert_eq!(flaky.seen().len(), 2);
 
+    // The breaker's cooldown (1 s) is a span of time: nothing but the clock ends it.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     flaky.set_default(Reply::Created);
     assert_eq!(

@@ -114,7 +114,7 @@ async fn an_idle_worker_is_woken_at_once_in_process_and_across_processes() {
     let slow_poll = "[dispatch]\npoll_interval_ms = 30000\n";
     let config = config_with(&standin, slow_poll);
     let app = TestApp::spawn_role(&config, Role::All).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::helpers::until_a_worker_listens(&app.pool).await;
 
     let id = queue(&app, "+14155552671").await;
     assert_eq!(
@@ -124,7 +124,7 @@ async fn an_idle_worker_is_woken_at_once_in_process_and_across_processes() {
 
     let ingress = TestApp::spawn_role(&config, Role::Ingress).await;
     let worker = ingress.spawn_sibling(&config, Role::Worker).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    crate::helpers::until_a_worker_listens(&ingress.pool).await;
     let id = queue(&ingress, "+14155552672").await;
     assert_eq!(
         wait_final(&worker, &id, Duration::from_secs(5)).await["status"],

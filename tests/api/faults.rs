@@ -108,11 +108,17 @@ async fn postgres_stopped_under_load_gives_503s_then_recovers_without_a_restart(
 
     let stop_load = CancellationToken::new();
     let running = tokio::spawn(load(address, 4, 0, stop_load.clone()));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until(
+        "the load to reach the carrier",
+        Duration::from_secs(20),
+        async || standin.received().len() >= 10,
+    )
+    .await;
     let down_from = Instant::now();
     tokio::task::spawn_blocking(move || cluster.stop())
         .await
         .expect("stopped");
+    // The outage itself: long enough for the load to meet it many times over.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let home = dir.path().join("pg");
     let restarting = Instant::now();
@@ -122,7 +128,18 @@ async fn postgres_stopped_under_load_gives_503s_then_recovers_without_a_restart(
     .await
     .expect("restarted");
     let down_to = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Accepting again: requests made a second past the restart (the window checked below)
+    // reach the carrier.
+    let at_restart = standin.received().len();
+    wait_until(
+        "sends after the restart",
+        Duration::from_secs(20),
+        async || {
+            down_to.elapsed() > Duration::from_secs(2)
+                && standin.received().len() >= at_restart + 20
+        },
+    )
+    .await;
     stop_load.cancel();
     let outcomes = running.await.expect("load");
 

@@ -354,26 +354,42 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
 /// Waits until a session on `pool`'s database is blocked on a lock: the moment a statement a
 /// test started in the background has queued behind the lock the test holds.
 pub async fn until_a_session_waits_for_a_lock(pool: &PgPool) {
+    until_sessions(
+        pool,
+        "wait_event_type = 'Lock'",
+        "a session waiting for the lock",
+    )
+    .await;
+}
+
+/// Waits until a worker of `pool`'s database LISTENs for wake-ups: from then on a wake-up
+/// reaches it, whatever its poll interval.
+pub async fn until_a_worker_listens(pool: &PgPool) {
+    until_sessions(pool, "query ILIKE 'LISTEN%'", "a worker listening").await;
+}
+
+/// Waits until some session of `pool`'s database matches `condition` (over pg_stat_activity).
+async fn until_sessions(pool: &PgPool, condition: &str, what: &str) {
     use sqlx::Connection;
-    // Its own connection: the test's pool is small, and its sessions are the ones locked.
+    // Its own connection: the test's pool is small, and its sessions may be the ones locked.
     let mut watcher = sqlx::PgConnection::connect_with(&pool.connect_options())
         .await
         .expect("a watching connection");
+    let query = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}"
+    );
     let start = std::time::Instant::now();
     loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut watcher)
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
+        let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(query.as_str()))
+            .fetch_one(&mut watcher)
+            .await
+            .expect("pg_stat_activity");
+        if found > 0 {
             return;
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(10),
-            "no session ever waited for the lock"
+            "never saw {what}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
