@@ -203,11 +203,7 @@ fn top_level_modules_use_only_the_layers_below_them_so_there_is_no_cycle() {
             }
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "uses against the layers:\n{}",
-        wrong.join("\n")
-    );
+    assert_none(wrong, "uses against the layers");
 }
 
 #[test]
@@ -226,11 +222,7 @@ fn sql_lives_in_db() {
             }
         }
     }
-    assert!(
-        outside.is_empty(),
-        "SQL outside src/db:\n{}",
-        outside.join("\n")
-    );
+    assert_none(outside, "SQL outside src/db");
 }
 
 #[test]
@@ -246,11 +238,7 @@ fn no_function_in_src_is_longer_than_a_screen() {
             }
         }
     }
-    assert!(
-        long.is_empty(),
-        "functions over {MAX_FUNCTION_LINES} lines:\n{}",
-        long.join("\n")
-    );
+    assert_none(long, &format!("functions over {MAX_FUNCTION_LINES} lines"));
 }
 
 #[test]
@@ -267,4 +255,9 @@ fn the_checks_see_what_they_look_for() {
             .collect()
     );
     assert_eq!(functions(&code), vec![("f".to_string(), 3, 5)]);
+}
+
+/// Fails listing what was `found`, under `what`.
+fn assert_none(found: Vec<String>, what: &str) {
+    assert!(found.is_empty(), "{what}:\n{}", found.join("\n"));
 }

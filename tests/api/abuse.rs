@@ -3,14 +3,13 @@
 //! `require_request_info`. Every refusal answers 429 or 403 with an Auth0-style body, stores
 //! nothing and is counted.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use smsgate::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{TestApp, assert_error, base_config, token};
+use crate::helpers::{TestApp, assert_error, token};
 use crate::observability::sample;
+use crate::test_config::TestConfig;
 
 fn from_ip(recipient: &str, ip: &str) -> Value {
     json!({
@@ -23,13 +22,6 @@ fn from_ip(recipient: &str, ip: &str) -> Value {
 async fn messages_to(app: &TestApp, recipient: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM messages WHERE recipient = $1")
         .bind(recipient)
-        .fetch_one(&app.pool)
-        .await
-        .expect("count")
-}
-
-async fn all_messages(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM messages")
         .fetch_one(&app.pool)
         .await
         .expect("count")
@@ -57,10 +49,7 @@ fn count(statuses: &[u16], status: u16) -> usize {
 
 #[tokio::test]
 async fn an_ip_limit_holds_exactly_across_two_processes_and_refusals_store_nothing() {
-    let config = format!(
-        "{}\n[[limits.ip]]\nmax = 3\nwindow_seconds = 3600\n",
-        base_config()
-    );
+    let config = TestConfig::with("[[limits.ip]]\nmax = 3\nwindow_seconds = 3600\n");
     let first = TestApp::spawn_with(&config).await;
     let second = first.spawn_sibling(&config, Role::Ingress).await;
     let bodies = (0..12)
@@ -72,7 +61,7 @@ async fn an_ip_limit_holds_exactly_across_two_processes_and_refusals_store_nothi
     assert_eq!(count(&statuses, 200), 3, "{statuses:?}");
     assert_eq!(count(&statuses, 429), 9, "{statuses:?}");
     assert_eq!(
-        all_messages(&first).await,
+        first.count_rows("messages").await,
         3,
         "refused requests stored nothing"
     );
@@ -86,21 +75,11 @@ async fn an_ip_limit_holds_exactly_across_two_processes_and_refusals_store_nothi
         .and_then(|v| v.parse().ok())
         .expect("Retry-After on a 429");
     assert!((3500..=3600).contains(&retry_after), "{retry_after}");
-    let body = assert_error(refused, 429, "too_many_requests").await;
-    assert!(
-        body["error_description"]
-            .as_str()
-            .is_some_and(|d| d.contains("client IP")),
-        "{body}"
-    );
+    crate::helpers::assert_error_saying(refused, 429, "too_many_requests", "client IP").await;
     let other_ip = first
         .post_sms(Some(&token()), &from_ip("+14155559999", "198.51.100.8"))
         .await;
-    assert_eq!(
-        other_ip.status().as_u16(),
-        200,
-        "another client is not affected"
-    );
+    crate::helpers::assert_status(&other_ip, 200, "another client is not affected");
     let refused_here = outcome_count(&first, "rate_limited").await;
     let refused_there = outcome_count(&second, "rate_limited").await;
     assert_eq!(refused_here + refused_there, 10.0, "every refusal counted");
@@ -108,10 +87,7 @@ async fn an_ip_limit_holds_exactly_across_two_processes_and_refusals_store_nothi
 
 #[tokio::test]
 async fn ipv6_clients_share_a_limit_per_64_prefix() {
-    let config = format!(
-        "{}\n[[limits.ip]]\nmax = 1\nwindow_seconds = 60\n",
-        base_config()
-    );
+    let config = TestConfig::with("[[limits.ip]]\nmax = 1\nwindow_seconds = 60\n");
     let app = TestApp::spawn_with(&config).await;
 
     let first = app
@@ -130,15 +106,12 @@ async fn ipv6_clients_share_a_limit_per_64_prefix() {
     assert_eq!(first.status().as_u16(), 200);
     assert_error(same_64, 429, "too_many_requests").await;
     assert_eq!(other_64.status().as_u16(), 200);
-    assert_eq!(all_messages(&app).await, 2);
+    assert_eq!(app.count_rows("messages").await, 2);
 }
 
 #[tokio::test]
 async fn an_ingress_recipient_cap_holds_exactly_across_two_processes() {
-    let config = format!(
-        "{}\n[[limits.ingress_recipient]]\nmax = 2\nwindow_seconds = 600\n",
-        base_config()
-    );
+    let config = TestConfig::with("[[limits.ingress_recipient]]\nmax = 2\nwindow_seconds = 600\n");
     let first = TestApp::spawn_with(&config).await;
     let second = first.spawn_sibling(&config, Role::Ingress).await;
     let bodies = (0..8)
@@ -153,29 +126,18 @@ async fn an_ingress_recipient_cap_holds_exactly_across_two_processes() {
     let refused = first
         .post_sms(Some(&token()), &from_ip("+1 415 555 2671", "203.0.113.99"))
         .await;
-    let body = assert_error(refused, 429, "too_many_requests").await;
-    assert!(
-        body["error_description"]
-            .as_str()
-            .is_some_and(|d| d.contains("this number")),
-        "{body}"
-    );
+    crate::helpers::assert_error_saying(refused, 429, "too_many_requests", "this number").await;
     let other = first
         .post_sms(Some(&token()), &from_ip("+14155552672", "203.0.113.99"))
         .await;
-    assert_eq!(
-        other.status().as_u16(),
-        200,
-        "another number is not affected"
-    );
+    crate::helpers::assert_status(&other, 200, "another number is not affected");
 }
 
 #[tokio::test]
 async fn a_request_refused_by_one_limit_does_not_count_against_the_other() {
-    let config = format!(
-        "{}\n[[limits.ip]]\nmax = 2\nwindow_seconds = 600\n\
+    let config = TestConfig::with(
+        "[[limits.ip]]\nmax = 2\nwindow_seconds = 600\n\
          [[limits.ingress_recipient]]\nmax = 1\nwindow_seconds = 600\n",
-        base_config()
     );
     let app = TestApp::spawn_with(&config).await;
     let ip = "192.0.2.10";
@@ -201,15 +163,14 @@ async fn a_request_refused_by_one_limit_does_not_count_against_the_other() {
         429,
         "now the IP's window is full"
     );
-    assert_eq!(all_messages(&app).await, 2);
+    assert_eq!(app.count_rows("messages").await, 2);
 }
 
 #[tokio::test]
 async fn the_destination_policy_refuses_with_403_and_stores_nothing() {
-    let config = format!(
-        "{}\n[destinations]\nmobile_only = true\nblocked_countries = [\"DE\"]\n\
+    let config = TestConfig::with(
+        "[destinations]\nmobile_only = true\nblocked_countries = [\"DE\"]\n\
          blocked_prefixes = [\"+4475\"]\n",
-        base_config()
     );
     let app = TestApp::spawn_with(&config).await;
     let cases = [
@@ -224,13 +185,7 @@ async fn the_destination_policy_refuses_with_403_and_stores_nothing() {
         let response = app
             .post_sms(Some(&token()), &from_ip(recipient, "192.0.2.1"))
             .await;
-        let body = assert_error(response, 403, "destination_blocked").await;
-        assert!(
-            body["error_description"]
-                .as_str()
-                .is_some_and(|d| d.contains(reason)),
-            "{recipient}: {body}"
-        );
+        crate::helpers::assert_error_saying(response, 403, "destination_blocked", reason).await;
     }
 
     assert_eq!(app.stored_rows().await, 0, "nothing stored");
@@ -238,15 +193,12 @@ async fn the_destination_policy_refuses_with_403_and_stores_nothing() {
     let mobile = app
         .post_sms(Some(&token()), &from_ip("+447400123456", "192.0.2.1"))
         .await;
-    assert_eq!(mobile.status().as_u16(), 200, "a GB mobile number passes");
+    crate::helpers::assert_status(&mobile, 200, "a GB mobile number passes");
 }
 
 #[tokio::test]
 async fn allowed_countries_refuse_every_other_country() {
-    let config = format!(
-        "{}\n[destinations]\nallowed_countries = [\"US\", \"CA\"]\n",
-        base_config()
-    );
+    let config = TestConfig::with("[destinations]\nallowed_countries = [\"US\", \"CA\"]\n");
     let app = TestApp::spawn_with(&config).await;
 
     let us = app
@@ -257,18 +209,13 @@ async fn allowed_countries_refuse_every_other_country() {
         .await;
 
     assert_eq!(us.status().as_u16(), 200);
-    let body = assert_error(gb, 403, "destination_blocked").await;
-    assert!(
-        body["error_description"]
-            .as_str()
-            .is_some_and(|d| d.contains("GB"))
-    );
-    assert_eq!(all_messages(&app).await, 1);
+    crate::helpers::assert_error_saying(gb, 403, "destination_blocked", "GB").await;
+    assert_eq!(app.count_rows("messages").await, 1);
 }
 
 #[tokio::test]
 async fn require_request_info_refuses_requests_without_a_client_ip() {
-    let config = base_config().replace("[server]\n", "[server]\nrequire_request_info = true\n");
+    let config = TestConfig::base().set("server.require_request_info", true);
     let app = TestApp::spawn_with(&config).await;
     let without_req = json!({"recipient": "+14155552671", "body": "Code: 1"});
     let without_ip = json!({"recipient": "+14155552671", "body": "Code: 1",
@@ -302,26 +249,15 @@ async fn hold_a_request_open(app: &TestApp) -> tokio::net::TcpStream {
 
 #[tokio::test]
 async fn a_signer_over_max_in_flight_gets_429_until_a_slot_frees() {
-    let config = format!("{}\n[limits]\nmax_in_flight = 1\n", base_config());
+    let config = TestConfig::base().set("limits.max_in_flight", 1);
     let app = TestApp::spawn_with(&config).await;
     let mut held = hold_a_request_open(&app).await;
-    crate::dispatch::wait_until(
-        "the held request to take the signer's slot",
-        Duration::from_secs(5),
-        async || {
-            crate::observability::sample(
-                &app.metrics().await,
-                "smsgate_ingress_in_flight{signer=\"primary\"}",
-            ) == Some(1.0)
-        },
-    )
-    .await;
+    crate::helpers::until_metric(&app, "smsgate_ingress_in_flight{signer=\"primary\"}", 1.0).await;
 
     let second = app
         .post_sms(Some(&token()), &from_ip("+14155552671", "192.0.2.1"))
         .await;
-    assert_error(second, 429, "too_many_requests").await;
-    assert_eq!(app.stored_rows().await, 0);
+    app.assert_refused(second, 429, "too_many_requests").await;
 
     // Finishing the held request frees the slot.
     let rest = r#""+14155552672","body":"Code: 1"}"#;

@@ -87,13 +87,6 @@ async fn stored(app: &TestApp, id: &str) -> Stored {
     .expect("stored")
 }
 
-async fn messages(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM messages")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count")
-}
-
 #[tokio::test]
 async fn a_custom_phone_provider_notification_is_queued_like_a_legacy_message() {
     let app = TestApp::spawn().await;
@@ -156,12 +149,7 @@ async fn voice_is_refused_with_a_clear_error() {
 
     for body in [by_notification, by_options] {
         let response = post(&app, &body, None, Some(&token())).await;
-        let error = assert_error(response, 400, "voice_not_supported").await;
-        assert!(
-            error["error_description"]
-                .as_str()
-                .is_some_and(|d| d.contains("voice"))
-        );
+        crate::helpers::assert_error_saying(response, 400, "voice_not_supported", "voice").await;
     }
 
     assert_eq!(app.stored_rows().await, 0);
@@ -208,11 +196,8 @@ async fn a_retried_notification_is_the_same_message() {
 
     assert_eq!(retried, first);
     assert_ne!(new_code, first);
-    assert_eq!(messages(&app).await, 2);
-    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM message_queue")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count");
+    assert_eq!(app.count_rows("messages").await, 2);
+    let queued: i64 = app.count_rows("message_queue").await;
     assert_eq!(queued, 2, "one queue entry per message, none for the retry");
 }
 
@@ -231,13 +216,11 @@ async fn an_idempotency_key_header_holds_even_under_concurrent_retries() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "every retry got the first message's id");
-    assert_eq!(messages(&app).await, 1);
+    assert_eq!(app.count_rows("messages").await, 1);
 }
 
 async fn post_legacy(app: &TestApp, recipient: &str, key: &str) -> reqwest::Response {
-    app.client
-        .post(app.url("/v1/auth0/sms"))
-        .bearer_auth(token())
+    app.signed_post()
         .header("content-type", "application/json")
         .header("idempotency-key", key)
         .body(crate::helpers::sms(recipient).to_string())
@@ -266,7 +249,7 @@ async fn a_key_reused_for_a_different_message_is_refused_and_stores_nothing() {
     .await;
     crate::helpers::assert_error(across, 422, "idempotency_key_reused").await;
 
-    assert_eq!(messages(&app).await, 1);
+    assert_eq!(app.count_rows("messages").await, 1);
 }
 
 #[tokio::test]
@@ -376,7 +359,7 @@ async fn the_shipped_custom_phone_provider_action_queues_once_however_often_it_r
     assert_eq!(first, json!({"ok": true, "calls": []}));
     assert_eq!(again, json!({"ok": true, "calls": []}));
     assert_eq!(
-        messages(&app).await,
+        app.count_rows("messages").await,
         1,
         "the retried run is the same message"
     );
@@ -440,5 +423,5 @@ async fn the_shipped_send_phone_message_action_queues_and_throws_on_refusal() {
             .is_some_and(|e| e.contains("voice_not_supported")),
         "{refused}"
     );
-    assert_eq!(messages(&app).await, 1);
+    assert_eq!(app.count_rows("messages").await, 1);
 }

@@ -7,9 +7,9 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    AUDIENCE, SECRET, SUBJECT, TestApp, assert_error, auth0_claims, base_config, now, sign_with,
-    sms, token,
+    AUDIENCE, SECRET, SUBJECT, TestApp, assert_error, auth0_claims, now, sign_with, sms, token,
 };
+use crate::test_config::TestConfig;
 
 /// Expects 401 with `code` for `authorization` (a whole header value), and nothing stored.
 async fn assert_unauthorized(app: &TestApp, authorization: Option<String>, code: &str) {
@@ -150,7 +150,7 @@ async fn the_subject_must_match_when_one_is_configured() {
 
 #[tokio::test]
 async fn without_a_configured_subject_any_or_no_sub_is_accepted() {
-    let config = base_config().replace(&format!("subject = \"{SUBJECT}\"\n"), "");
+    let config = TestConfig::base().without("auth0.primary.subject");
     let app = TestApp::spawn_with(&config).await;
     assert_accepted(
         &app,
@@ -201,10 +201,9 @@ async fn exp_and_nbf_are_enforced_with_60_seconds_of_leeway_but_not_required() {
 async fn a_base64url_secret_is_decoded_before_use() {
     let key = [0xfbu8, 0xff, 0x10, 0x42, 0x99, 0x00, 0xfe, 0x7f];
     let encoded = URL_SAFE_NO_PAD.encode(key);
-    let config = base_config().replace(
-        &format!("secret = \"{SECRET}\""),
-        &format!("secret = \"{encoded}\"\nsecret_base64_encoded = true"),
-    );
+    let config = TestConfig::base()
+        .set("auth0.primary.secret", encoded.as_str())
+        .set("auth0.primary.secret_base64_encoded", true);
     let app = TestApp::spawn_with(&config).await;
 
     let literal = sign_with(&auth0_claims(), encoded.as_bytes(), Algorithm::HS256);
@@ -214,10 +213,8 @@ async fn a_base64url_secret_is_decoded_before_use() {
 
 #[tokio::test]
 async fn any_configured_signer_is_accepted_and_recorded() {
-    let config = format!(
-        "{}\n[auth0.rotated]\nsecret = \"second-secret\"\naudience = \"urn:Other\"\n",
-        base_config()
-    );
+    let config =
+        TestConfig::with("[auth0.rotated]\nsecret = \"second-secret\"\naudience = \"urn:Other\"\n");
     let app = TestApp::spawn_with(&config).await;
     let mut claims = auth0_claims();
     claims["aud"] = json!("urn:Other");
@@ -233,15 +230,9 @@ async fn any_configured_signer_is_accepted_and_recorded() {
 
 #[tokio::test]
 async fn unsigned_requests_are_accepted_only_when_explicitly_allowed() {
-    let config = base_config().replace(
-        "listen = \"127.0.0.1:0\"\n[metrics]",
-        "listen = \"127.0.0.1:0\"\nallow_unauthenticated = true\n[metrics]",
-    );
-    let without_signers = config
-        .split("[auth0.primary]")
-        .next()
-        .map(|head| format!("{head}[carriers.console]\nkind = \"log\"\n[[routes]]\nprefix = \"\"\ncarriers = [\"console\"]\n"))
-        .expect("config head");
+    let without_signers = TestConfig::base()
+        .without("auth0")
+        .set("server.allow_unauthenticated", true);
     let app = TestApp::spawn_with(&without_signers).await;
 
     let response = app.post_sms(None, &sms("+14155552671")).await;
@@ -258,9 +249,8 @@ async fn the_admin_token_is_not_an_ingress_token() {
 
 #[tokio::test]
 async fn one_signers_claims_with_another_signers_secret_are_refused() {
-    let config = format!(
-        "{}\n[auth0.tenant_b]\nsecret = \"tenant-b-secret-0123456789\"\naudience = \"urn:TenantB\"\n",
-        base_config()
+    let config = TestConfig::with(
+        "[auth0.tenant_b]\nsecret = \"tenant-b-secret-0123456789\"\naudience = \"urn:TenantB\"\n",
     );
     let app = TestApp::spawn_with(&config).await;
     // Tenant A's audience and subject, signed with tenant B's secret.

@@ -7,47 +7,47 @@ use serde_json::Value;
 use smsgate::Role;
 
 use crate::dispatch::{queue, wait_final};
-use crate::helpers::{TestApp, base_config};
+use crate::helpers::TestApp;
 use crate::standins::messagemedia::{MessageMediaStandIn, messagemedia_toml};
 use crate::standins::sns::{SnsStandIn, sns_toml};
 use crate::standins::twilio::{TwilioStandIn, twilio_toml};
 use crate::standins::{Reply, StandIn, refused_url};
+use crate::test_config::TestConfig;
 
 /// One dispatch attempt, so each failure shows as the message's final state at once.
 const ONE_ATTEMPT: &str = "[dispatch]\nmax_attempts = 1\npoll_interval_ms = 100\n";
 
 /// The base config with `tables` as its carriers, all numbers routed to `route`.
-fn routed(tables: &str, route: &[&str], extra: &str) -> String {
-    let names: Vec<String> = route.iter().map(|n| format!("\"{n}\"")).collect();
-    base_config()
-        .replace("[carriers.console]\nkind = \"log\"\n", tables)
-        .replace(
-            "carriers = [\"console\"]",
-            &format!("carriers = [{}]", names.join(", ")),
-        )
-        + extra
+fn routed(tables: &str, route: &[&str], extra: &str) -> TestConfig {
+    TestConfig::base().only_carriers(tables, route).merge(extra)
 }
 
 /// Sends one message through a single carrier described by `table` and returns its view.
 async fn send_through(table: &str, extra: &str) -> Value {
-    let app = TestApp::spawn_role(&routed(table, &["c"], extra), Role::All).await;
+    send_with(routed(table, &["c"], extra)).await
+}
+
+/// Sends one message with `config` and returns its view.
+async fn send_with(config: TestConfig) -> Value {
+    let app = TestApp::spawn_role(&config, Role::All).await;
     let id = queue(&app, "+14155552671").await;
     wait_final(&app, &id, Duration::from_secs(15)).await
 }
 
-fn error(status: u16, code: &'static str) -> Reply {
-    Reply::Error {
-        status,
-        code,
-        retry_after: None,
-    }
-}
-
+/// A stand-in's carrier table with a 500 ms timeout.
 fn short_timeout(table: String) -> String {
-    table
-        .replace("timeout_ms = 3000", "timeout_ms = 500")
-        .replace("timeout_ms = 2000", "timeout_ms = 500")
-        .replace("connect_timeout_ms = 1000", "connect_timeout_ms = 400")
+    let mut table: toml::Table = table.parse().expect("a carrier table");
+    for carrier in table["carriers"]
+        .as_table_mut()
+        .into_iter()
+        .flat_map(|t| t.iter_mut().map(|(_, carrier)| carrier))
+    {
+        if let Some(carrier) = carrier.as_table_mut() {
+            carrier.insert("timeout_ms".into(), 500.into());
+            carrier.insert("connect_timeout_ms".into(), 400.into());
+        }
+    }
+    table.to_string()
 }
 
 /// Runs each scripted reply against a fresh stand-in and checks status and outcome class.
@@ -71,12 +71,12 @@ async fn twilio_failures_are_classified() {
         TwilioStandIn::start,
         |s| s.carrier_toml("c"),
         vec![
-            (error(400, "21211"), "failed", "recipient_failure"),
-            (error(400, "21610"), "failed", "recipient_failure"),
-            (error(400, "21408"), "failed", "carrier_failure"),
-            (error(401, "20003"), "failed", "carrier_failure"),
-            (error(500, "20500"), "failed", "carrier_failure"),
-            (error(429, "20429"), "failed", "throttled"),
+            (Reply::error(400, "21211"), "failed", "recipient_failure"),
+            (Reply::error(400, "21610"), "failed", "recipient_failure"),
+            (Reply::error(400, "21408"), "failed", "carrier_failure"),
+            (Reply::error(401, "20003"), "failed", "carrier_failure"),
+            (Reply::error(500, "20500"), "failed", "carrier_failure"),
+            (Reply::error(429, "20429"), "failed", "throttled"),
             (Reply::Slow(Duration::from_secs(2)), "failed", "timeout"),
         ],
     )
@@ -127,11 +127,15 @@ async fn messagemedia_failures_are_classified() {
         MessageMediaStandIn::start,
         |s| s.carrier_toml("c"),
         vec![
-            (error(400, "destination"), "failed", "recipient_failure"),
-            (error(400, "other"), "failed", "carrier_failure"),
-            (error(401, ""), "failed", "carrier_failure"),
-            (error(503, ""), "failed", "carrier_failure"),
-            (error(429, ""), "failed", "throttled"),
+            (
+                Reply::error(400, "destination"),
+                "failed",
+                "recipient_failure",
+            ),
+            (Reply::error(400, "other"), "failed", "carrier_failure"),
+            (Reply::error(401, ""), "failed", "carrier_failure"),
+            (Reply::error(503, ""), "failed", "carrier_failure"),
+            (Reply::error(429, ""), "failed", "throttled"),
             (Reply::Slow(Duration::from_secs(2)), "failed", "timeout"),
         ],
     )
@@ -161,11 +165,10 @@ async fn sns_publishes_a_signed_transactional_sms_through_the_sdk() {
 #[tokio::test]
 async fn sns_with_a_wrong_secret_is_refused_by_the_signature_check() {
     let standin = SnsStandIn::start().await;
-    let table = standin
-        .carrier_toml("c")
-        .replace("sns-test-secret-access-key", "wrong-secret");
+    let wrong_secret = routed(&standin.carrier_toml("c"), &["c"], ONE_ATTEMPT)
+        .set("carriers.c.secret_access_key", "wrong-secret");
 
-    let view = send_through(&table, ONE_ATTEMPT).await;
+    let view = send_with(wrong_secret).await;
 
     assert_eq!(view["attempts"][0]["outcome"], "carrier_failure");
     assert_eq!(view["attempts"][0]["http_status"], 403);
@@ -179,17 +182,21 @@ async fn sns_failures_are_classified() {
         |s| s.carrier_toml("c"),
         vec![
             (
-                error(400, "InvalidParameter"),
+                Reply::error(400, "InvalidParameter"),
                 "failed",
                 "recipient_failure",
             ),
             (
-                error(403, "AuthorizationError"),
+                Reply::error(403, "AuthorizationError"),
                 "failed",
                 "carrier_failure",
             ),
-            (error(500, "InternalError"), "failed", "carrier_failure"),
-            (error(400, "Throttling"), "failed", "throttled"),
+            (
+                Reply::error(500, "InternalError"),
+                "failed",
+                "carrier_failure",
+            ),
+            (Reply::error(400, "Throttling"), "failed", "throttled"),
             (Reply::Slow(Duration::from_secs(2)), "failed", "timeout"),
         ],
     )
@@ -232,9 +239,9 @@ async fn a_429_with_retry_after_is_honoured_by_every_carrier() {
 #[tokio::test]
 async fn failover_passes_dead_failing_and_throttling_carriers_within_one_attempt() {
     let failing = MessageMediaStandIn::start().await;
-    failing.set_default(error(500, ""));
+    failing.set_default(Reply::error(500, ""));
     let throttling = SnsStandIn::start().await;
-    throttling.set_default(error(400, "Throttling"));
+    throttling.set_default(Reply::error(400, "Throttling"));
     let good = TwilioStandIn::start().await;
     let tables = format!(
         "{}{}{}{}",
@@ -281,7 +288,7 @@ async fn failover_passes_dead_failing_and_throttling_carriers_within_one_attempt
 #[tokio::test]
 async fn a_recipient_failure_on_the_first_carrier_does_not_reach_the_second() {
     let first = TwilioStandIn::start().await;
-    first.set_default(error(400, "21211"));
+    first.set_default(Reply::error(400, "21211"));
     let second = MessageMediaStandIn::start().await;
     let tables = format!(
         "{}{}",
@@ -290,8 +297,7 @@ async fn a_recipient_failure_on_the_first_carrier_does_not_reach_the_second() {
     );
     let app = TestApp::spawn_role(&routed(&tables, &["first", "second"], ""), Role::All).await;
 
-    let id = queue(&app, "+14155552671").await;
-    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    let view = crate::dispatch::send_one(&app, "+14155552671").await;
 
     assert_eq!(view["status"], "failed");
     assert_eq!(view["attempts"].as_array().map(Vec::len), Some(1));
@@ -307,7 +313,8 @@ async fn the_longest_matching_prefix_picks_the_route() {
     let uk = MessageMediaStandIn::start().await;
     let tables = format!("{}{}", us.carrier_toml("us"), uk.carrier_toml("uk"));
     let config = routed(&tables, &["us"], "")
-        + "[[routes]]\nprefix = \"+44\"\ncarriers = [\"uk\"]\n[[routes]]\nprefix = \"+447\"\ncarriers = [\"us\"]\n";
+        .route("+44", &["uk"])
+        .route("+447", &["us"]);
     let app = TestApp::spawn_role(&config, Role::All).await;
 
     for recipient in ["+14155552671", "+442071838750", "+447911123456"] {
@@ -324,7 +331,7 @@ async fn the_longest_matching_prefix_picks_the_route() {
 #[tokio::test]
 async fn the_breaker_opens_skips_and_closes_after_a_successful_probe() {
     let flaky = TwilioStandIn::start().await;
-    flaky.set_default(error(500, "20500"));
+    flaky.set_default(Reply::error(500, "20500"));
     let backup = MessageMediaStandIn::start().await;
     let tables = format!(
         "{}breaker_failures = 2\nbreaker_cooldown_seconds = 1\n{}",
@@ -428,8 +435,7 @@ async fn a_trickling_answer_is_cut_at_the_timeout_without_stalling_other_message
         good.carrier_toml("good")
     );
     // Numbers starting +1415 go to the trickling carrier; everything else to the good one.
-    let config = routed(&tables, &["good"], ONE_ATTEMPT)
-        + "[[routes]]\nprefix = \"+1415\"\ncarriers = [\"trickling\"]\n";
+    let config = routed(&tables, &["good"], ONE_ATTEMPT).route("+1415", &["trickling"]);
     let app = TestApp::spawn_role(&config, Role::All).await;
 
     let slow = queue(&app, "+14155552671").await;

@@ -8,6 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::helpers::{TestApp, base_config, sms};
+use crate::test_config::TestConfig;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_smsgate");
 
@@ -72,99 +73,77 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
 #[test]
 fn check_config_names_the_bad_key_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(String, EnvOverrides, &str); 15] = [
+    let base = TestConfig::base;
+    let console = |key: &str, value: &str| base().set(&format!("carriers.console.{key}"), value);
+    let cases: [(TestConfig, EnvOverrides, &str); 15] = [
         (
-            base_config(),
+            base(),
             &[("SMSGATE__DISPATCH__WORKERS", "many")],
             "dispatch.workers",
         ),
         (
-            base_config(),
+            base(),
             &[("SMSGATE__DISPATCH__MESSAGE_TTL_SECONDS", "0")],
             "dispatch.message_ttl_seconds",
         ),
+        (base().route("", &["nope"]), &[], "routes[0].carriers"),
         (
-            base_config().replace("carriers = [\"console\"]", "carriers = [\"nope\"]"),
-            &[],
-            "routes[0].carriers",
-        ),
-        (
-            base_config().replace("prefix = \"\"", "prefix = \"+44\""),
+            base().route("+44", &["console"]).without_route(""),
             &[],
             "routes",
         ),
         (
-            base_config().replace(
-                "[auth0.primary]",
-                "[auth0.primary]\nsecret_base64_encoded = true",
-            ),
+            base().set("auth0.primary.secret_base64_encoded", true),
             &[],
             "auth0.primary.secret",
         ),
+        (console("kind", "carrier-pigeon"), &[], "carriers.console"),
+        (console("kind", "twilio"), &[], "carriers.console.account_sid"),
+        (console("auth_token", "x"), &[], "carriers.console.auth_token"),
         (
-            base_config().replace("kind = \"log\"", "kind = \"carrier-pigeon\""),
-            &[],
-            "carriers.console",
-        ),
-        (
-            base_config().replace("kind = \"log\"", "kind = \"twilio\""),
-            &[],
-            "carriers.console.account_sid",
-        ),
-        (
-            base_config().replace("kind = \"log\"", "kind = \"log\"\nauth_token = \"x\""),
-            &[],
-            "carriers.console.auth_token",
-        ),
-        (
-            base_config(),
+            base(),
             &[("SMSGATE__DISPATCH__LEASE_SECONDS", "3")],
             "dispatch.lease_seconds",
         ),
         (
-            base_config().replace(
-                "kind = \"log\"",
-                "kind = \"messagemedia\"\napi_key = \"k\"\napi_secret = \"s\"\n\
+            base().merge(
+                "[carriers.console]\nkind = \"messagemedia\"\napi_key = \"k\"\napi_secret = \"s\"\n\
                  public_url = \"https://sms.example.com\"",
             ),
             &[],
             "carriers.console.callback_secret",
         ),
         (
-            base_config().replace(
-                "kind = \"log\"",
-                "kind = \"twilio\"\naccount_sid = \"AC1\"\napi_key_sid = \"SK1\"\n\
+            base().merge(
+                "[carriers.console]\nkind = \"twilio\"\naccount_sid = \"AC1\"\napi_key_sid = \"SK1\"\n\
                  api_key_secret = \"s\"\nfrom = \"+15005550006\"\npublic_url = \"https://x\"",
             ),
             &[],
             "carriers.console.public_url",
         ),
         (
-            base_config(),
+            base(),
             &[("SMSGATE__DESTINATIONS__BLOCKED_PREFIXES", "[\"44\"]")],
             "destinations.blocked_prefixes",
         ),
         (
-            base_config(),
+            base(),
             &[("SMSGATE__DESTINATIONS__ALLOWED_COUNTRIES", "[\"UK\"]")],
             "destinations.allowed_countries",
         ),
         (
-            base_config(),
+            base(),
             &[("SMSGATE__SERVER__MAX_HEADER_BYTES", "1024")],
             "server.max_header_bytes",
         ),
         (
-            format!(
-                "{}\n[[limits.ip]]\nmax = 0\nwindow_seconds = 60\n",
-                base_config()
-            ),
+            TestConfig::with("[[limits.ip]]\nmax = 0\nwindow_seconds = 60\n"),
             &[],
             "limits.ip[0]",
         ),
     ];
     for (text, env, key) in cases {
-        let config = write_config(dir.path(), &text);
+        let config = write_config(dir.path(), &text.to_string());
         let output = smsgate(&["check-config"], &config, env);
         assert_eq!(output.status.code(), Some(2), "exit code for {key}");
         assert!(
@@ -178,14 +157,8 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
 #[test]
 fn a_gateway_without_signers_refuses_to_start_unless_unauthenticated_is_allowed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = base_config().replace("[auth0.primary]", "[auth0_disabled]");
-    let head = text
-        .split("[auth0_disabled]")
-        .next()
-        .unwrap_or_default()
-        .to_string()
-        + "[carriers.console]\nkind = \"log\"\n[[routes]]\nprefix = \"\"\ncarriers = [\"console\"]\n";
-    let config = write_config(dir.path(), &head);
+    let unsigned = TestConfig::base().without("auth0");
+    let config = write_config(dir.path(), &unsigned.to_string());
 
     let output = smsgate(&["check-config"], &config, &[]);
 
@@ -229,17 +202,10 @@ async fn smsgate_token_signs_what_the_gateway_accepts() {
 
 /// A config for the real binary: embedded database in `dir`, fixed loopback port.
 pub fn serve_config(dir: &Path, port: u16) -> std::path::PathBuf {
-    let text = base_config()
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        )
-        .replace(
-            "[database]",
-            &format!("[database]\ndata_dir = \"{}\"", dir.join("pg").display()),
-        );
-    write_config(dir, &text)
+    let text = TestConfig::base()
+        .set("server.listen", format!("127.0.0.1:{port}"))
+        .set("database.data_dir", dir.join("pg").display().to_string());
+    write_config(dir, &text.to_string())
 }
 
 pub fn free_port() -> u16 {
@@ -293,10 +259,7 @@ pub fn spawn_serve(config: &Path) -> Child {
 }
 
 pub async fn wait_until_healthy(port: u16) -> reqwest::Client {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let client = crate::helpers::http_client(30);
     let start = Instant::now();
     loop {
         let health = client
@@ -323,11 +286,7 @@ pub async fn post_with_smsgate_token(
     let token = stdout(&smsgate(&["token"], &serve_config(dir, port), &[]))
         .trim()
         .to_string();
-    client
-        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body(sms("+14155552671").to_string())
+    crate::helpers::sms_request(client, port, &token, "+14155552671")
         .send()
         .await
         .expect("sent")

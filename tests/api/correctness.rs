@@ -10,10 +10,11 @@ use serde_json::{Value, json};
 use smsgate::Role;
 
 use crate::dispatch::{FAST_DISPATCH, config_with, queue, wait_final, wait_until};
-use crate::helpers::{ADMIN_TOKEN, TestApp, assert_error, base_config, sms, token};
+use crate::helpers::{ADMIN_TOKEN, TestApp, assert_error, sms, token};
 use crate::process::spawn_binary;
 use crate::standins::messagemedia::MessageMediaStandIn;
 use crate::standins::twilio::{Reply, TwilioStandIn};
+use crate::test_config::TestConfig;
 
 async fn queue_depth(app: &TestApp) -> i64 {
     smsgate::db::queue::depth(&app.pool).await.unwrap_or(-1)
@@ -30,12 +31,11 @@ async fn statuses(app: &TestApp) -> Vec<(String, i64)> {
 async fn a_capped_carrier_slower_than_the_lease_sends_each_message_once() {
     let standin = TwilioStandIn::start().await;
     standin.set_default(Reply::Slow(Duration::from_secs(1)));
-    let table = standin.carrier_toml("twilio") + "max_in_flight = 1\n";
     let config = config_with(
         &standin,
         "[dispatch]\nlease_seconds = 6\npoll_interval_ms = 200\n",
     )
-    .replace(&standin.carrier_toml("twilio"), &table);
+    .set("carriers.twilio.max_in_flight", 1);
     let app = TestApp::spawn_role(&config, Role::All).await;
 
     for i in 0..12 {
@@ -58,14 +58,13 @@ async fn a_capped_carrier_slower_than_the_lease_sends_each_message_once() {
 #[tokio::test]
 async fn check_config_warns_when_a_capped_carrier_cannot_drain_the_workers_within_a_lease() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let standin_table = crate::standins::twilio::twilio_toml("twilio", "http://127.0.0.1:9")
-        + "max_in_flight = 1\n";
-    let config = base_config()
-        .replace("[carriers.console]\nkind = \"log\"\n", &standin_table)
-        .replace("carriers = [\"console\"]", "carriers = [\"twilio\"]")
-        + "[dispatch]\nlease_seconds = 6\n";
+    let table = crate::standins::twilio::twilio_toml("twilio", "http://127.0.0.1:9");
+    let config = TestConfig::base()
+        .only_carrier(&table, "twilio")
+        .set("carriers.twilio.max_in_flight", 1)
+        .set("dispatch.lease_seconds", 6);
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, config).expect("config");
+    std::fs::write(&path, config.to_string()).expect("config");
     let output = std::process::Command::new(crate::cli::BINARY)
         .args(["check-config", "--config"])
         .arg(&path)
@@ -81,12 +80,10 @@ async fn check_config_warns_when_a_capped_carrier_cannot_drain_the_workers_withi
 
 #[tokio::test]
 async fn a_repeated_key_whose_message_retention_deleted_is_a_new_message_and_fails_nobody() {
-    let config = base_config() + "[retention]\ndays = 0\n";
+    let config = TestConfig::base().set("retention.days", 0);
     let app = TestApp::spawn_role(&config, Role::All).await;
     let post_keyed = |recipient: String, key: &'static str| {
-        app.client
-            .post(app.url("/v1/auth0/sms"))
-            .bearer_auth(token())
+        app.signed_post()
             .header("content-type", "application/json")
             .header("idempotency-key", key)
             .body(sms(&recipient).to_string())
@@ -112,10 +109,7 @@ async fn a_repeated_key_whose_message_retention_deleted_is_a_new_message_and_fai
     smsgate::dispatch::retention::sweep(&app.pool, plan, &shutdown)
         .await
         .expect("sweep");
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count");
+    let keys: i64 = app.count_rows("idempotency_keys").await;
     assert_eq!(keys, 0, "the key went with its message");
 
     // The repeat and 40 other requests arrive together, so they share ingress batches.
@@ -123,9 +117,7 @@ async fn a_repeated_key_whose_message_retention_deleted_is_a_new_message_and_fai
     for i in 0..40 {
         let body = sms(&format!("+1415555{:04}", 3000 + i));
         requests.push(
-            app.client
-                .post(app.url("/v1/auth0/sms"))
-                .bearer_auth(token())
+            app.signed_post()
                 .header("content-type", "application/json")
                 .body(body.to_string())
                 .send(),
@@ -135,22 +127,14 @@ async fn a_repeated_key_whose_message_retention_deleted_is_a_new_message_and_fai
     let mut ids = Vec::new();
     for answer in answers {
         let answer = answer.expect("sent");
-        assert_eq!(
-            answer.status().as_u16(),
-            200,
-            "no request fails for another's key"
-        );
+        crate::helpers::assert_status(&answer, 200, "no request fails for another's key");
         let body: Value = answer.json().await.expect("JSON");
         ids.push(body["id"].as_str().expect("id").to_string());
     }
     assert_ne!(ids[0], first["id"].as_str().expect("id"), "a new message");
     for id in &ids {
         let view = app.get_message(id, Some(ADMIN_TOKEN)).await;
-        assert_eq!(
-            view.status().as_u16(),
-            200,
-            "every 200 names a stored message"
-        );
+        crate::helpers::assert_status(&view, 200, "every 200 names a stored message");
     }
 }
 
@@ -176,17 +160,7 @@ async fn messages_whose_carriers_are_all_disabled_wait_quietly_and_go_out_once_e
         .await
         .expect("sent");
     assert_eq!(off.status().as_u16(), 200);
-    wait_until(
-        "the workers to follow the switch",
-        Duration::from_secs(5),
-        async || {
-            crate::observability::sample(
-                &app.metrics().await,
-                "smsgate_carrier_disabled{carrier=\"twilio\"}",
-            ) == Some(1.0)
-        },
-    )
-    .await;
+    crate::helpers::until_metric(&app, "smsgate_carrier_disabled{carrier=\"twilio\"}", 1.0).await;
 
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -194,10 +168,7 @@ async fn messages_whose_carriers_are_all_disabled_wait_quietly_and_go_out_once_e
     }
     let watched = Duration::from_secs(8);
     tokio::time::sleep(watched).await;
-    let writes: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_writes")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count");
+    let writes: i64 = app.count_rows("queue_writes").await;
     // At most one write per message per 2 s, plus each message's first claim.
     let bound = 20 * (watched.as_secs() as i64 / 2) + 20;
     assert!(
@@ -273,8 +244,7 @@ async fn an_absurd_retry_after_ends_the_message_instead_of_panicking_the_send() 
     });
     let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
 
-    let id = queue(&app, "+14155552671").await;
-    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    let view = crate::dispatch::send_one(&app, "+14155552671").await;
 
     assert_eq!(view["status"], "expired", "{view}");
     assert_eq!(
@@ -288,14 +258,11 @@ async fn an_absurd_retry_after_ends_the_message_instead_of_panicking_the_send() 
 async fn a_messagemedia_report_posted_to_the_exact_callback_url_is_accepted_whatever_the_secret() {
     let standin = MessageMediaStandIn::start().await;
     let secret = "a+b/c=d&e%f 0123456789+/==";
-    let table = format!(
-        "{}public_url = \"https://sms.example.com\"\ncallback_secret = \"{secret}\"\n",
-        standin.carrier_toml("mm")
-    );
-    let config = base_config()
-        .replace("[carriers.console]\nkind = \"log\"\n", &table)
-        .replace("carriers = [\"console\"]", "carriers = [\"mm\"]")
-        + FAST_DISPATCH;
+    let config = TestConfig::base()
+        .only_carrier(&standin.carrier_toml("mm"), "mm")
+        .set("carriers.mm.public_url", "https://sms.example.com")
+        .set("carriers.mm.callback_secret", secret)
+        .merge(FAST_DISPATCH);
     let app = TestApp::spawn_role(&config, Role::All).await;
     let id = queue(&app, "+61491570156").await;
     let view = wait_final(&app, &id, Duration::from_secs(10)).await;
@@ -321,7 +288,7 @@ async fn a_messagemedia_report_posted_to_the_exact_callback_url_is_accepted_what
         .await
         .expect("sent");
 
-    assert_eq!(answer.status().as_u16(), 204, "{callback_url}");
+    crate::helpers::assert_status(&answer, 204, &callback_url.to_string());
     let view = crate::dispatch::status_of(&app, &id).await;
     assert_eq!(view["status"], "delivered");
 }
@@ -365,9 +332,10 @@ async fn every_side_table_is_swept_to_its_retention_whatever_the_message_count()
 
 #[tokio::test]
 async fn refused_ingress_requests_leave_no_rows_behind() {
-    let config = base_config()
-        + "[[limits.ip]]\nmax = 1\nwindow_seconds = 60\n\
-           [[limits.ingress_recipient]]\nmax = 5\nwindow_seconds = 60\n";
+    let config = TestConfig::with(
+        "[[limits.ip]]\nmax = 1\nwindow_seconds = 60\n\
+         [[limits.ingress_recipient]]\nmax = 5\nwindow_seconds = 60\n",
+    );
     let app = TestApp::spawn_with(&config).await;
 
     assert_eq!(
@@ -384,10 +352,7 @@ async fn refused_ingress_requests_leave_no_rows_behind() {
         assert_error(refused, 429, "too_many_requests").await;
     }
 
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ingress_hits")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count");
+    let rows: i64 = app.count_rows("ingress_hits").await;
     assert_eq!(rows, 2, "the IP's and the one accepted number's logs only");
 }
 
@@ -453,8 +418,8 @@ async fn a_token_whose_issuer_is_not_a_string_is_refused() {
 #[tokio::test]
 async fn callback_routes_look_up_the_carrier_before_reading_and_cap_the_body() {
     let standin = TwilioStandIn::start().await;
-    let table = standin.carrier_toml("twilio") + "public_url = \"https://sms.example.com\"\n";
-    let config = config_with(&standin, "").replace(&standin.carrier_toml("twilio"), &table);
+    let config =
+        config_with(&standin, "").set("carriers.twilio.public_url", "https://sms.example.com");
     let app = TestApp::spawn_with(&config).await;
     let big = vec![b'a'; 3 * 1024 * 1024];
 
@@ -466,11 +431,7 @@ async fn callback_routes_look_up_the_carrier_before_reading_and_cap_the_body() {
         .send()
         .await
         .expect("sent");
-    assert_eq!(
-        unknown.status().as_u16(),
-        404,
-        "refused before the body is read"
-    );
+    crate::helpers::assert_status(&unknown, 404, "refused before the body is read");
 
     let known = app
         .client
@@ -508,12 +469,11 @@ async fn readiness_is_cached_for_about_a_second() {
 async fn sigterm_stops_sends_waiting_for_a_carrier_slot_and_hands_them_back() {
     let standin = TwilioStandIn::start().await;
     standin.set_default(Reply::Slow(Duration::from_secs(2)));
-    let table = standin.carrier_toml("twilio") + "max_in_flight = 1\n";
     let config = config_with(
         &standin,
         "[dispatch]\nworkers = 4\nlease_seconds = 30\npoll_interval_ms = 200\n",
     )
-    .replace(&standin.carrier_toml("twilio"), &table);
+    .set("carriers.twilio.max_in_flight", 1);
     let db = TestApp::spawn_role(&config, Role::Ingress).await;
     for i in 0..3 {
         queue(&db, &format!("+1415555{:04}", 7000 + i)).await;
@@ -679,10 +639,7 @@ async fn retention_never_deletes_a_send_log_a_limit_is_updating_meanwhile() {
     admitting.commit().await.expect("commit");
     sweep.await.expect("join").expect("sweep");
 
-    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM recipient_sends")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count");
+    let kept: i64 = app.count_rows("recipient_sends").await;
     assert_eq!(
         kept, 1,
         "the fresh send log survives the sweep that waited for it"
@@ -698,8 +655,8 @@ async fn a_send_whose_limit_check_outlasts_the_lease_is_handed_back_not_sent_twi
     let extra = "[dispatch]\nclaimers = 2\nlease_seconds = 2\npoll_interval_ms = 100\n\
                  [[limits.recipient]]\nmax = 100\nwindow_seconds = 60\n";
     let config = config_with(&standin, extra)
-        .replace("timeout_ms = 3000", "timeout_ms = 700")
-        .replace("connect_timeout_ms = 1000", "connect_timeout_ms = 500");
+        .set("carriers.twilio.timeout_ms", 700)
+        .set("carriers.twilio.connect_timeout_ms", 500);
     let app = TestApp::spawn_role(&config, Role::Ingress).await;
     // The first check of the number's limits takes longer than the lease (a sequence, so a
     // check that is given up still counts as the slow one).
@@ -735,29 +692,20 @@ async fn a_failover_carrier_with_no_turn_costs_no_attempt() {
     // the lease; that attempt counted, so messages failed without the healthy carrier being
     // asked.
     let failing = TwilioStandIn::start().await;
-    failing.set_default(Reply::Error {
-        status: 500,
-        code: "20500",
-        retry_after: None,
-    });
+    failing.set_default(Reply::error(500, "20500"));
     let capped = TwilioStandIn::start().await;
     capped.set_default(Reply::Slow(Duration::from_millis(1500)));
-    let tables = failing
-        .carrier_toml("first")
-        .replace("timeout_ms = 3000", "timeout_ms = 500")
-        .replace("connect_timeout_ms = 1000", "connect_timeout_ms = 200")
-        + &capped
-            .carrier_toml("second")
-            .replace("timeout_ms = 3000", "timeout_ms = 2500")
-        + "max_in_flight = 1\n";
-    let config = base_config()
-        .replace("[carriers.console]\nkind = \"log\"\n", &tables)
-        .replace(
-            "carriers = [\"console\"]",
-            "carriers = [\"first\", \"second\"]",
-        )
-        + "[dispatch]\nlease_seconds = 5\nmax_attempts = 1\nretry_base_ms = 100\n\
-           retry_max_ms = 200\npoll_interval_ms = 100\n";
+    let tables = failing.carrier_toml("first") + &capped.carrier_toml("second");
+    let config = TestConfig::base()
+        .only_carriers(&tables, &["first", "second"])
+        .set("carriers.first.timeout_ms", 500)
+        .set("carriers.first.connect_timeout_ms", 200)
+        .set("carriers.second.timeout_ms", 2500)
+        .set("carriers.second.max_in_flight", 1)
+        .merge(
+            "[dispatch]\nlease_seconds = 5\nmax_attempts = 1\nretry_base_ms = 100\n\
+             retry_max_ms = 200\npoll_interval_ms = 100\n",
+        );
     let app = TestApp::spawn_role(&config, Role::All).await;
 
     let mut ids = Vec::new();

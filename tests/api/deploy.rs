@@ -54,13 +54,9 @@ async fn operator_commands_beside_a_live_gateway_never_stop_its_embedded_databas
             .send()
             .await
             .expect("sent");
-        assert_eq!(ready.status().as_u16(), 200, "still ready after {args:?}");
+        crate::helpers::assert_status(&ready, 200, &format!("still ready after {args:?}"));
         let accepted = post_with_smsgate_token(&client, dir.path(), port).await;
-        assert_eq!(
-            accepted.status().as_u16(),
-            200,
-            "still accepting after {args:?}"
-        );
+        crate::helpers::assert_status(&accepted, 200, &format!("still accepting after {args:?}"));
     }
 
     assert!(terminate(child).await.success());
@@ -669,7 +665,7 @@ async fn smsgate_reaches_a_tls_only_postgres_with_verify_full_and_refuses_anythi
         .send()
         .await
         .expect("sent");
-    assert_eq!(accepted.status().as_u16(), 200, "stored over TLS");
+    crate::helpers::assert_status(&accepted, 200, "stored over TLS");
     assert!(terminate(child).await.success());
 
     // Another CA's certificate, and no TLS at all: both refused, naming why.
@@ -703,7 +699,7 @@ async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
     let child = serve_quietly(&config);
     let client = wait_until_healthy(port).await;
     let accepted = post_with_smsgate_token(&client, dir.path(), port).await;
-    assert_eq!(accepted.status().as_u16(), 200, "the ingress stays public");
+    crate::helpers::assert_status(&accepted, 200, "the ingress stays public");
     let id = accepted.json::<serde_json::Value>().await.expect("JSON")["id"]
         .as_str()
         .expect("id")
@@ -717,9 +713,9 @@ async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
 
     for path in [format!("/v1/messages/{id}"), "/v1/messages".to_string()] {
         let public = admin(port, path.clone()).await.expect("sent");
-        assert_eq!(public.status().as_u16(), 404, "{path} is not public");
+        crate::helpers::assert_status(&public, 404, &format!("{path} is not public"));
         let private = admin(admin_port, path.clone()).await.expect("sent");
-        assert_eq!(private.status().as_u16(), 200, "{path} on admin.listen");
+        crate::helpers::assert_status(&private, 200, &format!("{path} on admin.listen"));
     }
     let switch = client
         .post(format!(
@@ -735,11 +731,7 @@ async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
         .send()
         .await
         .expect("sent");
-    assert_eq!(
-        ingress_on_admin.status().as_u16(),
-        404,
-        "no ingress on the admin port"
-    );
+    crate::helpers::assert_status(&ingress_on_admin, 404, "no ingress on the admin port");
     assert!(terminate(child).await.success());
 }
 
@@ -759,11 +751,7 @@ async fn a_second_gateway_waits_for_a_live_embedded_database_and_commands_during
     }
     let client = wait_until_healthy(port).await;
     let accepted = post_with_smsgate_token(&client, dir.path(), port).await;
-    assert_eq!(
-        accepted.status().as_u16(),
-        200,
-        "still serving after the commands"
-    );
+    crate::helpers::assert_status(&accepted, 200, "still serving after the commands");
 
     // A second gateway on the same data directory waits for it instead of sharing it, and
     // takes over once the first stops (a replacement on one box).
@@ -786,12 +774,12 @@ async fn a_second_gateway_waits_for_a_live_embedded_database_and_commands_during
         .send()
         .await
         .expect("sent");
-    assert_eq!(ready.status().as_u16(), 200, "the first keeps its database");
+    crate::helpers::assert_status(&ready, 200, "the first keeps its database");
     assert!(terminate(child).await.success());
 
     let client = wait_until_healthy(second_port).await;
     let accepted = post_with_smsgate_token(&client, dir.path(), second_port).await;
-    assert_eq!(accepted.status().as_u16(), 200, "the second took over");
+    crate::helpers::assert_status(&accepted, 200, "the second took over");
     assert!(terminate(second).await.success());
 }
 

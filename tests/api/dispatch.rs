@@ -6,18 +6,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use smsgate::Role;
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, base_config, sms, token};
+use crate::helpers::{ADMIN_TOKEN, TestApp, sms, token};
 use crate::standins::twilio::{FROM, Reply, TwilioStandIn};
+use crate::test_config::TestConfig;
 
 /// The base config with the console carrier replaced by the stand-in, plus `extra` TOML.
-pub fn config_with(standin: &TwilioStandIn, extra: &str) -> String {
-    let routed = base_config()
-        .replace(
-            "[carriers.console]\nkind = \"log\"\n",
-            &standin.carrier_toml("twilio"),
-        )
-        .replace("carriers = [\"console\"]", "carriers = [\"twilio\"]");
-    format!("{routed}\n{extra}")
+pub fn config_with(standin: &TwilioStandIn, extra: &str) -> TestConfig {
+    TestConfig::base()
+        .only_carrier(&standin.carrier_toml("twilio"), "twilio")
+        .merge(extra)
 }
 
 /// Fast retries and polls for tests; `extra` may add more sections.
@@ -28,6 +25,12 @@ pub async fn queue(app: &TestApp, recipient: &str) -> String {
     assert_eq!(response.status().as_u16(), 200);
     let body: Value = response.json().await.expect("JSON");
     body["id"].as_str().expect("id").to_string()
+}
+
+/// Queues one message to `recipient` and waits (10 s at most) for its final view.
+pub async fn send_one(app: &TestApp, recipient: &str) -> Value {
+    let id = queue(app, recipient).await;
+    wait_final(app, &id, Duration::from_secs(10)).await
 }
 
 pub async fn status_of(app: &TestApp, id: &str) -> Value {
@@ -68,8 +71,7 @@ async fn a_queued_message_is_sent_recorded_and_its_code_erased() {
     let standin = TwilioStandIn::start().await;
     let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
 
-    let id = queue(&app, "+14155552671").await;
-    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    let view = crate::dispatch::send_one(&app, "+14155552671").await;
 
     assert_eq!(view["status"], "sent");
     assert_eq!(view["carrier"], "twilio");
@@ -135,18 +137,7 @@ async fn an_idle_worker_is_woken_at_once_in_process_and_across_processes() {
 #[tokio::test]
 async fn a_carrier_failing_twice_then_succeeding_ends_sent_after_three_attempts() {
     let standin = TwilioStandIn::start().await;
-    standin.script([
-        Reply::Error {
-            status: 500,
-            code: "20500",
-            retry_after: None,
-        },
-        Reply::Error {
-            status: 503,
-            code: "20503",
-            retry_after: None,
-        },
-    ]);
+    standin.script([Reply::error(500, "20500"), Reply::error(503, "20503")]);
     let app = TestApp::spawn_role(&config_with(&standin, FAST_DISPATCH), Role::All).await;
 
     let id = queue(&app, "+14155552671").await;
@@ -205,11 +196,7 @@ async fn retry_after_from_the_carrier_is_honoured() {
 #[tokio::test]
 async fn a_message_is_never_sent_after_it_expires() {
     let standin = TwilioStandIn::start().await;
-    standin.set_default(Reply::Error {
-        status: 500,
-        code: "20500",
-        retry_after: None,
-    });
+    standin.set_default(Reply::error(500, "20500"));
     let extra = "[dispatch]\nmessage_ttl_seconds = 2\nretry_base_ms = 300\nretry_max_ms = 300\nmax_attempts = 100\nlease_seconds = 5\n";
     let app = TestApp::spawn_with(&config_with(&standin, extra)).await;
 
@@ -253,11 +240,7 @@ async fn a_message_that_expired_in_the_queue_reaches_no_carrier() {
 #[tokio::test]
 async fn a_recipient_failure_ends_the_message_without_retrying() {
     let standin = TwilioStandIn::start().await;
-    standin.script([Reply::Error {
-        status: 400,
-        code: "21211",
-        retry_after: None,
-    }]);
+    standin.script([Reply::error(400, "21211")]);
     let app = TestApp::spawn_with(&config_with(&standin, FAST_DISPATCH)).await;
 
     let id = queue(&app, "+14155552671").await;
@@ -275,16 +258,11 @@ async fn a_recipient_failure_ends_the_message_without_retrying() {
 #[tokio::test]
 async fn after_max_attempts_the_message_fails() {
     let standin = TwilioStandIn::start().await;
-    standin.set_default(Reply::Error {
-        status: 500,
-        code: "20500",
-        retry_after: None,
-    });
+    standin.set_default(Reply::error(500, "20500"));
     let extra = "[dispatch]\nretry_base_ms = 50\nretry_max_ms = 100\nmax_attempts = 3\npoll_interval_ms = 100\n";
     let app = TestApp::spawn_role(&config_with(&standin, extra), Role::All).await;
 
-    let id = queue(&app, "+14155552671").await;
-    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    let view = crate::dispatch::send_one(&app, "+14155552671").await;
 
     assert_eq!(view["status"], "failed");
     assert_eq!(view["attempts"].as_array().map(Vec::len), Some(3));
@@ -464,24 +442,13 @@ async fn no_carrier_is_called_once_the_code_expired_even_mid_failover() {
     let hanging = TwilioStandIn::start().await;
     hanging.set_default(Reply::Slow(Duration::from_secs(5)));
     let good = TwilioStandIn::start().await;
-    let config = base_config()
-        .replace(
-            "[carriers.console]\nkind = \"log\"\n",
-            &format!(
-                "{}{}",
-                hanging.carrier_toml("hanging"),
-                good.carrier_toml("good")
-            ),
-        )
-        .replace(
-            "carriers = [\"console\"]",
-            "carriers = [\"hanging\", \"good\"]",
-        )
-        + "[dispatch]\nmessage_ttl_seconds = 2\nlease_seconds = 10\n";
+    let tables = hanging.carrier_toml("hanging") + &good.carrier_toml("good");
+    let config = TestConfig::base()
+        .only_carriers(&tables, &["hanging", "good"])
+        .merge("[dispatch]\nmessage_ttl_seconds = 2\nlease_seconds = 10\n");
     let app = TestApp::spawn_role(&config, Role::All).await;
 
-    let id = queue(&app, "+14155552671").await;
-    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    let view = crate::dispatch::send_one(&app, "+14155552671").await;
 
     assert_eq!(view["status"], "expired");
     assert_eq!(view["attempts"][0]["outcome"], "timeout");
@@ -494,10 +461,7 @@ async fn no_carrier_is_called_once_the_code_expired_even_mid_failover() {
 #[tokio::test]
 async fn a_carrier_send_rate_is_capped_per_process() {
     let standin = TwilioStandIn::start().await;
-    let config = config_with(&standin, FAST_DISPATCH).replace(
-        "timeout_ms = 3000\n",
-        "timeout_ms = 3000\nmax_per_second = 2\n",
-    );
+    let config = config_with(&standin, FAST_DISPATCH).set("carriers.twilio.max_per_second", 2);
     let app = TestApp::spawn_role(&config, Role::All).await;
     let mut ids = Vec::new();
     for i in 0..6 {

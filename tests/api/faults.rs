@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::wait_until_healthy;
 use crate::dispatch::{FAST_DISPATCH, config_with, wait_until};
-use crate::helpers::{TestApp, sms, token};
+use crate::helpers::{TestApp, token};
 use crate::process::{WORKERS, slow_config, spawn_binary};
 use crate::standins::twilio::{Reply, TwilioStandIn};
 
@@ -33,11 +33,7 @@ async fn load(
     stop: CancellationToken,
 ) -> Vec<Outcome> {
     let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client");
+    let http = crate::helpers::http_client(20);
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients as u64 {
         let (http, outcomes, stop) = (http.clone(), outcomes.clone(), stop.clone());
@@ -47,11 +43,7 @@ async fn load(
                 let recipient = format!("+1415{:07}", first_number + client * 100_000 + n);
                 n += 1;
                 let sent = Instant::now();
-                let status = http
-                    .post(format!("http://{address}/v1/auth0/sms"))
-                    .bearer_auth(token())
-                    .header("content-type", "application/json")
-                    .body(sms(&recipient).to_string())
+                let status = crate::helpers::sms_request(&http, address, token(), &recipient)
                     .send()
                     .await
                     .ok()
@@ -97,7 +89,8 @@ async fn postgres_stopped_under_load_gives_503s_then_recovers_without_a_restart(
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = private_cluster(dir.path());
     let url = cluster.url("postgres");
-    let mut config = Config::from_toml_str(&config_with(&standin, FAST_DISPATCH)).expect("config");
+    let mut config =
+        Config::from_toml_str(&config_with(&standin, FAST_DISPATCH).to_string()).expect("config");
     config.database.url = smsgate::secret::Secret::new(url.clone());
     let app = App::build_with_role(&config, Role::All)
         .await

@@ -1,23 +1,14 @@
 //! Liveness and readiness.
 
-use crate::helpers::{TestApp, base_config};
+use crate::helpers::TestApp;
+use crate::test_config::TestConfig;
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_200_on_a_migrated_database() {
     let app = TestApp::spawn().await;
 
-    let health = app
-        .client
-        .get(app.url("/healthz"))
-        .send()
-        .await
-        .expect("sent");
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
+    let health = app.get("/healthz").await;
+    let ready = app.get("/readyz").await;
 
     assert_eq!(health.status().as_u16(), 200);
     assert_eq!(ready.status().as_u16(), 200);
@@ -25,7 +16,7 @@ async fn healthz_and_readyz_answer_200_on_a_migrated_database() {
 
 #[tokio::test]
 async fn readyz_is_503_until_migrations_are_applied() {
-    let config = base_config().replace("[database]", "[database]\nmigrate_on_start = false");
+    let config = TestConfig::base().set("database.migrate_on_start", false);
     let app = TestApp::spawn_with(&config).await;
     // Every table, whatever later migrations add.
     sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
@@ -33,12 +24,7 @@ async fn readyz_is_503_until_migrations_are_applied() {
         .await
         .expect("unmigrate");
 
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status().as_u16(), 503);
 
     smsgate::db::migrate(&app.pool).await.expect("migrate");

@@ -175,19 +175,29 @@ impl TestApp {
         Self::spawn_with(&base_config()).await
     }
 
-    pub async fn spawn_with(config_toml: &str) -> Self {
+    pub async fn spawn_with(config_toml: &(impl std::fmt::Display + ?Sized)) -> Self {
         Self::spawn_role(config_toml, Role::Ingress).await
     }
 
-    pub async fn spawn_role(config_toml: &str, role: Role) -> Self {
+    pub async fn spawn_role(config_toml: &(impl std::fmt::Display + ?Sized), role: Role) -> Self {
         let (database, options) = fresh_database().await;
-        Self::spawn_on(config_toml, role, database, options).await
+        Self::spawn_on(&config_toml.to_string(), role, database, options).await
     }
 
     /// Another process on the same database (for multi-process tests).
-    pub async fn spawn_sibling(&self, config_toml: &str, role: Role) -> Self {
+    pub async fn spawn_sibling(
+        &self,
+        config_toml: &(impl std::fmt::Display + ?Sized),
+        role: Role,
+    ) -> Self {
         let options = self.pool.connect_options().as_ref().clone();
-        Self::spawn_on(config_toml, role, self.database.clone(), options).await
+        Self::spawn_on(
+            &config_toml.to_string(),
+            role,
+            self.database.clone(),
+            options,
+        )
+        .await
     }
 
     async fn spawn_on(
@@ -282,12 +292,43 @@ impl TestApp {
         request.send().await.expect("request sent")
     }
 
+    /// `POST /v1/auth0/sms` with a valid token; the test adds the rest.
+    pub fn signed_post(&self) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url("/v1/auth0/sms"))
+            .bearer_auth(token())
+    }
+
+    /// `GET path` on the public listener.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("sent")
+    }
+
     pub async fn get_message(&self, id: &str, admin_token: Option<&str>) -> reqwest::Response {
         let mut request = self.client.get(self.url(&format!("/v1/messages/{id}")));
         if let Some(token) = admin_token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         request.send().await.expect("request sent")
+    }
+
+    /// Rows in `table` (a table name written in the test).
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let query = format!("SELECT count(*) FROM {table}");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    /// `assert_error`, and nothing was stored.
+    pub async fn assert_refused(&self, response: reqwest::Response, status: u16, code: &str) {
+        assert_error(response, status, code).await;
+        assert_eq!(
+            self.stored_rows().await,
+            0,
+            "a refused request stored something"
+        );
     }
 
     /// Rows in `messages` plus rows in `message_queue`: zero proves nothing was stored.
@@ -349,6 +390,74 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
         "error_description in {body}"
     );
     body
+}
+
+/// A client for the gateway on loopback (no proxy), giving up on a request after `seconds`.
+pub fn http_client(seconds: u64) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(seconds))
+        .build()
+        .expect("HTTP client")
+}
+
+/// `POST /v1/auth0/sms` of a message to `recipient` at a gateway's address (a port on
+/// loopback, or a whole address), with `bearer`.
+pub fn sms_request(
+    client: &reqwest::Client,
+    at: impl Into<Gateway>,
+    bearer: impl std::fmt::Display,
+    recipient: &str,
+) -> reqwest::RequestBuilder {
+    let Gateway(address) = at.into();
+    client
+        .post(format!("http://{address}/v1/auth0/sms"))
+        .bearer_auth(bearer)
+        .header("content-type", "application/json")
+        .body(sms(recipient).to_string())
+}
+
+/// Where a gateway listens.
+pub struct Gateway(SocketAddr);
+
+impl From<u16> for Gateway {
+    fn from(port: u16) -> Self {
+        Gateway(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+}
+
+impl From<SocketAddr> for Gateway {
+    fn from(address: SocketAddr) -> Self {
+        Gateway(address)
+    }
+}
+
+/// The response's status is `status`; `why` says what that shows.
+pub fn assert_status(response: &reqwest::Response, status: u16, why: &str) {
+    assert_eq!(response.status().as_u16(), status, "{why}");
+}
+
+/// `assert_error`, and the description mentions `words`.
+pub async fn assert_error_saying(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+    words: &str,
+) -> Value {
+    let body = assert_error(response, status, code).await;
+    let description = body["error_description"].as_str().unwrap_or_default();
+    assert!(description.contains(words), "{words:?} not in {body}");
+    body
+}
+
+/// Waits until `series` of the app's metrics reads `value`.
+pub async fn until_metric(app: &TestApp, series: &str, value: f64) {
+    crate::dispatch::wait_until(
+        &format!("{series} to read {value}"),
+        std::time::Duration::from_secs(5),
+        async || crate::observability::sample(&app.metrics().await, series) == Some(value),
+    )
+    .await;
 }
 
 /// Waits until a session on `pool`'s database is blocked on a lock: the moment a statement a

@@ -2,7 +2,8 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, base_config, sms, token};
+use crate::helpers::{TestApp, assert_error, sms, token};
+use crate::test_config::TestConfig;
 
 #[derive(sqlx::FromRow)]
 struct StoredMessage {
@@ -69,7 +70,7 @@ async fn sender_and_req_are_optional_and_unknown_fields_are_ignored() {
 
 #[tokio::test]
 async fn the_message_ttl_comes_from_the_configuration() {
-    let config = base_config().replace("[admin]", "[dispatch]\nmessage_ttl_seconds = 120\n[admin]");
+    let config = TestConfig::base().set("dispatch.message_ttl_seconds", 120);
     let app = TestApp::spawn_with(&config).await;
 
     let response = app.post_sms(Some(&token()), &sms("+14155552671")).await;
@@ -88,7 +89,7 @@ async fn the_message_ttl_comes_from_the_configuration() {
 async fn assert_invalid(body: Value, code: &str) {
     let app = TestApp::spawn().await;
     let response = app.post_sms(Some(&token()), &body).await;
-    assert_eq!(response.status().as_u16(), 400, "status for {body}");
+    crate::helpers::assert_status(&response, 400, &format!("status for {body}"));
     assert_error(response, 400, code).await;
     assert_eq!(app.stored_rows().await, 0, "nothing stored for {body}");
 }
@@ -153,17 +154,14 @@ async fn malformed_json_is_refused() {
     let app = TestApp::spawn().await;
 
     let response = app
-        .client
-        .post(app.url("/v1/auth0/sms"))
-        .header("authorization", format!("Bearer {}", token()))
+        .signed_post()
         .header("content-type", "application/json")
         .body(r#"{"recipient": "+14155552671", "body": "#)
         .send()
         .await
         .expect("sent");
 
-    assert_error(response, 400, "invalid_json").await;
-    assert_eq!(app.stored_rows().await, 0);
+    app.assert_refused(response, 400, "invalid_json").await;
 }
 
 #[tokio::test]
@@ -174,11 +172,7 @@ async fn a_non_json_content_type_is_refused_with_415() {
         Some("text/plain"),
         Some("application/x-www-form-urlencoded"),
     ] {
-        let mut request = app
-            .client
-            .post(app.url("/v1/auth0/sms"))
-            .header("authorization", format!("Bearer {}", token()))
-            .body(sms("+14155552671").to_string());
+        let mut request = app.signed_post().body(sms("+14155552671").to_string());
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
@@ -193,9 +187,7 @@ async fn a_json_content_type_with_a_charset_is_accepted() {
     let app = TestApp::spawn().await;
 
     let response = app
-        .client
-        .post(app.url("/v1/auth0/sms"))
-        .header("authorization", format!("Bearer {}", token()))
+        .signed_post()
         .header("content-type", "application/json; charset=utf-8")
         .body(sms("+14155552671").to_string())
         .send()
@@ -220,9 +212,7 @@ async fn a_body_over_16_kib_is_refused_with_413() {
         Ok(body.to_string()[9000..].to_string()),
     ];
     let streamed = app
-        .client
-        .post(app.url("/v1/auth0/sms"))
-        .header("authorization", format!("Bearer {}", token()))
+        .signed_post()
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
@@ -230,8 +220,7 @@ async fn a_body_over_16_kib_is_refused_with_413() {
         .send()
         .await
         .expect("sent");
-    assert_error(streamed, 413, "payload_too_large").await;
-    assert_eq!(app.stored_rows().await, 0);
+    app.assert_refused(streamed, 413, "payload_too_large").await;
 }
 
 #[tokio::test]
@@ -251,12 +240,7 @@ async fn a_database_that_cannot_commit_gets_503_and_the_gateway_recovers() {
 
     let response = app.post_sms(Some(&token()), &sms("+14155552671")).await;
     assert_error(response, 503, "temporarily_unavailable").await;
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status().as_u16(), 503);
 
     let unblock = format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", app.database);
@@ -274,11 +258,7 @@ async fn a_database_that_cannot_commit_gets_503_and_the_gateway_recovers() {
     );
 
     let response = app.post_sms(Some(&token()), &sms("+14155552671")).await;
-    assert_eq!(
-        response.status().as_u16(),
-        200,
-        "recovered without a restart"
-    );
+    crate::helpers::assert_status(&response, 200, "recovered without a restart");
 }
 
 #[tokio::test]
@@ -337,15 +317,12 @@ async fn a_body_that_is_not_utf8_is_refused() {
     bytes.extend_from_slice(br#""}"#);
 
     let response = app
-        .client
-        .post(app.url("/v1/auth0/sms"))
-        .header("authorization", format!("Bearer {}", token()))
+        .signed_post()
         .header("content-type", "application/json")
         .body(bytes)
         .send()
         .await
         .expect("sent");
 
-    assert_error(response, 400, "invalid_json").await;
-    assert_eq!(app.stored_rows().await, 0);
+    app.assert_refused(response, 400, "invalid_json").await;
 }

@@ -23,3 +23,4 @@ mod slow_clients;
 mod soak;
 mod standins;
 mod status;
+mod test_config;

@@ -7,10 +7,11 @@ use serde_json::json;
 use smsgate::Role;
 
 use crate::dispatch::{queue, wait_final};
-use crate::helpers::{TestApp, base_config, sms, token};
+use crate::helpers::{TestApp, sms, token};
 use crate::standins::Reply;
 use crate::standins::messagemedia::MessageMediaStandIn;
 use crate::standins::twilio::TwilioStandIn;
+use crate::test_config::TestConfig;
 
 /// The value of the sample `series` (name with labels, as exposed), if present.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
@@ -42,10 +43,7 @@ pub const FAMILIES: [&str; 14] = [
 
 #[tokio::test]
 async fn every_family_and_known_label_is_exported_at_zero_from_start_up() {
-    let config = base_config().replace(
-        "[carriers.console]\nkind = \"log\"\n",
-        "[carriers.console]\nkind = \"log\"\n[carriers.spare]\nkind = \"log\"\n",
-    );
+    let config = TestConfig::base().set("carriers.spare.kind", "log");
     let app = TestApp::spawn_role(&config, Role::All).await;
 
     let text = app.metrics().await;
@@ -107,26 +105,12 @@ async fn every_family_and_known_label_is_exported_at_zero_from_start_up() {
 #[tokio::test]
 async fn counters_agree_exactly_with_what_happened() {
     let failing = TwilioStandIn::start().await;
-    failing.set_default(Reply::Error {
-        status: 500,
-        code: "20500",
-        retry_after: None,
-    });
+    failing.set_default(Reply::error(500, "20500"));
     let good = MessageMediaStandIn::start().await;
-    let config = base_config()
-        .replace(
-            "[carriers.console]\nkind = \"log\"\n",
-            &format!(
-                "{}{}",
-                failing.carrier_toml("failing"),
-                good.carrier_toml("good")
-            ),
-        )
-        .replace(
-            "carriers = [\"console\"]",
-            "carriers = [\"failing\", \"good\"]",
-        )
-        + "[dispatch]\nlease_seconds = 10\n";
+    let tables = failing.carrier_toml("failing") + &good.carrier_toml("good");
+    let config = TestConfig::base()
+        .only_carriers(&tables, &["failing", "good"])
+        .set("dispatch.lease_seconds", 10);
     let app = TestApp::spawn_role(&config, Role::All).await;
 
     let id = queue(&app, "+14155552671").await;

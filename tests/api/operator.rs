@@ -9,8 +9,8 @@ use smsgate::Role;
 use crate::cli::BINARY;
 use crate::dispatch::{FAST_DISPATCH, queue, wait_final};
 use crate::helpers::{ADMIN_TOKEN, TestApp, base_config, url_of};
-use crate::observability::sample;
 use crate::standins::twilio::TwilioStandIn;
+use crate::test_config::TestConfig;
 
 async fn admin_get(app: &TestApp, path: &str, token: Option<&str>) -> reqwest::Response {
     let mut request = app.client.get(app.url(path));
@@ -22,7 +22,7 @@ async fn admin_get(app: &TestApp, path: &str, token: Option<&str>) -> reqwest::R
 
 async fn listed(app: &TestApp, path: &str) -> Value {
     let response = admin_get(app, path, Some(ADMIN_TOKEN)).await;
-    assert_eq!(response.status().as_u16(), 200, "{path}");
+    crate::helpers::assert_status(&response, 200, path);
     response.json().await.expect("JSON")
 }
 
@@ -175,20 +175,11 @@ async fn the_command_line_lists_shows_retries_and_cancels() {
 async fn a_disabled_carrier_is_skipped_by_every_route_until_enabled() {
     let first = TwilioStandIn::start().await;
     let second = TwilioStandIn::start().await;
-    let config = base_config()
-        .replace(
-            "[carriers.console]\nkind = \"log\"\n",
-            &format!(
-                "{}{}",
-                first.carrier_toml("first"),
-                second.carrier_toml("second")
-            ),
-        )
-        .replace(
-            "carriers = [\"console\"]",
-            "carriers = [\"first\", \"second\"]",
-        )
-        + &FAST_DISPATCH.replace("lease_seconds = 5", "lease_seconds = 10");
+    let tables = first.carrier_toml("first") + &second.carrier_toml("second");
+    let config = TestConfig::base()
+        .only_carriers(&tables, &["first", "second"])
+        .merge(FAST_DISPATCH)
+        .set("dispatch.lease_seconds", 10);
     let app = TestApp::spawn_role(&config, Role::All).await;
     let switch = |action: &'static str, name: &'static str, token: Option<&'static str>| {
         let mut request = app
@@ -209,17 +200,7 @@ async fn a_disabled_carrier_is_skipped_by_every_route_until_enabled() {
         body,
         serde_json::json!({"carrier": "first", "disabled": true})
     );
-    crate::dispatch::wait_until(
-        "the switch to reach the workers",
-        Duration::from_secs(5),
-        async || {
-            sample(
-                &app.metrics().await,
-                "smsgate_carrier_disabled{carrier=\"first\"}",
-            ) == Some(1.0)
-        },
-    )
-    .await;
+    crate::helpers::until_metric(&app, "smsgate_carrier_disabled{carrier=\"first\"}", 1.0).await;
     let id = queue(&app, "+14155552671").await;
     let view = wait_final(&app, &id, Duration::from_secs(10)).await;
     assert_eq!(view["carrier"], "second", "{view}");
@@ -232,13 +213,7 @@ async fn a_disabled_carrier_is_skipped_by_every_route_until_enabled() {
         .await
         .expect("sent");
     assert_eq!(on.status().as_u16(), 200);
-    crate::dispatch::wait_until("the switch back", Duration::from_secs(5), async || {
-        sample(
-            &app.metrics().await,
-            "smsgate_carrier_disabled{carrier=\"first\"}",
-        ) == Some(0.0)
-    })
-    .await;
+    crate::helpers::until_metric(&app, "smsgate_carrier_disabled{carrier=\"first\"}", 0.0).await;
     let id = queue(&app, "+14155552672").await;
     assert_eq!(
         wait_final(&app, &id, Duration::from_secs(10)).await["carrier"],

@@ -6,7 +6,7 @@ use serde_json::Value;
 use smsgate::Config;
 use smsgate::metrics::Metrics;
 
-use crate::helpers::base_config;
+use crate::test_config::TestConfig;
 
 /// Metric names in PromQL text: `smsgate_…` and `process_…` identifiers.
 fn metric_names(promql: &str) -> BTreeSet<String> {
@@ -39,10 +39,11 @@ fn family_of(name: &str, families: &BTreeSet<String>) -> Option<String> {
 }
 
 fn exported_families() -> BTreeSet<String> {
-    let config = Config::from_toml_str(&base_config().replace(
-        "[carriers.console]\nkind = \"log\"\n",
-        "[carriers.console]\nkind = \"log\"\n[carriers.spare]\nkind = \"log\"\n",
-    ))
+    let config = Config::from_toml_str(
+        &TestConfig::base()
+            .set("carriers.spare.kind", "log")
+            .to_string(),
+    )
     .expect("config");
     let metrics = Metrics::new(&config).expect("metrics");
     metrics.family_names().into_iter().collect()

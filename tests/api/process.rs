@@ -10,19 +10,19 @@ use smsgate::Role;
 
 use crate::cli::{BINARY, free_port, terminate as stop, wait_until_healthy};
 use crate::dispatch::{config_with, wait_until};
-use crate::helpers::{TestApp, sms, token, url_of};
+use crate::helpers::{TestApp, token, url_of};
 use crate::standins::twilio::{Reply, TwilioStandIn};
+use crate::test_config::TestConfig;
 
 pub const WORKERS: usize = 8;
 
 /// Runs `smsgate serve` on the test app's database with `config`.
-pub fn spawn_binary(app: &TestApp, config: &str, dir: &std::path::Path) -> (Child, u16) {
+pub fn spawn_binary(app: &TestApp, config: &TestConfig, dir: &std::path::Path) -> (Child, u16) {
     let port = free_port();
-    let text = config.replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-        1,
-    );
+    let text = config
+        .clone()
+        .set("server.listen", format!("127.0.0.1:{port}"))
+        .to_string();
     let path = dir.join(format!("smsgate-{port}.toml"));
     std::fs::write(&path, text).expect("config");
     let log = std::fs::File::create(dir.join(format!("smsgate-{port}.log"))).expect("log");
@@ -41,11 +41,7 @@ async fn post_many(client: &reqwest::Client, port: u16, count: usize) -> Vec<Str
     let mut recipients = Vec::new();
     for i in 0..count {
         let recipient = format!("+1415555{:04}", 1000 + i);
-        let response = client
-            .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
-            .bearer_auth(token())
-            .header("content-type", "application/json")
-            .body(sms(&recipient).to_string())
+        let response = crate::helpers::sms_request(client, port, token(), &recipient)
             .send()
             .await
             .expect("sent");
@@ -56,7 +52,7 @@ async fn post_many(client: &reqwest::Client, port: u16, count: usize) -> Vec<Str
     recipients
 }
 
-pub fn slow_config(standin: &TwilioStandIn) -> String {
+pub fn slow_config(standin: &TwilioStandIn) -> TestConfig {
     config_with(
         standin,
         &format!(
@@ -184,14 +180,15 @@ async fn json_logs_carry_one_outcome_line_per_message_and_never_a_code_number_or
     let client = wait_until_healthy(port).await;
 
     post_many(&client, port, 1).await;
-    let unauthorized = client
-        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
-        .bearer_auth("not-a-token-but-a-secret-looking-string")
-        .header("content-type", "application/json")
-        .body(sms("+14155559999").to_string())
-        .send()
-        .await
-        .expect("sent");
+    let unauthorized = crate::helpers::sms_request(
+        &client,
+        port,
+        "not-a-token-but-a-secret-looking-string",
+        "+14155559999",
+    )
+    .send()
+    .await
+    .expect("sent");
     assert_eq!(unauthorized.status().as_u16(), 401);
     wait_until("the send", Duration::from_secs(10), async || {
         smsgate::db::queue::depth(&db.pool).await.unwrap_or(1) == 0

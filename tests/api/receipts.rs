@@ -11,22 +11,19 @@ use sha1::Sha1;
 use smsgate::Role;
 
 use crate::dispatch::{FAST_DISPATCH, queue, status_of, wait_final};
-use crate::helpers::{TestApp, base_config};
+use crate::helpers::TestApp;
 use crate::observability::sample;
 use crate::standins::messagemedia::MessageMediaStandIn;
 use crate::standins::twilio::{AUTH_TOKEN, TwilioStandIn};
+use crate::test_config::TestConfig;
 
 const PUBLIC_URL: &str = "https://sms.example.com";
 const MM_KEY: &str = "mm-callback-secret-0123456789";
 
-fn only_carrier(table: &str, name: &str) -> String {
-    base_config()
-        .replace("[carriers.console]\nkind = \"log\"\n", table)
-        .replace(
-            "carriers = [\"console\"]",
-            &format!("carriers = [\"{name}\"]"),
-        )
-        + FAST_DISPATCH
+fn only_carrier(table: &str, name: &str) -> TestConfig {
+    TestConfig::base()
+        .only_carrier(table, name)
+        .merge(FAST_DISPATCH)
 }
 
 /// Twilio's signature, computed here independently of smsgate's code.
@@ -154,16 +151,13 @@ async fn forged_twilio_callbacks_are_refused_and_change_nothing() {
         (&tampered[..], Some(right.as_str())),
     ] {
         let response = post_twilio(&app, body, signature).await;
-        assert_eq!(response.status().as_u16(), 403, "{signature:?}");
+        crate::helpers::assert_status(&response, 403, &format!("{signature:?}"));
         let error: Value = response.json().await.expect("JSON");
         assert_eq!(error["error"], "invalid_signature");
     }
 
     assert_eq!(status_of(&app, &id).await["status"], "sent");
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_receipts")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count");
+    let recorded: i64 = app.count_rows("delivery_receipts").await;
     assert_eq!(recorded, 0, "nothing recorded");
 }
 
@@ -254,7 +248,7 @@ async fn a_messagemedia_report_with_the_carriers_key_marks_the_message() {
 
     for key in [None, Some("wrong-key"), Some("")] {
         let refused = post_messagemedia(&app, key, &report).await;
-        assert_eq!(refused.status().as_u16(), 403, "{key:?}");
+        crate::helpers::assert_status(&refused, 403, &format!("{key:?}"));
     }
     assert_eq!(status_of(&app, &id).await["status"], "sent");
     let accepted = post_messagemedia(&app, Some(MM_KEY), &report).await;
@@ -276,10 +270,7 @@ async fn a_messagemedia_report_with_the_carriers_key_marks_the_message() {
     let long = json!({"message_id": "x".repeat(256), "status": "delivered"});
     let refused = post_messagemedia(&app, Some(MM_KEY), &long).await;
     assert_eq!(refused.status().as_u16(), 400);
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_receipts")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count");
+    let stored: i64 = app.count_rows("delivery_receipts").await;
     assert_eq!(stored, 1);
 }
 

@@ -9,10 +9,11 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, assert_error, base_config, sms, token};
+use crate::helpers::{TestApp, assert_error, sms, token};
+use crate::test_config::TestConfig;
 
-fn with_server(settings: &str) -> String {
-    base_config().replace("[server]\n", &format!("[server]\n{settings}\n"))
+fn with_server(settings: &str) -> TestConfig {
+    TestConfig::with(&format!("[server]\n{settings}\n"))
 }
 
 /// Reads until the server closes the connection or `limit` passes; returns what arrived and
@@ -171,15 +172,14 @@ async fn oversized_headers_get_431_and_store_nothing() {
     assert_eq!(response.status().as_u16(), 431);
     assert_eq!(app.stored_rows().await, 0);
     let after = app.post_sms(Some(&token()), &sms("+14155552671")).await;
-    assert_eq!(after.status().as_u16(), 200, "the gateway still answers");
+    crate::helpers::assert_status(&after, 200, "the gateway still answers");
 }
 
 #[tokio::test]
 async fn with_every_connection_stuck_further_requests_get_503_quickly() {
-    let config = base_config().replace(
-        "[database]\nmax_connections = 5\n",
-        "[database]\nmax_connections = 1\ningress_writers = 2\n",
-    );
+    let config = TestConfig::base()
+        .set("database.max_connections", 1)
+        .set("database.ingress_writers", 2);
     let app = TestApp::spawn_with(&config).await;
     // Another session holds the table: the gateway's only connection waits behind it.
     let mut blocker = app.pool.begin().await.expect("begin");
@@ -222,11 +222,7 @@ async fn with_every_connection_stuck_further_requests_get_503_quickly() {
     );
     blocker.commit().await.expect("release");
     let stuck = stuck.await.expect("task");
-    assert_eq!(
-        stuck.status().as_u16(),
-        200,
-        "the write that waited is answered truthfully"
-    );
+    crate::helpers::assert_status(&stuck, 200, "the write that waited is answered truthfully");
     assert_eq!(
         app.stored_rows().await,
         2,

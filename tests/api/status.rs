@@ -2,7 +2,8 @@
 
 use serde_json::Value;
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, assert_error, base_config, sms, token};
+use crate::helpers::{ADMIN_TOKEN, TestApp, assert_error, sms, token};
+use crate::test_config::TestConfig;
 
 async fn queue_one(app: &TestApp) -> String {
     let response = app.post_sms(Some(&token()), &sms("+14155552671")).await;
@@ -75,7 +76,7 @@ async fn an_unknown_or_malformed_id_is_404() {
 
 #[tokio::test]
 async fn without_an_admin_token_the_status_api_is_disabled() {
-    let config = base_config().replace(&format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n"), "");
+    let config = TestConfig::base().without("admin.token");
     let app = TestApp::spawn_with(&config).await;
     let id = queue_one(&app).await;
 

@@ -257,11 +257,7 @@ fn reply(rng: &mut StdRng, healthy: u32, timeout_ms: u64) -> Reply {
         };
     }
     match rng.random_range(0..10) {
-        0 => Reply::Error {
-            status: 500,
-            code: "20500",
-            retry_after: None,
-        },
+        0 => Reply::error(500, "20500"),
         1 => Reply::Error {
             status: 429,
             code: "20429",

@@ -253,11 +253,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub async fn drive(plan: &Plan, fleet: &mut Fleet) -> (Vec<Answer>, Vec<Action>, usize, usize) {
     let start = Instant::now();
     let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("client");
+    let client = crate::helpers::http_client(15);
     let mut clients = tokio::task::JoinSet::new();
     for (index, request) in plan.requests.iter().cloned().enumerate() {
         let (client, answers, ports) = (client.clone(), answers.clone(), fleet.ports.clone());

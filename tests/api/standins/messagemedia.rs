@@ -3,13 +3,12 @@
 //! errors `{"message", "details"}`.
 
 use std::collections::HashMap;
-use std::ops::Deref;
 
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Contract, Seen, StandIn, basic_credentials};
+use super::{Contract, Seen, basic_credentials};
 
 pub const API_KEY: &str = "mm-test-key";
 pub const API_SECRET: &str = "mm-test-secret";
@@ -122,25 +121,7 @@ impl Contract for MessageMedia {
     }
 }
 
-#[derive(Clone)]
-pub struct MessageMediaStandIn(StandIn);
-
-impl Deref for MessageMediaStandIn {
-    type Target = StandIn;
-    fn deref(&self) -> &StandIn {
-        &self.0
-    }
-}
-
-impl MessageMediaStandIn {
-    pub async fn start() -> Self {
-        Self(StandIn::start(MessageMedia).await)
-    }
-
-    pub fn carrier_toml(&self, name: &str) -> String {
-        messagemedia_toml(name, &self.base_url())
-    }
-}
+carrier_standin!(MessageMediaStandIn, MessageMedia, messagemedia_toml);
 
 pub fn messagemedia_toml(name: &str, base_url: &str) -> String {
     format!(

@@ -5,6 +5,33 @@
 // A refusal is a whole HTTP response; boxing it would only add noise to test code.
 #![allow(clippy::result_large_err)]
 
+/// A carrier's stand-in type: the shared server speaking that carrier's contract, and the
+/// `[carriers.<name>]` table (from `$table`) that points smsgate at it.
+macro_rules! carrier_standin {
+    ($standin:ident, $contract:expr, $table:ident) => {
+        #[derive(Clone)]
+        pub struct $standin(super::StandIn);
+
+        impl std::ops::Deref for $standin {
+            type Target = super::StandIn;
+            fn deref(&self) -> &super::StandIn {
+                &self.0
+            }
+        }
+
+        impl $standin {
+            pub async fn start() -> Self {
+                Self(super::StandIn::start($contract).await)
+            }
+
+            /// The `[carriers.<name>]` table pointing at this stand-in.
+            pub fn carrier_toml(&self, name: &str) -> String {
+                $table(name, &self.base_url())
+            }
+        }
+    };
+}
+
 pub mod messagemedia;
 pub mod sns;
 pub mod twilio;
@@ -43,6 +70,17 @@ pub enum Reply {
     ResetMidBody,
     /// The success status at once, then the body one byte per interval.
     Trickle(Duration),
+}
+
+impl Reply {
+    /// The carrier's error shape, without a `Retry-After`.
+    pub fn error(status: u16, code: &'static str) -> Self {
+        Reply::Error {
+            status,
+            code,
+            retry_after: None,
+        }
+    }
 }
 
 /// A request as the stand-in saw it.

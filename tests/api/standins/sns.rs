@@ -3,14 +3,13 @@
 //! test key; XML answers.
 
 use std::collections::HashMap;
-use std::ops::Deref;
 
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use super::{Contract, Seen, StandIn, form_fields};
+use super::{Contract, Seen, form_fields};
 
 pub const ACCESS_KEY_ID: &str = "AKIDSMSGATETEST";
 pub const SECRET_ACCESS_KEY: &str = "sns-test-secret-access-key";
@@ -192,25 +191,7 @@ impl Contract for Sns {
     }
 }
 
-#[derive(Clone)]
-pub struct SnsStandIn(StandIn);
-
-impl Deref for SnsStandIn {
-    type Target = StandIn;
-    fn deref(&self) -> &StandIn {
-        &self.0
-    }
-}
-
-impl SnsStandIn {
-    pub async fn start() -> Self {
-        Self(StandIn::start(Sns).await)
-    }
-
-    pub fn carrier_toml(&self, name: &str) -> String {
-        sns_toml(name, &self.base_url())
-    }
-}
+carrier_standin!(SnsStandIn, Sns, sns_toml);
 
 pub fn sns_toml(name: &str, endpoint_url: &str) -> String {
     format!(

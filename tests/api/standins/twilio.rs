@@ -3,13 +3,12 @@
 //! the message resource, JSON errors `{code, message, more_info, status}`.
 
 use std::collections::HashMap;
-use std::ops::Deref;
 
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{Contract, Seen, StandIn, basic_credentials, form_fields};
+use super::{Contract, Seen, basic_credentials, form_fields};
 
 pub use super::Reply;
 
@@ -100,21 +99,9 @@ pub struct Received {
     pub at: std::time::Instant,
 }
 
-#[derive(Clone)]
-pub struct TwilioStandIn(StandIn);
-
-impl Deref for TwilioStandIn {
-    type Target = StandIn;
-    fn deref(&self) -> &StandIn {
-        &self.0
-    }
-}
+carrier_standin!(TwilioStandIn, Twilio, twilio_toml);
 
 impl TwilioStandIn {
-    pub async fn start() -> Self {
-        Self(StandIn::start(Twilio).await)
-    }
-
     /// Requests that passed the contract check.
     pub fn received(&self) -> Vec<Received> {
         self.seen()
@@ -128,11 +115,6 @@ impl TwilioStandIn {
                 at: s.at,
             })
             .collect()
-    }
-
-    /// The `[carriers.<name>]` table pointing at this stand-in.
-    pub fn carrier_toml(&self, name: &str) -> String {
-        twilio_toml(name, &self.base_url())
     }
 }
 
