@@ -53,6 +53,15 @@ enum CallbackKey {
     },
 }
 
+impl CallbackKey {
+    fn kind(&self) -> CarrierKind {
+        match self {
+            CallbackKey::Twilio { .. } => CarrierKind::Twilio,
+            CallbackKey::MessageMedia { .. } => CarrierKind::Messagemedia,
+        }
+    }
+}
+
 impl CallbackKeys {
     /// Carriers with `public_url` set take callbacks; others get 404.
     pub fn new<'a>(carriers: impl Iterator<Item = (&'a String, &'a CarrierConfig)>) -> Arc<Self> {
@@ -113,6 +122,27 @@ pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// The key of `carrier` when it takes callbacks of `kind` (404 otherwise), and the body, read
+/// only then and no more than the ingress reads.
+async fn key_and_body<'a>(
+    state: &'a AppState,
+    carrier: &str,
+    kind: CarrierKind,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(&'a CallbackKey, axum::body::Bytes), Response> {
+    let key = state
+        .callbacks
+        .by_carrier
+        .get(carrier)
+        .filter(|key| key.kind() == kind)
+        .ok_or_else(|| ApiError::NotFound.into_response())?;
+    let body = super::extract::read_body(headers, body)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok((key, body))
+}
+
 fn forged(carrier: &str, why: &str) -> Response {
     tracing::warn!(carrier, why, "refused a delivery receipt");
     ApiError::ForgedCallback.into_response()
@@ -125,17 +155,17 @@ pub async fn twilio(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(CallbackKey::Twilio {
+    let (key, body) =
+        match key_and_body(&state, &carrier, CarrierKind::Twilio, &headers, body).await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
+    let CallbackKey::Twilio {
         auth_token,
         public_url,
-    }) = state.callbacks.by_carrier.get(&carrier)
+    } = key
     else {
         return ApiError::NotFound.into_response();
-    };
-    // Read only once the carrier is known, and no more than the ingress reads.
-    let body = match super::extract::read_body(&headers, body).await {
-        Ok(body) => body,
-        Err(err) => return err.into_response(),
     };
     let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let url = match &query {
@@ -250,15 +280,10 @@ pub async fn messagemedia(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(key) = state.callbacks.by_carrier.get(&carrier) else {
-        return ApiError::NotFound.into_response();
-    };
-    if !matches!(key, CallbackKey::MessageMedia { .. }) {
-        return ApiError::NotFound.into_response();
-    }
-    let body = match super::extract::read_body(&headers, body).await {
-        Ok(body) => body,
-        Err(err) => return err.into_response(),
+    let kind = CarrierKind::Messagemedia;
+    let (key, body) = match key_and_body(&state, &carrier, kind, &headers, body).await {
+        Ok(found) => found,
+        Err(response) => return response,
     };
     let precheck = with_signed_request(key, query.as_deref(), &headers, &body, |keys, signed| {
         keys.precheck(signed)

@@ -152,29 +152,33 @@ mod tests {
     #[test]
     fn mobile_only_refuses_premium_shared_cost_and_fixed_lines() {
         let p = policy(|c| c.mobile_only = true);
-        assert_eq!(p.check(&number("+447400123456")), Ok(()), "GB mobile");
-        assert_eq!(
-            p.check(&number("+12015550123")),
-            Ok(()),
-            "US: fixed line or mobile"
-        );
-        assert_eq!(
-            p.check(&number("+449012345678")),
-            Err(Refusal::NotMobile("premium-rate"))
-        );
-        assert_eq!(
-            p.check(&number("+34901123456")),
-            Err(Refusal::NotMobile("shared-cost")),
-            "ES 901"
-        );
-        assert_eq!(
-            p.check(&number("+448001234567")),
-            Err(Refusal::NotMobile("toll-free"))
-        );
-        assert_eq!(
-            p.check(&number("+441212345678")),
-            Err(Refusal::NotMobile("a fixed line"))
-        );
+        let cases = [
+            ("+447400123456", Ok(()), "GB mobile"),
+            ("+12015550123", Ok(()), "US: fixed line or mobile"),
+            (
+                "+449012345678",
+                Err(Refusal::NotMobile("premium-rate")),
+                "GB 90",
+            ),
+            (
+                "+34901123456",
+                Err(Refusal::NotMobile("shared-cost")),
+                "ES 901",
+            ),
+            (
+                "+448001234567",
+                Err(Refusal::NotMobile("toll-free")),
+                "GB 800",
+            ),
+            (
+                "+441212345678",
+                Err(Refusal::NotMobile("a fixed line")),
+                "GB 121",
+            ),
+        ];
+        for (recipient, verdict, why) in cases {
+            assert_eq!(p.check(&number(recipient)), verdict, "{why}");
+        }
     }
 
     #[test]

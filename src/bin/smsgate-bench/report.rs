@@ -102,26 +102,22 @@ impl Report {
         let ingress_ratio = f.ingress_per_second / self.insert_baseline().max(1e-9);
         let dispatch_ratio = f.dispatch_per_second / self.cycle_baseline().max(1e-9);
         vec![
-            [
+            before_and_after(
                 "commit latency probe (1 client)".into(),
                 format!(
                     "{:.2} / {:.2} ms",
                     self.before.commit_ms, self.after.commit_ms
                 ),
-                "before / after".into(),
-                "-".into(),
-                "-".into(),
-            ],
-            [
+                "-",
+            ),
+            before_and_after(
                 format!("pgbench single-row INSERT, {} clients", self.connections),
                 format!(
                     "{:.0} / {:.0} tps",
                     self.before.insert_tps, self.after.insert_tps
                 ),
-                "before / after".into(),
-                "baseline".into(),
-                "-".into(),
-            ],
+                "baseline",
+            ),
             [
                 format!("ingress accepted/s, {} connections", self.connections),
                 format!("{:.0}/s", f.ingress_per_second),
@@ -150,7 +146,7 @@ impl Report {
                 verdict(f.ingress_half_p99_ms <= 10.0).into(),
             ],
             tail_row(&f.ingress_half_tail),
-            [
+            before_and_after(
                 format!(
                     "pgbench 1-row claim+complete, {} clients",
                     self.dispatch_clients
@@ -159,10 +155,8 @@ impl Report {
                     "{:.0} / {:.0} cycles/s",
                     self.before.cycle_tps, self.after.cycle_tps
                 ),
-                "before / after".into(),
-                "baseline".into(),
-                "-".into(),
-            ],
+                "baseline",
+            ),
             [
                 "dispatch messages/s (pre-filled queue)".into(),
                 format!("{:.0}/s", f.dispatch_per_second),
@@ -261,4 +255,15 @@ impl Report {
             "table": self.rows(),
         })
     }
+}
+
+/// A row measured before and after the smsgate runs (the baselines and the commit probe).
+fn before_and_after(label: String, figures: String, target: &str) -> [String; 5] {
+    [
+        label,
+        figures,
+        "before / after".into(),
+        target.into(),
+        "-".into(),
+    ]
 }
