@@ -7,65 +7,55 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// A positive number of milliseconds (`*_ms` keys).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct Millis(NonZeroU64);
+/// A whole positive number of some unit, as a `Duration`.
+macro_rules! positive_duration {
+    ($(#[$doc:meta])* $name:ident($inner:ty, $primitive:ty), $to_duration:path) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+        #[serde(transparent)]
+        pub struct $name($inner);
 
-impl Millis {
-    /// For defaults written in the code; a zero there is a programming error.
-    pub const fn new(ms: u64) -> Self {
-        match NonZeroU64::new(ms) {
-            Some(ms) => Self(ms),
-            None => panic!("a duration default must be positive"),
+        impl $name {
+            /// For defaults written in the code; a zero there is a programming error.
+            pub const fn new(value: $primitive) -> Self {
+                match <$inner>::new(value) {
+                    Some(value) => Self(value),
+                    None => panic!("a duration default must be positive"),
+                }
+            }
+
+            pub const fn get(self) -> $primitive {
+                self.0.get()
+            }
+
+            pub const fn duration(self) -> Duration {
+                $to_duration(self.0.get() as u64)
+            }
         }
-    }
 
-    pub const fn get(self) -> u64 {
-        self.0.get()
-    }
-
-    pub const fn duration(self) -> Duration {
-        Duration::from_millis(self.0.get())
-    }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
 }
 
-/// A positive number of seconds (`*_seconds` keys).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct Seconds(NonZeroU32);
+positive_duration!(
+    /// A positive number of milliseconds (`*_ms` keys).
+    Millis(NonZeroU64, u64),
+    Duration::from_millis
+);
+
+positive_duration!(
+    /// A positive number of seconds (`*_seconds` keys).
+    Seconds(NonZeroU32, u32),
+    Duration::from_secs
+);
 
 impl Seconds {
-    /// For defaults written in the code; a zero there is a programming error.
-    pub const fn new(seconds: u32) -> Self {
-        match NonZeroU32::new(seconds) {
-            Some(seconds) => Self(seconds),
-            None => panic!("a duration default must be positive"),
-        }
-    }
-
-    pub const fn get(self) -> u32 {
-        self.0.get()
-    }
-
-    pub const fn duration(self) -> Duration {
-        Duration::from_secs(self.0.get() as u64)
-    }
-
     pub const fn as_millis(self) -> u64 {
         self.0.get() as u64 * 1000
-    }
-}
-
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::fmt::Display for Seconds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
     }
 }
 

@@ -148,37 +148,66 @@ fn forged(carrier: &str, why: &str) -> Response {
     ApiError::ForgedCallback.into_response()
 }
 
-pub async fn twilio(
+/// `POST /v1/callbacks/{kind}/{carrier}`: a carrier's receipt, handled once its key is found.
+pub async fn receive(
     State(state): State<AppState>,
-    Path(carrier): Path<String>,
+    Path((kind, carrier)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (key, body) =
-        match key_and_body(&state, &carrier, CarrierKind::Twilio, &headers, body).await {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
-    let CallbackKey::Twilio {
+    let kind = match kind.as_str() {
+        "twilio" => CarrierKind::Twilio,
+        "messagemedia" => CarrierKind::Messagemedia,
+        _ => return ApiError::NotFound.into_response(),
+    };
+    let (key, body) = match key_and_body(&state, &carrier, kind, &headers, body).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    match key {
+        CallbackKey::Twilio {
+            auth_token,
+            public_url,
+        } => {
+            let proof = TwilioProof {
+                auth_token,
+                public_url,
+                query: query.as_deref(),
+                signature: headers.get("x-twilio-signature"),
+            };
+            twilio(&state, &carrier, proof, &body).await
+        }
+        CallbackKey::MessageMedia { .. } => {
+            messagemedia(&state, carrier, key, query, headers, body).await
+        }
+    }
+}
+
+/// What proves a Twilio status callback.
+struct TwilioProof<'a> {
+    auth_token: &'a Secret,
+    public_url: &'a str,
+    query: Option<&'a str>,
+    signature: Option<&'a axum::http::HeaderValue>,
+}
+
+async fn twilio(state: &AppState, carrier: &str, proof: TwilioProof<'_>, body: &[u8]) -> Response {
+    let TwilioProof {
         auth_token,
         public_url,
-    } = key
-    else {
-        return ApiError::NotFound.into_response();
-    };
-    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let url = match &query {
+        query,
+        signature,
+    } = proof;
+    let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    let url = match query {
         Some(query) => format!("{public_url}/v1/callbacks/twilio/{carrier}?{query}"),
         None => format!("{public_url}/v1/callbacks/twilio/{carrier}"),
     };
     let expected = twilio_signature(auth_token.expose(), &url, &params);
-    let given = headers
-        .get("x-twilio-signature")
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
+    let given = signature.map(|v| v.as_bytes()).unwrap_or_default();
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(given)) {
-        return forged(&carrier, "X-Twilio-Signature does not match");
+        return forged(carrier, "X-Twilio-Signature does not match");
     }
     let field = |name: &str| {
         params
@@ -195,7 +224,7 @@ pub async fn twilio(
         "undelivered" | "failed" => Some(Status::Undelivered),
         _ => None,
     };
-    apply(&state, &carrier, sid, verdict, field("ErrorCode")).await
+    apply(state, carrier, sid, verdict, field("ErrorCode")).await
 }
 
 #[derive(Deserialize)]
@@ -273,18 +302,14 @@ fn with_signed_request<R>(
     Some(check(keys, &signed))
 }
 
-pub async fn messagemedia(
-    State(state): State<AppState>,
-    Path(carrier): Path<String>,
-    RawQuery(query): RawQuery,
+async fn messagemedia(
+    state: &AppState,
+    carrier: String,
+    key: &CallbackKey,
+    query: Option<String>,
     headers: HeaderMap,
-    body: Body,
+    body: axum::body::Bytes,
 ) -> Response {
-    let kind = CarrierKind::Messagemedia;
-    let (key, body) = match key_and_body(&state, &carrier, kind, &headers, body).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let precheck = with_signed_request(key, query.as_deref(), &headers, &body, |keys, signed| {
         keys.precheck(signed)
     });
@@ -323,7 +348,7 @@ pub async fn messagemedia(
         _ => None,
     };
     apply(
-        &state,
+        state,
         &carrier,
         &report.message_id,
         verdict,

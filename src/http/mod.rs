@@ -91,11 +91,7 @@ pub fn router(state: AppState, admin_apart: bool) -> Router {
         Router::new()
     };
     let router = router
-        .route("/v1/callbacks/twilio/{carrier}", post(callbacks::twilio))
-        .route(
-            "/v1/callbacks/messagemedia/{carrier}",
-            post(callbacks::messagemedia),
-        )
+        .route("/v1/callbacks/{kind}/{carrier}", post(callbacks::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     let router = if admin_apart {

@@ -152,29 +152,14 @@ mod tests {
     #[test]
     fn mobile_only_refuses_premium_shared_cost_and_fixed_lines() {
         let p = policy(|c| c.mobile_only = true);
+        let not_mobile = |kind| Err(Refusal::NotMobile(kind));
         let cases = [
             ("+447400123456", Ok(()), "GB mobile"),
             ("+12015550123", Ok(()), "US: fixed line or mobile"),
-            (
-                "+449012345678",
-                Err(Refusal::NotMobile("premium-rate")),
-                "GB 90",
-            ),
-            (
-                "+34901123456",
-                Err(Refusal::NotMobile("shared-cost")),
-                "ES 901",
-            ),
-            (
-                "+448001234567",
-                Err(Refusal::NotMobile("toll-free")),
-                "GB 800",
-            ),
-            (
-                "+441212345678",
-                Err(Refusal::NotMobile("a fixed line")),
-                "GB 121",
-            ),
+            ("+449012345678", not_mobile("premium-rate"), "GB 90"),
+            ("+34901123456", not_mobile("shared-cost"), "ES 901"),
+            ("+448001234567", not_mobile("toll-free"), "GB 800"),
+            ("+441212345678", not_mobile("a fixed line"), "GB 121"),
         ];
         for (recipient, verdict, why) in cases {
             assert_eq!(p.check(&number(recipient)), verdict, "{why}");
