@@ -105,6 +105,14 @@ pub struct SignatureKeys {
     keys: Vec<PublicKey>,
 }
 
+impl std::fmt::Debug for SignatureKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureKeys")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
 /// What a signed report carries besides its body.
 pub struct SignedRequest<'a> {
     /// `POST /v1/callbacks/messagemedia/<name>?query` as MessageMedia called it.

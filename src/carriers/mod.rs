@@ -287,9 +287,8 @@ pub async fn build_all(
 ) -> anyhow::Result<HashMap<String, Arc<CarrierHandle>>> {
     let mut http = http::HttpClients::default();
     let mut carriers = HashMap::new();
-    for (name, carrier) in &config.carriers {
-        let settings = carrier.settings(name)?;
-        let handle = CarrierHandle::build(name, &settings, &mut http, metrics).await?;
+    for (name, settings) in config.carrier_settings() {
+        let handle = CarrierHandle::build(name, settings, &mut http, metrics).await?;
         carriers.insert(name.clone(), Arc::new(handle));
     }
     Ok(carriers)

@@ -22,8 +22,8 @@ use crate::secret::{Secret, lenient_string};
 
 pub use carriers::{CarrierConfig, CarrierKind};
 pub use settings::{
-    CarrierSettings, KindSettings, MessageMediaSettings, SnsSettings, Transport, TwilioCredentials,
-    TwilioSettings,
+    CarrierSettings, KindSettings, MessageMediaSettings, ReceiptProof, Receipts, SnsSettings,
+    Transport, TwilioCredentials, TwilioSettings,
 };
 pub use units::{Millis, Seconds};
 pub use validate::ConfigError;
@@ -50,6 +50,9 @@ pub struct Config {
     pub destinations: DestinationsConfig,
     pub retention: RetentionConfig,
     pub log: LogConfig,
+    /// The carriers' typed settings, built from `carriers` once it passed validation.
+    #[serde(skip)]
+    carrier_settings: BTreeMap<String, CarrierSettings>,
 }
 
 /// `[log]`: how smsgate writes its log lines (to stderr).
@@ -352,11 +355,21 @@ impl Config {
                 .only(&["DATABASE_URL"])
                 .map(|_| "database.url".into()),
         );
-        let config: Config = figment.extract().map_err(ConfigError::from_figment)?;
+        let mut config: Config = figment.extract().map_err(ConfigError::from_figment)?;
         config
             .validate()
             .map_err(|error| error.naming_variables(&figment))?;
+        config.carrier_settings = config
+            .carriers
+            .iter()
+            .map(|(name, table)| Ok((name.clone(), table.settings(name)?)))
+            .collect::<Result<_, ConfigError>>()?;
         Ok(config)
+    }
+
+    /// Every carrier's typed settings: what the tables say, checked, one type per kind.
+    pub fn carrier_settings(&self) -> &BTreeMap<String, CarrierSettings> {
+        &self.carrier_settings
     }
 
     /// The effective configuration as TOML, every secret replaced by `[redacted]`.

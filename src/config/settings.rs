@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::validate::ConfigError;
 use super::{CarrierConfig, CarrierKind};
+use crate::messagemedia_signature::SignatureKeys;
 use crate::secret::Secret;
 
 /// A carrier's settings: how it is reached, and its kind's own.
@@ -17,6 +18,27 @@ pub struct CarrierSettings {
     pub kind: KindSettings,
     /// Where the carrier sends delivery receipts (from `public_url`), when it is asked to.
     pub callback_url: Option<String>,
+    /// How those receipts are proven, when the carrier is asked for them.
+    pub receipts: Option<Receipts>,
+}
+
+/// A carrier that sends delivery receipts to `public_url`, and what proves them.
+#[derive(Debug, Clone)]
+pub struct Receipts {
+    /// `public_url` without a trailing slash.
+    pub public_url: String,
+    pub proof: ReceiptProof,
+}
+
+#[derive(Debug, Clone)]
+pub enum ReceiptProof {
+    /// `X-Twilio-Signature`, made with the account's auth token.
+    TwilioSignature(Secret),
+    /// MessageMedia's RSA signature by one of `keys`, or `secret` in the callback URL.
+    MessageMedia {
+        secret: Option<Secret>,
+        keys: SignatureKeys,
+    },
 }
 
 /// Timeouts, limits and the circuit breaker, shared by every kind.
@@ -77,7 +99,7 @@ pub struct SnsSettings {
 impl CarrierConfig {
     /// The typed settings of this table. Validation refused every table this cannot build, so
     /// an error here names a key validation missed.
-    pub fn settings(&self, name: &str) -> Result<CarrierSettings, ConfigError> {
+    pub(super) fn settings(&self, name: &str) -> Result<CarrierSettings, ConfigError> {
         let missing = |key: &str| {
             ConfigError::single(
                 format!("carriers.{name}.{key}"),
@@ -151,6 +173,32 @@ impl CarrierConfig {
             transport,
             kind,
             callback_url: self.callback_url(name),
+            receipts: self.receipts(),
         })
+    }
+
+    /// What proves this carrier's receipts; none without `public_url`, or without a proof
+    /// (validation refuses such a table).
+    fn receipts(&self) -> Option<Receipts> {
+        let public_url = self
+            .public_url
+            .as_deref()?
+            .trim_end_matches('/')
+            .to_string();
+        let proof = match self.kind {
+            CarrierKind::Twilio => ReceiptProof::TwilioSignature(self.auth_token.clone()?),
+            CarrierKind::Messagemedia => {
+                let keys = SignatureKeys::parse(&self.callback_public_keys).ok()?;
+                if self.callback_secret.is_none() && keys.is_empty() {
+                    return None;
+                }
+                ReceiptProof::MessageMedia {
+                    secret: self.callback_secret.clone(),
+                    keys,
+                }
+            }
+            CarrierKind::Log | CarrierKind::Sns => return None,
+        };
+        Some(Receipts { public_url, proof })
     }
 }

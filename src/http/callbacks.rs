@@ -19,7 +19,7 @@ use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
-use crate::config::{CarrierConfig, CarrierKind};
+use crate::config::{CarrierKind, CarrierSettings, ReceiptProof};
 use crate::db::receipts::{self, Applied};
 use crate::domain::Status;
 use crate::messagemedia_signature::{SignatureKeys, SignedRequest};
@@ -64,36 +64,29 @@ impl CallbackKey {
 
 impl CallbackKeys {
     /// Carriers with `public_url` set take callbacks; others get 404.
-    pub fn new<'a>(carriers: impl Iterator<Item = (&'a String, &'a CarrierConfig)>) -> Arc<Self> {
+    pub fn new<'a>(carriers: impl Iterator<Item = (&'a String, &'a CarrierSettings)>) -> Arc<Self> {
         let mut by_carrier = HashMap::new();
-        for (name, config) in carriers {
-            let Some(public_url) = config.public_url.as_deref() else {
+        for (name, settings) in carriers {
+            let Some(receipts) = &settings.receipts else {
                 continue;
             };
-            let key = match (config.kind, &config.auth_token, &config.callback_secret) {
-                (CarrierKind::Twilio, Some(auth_token), _) => CallbackKey::Twilio {
+            let key = match &receipts.proof {
+                ReceiptProof::TwilioSignature(auth_token) => CallbackKey::Twilio {
                     auth_token: auth_token.clone(),
-                    public_url: public_url.trim_end_matches('/').to_string(),
+                    public_url: receipts.public_url.clone(),
                 },
-                (CarrierKind::Messagemedia, _, secret) => {
-                    // Configuration checks refused keys that do not parse.
-                    let keys =
-                        SignatureKeys::parse(&config.callback_public_keys).unwrap_or_default();
-                    if secret.is_none() && keys.is_empty() {
-                        continue;
-                    }
-                    let base_path = reqwest::Url::parse(public_url)
+                ReceiptProof::MessageMedia { secret, keys } => {
+                    let base_path = reqwest::Url::parse(&receipts.public_url)
                         .map(|url| url.path().trim_end_matches('/').to_string())
                         .unwrap_or_default();
                     CallbackKey::MessageMedia {
                         secret: secret.clone(),
-                        keys,
+                        keys: keys.clone(),
                         request_target: format!(
                             "POST {base_path}/v1/callbacks/messagemedia/{name}"
                         ),
                     }
                 }
-                _ => continue,
             };
             by_carrier.insert(name.clone(), key);
         }
