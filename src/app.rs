@@ -210,6 +210,7 @@ impl App {
             self.state.metrics.clone(),
             pool,
             self.state.in_flight.clone(),
+            self.state.readiness.clone(),
         );
         let metrics_server = axum::serve(self.metrics_listener, metrics_router(metrics_state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -232,7 +233,7 @@ impl App {
             });
         }
         let admin_apart = self.config.admin.listen.is_some();
-        let router = http::harden(http::router(self.state, admin_apart), request_timeout);
+        let router = http::public_router(self.state, admin_apart, request_timeout);
         let server = http::server::serve(self.listener, router, limits, shutdown.clone());
         let workers = async {
             if let Some(dispatcher) = dispatcher {

@@ -12,8 +12,10 @@ use prometheus::{
 use crate::config::Config;
 use crate::domain::Status;
 
-/// Outcomes of `POST /v1/auth0/sms`.
-pub const INGRESS_OUTCOMES: [&str; 7] = [
+/// Outcomes of an ingress request (`POST /v1/auth0/sms` or `/v1/auth0/phone-provider`):
+/// `timeout` is a 408 (the whole request took longer than `server.request_timeout_ms`), `error`
+/// a 500 (a handler panicked).
+pub const INGRESS_OUTCOMES: [&str; 9] = [
     "accepted",
     "unauthorized",
     "invalid",
@@ -21,7 +23,13 @@ pub const INGRESS_OUTCOMES: [&str; 7] = [
     "rate_limited",
     "blocked",
     "unavailable",
+    "timeout",
+    "error",
 ];
+/// The ingress endpoints, as the `endpoint` label names them.
+pub const INGRESS_ENDPOINTS: [&str; 2] = ["sms", "phone_provider"];
+/// The `signer` label of a request no configured signer signed (refused before, or unsigned).
+pub const NO_SIGNER: &str = "-";
 /// Outcomes of one carrier call.
 pub const ATTEMPT_OUTCOMES: [&str; 5] = [
     "sent",
@@ -37,10 +45,16 @@ pub const FINISHED_STATUSES: [Status; 4] = [
     Status::Expired,
     Status::RateLimited,
 ];
-/// Where a message can be held back by a limit.
-pub const RATE_LIMIT_SCOPES: [&str; 1] = ["recipient"];
+/// Where a message can be held back by a limit: `recipient` is a worker waiting for a number's
+/// window; the others are ingress refusals (429) by `[[limits.ip]]`,
+/// `[[limits.ingress_recipient]]` and `limits.max_in_flight`.
+pub const RATE_LIMIT_SCOPES: [&str; 4] =
+    ["recipient", "ingress_ip", "ingress_recipient", "in_flight"];
 /// States of a queued message, as `smsgate_queue_depth` reports them.
 pub const QUEUE_STATES: [&str; 2] = ["queued", "sending"];
+/// `smsgate_queue_messages`: due now (or its lease ran out), waiting for its time (a retry's
+/// backoff, a number's window), or leased by a worker.
+pub const QUEUE_PHASES: [&str; 3] = ["due", "waiting", "sending"];
 
 /// Cheap to clone; every clone updates the same registry.
 #[derive(Clone)]
@@ -58,11 +72,14 @@ pub struct Inner {
     pub rate_limited: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub queue_oldest_age: Gauge,
+    pub queue_messages: IntGaugeVec,
+    pub queue_due_age: Gauge,
     pub breaker_open: IntGaugeVec,
     pub receipts: IntCounterVec,
     pub receipt_latency: Histogram,
     pub carrier_disabled: IntGaugeVec,
     pub ingress_in_flight: IntGaugeVec,
+    pub ready: prometheus::IntGauge,
 }
 
 /// What a delivery receipt said, as `smsgate_delivery_receipts_total` counts it.
@@ -136,8 +153,8 @@ const BUILD_INFO: Spec = Spec {
 };
 const INGRESS_REQUESTS: Spec = Spec {
     name: "smsgate_ingress_requests_total",
-    help: "Requests to the Auth0 ingress, by outcome.",
-    labels: &["outcome"],
+    help: "Requests to the Auth0 ingress, by endpoint, signer and outcome.",
+    labels: &["endpoint", "signer", "outcome"],
 };
 const INGRESS_DURATION: HistogramSpec = HistogramSpec {
     name: "smsgate_ingress_request_duration_seconds",
@@ -173,6 +190,12 @@ const QUEUE_DEPTH: Spec = Spec {
     name: "smsgate_queue_depth",
     help: "Messages not final yet, by state.",
     labels: &["status"],
+};
+const QUEUE_MESSAGES: Spec = Spec {
+    name: "smsgate_queue_messages",
+    help: "Messages not final yet, by phase: due, waiting for their time, or being sent. \
+           Database-wide: aggregate with max, not sum.",
+    labels: &["phase"],
 };
 const BREAKER_OPEN: Spec = Spec {
     name: "smsgate_carrier_breaker_open",
@@ -222,11 +245,16 @@ impl Metrics {
             finished: r.counter(&FINISHED)?,
             rate_limited: r.counter(&RATE_LIMITED)?,
             queue_depth: r.gauge(&QUEUE_DEPTH)?,
+            queue_messages: r.gauge(&QUEUE_MESSAGES)?,
             breaker_open: r.gauge(&BREAKER_OPEN)?,
             receipts: r.counter(&RECEIPTS)?,
             receipt_latency: r.histogram(&RECEIPT_LATENCY)?,
             carrier_disabled: r.gauge(&CARRIER_DISABLED)?,
             ingress_in_flight: r.gauge(&INGRESS_IN_FLIGHT)?,
+            ready: r.register(prometheus::IntGauge::new(
+                "smsgate_ready",
+                "1 while /readyz would answer 200 (the database answers, migrations applied).",
+            )?)?,
             carrier_duration: r.register(HistogramVec::new(
                 HistogramOpts::new(
                     "smsgate_carrier_request_duration_seconds",
@@ -238,6 +266,10 @@ impl Metrics {
             queue_oldest_age: r.register(Gauge::new(
                 "smsgate_queue_oldest_age_seconds",
                 "Age of the oldest message not final yet.",
+            )?)?,
+            queue_due_age: r.register(Gauge::new(
+                "smsgate_queue_due_age_seconds",
+                "How long the message due the longest has been due and not taken (0: none).",
             )?)?,
             // A clone shares the registry it was taken from.
             registry: r.registry.clone(),
@@ -256,8 +288,14 @@ impl Metrics {
 
     /// Creates every known series at 0.
     fn initialise(&self, config: &Config) {
-        for outcome in INGRESS_OUTCOMES {
-            self.ingress_requests.with_label_values(&[outcome]);
+        let signers = config.auth0.keys().map(String::as_str).chain([NO_SIGNER]);
+        for signer in signers {
+            for endpoint in INGRESS_ENDPOINTS {
+                for outcome in INGRESS_OUTCOMES {
+                    self.ingress_requests
+                        .with_label_values(&[endpoint, signer, outcome]);
+                }
+            }
         }
         for carrier in config.carriers.keys() {
             for outcome in ATTEMPT_OUTCOMES {
@@ -291,6 +329,9 @@ impl Metrics {
         }
         for state in QUEUE_STATES {
             self.queue_depth.with_label_values(&[state]).set(0);
+        }
+        for phase in QUEUE_PHASES {
+            self.queue_messages.with_label_values(&[phase]).set(0);
         }
     }
 

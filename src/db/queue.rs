@@ -311,22 +311,33 @@ pub struct QueueStats {
     pub queued: i64,
     pub sending: i64,
     pub oldest_age_seconds: f64,
+    /// Of `queued`: those whose time has come (`run_at` passed, a lease run out included).
+    pub due: i64,
+    /// How long the one due the longest has been due.
+    pub due_age_seconds: f64,
 }
 
-/// One pass over the narrow queue table: counts by state and the oldest message's age.
+/// One pass over the narrow queue table: counts by state, the oldest message's age, and how
+/// late the latest due message is (a message waiting for a backoff or a number's window is not
+/// late: it is not due).
 pub async fn stats(pool: &PgPool) -> Result<QueueStats, sqlx::Error> {
-    let (queued, sending, oldest): (i64, i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE lease_token IS NULL OR run_at <= now()),
-                count(*) FILTER (WHERE lease_token IS NOT NULL AND run_at > now()),
-                extract(epoch FROM now() - min(created_at))::float8
-         FROM message_queue",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (queued, sending, oldest, due, due_since): (i64, i64, Option<f64>, i64, Option<f64>) =
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE lease_token IS NULL OR run_at <= now()),
+                    count(*) FILTER (WHERE lease_token IS NOT NULL AND run_at > now()),
+                    extract(epoch FROM now() - min(created_at))::float8,
+                    count(*) FILTER (WHERE run_at <= now()),
+                    extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8
+             FROM message_queue",
+        )
+        .fetch_one(pool)
+        .await?;
     Ok(QueueStats {
         queued,
         sending,
         oldest_age_seconds: oldest.unwrap_or(0.0).max(0.0),
+        due,
+        due_age_seconds: due_since.unwrap_or(0.0).max(0.0),
     })
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::auth0::TokenError;
 use crate::db::batcher::EnqueueError;
 use crate::limits::destinations::Refusal;
-use crate::limits::ingress::Limited;
+use crate::limits::ingress::{LimitKind, Limited};
 
 /// Every way a request can be refused; each maps to one status and error code.
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +55,13 @@ pub enum ApiError {
     Unavailable(&'static str),
 }
 
-/// The `outcome` an error leaves on its response, for the ingress's request counter.
+/// What an error leaves on its response for the ingress's counters: its `outcome`, and the
+/// limit that refused it.
 #[derive(Debug, Clone, Copy)]
-pub struct Outcome(pub &'static str);
+pub struct Outcome {
+    pub outcome: &'static str,
+    pub limit_scope: Option<&'static str>,
+}
 
 /// A database failure: logged here, once; the caller only learns to try again.
 impl From<sqlx::Error> for ApiError {
@@ -126,7 +130,25 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::RateLimited(_) | ApiError::TooManyInFlight => "rate_limited",
             ApiError::Blocked(_) => "blocked",
+            ApiError::Timeout => "timeout",
+            ApiError::Internal => "error",
             _ => "invalid",
+        }
+    }
+
+    /// The `scope` of `smsgate_rate_limited_total` a refusal counts under.
+    pub fn limit_scope(&self) -> Option<&'static str> {
+        match self {
+            ApiError::RateLimited(Limited {
+                kind: LimitKind::Ip,
+                ..
+            }) => Some("ingress_ip"),
+            ApiError::RateLimited(Limited {
+                kind: LimitKind::Recipient,
+                ..
+            }) => Some("ingress_recipient"),
+            ApiError::TooManyInFlight => Some("in_flight"),
+            _ => None,
         }
     }
 
@@ -166,9 +188,10 @@ impl IntoResponse for ApiError {
             error_description: self.to_string(),
         };
         let mut response = (status, Json(body)).into_response();
-        response
-            .extensions_mut()
-            .insert(Outcome(self.metric_outcome()));
+        response.extensions_mut().insert(Outcome {
+            outcome: self.metric_outcome(),
+            limit_scope: self.limit_scope(),
+        });
         match status {
             StatusCode::UNAUTHORIZED => {
                 response

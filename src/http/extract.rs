@@ -37,6 +37,9 @@ impl FromRequestParts<AppState> for Caller {
                 tracing::warn!(%reason, "ingress refused a token");
                 ApiError::Unauthorized(reason)
             })?;
+            if let Some(slot) = parts.extensions.get::<super::counting::SignerSlot>() {
+                slot.record(name);
+            }
             Some(name.to_string())
         };
         let slot = state.in_flight.enter(signer.as_deref()).map_err(|_| {

@@ -51,6 +51,13 @@ impl Readiness {
     }
 }
 
+impl Readiness {
+    /// What `/readyz` would answer now, for the `smsgate_ready` gauge.
+    pub(super) async fn is_ready(&self, pool: &sqlx::PgPool) -> bool {
+        self.verdict(pool).await == Verdict::Ready
+    }
+}
+
 /// The process is up and serving HTTP.
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))

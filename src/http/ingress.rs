@@ -3,16 +3,12 @@
 //! sent only after the message is committed.
 
 use std::net::IpAddr;
-use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::error::Outcome;
 use super::extract::{Caller, JsonBytes};
 use super::phone_provider::DERIVED_PREFIX;
 use super::{ApiError, AppState};
@@ -62,33 +58,6 @@ pub async fn accept_with(
     JsonBytes(body): JsonBytes,
 ) -> Result<Json<Accepted>, ApiError> {
     accept(&state, caller, &headers, &body, parse).await
-}
-
-/// Counts and times every ingress answer by outcome, refusals by extractors included (an
-/// [`ApiError`] leaves its outcome on the response); the router's own 405s are not counted.
-pub async fn count_outcomes(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let outcome = match response.extensions().get::<Outcome>() {
-        Some(Outcome(outcome)) => outcome,
-        None if response.status().is_success() => "accepted",
-        // The router's own answers (a wrong method's 405) never reached the ingress.
-        None => return response,
-    };
-    state
-        .metrics
-        .ingress_requests
-        .with_label_values(&[outcome])
-        .inc();
-    state
-        .metrics
-        .ingress_duration
-        .observe(started.elapsed().as_secs_f64());
-    response
 }
 
 async fn accept(

@@ -12,6 +12,7 @@ use axum::routing::get;
 use sqlx::PgPool;
 
 use super::InFlight;
+use super::health::Readiness;
 use crate::db::queue::{self, QueueStats};
 use crate::metrics::Metrics;
 
@@ -23,15 +24,23 @@ pub struct MetricsState {
     pub pool: PgPool,
     /// The ingress's per-signer slots, read at scrape time.
     pub in_flight: InFlight,
+    /// `/readyz`'s verdict (shared with it), as `smsgate_ready`.
+    pub readiness: Arc<Readiness>,
     cached: Arc<Mutex<Option<(Instant, QueueStats)>>>,
 }
 
 impl MetricsState {
-    pub fn new(metrics: Metrics, pool: PgPool, in_flight: InFlight) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        pool: PgPool,
+        in_flight: InFlight,
+        readiness: Arc<Readiness>,
+    ) -> Self {
         Self {
             metrics,
             pool,
             in_flight,
+            readiness,
             cached: Arc::new(Mutex::new(None)),
         }
     }
@@ -51,6 +60,8 @@ pub fn metrics_router(state: MetricsState) -> Router {
 }
 
 async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
+    let ready = state.readiness.is_ready(&state.pool).await;
+    state.metrics.ready.set(i64::from(ready));
     let stats = match state.fresh_cache() {
         Some(stats) => Some(stats),
         None => match queue::stats(&state.pool).await {
@@ -77,6 +88,18 @@ async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
             .with_label_values(&["sending"])
             .set(stats.sending);
         metrics.queue_oldest_age.set(stats.oldest_age_seconds);
+        let phases = [
+            ("due", stats.due),
+            ("waiting", stats.queued - stats.due),
+            ("sending", stats.sending),
+        ];
+        for (phase, count) in phases {
+            metrics
+                .queue_messages
+                .with_label_values(&[phase])
+                .set(count);
+        }
+        metrics.queue_due_age.set(stats.due_age_seconds);
     }
     for (signer, used) in state.in_flight.in_use() {
         state

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod callbacks;
+mod counting;
 mod error;
 mod extract;
 mod health;
@@ -66,8 +67,22 @@ pub struct AppState {
     pub readiness: Arc<health::Readiness>,
 }
 
+/// The public listener: its routes, hardened, and the ingress counted around all of it.
+pub fn public_router(
+    state: AppState,
+    admin_apart: bool,
+    request_timeout: std::time::Duration,
+) -> Router {
+    let counter = counting::IngressCounter {
+        metrics: state.metrics.clone(),
+        accept_messages: state.accept_messages,
+    };
+    let counting = axum::middleware::from_fn_with_state(counter, counting::count_ingress);
+    harden(router(state, admin_apart), request_timeout).layer(counting)
+}
+
 /// The public listener's routes; with `admin_apart`, without the admin routes (404 there).
-pub fn router(state: AppState, admin_apart: bool) -> Router {
+fn router(state: AppState, admin_apart: bool) -> Router {
     let router = if state.accept_messages {
         Router::new()
             .route(
@@ -83,10 +98,6 @@ pub fn router(state: AppState, admin_apart: bool) -> Router {
                     ingress::accept_with(parse, state, caller, headers, body)
                 }),
             )
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                ingress::count_outcomes,
-            ))
     } else {
         Router::new()
     };

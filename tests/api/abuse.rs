@@ -11,7 +11,7 @@ use crate::helpers::{TestApp, assert_error, token};
 use crate::observability::sample;
 use crate::test_config::TestConfig;
 
-fn from_ip(recipient: &str, ip: &str) -> Value {
+pub fn from_ip(recipient: &str, ip: &str) -> Value {
     json!({
         "recipient": recipient,
         "body": "Your verification code is: 123456",

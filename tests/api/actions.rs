@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_error, base_config, token};
 
-fn notification(recipient: &str, code: &str) -> Value {
+pub fn notification(recipient: &str, code: &str) -> Value {
     json!({
         "notification": {
             "recipient": recipient,
@@ -36,7 +36,7 @@ fn message_options(recipient: &str, code: &str) -> Value {
     })
 }
 
-async fn post(
+pub async fn post(
     app: &TestApp,
     body: &Value,
     key: Option<&str>,

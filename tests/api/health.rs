@@ -26,6 +26,8 @@ async fn readyz_is_503_until_migrations_are_applied() {
 
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status().as_u16(), 503);
+    let gauge = crate::observability::sample(&app.metrics().await, "smsgate_ready");
+    assert_eq!(gauge, Some(0.0), "smsgate_ready says what /readyz says");
 
     smsgate::db::migrate(&app.pool).await.expect("migrate");
     // The verdict is cached for a second.
@@ -34,4 +36,5 @@ async fn readyz_is_503_until_migrations_are_applied() {
         ready.is_ok_and(|r| r.status().as_u16() == 200)
     })
     .await;
+    crate::helpers::until_metric(&app, "smsgate_ready", 1.0).await;
 }

@@ -13,18 +13,36 @@ use crate::standins::messagemedia::MessageMediaStandIn;
 use crate::standins::twilio::TwilioStandIn;
 use crate::test_config::TestConfig;
 
-/// The value of the sample `series` (name with labels, as exposed), if present.
+/// What PromQL's `sum(series)` would say: the samples of `series`'s metric whose labels
+/// include every label `series` names (`name{a="x"}`), added up; `None` when none matches.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    let (name, wanted) = split_series(series);
+    let mut found = None;
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (line_name, labels) = split_series(key);
+        if line_name == name && wanted.iter().all(|label| labels.contains(label)) {
+            let value: f64 = value.trim().parse().ok()?;
+            found = Some(found.unwrap_or(0.0) + value);
+        }
+    }
+    found
 }
 
-pub const FAMILIES: [&str; 14] = [
+/// `name{a="x",b="y"}` into its name and its `a="x"` labels.
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, labels)) => {
+            let labels = labels.trim_end_matches('}');
+            (name, labels.split(',').filter(|l| !l.is_empty()).collect())
+        }
+        None => (series, Vec::new()),
+    }
+}
+
+pub const FAMILIES: [&str; 17] = [
     "smsgate_ingress_requests_total",
     "smsgate_ingress_request_duration_seconds",
     "smsgate_dispatch_attempts_total",
@@ -35,6 +53,9 @@ pub const FAMILIES: [&str; 14] = [
     "smsgate_rate_limited_total",
     "smsgate_queue_depth",
     "smsgate_queue_oldest_age_seconds",
+    "smsgate_queue_messages",
+    "smsgate_queue_due_age_seconds",
+    "smsgate_ready",
     "smsgate_carrier_breaker_open",
     "smsgate_build_info",
     "process_resident_memory_bytes",
@@ -215,4 +236,86 @@ async fn rate_limited_messages_and_queue_depth_are_reported() {
         sample(&text, "smsgate_messages_finished_total{status=\"sent\"}"),
         Some(1.0)
     );
+}
+
+#[tokio::test]
+async fn ingress_counts_name_the_endpoint_the_signer_and_the_limit_that_refused() {
+    let config = TestConfig::with(
+        "[[limits.ip]]\nmax = 1\nwindow_seconds = 60\n\
+         [[limits.ingress_recipient]]\nmax = 1\nwindow_seconds = 60\n",
+    );
+    let app = TestApp::spawn_with(&config).await;
+    let sms_from = |recipient, ip| crate::abuse::from_ip(recipient, ip);
+    let accepted = app
+        .post_sms(Some(&token()), &sms_from("+14155550001", "192.0.2.1"))
+        .await;
+    crate::helpers::assert_status(&accepted, 200, "first from this IP");
+    let by_ip = app
+        .post_sms(Some(&token()), &sms_from("+14155550002", "192.0.2.1"))
+        .await;
+    crate::helpers::assert_status(&by_ip, 429, "second from this IP");
+    let by_number = app
+        .post_sms(Some(&token()), &sms_from("+14155550001", "192.0.2.2"))
+        .await;
+    crate::helpers::assert_status(&by_number, 429, "second to this number");
+    let action = crate::actions::notification("+14155550003", "123456");
+    let by_action = crate::actions::post(&app, &action, None, Some(&token())).await;
+    crate::helpers::assert_status(&by_action, 200, "the Action's request");
+    let unsigned = crate::actions::post(&app, &action, None, None).await;
+    crate::helpers::assert_status(&unsigned, 401, "no token");
+
+    let text = app.metrics().await;
+    let count = |endpoint: &str, signer: &str, outcome: &str| {
+        let series = format!(
+            "smsgate_ingress_requests_total{{endpoint=\"{endpoint}\",signer=\"{signer}\",outcome=\"{outcome}\"}}"
+        );
+        sample(&text, &series)
+    };
+    assert_eq!(count("sms", "primary", "accepted"), Some(1.0));
+    assert_eq!(count("sms", "primary", "rate_limited"), Some(2.0));
+    assert_eq!(count("phone_provider", "primary", "accepted"), Some(1.0));
+    assert_eq!(count("phone_provider", "-", "unauthorized"), Some(1.0));
+    assert_eq!(count("sms", "-", "unauthorized"), Some(0.0));
+    let scope = |scope: &str| {
+        sample(
+            &text,
+            &format!("smsgate_rate_limited_total{{scope=\"{scope}\"}}"),
+        )
+    };
+    assert_eq!(scope("ingress_ip"), Some(1.0));
+    assert_eq!(scope("ingress_recipient"), Some(1.0));
+    assert_eq!(scope("in_flight"), Some(0.0));
+}
+
+#[tokio::test]
+async fn messages_waiting_for_their_time_are_not_due() {
+    let app = TestApp::spawn().await;
+    let waiting = queue(&app, "+14155552671").await;
+    queue(&app, "+14155552672").await;
+    // The first waits for a retry's backoff, a minute away; the second is due now.
+    sqlx::query(
+        "UPDATE message_queue SET run_at = now() + interval '1 minute' WHERE message_id = $1::uuid",
+    )
+    .bind(&waiting)
+    .execute(&app.pool)
+    .await
+    .expect("backoff");
+    sqlx::query("UPDATE message_queue SET run_at = now() - interval '90 seconds' WHERE message_id <> $1::uuid")
+        .bind(&waiting)
+        .execute(&app.pool)
+        .await
+        .expect("late");
+
+    let text = app.metrics().await;
+    let phase = |phase: &str| {
+        sample(
+            &text,
+            &format!("smsgate_queue_messages{{phase=\"{phase}\"}}"),
+        )
+    };
+    assert_eq!(phase("due"), Some(1.0));
+    assert_eq!(phase("waiting"), Some(1.0));
+    assert_eq!(phase("sending"), Some(0.0));
+    let late = sample(&text, "smsgate_queue_due_age_seconds").expect("due age");
+    assert!((89.0..200.0).contains(&late), "due for {late} s");
 }

@@ -121,3 +121,17 @@ fn alert_rules_refer_only_to_exported_metrics() {
         );
     }
 }
+
+#[test]
+fn the_readme_lists_every_metric_family_smsgate_exports() {
+    let readme = std::fs::read_to_string("README.md").expect("README");
+    let missing: Vec<String> = exported_families()
+        .into_iter()
+        .filter(|family| family.starts_with("smsgate_"))
+        .filter(|family| !readme.contains(&format!("| `{family}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the README's metric table: {missing:?}"
+    );
+}
