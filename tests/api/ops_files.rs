@@ -106,7 +106,8 @@ fn alert_rules_refer_only_to_exported_metrics() {
     let rules = std::fs::read_to_string("config/prometheus/alerts.yml").expect("alerts");
     let used = metric_names(&rules);
     for expected in [
-        "smsgate_queue_oldest_age_seconds",
+        "smsgate_queue_due_age_seconds",
+        "smsgate_ready",
         "smsgate_dispatch_attempts_total",
         "smsgate_carrier_breaker_open",
         "smsgate_messages_finished_total",
