@@ -49,7 +49,12 @@ pub async fn connect(options: PgConnectOptions, config: &DatabaseConfig) -> anyh
 
 /// Applies every migration not applied yet.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
+    // A binary restarted during a rolling upgrade may find migrations newer than it knows:
+    // they belong to the next release, which keeps them compatible with this one
+    // (docs/operations.md, "Upgrading"), so they are no reason to refuse to start.
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
         .run(pool)
         .await
         .context("cannot apply database migrations")

@@ -38,3 +38,21 @@ async fn readyz_is_503_until_migrations_are_applied() {
     .await;
     crate::helpers::until_metric(&app, "smsgate_ready", 1.0).await;
 }
+
+#[tokio::test]
+async fn a_binary_older_than_the_database_still_migrates_and_is_ready() {
+    let app = TestApp::spawn().await;
+    // What the next release's migration leaves behind, as this binary would find it.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99990101000000, 'from the next release', true, '\\x00', 1)",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("a newer migration");
+
+    smsgate::db::migrate(&app.pool)
+        .await
+        .expect("an older binary restarted mid-upgrade starts");
+    assert!(smsgate::db::is_ready(&app.pool).await.expect("ready check"));
+}
