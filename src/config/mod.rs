@@ -355,10 +355,14 @@ impl Config {
                 .only(&["DATABASE_URL"])
                 .map(|_| "database.url".into()),
         );
-        let mut config: Config = figment.extract().map_err(ConfigError::from_figment)?;
-        config
-            .validate()
-            .map_err(|error| error.naming_variables(&figment))?;
+        let (mut config, zeros) = validate::extract_naming_every_zero(figment.clone())?;
+        let mut problems = zeros.problems;
+        if let Err(error) = config.validate() {
+            problems.extend(error.naming_variables(&figment).problems);
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
         config.carrier_settings = config
             .carriers
             .iter()

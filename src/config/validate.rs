@@ -68,6 +68,78 @@ impl ConfigError {
     }
 }
 
+/// `limits.max_in_flight` above this is refused rather than panicking at start.
+const MAX_IN_FLIGHT: usize = 1_000_000;
+
+/// The most zeros one configuration is searched for: every count and duration key, with room.
+const MAX_ZEROS: usize = 64;
+
+/// Extracts the configuration, reporting every zero where a count or a duration goes rather
+/// than the first: each is noted, read as 1 so the rest can be checked, and the caller refuses
+/// the configuration whatever else it finds. Any other parse error ends the search.
+pub(super) fn extract_naming_every_zero(
+    mut figment: figment::Figment,
+) -> Result<(Config, ConfigError), ConfigError> {
+    let mut zeros = ConfigError {
+        problems: Vec::new(),
+    };
+    for _ in 0..=MAX_ZEROS {
+        let error = match figment.extract::<Config>() {
+            Ok(config) => return Ok((config, zeros)),
+            Err(error) => error,
+        };
+        let zero_at = error
+            .clone()
+            .into_iter()
+            .find(|e| is_zero_refused(&e.kind))
+            .map(|e| e.path);
+        let patched = zero_at.and_then(|path| read_as_one(&figment, &path));
+        zeros
+            .problems
+            .extend(ConfigError::from_figment(error).problems);
+        match patched {
+            Some(next) => figment = next,
+            None => return Err(zeros),
+        }
+    }
+    Err(zeros)
+}
+
+fn is_zero_refused(kind: &figment::error::Kind) -> bool {
+    use figment::error::{Actual, Kind};
+    matches!(kind, Kind::InvalidValue(Actual::Unsigned(0) | Actual::Signed(0), expected)
+        if expected.starts_with("a nonzero"))
+}
+
+/// `figment` with the value at `path` replaced by 1. Inside a list the whole list is given
+/// again, with that element patched.
+fn read_as_one(figment: &figment::Figment, path: &[String]) -> Option<figment::Figment> {
+    use figment::providers::Serialized;
+    use figment::value::Value;
+    let in_list = path
+        .iter()
+        .position(|part| part.bytes().all(|b| b.is_ascii_digit()));
+    let Some(index) = in_list else {
+        return Some(
+            figment
+                .clone()
+                .merge(Serialized::default(&path.join("."), 1u32)),
+        );
+    };
+    let list_key = path[..index].join(".");
+    let mut list = figment.find_value(&list_key).ok()?;
+    let mut at = &mut list;
+    for part in &path[index..] {
+        at = match at {
+            Value::Array(_, items) => items.get_mut(part.parse::<usize>().ok()?)?,
+            Value::Dict(_, dict) => dict.get_mut(part)?,
+            _ => return None,
+        };
+    }
+    *at = Value::from(1u32);
+    Some(figment.clone().merge(Serialized::default(&list_key, list)))
+}
+
 /// `limits.ip[0].max`: list positions written as the validation messages write them.
 fn key_of(path: &[String]) -> String {
     let mut key = String::new();
@@ -120,7 +192,13 @@ fn without_value(kind: &figment::error::Kind) -> String {
 fn environment_variable(metadata: Option<&figment::Metadata>, path: &[String]) -> Option<String> {
     let metadata = metadata.filter(|m| m.name.contains("environment") && !path.is_empty())?;
     Some(if metadata.name.contains("SMSGATE__") {
-        format!("SMSGATE__{}", path.join("__").to_uppercase())
+        // A list is set whole by one variable: name that one, not its element.
+        let named: Vec<&str> = path
+            .iter()
+            .map(String::as_str)
+            .take_while(|part| !part.bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        format!("SMSGATE__{}", named.join("__").to_uppercase())
     } else if path == ["database", "url"] {
         "DATABASE_URL".to_string()
     } else {
@@ -298,6 +376,13 @@ impl Config {
     }
 
     fn validate_server(&self, problem: &mut impl FnMut(String, String)) {
+        // A semaphore holds at most usize::MAX >> 3 permits; far more than any process serves.
+        if self.limits.max_in_flight > MAX_IN_FLIGHT {
+            problem(
+                "limits.max_in_flight".into(),
+                format!("must be at most {MAX_IN_FLIGHT} (0: no cap)"),
+            );
+        }
         let s = &self.server;
         if s.max_header_bytes < MIN_HEADER_BYTES {
             problem(

@@ -69,7 +69,9 @@ impl<'a> Recorder<'a> {
                 self.metrics
                     .delivery_latency
                     .observe(since_commit.max(0) as f64 / 1000.0);
+                // The target operators' log filters have always named for sends.
                 tracing::info!(
+                    target: "smsgate::dispatch::send",
                     %id, carrier, outcome, latency_ms, delivery_ms = since_commit,
                     attempt = number, "message sent"
                 );
@@ -86,6 +88,7 @@ impl<'a> Recorder<'a> {
             }
             Err(error) => {
                 tracing::warn!(
+                    target: "smsgate::dispatch::send",
                     %id, carrier, outcome, http_status = ?error.http_status, code = ?error.code,
                     latency_ms, "carrier refused the message"
                 );

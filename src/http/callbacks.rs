@@ -141,19 +141,16 @@ fn forged(carrier: &str, why: &str) -> Response {
     ApiError::ForgedCallback.into_response()
 }
 
-/// `POST /v1/callbacks/{kind}/{carrier}`: a carrier's receipt, handled once its key is found.
+/// `POST /v1/callbacks/twilio/{carrier}` and `/messagemedia/{carrier}` (`kind`): a carrier's
+/// receipt, handled once its key is found.
 pub async fn receive(
+    kind: CarrierKind,
     State(state): State<AppState>,
-    Path((kind, carrier)): Path<(String, String)>,
+    Path(carrier): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let kind = match kind.as_str() {
-        "twilio" => CarrierKind::Twilio,
-        "messagemedia" => CarrierKind::Messagemedia,
-        _ => return ApiError::NotFound.into_response(),
-    };
     let (key, body) = match key_and_body(&state, &carrier, kind, &headers, body).await {
         Ok(found) => found,
         Err(response) => return response,

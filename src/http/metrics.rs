@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use super::InFlight;
 use super::health::Readiness;
 use crate::db::queue::{self, QueueStats};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NO_SIGNER};
 
 const QUEUE_STATS_MAX_AGE: Duration = Duration::from_secs(1);
 
@@ -102,6 +102,8 @@ async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
         metrics.queue_due_age.set(stats.due_age_seconds);
     }
     for (signer, used) in state.in_flight.in_use() {
+        // An empty label value is no label at all to Prometheus: unsigned requests are "-".
+        let signer = if signer.is_empty() { NO_SIGNER } else { signer };
         state
             .metrics
             .ingress_in_flight

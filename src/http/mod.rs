@@ -24,6 +24,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth0::Verifier;
+use crate::config::CarrierKind;
 use crate::db::batcher::Batcher;
 use crate::db::wake::Wake;
 use crate::limits::destinations::DestinationPolicy;
@@ -102,7 +103,20 @@ fn router(state: AppState, admin_apart: bool) -> Router {
         Router::new()
     };
     let router = router
-        .route("/v1/callbacks/{kind}/{carrier}", post(callbacks::receive))
+        // Literal kinds: a percent-encoded one is not the same path, and stays a 404.
+        .route(
+            "/v1/callbacks/twilio/{carrier}",
+            post(|state, carrier, query, headers, body| {
+                callbacks::receive(CarrierKind::Twilio, state, carrier, query, headers, body)
+            }),
+        )
+        .route(
+            "/v1/callbacks/messagemedia/{carrier}",
+            post(|state, carrier, query, headers, body| {
+                let kind = CarrierKind::Messagemedia;
+                callbacks::receive(kind, state, carrier, query, headers, body)
+            }),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     let router = if admin_apart {

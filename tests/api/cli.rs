@@ -355,3 +355,38 @@ async fn a_killed_gateway_leaves_no_postgres_behind_and_keeps_what_it_acknowledg
     assert_eq!(status.status().as_u16(), 200);
     assert!(terminate(child).await.success());
 }
+
+#[test]
+fn check_config_names_every_zero_and_every_other_problem_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = TestConfig::base()
+        .set("dispatch.workers", 0)
+        .set("server.max_connections", 0)
+        .set("carriers.console.breaker_failures", 0)
+        .merge("[[limits.ip]]\nmax = 0\nwindow_seconds = 60\n")
+        .route("", &["nope"])
+        .set("log.level", "info,,==")
+        .set("limits.max_in_flight", 2_305_843_009_213_693_952_i64);
+    let config = write_config(dir.path(), &text.to_string());
+
+    let output = smsgate(
+        &["check-config"],
+        &config,
+        &[("SMSGATE__DISPATCH__CLAIMERS", "0")],
+    );
+
+    assert_eq!(output.status.code(), Some(2));
+    let errors = stderr(&output);
+    for key in [
+        "dispatch.workers: must be at least 1",
+        "dispatch.claimers: must be at least 1 (set by SMSGATE__DISPATCH__CLAIMERS)",
+        "server.max_connections: must be at least 1",
+        "carriers.console.breaker_failures: must be at least 1",
+        "limits.ip[0].max: must be at least 1",
+        "routes[0].carriers",
+        "log.level",
+        "limits.max_in_flight: must be at most 1000000",
+    ] {
+        assert!(errors.contains(key), "{key} not named in:\n{errors}");
+    }
+}

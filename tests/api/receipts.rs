@@ -155,6 +155,21 @@ async fn forged_twilio_callbacks_are_refused_and_change_nothing() {
         let error: Value = response.json().await.expect("JSON");
         assert_eq!(error["error"], "invalid_signature");
     }
+    // A correctly signed callback on an alias of the path (the kind percent-encoded) is not
+    // the route the carrier was given: 404, whatever a proxy's allow-list made of it.
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&tampered)
+        .finish();
+    let alias = app
+        .client
+        .post(app.url("/v1/callbacks/twil%69o/twilio"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", twilio_signature(&url, &tampered))
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    crate::helpers::assert_status(&alias, 404, "an encoded kind");
 
     assert_eq!(status_of(&app, &id).await["status"], "sent");
     let recorded: i64 = app.count_rows("delivery_receipts").await;
