@@ -135,10 +135,7 @@ async fn an_ingress_recipient_cap_holds_exactly_across_two_processes() {
 
 #[tokio::test]
 async fn a_request_refused_by_one_limit_does_not_count_against_the_other() {
-    let config = TestConfig::with(
-        "[[limits.ip]]\nmax = 2\nwindow_seconds = 600\n\
-         [[limits.ingress_recipient]]\nmax = 1\nwindow_seconds = 600\n",
-    );
+    let config = TestConfig::with_limits(&[("ip", 2, 600), ("ingress_recipient", 1, 600)]);
     let app = TestApp::spawn_with(&config).await;
     let ip = "192.0.2.10";
     let post = |recipient: &'static str| {

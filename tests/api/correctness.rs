@@ -332,10 +332,7 @@ async fn every_side_table_is_swept_to_its_retention_whatever_the_message_count()
 
 #[tokio::test]
 async fn refused_ingress_requests_leave_no_rows_behind() {
-    let config = TestConfig::with(
-        "[[limits.ip]]\nmax = 1\nwindow_seconds = 60\n\
-         [[limits.ingress_recipient]]\nmax = 5\nwindow_seconds = 60\n",
-    );
+    let config = TestConfig::with_limits(&[("ip", 1, 60), ("ingress_recipient", 5, 60)]);
     let app = TestApp::spawn_with(&config).await;
 
     assert_eq!(

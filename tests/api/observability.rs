@@ -31,6 +31,11 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     found
 }
 
+/// `sample` of the series of `name` whose `label` is `value`.
+pub fn labelled(text: &str, name: &str, label: &str, value: &str) -> Option<f64> {
+    sample(text, &format!("{name}{{{label}=\"{value}\"}}"))
+}
+
 /// `name{a="x",b="y"}` into its name and its `a="x"` labels.
 fn split_series(series: &str) -> (&str, Vec<&str>) {
     match series.split_once('{') {
@@ -240,24 +245,17 @@ async fn rate_limited_messages_and_queue_depth_are_reported() {
 
 #[tokio::test]
 async fn ingress_counts_name_the_endpoint_the_signer_and_the_limit_that_refused() {
-    let config = TestConfig::with(
-        "[[limits.ip]]\nmax = 1\nwindow_seconds = 60\n\
-         [[limits.ingress_recipient]]\nmax = 1\nwindow_seconds = 60\n",
-    );
+    let config = TestConfig::with_limits(&[("ip", 1, 60), ("ingress_recipient", 1, 60)]);
     let app = TestApp::spawn_with(&config).await;
-    let sms_from = |recipient, ip| crate::abuse::from_ip(recipient, ip);
-    let accepted = app
-        .post_sms(Some(&token()), &sms_from("+14155550001", "192.0.2.1"))
-        .await;
-    crate::helpers::assert_status(&accepted, 200, "first from this IP");
-    let by_ip = app
-        .post_sms(Some(&token()), &sms_from("+14155550002", "192.0.2.1"))
-        .await;
-    crate::helpers::assert_status(&by_ip, 429, "second from this IP");
-    let by_number = app
-        .post_sms(Some(&token()), &sms_from("+14155550001", "192.0.2.2"))
-        .await;
-    crate::helpers::assert_status(&by_number, 429, "second to this number");
+    for (recipient, ip, status, why) in [
+        ("+14155550001", "192.0.2.1", 200, "first from this IP"),
+        ("+14155550002", "192.0.2.1", 429, "second from this IP"),
+        ("+14155550001", "192.0.2.2", 429, "second to this number"),
+    ] {
+        let body = crate::abuse::from_ip(recipient, ip);
+        let response = app.post_sms(Some(&token()), &body).await;
+        crate::helpers::assert_status(&response, status, why);
+    }
     let action = crate::actions::notification("+14155550003", "123456");
     let by_action = crate::actions::post(&app, &action, None, Some(&token())).await;
     crate::helpers::assert_status(&by_action, 200, "the Action's request");
@@ -276,12 +274,7 @@ async fn ingress_counts_name_the_endpoint_the_signer_and_the_limit_that_refused(
     assert_eq!(count("phone_provider", "primary", "accepted"), Some(1.0));
     assert_eq!(count("phone_provider", "-", "unauthorized"), Some(1.0));
     assert_eq!(count("sms", "-", "unauthorized"), Some(0.0));
-    let scope = |scope: &str| {
-        sample(
-            &text,
-            &format!("smsgate_rate_limited_total{{scope=\"{scope}\"}}"),
-        )
-    };
+    let scope = |scope| labelled(&text, "smsgate_rate_limited_total", "scope", scope);
     assert_eq!(scope("ingress_ip"), Some(1.0));
     assert_eq!(scope("ingress_recipient"), Some(1.0));
     assert_eq!(scope("in_flight"), Some(0.0));
@@ -294,25 +287,16 @@ async fn messages_waiting_for_their_time_are_not_due() {
     queue(&app, "+14155552672").await;
     // The first waits for a retry's backoff, a minute away; the second is due now.
     sqlx::query(
-        "UPDATE message_queue SET run_at = now() + interval '1 minute' WHERE message_id = $1::uuid",
+        "UPDATE message_queue SET run_at = CASE WHEN message_id = $1::uuid
+             THEN now() + interval '1 minute' ELSE now() - interval '90 seconds' END",
     )
     .bind(&waiting)
     .execute(&app.pool)
     .await
-    .expect("backoff");
-    sqlx::query("UPDATE message_queue SET run_at = now() - interval '90 seconds' WHERE message_id <> $1::uuid")
-        .bind(&waiting)
-        .execute(&app.pool)
-        .await
-        .expect("late");
+    .expect("one waiting, one late");
 
     let text = app.metrics().await;
-    let phase = |phase: &str| {
-        sample(
-            &text,
-            &format!("smsgate_queue_messages{{phase=\"{phase}\"}}"),
-        )
-    };
+    let phase = |phase| labelled(&text, "smsgate_queue_messages", "phase", phase);
     assert_eq!(phase("due"), Some(1.0));
     assert_eq!(phase("waiting"), Some(1.0));
     assert_eq!(phase("sending"), Some(0.0));

@@ -63,6 +63,22 @@ impl TestConfig {
             .route("", route)
     }
 
+    /// The base with these window limits: `(name, max, window_seconds)` each.
+    pub fn with_limits(limits: &[(&str, u32, u32)]) -> Self {
+        limits
+            .iter()
+            .fold(Self::base(), |config, &(name, max, window)| {
+                config.limit(name, max, window)
+            })
+    }
+
+    /// A window limit appended to `[[limits.<name>]]` (`ip`, `ingress_recipient`, `recipient`).
+    pub fn limit(self, name: &str, max: u32, window_seconds: u32) -> Self {
+        self.merge(&format!(
+            "[[limits.{name}]]\nmax = {max}\nwindow_seconds = {window_seconds}\n"
+        ))
+    }
+
     /// The route for `prefix` sends through `carriers`, replacing any route of that prefix.
     pub fn route(mut self, prefix: &str, carriers: &[&str]) -> Self {
         let routes = self
