@@ -8,6 +8,7 @@ use crate::cli::{
     BINARY, post_with_smsgate_token, postgres_processes_for, start_serve, terminate,
     wait_until_healthy,
 };
+use crate::test_config::TestConfig;
 
 /// A directory the embedded cluster's account can enter, a free port, and a config serving
 /// there on the embedded database.
@@ -89,11 +90,11 @@ async fn no_other_local_account_can_open_a_session_on_the_embedded_database() {
 
 /// The base configuration on a public address, with `secret` and `admin` as the signer's secret
 /// and the admin token.
-fn public(secret: &str, admin: &str) -> String {
-    crate::helpers::base_config()
-        .replacen("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:8080\"", 1)
-        .replace(crate::helpers::SECRET, secret)
-        .replace(crate::helpers::ADMIN_TOKEN, admin)
+fn public(secret: &str, admin: &str) -> TestConfig {
+    TestConfig::base()
+        .set("server.listen", "0.0.0.0:8080")
+        .set("auth0.primary.secret", secret)
+        .set("admin.token", admin)
 }
 
 /// `smsgate serve --config config` on the embedded database, its log discarded.
@@ -107,34 +108,20 @@ fn serve_quietly(config: &std::path::Path) -> std::process::Child {
         .expect("start smsgate serve")
 }
 
-/// `text` with its `[auth0.primary]` table cut out.
-fn without_signers(text: &str) -> String {
-    let start = text.find("[auth0.primary]").expect("a signer table");
-    let end = text
-        .find("[carriers.console]")
-        .expect("the carriers after it");
-    format!("{}{}", &text[..start], &text[end..])
-}
-
 const GOOD_SECRET: &str = "k3J9v0Qm7Lr2Xz8Wq4Nt6Bp1Yc5Hd0Gs";
 const GOOD_ADMIN: &str = "Adm1n-t0ken-Of-32-characters-xyz";
 
 #[test]
 fn placeholder_and_short_secrets_are_refused_on_a_public_listener_naming_their_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: Vec<(String, &str)> = vec![
+    let cases: Vec<(TestConfig, &str)> = vec![
         (
             public("change-me", GOOD_ADMIN),
             "auth0.primary.secret: is a placeholder",
         ),
         (public("x", GOOD_ADMIN), "auth0.primary.secret: is 1 bytes"),
         (
-            public(crate::helpers::SECRET, GOOD_ADMIN)
-                .replace(
-                    "[auth0.primary]",
-                    "[auth0.primary]\nsecret_base64_encoded = true",
-                )
-                .replace(crate::helpers::SECRET, "="),
+            public("=", GOOD_ADMIN).set("auth0.primary.secret_base64_encoded", true),
             "auth0.primary.secret: decodes to an empty HMAC key",
         ),
         (
@@ -146,16 +133,15 @@ fn placeholder_and_short_secrets_are_refused_on_a_public_listener_naming_their_k
             "admin.token: must be at least 32",
         ),
         (
-            public(GOOD_SECRET, GOOD_ADMIN).replace(
-                "kind = \"log\"",
-                "kind = \"twilio\"\naccount_sid = \"AC0123456789abcdef0123456789abcdef\"\n\
+            public(GOOD_SECRET, GOOD_ADMIN).merge(
+                "[carriers.console]\nkind = \"twilio\"\n\
+                 account_sid = \"AC0123456789abcdef0123456789abcdef\"\n\
                  auth_token = \"change-me\"\nfrom = \"+15005550006\"",
             ),
             "carriers.console.auth_token: is a placeholder",
         ),
         (
-            public("MessageMedia", GOOD_ADMIN)
-                .replace("[auth0.primary]", "[auth0.primary]\npublic_secret = true"),
+            public("MessageMedia", GOOD_ADMIN).set("auth0.primary.public_secret", true),
             "auth0.primary.audience: with public_secret = true",
         ),
         // The development secret, base64url-encoded, is still the development secret.
@@ -164,10 +150,7 @@ fn placeholder_and_short_secrets_are_refused_on_a_public_listener_naming_their_k
                 "c21zZ2F0ZS1kZXZlbG9wbWVudC1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u",
                 GOOD_ADMIN,
             )
-            .replace(
-                "[auth0.primary]",
-                "[auth0.primary]\nsecret_base64_encoded = true",
-            ),
+            .set("auth0.primary.secret_base64_encoded", true),
             "auth0.primary.secret: is a placeholder",
         ),
         (
@@ -177,19 +160,20 @@ fn placeholder_and_short_secrets_are_refused_on_a_public_listener_naming_their_k
         (public(GOOD_SECRET, GOOD_SECRET), "admin.token: must differ"),
         // Loopback ingress, but the admin listener faces the network.
         (
-            crate::helpers::base_config()
-                .replace(crate::helpers::ADMIN_TOKEN, "x")
-                .replace("[admin]", "[admin]\nlisten = \"0.0.0.0:9465\""),
+            TestConfig::base()
+                .set("admin.token", "x")
+                .set("admin.listen", "0.0.0.0:9465"),
             "admin.token: must be at least 32",
         ),
         (
-            without_signers(&public(GOOD_SECRET, GOOD_ADMIN))
-                .replace("[server]", "[server]\nallow_unauthenticated = true"),
+            public(GOOD_SECRET, GOOD_ADMIN)
+                .without("auth0")
+                .set("server.allow_unauthenticated", true),
             "server.allow_unauthenticated: would accept unsigned requests",
         ),
     ];
     for (text, expected) in cases {
-        let config = crate::cli::write_config(dir.path(), &text);
+        let config = crate::cli::write_config(dir.path(), &text.to_string());
         let output = crate::cli::smsgate(&["check-config"], &config, &[]);
         assert_eq!(output.status.code(), Some(2), "{expected}");
         let stderr = crate::cli::stderr(&output);
@@ -199,7 +183,9 @@ fn placeholder_and_short_secrets_are_refused_on_a_public_listener_naming_their_k
     // The same on loopback is development: only the empty key is refused.
     let config = crate::cli::write_config(
         dir.path(),
-        &crate::helpers::base_config().replace(crate::helpers::SECRET, "x"),
+        &TestConfig::base()
+            .set("auth0.primary.secret", "x")
+            .to_string(),
     );
     assert!(
         crate::cli::smsgate(&["check-config"], &config, &[])
@@ -213,9 +199,9 @@ fn a_public_secret_signer_is_allowed_with_a_long_audience_which_is_then_redacted
     let dir = tempfile::tempdir().expect("tempdir");
     let audience = "mm-api-secret-0123456789abcdefXYZ";
     let text = public("MessageMedia", GOOD_ADMIN)
-        .replace("[auth0.primary]", "[auth0.primary]\npublic_secret = true")
-        .replace(crate::helpers::AUDIENCE, audience);
-    let config = crate::cli::write_config(dir.path(), &text);
+        .set("auth0.primary.public_secret", true)
+        .set("auth0.primary.audience", audience);
+    let config = crate::cli::write_config(dir.path(), &text.to_string());
 
     let output = crate::cli::smsgate(&["check-config"], &config, &[]);
 
@@ -283,11 +269,10 @@ fn configuration_mistakes_are_caught_at_start_and_name_their_variable() {
 #[test]
 fn environment_values_keep_their_exact_text_and_secrets_are_not_echoed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = crate::helpers::base_config().replace(
-        "[carriers.console]\nkind = \"log\"\n",
+    let base = TestConfig::base().merge(
         "[carriers.console]\nkind = \"messagemedia\"\napi_key = \"k\"\napi_secret = \"s\"\n",
     );
-    let config = crate::cli::write_config(dir.path(), &base);
+    let config = crate::cli::write_config(dir.path(), &base.to_string());
     let check = |env: &[(&str, &str)]| {
         let mut command = Command::new(BINARY);
         command.args(["check-config", "--config"]).arg(&config);
@@ -642,11 +627,9 @@ async fn smsgate_reaches_a_tls_only_postgres_with_verify_full_and_refuses_anythi
     let port = crate::cli::free_port();
     let config = crate::cli::write_config(
         dir.path(),
-        &crate::helpers::base_config().replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        ),
+        &TestConfig::base()
+            .set("server.listen", format!("127.0.0.1:{port}"))
+            .to_string(),
     );
 
     let child = Command::new(BINARY)
@@ -790,11 +773,8 @@ fn a_data_dir_that_is_a_symbolic_link_is_refused() {
     std::fs::create_dir(&victim).expect("victim");
     let link = dir.path().join("postgres");
     std::os::unix::fs::symlink(&victim, &link).expect("link");
-    let text = crate::helpers::base_config().replace(
-        "[database]",
-        &format!("[database]\ndata_dir = \"{}\"", link.display()),
-    );
-    let config = crate::cli::write_config(dir.path(), &text);
+    let text = TestConfig::base().set("database.data_dir", link.display().to_string());
+    let config = crate::cli::write_config(dir.path(), &text.to_string());
 
     let output = crate::cli::smsgate(&["messages", "list"], &config, &[]);
 

@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 
 use crate::cli::{free_port, smsgate, stderr, terminate, wait_until_healthy, write_config};
 use crate::dispatch::FAST_DISPATCH;
-use crate::helpers::{ADMIN_TOKEN, base_config};
+use crate::helpers::ADMIN_TOKEN;
 use crate::standins::messagemedia::MessageMediaStandIn;
+use crate::test_config::TestConfig;
 
 const DATE: &str = "Mon, 30 Nov 2026 01:30:00 GMT";
 const TARGET: &str = "/v1/callbacks/messagemedia/mm";
@@ -413,19 +414,16 @@ async fn only_reports_signed_by_a_configured_key_change_a_message() {
 
 /// `smsgate check-config` on one MessageMedia carrier `name` whose table ends with `extra`.
 fn check_carrier(dir: &Path, name: &str, extra: &str) -> std::process::Output {
-    let text = base_config()
-        .replace(
-            "[carriers.console]\nkind = \"log\"\n",
-            &format!(
-                "[carriers.\"{name}\"]\nkind = \"messagemedia\"\napi_key = \"k\"\n\
-                 api_secret = \"s\"\n{extra}\n"
-            ),
-        )
-        .replace(
-            "carriers = [\"console\"]",
-            &format!("carriers = [\"{name}\"]"),
-        );
-    smsgate(&["check-config"], &write_config(dir, &text), &[])
+    let table = format!(
+        "[carriers.\"{name}\"]\nkind = \"messagemedia\"\napi_key = \"k\"\n\
+         api_secret = \"s\"\n{extra}\n"
+    );
+    let text = TestConfig::base().only_carrier(&table, name);
+    smsgate(
+        &["check-config"],
+        &write_config(dir, &text.to_string()),
+        &[],
+    )
 }
 
 #[test]
