@@ -193,16 +193,21 @@ pub struct SignerConfig {
 
 impl std::fmt::Debug for SignerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let audience = if self.public_secret {
-            crate::secret::REDACTED
+        // With a public secret, audience and subject are MessageMedia's API secret and key.
+        let (audience, subject) = if self.public_secret {
+            let redacted = self
+                .subject
+                .as_ref()
+                .map(|_| crate::secret::REDACTED.to_string());
+            (crate::secret::REDACTED, redacted)
         } else {
-            self.audience.as_str()
+            (self.audience.as_str(), self.subject.clone())
         };
         f.debug_struct("SignerConfig")
             .field("secret", &self.secret)
             .field("secret_base64_encoded", &self.secret_base64_encoded)
             .field("audience", &audience)
-            .field("subject", &self.subject)
+            .field("subject", &subject)
             .field("public_secret", &self.public_secret)
             .finish()
     }
@@ -380,8 +385,12 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         for signer in shown.auth0.values_mut().filter(|s| s.public_secret) {
-            // The audience is the secret of a signer whose secret is public.
+            // What proves a signer whose secret is public: in MessageMedia's recipe, the
+            // audience and subject are the account's API secret and key.
             signer.audience = crate::secret::REDACTED.into();
+            if signer.subject.is_some() {
+                signer.subject = Some(crate::secret::REDACTED.into());
+            }
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
@@ -449,6 +458,11 @@ token = "admin-token-2"
 [auth0.a]
 secret = "signer-secret-3"
 audience = "urn:x"
+[auth0.mm]
+secret = "MessageMedia"
+public_secret = true
+audience = "mm-api-secret-7-0123456789abcdef"
+subject = "mm-api-key-8"
 [carriers.t]
 kind = "twilio"
 account_sid = "AC00000000000000000000000000000000"
@@ -478,6 +492,8 @@ carriers = ["t", "m", "s"]
             "twilio-token-4",
             "mm-secret-5",
             "aws-secret-6",
+            "mm-api-secret-7",
+            "mm-api-key-8",
         ] {
             assert!(!debug.contains(secret), "Debug shows {secret}");
             assert!(!printed.contains(secret), "check-config shows {secret}");

@@ -198,9 +198,12 @@ fn placeholder_and_short_secrets_are_refused_on_a_public_listener_naming_their_k
 fn a_public_secret_signer_is_allowed_with_a_long_audience_which_is_then_redacted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let audience = "mm-api-secret-0123456789abcdefXYZ";
+    // MessageMedia's recipe: the subject is the account's API key.
+    let subject = "mm-api-key-4f6a9c";
     let text = public("MessageMedia", GOOD_ADMIN)
         .set("auth0.primary.public_secret", true)
-        .set("auth0.primary.audience", audience);
+        .set("auth0.primary.audience", audience)
+        .set("auth0.primary.subject", subject);
     let config = crate::cli::write_config(dir.path(), &text.to_string());
 
     let output = crate::cli::smsgate(&["check-config"], &config, &[]);
@@ -210,6 +213,10 @@ fn a_public_secret_signer_is_allowed_with_a_long_audience_which_is_then_redacted
     assert!(
         !printed.contains(audience),
         "the audience is redacted: {printed}"
+    );
+    assert!(
+        !printed.contains(subject),
+        "the subject is redacted: {printed}"
     );
     assert!(printed.contains("public_secret = true"));
 }
