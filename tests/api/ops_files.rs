@@ -138,3 +138,32 @@ fn the_readme_lists_every_metric_family_smsgate_exports() {
         "not in the README's metric table: {missing:?}"
     );
 }
+
+/// The shipped deployment configurations are valid once their secrets are given (they come
+/// from the environment there), so a key renamed in the code cannot leave one behind.
+#[test]
+fn the_shipped_deployment_configurations_are_valid_with_their_secrets() {
+    let secret = "k3J9v0Qm7Lr2Xz8Wq4Nt6Bp1Yc5Hd0Gs-and-some-more";
+    for (path, signer) in [
+        ("config/docker.toml", "default"),
+        ("deploy/kubernetes/smsgate.toml", "default"),
+    ] {
+        let mut table: toml::Table = std::fs::read_to_string(path)
+            .expect("readable")
+            .parse()
+            .expect("TOML");
+        let mut set = |section: &str, key: &str, value: &str| {
+            let mut at = &mut table;
+            for part in section.split('.') {
+                at = at[part].as_table_mut().expect("a table");
+            }
+            at.insert(key.into(), value.into());
+        };
+        set(&format!("auth0.{signer}"), "secret", secret);
+        set("admin", "token", "Adm1n-t0ken-Of-32-characters-xyz");
+        set("database", "url", "postgres://smsgate:pw@db:5432/smsgate");
+        if let Err(error) = Config::from_toml_str(&table.to_string()) {
+            panic!("{path}: {error}");
+        }
+    }
+}
