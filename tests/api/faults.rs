@@ -18,15 +18,15 @@ use crate::standins::twilio::{Reply, TwilioStandIn};
 
 /// One request of a load run: when it was sent and answered, to whom, and the status.
 #[derive(Debug, Clone)]
-struct Outcome {
-    sent: Instant,
-    answered: Instant,
-    recipient: String,
-    status: Option<u16>,
+pub struct Outcome {
+    pub sent: Instant,
+    pub answered: Instant,
+    pub recipient: String,
+    pub status: Option<u16>,
 }
 
 /// `clients` posting one after another until `stop`, each to a unique number.
-async fn load(
+pub async fn load(
     address: SocketAddr,
     clients: usize,
     first_number: u64,

@@ -8,6 +8,7 @@ mod cli;
 mod correctness;
 mod deploy;
 mod dispatch;
+mod failover;
 mod faults;
 mod health;
 mod helpers;
