@@ -101,7 +101,8 @@ pub struct ServerConfig {
     pub header_timeout_ms: Millis,
     /// Request line and headers together (at least 8192); larger ones get 431.
     pub max_header_bytes: usize,
-    /// A whole request (body included) must be answered within this, or it gets 408.
+    /// A whole request (body included) must be answered within this, or it gets 408; an
+    /// ingress request must have arrived within it (its write then decides the answer).
     pub request_timeout_ms: Millis,
 }
 

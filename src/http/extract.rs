@@ -101,8 +101,30 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        read_body(&parts.headers, body).await.map(JsonBytes)
+        let read = read_body(&parts.headers, body);
+        match parts.extensions.get::<ReceiveBy>() {
+            Some(ReceiveBy(deadline)) => tokio::time::timeout_at(*deadline, read)
+                .await
+                .map_err(|_| ApiError::Timeout)?,
+            None => read.await,
+        }
+        .map(JsonBytes)
     }
+}
+
+/// When an ingress request must have arrived whole: `server.request_timeout_ms` after it began.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveBy(pub tokio::time::Instant);
+
+/// Stamps the request with its `ReceiveBy` deadline.
+pub async fn stamp_receive_by(
+    axum::extract::State(request_timeout): axum::extract::State<std::time::Duration>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let deadline = tokio::time::Instant::now() + request_timeout;
+    request.extensions_mut().insert(ReceiveBy(deadline));
+    next.run(request).await
 }
 
 /// The body, whatever its type, up to [`MAX_REQUEST_BYTES`]: a declared length over it is

@@ -79,30 +79,47 @@ pub fn public_router(
         accept_messages: state.accept_messages,
     };
     let counting = axum::middleware::from_fn_with_state(counter, counting::count_ingress);
-    harden(router(state, admin_apart), request_timeout).layer(counting)
+    let ingress = ingress_routes(state.clone(), request_timeout);
+    ingress
+        .merge(harden(router(state, admin_apart), request_timeout))
+        .layer(counting)
 }
 
-/// The public listener's routes; with `admin_apart`, without the admin routes (404 there).
+/// The ingress routes. No timeout layer cuts them: once a writer has taken a message, the
+/// answer is that write's true outcome, so a 408 never hides a stored message. The request
+/// must be received within `request_timeout` (`ReceiveBy`, read by the body extractor); the
+/// wait for a writer is bounded by `database.acquire_timeout_ms`, the write by the statement
+/// timeout.
+fn ingress_routes(state: AppState, request_timeout: std::time::Duration) -> Router {
+    if !state.accept_messages {
+        return Router::new();
+    }
+    Router::new()
+        .route(
+            "/v1/auth0/sms",
+            post(|state, caller, headers, body| {
+                ingress::accept_with(parse_request, state, caller, headers, body)
+            }),
+        )
+        .route(
+            "/v1/auth0/phone-provider",
+            post(|state, caller, headers, body| {
+                let parse: ingress::Parser = phone_provider::parse_action_request;
+                ingress::accept_with(parse, state, caller, headers, body)
+            }),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            request_timeout,
+            extract::stamp_receive_by,
+        ))
+        .layer(catch_panics())
+        .with_state(state)
+}
+
+/// The public listener's other routes; with `admin_apart`, without the admin routes (404
+/// there).
 fn router(state: AppState, admin_apart: bool) -> Router {
-    let router = if state.accept_messages {
-        Router::new()
-            .route(
-                "/v1/auth0/sms",
-                post(|state, caller, headers, body| {
-                    ingress::accept_with(parse_request, state, caller, headers, body)
-                }),
-            )
-            .route(
-                "/v1/auth0/phone-provider",
-                post(|state, caller, headers, body| {
-                    let parse: ingress::Parser = phone_provider::parse_action_request;
-                    ingress::accept_with(parse, state, caller, headers, body)
-                }),
-            )
-    } else {
-        Router::new()
-    };
-    let router = router
+    let router = Router::new()
         // Literal kinds: a percent-encoded one is not the same path, and stays a 404.
         .route(
             "/v1/callbacks/twilio/{carrier}",
@@ -155,10 +172,15 @@ pub fn harden(router: Router, request_timeout: std::time::Duration) -> Router {
             request_timeout,
         ))
         .layer(axum::middleware::map_response(explain_timeout))
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("a request handler panicked; answering 500");
-            ApiError::Internal.into_response()
-        }))
+        .layer(catch_panics())
+}
+
+/// A panicking handler answers 500 with an Auth0-style body instead of dropping the connection.
+fn catch_panics() -> CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> Response> {
+    CatchPanicLayer::custom(|_| {
+        tracing::error!("a request handler panicked; answering 500");
+        ApiError::Internal.into_response()
+    })
 }
 
 /// The timeout layer answers with an empty body; callers get the same JSON as for any error.

@@ -229,3 +229,36 @@ async fn with_every_connection_stuck_further_requests_get_503_quickly() {
         "only that message and its queue row"
     );
 }
+
+/// Found by an attack: a message a writer had taken was still written after the request timed
+/// out, so a 408 hid a stored (and later sent) message and Auth0's retry made a second SMS.
+#[tokio::test]
+async fn a_message_being_written_is_answered_with_its_write_never_a_408() {
+    let app = TestApp::spawn_with(&with_server("request_timeout_ms = 800")).await;
+    let mut blocker = app.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let posting = {
+        let (client, url) = (app.client.clone(), app.url("/v1/auth0/sms"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token())
+                .header("content-type", "application/json")
+                .body(sms("+14155552671").to_string())
+                .send()
+                .await
+                .expect("answered")
+        })
+    };
+    crate::helpers::until_a_session_waits_for_a_lock(&app.pool).await;
+    // The span under test: the write outlives the request timeout.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    blocker.commit().await.expect("release");
+
+    let response = posting.await.expect("joined");
+    crate::helpers::assert_status(&response, 200, "the write's own outcome");
+    assert_eq!(app.count_rows("messages").await, 1);
+}
