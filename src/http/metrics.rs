@@ -59,12 +59,22 @@ pub fn metrics_router(state: MetricsState) -> Router {
         .with_state(state)
 }
 
+/// The database's share of a scrape: a frozen database must not make the scrape itself time
+/// out (Prometheus would then report the process down, not the database).
+const SCRAPE_DATABASE_BUDGET: Duration = Duration::from_secs(1);
+
 async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
-    let ready = state.readiness.is_ready(&state.pool).await;
+    let readiness = state.readiness.is_ready(&state.pool);
+    let ready = tokio::time::timeout(SCRAPE_DATABASE_BUDGET, readiness)
+        .await
+        .unwrap_or(false);
     state.metrics.ready.set(i64::from(ready));
     let stats = match state.fresh_cache() {
         Some(stats) => Some(stats),
-        None => match queue::stats(&state.pool).await {
+        None => match tokio::time::timeout(SCRAPE_DATABASE_BUDGET, queue::stats(&state.pool))
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        {
             Ok(stats) => {
                 *state.cached.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((Instant::now(), stats));

@@ -303,3 +303,24 @@ async fn messages_waiting_for_their_time_are_not_due() {
     let late = sample(&text, "smsgate_queue_due_age_seconds").expect("due age");
     assert!((89.0..200.0).contains(&late), "due for {late} s");
 }
+
+/// Found by an attack: with the database frozen, a scrape waited out two pool timeouts (6 s),
+/// longer than Prometheus waits, so the process looked down instead of the database unready.
+#[tokio::test]
+async fn a_stuck_database_makes_a_scrape_say_not_ready_instead_of_timing_out() {
+    let app = TestApp::spawn().await;
+    let mut blocker = app.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE _sqlx_migrations, message_queue IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+
+    let started = std::time::Instant::now();
+    let text = app.metrics().await;
+    let took = started.elapsed();
+
+    // Prometheus's scrape timeout in the shipped configuration is 5 s.
+    assert!(took < Duration::from_secs(4), "the scrape took {took:?}");
+    assert_eq!(sample(&text, "smsgate_ready"), Some(0.0));
+    blocker.rollback().await.expect("release");
+}
