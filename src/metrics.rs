@@ -29,7 +29,7 @@ pub const INGRESS_OUTCOMES: [&str; 9] = [
 /// The ingress endpoints, as the `endpoint` label names them.
 pub const INGRESS_ENDPOINTS: [&str; 2] = ["sms", "phone_provider"];
 /// The `signer` label of a request no configured signer signed (refused before, or unsigned).
-pub const NO_SIGNER: &str = "-";
+pub use crate::domain::NO_SIGNER;
 /// Outcomes of one carrier call.
 pub const ATTEMPT_OUTCOMES: [&str; 5] = [
     "sent",
@@ -52,6 +52,10 @@ pub const RATE_LIMIT_SCOPES: [&str; 4] =
     ["recipient", "ingress_ip", "ingress_recipient", "in_flight"];
 /// States of a queued message, as `smsgate_queue_depth` reports them.
 pub const QUEUE_STATES: [&str; 2] = ["queued", "sending"];
+/// Why a worker handed a message back untried (`smsgate_dispatch_held_total`): every carrier
+/// of its route was unusable (breaker open, disabled by an operator), or the usable ones had no
+/// free turn within the lease.
+pub const HELD_REASONS: [&str; 2] = ["no_usable_carrier", "carrier_busy"];
 /// `smsgate_queue_messages`: due now (or its lease ran out), waiting for its time (a retry's
 /// backoff, a number's window), or leased by a worker.
 pub const QUEUE_PHASES: [&str; 3] = ["due", "waiting", "sending"];
@@ -80,6 +84,7 @@ pub struct Inner {
     pub carrier_disabled: IntGaugeVec,
     pub ingress_in_flight: IntGaugeVec,
     pub ready: prometheus::IntGauge,
+    pub held: IntCounterVec,
 }
 
 /// What a delivery receipt said, as `smsgate_delivery_receipts_total` counts it.
@@ -218,6 +223,11 @@ const CARRIER_DISABLED: Spec = Spec {
     labels: &["carrier"],
 };
 
+const HELD: Spec = Spec {
+    name: "smsgate_dispatch_held_total",
+    help: "Messages a worker handed back untried, by reason.",
+    labels: &["reason"],
+};
 const INGRESS_IN_FLIGHT: Spec = Spec {
     name: "smsgate_ingress_in_flight",
     help: "Ingress requests of a signer being handled by this process (with limits.max_in_flight).",
@@ -251,6 +261,7 @@ impl Metrics {
             receipt_latency: r.histogram(&RECEIPT_LATENCY)?,
             carrier_disabled: r.gauge(&CARRIER_DISABLED)?,
             ingress_in_flight: r.gauge(&INGRESS_IN_FLIGHT)?,
+            held: r.counter(&HELD)?,
             ready: r.register(prometheus::IntGauge::new(
                 "smsgate_ready",
                 "1 while /readyz would answer 200 (the database answers, migrations applied).",
@@ -329,6 +340,9 @@ impl Metrics {
         }
         for state in QUEUE_STATES {
             self.queue_depth.with_label_values(&[state]).set(0);
+        }
+        for reason in HELD_REASONS {
+            self.held.with_label_values(&[reason]);
         }
         for phase in QUEUE_PHASES {
             self.queue_messages.with_label_values(&[phase]).set(0);

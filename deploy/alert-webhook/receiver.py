@@ -7,33 +7,44 @@ a paging or chat integration in the docker-compose stack; replace it in producti
 
 import json
 import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_BODY = 1 << 20
 
 
 class Receiver(BaseHTTPRequestHandler):
+    # A client that stops sending does not hold a thread for ever.
+    timeout = 10
+
     def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self.send_response(413)
-            self.end_headers()
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.answer(411 if length < 0 else 413)
             return
         try:
             document = json.loads(self.rfile.read(length) or b"{}")
+            alerts = document.get("alerts", []) if isinstance(document, dict) else []
         except ValueError:
-            self.send_response(400)
-            self.end_headers()
+            self.answer(400)
             return
-        for alert in document.get("alerts", []):
-            labels = alert.get("labels", {})
+        for alert in alerts if isinstance(alerts, list) else []:
+            alert = alert if isinstance(alert, dict) else {}
+            labels = alert.get("labels") if isinstance(alert.get("labels"), dict) else {}
+            notes = alert.get("annotations") if isinstance(alert.get("annotations"), dict) else {}
             print(
                 f"{self.path.strip('/') or 'alert'}: {alert.get('status')} "
                 f"{labels.get('alertname')} severity={labels.get('severity')} "
-                f"{alert.get('annotations', {}).get('summary', '')}",
+                f"{notes.get('summary', '')}",
                 flush=True,
             )
-        self.send_response(200)
+        self.answer(200)
+
+    def answer(self, status):
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
         self.end_headers()
 
     def log_message(self, *_):
@@ -42,4 +53,4 @@ class Receiver(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 9095
-    HTTPServer(("0.0.0.0", port), Receiver).serve_forever()
+    ThreadingHTTPServer(("0.0.0.0", port), Receiver).serve_forever()

@@ -385,12 +385,26 @@ impl Config {
     /// The effective configuration as TOML, every secret replaced by `[redacted]`.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
+        let mut proofs = Vec::new();
         for signer in shown.auth0.values_mut().filter(|s| s.public_secret) {
             // What proves a signer whose secret is public: in MessageMedia's recipe, the
             // audience and subject are the account's API secret and key.
-            signer.audience = crate::secret::REDACTED.into();
-            if signer.subject.is_some() {
-                signer.subject = Some(crate::secret::REDACTED.into());
+            proofs.push(std::mem::replace(
+                &mut signer.audience,
+                crate::secret::REDACTED.into(),
+            ));
+            if let Some(subject) = signer.subject.replace(crate::secret::REDACTED.into()) {
+                proofs.push(subject);
+            }
+        }
+        // The same values as a carrier's API key would give them away again.
+        for carrier in shown.carriers.values_mut() {
+            if carrier
+                .api_key
+                .as_ref()
+                .is_some_and(|key| proofs.contains(key))
+            {
+                carrier.api_key = Some(crate::secret::REDACTED.into());
             }
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))

@@ -261,6 +261,14 @@ impl Config {
         }
         for (name, signer) in &self.auth0 {
             let key = |field: &str| format!("auth0.{name}.{field}");
+            if name == crate::domain::NO_SIGNER {
+                problem(
+                    format!("auth0.{name}"),
+                    "\"-\" names requests no signer signed (in metrics and logs); choose \
+                     another name"
+                        .into(),
+                );
+            }
             if signer.secret.is_empty() {
                 problem(key("secret"), "must not be empty".into());
             } else if signer.secret_base64_encoded

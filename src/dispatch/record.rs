@@ -47,6 +47,11 @@ impl<'a> Recorder<'a> {
             .inc();
     }
 
+    /// The message goes back untried, for `reason` (one of `HELD_REASONS`).
+    pub fn held(&self, reason: &'static str) {
+        self.metrics.held.with_label_values(&[reason]).inc();
+    }
+
     /// One finished call, whatever its result.
     pub fn call(&mut self, carrier: &str, elapsed: Duration, result: &Result<Accepted, SendError>) {
         let outcome = match result {

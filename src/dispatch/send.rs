@@ -324,6 +324,13 @@ impl Attempt<'_> {
         let as_ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         // A route cut short by a busy carrier does not count, whatever becomes of the message.
         self.uncounted = route.called && route.no_turn;
+        if !route.called {
+            if route.no_turn {
+                self.recorder.held("carrier_busy");
+            } else if route.skipped_until.is_some() {
+                self.recorder.held("no_usable_carrier");
+            }
+        }
         match decide(route, &self.context.retry, standing, &mut uniform) {
             Decision::Release(wait) => self.ended(Disposition::Release {
                 delay_ms: as_ms(wait),

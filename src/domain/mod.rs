@@ -5,3 +5,6 @@ mod phone;
 
 pub use message::{MessageBody, MessageId, NewMessage, RequestInfo, Status, redact_digits};
 pub use phone::{PhoneError, PhoneNumber, parse_country};
+
+/// How metrics and logs name a request no configured signer signed (refused, or unsigned).
+pub const NO_SIGNER: &str = "-";

@@ -40,7 +40,10 @@ impl Readiness {
         }
         let verdict = match db::is_ready(pool).await {
             Ok(true) => Verdict::Ready,
-            Ok(false) => Verdict::NotMigrated,
+            Ok(false) => {
+                tracing::warn!("readiness check: migrations not applied");
+                Verdict::NotMigrated
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "readiness check: database unreachable");
                 Verdict::Unreachable

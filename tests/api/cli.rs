@@ -366,7 +366,8 @@ fn check_config_names_every_zero_and_every_other_problem_at_once() {
         .merge("[[limits.ip]]\nmax = 0\nwindow_seconds = 60\n")
         .route("", &["nope"])
         .set("log.level", "info,,==")
-        .set("limits.max_in_flight", 2_305_843_009_213_693_952_i64);
+        .set("limits.max_in_flight", 2_305_843_009_213_693_952_i64)
+        .merge("[auth0.-]\nsecret = \"another-secret\"\naudience = \"urn:x\"\n");
     let config = write_config(dir.path(), &text.to_string());
 
     let output = smsgate(
@@ -386,6 +387,7 @@ fn check_config_names_every_zero_and_every_other_problem_at_once() {
         "routes[0].carriers",
         "log.level",
         "limits.max_in_flight: must be at most 1000000",
+        "auth0.-: \"-\" names requests no signer signed",
     ] {
         assert!(errors.contains(key), "{key} not named in:\n{errors}");
     }

@@ -181,6 +181,14 @@ async fn messages_whose_carriers_are_all_disabled_wait_quietly_and_go_out_once_e
         .await
         .expect("attempts");
     assert_eq!(attempts, 0, "waiting is not an attempt");
+    // What pages the on-call: the messages are held for want of a usable carrier.
+    let held = crate::observability::labelled(
+        &app.metrics().await,
+        "smsgate_dispatch_held_total",
+        "reason",
+        "no_usable_carrier",
+    );
+    assert!(held.is_some_and(|n| n >= 20.0), "held {held:?}");
 
     let enabled_at = Instant::now();
     let on = app

@@ -203,7 +203,12 @@ fn a_public_secret_signer_is_allowed_with_a_long_audience_which_is_then_redacted
     let text = public("MessageMedia", GOOD_ADMIN)
         .set("auth0.primary.public_secret", true)
         .set("auth0.primary.audience", audience)
-        .set("auth0.primary.subject", subject);
+        .set("auth0.primary.subject", subject)
+        // The recipe's carrier: its API key is the signer's subject.
+        .merge(&format!(
+            "[carriers.console]\nkind = \"messagemedia\"\napi_key = \"{subject}\"\n\
+             api_secret = \"{audience}\""
+        ));
     let config = crate::cli::write_config(dir.path(), &text.to_string());
 
     let output = crate::cli::smsgate(&["check-config"], &config, &[]);

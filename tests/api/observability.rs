@@ -47,7 +47,7 @@ fn split_series(series: &str) -> (&str, Vec<&str>) {
     }
 }
 
-pub const FAMILIES: [&str; 17] = [
+pub const FAMILIES: [&str; 18] = [
     "smsgate_ingress_requests_total",
     "smsgate_ingress_request_duration_seconds",
     "smsgate_dispatch_attempts_total",
@@ -61,6 +61,7 @@ pub const FAMILIES: [&str; 17] = [
     "smsgate_queue_messages",
     "smsgate_queue_due_age_seconds",
     "smsgate_ready",
+    "smsgate_dispatch_held_total",
     "smsgate_carrier_breaker_open",
     "smsgate_build_info",
     "process_resident_memory_bytes",
