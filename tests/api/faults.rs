@@ -15,6 +15,7 @@ use crate::dispatch::{FAST_DISPATCH, config_with, wait_until};
 use crate::helpers::{TestApp, token};
 use crate::process::{WORKERS, slow_config, spawn_binary};
 use crate::standins::twilio::{Reply, TwilioStandIn};
+use crate::test_config::TestConfig;
 
 /// One request of a load run: when it was sent and answered, to whom, and the status.
 #[derive(Debug, Clone)]
@@ -68,6 +69,36 @@ pub async fn load(
     outcomes.lock().map(|all| all.clone()).unwrap_or_default()
 }
 
+/// The real app for `config`, on the database at `url`, serving until the token is cancelled.
+pub async fn serve_on(
+    config: &TestConfig,
+    url: &str,
+    role: Role,
+) -> (
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let mut config = Config::from_toml_str(&config.to_string()).expect("config");
+    config.database.url = smsgate::secret::Secret::new(url.to_string());
+    let app = App::build_with_role(&config, role)
+        .await
+        .expect("app builds");
+    let address = app.local_addr().expect("bound");
+    let shutdown = CancellationToken::new();
+    let served = tokio::spawn(app.run(shutdown.clone()));
+    (address, shutdown, served)
+}
+
+/// Every answer of a load run was a 200 or a 503: an outage never shows as anything else.
+pub fn assert_only_200_or_503(outcomes: &[Outcome]) {
+    let others = outcomes
+        .iter()
+        .filter(|o| !matches!(o.status, Some(200) | Some(503)))
+        .count();
+    assert_eq!(others, 0, "every answer was a 200 or a 503");
+}
+
 fn acknowledged(outcomes: &[Outcome]) -> HashSet<String> {
     outcomes
         .iter()
@@ -89,15 +120,8 @@ async fn postgres_stopped_under_load_gives_503s_then_recovers_without_a_restart(
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = private_cluster(dir.path());
     let url = cluster.url("postgres");
-    let mut config =
-        Config::from_toml_str(&config_with(&standin, FAST_DISPATCH).to_string()).expect("config");
-    config.database.url = smsgate::secret::Secret::new(url.clone());
-    let app = App::build_with_role(&config, Role::All)
-        .await
-        .expect("app builds");
-    let address = app.local_addr().expect("bound");
-    let shutdown = CancellationToken::new();
-    let served = tokio::spawn(app.run(shutdown.clone()));
+    let (address, shutdown, served) =
+        serve_on(&config_with(&standin, FAST_DISPATCH), &url, Role::All).await;
 
     let stop_load = CancellationToken::new();
     let running = tokio::spawn(load(address, 4, 0, stop_load.clone()));
@@ -159,11 +183,7 @@ async fn postgres_stopped_under_load_gives_503s_then_recovers_without_a_restart(
         !after.is_empty() && after.iter().all(|o| o.status == Some(200)),
         "the same process accepts again once the database is back"
     );
-    let others = outcomes
-        .iter()
-        .filter(|o| !matches!(o.status, Some(200) | Some(503)))
-        .count();
-    assert_eq!(others, 0, "every answer was a 200 or a 503");
+    assert_only_200_or_503(&outcomes);
     let acked = acknowledged(&outcomes);
     wait_until(
         "every acknowledged message to be sent",

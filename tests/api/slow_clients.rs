@@ -187,19 +187,7 @@ async fn with_every_connection_stuck_further_requests_get_503_quickly() {
         .execute(&mut *blocker)
         .await
         .expect("lock");
-    let stuck = {
-        let (client, url) = (app.client.clone(), app.url("/v1/auth0/sms"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(token())
-                .header("content-type", "application/json")
-                .body(sms("+14155550001").to_string())
-                .send()
-                .await
-                .expect("sent")
-        })
-    };
+    let stuck = post_in_background(&app, "+14155550001");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
 
@@ -240,19 +228,7 @@ async fn a_message_being_written_is_answered_with_its_write_never_a_408() {
         .execute(&mut *blocker)
         .await
         .expect("lock");
-    let posting = {
-        let (client, url) = (app.client.clone(), app.url("/v1/auth0/sms"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(token())
-                .header("content-type", "application/json")
-                .body(sms("+14155552671").to_string())
-                .send()
-                .await
-                .expect("answered")
-        })
-    };
+    let posting = post_in_background(&app, "+14155552671");
     crate::helpers::until_a_session_waits_for_a_lock(&app.pool).await;
     // The span under test: the write outlives the request timeout.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -261,4 +237,13 @@ async fn a_message_being_written_is_answered_with_its_write_never_a_408() {
     let response = posting.await.expect("joined");
     crate::helpers::assert_status(&response, 200, "the write's own outcome");
     assert_eq!(app.count_rows("messages").await, 1);
+}
+
+/// Posts a message to `recipient` from a task of its own; the handle gives the answer.
+fn post_in_background(
+    app: &TestApp,
+    recipient: &str,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let request = crate::helpers::sms_request(&app.client, app.address, token(), recipient);
+    tokio::spawn(async move { request.send().await.expect("answered") })
 }
