@@ -184,8 +184,24 @@ fn without_value(kind: &figment::error::Kind) -> String {
                 found(actual)
             )
         }
+        // A TOML syntax error quotes the offending line, which may hold a secret: keep where
+        // and what, not the text.
+        Kind::Message(message) => message
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('|') && !is_quoted_source(line))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim()
+            .to_string(),
         other => other.to_string(),
     }
+}
+
+/// `12 | audience = …`: a line of the source a parse error quotes.
+fn is_quoted_source(line: &str) -> bool {
+    let line = line.trim_start();
+    let digits = line.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && line[digits..].trim_start().starts_with('|')
 }
 
 /// The variable an environment provider maps `path` from, e.g. `SMSGATE__SERVER__LISTEN`.
@@ -261,11 +277,11 @@ impl Config {
         }
         for (name, signer) in &self.auth0 {
             let key = |field: &str| format!("auth0.{name}.{field}");
-            if name == crate::domain::NO_SIGNER {
+            if name == crate::domain::NO_SIGNER || name.trim().is_empty() {
                 problem(
                     format!("auth0.{name}"),
-                    "\"-\" names requests no signer signed (in metrics and logs); choose \
-                     another name"
+                    "\"-\" (and an empty name) stand for no signer in metrics and logs; \
+                     choose another name"
                         .into(),
                 );
             }

@@ -68,6 +68,10 @@ pub enum EnqueueError {
     /// No writer took it before its deadline; nothing was stored.
     #[error("no database connection was free in time")]
     TimedOut,
+    /// A writer took it, but its write did not finish by the answer deadline: the message may
+    /// yet be stored.
+    #[error("the database did not confirm the write in time")]
+    Unconfirmed,
     #[error("the writer stopped")]
     Stopped,
 }
@@ -90,15 +94,22 @@ impl Batcher {
     }
 
     /// Stores `message`; returns once its transaction has committed. Gives up with
-    /// `TimedOut` (storing nothing) when no writer has taken it within `wait`.
+    /// `TimedOut` (storing nothing) when no writer has taken it within `wait`, and with
+    /// `Unconfirmed` when the write it is in has not finished by `answer_by` (a frozen database,
+    /// a commit waiting for a synchronous standby that is gone): the caller then gets an answer
+    /// before it gives up on its own, and learns the message may be stored.
     pub async fn enqueue(
         &self,
         message: NewMessage,
         wait: Duration,
+        answer_by: tokio::time::Instant,
     ) -> Result<Enqueued, EnqueueError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = (tokio::time::Instant::now() + wait).min(answer_by);
         let (reply, mut answer) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(WAITING));
+        // A caller that goes away (its client hung up) before a writer took the message: the
+        // writers skip it, so nobody's message is stored behind their back.
+        let _abandon_on_drop = AbandonOnDrop(state.clone());
         let pending = Pending {
             message,
             reply,
@@ -118,9 +129,11 @@ impl Batcher {
                 if abandoned {
                     return Err(EnqueueError::TimedOut);
                 }
-                // A writer has it: only its outcome is true, and the statement timeout bounds
-                // how long that takes.
-                answer.await
+                // A writer has it: only its outcome is true, up to the answer deadline.
+                match tokio::time::timeout_at(answer_by, answer).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => return Err(EnqueueError::Unconfirmed),
+                }
             }
         };
         match outcome {
@@ -135,6 +148,17 @@ impl Batcher {
             Ok(Err(err)) => Err(EnqueueError::Database(err)),
             Err(_) => Err(EnqueueError::Stopped),
         }
+    }
+}
+
+/// Marks a request nobody waits for any more as abandoned, unless a writer took it already.
+struct AbandonOnDrop(Arc<AtomicU8>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 

@@ -84,11 +84,17 @@ impl From<EnqueueError> for ApiError {
                 tracing::warn!("no database connection was free in time; answering 503");
                 ApiError::Unavailable("the database is busy; nothing was queued, try again")
             }
-            err => {
-                tracing::error!(error = %err, "cannot store message; answering 503");
+            EnqueueError::Unconfirmed => {
+                tracing::error!("the database did not confirm a write in time; answering 503");
                 ApiError::Unavailable(
-                    "the message could not be stored; nothing was queued, try again",
+                    "the database did not confirm the message in time; it may have been \
+                     stored, try again",
                 )
+            }
+            err => {
+                // A connection lost after the commit reaches here too: no promise either way.
+                tracing::error!(error = %err, "cannot store message; answering 503");
+                ApiError::Unavailable("the message could not be stored; try again")
             }
         }
     }

@@ -116,14 +116,41 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiveBy(pub tokio::time::Instant);
 
-/// Stamps the request with its `ReceiveBy` deadline.
+/// When an ingress request must be answered, whatever its write is doing: Auth0 gives up
+/// after 30 s, and an answer it never reads helps nobody.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerBy(pub tokio::time::Instant);
+
+/// Auth0 waits 30 s for the gateway; this leaves it time to read the answer.
+pub const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(25);
+
+impl<S: Send + Sync> FromRequestParts<S> for AnswerBy {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<AnswerBy>()
+            .copied()
+            .unwrap_or_else(|| AnswerBy(tokio::time::Instant::now() + ANSWER_WITHIN)))
+    }
+}
+
+/// Stamps the request with its deadlines: `ReceiveBy` for its body, `AnswerBy` for its answer
+/// (never before the body's deadline, with a few seconds for the write).
 pub async fn stamp_receive_by(
     axum::extract::State(request_timeout): axum::extract::State<std::time::Duration>,
     mut request: Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let deadline = tokio::time::Instant::now() + request_timeout;
-    request.extensions_mut().insert(ReceiveBy(deadline));
+    let now = tokio::time::Instant::now();
+    let answer_within = ANSWER_WITHIN.max(request_timeout + std::time::Duration::from_secs(5));
+    request
+        .extensions_mut()
+        .insert(ReceiveBy(now + request_timeout));
+    request
+        .extensions_mut()
+        .insert(AnswerBy(now + answer_within));
     next.run(request).await
 }
 

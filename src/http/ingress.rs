@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::extract::{Caller, JsonBytes};
+use super::extract::{AnswerBy, Caller, JsonBytes};
 use super::phone_provider::DERIVED_PREFIX;
 use super::{ApiError, AppState};
 use crate::domain::{MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, redact_digits};
@@ -54,10 +54,11 @@ pub async fn accept_with(
     parse: Parser,
     State(state): State<AppState>,
     caller: Caller,
+    AnswerBy(answer_by): AnswerBy,
     headers: HeaderMap,
     JsonBytes(body): JsonBytes,
 ) -> Result<Json<Accepted>, ApiError> {
-    accept(&state, caller, &headers, &body, parse).await
+    accept(&state, caller, &headers, &body, parse, answer_by).await
 }
 
 async fn accept(
@@ -66,6 +67,7 @@ async fn accept(
     headers: &HeaderMap,
     body: &[u8],
     parse: Parser,
+    answer_by: tokio::time::Instant,
 ) -> Result<Json<Accepted>, ApiError> {
     let mut message = parse(body, caller.signer.clone())?;
     if let Some(key) = idempotency_key(headers)? {
@@ -83,7 +85,7 @@ async fn accept(
         );
         return Err(ApiError::Blocked(refusal));
     }
-    let answer = store(state, message).await;
+    let answer = store(state, message, answer_by).await;
     // The in-flight slot is held until the message is stored or refused.
     drop(caller);
     answer
@@ -119,7 +121,11 @@ fn scope_idempotency(state: &AppState, message: &mut NewMessage) {
 }
 
 /// Hands the message to the batch writer and answers with what became of it.
-async fn store(state: &AppState, message: NewMessage) -> Result<Json<Accepted>, ApiError> {
+async fn store(
+    state: &AppState,
+    message: NewMessage,
+    answer_by: tokio::time::Instant,
+) -> Result<Json<Accepted>, ApiError> {
     let (id, recipient, ip) = (message.id, message.recipient.masked(), message.request.ip);
     tracing::debug!(
         %id,
@@ -128,7 +134,10 @@ async fn store(state: &AppState, message: NewMessage) -> Result<Json<Accepted>, 
         signer = message.signer.as_deref().unwrap_or("-"),
         "storing message"
     );
-    let result = state.batcher.enqueue(message, state.store_wait).await;
+    let result = state
+        .batcher
+        .enqueue(message, state.store_wait, answer_by)
+        .await;
     let enqueued = result.map_err(|err| {
         // The request's context for the line the conversion logs; built only on failure.
         let _request = tracing::warn_span!("ingress", %id, %recipient, ?ip).entered();

@@ -97,15 +97,15 @@ fn ingress_routes(state: AppState, request_timeout: std::time::Duration) -> Rout
     Router::new()
         .route(
             "/v1/auth0/sms",
-            post(|state, caller, headers, body| {
-                ingress::accept_with(parse_request, state, caller, headers, body)
+            post(|state, caller, answer_by, headers, body| {
+                ingress::accept_with(parse_request, state, caller, answer_by, headers, body)
             }),
         )
         .route(
             "/v1/auth0/phone-provider",
-            post(|state, caller, headers, body| {
+            post(|state, caller, answer_by, headers, body| {
                 let parse: ingress::Parser = phone_provider::parse_action_request;
-                ingress::accept_with(parse, state, caller, headers, body)
+                ingress::accept_with(parse, state, caller, answer_by, headers, body)
             }),
         )
         .route_layer(axum::middleware::from_fn_with_state(

@@ -387,8 +387,26 @@ fn check_config_names_every_zero_and_every_other_problem_at_once() {
         "routes[0].carriers",
         "log.level",
         "limits.max_in_flight: must be at most 1000000",
-        "auth0.-: \"-\" names requests no signer signed",
+        "auth0.-: \"-\" (and an empty name) stand for no signer",
     ] {
         assert!(errors.contains(key), "{key} not named in:\n{errors}");
     }
+}
+
+/// Found by an attack: a TOML syntax error quoted the offending line, secret and all.
+#[test]
+fn a_syntax_error_names_its_place_without_quoting_the_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "{}\n[auth0.second]\naudience = Zq8vUnquotedSecret\n",
+        base_config()
+    );
+    let config = write_config(dir.path(), &text);
+
+    let output = smsgate(&["check-config"], &config, &[]);
+
+    assert_eq!(output.status.code(), Some(2));
+    let errors = stderr(&output);
+    assert!(errors.contains("TOML parse error at line"), "{errors}");
+    assert!(!errors.contains("Zq8v"), "the line is quoted: {errors}");
 }
