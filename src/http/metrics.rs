@@ -27,6 +27,48 @@ pub struct MetricsState {
     /// `/readyz`'s verdict (shared with it), as `smsgate_ready`.
     pub readiness: Arc<Readiness>,
     cached: Arc<Mutex<Option<(Instant, QueueStats)>>>,
+    ready_read: SingleRead<bool>,
+    stats_read: SingleRead<Result<QueueStats, sqlx::Error>>,
+}
+
+/// One database read of the scrape's at a time, in a task of its own. A scrape that gives up
+/// after its budget leaves the read running (the statement timeout ends it) and the next
+/// scrape waits on that same read instead of starting another: a stuck database costs one
+/// connection, not one per scrape.
+struct SingleRead<T> {
+    running: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<T>>>>,
+}
+
+impl<T> Clone for SingleRead<T> {
+    fn clone(&self) -> Self {
+        Self {
+            running: self.running.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static> SingleRead<T> {
+    fn new() -> Self {
+        Self {
+            running: Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+
+    /// The read's result within `budget`, starting it unless one is running; `None` when it
+    /// is not done by then.
+    async fn within<F>(&self, budget: Duration, start: impl FnOnce() -> F) -> Option<T>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut running = tokio::time::timeout_at(deadline, self.running.lock())
+            .await
+            .ok()?;
+        let read = running.get_or_insert_with(|| tokio::spawn(start()));
+        let done = tokio::time::timeout_at(deadline, read).await.ok()?;
+        *running = None;
+        done.ok()
+    }
 }
 
 impl MetricsState {
@@ -42,6 +84,8 @@ impl MetricsState {
             in_flight,
             readiness,
             cached: Arc::new(Mutex::new(None)),
+            ready_read: SingleRead::new(),
+            stats_read: SingleRead::new(),
         }
     }
 
@@ -64,14 +108,23 @@ pub fn metrics_router(state: MetricsState) -> Router {
 const SCRAPE_DATABASE_BUDGET: Duration = Duration::from_secs(1);
 
 async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
-    let readiness = state.readiness.is_ready(&state.pool);
-    let ready = tokio::time::timeout(SCRAPE_DATABASE_BUDGET, readiness)
+    let (readiness, pool) = (state.readiness.clone(), state.pool.clone());
+    let ready = state
+        .ready_read
+        .within(SCRAPE_DATABASE_BUDGET, || async move {
+            readiness.is_ready(&pool).await
+        })
         .await
         .unwrap_or(false);
     state.metrics.ready.set(i64::from(ready));
     let stats = match state.fresh_cache() {
         Some(stats) => Some(stats),
-        None => match tokio::time::timeout(SCRAPE_DATABASE_BUDGET, queue::stats(&state.pool))
+        None => match state
+            .stats_read
+            .within(SCRAPE_DATABASE_BUDGET, || {
+                let pool = state.pool.clone();
+                async move { queue::stats(&pool).await }
+            })
             .await
             .unwrap_or(Err(sqlx::Error::PoolTimedOut))
         {

@@ -323,5 +323,18 @@ async fn a_stuck_database_makes_a_scrape_say_not_ready_instead_of_timing_out() {
     // Prometheus's scrape timeout in the shipped configuration is 5 s.
     assert!(took < Duration::from_secs(4), "the scrape took {took:?}");
     assert_eq!(sample(&text, "smsgate_ready"), Some(0.0));
+    // Scrapes that keep coming do not each leave a stuck read holding a connection: the pool
+    // (5 here) still serves the status API.
+    for _ in 0..8 {
+        app.metrics().await;
+    }
+    let listed = app
+        .client
+        .get(app.url("/v1/messages"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    crate::helpers::assert_status(&listed, 200, "the pool is not exhausted by scrapes");
     blocker.rollback().await.expect("release");
 }
