@@ -105,6 +105,12 @@ pub(super) fn extract_naming_every_zero(
     Err(zeros)
 }
 
+/// A path segment that is a position in a list (`limits.ip.0.max`).
+fn is_list_position(part: &str) -> bool {
+    !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A zero where a count or a duration goes (they are typed non-zero).
 fn is_zero_refused(kind: &figment::error::Kind) -> bool {
     use figment::error::{Actual, Kind};
     matches!(kind, Kind::InvalidValue(Actual::Unsigned(0) | Actual::Signed(0), expected)
@@ -116,9 +122,7 @@ fn is_zero_refused(kind: &figment::error::Kind) -> bool {
 fn read_as_one(figment: &figment::Figment, path: &[String]) -> Option<figment::Figment> {
     use figment::providers::Serialized;
     use figment::value::Value;
-    let in_list = path
-        .iter()
-        .position(|part| part.bytes().all(|b| b.is_ascii_digit()));
+    let in_list = path.iter().position(|part| is_list_position(part));
     let Some(index) = in_list else {
         return Some(
             figment
@@ -144,7 +148,7 @@ fn read_as_one(figment: &figment::Figment, path: &[String]) -> Option<figment::F
 fn key_of(path: &[String]) -> String {
     let mut key = String::new();
     for part in path {
-        if part.bytes().all(|b| b.is_ascii_digit()) && !key.is_empty() {
+        if is_list_position(part) && !key.is_empty() {
             key.push_str(&format!("[{part}]"));
         } else {
             if !key.is_empty() {
@@ -172,12 +176,7 @@ fn without_value(kind: &figment::error::Kind) -> String {
         Kind::InvalidType(actual, expected) => {
             format!("invalid type: found {}, expected {expected}", found(actual))
         }
-        // The counts and durations that are typed non-zero.
-        Kind::InvalidValue(Actual::Unsigned(0) | Actual::Signed(0), expected)
-            if expected.starts_with("a nonzero") =>
-        {
-            "must be at least 1".to_string()
-        }
+        kind if is_zero_refused(kind) => "must be at least 1".to_string(),
         Kind::InvalidValue(actual, expected) => {
             format!(
                 "invalid value: found {}, expected {expected}",
@@ -212,7 +211,7 @@ fn environment_variable(metadata: Option<&figment::Metadata>, path: &[String]) -
         let named: Vec<&str> = path
             .iter()
             .map(String::as_str)
-            .take_while(|part| !part.bytes().all(|b| b.is_ascii_digit()))
+            .take_while(|part| !is_list_position(part))
             .collect();
         format!("SMSGATE__{}", named.join("__").to_uppercase())
     } else if path == ["database", "url"] {

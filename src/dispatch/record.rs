@@ -68,7 +68,17 @@ impl<'a> Recorder<'a> {
             .observe(elapsed.as_secs_f64());
         let latency_ms = i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX);
         let (id, number) = (self.message.id, self.message.attempts + 1);
-        let row = match result {
+        let mut row = AttemptRecord {
+            attempt: number,
+            carrier: carrier.to_string(),
+            outcome,
+            http_status: None,
+            error_code: None,
+            error_message: None,
+            latency_ms,
+            carrier_message_id: None,
+        };
+        match result {
             Ok(accepted) => {
                 let since_commit = (Utc::now() - self.message.created_at).num_milliseconds();
                 self.metrics
@@ -80,16 +90,8 @@ impl<'a> Recorder<'a> {
                     %id, carrier, outcome, latency_ms, delivery_ms = since_commit,
                     attempt = number, "message sent"
                 );
-                AttemptRecord {
-                    attempt: number,
-                    carrier: carrier.to_string(),
-                    outcome,
-                    http_status: accepted.http_status.map(i32::from),
-                    error_code: None,
-                    error_message: None,
-                    latency_ms,
-                    carrier_message_id: accepted.carrier_message_id.clone(),
-                }
+                row.http_status = accepted.http_status.map(i32::from);
+                row.carrier_message_id = accepted.carrier_message_id.clone();
             }
             Err(error) => {
                 tracing::warn!(
@@ -98,18 +100,11 @@ impl<'a> Recorder<'a> {
                     latency_ms, "carrier refused the message"
                 );
                 self.failed_carrier = Some(carrier.to_string());
-                AttemptRecord {
-                    attempt: number,
-                    carrier: carrier.to_string(),
-                    outcome,
-                    http_status: error.http_status.map(i32::from),
-                    error_code: error.code.clone(),
-                    error_message: Some(error.message.clone()),
-                    latency_ms,
-                    carrier_message_id: None,
-                }
+                row.http_status = error.http_status.map(i32::from);
+                row.error_code = error.code.clone();
+                row.error_message = Some(error.message.clone());
             }
-        };
+        }
         self.calls.push(row);
     }
 }

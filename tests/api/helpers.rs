@@ -460,6 +460,21 @@ pub async fn until_metric(app: &TestApp, series: &str, value: f64) {
     .await;
 }
 
+/// A transaction holding `tables` (a comma-separated list) in ACCESS EXCLUSIVE mode until it
+/// ends: the gateway's statements on them wait behind it.
+pub async fn hold_tables(
+    pool: &PgPool,
+    tables: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut blocker = pool.begin().await.expect("begin");
+    let lock = format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE");
+    sqlx::query(sqlx::AssertSqlSafe(lock))
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    blocker
+}
+
 /// Waits until a session on `pool`'s database is blocked on a lock: the moment a statement a
 /// test started in the background has queued behind the lock the test holds.
 pub async fn until_a_session_waits_for_a_lock(pool: &PgPool) {

@@ -310,11 +310,7 @@ async fn messages_waiting_for_their_time_are_not_due() {
 #[tokio::test]
 async fn a_stuck_database_makes_a_scrape_say_not_ready_instead_of_timing_out() {
     let app = TestApp::spawn().await;
-    let mut blocker = app.pool.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE _sqlx_migrations, message_queue IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock");
+    let blocker = crate::helpers::hold_tables(&app.pool, "_sqlx_migrations, message_queue").await;
 
     let started = std::time::Instant::now();
     let text = app.metrics().await;

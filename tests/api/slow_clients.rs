@@ -182,11 +182,7 @@ async fn with_every_connection_stuck_further_requests_get_503_quickly() {
         .set("database.ingress_writers", 2);
     let app = TestApp::spawn_with(&config).await;
     // Another session holds the table: the gateway's only connection waits behind it.
-    let mut blocker = app.pool.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock");
+    let blocker = crate::helpers::hold_tables(&app.pool, "messages").await;
     let stuck = post_in_background(&app, "+14155550001");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
@@ -223,11 +219,7 @@ async fn with_every_connection_stuck_further_requests_get_503_quickly() {
 #[tokio::test]
 async fn a_message_being_written_is_answered_with_its_write_never_a_408() {
     let app = TestApp::spawn_with(&with_server("request_timeout_ms = 800")).await;
-    let mut blocker = app.pool.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock");
+    let blocker = crate::helpers::hold_tables(&app.pool, "messages").await;
     let posting = post_in_background(&app, "+14155552671");
     crate::helpers::until_a_session_waits_for_a_lock(&app.pool).await;
     // The span under test: the write outlives the request timeout.
