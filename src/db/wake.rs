@@ -69,6 +69,14 @@ impl Wake {
 
 /// LISTENs for other processes' wake-ups; reconnects after errors (polling covers the gap).
 pub async fn run_listener(pool: PgPool, wake: Wake, shutdown: CancellationToken) {
+    // A connection of its own, never one of the pool's: LISTEN holds it for good, and with a
+    // small pool (database.max_connections = 1) it would starve the ingress, the claims and
+    // readiness for ever.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with(pool.connect_options().as_ref().clone());
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let listener = async {

@@ -488,3 +488,18 @@ async fn a_carrier_send_rate_is_capped_per_process() {
         "span {span:?}"
     );
 }
+
+/// Found by an attack: the wake-up LISTEN took a connection of the pool for good, so with
+/// database.max_connections = 1 the ingress, the claims and readiness never got one.
+#[tokio::test]
+async fn a_pool_of_one_connection_still_accepts_and_sends() {
+    let standin = TwilioStandIn::start().await;
+    let config = config_with(&standin, FAST_DISPATCH).set("database.max_connections", 1);
+    let app = TestApp::spawn_role(&config, Role::All).await;
+    crate::helpers::until_a_worker_listens(&app.pool).await;
+
+    let view = send_one(&app, "+14155552671").await;
+
+    assert_eq!(view["status"], "sent", "{view}");
+    crate::helpers::assert_status(&app.get("/readyz").await, 200, "ready with a pool of one");
+}
