@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::db::Db;
 use anyhow::Context;
-use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,9 +26,16 @@ use crate::metrics::Metrics;
 /// The database the embedded cluster serves smsgate from.
 const EMBEDDED_DATABASE: &str = "smsgate";
 
+/// Why migrations cannot run behind a transaction pooler alone.
+pub const NO_SESSION: &str = "migrations need a session on PostgreSQL itself, which a transaction \
+                          pooler does not give: set database.direct_url";
+
 /// An open pool, and the embedded cluster behind it when we started one.
 pub struct Database {
-    pub pool: PgPool,
+    pub pool: Db,
+    /// PostgreSQL itself, for migrations and LISTEN; none behind a pooler without
+    /// `database.direct_url`.
+    session: Option<PgConnectOptions>,
     embedded: Option<EmbeddedPostgres>,
 }
 
@@ -46,10 +54,12 @@ impl Database {
 
     async fn open_as(config: &DatabaseConfig, owned: bool) -> anyhow::Result<Self> {
         if !config.url.is_empty() {
-            let options = db::options_from_url(config.url.expose())?;
+            let options = db::options_from_url("database.url", config.url.expose())?;
+            let session = Self::session_options_for(config)?;
             let pool = db::connect(options, config).await?;
             return Ok(Self {
                 pool,
+                session,
                 embedded: None,
             });
         }
@@ -66,10 +76,12 @@ impl Database {
         tracing::info!(url = %embedded.url(EMBEDDED_DATABASE), "embedded PostgreSQL is running");
         let bootstrap = db::connect(embedded.connect_options("postgres"), config).await?;
         db::ensure_database(&bootstrap, EMBEDDED_DATABASE).await?;
-        bootstrap.close().await;
-        let pool = db::connect(embedded.connect_options(EMBEDDED_DATABASE), config).await?;
+        bootstrap.pool().close().await;
+        let session = embedded.connect_options(EMBEDDED_DATABASE);
+        let pool = db::connect(session.clone(), config).await?;
         Ok(Self {
             pool,
+            session: Some(session),
             embedded: Some(embedded),
         })
     }
@@ -79,9 +91,34 @@ impl Database {
         self.embedded.as_ref().is_some_and(|e| !e.is_owner())
     }
 
+    /// Where migrations and LISTEN reach PostgreSQL itself, when they can.
+    pub fn session_options(&self) -> Option<&PgConnectOptions> {
+        self.session.as_ref()
+    }
+
+    /// PostgreSQL itself for an external database: `direct_url`, else `url` unless that is
+    /// a transaction pooler (then none).
+    pub fn session_options_for(
+        config: &DatabaseConfig,
+    ) -> anyhow::Result<Option<PgConnectOptions>> {
+        let (key, url) = if !config.direct_url.is_empty() {
+            ("database.direct_url", &config.direct_url)
+        } else if config.transaction_pooling {
+            return Ok(None);
+        } else {
+            ("database.url", &config.url)
+        };
+        db::options_from_url(key, url.expose()).map(Some)
+    }
+
+    /// Applies pending migrations on a session of their own.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        db::migrate(self.session.as_ref().context(NO_SESSION)?).await
+    }
+
     /// Closes the pool, then stops the embedded cluster if we started it.
     pub async fn close(self) {
-        self.pool.close().await;
+        self.pool.pool().close().await;
         if let Some(embedded) = self.embedded {
             tracing::info!("stopping embedded PostgreSQL");
             if tokio::task::spawn_blocking(move || embedded.stop())
@@ -153,7 +190,7 @@ impl App {
             );
         }
         if config.database.migrate_on_start {
-            db::migrate(&database.pool).await?;
+            database.migrate().await?;
         }
         let state = app_state(config, role, &database)?;
         let (listener, metrics_listener, admin_listener) = bind_listeners(config).await?;
@@ -200,8 +237,15 @@ impl App {
         let dispatcher = if self.role.workers() {
             let metrics = self.state.metrics.clone();
             Some(
-                Dispatcher::start(&self.config, pool.clone(), wake, metrics, shutdown.clone())
-                    .await?,
+                Dispatcher::start(
+                    &self.config,
+                    pool.clone(),
+                    self.database.session_options().cloned(),
+                    wake,
+                    metrics,
+                    shutdown.clone(),
+                )
+                .await?,
             )
         } else {
             None

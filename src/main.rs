@@ -151,10 +151,17 @@ async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    let database = Database::open(&config.database).await?;
-    let result = db::migrate(&database.pool).await;
-    database.close().await;
-    result?;
+    if config.database.url.is_empty() {
+        let database = Database::open(&config.database).await?;
+        let result = database.migrate().await;
+        database.close().await;
+        result?;
+    } else {
+        // Only a session on PostgreSQL itself will do: no pool, no pooler.
+        let session =
+            Database::session_options_for(&config.database)?.context(smsgate::app::NO_SESSION)?;
+        db::migrate(&session).await?;
+    }
     tracing::info!("migrations applied");
     Ok(())
 }
@@ -166,7 +173,7 @@ async fn messages(config: Config, action: MessagesAction) -> anyhow::Result<()> 
     result
 }
 
-async fn run_messages(pool: &sqlx::PgPool, action: MessagesAction) -> anyhow::Result<()> {
+async fn run_messages(pool: &crate::db::Db, action: MessagesAction) -> anyhow::Result<()> {
     use smsgate::db::operator::{self, ListFilter};
     use smsgate::domain::{MessageId, PhoneNumber, Status};
     let parse_id = |text: &str| {

@@ -140,6 +140,12 @@ impl Default for MetricsConfig {
 pub struct DatabaseConfig {
     /// Empty means: run the embedded PostgreSQL cluster in `data_dir`.
     pub url: Secret,
+    /// `url` reaches PostgreSQL through a transaction pooler (PgBouncer's
+    /// `pool_mode = transaction`): no session state, every statement in a transaction.
+    pub transaction_pooling: bool,
+    /// PostgreSQL itself, for what needs a session of its own: migrations and the LISTEN of
+    /// wake-ups. Empty: `url` when it is direct; behind a pooler, no LISTEN (workers poll).
+    pub direct_url: Secret,
     pub data_dir: PathBuf,
     pub max_connections: NonZeroU32,
     /// How long a request waits for a free connection before it is answered 503.
@@ -154,6 +160,8 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: Secret::default(),
+            transaction_pooling: false,
+            direct_url: Secret::default(),
             data_dir: PathBuf::from("data/postgres"),
             max_connections: count32(20),
             acquire_timeout_ms: Millis::new(3000),
@@ -414,6 +422,14 @@ impl Config {
     /// at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if self.database.transaction_pooling && self.database.direct_url.is_empty() {
+            warnings.push(format!(
+                "database.transaction_pooling without database.direct_url: no LISTEN, so a \
+                 worker learns of messages other processes queued only by polling (every \
+                 dispatch.poll_interval_ms = {} ms)",
+                self.dispatch.poll_interval_ms
+            ));
+        }
         let lease_ms = self.dispatch.lease_seconds.as_millis();
         for (name, carrier) in &self.carriers {
             let Some(slots) = carrier.max_in_flight.filter(|&n| n > 0) else {
@@ -425,7 +441,10 @@ impl Config {
                 self.dispatch.workers.get() as u64 * carrier.timeout_ms.get() / u64::from(slots);
             if queued_ms > lease_ms {
                 warnings.push(format!(
-                    "carriers.{name}: dispatch.workers ({}) x timeout_ms ({}) / max_in_flight                      ({slots}) = {queued_ms} ms exceeds dispatch.lease_seconds ({} s): messages                      queued behind this carrier are handed back untried and claimed again,                      which delays them; raise lease_seconds or max_in_flight, or lower workers",
+                    "carriers.{name}: dispatch.workers ({}) x timeout_ms ({}) / max_in_flight \
+                     ({slots}) = {queued_ms} ms exceeds dispatch.lease_seconds ({} s): messages \
+                     queued behind this carrier are handed back untried and claimed again, \
+                     which delays them; raise lease_seconds or max_in_flight, or lower workers",
                     self.dispatch.workers, carrier.timeout_ms, self.dispatch.lease_seconds
                 ));
             }

@@ -356,10 +356,50 @@ impl Config {
                 format!("is not a tracing filter: {err}"),
             );
         }
+        self.validate_pooling(problem);
         if self.database.url.is_empty() && self.database.data_dir.as_os_str().is_empty() {
             problem(
                 "database.data_dir".into(),
                 "must be set when database.url is empty (embedded PostgreSQL)".into(),
+            );
+        }
+    }
+
+    /// `transaction_pooling` and `direct_url` describe an external PostgreSQL behind a pooler.
+    fn validate_pooling(&self, problem: &mut impl FnMut(String, String)) {
+        let d = &self.database;
+        let direct = d.direct_url.expose();
+        if !direct.is_empty()
+            && !direct.starts_with("postgres://")
+            && !direct.starts_with("postgresql://")
+        {
+            problem(
+                "database.direct_url".into(),
+                "must start with postgres:// or postgresql://".into(),
+            );
+        }
+        if d.url.is_empty() {
+            if d.transaction_pooling {
+                problem(
+                    "database.transaction_pooling".into(),
+                    "needs database.url (the pooler); the embedded database is never behind one"
+                        .into(),
+                );
+            }
+            if !direct.is_empty() {
+                problem(
+                    "database.direct_url".into(),
+                    "is set without database.url; set both, or neither for the embedded database"
+                        .into(),
+                );
+            }
+        } else if d.transaction_pooling && d.migrate_on_start && direct.is_empty() {
+            problem(
+                "database.direct_url".into(),
+                "must be set when database.transaction_pooling and database.migrate_on_start \
+                 are on: migrations need a session on PostgreSQL itself (or set \
+                 migrate_on_start = false and run `smsgate migrate` with a direct url)"
+                    .into(),
             );
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use sqlx::PgPool;
+use super::Db;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
@@ -79,7 +79,7 @@ pub enum EnqueueError {
 impl Batcher {
     /// Starts `writers` tasks that take turns draining the queue of pending requests. They end
     /// when every `Batcher` clone is dropped.
-    pub fn start(pool: PgPool, ttl_seconds: u32, writers: usize, limits: IngressLimits) -> Self {
+    pub fn start(pool: Db, ttl_seconds: u32, writers: usize, limits: IngressLimits) -> Self {
         let (requests, receiver) = mpsc::channel(MAX_BATCH * writers.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
         let writer = Arc::new(Writer {
@@ -164,7 +164,7 @@ impl Drop for AbandonOnDrop {
 
 /// What every writer task shares.
 struct Writer {
-    pool: PgPool,
+    pool: Db,
     ttl_seconds: u32,
     limits: IngressLimits,
 }
@@ -177,13 +177,14 @@ impl Writer {
     ) -> Result<Vec<Result<Enqueued, Refused>>, sqlx::Error> {
         let reused =
             |stored: Result<Enqueued, messages::NotStored>| stored.map_err(Refused::NotStored);
-        let mut conn = self.pool.acquire().await?;
         if self.limits.is_empty() {
-            // A single statement commits on its own: no BEGIN/COMMIT round trips.
+            // A single statement commits on its own: no BEGIN/COMMIT round trips (direct).
+            let mut conn = self.pool.for_one_statement().await?;
             let stored = messages::enqueue_batch(&mut conn, messages, self.ttl_seconds).await?;
+            conn.commit().await?;
             return Ok(stored.into_iter().map(reused).collect());
         }
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = self.pool.begin().await?;
         let decisions = ingress_hits::admit_batch(&mut tx, &self.limits, messages).await?;
         let admitted: Vec<&NewMessage> = messages
             .iter()

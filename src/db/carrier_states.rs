@@ -2,9 +2,9 @@
 
 use std::collections::HashSet;
 
-use sqlx::PgPool;
+use super::Db;
 
-pub async fn set_disabled(pool: &PgPool, carrier: &str, disabled: bool) -> Result<(), sqlx::Error> {
+pub async fn set_disabled(pool: &Db, carrier: &str, disabled: bool) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO carrier_states (carrier, disabled) VALUES ($1, $2)
          ON CONFLICT (carrier) DO UPDATE SET disabled = $2, updated_at = now()",
@@ -16,7 +16,7 @@ pub async fn set_disabled(pool: &PgPool, carrier: &str, disabled: bool) -> Resul
     Ok(())
 }
 
-pub async fn disabled(pool: &PgPool) -> Result<HashSet<String>, sqlx::Error> {
+pub async fn disabled(pool: &Db) -> Result<HashSet<String>, sqlx::Error> {
     let names: Vec<String> =
         sqlx::query_scalar("SELECT carrier FROM carrier_states WHERE disabled")
             .fetch_all(pool)

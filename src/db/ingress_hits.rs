@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::PgConnection;
+use super::Tx;
 
 use crate::domain::NewMessage;
 use crate::limits::ingress::{IngressLimits, LimitKind, Limited};
@@ -14,7 +14,7 @@ use crate::limits::window::{Admission, admit, to_pg_array};
 /// Locks the logs of `messages`' keys and decides each message; returns one decision per
 /// message, in order, and has already written the updated logs.
 pub async fn admit_batch(
-    conn: &mut PgConnection,
+    conn: &mut Tx<'_>,
     limits: &IngressLimits,
     messages: &[&NewMessage],
 ) -> Result<Vec<Result<(), Limited>>, sqlx::Error> {

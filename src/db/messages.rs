@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
-use sqlx::{PgConnection, PgPool};
+use super::{Db, Tx};
 use uuid::Uuid;
 
 use crate::domain::{MessageId, NewMessage, Status};
@@ -46,7 +46,7 @@ const KEY_ROUNDS: usize = 3;
 /// look-up of earlier messages share a transaction, so a failed look-up rolls the batch back
 /// instead of answering 503 for messages that were stored.
 pub async fn enqueue_batch(
-    conn: &mut PgConnection,
+    conn: &mut Tx<'_>,
     messages: &[&NewMessage],
     ttl_seconds: u32,
 ) -> Result<Vec<Result<Enqueued, NotStored>>, sqlx::Error> {
@@ -57,7 +57,7 @@ pub async fn enqueue_batch(
             .map(|m| stored.get(&m.id.0).copied().ok_or(NotStored::KeyUnresolved))
             .collect());
     }
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut tx = conn.nested().await?;
     let mut results: Vec<Option<Result<Enqueued, NotStored>>> = vec![None; messages.len()];
     for _ in 0..KEY_ROUNDS {
         let open: Vec<usize> = (0..messages.len())
@@ -102,7 +102,7 @@ pub async fn enqueue_batch(
 /// Keys are inserted in key order, so concurrent batches lock them in one order (no
 /// deadlocks). Returns what was stored, by message id.
 async fn insert(
-    conn: &mut PgConnection,
+    conn: &mut Tx<'_>,
     messages: &[&NewMessage],
     ttl_seconds: u32,
 ) -> Result<HashMap<Uuid, Enqueued>, sqlx::Error> {
@@ -173,7 +173,7 @@ async fn insert(
 /// The first message of each key, with the fingerprint stored with the key. A key whose
 /// message is gone is gone too (the foreign key cascades), so every key found has one.
 async fn earlier_messages(
-    conn: &mut PgConnection,
+    conn: &mut Tx<'_>,
     keys: &[&str],
 ) -> Result<HashMap<String, (Option<String>, Enqueued)>, sqlx::Error> {
     if keys.is_empty() {
@@ -237,7 +237,7 @@ struct MessageRow {
 }
 
 /// Reads one message with its attempts; `None` when the id is unknown.
-pub async fn find(pool: &PgPool, id: MessageId) -> Result<Option<MessageView>, sqlx::Error> {
+pub async fn find(pool: &Db, id: MessageId) -> Result<Option<MessageView>, sqlx::Error> {
     // A message under a live lease is being sent; the queue row tells, so claiming never has
     // to touch the wide messages row.
     let row = sqlx::query_as::<_, MessageRow>(
@@ -279,7 +279,7 @@ pub async fn find(pool: &PgPool, id: MessageId) -> Result<Option<MessageView>, s
 }
 
 /// How many messages are stored; tests use it to prove a refused request stored nothing.
-pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn count(pool: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_queue)",
     )

@@ -3,6 +3,7 @@
 pub mod batcher;
 pub mod carrier_states;
 pub mod embedded;
+pub mod handle;
 pub mod ingress_hits;
 pub mod messages;
 pub mod operator;
@@ -12,10 +13,12 @@ pub mod recipient_sends;
 pub mod retention;
 pub mod wake;
 
+pub use handle::{Db, Tx};
+
 use anyhow::Context;
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
 
 use crate::config::DatabaseConfig;
 
@@ -24,51 +27,68 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Guards against a stuck statement or an abandoned transaction pinning the queue's xmin
 /// horizon, which is what makes SKIP LOCKED claims decay (docs/design.md, "Measured figures").
-const SESSION_SETTINGS: [(&str, &str); 3] = [
+/// Session settings when direct; `SET LOCAL` in every transaction behind a pooler.
+const TIMEOUTS: [(&str, &str); 2] = [
     ("statement_timeout", "10s"),
     ("idle_in_transaction_session_timeout", "10s"),
-    ("application_name", "smsgate"),
 ];
 
 /// Connection options from a `postgres://` URL.
-pub fn options_from_url(url: &str) -> anyhow::Result<PgConnectOptions> {
+pub fn options_from_url(key: &str, url: &str) -> anyhow::Result<PgConnectOptions> {
     url.parse::<PgConnectOptions>()
-        .context("database.url (or DATABASE_URL) is not a valid postgres:// URL")
+        .with_context(|| format!("{key} is not a valid postgres:// URL"))
 }
 
-/// Opens the pool smsgate uses for everything.
-pub async fn connect(options: PgConnectOptions, config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options = options.options(SESSION_SETTINGS);
-    PgPoolOptions::new()
+/// Opens the pool smsgate uses for everything but migrations and LISTEN.
+pub async fn connect(options: PgConnectOptions, config: &DatabaseConfig) -> anyhow::Result<Db> {
+    let options = options.application_name("smsgate");
+    let pool = PgPoolOptions::new()
         .max_connections(config.max_connections.get())
-        .acquire_timeout(config.acquire_timeout_ms.duration())
-        .connect_with(options)
+        .acquire_timeout(config.acquire_timeout_ms.duration());
+    if config.transaction_pooling {
+        // A pooler refuses the `options` startup parameter and shares server sessions, so
+        // no session settings and no named statements (db::handle).
+        let pool = pool
+            .connect_with(options.statement_cache_capacity(0))
+            .await
+            .context("cannot connect to PostgreSQL through the transaction pooler")?;
+        return Ok(Db::behind_pooler(pool, &TIMEOUTS));
+    }
+    let pool = pool
+        .connect_with(options.options(TIMEOUTS))
         .await
-        .context("cannot connect to PostgreSQL")
+        .context("cannot connect to PostgreSQL")?;
+    Ok(Db::direct(pool))
 }
 
-/// Applies every migration not applied yet.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+/// Applies every migration not applied yet, on a session of its own (`options` must reach
+/// PostgreSQL itself: the migrator holds a session advisory lock).
+pub async fn migrate(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let mut session = PgConnection::connect_with(&options.clone().application_name("smsgate"))
+        .await
+        .context("cannot connect to PostgreSQL to apply migrations")?;
     // A binary restarted during a rolling upgrade may find migrations newer than it knows:
     // they belong to the next release, which keeps them compatible with this one
     // (docs/operations.md, "Upgrading"), so they are no reason to refuse to start.
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
-    migrator
-        .run(pool)
+    let applied = migrator
+        .run(&mut session)
         .await
-        .context("cannot apply database migrations")
+        .context("cannot apply database migrations");
+    session.close().await.ok();
+    applied
 }
 
 /// Ready means: the database answers and the newest migration this binary knows is applied.
-pub async fn is_ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
+pub async fn is_ready(db: &Db) -> Result<bool, sqlx::Error> {
     let Some(latest) = MIGRATOR.iter().map(|m| m.version).max() else {
         return Ok(true);
     };
     let applied: Option<bool> =
         sqlx::query_scalar("SELECT success FROM _sqlx_migrations WHERE version = $1")
             .bind(latest)
-            .fetch_optional(pool)
+            .fetch_optional(db)
             .await
             .or_else(|err| match &err {
                 // No migrations table yet: reachable, not ready.
@@ -79,11 +99,11 @@ pub async fn is_ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
 }
 
 /// Creates `name` on the server behind `pool` unless it exists (embedded start-up).
-pub async fn ensure_database(pool: &PgPool, name: &str) -> anyhow::Result<()> {
+pub async fn ensure_database(db: &Db, name: &str) -> anyhow::Result<()> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(name)
-            .fetch_one(pool)
+            .fetch_one(db)
             .await?;
     if !exists {
         // Identifiers cannot be bound; `name` is a constant of ours, quoted anyway.
@@ -91,7 +111,7 @@ pub async fn ensure_database(pool: &PgPool, name: &str) -> anyhow::Result<()> {
             "CREATE DATABASE \"{}\"",
             name.replace('"', "\"\"")
         )))
-        .execute(pool)
+        .execute(db)
         .await
         .with_context(|| format!("cannot create database {name}"))?;
     }

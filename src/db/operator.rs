@@ -1,8 +1,8 @@
 //! What operators do to messages: list them (newest first, keyset-paginated on the id, which
 //! is a UUIDv7 and so ordered by creation time), send a waiting one now, or cancel one.
 
+use super::{Db, Tx};
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{MessageId, Status};
@@ -35,7 +35,7 @@ fn first_id_at(at: DateTime<Utc>) -> Uuid {
     uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid()
 }
 
-pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<MessageSummary>, sqlx::Error> {
+pub async fn list(pool: &Db, filter: &ListFilter) -> Result<Vec<MessageSummary>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, status, recipient, carrier, attempts, created_at, finished_at
          FROM messages
@@ -69,7 +69,7 @@ pub enum ActionError {
 /// Locks a message and says whether an operator may still act on it: it must be waiting
 /// (`queued`, not under a live lease), and, when `must_be_alive`, not expired.
 async fn lock_waiting(
-    tx: &mut sqlx::PgConnection,
+    tx: &mut Tx<'_>,
     id: MessageId,
     must_be_alive: bool,
 ) -> Result<Result<(), ActionError>, sqlx::Error> {
@@ -99,10 +99,7 @@ async fn lock_waiting(
 }
 
 /// Makes a waiting message due now (skipping its backoff or limit wait).
-pub async fn retry_now(
-    pool: &PgPool,
-    id: MessageId,
-) -> Result<Result<(), ActionError>, sqlx::Error> {
+pub async fn retry_now(pool: &Db, id: MessageId) -> Result<Result<(), ActionError>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let verdict = lock_waiting(&mut tx, id, true).await?;
     if verdict.is_ok() {
@@ -110,7 +107,7 @@ pub async fn retry_now(
             "UPDATE message_queue SET run_at = now() WHERE message_id = $1 AND lease_token IS NULL",
         )
         .bind(id.0)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
     }
     tx.commit().await?;
@@ -118,13 +115,13 @@ pub async fn retry_now(
 }
 
 /// Ends a waiting message without sending it: `failed`, "canceled by an operator", body erased.
-pub async fn cancel(pool: &PgPool, id: MessageId) -> Result<Result<(), ActionError>, sqlx::Error> {
+pub async fn cancel(pool: &Db, id: MessageId) -> Result<Result<(), ActionError>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let verdict = lock_waiting(&mut tx, id, false).await?;
     if verdict.is_ok() {
         sqlx::query("DELETE FROM message_queue WHERE message_id = $1")
             .bind(id.0)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         sqlx::query(
             "UPDATE messages SET status = 'failed', last_error = 'canceled by an operator',
@@ -132,7 +129,7 @@ pub async fn cancel(pool: &PgPool, id: MessageId) -> Result<Result<(), ActionErr
              WHERE id = $1",
         )
         .bind(id.0)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
     }
     tx.commit().await?;

@@ -3,8 +3,8 @@
 //! token, so a worker whose lease ran out can record its attempt but no longer decide the
 //! message's fate.
 
+use super::{Db, Tx};
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::domain::{MessageId, Status};
@@ -53,7 +53,7 @@ pub fn cursor_start() -> ClaimCursor {
 /// "Claim, lease and complete"). The bound is a plain row comparison, not an
 /// `IS NULL OR …`, so a generic prepared plan still uses it as the index scan's start.
 pub async fn claim(
-    pool: &PgPool,
+    pool: &Db,
     limit: usize,
     lease_seconds: u32,
     cursor: ClaimCursor,
@@ -97,7 +97,7 @@ pub async fn claim(
 }
 
 /// When the earliest queued row becomes due; `None` for an empty queue.
-pub async fn next_due(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+pub async fn next_due(pool: &Db) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT (extract(epoch FROM run_at - now()) * 1000)::bigint
          FROM message_queue ORDER BY run_at, message_id LIMIT 1",
@@ -150,7 +150,7 @@ pub struct Completion {
 /// Writes a batch of completions in one transaction. Attempts are always recorded; a final
 /// status or a reschedule only applies while the lease is still ours. Returns the final
 /// statuses that did apply.
-pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<Vec<String>, sqlx::Error> {
+pub async fn complete(pool: &Db, batch: &[Completion]) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     insert_attempts(&mut tx, batch).await?;
     let ended = end_finals(&mut tx, batch).await?;
@@ -160,10 +160,7 @@ pub async fn complete(pool: &PgPool, batch: &[Completion]) -> Result<Vec<String>
 }
 
 /// Ends the final ones whose lease is still ours; their final statuses.
-async fn end_finals(
-    tx: &mut PgConnection,
-    batch: &[Completion],
-) -> Result<Vec<String>, sqlx::Error> {
+async fn end_finals(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<Vec<String>, sqlx::Error> {
     let mut columns = FinalColumns::default();
     for completion in batch {
         if let Disposition::Final {
@@ -218,7 +215,7 @@ async fn end_finals(
 }
 
 /// Puts retried and released ones back in the queue, while their lease is still ours.
-async fn reschedule(tx: &mut PgConnection, batch: &[Completion]) -> Result<(), sqlx::Error> {
+async fn reschedule(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<(), sqlx::Error> {
     let (mut ids, mut tokens, mut delays, mut attempts) = (vec![], vec![], vec![], vec![]);
     for completion in batch {
         let delay = match completion.disposition {
@@ -261,10 +258,7 @@ struct FinalColumns {
     attempts: Vec<i32>,
 }
 
-async fn insert_attempts(
-    tx: &mut Transaction<'_, Postgres>,
-    batch: &[Completion],
-) -> Result<(), sqlx::Error> {
+async fn insert_attempts(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<(), sqlx::Error> {
     let calls = batch
         .iter()
         .flat_map(|c| c.calls.iter().map(move |a| (c.id, a)));
@@ -300,7 +294,7 @@ async fn insert_attempts(
     .bind(&messages)
     .bind(&latencies)
     .bind(&carrier_ids)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
@@ -320,7 +314,7 @@ pub struct QueueStats {
 /// One pass over the narrow queue table: counts by state, the oldest message's age, and how
 /// late the latest due message is (a message waiting for a backoff or a number's window is not
 /// late: it is not due).
-pub async fn stats(pool: &PgPool) -> Result<QueueStats, sqlx::Error> {
+pub async fn stats(pool: &Db) -> Result<QueueStats, sqlx::Error> {
     let (queued, sending, oldest, due, due_since): (i64, i64, Option<f64>, i64, Option<f64>) =
         sqlx::query_as(
             "SELECT count(*) FILTER (WHERE lease_token IS NULL OR run_at <= now()),
@@ -342,7 +336,7 @@ pub async fn stats(pool: &PgPool) -> Result<QueueStats, sqlx::Error> {
 }
 
 /// Messages still queued (tests and the shutdown log).
-pub async fn depth(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn depth(pool: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM message_queue")
         .fetch_one(pool)
         .await

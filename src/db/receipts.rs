@@ -1,8 +1,8 @@
 //! Delivery receipts: recorded as they arrive and applied to the message they name, which
 //! moves from `sent` to `delivered` or `undelivered` (the first verdict wins).
 
+use super::{Db, Tx};
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
 
 use crate::domain::Status;
 
@@ -24,7 +24,7 @@ pub enum Applied {
 
 /// Records a receipt and applies it when its message is known.
 pub async fn record(
-    pool: &PgPool,
+    pool: &Db,
     carrier: &str,
     carrier_message_id: &str,
     status: Status,
@@ -39,7 +39,7 @@ pub async fn record(
     .bind(carrier)
     .bind(carrier_message_id)
     .bind(status.as_str())
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut tx)
     .await?;
     // A repeat only marks the first copy applied, when this one applied it (the first came
     // before its message's outcome was written).
@@ -55,7 +55,7 @@ pub async fn record(
     .bind(status.as_str())
     .bind(error_code)
     .bind(accepted_at.is_some())
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut tx)
     .await?;
     tx.commit().await?;
     Ok(match accepted_at {
@@ -67,7 +67,7 @@ pub async fn record(
 
 /// Applies receipts that arrived before their message's outcome was written; forgets those
 /// older than an hour that never matched. Returns how many were applied.
-pub async fn apply_pending(pool: &PgPool) -> Result<u64, sqlx::Error> {
+pub async fn apply_pending(pool: &Db) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let applied = apply_pending_in(&mut tx).await?;
     tx.commit().await?;
@@ -75,7 +75,7 @@ pub async fn apply_pending(pool: &PgPool) -> Result<u64, sqlx::Error> {
 }
 
 /// The same inside the caller's transaction (the retention sweep, under its lock).
-pub async fn apply_pending_in(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+pub async fn apply_pending_in(conn: &mut Tx<'_>) -> Result<u64, sqlx::Error> {
     let applied = sqlx::query(
         "WITH r AS (
              SELECT DISTINCT ON (carrier, carrier_message_id) id, carrier, carrier_message_id, status

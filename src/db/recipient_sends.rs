@@ -3,14 +3,14 @@
 //! its carrier call, under the row's lock, so the log holds the sends that really happen, in
 //! the order they happen, across every process.
 
-use sqlx::PgPool;
+use super::Db;
 
 use crate::config::WindowLimit;
 use crate::limits::window::{self, Admission};
 
 /// Admits one send to `recipient` now, or says how long until its windows allow one.
 pub async fn admit(
-    pool: &PgPool,
+    pool: &Db,
     recipient: &str,
     windows: &[WindowLimit],
 ) -> Result<Admission, sqlx::Error> {
@@ -23,7 +23,7 @@ pub async fn admit(
          RETURNING sends, (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
     )
     .bind(recipient)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut tx)
     .await?;
     let admission = window::admit(&mut sends, now_ms, windows);
     if admission == Admission::Allowed {
@@ -32,7 +32,7 @@ pub async fn admit(
         )
         .bind(recipient)
         .bind(&sends)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
     }
     tx.commit().await?;

@@ -2,7 +2,7 @@
 //! ingress logs older than their longest limit window, and applies delivery receipts that
 //! arrived early; in small batches, on one process at a time (an advisory lock).
 
-use sqlx::{PgConnection, PgPool};
+use super::{Db, Tx};
 use tokio_util::sync::CancellationToken;
 
 /// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks.
@@ -25,7 +25,7 @@ pub struct Plan {
 
 /// One pass; returns how many messages were deleted.
 pub async fn sweep(
-    pool: &PgPool,
+    pool: &Db,
     plan: Plan,
     shutdown: &CancellationToken,
 ) -> Result<u64, sqlx::Error> {
@@ -35,7 +35,7 @@ pub async fn sweep(
         let mut tx = pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(RETENTION_LOCK)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await?;
         if !locked {
             return Ok(total);
@@ -57,7 +57,7 @@ pub async fn sweep(
         )
         .bind(i32::try_from(plan.days).unwrap_or(i32::MAX))
         .bind(BATCH)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?
         .rows_affected();
         let side_tables_full = sweep_side_tables(&mut tx, plan).await?;
@@ -72,7 +72,7 @@ pub async fn sweep(
 
 /// One batch from each side table, each older than what it is kept for; true when some
 /// table had a full batch (more may be due).
-async fn sweep_side_tables(tx: &mut PgConnection, plan: Plan) -> Result<bool, sqlx::Error> {
+async fn sweep_side_tables(tx: &mut Tx<'_>, plan: Plan) -> Result<bool, sqlx::Error> {
     let days_seconds = f64::from(plan.days) * 86_400.0;
     // The side tables, each older than what it is kept for: (table, key, age column, seconds).
     let side_tables = [

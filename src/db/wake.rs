@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use super::Db;
+use sqlx::postgres::{PgConnectOptions, PgListener};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -54,7 +54,7 @@ impl Wake {
 impl Wake {
     /// Tells other processes, once for everything queued since the last call; nothing when
     /// nothing was.
-    pub async fn notify_others(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+    pub async fn notify_others(&self, pool: &Db) -> Result<(), sqlx::Error> {
         if !self.remote_pending.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -68,7 +68,9 @@ impl Wake {
 }
 
 /// LISTENs for other processes' wake-ups; reconnects after errors (polling covers the gap).
-pub async fn run_listener(pool: PgPool, wake: Wake, shutdown: CancellationToken) {
+/// `session` must reach PostgreSQL itself: a transaction pooler drops a LISTEN with the
+/// transaction that ran it.
+pub async fn run_listener(session: PgConnectOptions, wake: Wake, shutdown: CancellationToken) {
     // A connection of its own, never one of the pool's: LISTEN holds it for good, and with a
     // small pool (database.max_connections = 1) it would starve the ingress, the claims and
     // readiness for ever.
@@ -76,7 +78,7 @@ pub async fn run_listener(pool: PgPool, wake: Wake, shutdown: CancellationToken)
         .max_connections(1)
         .max_lifetime(None)
         .idle_timeout(None)
-        .connect_lazy_with(pool.connect_options().as_ref().clone());
+        .connect_lazy_with(session.application_name("smsgate"));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let listener = async {

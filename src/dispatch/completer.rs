@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio::sync::mpsc;
 
 use crate::db::queue::{self, Completion};
@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 const MAX_BATCH: usize = 256;
 
 /// Runs until every sender is dropped and the channel is drained.
-pub async fn run(pool: PgPool, mut outcomes: mpsc::Receiver<Completion>, metrics: Metrics) {
+pub async fn run(pool: Db, mut outcomes: mpsc::Receiver<Completion>, metrics: Metrics) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while outcomes.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Counted from what the database applied, so the metric matches the table exactly.
@@ -28,7 +28,7 @@ pub async fn run(pool: PgPool, mut outcomes: mpsc::Receiver<Completion>, metrics
 /// lease runs out. Gives up after about a minute, and the lease takes over. A batch that the
 /// database refuses for its data is written one outcome at a time, so one bad outcome cannot
 /// cost the others theirs.
-pub(super) async fn write_with_retry(pool: &PgPool, batch: &[Completion]) -> Vec<String> {
+pub(super) async fn write_with_retry(pool: &Db, batch: &[Completion]) -> Vec<String> {
     let mut delay = Duration::from_millis(50);
     for _ in 0..12 {
         match queue::complete(pool, batch).await {
@@ -53,7 +53,7 @@ pub(super) async fn write_with_retry(pool: &PgPool, batch: &[Completion]) -> Vec
 
 /// Each outcome alone; one the database still refuses is written without the texts it came
 /// with (its status and lease are what matter).
-async fn write_isolated(pool: &PgPool, batch: &[Completion]) -> Vec<String> {
+async fn write_isolated(pool: &Db, batch: &[Completion]) -> Vec<String> {
     let mut ended = Vec::new();
     for completion in batch {
         let one = std::slice::from_ref(completion);

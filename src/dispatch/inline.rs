@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio_util::sync::CancellationToken;
 
 use super::send::{self, SendContext};
@@ -20,13 +20,13 @@ use crate::metrics::Metrics;
 pub struct InlineDispatcher {
     context: Arc<SendContext>,
     carriers: Vec<Arc<CarrierHandle>>,
-    pool: PgPool,
+    pool: Db,
     batch: usize,
     lease_seconds: u32,
 }
 
 impl InlineDispatcher {
-    pub async fn new(config: &Config, pool: PgPool, metrics: Metrics) -> anyhow::Result<Self> {
+    pub async fn new(config: &Config, pool: Db, metrics: Metrics) -> anyhow::Result<Self> {
         let handles = carriers::build_all(config, &metrics).await?;
         let context = send_context(config, &handles, &pool, &metrics, &CancellationToken::new())?;
         Ok(Self {

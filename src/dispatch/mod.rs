@@ -15,7 +15,8 @@ pub use inline::InlineDispatcher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use crate::db::Db;
+use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +72,7 @@ pub struct Dispatcher {
 
 /// What every claimer shares.
 struct Claimer {
-    pool: PgPool,
+    pool: Db,
     wake: Wake,
     config: DispatchConfig,
     workers: Arc<Semaphore>,
@@ -88,7 +89,7 @@ struct Claimer {
 fn send_context(
     config: &Config,
     handles: &std::collections::HashMap<String, Arc<carriers::CarrierHandle>>,
-    pool: &PgPool,
+    pool: &Db,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<SendContext>> {
@@ -124,10 +125,12 @@ fn retention_plan(config: &Config) -> retention::Plan {
 }
 
 impl Dispatcher {
-    /// Starts claimers, the outcome writer, the LISTEN wake-up and retention.
+    /// Starts claimers, the outcome writer, retention and, given a session on PostgreSQL
+    /// itself, the LISTEN wake-up (without one, claimers poll).
     pub async fn start(
         config: &Config,
-        pool: PgPool,
+        pool: Db,
+        listen: Option<PgConnectOptions>,
         wake: Wake,
         metrics: Metrics,
         shutdown: CancellationToken,
@@ -156,7 +159,15 @@ impl Dispatcher {
             claimers.spawn(claimer.clone().run());
         }
         let mut background = JoinSet::new();
-        background.spawn(wake::run_listener(pool.clone(), wake, shutdown.clone()));
+        match listen {
+            Some(session) => {
+                background.spawn(wake::run_listener(session, wake, shutdown.clone()));
+            }
+            None => tracing::info!(
+                "no database.direct_url behind the transaction pooler: workers learn of other \
+                 processes' messages by polling (dispatch.poll_interval_ms)"
+            ),
+        }
         background.spawn(follow_carrier_switches(
             pool.clone(),
             switches,
@@ -377,7 +388,7 @@ fn claim_capacity(
 /// Applies operators' carrier switches (`carrier_states`) every second, so a carrier disabled
 /// through any process is skipped by every worker within a second.
 async fn follow_carrier_switches(
-    pool: PgPool,
+    pool: Db,
     carriers: Vec<Arc<carriers::CarrierHandle>>,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -393,7 +404,7 @@ async fn follow_carrier_switches(
 
 /// Reads the operators' switches once and applies them to `carriers`.
 async fn apply_carrier_switches(
-    pool: &PgPool,
+    pool: &Db,
     carriers: &[Arc<carriers::CarrierHandle>],
     metrics: &Metrics,
 ) {

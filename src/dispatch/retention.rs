@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio_util::sync::CancellationToken;
 
 use super::Ticks;
 pub use crate::db::retention::{IDEMPOTENCY_WINDOW_SECONDS, Plan, sweep};
 
-pub async fn run(pool: PgPool, plan: Plan, interval: Duration, shutdown: CancellationToken) {
+pub async fn run(pool: Db, plan: Plan, interval: Duration, shutdown: CancellationToken) {
     let mut ticks = Ticks::new(interval, &shutdown);
     // The first tick is immediate: skip it, so a starting process does not sweep at once
     // (and races nobody for the advisory lock while it starts).

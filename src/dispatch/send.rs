@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::decide::{BUSY_PAUSE, Decision, RouteOutcome, Standing, decide};
 use super::record::Recorder;
 use super::retry::RetryPolicy;
-use sqlx::PgPool;
+use crate::db::Db;
 
 use crate::carriers::{Accepted, CarrierHandle, FailureClass, OutboundSms, Routes, SendError};
 use crate::config::WindowLimit;
@@ -36,7 +36,7 @@ pub struct SendContext {
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
     pub lease: Duration,
-    pub pool: PgPool,
+    pub pool: Db,
     /// `[[limits.recipient]]`: each send is admitted against them right before its call.
     pub windows: Vec<WindowLimit>,
 }

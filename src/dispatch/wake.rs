@@ -2,19 +2,14 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio_util::sync::CancellationToken;
 
 use super::Ticks;
 pub use crate::db::wake::{Wake, run_listener};
 
 /// Sends at most one NOTIFY per `interval`, only when something was queued meanwhile.
-pub async fn run_notifier(
-    pool: PgPool,
-    wake: Wake,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
+pub async fn run_notifier(pool: Db, wake: Wake, interval: Duration, shutdown: CancellationToken) {
     let mut ticks = Ticks::new(interval, &shutdown);
     while ticks.next().await {
         if let Err(err) = wake.notify_others(&pool).await {

@@ -31,7 +31,7 @@ enum Verdict {
 impl Readiness {
     /// The cached verdict, or a fresh one when it is older than `READINESS_TTL`; concurrent
     /// probes wait for the one check in flight instead of each querying.
-    async fn verdict(&self, pool: &sqlx::PgPool) -> Verdict {
+    async fn verdict(&self, pool: &crate::db::Db) -> Verdict {
         let mut last = self.last.lock().await;
         if let Some((at, verdict)) = *last
             && at.elapsed() < READINESS_TTL
@@ -56,7 +56,7 @@ impl Readiness {
 
 impl Readiness {
     /// What `/readyz` would answer now, for the `smsgate_ready` gauge.
-    pub(super) async fn is_ready(&self, pool: &sqlx::PgPool) -> bool {
+    pub(super) async fn is_ready(&self, pool: &crate::db::Db) -> bool {
         self.verdict(pool).await == Verdict::Ready
     }
 }

@@ -4,12 +4,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::db::Db;
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use sqlx::PgPool;
 
 use super::InFlight;
 use super::health::Readiness;
@@ -21,7 +21,7 @@ const QUEUE_STATS_MAX_AGE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct MetricsState {
     pub metrics: Metrics,
-    pub pool: PgPool,
+    pub pool: Db,
     /// The ingress's per-signer slots, read at scrape time.
     pub in_flight: InFlight,
     /// `/readyz`'s verdict (shared with it), as `smsgate_ready`.
@@ -72,12 +72,7 @@ impl<T: Send + 'static> SingleRead<T> {
 }
 
 impl MetricsState {
-    pub fn new(
-        metrics: Metrics,
-        pool: PgPool,
-        in_flight: InFlight,
-        readiness: Arc<Readiness>,
-    ) -> Self {
+    pub fn new(metrics: Metrics, pool: Db, in_flight: InFlight, readiness: Arc<Readiness>) -> Self {
         Self {
             metrics,
             pool,

@@ -15,11 +15,11 @@ pub mod server;
 
 use std::sync::Arc;
 
+use crate::db::Db;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -40,7 +40,7 @@ pub use metrics::{MetricsState, metrics_router};
 /// Cheap handles shared by every request.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub pool: Db,
     pub verifier: Arc<Verifier>,
     /// True only with `server.allow_unauthenticated` and no signer configured.
     pub accept_unsigned: bool,

@@ -410,3 +410,53 @@ fn a_syntax_error_names_its_place_without_quoting_the_line() {
     assert!(errors.contains("TOML parse error at line"), "{errors}");
     assert!(!errors.contains("Zq8v"), "the line is quoted: {errors}");
 }
+
+/// Behind a transaction pooler, migrations need PostgreSQL itself: a configuration that would
+/// run them through the pooler is refused, naming the keys, and `migrate` says what to set.
+#[test]
+fn transaction_pooling_without_a_direct_url_is_refused_where_a_session_is_needed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pooled = TestConfig::base()
+        .set("database.url", "postgres://postgres@127.0.0.1:1/smsgate")
+        .set("database.transaction_pooling", true);
+    let migrating = write_config(dir.path(), &pooled.to_string());
+    let output = smsgate(&["check-config"], &migrating, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output)
+            .contains("database.direct_url: must be set when database.transaction_pooling"),
+        "{}",
+        stderr(&output)
+    );
+
+    let embedded = TestConfig::base()
+        .set("database.url", "")
+        .set("database.transaction_pooling", true)
+        .set(
+            "database.direct_url",
+            "postgres://postgres@127.0.0.1:1/smsgate",
+        );
+    let embedded = write_config(dir.path(), &embedded.to_string());
+    let output = smsgate(&["check-config"], &embedded, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    for named in [
+        "database.transaction_pooling: needs database.url",
+        "database.direct_url: is set without database.url",
+    ] {
+        assert!(stderr(&output).contains(named), "{}", stderr(&output));
+    }
+
+    // Not migrating on start is a valid choice; `migrate` then refuses without connecting.
+    let serving = pooled.set("database.migrate_on_start", false);
+    let serving = write_config(dir.path(), &serving.to_string());
+    let output = smsgate(&["check-config"], &serving, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stderr(&output).contains("no LISTEN"), "{}", stderr(&output));
+    let output = smsgate(&["migrate"], &serving, &[]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        stderr(&output).contains("set database.direct_url"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -17,7 +17,9 @@ use crate::standins::twilio::{Reply, TwilioStandIn};
 use crate::test_config::TestConfig;
 
 async fn queue_depth(app: &TestApp) -> i64 {
-    smsgate::db::queue::depth(&app.pool).await.unwrap_or(-1)
+    smsgate::db::queue::depth(&smsgate::db::Db::direct(app.pool.clone()))
+        .await
+        .unwrap_or(-1)
 }
 
 async fn statuses(app: &TestApp) -> Vec<(String, i64)> {
@@ -106,9 +108,13 @@ async fn a_repeated_key_whose_message_retention_deleted_is_a_new_message_and_fai
         ingress_log_seconds: 0,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    smsgate::dispatch::retention::sweep(&app.pool, plan, &shutdown)
-        .await
-        .expect("sweep");
+    smsgate::dispatch::retention::sweep(
+        &smsgate::db::Db::direct(app.pool.clone()),
+        plan,
+        &shutdown,
+    )
+    .await
+    .expect("sweep");
     let keys: i64 = app.count_rows("idempotency_keys").await;
     assert_eq!(keys, 0, "the key went with its message");
 
@@ -322,7 +328,7 @@ async fn every_side_table_is_swept_to_its_retention_whatever_the_message_count()
     };
 
     smsgate::dispatch::retention::sweep(
-        &app.pool,
+        &smsgate::db::Db::direct(app.pool.clone()),
         plan,
         &tokio_util::sync::CancellationToken::new(),
     )
@@ -379,7 +385,11 @@ async fn cancel_waits_for_a_claim_in_progress_and_then_refuses_the_leased_messag
 
     let pool = app.pool.clone();
     let cancel = tokio::spawn(async move {
-        smsgate::db::operator::cancel(&pool, smsgate::domain::MessageId(uuid)).await
+        smsgate::db::operator::cancel(
+            &smsgate::db::Db::direct(pool.clone()),
+            smsgate::domain::MessageId(uuid),
+        )
+        .await
     });
     crate::helpers::until_a_session_waits_for_a_lock(&app.pool).await;
     assert!(!cancel.is_finished(), "cancel waits for the claim");
@@ -567,9 +577,12 @@ async fn two_batches_holding_the_same_keys_in_opposite_orders_do_not_deadlock() 
     let enqueue = |batch: Vec<smsgate::domain::NewMessage>| {
         let pool = app.pool.clone();
         async move {
-            let mut conn = pool.acquire().await.expect("connection");
+            let db = smsgate::db::Db::direct(pool);
+            let mut conn = db.for_one_statement().await.expect("connection");
             let batch: Vec<&smsgate::domain::NewMessage> = batch.iter().collect();
-            smsgate::db::messages::enqueue_batch(&mut conn, &batch, 300).await
+            let stored = smsgate::db::messages::enqueue_batch(&mut conn, &batch, 300).await;
+            conn.commit().await.expect("nothing to commit");
+            stored
         }
     };
 
@@ -592,9 +605,13 @@ async fn concurrent_admissions_to_one_number_allow_exactly_its_limit() {
     let admissions = (0..10).map(|_| {
         let (pool, windows) = (app.pool.clone(), windows.clone());
         async move {
-            smsgate::db::recipient_sends::admit(&pool, "+14155552671", &windows)
-                .await
-                .expect("admit")
+            smsgate::db::recipient_sends::admit(
+                &smsgate::db::Db::direct(pool.clone()),
+                "+14155552671",
+                &windows,
+            )
+            .await
+            .expect("admit")
         }
     });
     let allowed = join_all(admissions)
@@ -634,7 +651,7 @@ async fn retention_never_deletes_a_send_log_a_limit_is_updating_meanwhile() {
             ingress_log_seconds: 60,
         };
         smsgate::dispatch::retention::sweep(
-            &pool,
+            &smsgate::db::Db::direct(pool.clone()),
             plan,
             &tokio_util::sync::CancellationToken::new(),
         )

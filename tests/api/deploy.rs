@@ -418,7 +418,10 @@ async fn nothing_stored_lets_a_database_dump_recover_a_code() {
         .expect("sent");
     assert_eq!(action.status().as_u16(), 200);
     crate::dispatch::wait_until("both sent", Duration::from_secs(10), async || {
-        smsgate::db::queue::depth(&app.pool).await.unwrap_or(1) == 0
+        smsgate::db::queue::depth(&smsgate::db::Db::direct(app.pool.clone()))
+            .await
+            .unwrap_or(1)
+            == 0
     })
     .await;
 

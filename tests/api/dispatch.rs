@@ -104,7 +104,9 @@ async fn a_queued_message_is_sent_recorded_and_its_code_erased() {
         .expect("row");
     assert_eq!(body, "", "the code is erased once final");
     assert_eq!(
-        smsgate::db::queue::depth(&app.pool).await.expect("depth"),
+        smsgate::db::queue::depth(&smsgate::db::Db::direct(app.pool.clone()))
+            .await
+            .expect("depth"),
         0
     );
 }
@@ -251,7 +253,9 @@ async fn a_recipient_failure_ends_the_message_without_retrying() {
     assert_eq!(view["attempts"][0]["outcome"], "recipient_failure");
     assert_eq!(view["attempts"][0]["error_code"], "21211");
     assert_eq!(standin.received().len(), 1);
-    let queued = smsgate::db::queue::depth(&app.pool).await.expect("depth");
+    let queued = smsgate::db::queue::depth(&smsgate::db::Db::direct(app.pool.clone()))
+        .await
+        .expect("depth");
     assert_eq!(queued, 0, "nothing left to retry");
 }
 
@@ -387,7 +391,12 @@ async fn many_workers_in_several_processes_send_each_message_exactly_once() {
     wait_until(
         "every message to be final",
         Duration::from_secs(60),
-        async || smsgate::db::queue::depth(&ingress.pool).await.unwrap_or(1) == 0,
+        async || {
+            smsgate::db::queue::depth(&smsgate::db::Db::direct(ingress.pool.clone()))
+                .await
+                .unwrap_or(1)
+                == 0
+        },
     )
     .await;
 
@@ -422,9 +431,13 @@ async fn retention_deletes_old_final_messages_only() {
         send_log_seconds: 600,
         ingress_log_seconds: 600,
     };
-    let deleted = smsgate::dispatch::retention::sweep(&app.pool, plan, &Default::default())
-        .await
-        .expect("sweep");
+    let deleted = smsgate::dispatch::retention::sweep(
+        &smsgate::db::Db::direct(app.pool.clone()),
+        plan,
+        &Default::default(),
+    )
+    .await
+    .expect("sweep");
 
     assert_eq!(deleted, 1);
     assert_eq!(

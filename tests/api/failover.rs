@@ -23,10 +23,14 @@ struct Node {
     port: u16,
 }
 
-/// Runs a server binary as the `postgres` account when we are root (PostgreSQL refuses root).
+/// Runs a PostgreSQL server binary as the `postgres` account when we are root.
 fn server_command(program: &str) -> Command {
     let bin = smsgate::db::embedded::find_server_binaries().expect("PostgreSQL binaries");
-    let program = bin.join(program);
+    as_postgres_account(&bin.join(program))
+}
+
+/// `program` as the `postgres` account when we are root (PostgreSQL and PgBouncer refuse root).
+pub fn as_postgres_account(program: &Path) -> Command {
     if nix::unistd::Uid::effective().is_root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(program);
@@ -36,7 +40,7 @@ fn server_command(program: &str) -> Command {
     }
 }
 
-fn run(mut command: Command, what: &str) {
+pub fn run(mut command: Command, what: &str) {
     let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         output.status.success(),

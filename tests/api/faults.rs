@@ -108,7 +108,7 @@ fn acknowledged(outcomes: &[Outcome]) -> HashSet<String> {
 }
 
 /// A private cluster this test may stop, in a directory the `postgres` account can reach.
-fn private_cluster(dir: &std::path::Path) -> EmbeddedPostgres {
+pub fn private_cluster(dir: &std::path::Path) -> EmbeddedPostgres {
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     EmbeddedPostgres::start(&dir.join("pg"), Durability::Durable).expect("cluster starts")
@@ -229,7 +229,10 @@ async fn five_kill_9s_under_load_lose_nothing_acknowledged() {
 
     let (last, _) = spawn_binary(&db, &config, dir.path());
     wait_until("the queue to drain", Duration::from_secs(90), async || {
-        smsgate::db::queue::depth(&db.pool).await.unwrap_or(1) == 0
+        smsgate::db::queue::depth(&smsgate::db::Db::direct(db.pool.clone()))
+            .await
+            .unwrap_or(1)
+            == 0
     })
     .await;
     assert!(crate::cli::terminate(last).await.success());

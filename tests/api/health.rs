@@ -29,7 +29,9 @@ async fn readyz_is_503_until_migrations_are_applied() {
     let gauge = crate::observability::sample(&app.metrics().await, "smsgate_ready");
     assert_eq!(gauge, Some(0.0), "smsgate_ready says what /readyz says");
 
-    smsgate::db::migrate(&app.pool).await.expect("migrate");
+    smsgate::db::migrate(&app.pool.connect_options())
+        .await
+        .expect("migrate");
     // The verdict is cached for a second.
     crate::dispatch::wait_until("ready", std::time::Duration::from_secs(3), async || {
         let ready = app.client.get(app.url("/readyz")).send().await;
@@ -51,8 +53,12 @@ async fn a_binary_older_than_the_database_still_migrates_and_is_ready() {
     .await
     .expect("a newer migration");
 
-    smsgate::db::migrate(&app.pool)
+    smsgate::db::migrate(&app.pool.connect_options())
         .await
         .expect("an older binary restarted mid-upgrade starts");
-    assert!(smsgate::db::is_ready(&app.pool).await.expect("ready check"));
+    assert!(
+        smsgate::db::is_ready(&smsgate::db::Db::direct(app.pool.clone()))
+            .await
+            .expect("ready check")
+    );
 }

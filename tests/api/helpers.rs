@@ -74,7 +74,7 @@ fn start_server() -> Server {
             .connect_with(options.clone().database(TEMPLATE))
             .await
             .expect("connect to template");
-        smsgate::db::migrate(&template)
+        smsgate::db::migrate(&template.connect_options())
             .await
             .expect("migrate template");
         template.close().await;
@@ -243,9 +243,13 @@ impl TestApp {
             .inline
             .get_or_init(|| async {
                 let metrics = smsgate::metrics::Metrics::new(&self.config).expect("metrics");
-                smsgate::dispatch::InlineDispatcher::new(&self.config, self.pool.clone(), metrics)
-                    .await
-                    .expect("inline dispatcher")
+                smsgate::dispatch::InlineDispatcher::new(
+                    &self.config,
+                    smsgate::db::Db::direct(self.pool.clone()),
+                    metrics,
+                )
+                .await
+                .expect("inline dispatcher")
             })
             .await;
         inline.run_until_idle().await.expect("dispatch")
@@ -256,7 +260,7 @@ impl TestApp {
     pub async fn dispatch_until_empty(&self, limit: usize) {
         for _ in 0..limit {
             self.dispatch_until_idle().await;
-            let next = smsgate::db::queue::next_due(&self.pool)
+            let next = smsgate::db::queue::next_due(&smsgate::db::Db::direct(self.pool.clone()))
                 .await
                 .expect("next due");
             let Some(ms) = next else {
@@ -333,7 +337,7 @@ impl TestApp {
 
     /// Rows in `messages` plus rows in `message_queue`: zero proves nothing was stored.
     pub async fn stored_rows(&self) -> i64 {
-        smsgate::db::messages::count(&self.pool)
+        smsgate::db::messages::count(&smsgate::db::Db::direct(self.pool.clone()))
             .await
             .expect("count rows")
     }

@@ -16,6 +16,7 @@ mod ingress;
 mod observability;
 mod operator;
 mod ops_files;
+mod pgbouncer;
 mod process;
 mod prometheus;
 mod receipts;

@@ -84,7 +84,10 @@ async fn a_kill_9_mid_flight_loses_nothing_and_duplicates_at_most_the_in_flight_
 
     let (restarted, _) = spawn_binary(&db, &config, dir.path());
     wait_until("the queue to drain", Duration::from_secs(90), async || {
-        smsgate::db::queue::depth(&db.pool).await.unwrap_or(1) == 0
+        smsgate::db::queue::depth(&smsgate::db::Db::direct(db.pool.clone()))
+            .await
+            .unwrap_or(1)
+            == 0
     })
     .await;
     assert!(stop(restarted).await.success());
@@ -153,7 +156,10 @@ async fn sigterm_finishes_in_flight_sends_and_a_restart_sends_the_rest_exactly_o
 
     let (restarted, _) = spawn_binary(&db, &config, dir.path());
     wait_until("the queue to drain", Duration::from_secs(60), async || {
-        smsgate::db::queue::depth(&db.pool).await.unwrap_or(1) == 0
+        smsgate::db::queue::depth(&smsgate::db::Db::direct(db.pool.clone()))
+            .await
+            .unwrap_or(1)
+            == 0
     })
     .await;
     assert!(stop(restarted).await.success());
@@ -191,7 +197,10 @@ async fn json_logs_carry_one_outcome_line_per_message_and_never_a_code_number_or
     .expect("sent");
     assert_eq!(unauthorized.status().as_u16(), 401);
     wait_until("the send", Duration::from_secs(10), async || {
-        smsgate::db::queue::depth(&db.pool).await.unwrap_or(1) == 0
+        smsgate::db::queue::depth(&smsgate::db::Db::direct(db.pool.clone()))
+            .await
+            .unwrap_or(1)
+            == 0
     })
     .await;
     assert!(stop(child).await.success());

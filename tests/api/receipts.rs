@@ -181,7 +181,7 @@ async fn a_receipt_that_arrives_before_the_outcome_is_applied_later() {
     let app = TestApp::spawn().await;
     // The carrier's receipt is faster than the batched outcome write: nothing to apply yet.
     let applied = smsgate::db::receipts::record(
-        &app.pool,
+        &smsgate::db::Db::direct(app.pool.clone()),
         "console",
         "SMearly",
         smsgate::domain::Status::Delivered,
@@ -200,7 +200,7 @@ async fn a_receipt_that_arrives_before_the_outcome_is_applied_later() {
     .await
     .expect("the outcome lands");
 
-    let late = smsgate::db::receipts::apply_pending(&app.pool)
+    let late = smsgate::db::receipts::apply_pending(&smsgate::db::Db::direct(app.pool.clone()))
         .await
         .expect("sweep");
 

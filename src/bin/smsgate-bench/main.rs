@@ -112,13 +112,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .max_connections(1)
         .connect_with(cluster.connect_options("postgres"))
         .await?;
-    smsgate::db::ensure_database(&admin, DATABASE).await?;
+    smsgate::db::ensure_database(&smsgate::db::Db::direct(admin.clone()), DATABASE).await?;
     admin.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .connect_with(cluster.connect_options(DATABASE))
         .await?;
-    smsgate::db::migrate(&pool).await?;
+    smsgate::db::migrate(&cluster.connect_options(DATABASE)).await?;
     sqlx::raw_sql(pg::SCHEMA).execute(&pool).await?;
 
     let (carrier, received) = standin::start().await?;

@@ -87,7 +87,9 @@ pub async fn start(plan: &Plan, dir: &Path) -> (Fleet, Vec<StandIn>) {
         .connect(&url)
         .await
         .expect("connect");
-    smsgate::db::migrate(&pool).await.expect("migrate");
+    smsgate::db::migrate(&pool.connect_options())
+        .await
+        .expect("migrate");
     super::check::install_audit(&pool).await;
 
     let mut standins = Vec::new();
@@ -392,7 +394,9 @@ pub async fn drain(fleet: &mut Fleet, limit: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         fleet.watch();
-        let depth = smsgate::db::queue::depth(&fleet.pool).await.unwrap_or(1);
+        let depth = smsgate::db::queue::depth(&smsgate::db::Db::direct(fleet.pool.clone()))
+            .await
+            .unwrap_or(1);
         if depth == 0 {
             return true;
         }

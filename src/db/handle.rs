@@ -1,0 +1,307 @@
+//! The pool as smsgate uses it, directly or behind a transaction pooler (PgBouncer,
+//! `pool_mode = transaction`).
+//!
+//! A transaction pooler lends a server connection for one transaction and takes it back at
+//! the next idle moment. Three things follow (docs/design.md, "Behind PgBouncer"):
+//! - sqlx sends a parameterised statement in two round trips (prepare, then execute), and
+//!   outside a transaction the pooler may run the halves on different servers: every
+//!   statement runs inside BEGIN/COMMIT;
+//! - a named prepared statement outlives the transaction on a server other clients share,
+//!   where another client's statement of the same name collides with it: statements are
+//!   unnamed (`persistent(false)`) and the statement cache is off;
+//! - session settings would leak to other clients: the timeouts are `SET LOCAL` in each
+//!   transaction instead of startup `options`.
+//!
+//! [`Db`] and [`Tx`] are sqlx executors that apply this when pooling is on and cost nothing
+//! when it is off, so the queries in `db::*` are written once for both.
+
+use std::fmt;
+use std::ops::DerefMut;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgQueryResult, PgRow, PgStatement, PgTypeInfo};
+use sqlx::{Describe, Either, Execute, Executor, PgConnection, PgPool, Postgres, Transaction};
+
+/// How the connections reach PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Each connection is a server session of its own.
+    Direct,
+    /// Through a transaction pooler: nothing may outlive a transaction.
+    TransactionPooler,
+}
+
+/// The pool and how to use it.
+#[derive(Clone)]
+pub struct Db {
+    pool: PgPool,
+    reach: Reach,
+    /// BEGIN plus the per-transaction settings, when they cannot be session settings.
+    begin: Option<String>,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db").field("reach", &self.reach).finish()
+    }
+}
+
+impl Db {
+    /// A pool whose connections are sessions of their own.
+    pub fn direct(pool: PgPool) -> Self {
+        Self {
+            pool,
+            reach: Reach::Direct,
+            begin: None,
+        }
+    }
+
+    /// A pool behind a transaction pooler; `settings` are applied to every transaction.
+    pub fn behind_pooler(pool: PgPool, settings: &[(&str, &str)]) -> Self {
+        let mut begin = String::from("BEGIN");
+        for (name, value) in settings {
+            // Constants of ours; quoted anyway.
+            begin.push_str(&format!(
+                "; SET LOCAL {name} = '{}'",
+                value.replace('\'', "''")
+            ));
+        }
+        Self {
+            pool,
+            reach: Reach::TransactionPooler,
+            begin: Some(begin),
+        }
+    }
+
+    pub fn reach(&self) -> Reach {
+        self.reach
+    }
+
+    /// The underlying pool, for its statistics and for closing it; queries go through `self`.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A transaction (with the per-transaction settings behind a pooler).
+    pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
+        let transaction = match &self.begin {
+            Some(begin) => {
+                self.pool
+                    .begin_with(sqlx::AssertSqlSafe(begin.clone()))
+                    .await?
+            }
+            None => self.pool.begin().await?,
+        };
+        Ok(Tx {
+            held: Held::Transaction(transaction),
+            reach: self.reach,
+        })
+    }
+
+    /// A connection for a single statement that commits on its own: a plain connection when
+    /// direct (no BEGIN/COMMIT round trips), a transaction behind a pooler.
+    pub async fn for_one_statement(&self) -> Result<Tx<'static>, sqlx::Error> {
+        match self.reach {
+            Reach::Direct => Ok(Tx {
+                held: Held::Connection(self.pool.acquire().await?),
+                reach: self.reach,
+            }),
+            Reach::TransactionPooler => self.begin().await,
+        }
+    }
+}
+
+/// A transaction, or (from [`Db::for_one_statement`], direct) a plain connection.
+pub struct Tx<'c> {
+    held: Held<'c>,
+    reach: Reach,
+}
+
+enum Held<'c> {
+    Connection(PoolConnection<Postgres>),
+    Transaction(Transaction<'c, Postgres>),
+}
+
+impl fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tx").field("reach", &self.reach).finish()
+    }
+}
+
+impl Tx<'_> {
+    /// A transaction inside this one (a savepoint), or the transaction a plain connection
+    /// lacked; it ends with its own `commit` or is rolled back when dropped.
+    pub async fn nested(&mut self) -> Result<Tx<'_>, sqlx::Error> {
+        let reach = self.reach;
+        let transaction = sqlx::Connection::begin(self.connection()).await?;
+        Ok(Tx {
+            held: Held::Transaction(transaction),
+            reach,
+        })
+    }
+
+    /// Commits (a plain connection has nothing to commit).
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.held {
+            Held::Connection(_) => Ok(()),
+            Held::Transaction(transaction) => transaction.commit().await,
+        }
+    }
+
+    fn connection(&mut self) -> &mut PgConnection {
+        match &mut self.held {
+            Held::Connection(connection) => connection.deref_mut(),
+            Held::Transaction(transaction) => transaction.deref_mut(),
+        }
+    }
+}
+
+/// A query as the reach allows it: never a named (cached) statement behind a pooler.
+struct Prepared<E> {
+    query: E,
+    named: bool,
+}
+
+impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Prepared<E> {
+    fn sql(self) -> sqlx::SqlStr {
+        self.query.sql()
+    }
+
+    fn statement(&self) -> Option<&PgStatement> {
+        self.query.statement()
+    }
+
+    fn take_arguments(
+        &mut self,
+    ) -> Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
+        self.query.take_arguments()
+    }
+
+    fn persistent(&self) -> bool {
+        self.named && self.query.persistent()
+    }
+}
+
+fn prepared<E>(query: E, reach: Reach) -> Prepared<E> {
+    Prepared {
+        query,
+        named: reach == Reach::Direct,
+    }
+}
+
+type Fetched = Either<PgQueryResult, PgRow>;
+
+impl<'t, 'c> Executor<'t> for &'t mut Tx<'c> {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, Result<Fetched, sqlx::Error>>
+    where
+        't: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let reach = self.reach;
+        self.connection().fetch_many(prepared(query, reach))
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        't: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let reach = self.reach;
+        self.connection().fetch_optional(prepared(query, reach))
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+    where
+        't: 'e,
+    {
+        self.connection().prepare_with(sql, parameters)
+    }
+
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> BoxFuture<'e, Result<Describe<Postgres>, sqlx::Error>>
+    where
+        't: 'e,
+    {
+        self.connection().describe(sql)
+    }
+}
+
+impl<'d> Executor<'d> for &'_ Db {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, Result<Fetched, sqlx::Error>>
+    where
+        'd: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        if self.reach == Reach::Direct {
+            return self.pool.fetch_many(query);
+        }
+        // One statement, one transaction: the results are gathered before the COMMIT.
+        let db = self.clone();
+        futures_util::stream::once(async move {
+            let mut tx = db.begin().await?;
+            let fetched: Vec<Fetched> = (&mut tx).fetch_many(query).try_collect().await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(futures_util::stream::iter(fetched.into_iter().map(Ok)))
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        'd: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        if self.reach == Reach::Direct {
+            return self.pool.fetch_optional(query);
+        }
+        let db = self.clone();
+        Box::pin(async move {
+            let mut tx = db.begin().await?;
+            let row = (&mut tx).fetch_optional(query).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+    where
+        'd: 'e,
+    {
+        // A prepared statement object is a session's: smsgate never keeps one.
+        self.pool.prepare_with(sql, parameters)
+    }
+
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> BoxFuture<'e, Result<Describe<Postgres>, sqlx::Error>>
+    where
+        'd: 'e,
+    {
+        self.pool.describe(sql)
+    }
+}
