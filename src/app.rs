@@ -21,6 +21,7 @@ use crate::http::server::ConnectionLimits;
 use crate::http::{self, AppState, InFlight, MetricsState, metrics_router};
 use crate::limits::destinations::DestinationPolicy;
 use crate::limits::ingress::IngressLimits;
+use crate::limits::pricing::Pricing;
 use crate::metrics::Metrics;
 
 /// The database the embedded cluster serves smsgate from.
@@ -299,6 +300,8 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
         tracing::warn!("no [auth0.*] signer: accepting unauthenticated requests");
     }
     let metrics = Metrics::new(config).context("cannot register metrics")?;
+    let limits = IngressLimits::new(&config.limits, &config.spend);
+    let destinations = DestinationPolicy::new(&config.destinations);
     let state = AppState {
         pool: database.pool.clone(),
         accept_unsigned: verifier.is_empty() && config.server.allow_unauthenticated,
@@ -312,9 +315,12 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
             database.pool.clone(),
             config.dispatch.message_ttl_seconds,
             config.database.ingress_writers.get(),
-            IngressLimits::new(&config.limits),
+            limits.clone(),
         ),
-        destinations: Arc::new(DestinationPolicy::new(&config.destinations)),
+        need_country: limits.need_country() || destinations.monitors(),
+        spend: limits.spend,
+        destinations: Arc::new(destinations),
+        pricing: Arc::new(Pricing::new(config)),
         require_request_info: config.server.require_request_info,
         in_flight: InFlight::new(
             config.auth0.keys().map(String::as_str),

@@ -48,8 +48,17 @@ pub const FINISHED_STATUSES: [Status; 4] = [
 /// Where a message can be held back by a limit: `recipient` is a worker waiting for a number's
 /// window; the others are ingress refusals (429) by `[[limits.ip]]`,
 /// `[[limits.ingress_recipient]]` and `limits.max_in_flight`.
-pub const RATE_LIMIT_SCOPES: [&str; 4] =
-    ["recipient", "ingress_ip", "ingress_recipient", "in_flight"];
+pub const RATE_LIMIT_SCOPES: [&str; 7] = [
+    "recipient",
+    "ingress_ip",
+    "ingress_recipient",
+    "ingress_country",
+    "in_flight",
+    "spend_daily",
+    "spend_country",
+];
+/// The limits whose `monitor` mode `smsgate_limit_monitored_total` counts.
+pub const MONITORED_LIMITS: [&str; 4] = ["ip", "ingress_recipient", "country", "destinations"];
 /// States of a queued message, as `smsgate_queue_depth` reports them.
 pub const QUEUE_STATES: [&str; 2] = ["queued", "sending"];
 /// Why a worker handed a message back untried (`smsgate_dispatch_held_total`): every carrier
@@ -85,6 +94,9 @@ pub struct Inner {
     pub ingress_in_flight: IntGaugeVec,
     pub ready: prometheus::IntGauge,
     pub held: IntCounterVec,
+    pub monitored: IntCounterVec,
+    pub segments: IntCounterVec,
+    pub spend: prometheus::CounterVec,
 }
 
 /// What a delivery receipt said, as `smsgate_delivery_receipts_total` counts it.
@@ -228,6 +240,16 @@ const HELD: Spec = Spec {
     help: "Messages a worker handed back untried, by reason.",
     labels: &["reason"],
 };
+const MONITORED: Spec = Spec {
+    name: "smsgate_limit_monitored_total",
+    help: "Requests a limit in monitor mode would have refused, by limit and destination country.",
+    labels: &["limit", "country"],
+};
+const SEGMENTS: Spec = Spec {
+    name: "smsgate_segments_total",
+    help: "SMS segments carriers accepted, by carrier (what they bill).",
+    labels: &["carrier"],
+};
 const INGRESS_IN_FLIGHT: Spec = Spec {
     name: "smsgate_ingress_in_flight",
     help: "Ingress requests of a signer being handled by this process (with limits.max_in_flight).",
@@ -262,6 +284,16 @@ impl Metrics {
             carrier_disabled: r.gauge(&CARRIER_DISABLED)?,
             ingress_in_flight: r.gauge(&INGRESS_IN_FLIGHT)?,
             held: r.counter(&HELD)?,
+            monitored: r.counter(&MONITORED)?,
+            segments: r.counter(&SEGMENTS)?,
+            spend: r.register(prometheus::CounterVec::new(
+                Opts::new(
+                    "smsgate_estimated_spend_total",
+                    "Estimated spend of the messages carriers accepted, by carrier, in [spend] \
+                     currency ([[prices]] times segments).",
+                ),
+                &["carrier"],
+            )?)?,
             ready: r.register(prometheus::IntGauge::new(
                 "smsgate_ready",
                 "1 while /readyz would answer 200 (the database answers, migrations applied).",
@@ -337,6 +369,14 @@ impl Metrics {
         }
         for scope in RATE_LIMIT_SCOPES {
             self.rate_limited.with_label_values(&[scope]);
+        }
+        // The country is known only once a request is monitored; an empty label is no label.
+        for limit in MONITORED_LIMITS {
+            self.monitored.with_label_values(&[limit, ""]);
+        }
+        for carrier in config.carriers.keys() {
+            self.segments.with_label_values(&[carrier.as_str()]);
+            self.spend.with_label_values(&[carrier.as_str()]);
         }
         for state in QUEUE_STATES {
             self.queue_depth.with_label_values(&[state]).set(0);

@@ -7,6 +7,7 @@ mod log;
 mod messagemedia;
 mod routes;
 mod sns;
+pub mod test_numbers;
 mod twilio;
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{CarrierSettings, Config, KindSettings};
+use crate::config::{CarrierSettings, Config, KindSettings, TestNumberConfig};
 use crate::domain::{MessageId, PhoneNumber};
 use crate::metrics::Metrics;
 
@@ -137,6 +138,7 @@ pub trait Carrier: Send + Sync {
 /// The configured implementations, dispatched without boxing.
 enum AnyCarrier {
     Log(log::LogCarrier),
+    TestNumbers(test_numbers::TestNumbers),
     Twilio(twilio::TwilioCarrier),
     MessageMedia(messagemedia::MessageMediaCarrier),
     Sns(sns::SnsCarrier),
@@ -210,6 +212,28 @@ impl CarrierHandle {
         })
     }
 
+    /// The stand-in that answers for `[[test_numbers]]`: no limits, and a breaker that never
+    /// opens (its only failure is a verdict on the number).
+    fn test_numbers(numbers: &[TestNumberConfig], metrics: &Metrics) -> Self {
+        let name = test_numbers::NAME;
+        Self {
+            name: name.to_string(),
+            client: AnyCarrier::TestNumbers(test_numbers::TestNumbers::new(numbers)),
+            breaker: breaker::Breaker::new(
+                name,
+                u32::MAX,
+                Duration::from_secs(1),
+                metrics.breaker_open.with_label_values(&[name]),
+            ),
+            limiter: None,
+            slots: None,
+            max_in_flight: 0,
+            max_per_second: None,
+            disabled: std::sync::atomic::AtomicBool::new(false),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
     /// False while an operator has disabled the carrier or its breaker is open: skip it. True
     /// while half-open means this caller is the probe.
     pub fn allow(&self) -> bool {
@@ -269,6 +293,7 @@ impl CarrierHandle {
     pub async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
         let result = match &self.client {
             AnyCarrier::Log(carrier) => carrier.send(sms).await,
+            AnyCarrier::TestNumbers(carrier) => carrier.send(sms).await,
             AnyCarrier::Twilio(carrier) => carrier.send(sms).await,
             AnyCarrier::MessageMedia(carrier) => carrier.send(sms).await,
             AnyCarrier::Sns(carrier) => carrier.send(sms).await,
@@ -290,6 +315,10 @@ pub async fn build_all(
     for (name, settings) in config.carrier_settings() {
         let handle = CarrierHandle::build(name, settings, &mut http, metrics).await?;
         carriers.insert(name.clone(), Arc::new(handle));
+    }
+    if !config.test_numbers.is_empty() {
+        let handle = CarrierHandle::test_numbers(&config.test_numbers, metrics);
+        carriers.insert(test_numbers::NAME.to_string(), Arc::new(handle));
     }
     Ok(carriers)
 }

@@ -5,17 +5,20 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::CarrierHandle;
-use crate::config::RouteConfig;
+use super::{CarrierHandle, test_numbers};
+use crate::config::{RouteConfig, TestNumberConfig};
 
 pub struct Routes {
     /// Longest prefix first, so the first match is the best one.
     routes: Vec<(String, Vec<Arc<CarrierHandle>>)>,
+    /// `[[test_numbers]]`, matched whole before any prefix: answered by their stand-in.
+    test_numbers: HashMap<String, Vec<Arc<CarrierHandle>>>,
 }
 
 impl Routes {
     pub fn new(
         config: &[RouteConfig],
+        numbers: &[TestNumberConfig],
         carriers: &HashMap<String, Arc<CarrierHandle>>,
     ) -> anyhow::Result<Self> {
         let mut routes = config
@@ -35,11 +38,24 @@ impl Routes {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        Ok(Self { routes })
+        let test_numbers = match carriers.get(test_numbers::NAME) {
+            Some(stand_in) => numbers
+                .iter()
+                .map(|t| (t.number.clone(), vec![stand_in.clone()]))
+                .collect(),
+            None => HashMap::new(),
+        };
+        Ok(Self {
+            routes,
+            test_numbers,
+        })
     }
 
     /// The carriers for `recipient` (E.164), in the order to try them.
     pub fn carriers_for(&self, recipient: &str) -> &[Arc<CarrierHandle>] {
+        if let Some(stand_in) = self.test_numbers.get(recipient) {
+            return stand_in;
+        }
         self.routes
             .iter()
             .find(|(prefix, _)| recipient.starts_with(prefix.as_str()))

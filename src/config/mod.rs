@@ -3,6 +3,7 @@
 
 mod carriers;
 mod env;
+mod guard;
 mod secrets;
 mod settings;
 mod units;
@@ -21,6 +22,10 @@ use crate::messagemedia_signature::{RECOMMENDED_BITS, SignatureKeys};
 use crate::secret::{Secret, lenient_string};
 
 pub use carriers::{CarrierConfig, CarrierKind};
+pub use guard::{
+    CountryLimit, LimitMode, Micros, PriceConfig, SpendConfig, TestNumberConfig, TestOutcome,
+    micros,
+};
 pub use settings::{
     CarrierSettings, KindSettings, MessageMediaSettings, ReceiptProof, Receipts, SnsSettings,
     Transport, TwilioCredentials, TwilioSettings,
@@ -48,6 +53,11 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub limits: LimitsConfig,
     pub destinations: DestinationsConfig,
+    /// What each carrier charges per segment, by prefix.
+    pub prices: Vec<PriceConfig>,
+    pub spend: SpendConfig,
+    /// Numbers whose messages are stored and reported but never handed to a carrier.
+    pub test_numbers: Vec<TestNumberConfig>,
     pub retention: RetentionConfig,
     pub log: LogConfig,
     /// The carriers' typed settings, built from `carriers` once it passed validation.
@@ -278,6 +288,8 @@ pub struct LimitsConfig {
     pub ip: Vec<WindowLimit>,
     /// Messages accepted per number at the ingress: hard caps, refused with 429.
     pub ingress_recipient: Vec<WindowLimit>,
+    /// Messages accepted per destination country, refused with 429 (or monitored).
+    pub country: Vec<CountryLimit>,
     /// Requests of one signer handled at once by one process (0: no cap); more get 429.
     pub max_in_flight: usize,
 }
@@ -294,6 +306,8 @@ pub struct DestinationsConfig {
     /// Only mobile numbers (or, where a number's type cannot be told apart, fixed line or
     /// mobile): premium-rate, shared-cost, toll-free, VoIP and other types are refused.
     pub mobile_only: bool,
+    /// `monitor`: a refusal is counted and logged, and the request accepted.
+    pub mode: LimitMode,
 }
 
 /// At most `max` messages in any `window_seconds`.
@@ -302,6 +316,9 @@ pub struct DestinationsConfig {
 pub struct WindowLimit {
     pub max: NonZeroU32,
     pub window_seconds: Seconds,
+    /// Ingress limits only: `monitor` counts and logs instead of refusing.
+    #[serde(default)]
+    pub mode: LimitMode,
 }
 
 impl WindowLimit {
@@ -310,6 +327,7 @@ impl WindowLimit {
         Self {
             max: count32(max),
             window_seconds: Seconds::new(window_seconds),
+            mode: LimitMode::Block,
         }
     }
 }

@@ -20,17 +20,24 @@ use super::{
     messages::{self, Enqueued},
 };
 use crate::domain::NewMessage;
-use crate::limits::ingress::{IngressLimits, Limited};
+use crate::limits::ingress::{IngressLimits, LimitRefusal, Limited, Monitored, OverSpend};
 
 /// Most messages in one insert.
 const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<Result<Enqueued, Refused>, Arc<sqlx::Error>>>;
+type Reply = oneshot::Sender<Result<Result<Stored, Refused>, Arc<sqlx::Error>>>;
+
+/// A stored message, and the monitoring limits it went past.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub enqueued: Enqueued,
+    pub monitored: Monitored,
+}
 
 /// Why a message was answered without being stored.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Refused {
-    Limited(Limited),
+    Limited(LimitRefusal),
     NotStored(messages::NotStored),
 }
 
@@ -59,6 +66,9 @@ pub enum EnqueueError {
     /// An ingress limit refused it; nothing was stored.
     #[error("{0}")]
     Limited(Limited),
+    /// Its estimate would take today's spend past a ceiling; nothing was stored.
+    #[error("{0}")]
+    OverSpend(OverSpend),
     /// Its idempotency key was first used for a different message; nothing was stored.
     #[error("the idempotency key was used for a different message")]
     KeyReused,
@@ -103,7 +113,7 @@ impl Batcher {
         message: NewMessage,
         wait: Duration,
         answer_by: tokio::time::Instant,
-    ) -> Result<Enqueued, EnqueueError> {
+    ) -> Result<Stored, EnqueueError> {
         let deadline = (tokio::time::Instant::now() + wait).min(answer_by);
         let (reply, mut answer) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(WAITING));
@@ -137,8 +147,13 @@ impl Batcher {
             }
         };
         match outcome {
-            Ok(Ok(Ok(enqueued))) => Ok(enqueued),
-            Ok(Ok(Err(Refused::Limited(limited)))) => Err(EnqueueError::Limited(limited)),
+            Ok(Ok(Ok(stored))) => Ok(stored),
+            Ok(Ok(Err(Refused::Limited(LimitRefusal::Window(limited))))) => {
+                Err(EnqueueError::Limited(limited))
+            }
+            Ok(Ok(Err(Refused::Limited(LimitRefusal::Spend(over))))) => {
+                Err(EnqueueError::OverSpend(over))
+            }
             Ok(Ok(Err(Refused::NotStored(messages::NotStored::KeyReused)))) => {
                 Err(EnqueueError::KeyReused)
             }
@@ -174,15 +189,21 @@ impl Writer {
     async fn store(
         &self,
         messages: &[&NewMessage],
-    ) -> Result<Vec<Result<Enqueued, Refused>>, sqlx::Error> {
-        let reused =
-            |stored: Result<Enqueued, messages::NotStored>| stored.map_err(Refused::NotStored);
+    ) -> Result<Vec<Result<Stored, Refused>>, sqlx::Error> {
+        let reused = |stored: Result<Enqueued, messages::NotStored>, monitored| {
+            stored
+                .map(|enqueued| Stored {
+                    enqueued,
+                    monitored,
+                })
+                .map_err(Refused::NotStored)
+        };
         if self.limits.is_empty() {
             // A single statement commits on its own: no BEGIN/COMMIT round trips (direct).
             let mut conn = self.pool.for_one_statement().await?;
             let stored = messages::enqueue_batch(&mut conn, messages, self.ttl_seconds).await?;
             conn.commit().await?;
-            return Ok(stored.into_iter().map(reused).collect());
+            return Ok(stored.into_iter().map(|s| reused(s, Vec::new())).collect());
         }
         let mut tx = self.pool.begin().await?;
         let decisions = ingress_hits::admit_batch(&mut tx, &self.limits, messages).await?;
@@ -202,8 +223,11 @@ impl Writer {
         decisions
             .into_iter()
             .map(|decision| match decision {
-                Ok(()) => stored.next().ok_or(sqlx::Error::RowNotFound).map(reused),
-                Err(limited) => Ok(Err(Refused::Limited(limited))),
+                Ok(monitored) => stored
+                    .next()
+                    .ok_or(sqlx::Error::RowNotFound)
+                    .map(|s| reused(s, monitored)),
+                Err(refusal) => Ok(Err(Refused::Limited(refusal))),
             })
             .collect()
     }

@@ -1,38 +1,60 @@
 //! The ingress's limits, decided inside the transaction that stores a batch: the batch's keys
-//! are locked in order, each message is admitted or refused against the logs as they stand
-//! (earlier messages of the same batch included), the logs are written back, and only the
-//! admitted messages are inserted. One commit makes both durable.
+//! (and, with a spend ceiling, today's spend rows) are locked in order, each message is
+//! admitted or refused against the logs and totals as they stand (earlier messages of the same
+//! batch included), the logs and totals are written back, and only the admitted messages are
+//! inserted. One commit makes all of it durable.
 
 use std::collections::HashMap;
 
 use super::Tx;
+use super::spend;
 
+use crate::config::LimitMode;
 use crate::domain::NewMessage;
-use crate::limits::ingress::{IngressLimits, LimitKind, Limited};
+use crate::limits::ingress::{Check, IngressLimits, LimitRefusal, Limited, Monitored};
 use crate::limits::window::{Admission, admit, to_pg_array};
 
-/// Locks the logs of `messages`' keys and decides each message; returns one decision per
-/// message, in order, and has already written the updated logs.
+type Logs = HashMap<String, Vec<i64>>;
+
+/// Locks what `messages` are counted in and decides each message; returns one verdict per
+/// message, in order, and has already written the updated logs and totals.
 pub async fn admit_batch(
     conn: &mut Tx<'_>,
     limits: &IngressLimits,
     messages: &[&NewMessage],
-) -> Result<Vec<Result<(), Limited>>, sqlx::Error> {
-    let keyed: Vec<(Option<String>, Option<String>)> = messages
-        .iter()
-        .map(|m| (limits.ip_key(m), limits.recipient_key(m)))
-        .collect();
-    let mut keys: Vec<&str> = keyed
-        .iter()
-        .flat_map(|(ip, to)| ip.iter().chain(to))
-        .map(String::as_str)
-        .collect();
+) -> Result<Vec<Result<Monitored, LimitRefusal>>, sqlx::Error> {
+    let checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
+    let (mut logs, now_ms) = lock_logs(conn, &checks).await?;
+    let mut spend = spend::lock_today(conn, &limits.spend, messages).await?;
+
+    let mut verdicts = Vec::with_capacity(messages.len());
+    for (message, checks) in messages.iter().zip(&checks) {
+        let verdict = decide(&logs, now_ms, checks).and_then(|(updates, monitored)| {
+            spend
+                .admit(message)
+                .map_err(LimitRefusal::Spend)
+                .map(|()| (updates, monitored))
+        });
+        verdicts.push(verdict.map(|(updates, monitored)| {
+            // Admitted: only now is the request counted anywhere.
+            logs.extend(updates);
+            monitored
+        }));
+    }
+    write_logs(conn, &logs).await?;
+    spend.write(conn).await?;
+    Ok(verdicts)
+}
+
+/// Locks the logs of every key in `checks` (sorted: every writer locks in the same order, no
+/// deadlocks) and returns them with the database's clock in epoch milliseconds.
+async fn lock_logs(conn: &mut Tx<'_>, checks: &[Vec<Check>]) -> Result<(Logs, i64), sqlx::Error> {
+    let mut keys: Vec<&str> = checks.iter().flatten().map(|c| c.key.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
     if keys.is_empty() {
-        return Ok(vec![Ok(()); messages.len()]);
+        return Ok((Logs::new(), 0));
     }
-    // Sorted keys are locked in the same order by every writer: no deadlocks.
     let rows: Vec<(String, Vec<i64>, i64)> = sqlx::query_as(
         "INSERT INTO ingress_hits (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
          ON CONFLICT (key) DO UPDATE SET updated_at = ingress_hits.updated_at
@@ -42,33 +64,48 @@ pub async fn admit_batch(
     .fetch_all(&mut *conn)
     .await?;
     let now_ms = rows.first().map_or(0, |(_, _, now)| *now);
-    let mut logs: HashMap<String, Vec<i64>> =
-        rows.into_iter().map(|(key, hits, _)| (key, hits)).collect();
+    Ok((
+        rows.into_iter().map(|(key, hits, _)| (key, hits)).collect(),
+        now_ms,
+    ))
+}
 
-    let mut decisions = Vec::with_capacity(messages.len());
-    for (ip_key, recipient_key) in &keyed {
-        let ip = try_admit(&logs, ip_key.as_deref(), now_ms, limits, LimitKind::Ip);
-        let to = try_admit(
-            &logs,
-            recipient_key.as_deref(),
-            now_ms,
-            limits,
-            LimitKind::Recipient,
-        );
-        decisions.push(match (ip, to) {
-            // Both windows allow it: only now is the request counted in either.
-            (Ok(ip), Ok(to)) => {
-                for (key, log) in [ip, to].into_iter().flatten() {
-                    logs.insert(key, log);
-                }
-                Ok(())
+/// One message against its checks: the logs with it added, and the monitoring limits it went
+/// past; or the blocking limit that refuses it (the one that frees last).
+fn decide(logs: &Logs, now_ms: i64, checks: &[Check]) -> Result<(Logs, Monitored), LimitRefusal> {
+    let mut updates = Logs::new();
+    let mut monitored = Monitored::new();
+    let mut refused: Option<Limited> = None;
+    for check in checks {
+        let mut log = logs.get(&check.key).cloned().unwrap_or_default();
+        match (admit(&mut log, now_ms, &check.windows), check.mode) {
+            (Admission::Allowed, _) => {
+                updates.insert(check.key.clone(), log);
             }
-            (Err(limited), _) | (_, Err(limited)) => Err(limited),
-        });
+            (Admission::WaitMs(retry_after_ms), LimitMode::Block) => {
+                if refused.is_none_or(|r| r.retry_after_ms < retry_after_ms) {
+                    refused = Some(Limited {
+                        kind: check.kind,
+                        retry_after_ms,
+                    });
+                }
+            }
+            (Admission::WaitMs(_), LimitMode::Monitor) => monitored.push(check.kind),
+        }
     }
+    match refused {
+        Some(limited) => Err(LimitRefusal::Window(limited)),
+        None => Ok((updates, monitored)),
+    }
+}
 
-    // A key with no hit in its windows is deleted rather than kept: refused requests count
-    // nothing, so a caller spraying new numbers or addresses leaves no rows behind.
+/// Writes the logs back. A key with no hit in its windows is deleted rather than kept:
+/// refused requests count nothing, so a caller spraying new numbers or addresses leaves no
+/// rows behind.
+async fn write_logs(conn: &mut Tx<'_>, logs: &Logs) -> Result<(), sqlx::Error> {
+    if logs.is_empty() {
+        return Ok(());
+    }
     let (empty, counted): (Vec<_>, Vec<_>) = logs.iter().partition(|(_, log)| log.is_empty());
     let (keys, hits): (Vec<&str>, Vec<String>) = counted
         .into_iter()
@@ -89,29 +126,5 @@ pub async fn admit_batch(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(decisions)
-}
-
-/// The log of `key` with this request added, if its windows allow it (nothing to do without a
-/// key).
-fn try_admit(
-    logs: &HashMap<String, Vec<i64>>,
-    key: Option<&str>,
-    now_ms: i64,
-    limits: &IngressLimits,
-    kind: LimitKind,
-) -> Result<Option<(String, Vec<i64>)>, Limited> {
-    let Some(key) = key else { return Ok(None) };
-    let windows = match kind {
-        LimitKind::Ip => &limits.ip,
-        LimitKind::Recipient => &limits.recipient,
-    };
-    let mut log = logs.get(key).cloned().unwrap_or_default();
-    match admit(&mut log, now_ms, windows) {
-        Admission::Allowed => Ok(Some((key.to_string(), log))),
-        Admission::WaitMs(retry_after_ms) => Err(Limited {
-            kind,
-            retry_after_ms,
-        }),
-    }
+    Ok(())
 }

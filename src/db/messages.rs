@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use super::{Db, Tx};
 use uuid::Uuid;
 
+use crate::domain::segments;
 use crate::domain::{MessageId, NewMessage, Status};
+use crate::limits::pricing::amount;
 
 /// What the ingress learns back from the commit.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +100,48 @@ pub async fn enqueue_batch(
         .collect())
 }
 
+/// A batch as one array per column, for `unnest`.
+#[derive(Default)]
+struct Columns<'a> {
+    ids: Vec<Uuid>,
+    recipients: Vec<&'a str>,
+    bodies: Vec<&'a str>,
+    senders: Vec<Option<&'a str>>,
+    ips: Vec<Option<String>>,
+    agents: Vec<Option<&'a str>>,
+    signers: Vec<Option<&'a str>>,
+    keys: Vec<Option<&'a str>>,
+    fingerprints: Vec<Option<&'a str>>,
+    segments: Vec<i16>,
+    encodings: Vec<&'static str>,
+    countries: Vec<Option<&'a str>>,
+    costs: Vec<Option<i64>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(messages: &[&'a NewMessage]) -> Self {
+        let mut c = Self::default();
+        for message in messages {
+            let counted = segments(message.body.as_str());
+            c.segments
+                .push(i16::try_from(counted.count).unwrap_or(i16::MAX));
+            c.encodings.push(counted.encoding.as_str());
+            c.countries.push(message.guard.country.as_deref());
+            c.costs.push(message.guard.estimated_cost);
+            c.ids.push(message.id.0);
+            c.recipients.push(message.recipient.as_str());
+            c.bodies.push(message.body.as_str());
+            c.senders.push(message.sender.as_deref());
+            c.ips.push(message.request.ip.map(|ip| ip.to_string()));
+            c.agents.push(message.request.user_agent.as_deref());
+            c.signers.push(message.signer.as_deref());
+            c.keys.push(message.idempotency_key.as_deref());
+            c.fingerprints.push(message.fingerprint.as_deref());
+        }
+        c
+    }
+}
+
 /// The insert itself: messages whose key is new (or who have none), with their queue rows.
 /// Keys are inserted in key order, so concurrent batches lock them in one order (no
 /// deadlocks). Returns what was stored, by message id.
@@ -106,26 +150,14 @@ async fn insert(
     messages: &[&NewMessage],
     ttl_seconds: u32,
 ) -> Result<HashMap<Uuid, Enqueued>, sqlx::Error> {
-    let mut ids = Vec::with_capacity(messages.len());
-    let mut fingerprints = Vec::with_capacity(messages.len());
-    let (mut recipients, mut bodies, mut senders) = (vec![], vec![], vec![]);
-    let (mut ips, mut agents, mut signers, mut keys) = (vec![], vec![], vec![], vec![]);
-    for message in messages {
-        ids.push(message.id.0);
-        recipients.push(message.recipient.as_str());
-        bodies.push(message.body.as_str());
-        senders.push(message.sender.as_deref());
-        ips.push(message.request.ip.map(|ip| ip.to_string()));
-        agents.push(message.request.user_agent.as_deref());
-        signers.push(message.signer.as_deref());
-        keys.push(message.idempotency_key.as_deref());
-        fingerprints.push(message.fingerprint.as_deref());
-    }
+    let c = Columns::of(messages);
     let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
         "WITH v AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[], $9::text[], $10::text[])
-                 AS v(id, recipient, body, sender, client_ip, user_agent, signer, idem, print)
+                                  $6::text[], $7::text[], $9::text[], $10::text[],
+                                  $11::smallint[], $12::text[], $13::text[], $14::bigint[])
+                 AS v(id, recipient, body, sender, client_ip, user_agent, signer, idem, print,
+                      segments, encoding, country, cost)
          ), k AS (
              INSERT INTO idempotency_keys (key, message_id, fingerprint)
              SELECT idem, id, print FROM v WHERE idem IS NOT NULL ORDER BY idem
@@ -133,9 +165,10 @@ async fn insert(
              RETURNING message_id
          ), m AS (
              INSERT INTO messages
-                 (id, recipient, body, sender, client_ip, user_agent, signer, expires_at)
+                 (id, recipient, body, sender, client_ip, user_agent, signer, expires_at,
+                  segments, encoding, country, estimated_cost_micros)
              SELECT id, recipient, body, sender, client_ip::inet, user_agent, signer,
-                    now() + make_interval(secs => $8)
+                    now() + make_interval(secs => $8), segments, encoding, country, cost
              FROM v
              WHERE idem IS NULL OR id IN (SELECT message_id FROM k)
              RETURNING id, created_at, expires_at
@@ -145,16 +178,20 @@ async fn insert(
          )
          SELECT id, created_at, expires_at FROM m",
     )
-    .bind(&ids)
-    .bind(&recipients)
-    .bind(&bodies)
-    .bind(&senders)
-    .bind(&ips)
-    .bind(&agents)
-    .bind(&signers)
+    .bind(&c.ids)
+    .bind(&c.recipients)
+    .bind(&c.bodies)
+    .bind(&c.senders)
+    .bind(&c.ips)
+    .bind(&c.agents)
+    .bind(&c.signers)
     .bind(f64::from(ttl_seconds))
-    .bind(&keys)
-    .bind(&fingerprints)
+    .bind(&c.keys)
+    .bind(&c.fingerprints)
+    .bind(&c.segments)
+    .bind(&c.encodings)
+    .bind(&c.countries)
+    .bind(&c.costs)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
@@ -209,6 +246,13 @@ pub struct MessageView {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub carrier: Option<String>,
+    /// SMS parts the body is sent in, and their encoding ("GSM-7" or "UCS-2").
+    pub segments: Option<i16>,
+    pub encoding: Option<String>,
+    /// ISO 3166-1 code of the destination, when a limit needed it.
+    pub country: Option<String>,
+    /// In `[spend] currency`, through the first carrier of the route (`[[prices]]`).
+    pub estimated_cost: Option<f64>,
     pub attempts: Vec<AttemptView>,
 }
 
@@ -234,6 +278,10 @@ struct MessageRow {
     expires_at: DateTime<Utc>,
     carrier: Option<String>,
     leased: bool,
+    segments: Option<i16>,
+    encoding: Option<String>,
+    country: Option<String>,
+    estimated_cost_micros: Option<i64>,
 }
 
 /// Reads one message with its attempts; `None` when the id is unknown.
@@ -242,7 +290,8 @@ pub async fn find(pool: &Db, id: MessageId) -> Result<Option<MessageView>, sqlx:
     // to touch the wide messages row.
     let row = sqlx::query_as::<_, MessageRow>(
         "SELECT m.id, m.status, m.recipient, m.created_at, m.expires_at, m.carrier,
-                coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false) AS leased
+                coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false) AS leased,
+                m.segments, m.encoding, m.country, m.estimated_cost_micros
          FROM messages m
          LEFT JOIN message_queue q ON q.message_id = m.id
          WHERE m.id = $1",
@@ -274,6 +323,10 @@ pub async fn find(pool: &Db, id: MessageId) -> Result<Option<MessageView>, sqlx:
         created_at: row.created_at,
         expires_at: row.expires_at,
         carrier: row.carrier,
+        segments: row.segments,
+        encoding: row.encoding,
+        country: row.country,
+        estimated_cost: row.estimated_cost_micros.map(amount),
         attempts,
     }))
 }

@@ -11,6 +11,7 @@ pub mod queue;
 pub mod receipts;
 pub mod recipient_sends;
 pub mod retention;
+pub mod spend;
 pub mod wake;
 
 pub use handle::{Db, Tx};

@@ -5,6 +5,9 @@
 use super::{Db, Tx};
 use tokio_util::sync::CancellationToken;
 
+/// Days of `spend_days` kept after the day they count (the ceilings need only today's).
+const SPEND_DAYS_KEPT: i32 = 31;
+
 /// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks.
 const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
 const BATCH: i64 = 1000;
@@ -117,5 +120,10 @@ async fn sweep_side_tables(tx: &mut Tx<'_>, plan: Plan) -> Result<bool, sqlx::Er
             .rows_affected();
         more |= swept == BATCH as u64;
     }
+    // A few hundred rows a day at most (one per country): one statement, no batches.
+    sqlx::query("DELETE FROM spend_days WHERE day < (now() AT TIME ZONE 'UTC')::date - $1::int")
+        .bind(SPEND_DAYS_KEPT)
+        .execute(&mut *tx)
+        .await?;
     Ok(more)
 }

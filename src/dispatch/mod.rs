@@ -27,6 +27,7 @@ use crate::config::{Config, DispatchConfig};
 use crate::db::queue::{self, ClaimBatch, Completion};
 use crate::domain::Status;
 use crate::limits::ingress::IngressLimits;
+use crate::limits::pricing::Pricing;
 use crate::metrics::Metrics;
 use retry::RetryPolicy;
 use send::{SendContext, SharedContext};
@@ -95,7 +96,8 @@ fn send_context(
 ) -> anyhow::Result<Arc<SendContext>> {
     let d = &config.dispatch;
     Ok(Arc::new(SendContext {
-        routes: Routes::new(&config.routes, handles)?,
+        routes: Routes::new(&config.routes, &config.test_numbers, handles)?,
+        pricing: Pricing::new(config),
         retry: RetryPolicy {
             base: d.retry_base_ms.duration(),
             max: d.retry_max_ms.duration(),
@@ -120,7 +122,8 @@ fn retention_plan(config: &Config) -> retention::Plan {
             .map(|w| w.window_seconds.get())
             .max()
             .unwrap_or(0),
-        ingress_log_seconds: IngressLimits::new(&config.limits).longest_window_seconds(),
+        ingress_log_seconds: IngressLimits::new(&config.limits, &config.spend)
+            .longest_window_seconds(),
     }
 }
 

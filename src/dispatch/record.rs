@@ -8,10 +8,13 @@ use chrono::Utc;
 
 use crate::carriers::{Accepted, SendError};
 use crate::db::queue::{AttemptRecord, Claimed};
+use crate::domain::segments;
+use crate::limits::pricing::{Pricing, amount};
 use crate::metrics::Metrics;
 
 pub struct Recorder<'a> {
     metrics: &'a Metrics,
+    pricing: &'a Pricing,
     message: &'a Claimed,
     /// The attempt rows, written with the message's outcome.
     pub calls: Vec<AttemptRecord>,
@@ -20,9 +23,10 @@ pub struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
-    pub fn new(metrics: &'a Metrics, message: &'a Claimed) -> Self {
+    pub fn new(metrics: &'a Metrics, pricing: &'a Pricing, message: &'a Claimed) -> Self {
         Self {
             metrics,
+            pricing,
             message,
             calls: Vec::new(),
             failed_carrier: None,
@@ -50,6 +54,21 @@ impl<'a> Recorder<'a> {
     /// The message goes back untried, for `reason` (one of `HELD_REASONS`).
     pub fn held(&self, reason: &'static str) {
         self.metrics.held.with_label_values(&[reason]).inc();
+    }
+
+    /// What a carrier accepted is billed: its segments, at the carrier's price.
+    fn billed(&self, carrier: &str) {
+        let parts = segments(&self.message.body).count;
+        self.metrics
+            .segments
+            .with_label_values(&[carrier])
+            .inc_by(u64::from(parts));
+        if let Some(cost) = self.pricing.cost(carrier, &self.message.recipient, parts) {
+            self.metrics
+                .spend
+                .with_label_values(&[carrier])
+                .inc_by(amount(cost));
+        }
     }
 
     /// One finished call, whatever its result.
@@ -92,6 +111,7 @@ impl<'a> Recorder<'a> {
                 );
                 row.http_status = accepted.http_status.map(i32::from);
                 row.carrier_message_id = accepted.carrier_message_id.clone();
+                self.billed(carrier);
             }
             Err(error) => {
                 tracing::warn!(

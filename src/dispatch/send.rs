@@ -20,6 +20,7 @@ use crate::config::WindowLimit;
 use crate::db::queue::{Claimed, Completion, Disposition};
 use crate::db::recipient_sends;
 use crate::domain::{PhoneNumber, Status, redact_digits};
+use crate::limits::pricing::Pricing;
 use crate::limits::window::Admission;
 use crate::metrics::Metrics;
 
@@ -32,6 +33,8 @@ pub fn lease_margin(lease: Duration) -> Duration {
 /// What every send needs, shared by all workers of a process.
 pub struct SendContext {
     pub routes: Routes,
+    /// What each send cost (`smsgate_estimated_spend_total`).
+    pub pricing: Pricing,
     pub retry: RetryPolicy,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
@@ -102,7 +105,7 @@ pub async fn dispatch(
         context: &context,
         message: &message,
         clocks,
-        recorder: Recorder::new(&context.metrics, &message),
+        recorder: Recorder::new(&context.metrics, &context.pricing, &message),
         last_error: String::from("no carrier is routed for this number"),
         retry_after: None,
         uncounted: false,

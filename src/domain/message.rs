@@ -116,6 +116,17 @@ pub struct NewMessage {
     /// key reused for another message is told apart without storing anything a code can be
     /// recovered from.
     pub fingerprint: Option<String>,
+    /// What the fraud and cost guard learned about it at the ingress.
+    pub guard: Assessment,
+}
+
+/// A message's destination country and estimated cost, when the guard needs them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assessment {
+    /// ISO 3166-1 alpha-2; `None` when not needed or the number has no country.
+    pub country: Option<String>,
+    /// In millionths of `[spend] currency`; `None` when no price applies.
+    pub estimated_cost: Option<i64>,
 }
 
 /// Where a message stands. The strings are stored in the database and shown by the API.

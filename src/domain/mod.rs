@@ -2,9 +2,13 @@
 
 mod message;
 mod phone;
+pub mod segments;
 
-pub use message::{MessageBody, MessageId, NewMessage, RequestInfo, Status, redact_digits};
+pub use message::{
+    Assessment, MessageBody, MessageId, NewMessage, RequestInfo, Status, redact_digits,
+};
 pub use phone::{PhoneError, PhoneNumber, parse_country};
+pub use segments::{Encoding, Segments, segments};
 
 /// How metrics and logs name a request no configured signer signed (refused, or unsigned).
 pub const NO_SIGNER: &str = "-";

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::auth0::TokenError;
 use crate::db::batcher::EnqueueError;
 use crate::limits::destinations::Refusal;
-use crate::limits::ingress::{LimitKind, Limited};
+use crate::limits::ingress::{LimitKind, Limited, OverSpend};
 
 /// Every way a request can be refused; each maps to one status and error code.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,8 @@ pub enum ApiError {
     },
     #[error("{0}")]
     RateLimited(Limited),
+    #[error("{0}; try again tomorrow (UTC)")]
+    OverSpend(OverSpend),
     #[error("too many requests of this signer are in flight; try again")]
     TooManyInFlight,
     #[error("{0}")]
@@ -79,6 +81,15 @@ impl From<EnqueueError> for ApiError {
                 tracing::warn!(reason = %limited, "ingress refused a request: rate limited");
                 ApiError::RateLimited(limited)
             }
+            EnqueueError::OverSpend(over) => {
+                tracing::warn!(
+                    reason = %over,
+                    limit = crate::limits::pricing::amount(over.limit),
+                    spent = crate::limits::pricing::amount(over.spent),
+                    "ingress refused a request: spend ceiling"
+                );
+                ApiError::OverSpend(over)
+            }
             EnqueueError::KeyReused => ApiError::IdempotencyKeyReused,
             EnqueueError::TimedOut => {
                 tracing::warn!("no database connection was free in time; answering 503");
@@ -116,7 +127,9 @@ impl ApiError {
             | ApiError::MalformedJson(_)
             | ApiError::InvalidField { .. }
             | ApiError::MissingRequestInfo => StatusCode::BAD_REQUEST,
-            ApiError::RateLimited(_) | ApiError::TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::TooManyInFlight | ApiError::OverSpend(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::AdminDisabled | ApiError::Blocked(_) | ApiError::ForgedCallback => {
                 StatusCode::FORBIDDEN
             }
@@ -134,7 +147,9 @@ impl ApiError {
             ApiError::Unauthorized(_) | ApiError::AdminUnauthorized => "unauthorized",
             ApiError::PayloadTooLarge(_) => "too_large",
             ApiError::Unavailable(_) => "unavailable",
-            ApiError::RateLimited(_) | ApiError::TooManyInFlight => "rate_limited",
+            ApiError::RateLimited(_) | ApiError::TooManyInFlight | ApiError::OverSpend(_) => {
+                "rate_limited"
+            }
             ApiError::Blocked(_) => "blocked",
             ApiError::Timeout => "timeout",
             ApiError::Internal => "error",
@@ -153,6 +168,11 @@ impl ApiError {
                 kind: LimitKind::Recipient,
                 ..
             }) => Some("ingress_recipient"),
+            ApiError::RateLimited(Limited {
+                kind: LimitKind::Country,
+                ..
+            }) => Some("ingress_country"),
+            ApiError::OverSpend(over) => Some(over.scope()),
             ApiError::TooManyInFlight => Some("in_flight"),
             _ => None,
         }
@@ -168,6 +188,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "invalid_json",
             ApiError::InvalidField { code, .. } => code,
             ApiError::RateLimited(_) | ApiError::TooManyInFlight => "too_many_requests",
+            ApiError::OverSpend(_) => "spend_limit_reached",
             ApiError::Blocked(_) => "destination_blocked",
             ApiError::MissingRequestInfo => "missing_request_info",
             ApiError::AdminUnauthorized => "unauthorized",
@@ -187,6 +208,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let retry_after = match &self {
             ApiError::RateLimited(limited) => limited.retry_after_seconds(),
+            ApiError::OverSpend(_) => seconds_to_utc_midnight(),
             _ => 1,
         };
         let body = ErrorBody {
@@ -213,4 +235,10 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Until the spend ceilings' next day begins (at least one second).
+fn seconds_to_utc_midnight() -> i64 {
+    let now = chrono::Utc::now().timestamp();
+    86_400 - now.rem_euclid(86_400)
 }

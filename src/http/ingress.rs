@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use super::extract::{AnswerBy, Caller, JsonBytes};
 use super::phone_provider::DERIVED_PREFIX;
 use super::{ApiError, AppState};
-use crate::domain::{MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, redact_digits};
+use crate::domain::{
+    MessageBody, MessageId, NO_SIGNER, NewMessage, PhoneNumber, RequestInfo, redact_digits,
+};
+use crate::limits::pricing::country_of;
 
 /// Auth0 caps the connection's `options.from` at 128 characters.
 const MAX_SENDER_CHARS: usize = 128;
@@ -77,13 +80,25 @@ async fn accept(
     if state.require_request_info && message.request.ip.is_none() {
         return Err(ApiError::MissingRequestInfo);
     }
+    assess(state, &mut message);
     if let Err(refusal) = state.destinations.check(&message.recipient) {
-        tracing::warn!(
-            recipient = %message.recipient.masked(),
-            reason = %refusal,
-            "ingress refused a request: destination blocked"
+        if !state.destinations.monitors() {
+            tracing::warn!(
+                recipient = %message.recipient.masked(),
+                reason = %refusal,
+                "ingress refused a request: destination blocked"
+            );
+            return Err(ApiError::Blocked(refusal));
+        }
+        let country = message.guard.country.as_deref();
+        let recipient = message.recipient.masked();
+        report_monitored(
+            state,
+            "destinations",
+            country,
+            &recipient,
+            &refusal.to_string(),
         );
-        return Err(ApiError::Blocked(refusal));
     }
     let answer = store(state, message, answer_by).await;
     // The in-flight slot is held until the message is stored or refused.
@@ -120,6 +135,37 @@ fn scope_idempotency(state: &AppState, message: &mut NewMessage) {
     }
 }
 
+/// What the guard needs: the country (when a limit asks for it) and the estimated cost.
+fn assess(state: &AppState, message: &mut NewMessage) {
+    if state.need_country {
+        message.guard.country = country_of(&message.recipient);
+    }
+    message.guard.estimated_cost = state.pricing.estimate(message);
+}
+
+/// A limit in monitor mode would have refused `message`: counted and logged, not refused.
+fn report_monitored(
+    state: &AppState,
+    limit: &str,
+    country: Option<&str>,
+    recipient: &str,
+    reason: &str,
+) {
+    let country = country.unwrap_or(NO_SIGNER);
+    state
+        .metrics
+        .monitored
+        .with_label_values(&[limit, country])
+        .inc();
+    tracing::warn!(
+        limit,
+        country,
+        recipient,
+        reason,
+        "a limit in monitor mode would have refused this request; accepted"
+    );
+}
+
 /// Hands the message to the batch writer and answers with what became of it.
 async fn store(
     state: &AppState,
@@ -127,6 +173,7 @@ async fn store(
     answer_by: tokio::time::Instant,
 ) -> Result<Json<Accepted>, ApiError> {
     let (id, recipient, ip) = (message.id, message.recipient.masked(), message.request.ip);
+    let country = message.guard.country.clone();
     tracing::debug!(
         %id,
         %recipient,
@@ -138,11 +185,21 @@ async fn store(
         .batcher
         .enqueue(message, state.store_wait, answer_by)
         .await;
-    let enqueued = result.map_err(|err| {
+    let stored = result.map_err(|err| {
         // The request's context for the line the conversion logs; built only on failure.
         let _request = tracing::warn_span!("ingress", %id, %recipient, ?ip).entered();
         ApiError::from(err)
     })?;
+    for kind in &stored.monitored {
+        report_monitored(
+            state,
+            kind.label(),
+            country.as_deref(),
+            &recipient,
+            "over its window",
+        );
+    }
+    let enqueued = stored.enqueued;
     state.wake.message_queued();
     tracing::debug!(%id, expires_at = %enqueued.expires_at, "message queued");
     if enqueued.id != id {
@@ -253,5 +310,6 @@ pub(super) fn validate(
         signer,
         idempotency_key: None,
         fingerprint: None,
+        guard: Default::default(),
     })
 }

@@ -28,6 +28,8 @@ use crate::config::CarrierKind;
 use crate::db::batcher::Batcher;
 use crate::db::wake::Wake;
 use crate::limits::destinations::DestinationPolicy;
+use crate::limits::ingress::SpendCeiling;
+use crate::limits::pricing::Pricing;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 
@@ -55,6 +57,12 @@ pub struct AppState {
     /// Group-commit writer of accepted messages (and judge of the ingress's limits).
     pub batcher: Batcher,
     pub destinations: Arc<DestinationPolicy>,
+    /// `[[prices]]` and `[[test_numbers]]`: each message's estimate at the ingress.
+    pub pricing: Arc<Pricing>,
+    /// `[spend]`'s daily ceilings, for `GET /v1/spend`.
+    pub spend: SpendCeiling,
+    /// A limit needs each message's country (found with the full number parser).
+    pub need_country: bool,
     pub require_request_info: bool,
     pub in_flight: InFlight,
     /// How long a request waits for a writer to take its message before it gets 503
@@ -161,6 +169,7 @@ fn with_admin_routes(router: Router<AppState>) -> Router<AppState> {
             post(admin::carriers::switch_carrier),
         )
         .route("/v1/messages/{id}", get(admin::messages::show_message))
+        .route("/v1/spend", get(admin::spend::spend_today))
 }
 
 /// What every public route gets: a whole-request timeout (408), a panic turned into a 500

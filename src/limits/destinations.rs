@@ -9,7 +9,7 @@ use phonenumber::Type;
 use phonenumber::country;
 use phonenumber::metadata::DATABASE;
 
-use crate::config::DestinationsConfig;
+use crate::config::{DestinationsConfig, LimitMode};
 use crate::domain::{PhoneNumber, parse_country};
 
 /// The rules, parsed once from the configuration.
@@ -19,6 +19,7 @@ pub struct DestinationPolicy {
     blocked_countries: HashSet<country::Id>,
     blocked_prefixes: Vec<String>,
     mobile_only: bool,
+    mode: LimitMode,
 }
 
 /// Why a number was refused; the text is shown to the caller and logged.
@@ -65,7 +66,13 @@ impl DestinationPolicy {
             blocked_countries: countries(&config.blocked_countries),
             blocked_prefixes: config.blocked_prefixes.clone(),
             mobile_only: config.mobile_only,
+            mode: config.mode,
         }
+    }
+
+    /// In `monitor` mode a refusal is reported, and the request accepted.
+    pub fn monitors(&self) -> bool {
+        self.mode == LimitMode::Monitor
     }
 
     /// Whether a number passes every rule. Prefixes are checked first because they need no

@@ -1,25 +1,63 @@
-//! The ingress's limits: `[[limits.ip]]` windows per client IP (Auth0's forwarded `req.ip`)
-//! and `[[limits.ingress_recipient]]` hard caps per number. Both are decided in the same
-//! transaction that stores the batch (see `db::ingress_hits`), so they hold exactly across
-//! processes; a refused request stores nothing and does not count.
+//! The ingress's limits: `[[limits.ip]]` windows per client IP (Auth0's forwarded `req.ip`),
+//! `[[limits.ingress_recipient]]` caps per number, `[[limits.country]]` caps per destination
+//! country, and `[spend]`'s daily ceilings. All are decided in the same transaction that
+//! stores the batch (see `db::ingress_hits`), so they hold exactly across processes; a refused
+//! request stores nothing and counts nowhere. A limit in `monitor` mode refuses nothing: what
+//! it would have refused is reported instead.
 
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::config::{LimitsConfig, WindowLimit};
+use crate::config::{
+    CountryLimit, LimitMode, LimitsConfig, Micros, SpendConfig, WindowLimit, micros,
+};
 use crate::domain::NewMessage;
 
 #[derive(Debug, Clone, Default)]
 pub struct IngressLimits {
     pub ip: Vec<WindowLimit>,
     pub recipient: Vec<WindowLimit>,
+    pub country: Vec<CountryLimit>,
+    pub spend: SpendCeiling,
 }
 
-/// Which limit refused a request.
+/// `[spend]`'s ceilings, per UTC day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpendCeiling {
+    pub daily: Option<Micros>,
+    pub country_daily: Option<Micros>,
+}
+
+impl SpendCeiling {
+    pub fn new(config: &SpendConfig) -> Self {
+        Self {
+            daily: config.daily_limit.map(micros),
+            country_daily: config.country_daily_limit.map(micros),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.daily.is_none() && self.country_daily.is_none()
+    }
+}
+
+/// Which limit refused (or would have refused) a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
     Ip,
     Recipient,
+    Country,
+}
+
+impl LimitKind {
+    /// The `limit` label of `smsgate_limit_monitored_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            LimitKind::Ip => "ip",
+            LimitKind::Recipient => "ingress_recipient",
+            LimitKind::Country => "country",
+        }
+    }
 }
 
 /// A refusal, with when the refusing window allows a request again.
@@ -41,50 +79,149 @@ impl fmt::Display for Limited {
         let what = match self.kind {
             LimitKind::Ip => "too many requests from this client IP",
             LimitKind::Recipient => "too many messages to this number",
+            LimitKind::Country => "too many messages to this number's country",
         };
         write!(f, "{what}; try again in {} s", self.retry_after_seconds())
     }
 }
 
+/// A daily spend ceiling a message's estimate would have crossed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverSpend {
+    /// `None`: the ceiling of all countries together; else the country's own.
+    pub country: Option<String>,
+    pub limit: Micros,
+    pub spent: Micros,
+}
+
+impl OverSpend {
+    /// The `scope` label of `smsgate_rate_limited_total`.
+    pub fn scope(&self) -> &'static str {
+        match self.country {
+            None => "spend_daily",
+            Some(_) => "spend_country",
+        }
+    }
+}
+
+impl fmt::Display for OverSpend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.country {
+            None => write!(f, "today's spend ceiling is reached"),
+            Some(country) => write!(f, "today's spend ceiling for {country} is reached"),
+        }
+    }
+}
+
+/// Why the limits refused a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitRefusal {
+    Window(Limited),
+    Spend(OverSpend),
+}
+
+/// The limits' verdict on an admitted message: the monitoring limits it went past.
+pub type Monitored = Vec<LimitKind>;
+
+/// One log a message is counted in: its key, the windows on it and what they do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub key: String,
+    pub windows: Vec<WindowLimit>,
+    pub kind: LimitKind,
+    pub mode: LimitMode,
+}
+
 impl IngressLimits {
-    pub fn new(config: &LimitsConfig) -> Self {
+    pub fn new(config: &LimitsConfig, spend: &SpendConfig) -> Self {
         Self {
             ip: config.ip.clone(),
             recipient: config.ingress_recipient.clone(),
+            country: config.country.clone(),
+            spend: SpendCeiling::new(spend),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ip.is_empty() && self.recipient.is_empty()
+        self.ip.is_empty()
+            && self.recipient.is_empty()
+            && self.country.is_empty()
+            && self.spend.is_empty()
+    }
+
+    /// Whether a message's country must be known: a country cap or ceiling, or a limit
+    /// that reports by country.
+    pub fn need_country(&self) -> bool {
+        !self.country.is_empty()
+            || self.spend.country_daily.is_some()
+            || self
+                .ip
+                .iter()
+                .chain(&self.recipient)
+                .any(|w| w.mode == LimitMode::Monitor)
     }
 
     /// How long a key's log must be kept.
     pub fn longest_window_seconds(&self) -> u32 {
-        self.ip
-            .iter()
-            .chain(&self.recipient)
+        let windows = self.ip.iter().chain(&self.recipient);
+        windows
             .map(|w| w.window_seconds.get())
+            .chain(self.country.iter().map(|c| c.window_seconds.get()))
             .max()
             .unwrap_or(0)
     }
 
-    /// The log key of the message's client IP, when an IP limit applies to it. A request
-    /// without `req.ip` has no IP to count (`server.require_request_info` refuses those).
-    pub fn ip_key(&self, message: &NewMessage) -> Option<String> {
-        if self.ip.is_empty() {
-            return None;
+    /// The logs `message` is counted in. Blocking and monitoring windows of one kind keep
+    /// separate logs: a monitored refusal must not count where a real one would not.
+    pub fn checks(&self, message: &NewMessage) -> Vec<Check> {
+        let mut checks = Vec::new();
+        if let Some(ip) = message.request.ip {
+            split_by_mode(
+                &mut checks,
+                &self.ip,
+                &format!("ip:{}", client_network(ip)),
+                LimitKind::Ip,
+            );
         }
-        message
-            .request
-            .ip
-            .map(|ip| format!("ip:{}", client_network(ip)))
+        let to = format!("to:{}", message.recipient.as_str());
+        split_by_mode(&mut checks, &self.recipient, &to, LimitKind::Recipient);
+        let country = message.guard.country.as_deref();
+        for (i, limit) in self.country.iter().enumerate() {
+            if limit.covers(country) {
+                checks.push(Check {
+                    // "ZZ": ISO's user-assigned code, for numbers of no country under "*".
+                    key: format!("cc{i}:{}", country.unwrap_or("ZZ")),
+                    windows: vec![WindowLimit {
+                        max: limit.max,
+                        window_seconds: limit.window_seconds,
+                        mode: limit.mode,
+                    }],
+                    kind: LimitKind::Country,
+                    mode: limit.mode,
+                });
+            }
+        }
+        checks
     }
+}
 
-    pub fn recipient_key(&self, message: &NewMessage) -> Option<String> {
-        if self.recipient.is_empty() {
-            return None;
+/// Adds a check for the blocking windows of `windows` under `key`, and one for the
+/// monitoring windows under `m:key`.
+fn split_by_mode(checks: &mut Vec<Check>, windows: &[WindowLimit], key: &str, kind: LimitKind) {
+    for (mode, key) in [
+        (LimitMode::Block, key.to_string()),
+        (LimitMode::Monitor, format!("m:{key}")),
+    ] {
+        let windows: Vec<WindowLimit> =
+            windows.iter().copied().filter(|w| w.mode == mode).collect();
+        if !windows.is_empty() {
+            checks.push(Check {
+                key,
+                windows,
+                kind,
+                mode,
+            });
         }
-        Some(format!("to:{}", message.recipient.as_str()))
     }
 }
 

@@ -33,7 +33,7 @@ async fn outcome_count(app: &TestApp, outcome: &str) -> f64 {
 }
 
 /// Sends every body at once, alternating between the two processes; returns the statuses.
-async fn burst(apps: [&TestApp; 2], bodies: Vec<Value>) -> Vec<u16> {
+pub async fn burst(apps: [&TestApp; 2], bodies: Vec<Value>) -> Vec<u16> {
     let token = token();
     let requests = bodies.iter().enumerate().map(|(i, body)| {
         let app = apps[i % 2];
@@ -43,7 +43,7 @@ async fn burst(apps: [&TestApp; 2], bodies: Vec<Value>) -> Vec<u16> {
     futures_util::future::join_all(requests).await
 }
 
-fn count(statuses: &[u16], status: u16) -> usize {
+pub fn count(statuses: &[u16], status: u16) -> usize {
     statuses.iter().filter(|s| **s == status).count()
 }
 

@@ -460,3 +460,36 @@ fn transaction_pooling_without_a_direct_url_is_refused_where_a_session_is_needed
         stderr(&output)
     );
 }
+
+/// The guard's configuration mistakes are refused at once, each naming its key.
+#[test]
+fn fraud_and_cost_settings_that_cannot_work_are_refused_naming_their_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = TestConfig::with(
+        "[spend]\ndaily_limit = 10.0\n\
+         [[prices]]\ncarrier = \"nope\"\nprefix = \"44\"\nper_segment = -1.0\n\
+         [[limits.country]]\ncountries = [\"*\", \"GB\"]\nmax = 5\nwindow_seconds = 60\n\
+         [[limits.country]]\ncountries = [\"UK\"]\nmax = 5\nwindow_seconds = 60\n\
+         [[limits.recipient]]\nmax = 1\nwindow_seconds = 60\nmode = \"monitor\"\n\
+         [[test_numbers]]\nnumber = \"+1 500 555 0006\"\noutcome = \"sent\"\n",
+    );
+    let config = write_config(dir.path(), &text.to_string());
+
+    let output = smsgate(&["check-config"], &config, &[]);
+
+    assert_eq!(output.status.code(), Some(2));
+    let errors = stderr(&output);
+    for named in [
+        "spend.currency: must be an ISO 4217 code",
+        "prices[0].carrier: \"nope\" is not a configured carrier",
+        "prices[0].prefix: must be \"\" or \"+\" and digits",
+        "prices[0].per_segment: must be between 0 and",
+        "prices: a spend ceiling needs a default price (prefix = \"\") for every carrier that is first on a route; missing for console",
+        "limits.country[0].countries: \"*\" stands alone",
+        "limits.country[1].countries: \"UK\" is not an ISO 3166-1 alpha-2 country code",
+        "limits.recipient[0].mode: must be \"block\"",
+        "test_numbers[0].number: write it in E.164 form: +15005550006",
+    ] {
+        assert!(errors.contains(named), "{named} not named in:\n{errors}");
+    }
+}

@@ -556,6 +556,7 @@ fn keyed(key: &str) -> smsgate::domain::NewMessage {
         signer: None,
         idempotency_key: Some(key.to_string()),
         fingerprint: None,
+        guard: Default::default(),
     }
 }
 

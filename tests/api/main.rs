@@ -10,6 +10,7 @@ mod deploy;
 mod dispatch;
 mod failover;
 mod faults;
+mod guard;
 mod health;
 mod helpers;
 mod ingress;

@@ -1,5 +1,6 @@
 //! The operators' API, for holders of the admin token (the [`Admin`](super::extract::Admin)
-//! extractor): messages and carrier switches.
+//! extractor): messages, carrier switches and today's spend.
 
 pub mod carriers;
 pub mod messages;
+pub mod spend;

@@ -1,0 +1,149 @@
+//! Today's estimated spend, all countries together (`*`) and per country, in `spend_days`:
+//! locked and decided inside the ingress transaction, so a ceiling holds exactly across
+//! processes. A day is a UTC day of the database's clock.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+
+use super::{Db, Tx};
+
+use crate::config::Micros;
+use crate::domain::NewMessage;
+use crate::limits::ingress::{OverSpend, SpendCeiling};
+
+/// The scope of the ceiling of all countries together.
+const ALL: &str = "*";
+
+/// What a message of no country is counted under (ISO's user-assigned "ZZ").
+const NO_COUNTRY: &str = "ZZ";
+
+/// Today's totals of the scopes a batch touches, locked until its transaction ends.
+#[derive(Debug, Default)]
+pub struct Spend {
+    ceiling: SpendCeiling,
+    day: Option<NaiveDate>,
+    totals: HashMap<String, Micros>,
+}
+
+/// Locks today's rows of the scopes `messages` are counted in (none without a ceiling or a
+/// priced message), in scope order.
+pub async fn lock_today(
+    conn: &mut Tx<'_>,
+    ceiling: &SpendCeiling,
+    messages: &[&NewMessage],
+) -> Result<Spend, sqlx::Error> {
+    let priced = messages.iter().filter(|m| cost(m) > 0);
+    let mut scopes: Vec<&str> = Vec::new();
+    for message in priced {
+        if ceiling.daily.is_some() {
+            scopes.push(ALL);
+        }
+        if ceiling.country_daily.is_some() {
+            scopes.push(country(message));
+        }
+    }
+    scopes.sort_unstable();
+    scopes.dedup();
+    if scopes.is_empty() {
+        return Ok(Spend::default());
+    }
+    let rows: Vec<(NaiveDate, String, Micros)> = sqlx::query_as(
+        "INSERT INTO spend_days (day, scope)
+         SELECT (now() AT TIME ZONE 'UTC')::date, s FROM unnest($1::text[]) AS s ORDER BY s
+         ON CONFLICT (day, scope) DO UPDATE SET spent_micros = spend_days.spent_micros
+         RETURNING day, scope, spent_micros",
+    )
+    .bind(&scopes)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Spend {
+        ceiling: *ceiling,
+        day: rows.first().map(|(day, _, _)| *day),
+        totals: rows
+            .into_iter()
+            .map(|(_, scope, spent)| (scope, spent))
+            .collect(),
+    })
+}
+
+fn cost(message: &NewMessage) -> Micros {
+    message.guard.estimated_cost.unwrap_or(0).max(0)
+}
+
+fn country(message: &NewMessage) -> &str {
+    message.guard.country.as_deref().unwrap_or(NO_COUNTRY)
+}
+
+impl Spend {
+    /// Counts `message`'s estimate if no ceiling would be crossed by it.
+    pub fn admit(&mut self, message: &NewMessage) -> Result<(), OverSpend> {
+        let cost = cost(message);
+        if cost == 0 || self.day.is_none() {
+            return Ok(());
+        }
+        let country = country(message);
+        let scopes = [
+            (ALL, self.ceiling.daily, None),
+            (country, self.ceiling.country_daily, Some(country)),
+        ];
+        for (scope, limit, named) in scopes {
+            let Some(limit) = limit else { continue };
+            let spent = self.totals.get(scope).copied().unwrap_or(0);
+            if spent.saturating_add(cost) > limit {
+                return Err(OverSpend {
+                    country: named.map(str::to_string),
+                    limit,
+                    spent,
+                });
+            }
+        }
+        for (scope, limit, _) in scopes {
+            if limit.is_some() {
+                *self.totals.entry(scope.to_string()).or_default() += cost;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the totals back (in the same transaction).
+    pub async fn write(&self, conn: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+        let Some(day) = self.day else { return Ok(()) };
+        let (scopes, spent): (Vec<&str>, Vec<Micros>) =
+            self.totals.iter().map(|(s, v)| (s.as_str(), *v)).unzip();
+        sqlx::query(
+            "UPDATE spend_days d SET spent_micros = v.spent, updated_at = clock_timestamp()
+             FROM unnest($2::text[], $3::bigint[]) AS v(scope, spent)
+             WHERE d.day = $1 AND d.scope = v.scope",
+        )
+        .bind(day)
+        .bind(&scopes)
+        .bind(&spent)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Today's spend so far: the UTC day, all countries together, and each country's.
+pub async fn today(db: &Db) -> Result<(NaiveDate, Micros, Vec<(String, Micros)>), sqlx::Error> {
+    let rows: Vec<(NaiveDate, Option<String>, Micros)> = sqlx::query_as(
+        "WITH today AS (SELECT (now() AT TIME ZONE 'UTC')::date AS day)
+         SELECT today.day, s.scope, coalesce(s.spent_micros, 0)
+         FROM today LEFT JOIN spend_days s ON s.day = today.day
+         ORDER BY s.scope",
+    )
+    .fetch_all(db)
+    .await?;
+    let day = rows.first().map(|(day, _, _)| *day).unwrap_or_default();
+    let mut all = 0;
+    let mut countries = Vec::new();
+    for (_, scope, spent) in rows {
+        match scope.as_deref() {
+            Some(ALL) => all = spent,
+            Some(country) => countries.push((country.to_string(), spent)),
+            None => {}
+        }
+    }
+    Ok((day, all, countries))
+}

@@ -1,0 +1,130 @@
+//! `[[prices]]` and `[[test_numbers]]`: what a message is estimated to cost when it is
+//! accepted (the first carrier of its route), and what a send through a given carrier cost.
+
+use std::collections::HashMap;
+
+use crate::config::{Config, Micros, TestOutcome, micros};
+use crate::domain::{NewMessage, PhoneNumber, segments};
+
+/// The price list, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct Pricing {
+    /// Route prefix → the route's first carrier, longest prefix first.
+    first_carriers: Vec<(String, String)>,
+    /// Carrier → (prefix, price per segment), longest prefix first.
+    prices: HashMap<String, Vec<(String, Micros)>>,
+    test_numbers: HashMap<String, TestOutcome>,
+    pub currency: String,
+}
+
+impl Pricing {
+    pub fn new(config: &Config) -> Self {
+        let mut first_carriers: Vec<(String, String)> = config
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.prefix.clone(), r.carriers.first()?.clone())))
+            .collect();
+        first_carriers.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        let mut prices: HashMap<String, Vec<(String, Micros)>> = HashMap::new();
+        for price in &config.prices {
+            prices
+                .entry(price.carrier.clone())
+                .or_default()
+                .push((price.prefix.clone(), micros(price.per_segment)));
+        }
+        for list in prices.values_mut() {
+            list.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        }
+        Self {
+            first_carriers,
+            prices,
+            test_numbers: config
+                .test_numbers
+                .iter()
+                .map(|t| (t.number.clone(), t.outcome))
+                .collect(),
+            currency: config.spend.currency.clone(),
+        }
+    }
+
+    /// What `[[test_numbers]]` says happens to messages to `recipient`, if it is one.
+    pub fn test_outcome(&self, recipient: &str) -> Option<TestOutcome> {
+        self.test_numbers.get(recipient).copied()
+    }
+
+    /// The price of one segment to `recipient` through `carrier`, if one is listed.
+    pub fn per_segment(&self, carrier: &str, recipient: &str) -> Option<Micros> {
+        self.prices
+            .get(carrier)?
+            .iter()
+            .find(|(prefix, _)| recipient.starts_with(prefix.as_str()))
+            .map(|(_, price)| *price)
+    }
+
+    /// What a send of `body` to `recipient` through `carrier` costs (nothing to a test number).
+    pub fn cost(&self, carrier: &str, recipient: &str, parts: u32) -> Option<Micros> {
+        if self.test_outcome(recipient).is_some() {
+            return Some(0);
+        }
+        Some(self.per_segment(carrier, recipient)? * Micros::from(parts))
+    }
+
+    /// The estimate for `message` at the ingress: its segments through the first carrier of
+    /// its route. `None` when no price applies (no `[[prices]]`, or none for that carrier).
+    pub fn estimate(&self, message: &NewMessage) -> Option<Micros> {
+        let recipient = message.recipient.as_str();
+        let carrier = self
+            .first_carriers
+            .iter()
+            .find(|(prefix, _)| recipient.starts_with(prefix.as_str()))
+            .map(|(_, carrier)| carrier.as_str());
+        let parts = segments(message.body.as_str()).count;
+        match carrier {
+            Some(carrier) => self.cost(carrier, recipient, parts),
+            None => self.test_outcome(recipient).map(|_| 0),
+        }
+    }
+}
+
+/// The ISO 3166-1 code of `number`'s country, if it has one (`+882` and other
+/// international networks have none).
+pub fn country_of(number: &PhoneNumber) -> Option<String> {
+    let parsed = phonenumber::parse(None, number.as_str()).ok()?;
+    parsed.country().id().map(|id| id.as_ref().to_string())
+}
+
+/// Renders micros as a decimal amount for JSON and logs ("0.0079").
+pub fn amount(value: Micros) -> f64 {
+    value as f64 / 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pricing(toml: &str) -> Pricing {
+        let config = Config::from_toml_str(&format!(
+            "[auth0.a]\nsecret = \"{}\"\naudience = \"urn:a\"\n\
+             [carriers.a]\nkind = \"log\"\n[carriers.b]\nkind = \"log\"\n\
+             [[routes]]\nprefix = \"\"\ncarriers = [\"a\"]\n{toml}",
+            "s".repeat(40)
+        ))
+        .expect("config");
+        Pricing::new(&config)
+    }
+
+    #[test]
+    fn the_longest_prefix_of_the_carrier_wins_and_empty_is_the_default() {
+        let p = pricing(
+            "[spend]\ncurrency = \"USD\"\n\
+             [[prices]]\ncarrier = \"a\"\nprefix = \"\"\nper_segment = 0.05\n\
+             [[prices]]\ncarrier = \"a\"\nprefix = \"+44\"\nper_segment = 0.04\n\
+             [[prices]]\ncarrier = \"a\"\nprefix = \"+447\"\nper_segment = 0.0395\n",
+        );
+        assert_eq!(p.per_segment("a", "+447700900123"), Some(39_500));
+        assert_eq!(p.per_segment("a", "+442079460000"), Some(40_000));
+        assert_eq!(p.per_segment("a", "+14155552671"), Some(50_000));
+        assert_eq!(p.per_segment("b", "+14155552671"), None);
+        assert_eq!(p.cost("a", "+447700900123", 3), Some(118_500));
+    }
+}
