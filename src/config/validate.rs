@@ -351,6 +351,21 @@ impl Config {
                 "must start with postgres:// or postgresql://".into(),
             );
         }
+        for (key, value) in [
+            ("database.url", url),
+            ("database.direct_url", self.database.direct_url.expose()),
+        ] {
+            let scheme_ok = value.starts_with("postgres://") || value.starts_with("postgresql://");
+            // The parser's message may quote the URL, password and all: not repeated here.
+            if scheme_ok && value.parse::<sqlx::postgres::PgConnectOptions>().is_err() {
+                problem(
+                    key.into(),
+                    "is not a valid postgres:// URL (check its port, characters to \
+                     percent-encode and parameters such as sslmode)"
+                        .into(),
+                );
+            }
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problem(
                 "log.level".into(),
@@ -394,6 +409,14 @@ impl Config {
                         .into(),
                 );
             }
+        } else if d.transaction_pooling && !direct.is_empty() && same_server(direct, d.url.expose())
+        {
+            problem(
+                "database.direct_url".into(),
+                "is the pooler's address (database.url): it must reach PostgreSQL itself, or \
+                 LISTEN and the migrator's lock land on sessions the pooler shares"
+                    .into(),
+            );
         } else if d.transaction_pooling && d.migrate_on_start && direct.is_empty() {
             problem(
                 "database.direct_url".into(),
@@ -534,4 +557,15 @@ impl Config {
             );
         }
     }
+}
+
+/// Whether two `postgres://` URLs name the same server (host and port; credentials and
+/// parameters aside). Unparsable URLs are reported where they are parsed.
+fn same_server(a: &str, b: &str) -> bool {
+    let address = |url: &str| {
+        url.parse::<sqlx::postgres::PgConnectOptions>()
+            .ok()
+            .map(|o| (o.get_host().to_ascii_lowercase(), o.get_port()))
+    };
+    address(a).is_some_and(|a| Some(a) == address(b))
 }

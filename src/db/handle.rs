@@ -10,7 +10,15 @@
 //!   where another client's statement of the same name collides with it: statements are
 //!   unnamed (`persistent(false)`) and the statement cache is off;
 //! - session settings would leak to other clients: the timeouts are `SET LOCAL` in each
-//!   transaction instead of startup `options`.
+//!   transaction instead of startup `options`;
+//! - a lent session may carry a LISTEN another client left on it, and a notification arriving
+//!   at our commit breaks sqlx's reading of the answer (after the commit took effect): each
+//!   transaction starts with `UNLISTEN *`, which takes effect at our commit, before any
+//!   notification would be delivered;
+//! - BEGIN is where a client waits for a server session, so it is the step most often cut
+//!   short by a caller giving up: it runs on a task of its own, so a BEGIN that completes after
+//!   its caller left is rolled back instead of leaving the server session idle in a
+//!   transaction (pinned until `idle_in_transaction_session_timeout`).
 //!
 //! [`Db`] and [`Tx`] are sqlx executors that apply this when pooling is on and cost nothing
 //! when it is off, so the queries in `db::*` are written once for both.
@@ -61,7 +69,7 @@ impl Db {
 
     /// A pool behind a transaction pooler; `settings` are applied to every transaction.
     pub fn behind_pooler(pool: PgPool, settings: &[(&str, &str)]) -> Self {
-        let mut begin = String::from("BEGIN");
+        let mut begin = String::from("BEGIN; UNLISTEN *");
         for (name, value) in settings {
             // Constants of ours; quoted anyway.
             begin.push_str(&format!(
@@ -89,9 +97,11 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
         let transaction = match &self.begin {
             Some(begin) => {
-                self.pool
-                    .begin_with(sqlx::AssertSqlSafe(begin.clone()))
-                    .await?
+                // Not cancelled with its caller: see the module's notes.
+                let (pool, begin) = (self.pool.clone(), begin.clone());
+                tokio::spawn(async move { pool.begin_with(sqlx::AssertSqlSafe(begin)).await })
+                    .await
+                    .map_err(|_| sqlx::Error::WorkerCrashed)??
             }
             None => self.pool.begin().await?,
         };

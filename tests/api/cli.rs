@@ -446,6 +446,40 @@ fn transaction_pooling_without_a_direct_url_is_refused_where_a_session_is_needed
         assert!(stderr(&output).contains(named), "{}", stderr(&output));
     }
 
+    // The pooler's own address as the direct one would put LISTEN on a shared session; a URL
+    // that does not parse is named without being quoted.
+    let same = pooled
+        .clone()
+        .set(
+            "database.direct_url",
+            "postgres://other:pw@127.0.0.1:1/smsgate",
+        )
+        .set(
+            "database.url",
+            "postgres://smsgate:TopSecretPW@127.0.0.1:1/smsgate",
+        );
+    let same = write_config(dir.path(), &same.to_string());
+    let output = smsgate(&["check-config"], &same, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("database.direct_url: is the pooler's address"),
+        "{}",
+        stderr(&output)
+    );
+    let unparsable = pooled.clone().set(
+        "database.direct_url",
+        "postgres://smsgate:TopSecretPW@db:notaport/smsgate",
+    );
+    let unparsable = write_config(dir.path(), &unparsable.to_string());
+    let output = smsgate(&["check-config"], &unparsable, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("database.direct_url: is not a valid postgres:// URL"),
+        "{errors}"
+    );
+    assert!(!errors.contains("TopSecretPW"), "{errors}");
+
     // Not migrating on start is a valid choice; `migrate` then refuses without connecting.
     let serving = pooled.set("database.migrate_on_start", false);
     let serving = write_config(dir.path(), &serving.to_string());
