@@ -319,6 +319,7 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
         ),
         need_country: limits.need_country() || destinations.monitors(),
         spend: limits.spend,
+        config: Arc::new(config.clone()),
         destinations: Arc::new(destinations),
         pricing: Arc::new(Pricing::new(config)),
         require_request_info: config.server.require_request_info,

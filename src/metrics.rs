@@ -180,8 +180,8 @@ const INGRESS_DURATION: HistogramSpec = HistogramSpec {
 };
 const ATTEMPTS: Spec = Spec {
     name: "smsgate_dispatch_attempts_total",
-    help: "Carrier calls, by carrier and outcome.",
-    labels: &["carrier", "outcome"],
+    help: "Carrier calls, by carrier, outcome and channel (sms, or voice for a call).",
+    labels: &["carrier", "outcome", "channel"],
 };
 const DELIVERY_LATENCY: HistogramSpec = HistogramSpec {
     name: "smsgate_delivery_latency_seconds",
@@ -343,7 +343,7 @@ impl Metrics {
         for carrier in config.carriers.keys() {
             for outcome in ATTEMPT_OUTCOMES {
                 self.attempts
-                    .with_label_values(&[carrier.as_str(), outcome]);
+                    .with_label_values(&[carrier.as_str(), outcome, "sms"]);
             }
             self.carrier_duration.with_label_values(&[carrier.as_str()]);
             self.breaker_open

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::http::{self, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::MessageMediaSettings;
+use crate::domain::Channel;
 use crate::secret::Secret;
 
 const DEFAULT_BASE_URL: &str = "https://api.messagemedia.com";
@@ -99,7 +100,12 @@ fn source_type(source: &str) -> &'static str {
 
 impl Carrier for MessageMediaCarrier {
     async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
-        let source = self.from.as_deref().or(sms.sender.as_deref());
+        // The route's sender, then the carrier's, then the request's.
+        let source = sms
+            .route_sender
+            .as_deref()
+            .or(self.from.as_deref())
+            .or(sms.sender.as_deref());
         let expiry = Utc::now()
             + chrono::Duration::from_std(sms.validity).unwrap_or(chrono::Duration::zero());
         let request = SendRequest {
@@ -108,7 +114,11 @@ impl Carrier for MessageMediaCarrier {
                 destination_number: sms.to.as_str(),
                 source_number: source,
                 source_number_type: source.map(source_type),
-                format: "SMS",
+                // MessageMedia speaks a VOICE message as a call.
+                format: match sms.channel {
+                    Channel::Sms => "SMS",
+                    Channel::Voice => "VOICE",
+                },
                 message_expiry_timestamp: expiry.to_rfc3339_opts(SecondsFormat::Secs, true),
                 delivery_report: self.callback_url.is_some(),
                 callback_url: self.callback_url.as_deref(),

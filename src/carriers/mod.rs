@@ -9,6 +9,7 @@ mod routes;
 mod sns;
 pub mod test_numbers;
 mod twilio;
+mod twiml;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -19,7 +20,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{CarrierSettings, Config, KindSettings, TestNumberConfig};
-use crate::domain::{MessageId, PhoneNumber};
+use crate::domain::{Channel, MessageId, PhoneNumber};
 use crate::metrics::Metrics;
 
 pub use routes::Routes;
@@ -32,6 +33,12 @@ pub struct OutboundSms {
     pub body: String,
     /// The request's `sender`; a carrier's configured `from` wins over it.
     pub sender: Option<String>,
+    /// The route's `sender`: wins over the carrier's `from` (README, "Senders").
+    pub route_sender: Option<String>,
+    /// A text, or a call that speaks the body.
+    pub channel: Channel,
+    /// The text's locale, for the language a call speaks in.
+    pub locale: Option<String>,
     /// What is left of the code's lifetime, for carriers that accept a validity period.
     pub validity: Duration,
 }
@@ -231,6 +238,16 @@ impl CarrierHandle {
             max_per_second: None,
             disabled: std::sync::atomic::AtomicBool::new(false),
             timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Whether the carrier places calls (`Config::carrier_calls` says the same from the
+    /// configuration): a call is never handed to one that does not.
+    pub fn calls(&self) -> bool {
+        match &self.client {
+            AnyCarrier::Twilio(carrier) => carrier.calls(),
+            AnyCarrier::MessageMedia(_) | AnyCarrier::TestNumbers(_) => true,
+            AnyCarrier::Log(_) | AnyCarrier::Sns(_) => false,
         }
     }
 

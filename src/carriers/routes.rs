@@ -11,6 +11,8 @@ use crate::config::{RouteConfig, TestNumberConfig};
 pub struct Routes {
     /// Longest prefix first, so the first match is the best one.
     routes: Vec<(String, Vec<Arc<CarrierHandle>>)>,
+    /// Each route's own sender, by prefix.
+    senders: HashMap<String, String>,
     /// `[[test_numbers]]`, matched whole before any prefix: answered by their stand-in.
     test_numbers: HashMap<String, Vec<Arc<CarrierHandle>>>,
 }
@@ -45,10 +47,27 @@ impl Routes {
                 .collect(),
             None => HashMap::new(),
         };
+        let senders = config
+            .iter()
+            .filter_map(|route| Some((route.prefix.clone(), route.sender.clone()?)))
+            .collect();
         Ok(Self {
             routes,
+            senders,
             test_numbers,
         })
+    }
+
+    /// The sender of the route `recipient` takes, if it has one.
+    pub fn sender_for(&self, recipient: &str) -> Option<&str> {
+        if self.test_numbers.contains_key(recipient) {
+            return None;
+        }
+        let (prefix, _) = self
+            .routes
+            .iter()
+            .find(|(prefix, _)| recipient.starts_with(prefix.as_str()))?;
+        self.senders.get(prefix).map(String::as_str)
     }
 
     /// The carriers for `recipient` (E.164), in the order to try them.

@@ -53,9 +53,16 @@ impl SnsCarrier {
         }
     }
 
-    /// A configured origination number or sender ID wins; otherwise the request's sender is
-    /// used as a number if it looks like one, else as a sender ID.
+    /// The route's sender wins, as a number or a sender ID; then a configured origination
+    /// number or sender ID; otherwise the request's sender, as a number if it looks like one,
+    /// else as a sender ID.
     fn senders(&self, sms: &OutboundSms) -> (Option<String>, Option<String>) {
+        if let Some(route) = &sms.route_sender {
+            return match route.starts_with('+') {
+                true => (Some(route.clone()), None),
+                false => (None, Some(route.clone())),
+            };
+        }
         let request_sender = sms.sender.clone();
         let is_number = |s: &String| s.starts_with('+');
         let origination = self

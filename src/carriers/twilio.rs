@@ -1,5 +1,6 @@
 //! Twilio Programmable Messaging: `POST {base_url}/2010-04-01/Accounts/{sid}/Messages.json`,
-//! form-encoded, HTTP Basic; 201 with the message resource on success. Error codes and their
+//! form-encoded, HTTP Basic; 201 with the message resource on success. Calls (voice requests):
+//! `POST …/Calls.json` with `To`, `From` and inline `Twiml`; 201 with the call resource. Error codes and their
 //! classes follow Twilio's error dictionary (docs/design.md, "Carriers and failure classes").
 
 use std::time::Duration;
@@ -8,8 +9,9 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::http::{self, class_of_status};
-use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
-use crate::config::{TwilioCredentials, TwilioSettings};
+use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError, twiml};
+use crate::config::{TwilioCredentials, TwilioSettings, is_e164};
+use crate::domain::Channel;
 use crate::secret::Secret;
 
 const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
@@ -24,6 +26,7 @@ const THROTTLE_CODES: [i64; 2] = [20429, 21611];
 pub struct TwilioCarrier {
     http: reqwest::Client,
     url: String,
+    calls_url: String,
     username: String,
     password: Secret,
     from: Option<String>,
@@ -57,13 +60,15 @@ impl TwilioCarrier {
             TwilioCredentials::ApiKey { sid, secret } => (sid.clone(), secret.clone()),
             TwilioCredentials::AuthToken(token) => (account_sid.clone(), token.clone()),
         };
-        let base = settings.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let base = settings
+            .base_url
+            .as_deref()
+            .unwrap_or(DEFAULT_BASE_URL)
+            .trim_end_matches('/');
         Self {
             http,
-            url: format!(
-                "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
-                base.trim_end_matches('/')
-            ),
+            url: format!("{base}/2010-04-01/Accounts/{account_sid}/Messages.json"),
+            calls_url: format!("{base}/2010-04-01/Accounts/{account_sid}/Calls.json"),
             username,
             password,
             from: settings.from.clone(),
@@ -73,12 +78,42 @@ impl TwilioCarrier {
         }
     }
 
+    /// A call needs a number to call from: the carrier's `from` (or the route's, when a number).
+    pub fn calls(&self) -> bool {
+        self.from.as_deref().is_some_and(is_e164)
+    }
+
+    /// A call: the text said twice by `<Say>` (`twiml`), from a number.
+    fn call_form(&self, sms: &OutboundSms) -> Vec<(&'static str, String)> {
+        let from = sms
+            .route_sender
+            .clone()
+            .filter(|sender| is_e164(sender))
+            .or_else(|| self.from.clone())
+            .unwrap_or_default();
+        let mut form = vec![
+            ("To", sms.to.as_str().to_string()),
+            ("From", from),
+            (
+                "Twiml",
+                twiml::verification_call(&sms.body, sms.locale.as_deref()),
+            ),
+        ];
+        if let Some(callback) = &self.status_callback {
+            form.push(("StatusCallback", callback.clone()));
+        }
+        form
+    }
+
     fn form(&self, sms: &OutboundSms) -> Vec<(&'static str, String)> {
         let mut form = vec![
             ("To", sms.to.as_str().to_string()),
             ("Body", sms.body.clone()),
         ];
-        let sender = self.from.clone().or_else(|| {
+        // The route's sender, then the carrier's, then (without a Messaging Service) the
+        // request's.
+        let configured = sms.route_sender.clone().or_else(|| self.from.clone());
+        let sender = configured.or_else(|| {
             // With a Messaging Service the pool picks the sender; otherwise the request's.
             self.messaging_service_sid
                 .is_none()
@@ -88,6 +123,7 @@ impl TwilioCarrier {
         if let Some(from) = sender {
             form.push(("From", from));
         }
+        // A route's sender is sent as `From` beside the Messaging Service, which then uses it.
         if let Some(service) = &self.messaging_service_sid {
             form.push(("MessagingServiceSid", service.clone()));
         }
@@ -105,11 +141,15 @@ impl TwilioCarrier {
 
 impl Carrier for TwilioCarrier {
     async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
+        let (url, form) = match sms.channel {
+            Channel::Sms => (&self.url, self.form(sms)),
+            Channel::Voice => (&self.calls_url, self.call_form(sms)),
+        };
         let request = self
             .http
-            .post(&self.url)
+            .post(url)
             .basic_auth(&self.username, Some(self.password.expose()))
-            .form(&self.form(sms));
+            .form(&form);
         let answer = http::send(request, self.timeout).await?;
         let (status, retry_after, body) = (answer.status, answer.retry_after, answer.body);
         if status.is_success() {

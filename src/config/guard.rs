@@ -67,14 +67,38 @@ pub struct SpendConfig {
     /// ISO 4217 code, e.g. "USD"; only a label (prices are in it).
     pub currency: String,
     /// Estimated spend of all accepted messages in one UTC day, all processes together.
+    #[serde(deserialize_with = "lenient_amount")]
     pub daily_limit: Option<f64>,
     /// The same, for each country on its own.
+    #[serde(deserialize_with = "lenient_amount")]
     pub country_daily_limit: Option<f64>,
 }
 
 impl SpendConfig {
     pub fn has_ceiling(&self) -> bool {
         self.daily_limit.is_some() || self.country_daily_limit.is_some()
+    }
+}
+
+/// An amount written as a number, or as text (environment overrides keep their exact text,
+/// so `SMSGATE__SPEND__DAILY_LIMIT=0.5` arrives as "0.5").
+fn lenient_amount<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Amount {
+        Number(f64),
+        Text(String),
+    }
+    match Option::<Amount>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Amount::Number(value)) => Ok(Some(value)),
+        Some(Amount::Text(text)) => text
+            .trim()
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom("expected an amount such as 500 or 0.5")),
     }
 }
 
@@ -99,7 +123,13 @@ pub fn micros(amount: f64) -> Micros {
 }
 
 fn amount_problem(value: f64) -> Option<String> {
-    (!(0.0..=MAX_AMOUNT).contains(&value)).then(|| format!("must be between 0 and {MAX_AMOUNT}"))
+    if !(0.0..=MAX_AMOUNT).contains(&value) {
+        return Some(format!("must be between 0 and {MAX_AMOUNT}"));
+    }
+    // Amounts are kept in millionths: a finer one would be rounded without a word.
+    let millionths = value * 1_000_000.0;
+    ((millionths - millionths.round()).abs() > 1e-6)
+        .then(|| "has more than 6 decimal places (amounts are kept in millionths)".into())
 }
 
 impl Config {

@@ -4,6 +4,7 @@
 mod carriers;
 mod env;
 mod guard;
+mod routing;
 mod secrets;
 mod settings;
 mod units;
@@ -26,6 +27,7 @@ pub use guard::{
     CountryLimit, LimitMode, Micros, PriceConfig, SpendConfig, TestNumberConfig, TestOutcome,
     micros,
 };
+pub use routing::is_e164;
 pub use settings::{
     CarrierSettings, KindSettings, MessageMediaSettings, ReceiptProof, Receipts, SnsSettings,
     Transport, TwilioCredentials, TwilioSettings,
@@ -356,6 +358,10 @@ impl Default for RetentionConfig {
 pub struct RouteConfig {
     pub prefix: String,
     pub carriers: Vec<String>,
+    /// Sends to this prefix from this sender instead of the carrier's `from`: an
+    /// alphanumeric sender ID or an E.164 number.
+    #[serde(default)]
+    pub sender: Option<String>,
 }
 
 fn lenient_optional_string<'de, D: serde::Deserializer<'de>>(

@@ -255,6 +255,7 @@ impl Config {
         self.validate_routes(&mut problem);
         self.validate_destinations(&mut problem);
         self.validate_guard(&mut problem);
+        self.validate_senders(&mut problem);
         self.validate_server(&mut problem);
         for p in super::secrets::problems(self) {
             problem(p.key, p.reason);

@@ -90,7 +90,12 @@ fn decide(logs: &Logs, now_ms: i64, checks: &[Check]) -> Result<(Logs, Monitored
                     });
                 }
             }
-            (Admission::WaitMs(_), LimitMode::Monitor) => monitored.push(check.kind),
+            // One report per kind of limit, however many of its windows are over.
+            (Admission::WaitMs(_), LimitMode::Monitor) => {
+                if !monitored.contains(&check.kind) {
+                    monitored.push(check.kind);
+                }
+            }
         }
     }
     match refused {

@@ -1,7 +1,7 @@
 //! Storing accepted messages and reading them back for the status API.
 
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{Db, Tx};
 use uuid::Uuid;
@@ -100,6 +100,26 @@ pub async fn enqueue_batch(
         .collect())
 }
 
+/// The idempotency keys of `messages` already stored: their requests are repeats.
+pub async fn known_keys(
+    conn: &mut Tx<'_>,
+    messages: &[&NewMessage],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let keys: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m.idempotency_key.as_deref())
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let known: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM idempotency_keys WHERE key = ANY($1)")
+            .bind(&keys)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(known.into_iter().collect())
+}
+
 /// A batch as one array per column, for `unnest`.
 #[derive(Default)]
 struct Columns<'a> {
@@ -116,6 +136,8 @@ struct Columns<'a> {
     encodings: Vec<&'static str>,
     countries: Vec<Option<&'a str>>,
     costs: Vec<Option<i64>>,
+    channels: Vec<&'static str>,
+    locales: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
@@ -128,6 +150,8 @@ impl<'a> Columns<'a> {
             c.encodings.push(counted.encoding.as_str());
             c.countries.push(message.guard.country.as_deref());
             c.costs.push(message.guard.estimated_cost);
+            c.channels.push(message.channel.as_str());
+            c.locales.push(message.locale.as_deref());
             c.ids.push(message.id.0);
             c.recipients.push(message.recipient.as_str());
             c.bodies.push(message.body.as_str());
@@ -155,9 +179,10 @@ async fn insert(
         "WITH v AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::text[], $9::text[], $10::text[],
-                                  $11::smallint[], $12::text[], $13::text[], $14::bigint[])
+                                  $11::smallint[], $12::text[], $13::text[], $14::bigint[],
+                                  $15::text[], $16::text[])
                  AS v(id, recipient, body, sender, client_ip, user_agent, signer, idem, print,
-                      segments, encoding, country, cost)
+                      segments, encoding, country, cost, channel, locale)
          ), k AS (
              INSERT INTO idempotency_keys (key, message_id, fingerprint)
              SELECT idem, id, print FROM v WHERE idem IS NOT NULL ORDER BY idem
@@ -166,9 +191,10 @@ async fn insert(
          ), m AS (
              INSERT INTO messages
                  (id, recipient, body, sender, client_ip, user_agent, signer, expires_at,
-                  segments, encoding, country, estimated_cost_micros)
+                  segments, encoding, country, estimated_cost_micros, channel, locale)
              SELECT id, recipient, body, sender, client_ip::inet, user_agent, signer,
-                    now() + make_interval(secs => $8), segments, encoding, country, cost
+                    now() + make_interval(secs => $8), segments, encoding, country, cost,
+                    channel, locale
              FROM v
              WHERE idem IS NULL OR id IN (SELECT message_id FROM k)
              RETURNING id, created_at, expires_at
@@ -192,6 +218,8 @@ async fn insert(
     .bind(&c.encodings)
     .bind(&c.countries)
     .bind(&c.costs)
+    .bind(&c.channels)
+    .bind(&c.locales)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
@@ -253,6 +281,8 @@ pub struct MessageView {
     pub country: Option<String>,
     /// In `[spend] currency`, through the first carrier of the route (`[[prices]]`).
     pub estimated_cost: Option<f64>,
+    /// "sms", or "voice" for a call.
+    pub channel: String,
     pub attempts: Vec<AttemptView>,
 }
 
@@ -282,6 +312,7 @@ struct MessageRow {
     encoding: Option<String>,
     country: Option<String>,
     estimated_cost_micros: Option<i64>,
+    channel: String,
 }
 
 /// Reads one message with its attempts; `None` when the id is unknown.
@@ -291,7 +322,7 @@ pub async fn find(pool: &Db, id: MessageId) -> Result<Option<MessageView>, sqlx:
     let row = sqlx::query_as::<_, MessageRow>(
         "SELECT m.id, m.status, m.recipient, m.created_at, m.expires_at, m.carrier,
                 coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false) AS leased,
-                m.segments, m.encoding, m.country, m.estimated_cost_micros
+                m.segments, m.encoding, m.country, m.estimated_cost_micros, m.channel
          FROM messages m
          LEFT JOIN message_queue q ON q.message_id = m.id
          WHERE m.id = $1",
@@ -327,6 +358,7 @@ pub async fn find(pool: &Db, id: MessageId) -> Result<Option<MessageView>, sqlx:
         encoding: row.encoding,
         country: row.country,
         estimated_cost: row.estimated_cost_micros.map(amount),
+        channel: row.channel,
         attempts,
     }))
 }

@@ -23,6 +23,9 @@ pub struct Claimed {
     /// When it became due (the claim cursor advances over these).
     pub due_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// "sms" or "voice" (`Channel::parse`).
+    pub channel: String,
+    pub locale: Option<String>,
     #[sqlx(skip)]
     pub lease_token: i64,
 }
@@ -73,7 +76,7 @@ pub async fn claim(
          WHERE q.message_id = c.message_id AND m.id = q.message_id
          RETURNING q.message_id AS id, m.recipient, m.body, m.sender, q.attempts,
                    (extract(epoch FROM q.expires_at - now()) * 1000)::bigint AS remaining_ms,
-                   c.run_at AS due_at, m.created_at",
+                   c.run_at AS due_at, m.created_at, m.channel, m.locale",
     )
     .bind(limit as i64)
     .bind(f64::from(lease_seconds))

@@ -36,7 +36,8 @@ pub async fn lock_today(
     let priced = messages.iter().filter(|m| cost(m) > 0);
     let mut scopes: Vec<&str> = Vec::new();
     for message in priced {
-        if ceiling.daily.is_some() {
+        // The day's total is kept with any ceiling, for `GET /v1/spend`.
+        if !ceiling.is_empty() {
             scopes.push(ALL);
         }
         if ceiling.country_daily.is_some() {
@@ -98,10 +99,9 @@ impl Spend {
                 });
             }
         }
-        for (scope, limit, _) in scopes {
-            if limit.is_some() {
-                *self.totals.entry(scope.to_string()).or_default() += cost;
-            }
+        *self.totals.entry(ALL.to_string()).or_default() += cost;
+        if self.ceiling.country_daily.is_some() {
+            *self.totals.entry(country.to_string()).or_default() += cost;
         }
         Ok(())
     }
@@ -141,7 +141,9 @@ pub async fn today(db: &Db) -> Result<(NaiveDate, Micros, Vec<(String, Micros)>)
     for (_, scope, spent) in rows {
         match scope.as_deref() {
             Some(ALL) => all = spent,
-            Some(country) => countries.push((country.to_string(), spent)),
+            // Rows of scopes whose requests were all refused stay at zero: not shown.
+            Some(country) if spent > 0 => countries.push((country.to_string(), spent)),
+            Some(_) => {}
             None => {}
         }
     }

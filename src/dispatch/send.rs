@@ -19,7 +19,7 @@ use crate::carriers::{Accepted, CarrierHandle, FailureClass, OutboundSms, Routes
 use crate::config::WindowLimit;
 use crate::db::queue::{Claimed, Completion, Disposition};
 use crate::db::recipient_sends;
-use crate::domain::{PhoneNumber, Status, redact_digits};
+use crate::domain::{Channel, PhoneNumber, Status, redact_digits};
 use crate::limits::pricing::Pricing;
 use crate::limits::window::Admission;
 use crate::metrics::Metrics;
@@ -114,7 +114,17 @@ pub async fn dispatch(
     let mut skipped_until: Option<Option<Duration>> = None;
     let mut no_turn = false;
     let mut admitted = context.windows.is_empty();
-    for carrier in context.routes.carriers_for(recipient.as_str()) {
+    let channel = Channel::parse(&message.channel);
+    let route_sender = context.routes.sender_for(recipient.as_str());
+    // A call goes only to carriers that place calls; the others of the route are passed over.
+    let carriers = context.routes.carriers_for(recipient.as_str());
+    if channel == Channel::Voice && !carriers.iter().any(|c| c.calls()) {
+        attempt.last_error = String::from("no carrier of this number's route places calls");
+    }
+    for carrier in carriers
+        .iter()
+        .filter(|c| channel == Channel::Sms || c.calls())
+    {
         let turn = match attempt.wait_for_turn(carrier).await {
             Ok(turn) => turn,
             Err(Skip::Unusable(usable_in)) => {
@@ -145,6 +155,9 @@ pub async fn dispatch(
             to: recipient.clone(),
             body: message.body.clone(),
             sender: message.sender.clone(),
+            route_sender: route_sender.map(str::to_string),
+            channel,
+            locale: message.locale.clone(),
             validity: clocks.deadline - now,
         };
         let result = carrier.send(&sms).await;

@@ -118,6 +118,36 @@ pub struct NewMessage {
     pub fingerprint: Option<String>,
     /// What the fraud and cost guard learned about it at the ingress.
     pub guard: Assessment,
+    /// A text message, or a call that speaks the body.
+    pub channel: Channel,
+    /// BCP 47 locale of the text (Auth0's `locale`), for the voice a call speaks in.
+    pub locale: Option<String>,
+}
+
+/// How a message reaches its recipient.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    #[default]
+    Sms,
+    Voice,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Voice => "voice",
+        }
+    }
+
+    /// A stored value; anything unknown is read as SMS (rows older than the column).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "voice" => Channel::Voice,
+            _ => Channel::Sms,
+        }
+    }
 }
 
 /// A message's destination country and estimated cost, when the guard needs them.

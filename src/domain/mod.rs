@@ -5,7 +5,7 @@ mod phone;
 pub mod segments;
 
 pub use message::{
-    Assessment, MessageBody, MessageId, NewMessage, RequestInfo, Status, redact_digits,
+    Assessment, Channel, MessageBody, MessageId, NewMessage, RequestInfo, Status, redact_digits,
 };
 pub use phone::{PhoneError, PhoneNumber, parse_country};
 pub use segments::{Encoding, Segments, segments};

@@ -205,16 +205,38 @@ async fn twilio(state: &AppState, carrier: &str, proof: TwilioProof<'_>, body: &
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
     };
-    let (Some(sid), Some(status)) = (field("MessageSid"), field("MessageStatus")) else {
-        return ApiError::MalformedJson("MessageSid and MessageStatus are required".into())
-            .into_response();
+    // A message's status callback, or (for a call) the call's.
+    let verdict = match (field("MessageSid"), field("MessageStatus")) {
+        (Some(sid), Some(status)) => Some((sid, message_verdict(status))),
+        _ => field("CallSid")
+            .zip(field("CallStatus"))
+            .map(|(sid, status)| (sid, call_verdict(status))),
     };
-    let verdict = match status {
+    let Some((sid, verdict)) = verdict else {
+        return ApiError::MalformedJson(
+            "MessageSid and MessageStatus (or CallSid and CallStatus) are required".into(),
+        )
+        .into_response();
+    };
+    apply(state, carrier, sid, verdict, field("ErrorCode")).await
+}
+
+/// What a Twilio message status says about delivery.
+fn message_verdict(status: &str) -> Option<Status> {
+    match status {
         "delivered" => Some(Status::Delivered),
         "undelivered" | "failed" => Some(Status::Undelivered),
         _ => None,
-    };
-    apply(state, carrier, sid, verdict, field("ErrorCode")).await
+    }
+}
+
+/// What a Twilio call status says: answered and played, or never heard.
+fn call_verdict(status: &str) -> Option<Status> {
+    match status {
+        "completed" => Some(Status::Delivered),
+        "busy" | "no-answer" | "failed" | "canceled" => Some(Status::Undelivered),
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@ use super::extract::{AnswerBy, Caller, JsonBytes};
 use super::phone_provider::DERIVED_PREFIX;
 use super::{ApiError, AppState};
 use crate::domain::{
-    MessageBody, MessageId, NO_SIGNER, NewMessage, PhoneNumber, RequestInfo, redact_digits,
+    Channel, MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, redact_digits,
 };
 use crate::limits::pricing::country_of;
 
@@ -80,8 +80,24 @@ async fn accept(
     if state.require_request_info && message.request.ip.is_none() {
         return Err(ApiError::MissingRequestInfo);
     }
+    if message.channel == Channel::Voice && !state.config.can_call(message.recipient.as_str()) {
+        return Err(invalid(
+            "voice_not_supported",
+            "voice delivery is not available for this number: no carrier of its route places \
+             calls",
+        ));
+    }
     assess(state, &mut message);
-    if let Err(refusal) = state.destinations.check(&message.recipient) {
+    // A test number is never sent: the destination rules, which guard what is sent, pass it.
+    let test_number = state
+        .pricing
+        .test_outcome(message.recipient.as_str())
+        .is_some();
+    let verdict = match test_number {
+        true => Ok(()),
+        false => state.destinations.check(&message.recipient),
+    };
+    if let Err(refusal) = verdict {
         if !state.destinations.monitors() {
             tracing::warn!(
                 recipient = %message.recipient.masked(),
@@ -151,7 +167,8 @@ fn report_monitored(
     recipient: &str,
     reason: &str,
 ) {
-    let country = country.unwrap_or(NO_SIGNER);
+    // Looked up whenever a limit monitors; none found is ISO's "ZZ", as caps and spend say.
+    let country = country.unwrap_or("ZZ");
     state
         .metrics
         .monitored
@@ -162,7 +179,7 @@ fn report_monitored(
         country,
         recipient,
         reason,
-        "a limit in monitor mode would have refused this request; accepted"
+        "a limit in monitor mode would have refused this request (it does not refuse it)"
     );
 }
 
@@ -311,5 +328,7 @@ pub(super) fn validate(
         idempotency_key: None,
         fingerprint: None,
         guard: Default::default(),
+        channel: Default::default(),
+        locale: None,
     })
 }

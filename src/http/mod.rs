@@ -59,6 +59,8 @@ pub struct AppState {
     pub destinations: Arc<DestinationPolicy>,
     /// `[[prices]]` and `[[test_numbers]]`: each message's estimate at the ingress.
     pub pricing: Arc<Pricing>,
+    /// The configuration, for what the routes can do (a call needs a carrier that calls).
+    pub config: Arc<crate::config::Config>,
     /// `[spend]`'s daily ceilings, for `GET /v1/spend`.
     pub spend: SpendCeiling,
     /// A limit needs each message's country (found with the full number parser).

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::ApiError;
 use super::ingress::{ForwardedRequest, LegacySmsRequest, invalid, validate};
-use crate::domain::NewMessage;
+use crate::domain::{Channel, NewMessage};
 
 #[derive(Deserialize)]
 struct ActionRequest {
@@ -32,7 +32,11 @@ struct Notification {
     #[serde(default)]
     as_text: Option<String>,
     #[serde(default)]
+    as_voice: Option<String>,
+    #[serde(default)]
     delivery_method: Option<String>,
+    #[serde(default)]
+    locale: Option<String>,
     #[serde(default)]
     message_type: Option<String>,
     #[serde(default)]
@@ -70,6 +74,7 @@ struct Mapped {
     text: Option<String>,
     sender: Option<String>,
     voice: bool,
+    locale: Option<String>,
     /// What the notification is for (its type or MFA action) and its code: with the
     /// recipient and text, they identify one notification across the Action's retries.
     kind: Option<String>,
@@ -84,14 +89,23 @@ pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewM
     let parsed: ActionRequest =
         serde_json::from_slice(bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
     let mapped = match (parsed.notification, parsed.message_options) {
-        (Some(n), None) => Mapped {
-            voice: n.delivery_method.as_deref() == Some("voice"),
-            kind: n.message_type,
-            code: n.code,
-            recipient: n.recipient,
-            text: n.as_text,
-            sender: n.from,
-        },
+        (Some(n), None) => {
+            let voice = n.delivery_method.as_deref() == Some("voice");
+            Mapped {
+                voice,
+                kind: n.message_type,
+                code: n.code,
+                recipient: n.recipient,
+                // A call speaks `as_voice` (Auth0 writes it for the ear); `as_text` if absent.
+                text: if voice {
+                    n.as_voice.or(n.as_text)
+                } else {
+                    n.as_text
+                },
+                sender: n.from,
+                locale: n.locale,
+            }
+        }
         (None, Some(o)) => Mapped {
             voice: o.message_type.as_deref() == Some("voice"),
             kind: o.action,
@@ -99,6 +113,7 @@ pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewM
             recipient: o.recipient,
             text: o.text,
             sender: None,
+            locale: None,
         },
         (Some(_), Some(_)) => {
             return Err(ApiError::MalformedJson(
@@ -113,12 +128,6 @@ pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewM
             ));
         }
     };
-    if mapped.voice {
-        return Err(invalid(
-            "voice_not_supported",
-            "voice delivery is not supported: no voice-capable carrier is configured",
-        ));
-    }
     let text = mapped
         .text
         .ok_or_else(|| invalid("invalid_body", "the message text is missing"))?;
@@ -141,7 +150,19 @@ pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewM
     };
     let mut message = validate(legacy, signer)?;
     message.idempotency_key = key;
+    if mapped.voice {
+        message.channel = Channel::Voice;
+    }
+    message.locale = mapped.locale.filter(|l| is_locale(l));
     Ok(message)
+}
+
+/// A BCP 47-like tag as Auth0 sends it ("en_US", "fr", "pt-BR"): letters, `_` and `-`, short.
+fn is_locale(tag: &str) -> bool {
+    (2..=16).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Marks a key derived from a notification; the ingress keys its digest with the signer's

@@ -137,7 +137,19 @@ impl IngressLimits {
         Self {
             ip: config.ip.clone(),
             recipient: config.ingress_recipient.clone(),
-            country: config.country.clone(),
+            // "gb" passes validation as GB: compared as written, it would never match.
+            country: config
+                .country
+                .iter()
+                .map(|limit| CountryLimit {
+                    countries: limit
+                        .countries
+                        .iter()
+                        .map(|c| c.to_ascii_uppercase())
+                        .collect(),
+                    ..limit.clone()
+                })
+                .collect(),
             spend: SpendCeiling::new(spend),
         }
     }

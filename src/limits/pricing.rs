@@ -86,11 +86,18 @@ impl Pricing {
     }
 }
 
-/// The ISO 3166-1 code of `number`'s country, if it has one (`+882` and other
-/// international networks have none).
+/// The ISO 3166-1 code of `number`'s country. A number libphonenumber cannot place within a
+/// shared calling code (a range newer than its metadata, or not a valid one) counts for the
+/// code's main country (+1 → US, +7 → RU, +44 → GB), so it cannot slip past that country's
+/// caps; `+882` and other international networks have none.
 pub fn country_of(number: &PhoneNumber) -> Option<String> {
     let parsed = phonenumber::parse(None, number.as_str()).ok()?;
-    parsed.country().id().map(|id| id.as_ref().to_string())
+    if let Some(id) = parsed.country().id() {
+        return Some(id.as_ref().to_string());
+    }
+    let regions = phonenumber::metadata::DATABASE.region(&parsed.code().value())?;
+    let main = regions.first()?;
+    (main.len() == 2 && main.bytes().all(|b| b.is_ascii_uppercase())).then(|| main.to_string())
 }
 
 /// Renders micros as a decimal amount for JSON and logs ("0.0079").
@@ -111,6 +118,15 @@ mod tests {
         ))
         .expect("config");
         Pricing::new(&config)
+    }
+
+    #[test]
+    fn numbers_libphonenumber_cannot_place_count_for_their_codes_main_country() {
+        let country = |n: &str| country_of(&PhoneNumber::parse(n).expect("possible"));
+        assert_eq!(country("+447400123456").as_deref(), Some("GB"));
+        assert_eq!(country("+12005550001").as_deref(), Some("US"));
+        assert_eq!(country("+447700900123").as_deref(), Some("GB"));
+        assert_eq!(country("+88216123456").as_deref(), None);
     }
 
     #[test]

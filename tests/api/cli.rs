@@ -502,6 +502,7 @@ fn fraud_and_cost_settings_that_cannot_work_are_refused_naming_their_key() {
     let text = TestConfig::with(
         "[spend]\ndaily_limit = 10.0\n\
          [[prices]]\ncarrier = \"nope\"\nprefix = \"44\"\nper_segment = -1.0\n\
+         [[prices]]\ncarrier = \"console\"\nprefix = \"+44\"\nper_segment = 0.0000004\n\
          [[limits.country]]\ncountries = [\"*\", \"GB\"]\nmax = 5\nwindow_seconds = 60\n\
          [[limits.country]]\ncountries = [\"UK\"]\nmax = 5\nwindow_seconds = 60\n\
          [[limits.recipient]]\nmax = 1\nwindow_seconds = 60\nmode = \"monitor\"\n\
@@ -523,7 +524,64 @@ fn fraud_and_cost_settings_that_cannot_work_are_refused_naming_their_key() {
         "limits.country[1].countries: \"UK\" is not an ISO 3166-1 alpha-2 country code",
         "limits.recipient[0].mode: must be \"block\"",
         "test_numbers[0].number: write it in E.164 form: +15005550006",
+        "prices[1].per_segment: has more than 6 decimal places",
     ] {
         assert!(errors.contains(named), "{named} not named in:\n{errors}");
     }
+
+    // A fractional ceiling from the environment (its text kept exact) is an amount.
+    let priced = TestConfig::with(
+        "[spend]\ncurrency = \"USD\"\n\
+         [[prices]]\ncarrier = \"console\"\nprefix = \"\"\nper_segment = 0.01\n",
+    );
+    let config = write_config(dir.path(), &priced.to_string());
+    let output = smsgate(
+        &["check-config"],
+        &config,
+        &[("SMSGATE__SPEND__DAILY_LIMIT", "0.5")],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("daily_limit = 0.5"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+/// An alphanumeric sender where a country refuses one is caught before anything is sent.
+#[test]
+fn a_route_sender_is_checked_against_the_numbers_its_route_takes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let refused = TestConfig::base()
+        .merge("[[routes]]\nprefix = \"+1415\"\ncarriers = [\"console\"]\nsender = \"ACME\"\n")
+        .merge("[[routes]]\nprefix = \"+44\"\ncarriers = [\"console\"]\nsender = \"-bad-\"\n");
+    let config = write_config(dir.path(), &refused.to_string());
+    let output = smsgate(&["check-config"], &config, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let errors = stderr(&output);
+    for named in [
+        "routes[1].sender: an alphanumeric sender ID is not accepted for numbers starting with +1",
+        "routes[2].sender: must be an E.164 number",
+    ] {
+        assert!(errors.contains(named), "{named} not named in:\n{errors}");
+    }
+
+    // The default route may have one when +1 and +86 have routes of their own.
+    let default_acme = "[[routes]]\nprefix = \"\"\ncarriers = [\"console\"]\nsender = \"ACME\"\n";
+    let allowed = TestConfig::base()
+        .without("routes")
+        .merge(default_acme)
+        .merge("[[routes]]\nprefix = \"+1\"\ncarriers = [\"console\"]\n")
+        .merge("[[routes]]\nprefix = \"+86\"\ncarriers = [\"console\"]\n");
+    let config = write_config(dir.path(), &allowed.to_string());
+    let output = smsgate(&["check-config"], &config, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let without_us_route = TestConfig::base().without("routes").merge(default_acme);
+    let config = write_config(dir.path(), &without_us_route.to_string());
+    let output = smsgate(&["check-config"], &config, &[]);
+    assert!(
+        stderr(&output).contains("routes[0].sender: an alphanumeric sender ID is not accepted"),
+        "{}",
+        stderr(&output)
+    );
 }

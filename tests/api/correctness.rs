@@ -557,6 +557,8 @@ fn keyed(key: &str) -> smsgate::domain::NewMessage {
         idempotency_key: Some(key.to_string()),
         fingerprint: None,
         guard: Default::default(),
+        channel: Default::default(),
+        locale: None,
     }
 }
 

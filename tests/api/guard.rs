@@ -282,6 +282,74 @@ async fn a_country_spend_ceiling_stops_one_country_only() {
         .post_sms(Some(&token()), &from_ip("+447400199999", "192.0.2.1"))
         .await;
     assert_error_saying(refused, 429, "spend_limit_reached", "GB").await;
+    // The day's total is kept with a country ceiling alone, and only countries that spent.
+    let spend: Value = first
+        .client
+        .get(first.url("/v1/spend"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("spend")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(spend["spent"], 0.06, "{spend}");
+    assert_eq!(
+        spend["countries"],
+        json!([{"country": "GB", "spent": 0.05}, {"country": "US", "spent": 0.01}])
+    );
+}
+
+/// Found by an attack: a repeated request or a reused key stores nothing, yet it used up the
+/// caps and the day's spend. Only new requests count now.
+#[tokio::test]
+async fn repeats_and_reused_keys_count_in_no_cap_and_no_spend() {
+    let config = TestConfig::with(
+        "[[limits.country]]\ncountries = [\"gb\"]\nmax = 3\nwindow_seconds = 3600\n\
+         [spend]\ncurrency = \"USD\"\ndaily_limit = 1.0\n\
+         [[prices]]\ncarrier = \"console\"\nprefix = \"\"\nper_segment = 0.1\n",
+    );
+    let app = TestApp::spawn_with(&config).await;
+    let keyed = |recipient: &str, body: &str| {
+        app.signed_post()
+            .header("idempotency-key", "login-1")
+            .json(&with_body(recipient, body))
+            .send()
+    };
+
+    let first = keyed("+447400100001", "Your code is 111111")
+        .await
+        .expect("sent");
+    assert_eq!(first.status().as_u16(), 200);
+    for _ in 0..3 {
+        let repeat = keyed("+447400100001", "Your code is 111111")
+            .await
+            .expect("sent");
+        assert_eq!(
+            repeat.status().as_u16(),
+            200,
+            "a repeat is the same message"
+        );
+        let reused = keyed("+447400100002", "Your code is 222222")
+            .await
+            .expect("sent");
+        assert_eq!(reused.status().as_u16(), 422, "a reused key");
+    }
+    // The lower-case code still caps Britain: two more fit, the third does not.
+    let mut statuses = Vec::new();
+    for n in 3..6 {
+        let fresh = from_ip(&format!("+44740010000{n}"), "192.0.2.1");
+        statuses.push(app.post_sms(Some(&token()), &fresh).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    let spent: i64 = sqlx::query_scalar("SELECT spent_micros FROM spend_days WHERE scope = '*'")
+        .fetch_one(&app.pool)
+        .await
+        .expect("spend row");
+    assert_eq!(
+        spent, 300_000,
+        "three messages stored, three estimates counted"
+    );
 }
 
 #[tokio::test]
@@ -290,6 +358,7 @@ async fn test_numbers_are_stored_and_reported_but_never_reach_a_carrier_or_cost(
     let config = crate::dispatch::config_with(&standin, crate::dispatch::FAST_DISPATCH).merge(
         "[spend]\ncurrency = \"USD\"\ndaily_limit = 1.0\n\
          [[prices]]\ncarrier = \"twilio\"\nprefix = \"\"\nper_segment = 0.5\n\
+         [destinations]\nmobile_only = true\n\
          [[test_numbers]]\nnumber = \"+15005550006\"\noutcome = \"sent\"\n\
          [[test_numbers]]\nnumber = \"+15005550001\"\noutcome = \"failed\"\n",
     );

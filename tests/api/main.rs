@@ -27,3 +27,4 @@ mod soak;
 mod standins;
 mod status;
 mod test_config;
+mod voice;

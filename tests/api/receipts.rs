@@ -17,7 +17,7 @@ use crate::standins::messagemedia::MessageMediaStandIn;
 use crate::standins::twilio::{AUTH_TOKEN, TwilioStandIn};
 use crate::test_config::TestConfig;
 
-const PUBLIC_URL: &str = "https://sms.example.com";
+pub const PUBLIC_URL: &str = "https://sms.example.com";
 const MM_KEY: &str = "mm-callback-secret-0123456789";
 
 fn only_carrier(table: &str, name: &str) -> TestConfig {
@@ -27,7 +27,7 @@ fn only_carrier(table: &str, name: &str) -> TestConfig {
 }
 
 /// Twilio's signature, computed here independently of smsgate's code.
-fn twilio_signature(url: &str, params: &[(&str, &str)]) -> String {
+pub fn twilio_signature(url: &str, params: &[(&str, &str)]) -> String {
     let mut sorted = params.to_vec();
     sorted.sort();
     let mut mac = Hmac::<Sha1>::new_from_slice(AUTH_TOKEN.as_bytes()).expect("any key length");
@@ -39,7 +39,7 @@ fn twilio_signature(url: &str, params: &[(&str, &str)]) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-async fn post_twilio(
+pub async fn post_twilio(
     app: &TestApp,
     params: &[(&str, &str)],
     signature: Option<&str>,

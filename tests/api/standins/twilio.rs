@@ -1,6 +1,8 @@
-//! Twilio's create-Message contract (docs/design.md, "Carriers and failure classes"):
-//! form-encoded POST with Basic auth to `/2010-04-01/Accounts/{sid}/Messages.json`, 201 with
-//! the message resource, JSON errors `{code, message, more_info, status}`.
+//! Twilio's create-Message and create-Call contracts (docs/design.md, "Carriers and failure
+//! classes"): form-encoded POST with Basic auth to `/2010-04-01/Accounts/{sid}/Messages.json`
+//! or `…/Calls.json`, 201 with the resource, JSON errors `{code, message, more_info, status}`.
+//! A call must name `To` and `From` and its instructions (`Url`, `Twiml` or `ApplicationSid`),
+//! and only parameters of Twilio's OpenAPI description are accepted.
 
 use std::collections::HashMap;
 
@@ -31,8 +33,10 @@ fn twilio_error(status: StatusCode, code: &str, message: &str) -> Response {
 
 impl Contract for Twilio {
     fn check(&self, seen: &Seen) -> Result<HashMap<String, String>, Response> {
-        let path = format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json");
-        if seen.method != Method::POST || seen.uri.path() != path {
+        let messages = format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json");
+        let calls = format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json");
+        let path = seen.uri.path();
+        if seen.method != Method::POST || (path != messages && path != calls) {
             return Err(twilio_error(StatusCode::NOT_FOUND, "20404", "not found"));
         }
         if basic_credentials(&seen.headers) != Some(format!("{ACCOUNT_SID}:{AUTH_TOKEN}")) {
@@ -55,6 +59,9 @@ impl Contract for Twilio {
             ));
         }
         let mut fields = form_fields(&seen.body);
+        if path == calls {
+            return check_call(fields);
+        }
         if !fields.contains_key("To") || !fields.contains_key("Body") {
             return Err(twilio_error(
                 StatusCode::BAD_REQUEST,
@@ -76,6 +83,14 @@ impl Contract for Twilio {
     }
 
     fn success(&self, seen: &Seen) -> Response {
+        if seen.uri.path().ends_with("/Calls.json") {
+            let sid = format!("CA{}", uuid::Uuid::now_v7().simple());
+            let resource = json!({
+                "sid": sid, "status": "queued", "to": seen.fields.get("To"),
+                "from": seen.fields.get("From"), "direction": "outbound-api",
+            });
+            return (StatusCode::CREATED, axum::Json(resource)).into_response();
+        }
         let sid = format!("SM{}", uuid::Uuid::now_v7().simple());
         let resource = json!({
             "sid": sid, "status": "queued", "to": seen.fields.get("To"),
@@ -87,6 +102,52 @@ impl Contract for Twilio {
     fn error(&self, status: StatusCode, code: &str) -> Response {
         twilio_error(status, code, "scripted failure")
     }
+}
+
+/// The create-Call parameters of Twilio's OpenAPI description (api_v2010, `CreateCall`) that
+/// smsgate may use; anything else is refused as the real API would not know it.
+const CALL_PARAMETERS: [&str; 6] = [
+    "To",
+    "From",
+    "Twiml",
+    "Url",
+    "ApplicationSid",
+    "StatusCallback",
+];
+
+fn check_call(mut fields: HashMap<String, String>) -> Result<HashMap<String, String>, Response> {
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !CALL_PARAMETERS.contains(&k.as_str()))
+    {
+        return Err(twilio_error(
+            StatusCode::BAD_REQUEST,
+            "21201",
+            &format!("unknown parameter {unknown}"),
+        ));
+    }
+    if !fields.contains_key("To") || !fields.contains_key("From") {
+        return Err(twilio_error(
+            StatusCode::BAD_REQUEST,
+            "21201",
+            "No 'To' or 'From' number is specified",
+        ));
+    }
+    if !["Url", "Twiml", "ApplicationSid"]
+        .iter()
+        .any(|k| fields.contains_key(*k))
+    {
+        return Err(twilio_error(
+            StatusCode::BAD_REQUEST,
+            "21205",
+            "Url parameter is required.",
+        ));
+    }
+    if let Some(to) = fields.get("To").cloned() {
+        fields.insert("to".into(), to);
+    }
+    fields.insert("call".into(), "true".into());
+    Ok(fields)
 }
 
 /// A request Twilio took or refused, in Twilio's terms.

@@ -1,0 +1,100 @@
+//! What the routes mean beyond their carriers: the route a number takes, a route's own
+//! sender, and which carriers can place calls. Used by validation, the ingress (a voice
+//! request needs a route that can call) and pricing (the first carrier of the route).
+
+use super::{CarrierKind, Config, RouteConfig};
+
+/// Prefixes whose countries accept no alphanumeric sender ID: a text from "ACME" would be
+/// refused or rewritten there (Twilio, "International support for Alphanumeric Sender ID":
+/// the NANP countries behind +1 and China among them).
+const NO_ALPHANUMERIC_SENDER: [&str; 2] = ["+1", "+86"];
+
+impl Config {
+    /// The route `recipient` (E.164) takes: the longest matching prefix.
+    pub fn route_for(&self, recipient: &str) -> Option<&RouteConfig> {
+        self.routes
+            .iter()
+            .filter(|route| recipient.starts_with(route.prefix.as_str()))
+            .max_by_key(|route| route.prefix.len())
+    }
+
+    /// Whether carrier `name` places calls: Twilio with a `from` number to call from, and
+    /// MessageMedia; SNS and the log carrier send text only.
+    pub fn carrier_calls(&self, name: &str) -> bool {
+        self.carriers
+            .get(name)
+            .is_some_and(|carrier| match carrier.kind {
+                CarrierKind::Twilio => carrier.from.as_deref().is_some_and(is_e164),
+                CarrierKind::Messagemedia => true,
+                CarrierKind::Sns | CarrierKind::Log => false,
+            })
+    }
+
+    /// Whether a call to `recipient` has a carrier on its route (or it is a test number).
+    pub fn can_call(&self, recipient: &str) -> bool {
+        self.test_numbers.iter().any(|t| t.number == recipient)
+            || self
+                .route_for(recipient)
+                .is_some_and(|route| route.carriers.iter().any(|c| self.carrier_calls(c)))
+    }
+
+    pub(super) fn validate_senders(&self, problem: &mut impl FnMut(String, String)) {
+        for (i, route) in self.routes.iter().enumerate() {
+            let Some(sender) = &route.sender else {
+                continue;
+            };
+            let key = format!("routes[{i}].sender");
+            if is_e164(sender) {
+                continue;
+            }
+            if !is_alphanumeric_sender(sender) {
+                problem(
+                    key,
+                    "must be an E.164 number (\"+15005550006\") or an alphanumeric sender ID: \
+                     1 to 11 letters, digits or spaces, at least one letter"
+                        .into(),
+                );
+                continue;
+            }
+            if let Some(country) = self.refuses_alphanumeric(route) {
+                problem(
+                    key,
+                    format!(
+                        "an alphanumeric sender ID is not accepted for numbers starting with \
+                         {country}, which this route sends to; use a number, or a route for \
+                         {country} without one"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A no-alphanumeric prefix whose numbers `route` carries: one inside the route's prefix,
+    /// or one the route's prefix covers and no longer route takes whole.
+    fn refuses_alphanumeric(&self, route: &RouteConfig) -> Option<&'static str> {
+        NO_ALPHANUMERIC_SENDER.into_iter().find(|country| {
+            route.prefix.starts_with(country)
+                || (country.starts_with(route.prefix.as_str())
+                    && !self.routes.iter().any(|other| {
+                        other.prefix.len() > route.prefix.len()
+                            && country.starts_with(other.prefix.as_str())
+                    }))
+        })
+    }
+}
+
+/// `+` and 8 to 15 digits.
+pub fn is_e164(sender: &str) -> bool {
+    sender.strip_prefix('+').is_some_and(|digits| {
+        (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// 1 to 11 ASCII letters, digits or spaces, at least one letter (what carriers accept).
+fn is_alphanumeric_sender(sender: &str) -> bool {
+    (1..=11).contains(&sender.len())
+        && sender
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b' ')
+        && sender.bytes().any(|b| b.is_ascii_alphabetic())
+}
