@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::http::{self, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::MessageMediaSettings;
+use crate::config::is_e164;
 use crate::domain::Channel;
 use crate::secret::Secret;
 
@@ -100,12 +101,17 @@ fn source_type(source: &str) -> &'static str {
 
 impl Carrier for MessageMediaCarrier {
     async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
-        // The route's sender, then the carrier's, then the request's.
-        let source = sms
-            .route_sender
-            .as_deref()
-            .or(self.from.as_deref())
-            .or(sms.sender.as_deref());
+        // The route's sender, then the carrier's, then the request's; a call comes from a
+        // number only (none: MessageMedia's own).
+        let candidates = [
+            sms.route_sender.as_deref(),
+            self.from.as_deref(),
+            sms.sender.as_deref(),
+        ];
+        let source = match sms.channel {
+            Channel::Sms => candidates.into_iter().flatten().next(),
+            Channel::Voice => candidates.into_iter().flatten().find(|s| is_e164(s)),
+        };
         let expiry = Utc::now()
             + chrono::Duration::from_std(sms.validity).unwrap_or(chrono::Duration::zero());
         let request = SendRequest {

@@ -8,23 +8,49 @@ const SAY_LANGUAGES: [&str; 26] = [
     "pt-PT", "ru-RU", "sv-SE", "zh-CN", "zh-HK", "zh-TW",
 ];
 
-/// The `<Response>` a call to say `text` plays.
+/// Twilio refuses a `Twiml` parameter longer than this (the Calls resource's documentation).
+const MAX_TWIML_CHARS: usize = 4000;
+
+/// The `<Response>` a call to say `text` plays: twice, or once when twice would be longer than
+/// Twilio takes (a text that long is cut at a character).
 pub fn verification_call(text: &str, locale: Option<&str>) -> String {
-    let said = escape(&slow_digits(text));
     let language = locale
         .and_then(say_language)
         .map(|language| format!(" language=\"{language}\""))
         .unwrap_or_default();
-    format!(
-        "<Response><Say{language}>{said}</Say><Pause length=\"1\"/><Say{language}>{said}</Say></Response>"
-    )
+    let said = escape(&slow_digits(text));
+    let say = |said: &str| format!("<Say{language}>{said}</Say>");
+    let twice = format!(
+        "<Response>{}<Pause length=\"1\"/>{}</Response>",
+        say(&said),
+        say(&said)
+    );
+    if twice.chars().count() <= MAX_TWIML_CHARS {
+        return twice;
+    }
+    let room = MAX_TWIML_CHARS - format!("<Response>{}</Response>", say("")).len();
+    format!("<Response>{}</Response>", say(&cut(&said, room)))
+}
+
+/// At most `room` characters of escaped text, never cutting an entity in half.
+fn cut(escaped: &str, room: usize) -> String {
+    let mut kept: String = escaped.chars().take(room).collect();
+    if let Some(amp) = kept.rfind('&')
+        && !kept[amp..].contains(';')
+    {
+        kept.truncate(amp);
+    }
+    kept
 }
 
 /// The `<Say>` language for an Auth0 locale ("fr_FR", "fr", "pt-br"): the exact one if Twilio
 /// has it, else the language's main variant; `None` (Twilio's default) for others.
 fn say_language(locale: &str) -> Option<&'static str> {
     let normalized = locale.replace('_', "-");
-    let (language, region) = normalized.split_once('-').unwrap_or((&normalized, ""));
+    let mut subtags = normalized.split('-');
+    let language = subtags.next().unwrap_or_default();
+    // The region is the two-letter subtag ("zh-Hant-TW": TW), wherever it stands.
+    let region = subtags.find(|tag| tag.len() == 2).unwrap_or_default();
     let wanted = format!(
         "{}-{}",
         language.to_ascii_lowercase(),
@@ -86,7 +112,8 @@ fn escape(text: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
             '\t' | '\n' | '\r' => out.push(' '),
-            c if c.is_control() => {}
+            // Not characters XML 1.0 can carry: controls and the two noncharacters U+FFFE/F.
+            c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
             c => out.push(c),
         }
     }
@@ -114,6 +141,7 @@ mod tests {
         assert_eq!(say_language("fr"), Some("fr-FR"));
         assert_eq!(say_language("fr_CA"), Some("fr-CA"));
         assert_eq!(say_language("pt-br"), Some("pt-BR"));
+        assert_eq!(say_language("zh-Hant-TW"), Some("zh-TW"));
         assert_eq!(say_language("en"), Some("en-US"));
         assert_eq!(say_language("de_AT"), Some("de-DE"));
         assert_eq!(say_language("xx"), None);
@@ -121,7 +149,17 @@ mod tests {
     }
 
     #[test]
+    fn a_long_text_is_said_once_and_stays_within_twilios_limit() {
+        let long = format!("{} 123456", "&".repeat(1590));
+        let twiml = verification_call(&long, Some("en"));
+        assert!(twiml.chars().count() <= MAX_TWIML_CHARS, "{}", twiml.len());
+        assert_eq!(twiml.matches("<Say").count(), 1);
+        assert!(twiml.ends_with("</Say></Response>"));
+        assert!(!twiml.contains("&am<") && !twiml.contains("&</Say>"));
+    }
+
+    #[test]
     fn control_characters_never_reach_the_xml() {
-        assert_eq!(escape("a\u{1}b\u{7f}c\nd"), "abc d");
+        assert_eq!(escape("a\u{1}b\u{7f}c\nd\u{fffe}\u{ffff}"), "abc d");
     }
 }

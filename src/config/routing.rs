@@ -83,16 +83,20 @@ impl Config {
     }
 }
 
-/// `+` and 8 to 15 digits.
+/// `+` and 8 to 15 digits, the first not 0 (no country code starts with 0).
 pub fn is_e164(sender: &str) -> bool {
     sender.strip_prefix('+').is_some_and(|digits| {
-        (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+        (8..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
     })
 }
 
-/// 1 to 11 ASCII letters, digits or spaces, at least one letter (what carriers accept).
+/// 1 to 11 ASCII letters, digits or spaces, at least one letter, no space at either end
+/// (what carriers accept).
 fn is_alphanumeric_sender(sender: &str) -> bool {
     (1..=11).contains(&sender.len())
+        && sender.trim() == sender
         && sender
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b' ')

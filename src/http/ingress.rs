@@ -140,14 +140,20 @@ fn scope_idempotency(state: &AppState, message: &mut NewMessage) {
         format!("{}:{signer}/{key}", signer.len())
     });
     if message.idempotency_key.is_some() {
-        message.fingerprint = Some(state.verifier.digest(
-            message.signer.as_deref(),
-            &[
-                message.recipient.as_str(),
-                message.body.as_str(),
-                message.sender.as_deref().unwrap_or(""),
-            ],
-        ));
+        let recipient = message.recipient.as_str();
+        let (body, sender) = (
+            message.body.as_str(),
+            message.sender.as_deref().unwrap_or(""),
+        );
+        let signer = message.signer.as_deref();
+        // A call under a text's key is another message (texts keep their old fingerprints).
+        let print = match message.channel {
+            Channel::Sms => state.verifier.digest(signer, &[recipient, body, sender]),
+            Channel::Voice => state
+                .verifier
+                .digest(signer, &[recipient, body, sender, "voice"]),
+        };
+        message.fingerprint = Some(print);
     }
 }
 

@@ -97,10 +97,9 @@ pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewM
                 code: n.code,
                 recipient: n.recipient,
                 // A call speaks `as_voice` (Auth0 writes it for the ear); `as_text` if absent.
-                text: if voice {
-                    n.as_voice.or(n.as_text)
-                } else {
-                    n.as_text
+                text: match voice {
+                    true => n.as_voice.filter(|t| !t.trim().is_empty()).or(n.as_text),
+                    false => n.as_text,
                 },
                 sender: n.from,
                 locale: n.locale,
@@ -131,14 +130,15 @@ pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewM
     let text = mapped
         .text
         .ok_or_else(|| invalid("invalid_body", "the message text is missing"))?;
-    let key = mapped.code.as_deref().map(|code| {
-        derived_key(&[
-            &mapped.recipient,
-            mapped.kind.as_deref().unwrap_or(""),
-            code,
-            &text,
-        ])
-    });
+    // A call and a text of one notification are two messages: the channel is in the key.
+    let kind = match (mapped.voice, mapped.kind.as_deref().unwrap_or("")) {
+        (true, kind) => format!("voice:{kind}"),
+        (false, kind) => kind.to_string(),
+    };
+    let key = mapped
+        .code
+        .as_deref()
+        .map(|code| derived_key(&[&mapped.recipient, &kind, code, &text]));
     let legacy = LegacySmsRequest {
         recipient: mapped.recipient,
         body: text,

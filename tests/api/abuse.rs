@@ -43,6 +43,16 @@ pub async fn burst(apps: [&TestApp; 2], bodies: Vec<Value>) -> Vec<u16> {
     futures_util::future::join_all(requests).await
 }
 
+/// The `Retry-After` of a 429, in seconds.
+pub fn retry_after(response: &reqwest::Response) -> i64 {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After on a 429")
+}
+
 pub fn count(statuses: &[u16], status: u16) -> usize {
     statuses.iter().filter(|s| **s == status).count()
 }
@@ -68,12 +78,7 @@ async fn an_ip_limit_holds_exactly_across_two_processes_and_refusals_store_nothi
     let refused = first
         .post_sms(Some(&token()), &from_ip("+14155559999", "198.51.100.7"))
         .await;
-    let retry_after: i64 = refused
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After on a 429");
+    let retry_after = retry_after(&refused);
     assert!((3500..=3600).contains(&retry_after), "{retry_after}");
     crate::helpers::assert_error_saying(refused, 429, "too_many_requests", "client IP").await;
     let other_ip = first

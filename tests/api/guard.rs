@@ -30,6 +30,15 @@ async fn status_of(app: &TestApp, response: reqwest::Response) -> Value {
         .expect("status JSON")
 }
 
+/// A series summed over the processes' own registries.
+async fn summed(apps: [&TestApp; 2], series: &str) -> f64 {
+    let mut total = 0.0;
+    for app in apps {
+        total += sample(&app.metrics().await, series).unwrap_or(0.0);
+    }
+    total
+}
+
 fn with_body(recipient: &str, body: &str) -> Value {
     json!({"recipient": recipient, "body": body, "req": {"ip": "192.0.2.1"}})
 }
@@ -59,16 +68,11 @@ async fn a_country_cap_holds_exactly_across_two_processes_and_other_countries_pa
         .post_sms(Some(&token()), &from_ip("+14155552671", "192.0.2.77"))
         .await;
     assert_eq!(american.status().as_u16(), 200, "the cap is Britain's only");
-    let refusals = sample(
-        &first.metrics().await,
+    let refusals = summed(
+        [&first, &second],
         "smsgate_rate_limited_total{scope=\"ingress_country\"}",
     )
-    .unwrap_or(0.0)
-        + sample(
-            &second.metrics().await,
-            "smsgate_rate_limited_total{scope=\"ingress_country\"}",
-        )
-        .unwrap_or(0.0);
+    .await;
     assert_eq!(refusals, 16.0, "every refusal counted");
 }
 
@@ -219,12 +223,7 @@ async fn the_daily_spend_ceiling_holds_exactly_across_two_processes() {
     let refused = first
         .post_sms(Some(&token()), &from_ip("+14155559999", "192.0.2.1"))
         .await;
-    let retry_after: i64 = refused
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After");
+    let retry_after = crate::abuse::retry_after(&refused);
     assert!(
         (1..=86_400).contains(&retry_after),
         "until UTC midnight: {retry_after}"
@@ -245,16 +244,11 @@ async fn the_daily_spend_ceiling_holds_exactly_across_two_processes() {
     assert_eq!(spend["currency"], "USD");
     let unauthorized = first.get("/v1/spend").await;
     assert_eq!(unauthorized.status().as_u16(), 401);
-    let counted = sample(
-        &first.metrics().await,
+    let counted = summed(
+        [&first, &second],
         "smsgate_rate_limited_total{scope=\"spend_daily\"}",
     )
-    .unwrap_or(0.0)
-        + sample(
-            &second.metrics().await,
-            "smsgate_rate_limited_total{scope=\"spend_daily\"}",
-        )
-        .unwrap_or(0.0);
+    .await;
     assert_eq!(counted, 21.0, "every refusal counted");
 }
 

@@ -37,6 +37,20 @@ async fn post_voice(app: &TestApp, body: &Value) -> reqwest::Response {
         .expect("sent")
 }
 
+/// A worker sending through a Twilio stand-in that asks for status callbacks.
+async fn twilio_with_callbacks() -> (TwilioStandIn, TestApp) {
+    let standin = TwilioStandIn::start().await;
+    let table = format!(
+        "{}public_url = \"{PUBLIC_URL}\"\n",
+        standin.carrier_toml("twilio")
+    );
+    let config = TestConfig::base()
+        .only_carrier(&table, "twilio")
+        .merge(FAST_DISPATCH);
+    let app = TestApp::spawn_role(&config, Role::All).await;
+    (standin, app)
+}
+
 async fn call(app: &TestApp, recipient: &str, locale: &str) -> Value {
     let response = post_voice(app, &voice_notification(recipient, locale)).await;
     assert_eq!(response.status().as_u16(), 200, "a call is accepted");
@@ -49,15 +63,7 @@ async fn call(app: &TestApp, recipient: &str, locale: &str) -> Value {
 
 #[tokio::test]
 async fn a_voice_request_is_a_twilio_call_saying_the_code_twice_in_the_users_language() {
-    let standin = TwilioStandIn::start().await;
-    let table = format!(
-        "{}public_url = \"{PUBLIC_URL}\"\n",
-        standin.carrier_toml("twilio")
-    );
-    let config = TestConfig::base()
-        .only_carrier(&table, "twilio")
-        .merge(FAST_DISPATCH);
-    let app = TestApp::spawn_role(&config, Role::All).await;
+    let (standin, app) = twilio_with_callbacks().await;
 
     let view = call(&app, "+14155552671", "fr_FR").await;
 
@@ -104,15 +110,7 @@ async fn a_voice_request_is_a_twilio_call_saying_the_code_twice_in_the_users_lan
 
 #[tokio::test]
 async fn an_unanswered_call_is_undelivered() {
-    let standin = TwilioStandIn::start().await;
-    let table = format!(
-        "{}public_url = \"{PUBLIC_URL}\"\n",
-        standin.carrier_toml("twilio")
-    );
-    let config = TestConfig::base()
-        .only_carrier(&table, "twilio")
-        .merge(FAST_DISPATCH);
-    let app = TestApp::spawn_role(&config, Role::All).await;
+    let (_standin, app) = twilio_with_callbacks().await;
     for (recipient, status) in [("+14155550101", "busy"), ("+14155550102", "no-answer")] {
         let view = call(&app, recipient, "en").await;
         let sid = view["attempts"][0]["carrier_message_id"]
@@ -226,4 +224,54 @@ async fn a_routes_sender_replaces_the_carriers_from_for_its_prefix() {
         Some(FROM),
         "the carrier's from"
     );
+}
+
+/// Found by an attack: a MessageMedia call went out from an alphanumeric sender, and a call
+/// under a text's idempotency key was answered as that text (no call placed).
+#[tokio::test]
+async fn a_call_comes_from_a_number_and_is_never_a_repeat_of_a_text() {
+    let messagemedia = MessageMediaStandIn::start().await;
+    let config = TestConfig::base()
+        .only_carrier(&messagemedia.carrier_toml("mm"), "mm")
+        .merge(FAST_DISPATCH)
+        .merge("[[routes]]\nprefix = \"+61\"\ncarriers = [\"mm\"]\nsender = \"ACME\"\n");
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    let view = call(&app, "+61491570157", "en_AU").await;
+    assert_eq!(view["status"], "sent", "{view}");
+    let seen = messagemedia.seen();
+    assert_eq!(
+        seen[0].fields.get("format").map(String::as_str),
+        Some("VOICE")
+    );
+    assert_eq!(
+        seen[0].fields.get("source_number"),
+        None,
+        "no alphanumeric caller: MessageMedia's own number"
+    );
+
+    // The text of a notification, then its call: two messages.
+    let mut text = voice_notification("+61491570158", "en_AU");
+    text["notification"]["delivery_method"] = json!("text");
+    let texted = post_voice(&app, &text).await;
+    let called = post_voice(&app, &voice_notification("+61491570158", "en_AU")).await;
+    let id = |v: Value| v["id"].as_str().expect("id").to_string();
+    let texted = id(texted.json().await.expect("JSON"));
+    let called = id(called.json().await.expect("JSON"));
+    assert_ne!(texted, called, "a call is not a repeat of the text");
+    // One explicit key for a text and then a call: the call is another message, refused.
+    let keyed = |body: &Value| {
+        app.client
+            .post(app.url("/v1/auth0/phone-provider"))
+            .bearer_auth(token())
+            .header("idempotency-key", "login-7")
+            .json(body)
+            .send()
+    };
+    let mut text = voice_notification("+61491570159", "en_AU");
+    text["notification"]["delivery_method"] = json!("text");
+    assert_eq!(keyed(&text).await.expect("sent").status().as_u16(), 200);
+    let voice = voice_notification("+61491570159", "en_AU");
+    let reused = keyed(&voice).await.expect("sent");
+    assert_error_saying(reused, 422, "idempotency_key_reused", "different message").await;
 }
