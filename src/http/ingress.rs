@@ -97,26 +97,19 @@ async fn accept(
         true => Ok(()),
         false => state.destinations.check(&message.recipient),
     };
-    if let Err(refusal) = verdict {
-        if !state.destinations.monitors() {
-            tracing::warn!(
-                recipient = %message.recipient.masked(),
-                reason = %refusal,
-                "ingress refused a request: destination blocked"
-            );
-            return Err(ApiError::Blocked(refusal));
-        }
-        let country = message.guard.country.as_deref();
-        let recipient = message.recipient.masked();
-        report_monitored(
-            state,
-            "destinations",
-            country,
-            &recipient,
-            &refusal.to_string(),
+    if let Err(refusal) = &verdict
+        && !state.destinations.monitors()
+    {
+        tracing::warn!(
+            recipient = %message.recipient.masked(),
+            reason = %refusal,
+            "ingress refused a request: destination blocked"
         );
+        return Err(ApiError::Blocked(refusal.clone()));
     }
-    let answer = store(state, message, answer_by).await;
+    // Monitored: reported once the message is stored (another limit may still refuse it).
+    let monitored_destination = verdict.err().map(|refusal| refusal.to_string());
+    let answer = store(state, message, monitored_destination, answer_by).await;
     // The in-flight slot is held until the message is stored or refused.
     drop(caller);
     answer
@@ -193,6 +186,7 @@ fn report_monitored(
 async fn store(
     state: &AppState,
     message: NewMessage,
+    monitored_destination: Option<String>,
     answer_by: tokio::time::Instant,
 ) -> Result<Json<Accepted>, ApiError> {
     let (id, recipient, ip) = (message.id, message.recipient.masked(), message.request.ip);
@@ -213,14 +207,15 @@ async fn store(
         let _request = tracing::warn_span!("ingress", %id, %recipient, ?ip).entered();
         ApiError::from(err)
     })?;
-    for kind in &stored.monitored {
-        report_monitored(
-            state,
-            kind.label(),
-            country.as_deref(),
-            &recipient,
-            "over its window",
-        );
+    let limits = stored
+        .monitored
+        .iter()
+        .map(|k| (k.label(), "over its window"));
+    let destination = monitored_destination
+        .as_deref()
+        .map(|reason| ("destinations", reason));
+    for (limit, reason) in destination.into_iter().chain(limits) {
+        report_monitored(state, limit, country.as_deref(), &recipient, reason);
     }
     let enqueued = stored.enqueued;
     state.wake.message_queued();

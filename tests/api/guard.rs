@@ -400,3 +400,31 @@ async fn test_numbers_are_stored_and_reported_but_never_reach_a_carrier_or_cost(
         assert_eq!(response.status().as_u16(), 200);
     }
 }
+
+/// Found by an attack: a destination rule in monitor mode counted a request that another
+/// limit then refused. Monitored refusals are reported once the message is stored.
+#[tokio::test]
+async fn a_monitored_request_that_another_limit_refuses_is_not_counted_as_monitored() {
+    let config = TestConfig::with(
+        "[destinations]\nblocked_countries = [\"NG\"]\nmode = \"monitor\"\n\
+         [[limits.ip]]\nmax = 1\nwindow_seconds = 600\n",
+    );
+    let app = TestApp::spawn_with(&config).await;
+    let statuses = [
+        app.post_sms(Some(&token()), &from_ip("+2348031234567", "192.0.2.9"))
+            .await
+            .status()
+            .as_u16(),
+        app.post_sms(Some(&token()), &from_ip("+2348031234568", "192.0.2.9"))
+            .await
+            .status()
+            .as_u16(),
+    ];
+    assert_eq!(statuses, [200, 429]);
+    until_metric(
+        &app,
+        "smsgate_limit_monitored_total{limit=\"destinations\",country=\"NG\"}",
+        1.0,
+    )
+    .await;
+}
