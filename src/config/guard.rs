@@ -226,10 +226,12 @@ impl Config {
             .filter(|p| p.prefix.is_empty())
             .map(|p| p.carrier.as_str())
             .collect();
-        let mut unpriced: Vec<&str> = self
-            .routes
-            .iter()
-            .filter_map(|route| route.carriers.first())
+        // The first carrier of each route prices texts; its first that places calls, calls.
+        let firsts = self.routes.iter().flat_map(|route| {
+            let calls = route.carriers.iter().find(|c| self.carrier_calls(c));
+            route.carriers.first().into_iter().chain(calls)
+        });
+        let mut unpriced: Vec<&str> = firsts
             .map(String::as_str)
             .filter(|carrier| !defaults.contains(carrier))
             .collect();
@@ -240,7 +242,7 @@ impl Config {
                 "prices".into(),
                 format!(
                     "a spend ceiling needs a default price (prefix = \"\") for every carrier \
-                     that is first on a route; missing for {}",
+                     that is first on a route (or first to place calls); missing for {}",
                     unpriced.join(", ")
                 ),
             );

@@ -446,6 +446,15 @@ impl Config {
     /// at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.sender.as_deref().is_some_and(is_e164) && route.carriers.len() > 1 {
+                warnings.push(format!(
+                    "routes[{i}].sender is a number, and every carrier of the route sends from \
+                     it: a carrier that does not own it will refuse the message (a failover \
+                     then fails too)"
+                ));
+            }
+        }
         if self.database.transaction_pooling && self.database.direct_url.is_empty() {
             warnings.push(format!(
                 "database.transaction_pooling without database.direct_url: no LISTEN, so a \

@@ -301,7 +301,11 @@ impl<'d> Executor<'d> for &'_ Db {
     where
         'd: 'e,
     {
-        // A prepared statement object is a session's: smsgate never keeps one.
+        // A prepared statement object is a session's: smsgate never keeps one, and behind a
+        // pooler it would outlive its transaction.
+        if self.reach == Reach::TransactionPooler {
+            return Box::pin(async { Err(sqlx::Error::Protocol(POOLED_PREPARE.into())) });
+        }
         self.pool.prepare_with(sql, parameters)
     }
 
@@ -312,6 +316,11 @@ impl<'d> Executor<'d> for &'_ Db {
     where
         'd: 'e,
     {
+        if self.reach == Reach::TransactionPooler {
+            return Box::pin(async { Err(sqlx::Error::Protocol(POOLED_PREPARE.into())) });
+        }
         self.pool.describe(sql)
     }
 }
+
+const POOLED_PREPARE: &str = "statements are not prepared ahead behind a transaction pooler";

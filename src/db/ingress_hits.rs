@@ -25,7 +25,15 @@ pub async fn admit_batch(
 ) -> Result<Vec<Result<Monitored, LimitRefusal>>, sqlx::Error> {
     let checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
     let (mut logs, now_ms) = lock_logs(conn, &checks).await?;
-    let mut spend = spend::lock_today(conn, &limits.spend, messages).await?;
+    // Today's spend rows only for messages the windows could admit: one they refuse against
+    // the logs as they stand is refused in any order, and writes nothing.
+    let admissible: Vec<&NewMessage> = messages
+        .iter()
+        .zip(&checks)
+        .filter(|(_, checks)| decide(&logs, now_ms, checks).is_ok())
+        .map(|(message, _)| *message)
+        .collect();
+    let mut spend = spend::lock_today(conn, &limits.spend, &admissible).await?;
 
     let mut verdicts = Vec::with_capacity(messages.len());
     for (message, checks) in messages.iter().zip(&checks) {

@@ -65,7 +65,13 @@ pub async fn connect(options: PgConnectOptions, config: &DatabaseConfig) -> anyh
 /// Applies every migration not applied yet, on a session of its own (`options` must reach
 /// PostgreSQL itself: the migrator holds a session advisory lock).
 pub async fn migrate(options: &PgConnectOptions) -> anyhow::Result<()> {
-    let mut session = PgConnection::connect_with(&options.clone().application_name("smsgate"))
+    // A migration waiting for a table lock (behind a long reader) would queue every insert and
+    // claim behind it: it gives up instead, and the next start tries again.
+    let options = options
+        .clone()
+        .application_name("smsgate")
+        .options([("lock_timeout", "10s")]);
+    let mut session = PgConnection::connect_with(&options)
         .await
         .context("cannot connect to PostgreSQL to apply migrations")?;
     // A binary restarted during a rolling upgrade may find migrations newer than it knows:

@@ -142,11 +142,15 @@ impl IngressLimits {
                 .country
                 .iter()
                 .map(|limit| CountryLimit {
-                    countries: limit
-                        .countries
-                        .iter()
-                        .map(|c| c.to_ascii_uppercase())
-                        .collect(),
+                    countries: {
+                        let mut countries: Vec<String> = limit
+                            .countries
+                            .iter()
+                            .map(|c| c.to_ascii_uppercase())
+                            .collect();
+                        countries.sort();
+                        countries
+                    },
                     ..limit.clone()
                 })
                 .collect(),
@@ -198,11 +202,18 @@ impl IngressLimits {
         let to = format!("to:{}", message.recipient.as_str());
         split_by_mode(&mut checks, &self.recipient, &to, LimitKind::Recipient);
         let country = message.guard.country.as_deref();
-        for (i, limit) in self.country.iter().enumerate() {
+        for limit in &self.country {
             if limit.covers(country) {
                 checks.push(Check {
-                    // "ZZ": ISO's user-assigned code, for numbers of no country under "*".
-                    key: format!("cc{i}:{}", country.unwrap_or("ZZ")),
+                    // Named by what the rule counts (its countries and window), not its place
+                    // in the list: reordering the rules keeps every log. "ZZ": ISO's
+                    // user-assigned code, for numbers of no country under "*".
+                    key: format!(
+                        "cc:{}:{}:{}",
+                        limit.window_seconds.get(),
+                        limit.countries.join(","),
+                        country.unwrap_or("ZZ")
+                    ),
                     windows: vec![WindowLimit {
                         max: limit.max,
                         window_seconds: limit.window_seconds,

@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 
 use crate::config::{Config, Micros, TestOutcome, micros};
-use crate::domain::{NewMessage, PhoneNumber, segments};
+use crate::domain::{Channel, NewMessage, PhoneNumber, segments};
 
 /// The price list, parsed once.
 #[derive(Debug, Clone, Default)]
 pub struct Pricing {
-    /// Route prefix → the route's first carrier, longest prefix first.
-    first_carriers: Vec<(String, String)>,
+    /// Route prefix → the route's first carrier, and its first that places calls; longest
+    /// prefix first.
+    first_carriers: Vec<(String, String, Option<String>)>,
     /// Carrier → (prefix, price per segment), longest prefix first.
     prices: HashMap<String, Vec<(String, Micros)>>,
     test_numbers: HashMap<String, TestOutcome>,
@@ -19,12 +20,15 @@ pub struct Pricing {
 
 impl Pricing {
     pub fn new(config: &Config) -> Self {
-        let mut first_carriers: Vec<(String, String)> = config
+        let mut first_carriers: Vec<(String, String, Option<String>)> = config
             .routes
             .iter()
-            .filter_map(|r| Some((r.prefix.clone(), r.carriers.first()?.clone())))
+            .filter_map(|r| {
+                let calls = r.carriers.iter().find(|c| config.carrier_calls(c)).cloned();
+                Some((r.prefix.clone(), r.carriers.first()?.clone(), calls))
+            })
             .collect();
-        first_carriers.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        first_carriers.sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
         let mut prices: HashMap<String, Vec<(String, Micros)>> = HashMap::new();
         for price in &config.prices {
             prices
@@ -70,14 +74,18 @@ impl Pricing {
     }
 
     /// The estimate for `message` at the ingress: its segments through the first carrier of
-    /// its route. `None` when no price applies (no `[[prices]]`, or none for that carrier).
+    /// its route that takes its channel (a call: the first that places calls). `None` when no
+    /// price applies (no `[[prices]]`, or none for that carrier).
     pub fn estimate(&self, message: &NewMessage) -> Option<Micros> {
         let recipient = message.recipient.as_str();
         let carrier = self
             .first_carriers
             .iter()
-            .find(|(prefix, _)| recipient.starts_with(prefix.as_str()))
-            .map(|(_, carrier)| carrier.as_str());
+            .find(|(prefix, _, _)| recipient.starts_with(prefix.as_str()))
+            .and_then(|(_, first, calls)| match message.channel {
+                Channel::Sms => Some(first.as_str()),
+                Channel::Voice => calls.as_deref(),
+            });
         let parts = segments(message.body.as_str()).count;
         match carrier {
             Some(carrier) => self.cost(carrier, recipient, parts),

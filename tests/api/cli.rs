@@ -519,7 +519,7 @@ fn fraud_and_cost_settings_that_cannot_work_are_refused_naming_their_key() {
         "prices[0].carrier: \"nope\" is not a configured carrier",
         "prices[0].prefix: must be \"\" or \"+\" and digits",
         "prices[0].per_segment: must be between 0 and",
-        "prices: a spend ceiling needs a default price (prefix = \"\") for every carrier that is first on a route; missing for console",
+        "prices: a spend ceiling needs a default price (prefix = \"\") for every carrier that is first on a route (or first to place calls); missing for console",
         "limits.country[0].countries: \"*\" stands alone",
         "limits.country[1].countries: \"UK\" is not an ISO 3166-1 alpha-2 country code",
         "limits.recipient[0].mode: must be \"block\"",

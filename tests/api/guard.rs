@@ -428,3 +428,29 @@ async fn a_monitored_request_that_another_limit_refuses_is_not_counted_as_monito
     )
     .await;
 }
+
+/// Found by a review: a request another limit refused still left a spend row for its country.
+#[tokio::test]
+async fn a_request_refused_by_a_window_leaves_no_spend_row() {
+    let config = TestConfig::with(
+        "[[limits.ip]]\nmax = 1\nwindow_seconds = 600\n\
+         [spend]\ncurrency = \"USD\"\ncountry_daily_limit = 1.0\n\
+         [[prices]]\ncarrier = \"console\"\nprefix = \"\"\nper_segment = 0.01\n",
+    );
+    let app = TestApp::spawn_with(&config).await;
+    let first = app
+        .post_sms(Some(&token()), &from_ip("+14155552671", "192.0.2.5"))
+        .await;
+    let second = app
+        .post_sms(Some(&token()), &from_ip("+2348031234567", "192.0.2.5"))
+        .await;
+    assert_eq!(
+        [first.status().as_u16(), second.status().as_u16()],
+        [200, 429]
+    );
+    let rows: Vec<String> = sqlx::query_scalar("SELECT scope FROM spend_days ORDER BY scope")
+        .fetch_all(&app.pool)
+        .await
+        .expect("rows");
+    assert_eq!(rows, ["*", "US"], "nothing for the refused Nigerian number");
+}
