@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::http::{self, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::MessageMediaSettings;
-use crate::config::is_e164;
+use crate::config::{VoiceFormat, is_e164};
 use crate::domain::Channel;
 use crate::secret::Secret;
 
@@ -22,6 +22,7 @@ pub struct MessageMediaCarrier {
     api_key: String,
     api_secret: Secret,
     from: Option<String>,
+    voice_format: VoiceFormat,
     timeout: Duration,
     /// Holds the callback secret: never logged.
     callback_url: Option<String>,
@@ -83,6 +84,7 @@ impl MessageMediaCarrier {
             api_key: settings.api_key.clone(),
             api_secret: settings.api_secret.clone(),
             from: settings.from.clone(),
+            voice_format: settings.voice_format,
             timeout,
         }
     }
@@ -120,10 +122,10 @@ impl Carrier for MessageMediaCarrier {
                 destination_number: sms.to.as_str(),
                 source_number: source,
                 source_number_type: source.map(source_type),
-                // MessageMedia speaks a VOICE message as a call.
+                // A spoken message: `voice_format` ("VOICE", or the OpenAPI's "TTS").
                 format: match sms.channel {
                     Channel::Sms => "SMS",
-                    Channel::Voice => "VOICE",
+                    Channel::Voice => self.voice_format.as_str(),
                 },
                 message_expiry_timestamp: expiry.to_rfc3339_opts(SecondsFormat::Secs, true),
                 delivery_report: self.callback_url.is_some(),

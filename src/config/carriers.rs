@@ -81,6 +81,10 @@ pub struct CarrierConfig {
     pub api_key: Option<String>,
     #[serde(default)]
     pub api_secret: Option<Secret>,
+    /// The `format` a call is sent with: "VOICE" (the default), or "TTS", the name
+    /// MessageMedia's published OpenAPI description gives text-to-speech.
+    #[serde(default)]
+    pub voice_format: Option<VoiceFormat>,
 
     // AWS SNS
     #[serde(default, deserialize_with = "optional_string")]
@@ -104,6 +108,24 @@ pub struct CarrierConfig {
     /// API base URL; tests and proxies point it elsewhere.
     #[serde(default, deserialize_with = "optional_string")]
     pub base_url: Option<String>,
+}
+
+/// How MessageMedia is asked to speak a message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VoiceFormat {
+    #[default]
+    Voice,
+    Tts,
+}
+
+impl VoiceFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoiceFormat::Voice => "VOICE",
+            VoiceFormat::Tts => "TTS",
+        }
+    }
 }
 
 fn default_connect_timeout_ms() -> Millis {
@@ -192,7 +214,7 @@ impl CarrierConfig {
     /// The kind-specific keys that are set, with the kinds each belongs to.
     fn set_keys(&self) -> Vec<(&'static str, &'static [CarrierKind])> {
         use CarrierKind::{Messagemedia, Sns, Twilio};
-        let keys: [(&str, bool, &'static [CarrierKind]); 18] = [
+        let keys: [(&str, bool, &'static [CarrierKind]); 19] = [
             ("account_sid", self.account_sid.is_some(), &[Twilio]),
             ("auth_token", self.auth_token.is_some(), &[Twilio]),
             ("api_key_sid", self.api_key_sid.is_some(), &[Twilio]),
@@ -220,6 +242,7 @@ impl CarrierConfig {
             ),
             ("api_key", self.api_key.is_some(), &[Messagemedia]),
             ("api_secret", self.api_secret.is_some(), &[Messagemedia]),
+            ("voice_format", self.voice_format.is_some(), &[Messagemedia]),
             ("region", self.region.is_some(), &[Sns]),
             ("endpoint_url", self.endpoint_url.is_some(), &[Sns]),
             ("sender_id", self.sender_id.is_some(), &[Sns]),

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::messagemedia_signature::{RECOMMENDED_BITS, SignatureKeys};
 use crate::secret::{Secret, lenient_string};
 
-pub use carriers::{CarrierConfig, CarrierKind};
+pub use carriers::{CarrierConfig, CarrierKind, VoiceFormat};
 pub use guard::{
     CountryLimit, LimitMode, Micros, PriceConfig, SpendConfig, TestNumberConfig, TestOutcome,
     micros,

@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::validate::ConfigError;
-use super::{CarrierConfig, CarrierKind};
+use super::{CarrierConfig, CarrierKind, VoiceFormat};
 use crate::messagemedia_signature::SignatureKeys;
 use crate::secret::Secret;
 
@@ -84,6 +84,7 @@ pub struct MessageMediaSettings {
     pub api_secret: Secret,
     pub from: Option<String>,
     pub base_url: Option<String>,
+    pub voice_format: VoiceFormat,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +158,7 @@ impl CarrierConfig {
                     .ok_or_else(|| missing("api_secret"))?,
                 from: self.from.clone(),
                 base_url: self.base_url.clone(),
+                voice_format: self.voice_format.unwrap_or_default(),
             }),
             CarrierKind::Sns => KindSettings::Sns(SnsSettings {
                 region: self.region.clone().ok_or_else(|| missing("region"))?,

@@ -231,8 +231,9 @@ async fn a_routes_sender_replaces_the_carriers_from_for_its_prefix() {
 #[tokio::test]
 async fn a_call_comes_from_a_number_and_is_never_a_repeat_of_a_text() {
     let messagemedia = MessageMediaStandIn::start().await;
+    let table = messagemedia.carrier_toml("mm") + "voice_format = \"TTS\"\n";
     let config = TestConfig::base()
-        .only_carrier(&messagemedia.carrier_toml("mm"), "mm")
+        .only_carrier(&table, "mm")
         .merge(FAST_DISPATCH)
         .merge("[[routes]]\nprefix = \"+61\"\ncarriers = [\"mm\"]\nsender = \"ACME\"\n");
     let app = TestApp::spawn_role(&config, Role::All).await;
@@ -242,7 +243,8 @@ async fn a_call_comes_from_a_number_and_is_never_a_repeat_of_a_text() {
     let seen = messagemedia.seen();
     assert_eq!(
         seen[0].fields.get("format").map(String::as_str),
-        Some("VOICE")
+        Some("TTS"),
+        "the OpenAPI's name, as configured"
     );
     assert_eq!(
         seen[0].fields.get("source_number"),

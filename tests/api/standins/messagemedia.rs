@@ -70,6 +70,11 @@ impl Contract for MessageMedia {
                 "/messages/0/content: must be between 1 and 5000 characters",
             ));
         }
+        // The OpenAPI's formats (SMS, MMS, TTS), and VOICE, which smsgate sends by default.
+        let format = message["format"].as_str().unwrap_or("SMS");
+        if !["SMS", "MMS", "TTS", "VOICE"].contains(&format) {
+            return Err(invalid("/messages/0/format: must be one of SMS, MMS, TTS"));
+        }
         let destination = message["destination_number"].as_str().unwrap_or_default();
         let digits = destination.trim_start_matches('+');
         if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
