@@ -206,26 +206,8 @@ impl Writer {
             return Ok(stored.into_iter().map(|s| reused(s, Vec::new())).collect());
         }
         let mut tx = self.pool.begin().await?;
-        // A repeat of a stored request (or a key reused for another message) stores nothing,
-        // so it counts in no limit and no spend: only new requests are judged. (Two
-        // concurrent first uses of one key are both judged; the second then stores nothing.)
-        let known = messages::known_keys(&mut tx, messages).await?;
-        let repeat = |m: &NewMessage| {
-            m.idempotency_key
-                .as_ref()
-                .is_some_and(|k| known.contains(k))
-        };
-        let fresh: Vec<&NewMessage> = messages.iter().copied().filter(|m| !repeat(m)).collect();
-        let mut judged = ingress_hits::admit_batch(&mut tx, &self.limits, &fresh)
-            .await?
-            .into_iter();
-        let decisions: Vec<Result<Monitored, LimitRefusal>> = messages
-            .iter()
-            .map(|m| match repeat(m) {
-                true => Ok(Monitored::new()),
-                false => judged.next().unwrap_or(Ok(Monitored::new())),
-            })
-            .collect();
+        // Repeats are told apart inside, once the limits' locks are held.
+        let decisions = ingress_hits::admit_batch(&mut tx, &self.limits, messages).await?;
         let admitted: Vec<&NewMessage> = messages
             .iter()
             .zip(&decisions)

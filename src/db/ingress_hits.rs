@@ -4,10 +4,10 @@
 //! batch included), the logs and totals are written back, and only the admitted messages are
 //! inserted. One commit makes all of it durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::Tx;
-use super::spend;
+use super::{messages, spend};
 
 use crate::config::LimitMode;
 use crate::domain::NewMessage;
@@ -25,18 +25,34 @@ pub async fn admit_batch(
 ) -> Result<Vec<Result<Monitored, LimitRefusal>>, sqlx::Error> {
     let checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
     let (mut logs, now_ms) = lock_logs(conn, &checks).await?;
-    // Today's spend rows only for messages the windows could admit: one they refuse against
-    // the logs as they stand is refused in any order, and writes nothing.
+    // A repeat of a stored request (or a reused key) stores nothing, so it counts in nothing
+    // and is refused by nothing. Looked up once the locks are held: a concurrent batch with
+    // the same request holds the same keys, so its commit is seen here.
+    let mut known = messages::known_keys(conn, messages).await?;
+    let repeat = |known: &HashSet<String>, m: &NewMessage| {
+        m.idempotency_key
+            .as_ref()
+            .is_some_and(|k| known.contains(k))
+    };
+    // Today's spend rows only for new messages the windows could admit: one they refuse
+    // against the logs as they stand is refused in any order, and writes nothing.
     let admissible: Vec<&NewMessage> = messages
         .iter()
         .zip(&checks)
-        .filter(|(_, checks)| decide(&logs, now_ms, checks).is_ok())
+        .filter(|(m, checks)| !repeat(&known, m) && decide(&logs, now_ms, checks).is_ok())
         .map(|(message, _)| *message)
         .collect();
     let mut spend = spend::lock_today(conn, &limits.spend, &admissible).await?;
+    if spend.is_locked() {
+        known.extend(messages::known_keys(conn, messages).await?);
+    }
 
     let mut verdicts = Vec::with_capacity(messages.len());
     for (message, checks) in messages.iter().zip(&checks) {
+        if repeat(&known, message) {
+            verdicts.push(Ok(Monitored::new()));
+            continue;
+        }
         let verdict = decide(&logs, now_ms, checks).and_then(|(updates, monitored)| {
             spend
                 .admit(message)

@@ -77,6 +77,11 @@ fn country(message: &NewMessage) -> &str {
 }
 
 impl Spend {
+    /// Whether today's rows are locked (a ceiling applies to this batch).
+    pub fn is_locked(&self) -> bool {
+        self.day.is_some()
+    }
+
     /// Counts `message`'s estimate if no ceiling would be crossed by it.
     pub fn admit(&mut self, message: &NewMessage) -> Result<(), OverSpend> {
         let cost = cost(message);

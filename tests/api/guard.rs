@@ -454,3 +454,58 @@ async fn a_request_refused_by_a_window_leaves_no_spend_row() {
         .expect("rows");
     assert_eq!(rows, ["*", "US"], "nothing for the refused Nigerian number");
 }
+
+/// Found by an attack: identical retries racing in several writers were each judged as new
+/// (counted up to once per writer) and some refused with 429 although their message was
+/// stored. Repeats are now told apart after the limits' locks are taken.
+#[tokio::test]
+async fn concurrent_retries_of_one_request_are_one_message_counted_once() {
+    let config = TestConfig::with(
+        "[[limits.country]]\ncountries = [\"GB\"]\nmax = 2\nwindow_seconds = 3600\n\
+         [spend]\ncurrency = \"USD\"\ndaily_limit = 1.0\n\
+         [[prices]]\ncarrier = \"console\"\nprefix = \"\"\nper_segment = 0.1\n",
+    );
+    let first = TestApp::spawn_with(&config).await;
+    let second = first.spawn_sibling(&config, Role::Ingress).await;
+    let warm = first
+        .post_sms(Some(&token()), &from_ip("+447400100001", "192.0.2.1"))
+        .await;
+    assert_eq!(warm.status().as_u16(), 200, "the cap stands at 1 of 2");
+
+    let retries = (0..24).map(|i| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        async move {
+            let response = app
+                .signed_post()
+                .header("idempotency-key", "login-race")
+                .json(&from_ip("+447400100002", "192.0.2.2"))
+                .send()
+                .await
+                .expect("sent");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or_default();
+            (status, body["id"].as_str().unwrap_or_default().to_string())
+        }
+    });
+    let answers = futures_util::future::join_all(retries).await;
+
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().all(|(_, id)| *id == answers[0].1),
+        "one message"
+    );
+    let counted: i32 =
+        sqlx::query_scalar("SELECT cardinality(hits) FROM ingress_hits WHERE key LIKE 'cc:%GB'")
+            .fetch_one(&first.pool)
+            .await
+            .expect("the country's log");
+    assert_eq!(counted, 2, "the retried message counted once");
+    let spent: i64 = sqlx::query_scalar("SELECT spent_micros FROM spend_days WHERE scope = '*'")
+        .fetch_one(&first.pool)
+        .await
+        .expect("spend");
+    assert_eq!(spent, 200_000, "and its estimate once");
+}
