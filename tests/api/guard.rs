@@ -30,6 +30,19 @@ async fn status_of(app: &TestApp, response: reqwest::Response) -> Value {
         .expect("status JSON")
 }
 
+/// `GET /v1/spend` with the admin token.
+async fn spend_today(app: &TestApp) -> Value {
+    app.client
+        .get(app.url("/v1/spend"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("spend")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 /// A series summed over the processes' own registries.
 async fn summed(apps: [&TestApp; 2], series: &str) -> f64 {
     let mut total = 0.0;
@@ -229,16 +242,7 @@ async fn the_daily_spend_ceiling_holds_exactly_across_two_processes() {
         "until UTC midnight: {retry_after}"
     );
     assert_error_saying(refused, 429, "spend_limit_reached", "spend ceiling").await;
-    let spend: Value = first
-        .client
-        .get(first.url("/v1/spend"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("spend")
-        .json()
-        .await
-        .expect("JSON");
+    let spend = spend_today(&first).await;
     assert_eq!(spend["spent"], 0.1, "{spend}");
     assert_eq!(spend["daily_limit"], 0.1);
     assert_eq!(spend["currency"], "USD");
@@ -277,16 +281,7 @@ async fn a_country_spend_ceiling_stops_one_country_only() {
         .await;
     assert_error_saying(refused, 429, "spend_limit_reached", "GB").await;
     // The day's total is kept with a country ceiling alone, and only countries that spent.
-    let spend: Value = first
-        .client
-        .get(first.url("/v1/spend"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("spend")
-        .json()
-        .await
-        .expect("JSON");
+    let spend = spend_today(&first).await;
     assert_eq!(spend["spent"], 0.06, "{spend}");
     assert_eq!(
         spend["countries"],
