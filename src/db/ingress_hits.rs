@@ -60,8 +60,10 @@ pub async fn admit_batch(
                 .map(|()| (updates, monitored))
         });
         verdicts.push(verdict.map(|(updates, monitored)| {
-            // Admitted: only now is the request counted anywhere.
+            // Admitted: only now is the request counted anywhere. A later copy in this very
+            // batch (a retry that raced it) is its repeat.
             logs.extend(updates);
+            known.extend(message.idempotency_key.clone());
             monitored
         }));
     }
