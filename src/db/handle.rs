@@ -284,12 +284,11 @@ impl<'d> Executor<'d> for &'_ Db {
         if self.reach == Reach::Direct {
             return self.pool.fetch_optional(query);
         }
-        let db = self.clone();
+        // The statement in its own transaction, as `fetch_many` runs it: its first row.
+        let rows = self.fetch_many(query);
         Box::pin(async move {
-            let mut tx = db.begin().await?;
-            let row = (&mut tx).fetch_optional(query).await?;
-            tx.commit().await?;
-            Ok(row)
+            let rows: Vec<Fetched> = rows.try_collect().await?;
+            Ok(rows.into_iter().find_map(|fetched| fetched.right()))
         })
     }
 

@@ -78,6 +78,10 @@ impl Pricing {
     /// price applies (no `[[prices]]`, or none for that carrier).
     pub fn estimate(&self, message: &NewMessage) -> Option<Micros> {
         let recipient = message.recipient.as_str();
+        // Every request passes here: without prices there is nothing to count.
+        if self.prices.is_empty() {
+            return self.test_outcome(recipient).map(|_| 0);
+        }
         let carrier = self
             .first_carriers
             .iter()
