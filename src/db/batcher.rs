@@ -16,7 +16,7 @@ use super::Db;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
-    ingress_hits,
+    ingress_hits::{self, Verdict},
     messages::{self, Enqueued},
 };
 use crate::domain::NewMessage;
@@ -207,28 +207,35 @@ impl Writer {
         }
         let mut tx = self.pool.begin().await?;
         // Repeats are told apart inside, once the limits' locks are held.
-        let decisions = ingress_hits::admit_batch(&mut tx, &self.limits, messages).await?;
-        let admitted: Vec<&NewMessage> = messages
+        let verdicts = ingress_hits::admit_batch(&mut tx, &self.limits, messages).await?;
+        // Counted messages and repeats go on to the insert: a repeat is answered with its
+        // key's message, which may be a counted one of this very batch.
+        let to_store: Vec<&NewMessage> = messages
             .iter()
-            .zip(&decisions)
-            .filter(|(_, decision)| decision.is_ok())
+            .zip(&verdicts)
+            .filter(|(_, verdict)| matches!(verdict, Verdict::Counted(_) | Verdict::Repeat))
             .map(|(message, _)| *message)
             .collect();
-        let mut stored = if admitted.is_empty() {
+        let mut stored = if to_store.is_empty() {
             Vec::new()
         } else {
-            messages::enqueue_batch(&mut tx, &admitted, self.ttl_seconds).await?
+            messages::enqueue_batch(&mut tx, &to_store, self.ttl_seconds).await?
         }
         .into_iter();
         tx.commit().await?;
-        decisions
+        verdicts
             .into_iter()
-            .map(|decision| match decision {
-                Ok(monitored) => stored
+            .map(|verdict| match verdict {
+                Verdict::Counted(monitored) => stored
                     .next()
                     .ok_or(sqlx::Error::RowNotFound)
                     .map(|s| reused(s, monitored)),
-                Err(refusal) => Ok(Err(Refused::Limited(refusal))),
+                Verdict::Repeat => stored
+                    .next()
+                    .ok_or(sqlx::Error::RowNotFound)
+                    .map(|s| reused(s, Vec::new())),
+                Verdict::KeyReused => Ok(Err(Refused::NotStored(messages::NotStored::KeyReused))),
+                Verdict::Refused(refusal) => Ok(Err(Refused::Limited(refusal))),
             })
             .collect()
     }

@@ -1,10 +1,11 @@
-//! The ingress's limits, decided inside the transaction that stores a batch: the batch's keys
-//! (and, with a spend ceiling, today's spend rows) are locked in order, each message is
-//! admitted or refused against the logs and totals as they stand (earlier messages of the same
-//! batch included), the logs and totals are written back, and only the admitted messages are
-//! inserted. One commit makes all of it durable.
+//! The ingress's limits, decided inside the transaction that stores a batch: the batch's log
+//! keys, then its idempotency keys, then (with a spend ceiling) today's spend rows are locked
+//! in order; each message is a repeat, a reuse of a taken key, or admitted or refused against
+//! the logs and totals as they stand (earlier messages of the same batch included); the logs
+//! and totals are written back, and only the counted messages (and repeats, which answer with
+//! their key's message) go on to the insert. One commit makes all of it durable.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::Tx;
 use super::{messages, spend};
@@ -16,41 +17,59 @@ use crate::limits::window::{Admission, admit, to_pg_array};
 
 type Logs = HashMap<String, Vec<i64>>;
 
+/// The limits' verdict on one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// New, and counted in every log and total it belongs to; the monitoring limits it went
+    /// past.
+    Counted(Monitored),
+    /// The same request as the one its idempotency key was first used with (stored earlier,
+    /// or counted earlier in this batch): it stores nothing new and counts nowhere.
+    Repeat,
+    /// Its idempotency key was first used with a different message: refused, counted nowhere.
+    KeyReused,
+    Refused(LimitRefusal),
+}
+
 /// Locks what `messages` are counted in and decides each message; returns one verdict per
 /// message, in order, and has already written the updated logs and totals.
 pub async fn admit_batch(
     conn: &mut Tx<'_>,
     limits: &IngressLimits,
     messages: &[&NewMessage],
-) -> Result<Vec<Result<Monitored, LimitRefusal>>, sqlx::Error> {
+) -> Result<Vec<Verdict>, sqlx::Error> {
     let checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
     let (mut logs, now_ms) = lock_logs(conn, &checks).await?;
-    // A repeat of a stored request (or a reused key) stores nothing, so it counts in nothing
-    // and is refused by nothing. Looked up once the locks are held: a concurrent batch with
-    // the same request holds the same keys, so its commit is seen here.
+    // A batch with a copy of a keyed request waits here for any other batch holding the same
+    // key, whatever logs each locks: the look-up below then sees that batch's commit, so two
+    // copies are never both counted.
+    lock_idempotency_keys(conn, messages).await?;
     let mut known = messages::known_keys(conn, messages).await?;
-    let repeat = |known: &HashSet<String>, m: &NewMessage| {
-        m.idempotency_key
-            .as_ref()
-            .is_some_and(|k| known.contains(k))
+    let prior = |known: &HashMap<String, Option<String>>, m: &NewMessage| {
+        let key = m.idempotency_key.as_ref()?;
+        let first = known.get(key)?;
+        Some(
+            if messages::same_request(first.as_deref(), m.fingerprint.as_deref()) {
+                Verdict::Repeat
+            } else {
+                Verdict::KeyReused
+            },
+        )
     };
     // Today's spend rows only for new messages the windows could admit: one they refuse
     // against the logs as they stand is refused in any order, and writes nothing.
     let admissible: Vec<&NewMessage> = messages
         .iter()
         .zip(&checks)
-        .filter(|(m, checks)| !repeat(&known, m) && decide(&logs, now_ms, checks).is_ok())
+        .filter(|(m, checks)| prior(&known, m).is_none() && decide(&logs, now_ms, checks).is_ok())
         .map(|(message, _)| *message)
         .collect();
     let mut spend = spend::lock_today(conn, &limits.spend, &admissible).await?;
-    if spend.is_locked() {
-        known.extend(messages::known_keys(conn, messages).await?);
-    }
 
     let mut verdicts = Vec::with_capacity(messages.len());
     for (message, checks) in messages.iter().zip(&checks) {
-        if repeat(&known, message) {
-            verdicts.push(Ok(Monitored::new()));
+        if let Some(verdict) = prior(&known, message) {
+            verdicts.push(verdict);
             continue;
         }
         let verdict = decide(&logs, now_ms, checks).and_then(|(updates, monitored)| {
@@ -59,17 +78,53 @@ pub async fn admit_batch(
                 .map_err(LimitRefusal::Spend)
                 .map(|()| (updates, monitored))
         });
-        verdicts.push(verdict.map(|(updates, monitored)| {
-            // Admitted: only now is the request counted anywhere. A later copy in this very
-            // batch (a retry that raced it) is its repeat.
-            logs.extend(updates);
-            known.extend(message.idempotency_key.clone());
-            monitored
-        }));
+        verdicts.push(match verdict {
+            Ok((updates, monitored)) => {
+                // Admitted: only now is the request counted anywhere. A later copy in this
+                // very batch is its repeat, or a reuse of its key.
+                logs.extend(updates);
+                if let Some(key) = &message.idempotency_key {
+                    known.insert(key.clone(), message.fingerprint.clone());
+                }
+                Verdict::Counted(monitored)
+            }
+            Err(refusal) => Verdict::Refused(refusal),
+        });
     }
     write_logs(conn, &logs).await?;
     spend.write(conn).await?;
     Ok(verdicts)
+}
+
+/// Takes a transaction-scoped advisory lock per idempotency key of the batch, in one order
+/// (sorted, after the logs) so writers never deadlock. Keys are hashed to the lock's 64 bits:
+/// a collision only makes two unrelated batches take turns.
+async fn lock_idempotency_keys(
+    conn: &mut Tx<'_>,
+    messages: &[&NewMessage],
+) -> Result<(), sqlx::Error> {
+    use sha2::{Digest, Sha256};
+    let mut locks: Vec<i64> = messages
+        .iter()
+        .filter_map(|m| m.idempotency_key.as_deref())
+        .map(|key| {
+            let digest = Sha256::digest(key.as_bytes());
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            i64::from_be_bytes(first)
+        })
+        .collect();
+    if locks.is_empty() {
+        return Ok(());
+    }
+    locks.sort_unstable();
+    locks.dedup();
+    // unnest yields the array in order, so the locks are taken in that order.
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
+        .bind(&locks)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Locks the logs of every key in `checks` (sorted: every writer locks in the same order, no

@@ -1,11 +1,12 @@
 //! Storing accepted messages and reading them back for the status API.
 
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::{Db, Tx};
 use uuid::Uuid;
 
+use super::retention::IDEMPOTENCY_WINDOW_SECONDS;
 use crate::domain::segments;
 use crate::domain::{MessageId, NewMessage, Status};
 use crate::limits::pricing::amount;
@@ -84,10 +85,10 @@ pub async fn enqueue_batch(
                 // Not stored, so it has a key: the key's first message answers for it.
                 let key = message.idempotency_key.as_deref().unwrap_or_default();
                 earlier.get(key).map(|(print, enqueued)| {
-                    // Keys stored before fingerprints existed match anything.
-                    match (print, &message.fingerprint) {
-                        (Some(print), Some(own)) if print != own => Err(NotStored::KeyReused),
-                        _ => Ok(*enqueued),
+                    if same_request(print.as_deref(), message.fingerprint.as_deref()) {
+                        Ok(*enqueued)
+                    } else {
+                        Err(NotStored::KeyReused)
                     }
                 })
             };
@@ -100,24 +101,38 @@ pub async fn enqueue_batch(
         .collect())
 }
 
-/// The idempotency keys of `messages` already stored: their requests are repeats.
+/// The idempotency keys of `messages` that still answer for a stored message (used within the
+/// last [`IDEMPOTENCY_WINDOW_SECONDS`] by the database's clock), with the fingerprint each was
+/// first used with: requests under them are repeats, or reuses of the key.
 pub async fn known_keys(
     conn: &mut Tx<'_>,
     messages: &[&NewMessage],
-) -> Result<HashSet<String>, sqlx::Error> {
+) -> Result<HashMap<String, Option<String>>, sqlx::Error> {
     let keys: Vec<&str> = messages
         .iter()
         .filter_map(|m| m.idempotency_key.as_deref())
         .collect();
     if keys.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(HashMap::new());
     }
-    let known: Vec<String> =
-        sqlx::query_scalar("SELECT key FROM idempotency_keys WHERE key = ANY($1)")
-            .bind(&keys)
-            .fetch_all(&mut *conn)
-            .await?;
+    let known: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT key, fingerprint FROM idempotency_keys
+         WHERE key = ANY($1) AND created_at > now() - make_interval(secs => $2)",
+    )
+    .bind(&keys)
+    .bind(f64::from(IDEMPOTENCY_WINDOW_SECONDS))
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(known.into_iter().collect())
+}
+
+/// Whether a request with fingerprint `own` repeats the one a key was first used with (keys
+/// stored before fingerprints existed match anything).
+pub fn same_request(first: Option<&str>, own: Option<&str>) -> bool {
+    match (first, own) {
+        (Some(first), Some(own)) => first == own,
+        _ => true,
+    }
 }
 
 /// A batch as one array per column, for `unnest`.
@@ -167,8 +182,10 @@ impl<'a> Columns<'a> {
 }
 
 /// The insert itself: messages whose key is new (or who have none), with their queue rows.
-/// Keys are inserted in key order, so concurrent batches lock them in one order (no
-/// deadlocks). Returns what was stored, by message id.
+/// Of the batch's copies of one key only the first takes it (in the batch's order: the
+/// one the limits counted), and a key past its window is taken over as if it were new. Keys
+/// are inserted in key order, so concurrent batches lock them in one order (no deadlocks).
+/// Returns what was stored, by message id.
 async fn insert(
     conn: &mut Tx<'_>,
     messages: &[&NewMessage],
@@ -180,13 +197,17 @@ async fn insert(
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::text[], $9::text[], $10::text[],
                                   $11::smallint[], $12::text[], $13::text[], $14::bigint[],
-                                  $15::text[], $16::text[])
+                                  $15::text[], $16::text[]) WITH ORDINALITY
                  AS v(id, recipient, body, sender, client_ip, user_agent, signer, idem, print,
-                      segments, encoding, country, cost, channel, locale)
+                      segments, encoding, country, cost, channel, locale, ord)
          ), k AS (
              INSERT INTO idempotency_keys (key, message_id, fingerprint)
-             SELECT idem, id, print FROM v WHERE idem IS NOT NULL ORDER BY idem
-             ON CONFLICT (key) DO NOTHING
+             SELECT DISTINCT ON (idem) idem, id, print FROM v WHERE idem IS NOT NULL
+             ORDER BY idem, ord
+             ON CONFLICT (key) DO UPDATE
+                 SET message_id = excluded.message_id, fingerprint = excluded.fingerprint,
+                     created_at = excluded.created_at
+                 WHERE idempotency_keys.created_at <= now() - make_interval(secs => $17)
              RETURNING message_id
          ), m AS (
              INSERT INTO messages
@@ -220,6 +241,7 @@ async fn insert(
     .bind(&c.costs)
     .bind(&c.channels)
     .bind(&c.locales)
+    .bind(f64::from(IDEMPOTENCY_WINDOW_SECONDS))
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows

@@ -208,8 +208,11 @@ impl IngressLimits {
                     // Named by what the rule counts (its countries and window), not its place
                     // in the list: reordering the rules keeps every log. "ZZ": ISO's
                     // user-assigned code, for numbers of no country under "*".
+                    // A monitoring rule keeps its own log ("m:", as the other kinds): sharing
+                    // a blocking rule's would count requests that rule refused.
                     key: format!(
-                        "cc:{}:{}:{}",
+                        "{}cc:{}:{}:{}",
+                        mode_prefix(limit.mode),
                         limit.window_seconds.get(),
                         limit.countries.join(","),
                         country.unwrap_or("ZZ")
@@ -231,10 +234,8 @@ impl IngressLimits {
 /// Adds a check for the blocking windows of `windows` under `key`, and one for the
 /// monitoring windows under `m:key`.
 fn split_by_mode(checks: &mut Vec<Check>, windows: &[WindowLimit], key: &str, kind: LimitKind) {
-    for (mode, key) in [
-        (LimitMode::Block, key.to_string()),
-        (LimitMode::Monitor, format!("m:{key}")),
-    ] {
+    for mode in [LimitMode::Block, LimitMode::Monitor] {
+        let key = format!("{}{key}", mode_prefix(mode));
         let windows: Vec<WindowLimit> =
             windows.iter().copied().filter(|w| w.mode == mode).collect();
         if !windows.is_empty() {
@@ -245,6 +246,15 @@ fn split_by_mode(checks: &mut Vec<Check>, windows: &[WindowLimit], key: &str, ki
                 mode,
             });
         }
+    }
+}
+
+/// Where a log's key says which mode counts in it: every kind keeps blocking and monitoring
+/// windows in separate logs.
+fn mode_prefix(mode: LimitMode) -> &'static str {
+    match mode {
+        LimitMode::Block => "",
+        LimitMode::Monitor => "m:",
     }
 }
 

@@ -14,6 +14,7 @@ mod guard;
 mod health;
 mod helpers;
 mod ingress;
+mod keys_and_limits;
 mod observability;
 mod operator;
 mod ops_files;
