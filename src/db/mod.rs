@@ -12,6 +12,7 @@ pub mod receipts;
 pub mod recipient_sends;
 pub mod retention;
 pub mod spend;
+pub mod tls;
 pub mod wake;
 
 pub use handle::{Db, Tx};
@@ -34,10 +35,13 @@ const TIMEOUTS: [(&str, &str); 2] = [
     ("idle_in_transaction_session_timeout", "10s"),
 ];
 
-/// Connection options from a `postgres://` URL.
+/// Connection options from a `postgres://` URL, with TLS verified as libpq verifies it
+/// (`tls`): a verifying mode starts its tunnel on the current tokio runtime.
 pub fn options_from_url(key: &str, url: &str) -> anyhow::Result<PgConnectOptions> {
-    url.parse::<PgConnectOptions>()
-        .with_context(|| format!("{key} is not a valid postgres:// URL"))
+    let options = url
+        .parse::<PgConnectOptions>()
+        .with_context(|| format!("{key} is not a valid postgres:// URL"))?;
+    tls::with_libpq_tls(options, url).with_context(|| format!("{key}: TLS to PostgreSQL"))
 }
 
 /// Opens the pool smsgate uses for everything but migrations and LISTEN.

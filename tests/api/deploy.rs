@@ -614,10 +614,13 @@ impl TlsPostgres {
     }
 
     fn url(&self, mode: &str, root: &std::path::Path) -> String {
+        self.url_with(&format!("sslmode={mode}&sslrootcert={}", root.display()))
+    }
+
+    fn url_with(&self, query: &str) -> String {
         format!(
-            "postgres://smsgate:tls-test-password@localhost:{}/smsgate?sslmode={mode}&sslrootcert={}",
-            self.port,
-            root.display()
+            "postgres://smsgate:tls-test-password@localhost:{}/smsgate?{query}",
+            self.port
         )
     }
 }
@@ -683,6 +686,86 @@ async fn smsgate_reaches_a_tls_only_postgres_with_verify_full_and_refuses_anythi
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
     }
+}
+
+/// `smsgate migrate` against the TLS server with `url` and extra environment: its success
+/// and its standard error.
+fn migrate_with(
+    config: &std::path::Path,
+    url: &str,
+    env: &[(&str, &std::path::Path)],
+) -> (bool, String) {
+    let mut command = Command::new(BINARY);
+    command
+        .args(["migrate", "--config"])
+        .arg(config)
+        .env("DATABASE_URL", url)
+        .env_remove("PGSSLROOTCERT")
+        .env_remove("PGSSLMODE");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("run");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Found by an attack: `require` with `sslrootcert` checked nothing, and the root certificate
+/// was added to the public web roots. Now each mode trusts what libpq's does, and only that.
+#[tokio::test]
+async fn tls_modes_trust_sslrootcert_alone_as_libpq_does() {
+    let postgres = tokio::task::spawn_blocking(TlsPostgres::start)
+        .await
+        .expect("start");
+    let ca = postgres.dir.path().join("test-ca.crt");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    make_certificates(other_dir.path(), "other-ca");
+    let other = other_dir.path().join("other-ca.crt");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = crate::cli::write_config(dir.path(), &TestConfig::base().to_string());
+    let home = tempfile::tempdir().expect("an empty HOME");
+
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let (ok, stderr) = migrate_with(&config, &postgres.url(mode, &ca), &[]);
+        assert!(ok, "{mode} with the server's CA: {stderr}");
+        let (ok, stderr) = migrate_with(&config, &postgres.url(mode, &other), &[]);
+        assert!(!ok, "{mode} with another CA must refuse");
+        assert!(
+            stderr.contains("TLS handshake with PostgreSQL failed"),
+            "{mode}: {stderr}"
+        );
+    }
+    // A verifying mode without sslrootcert reads ~/.postgresql/root.crt, as libpq does.
+    let (ok, stderr) = migrate_with(
+        &config,
+        &postgres.url_with("sslmode=verify-full"),
+        &[("HOME", home.path())],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("sslrootcert=system"), "{stderr}");
+    std::fs::create_dir(home.path().join(".postgresql")).expect("mkdir");
+    std::fs::copy(&ca, home.path().join(".postgresql/root.crt")).expect("copy");
+    let (ok, stderr) = migrate_with(
+        &config,
+        &postgres.url_with("sslmode=verify-full"),
+        &[("HOME", home.path())],
+    );
+    assert!(ok, "~/.postgresql/root.crt: {stderr}");
+    // sslrootcert=system: the system store (here SSL_CERT_FILE) and only verify-full.
+    let system = postgres.url_with("sslrootcert=system");
+    let (ok, stderr) = migrate_with(&config, &system, &[("SSL_CERT_FILE", &ca)]);
+    assert!(ok, "system store with the CA: {stderr}");
+    let (ok, _) = migrate_with(&config, &system, &[("SSL_CERT_FILE", &other)]);
+    assert!(!ok, "system store without it");
+    let (ok, stderr) = migrate_with(
+        &config,
+        &postgres.url_with("sslrootcert=system&sslmode=require"),
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("needs sslmode=verify-full"), "{stderr}");
 }
 
 #[tokio::test]

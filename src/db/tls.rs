@@ -1,0 +1,440 @@
+//! TLS to PostgreSQL as libpq means it (docs/design.md, "TLS to PostgreSQL").
+//!
+//! sqlx's own TLS differs from libpq where it matters: `sslrootcert` is added to the
+//! compiled-in public web roots instead of replacing them (any publicly trusted certificate
+//! then passes `verify-ca`), and `require` with `sslrootcert` checks nothing where libpq
+//! verifies the chain. So for every mode that verifies, smsgate makes the TLS connection
+//! itself: sqlx speaks the plain protocol over a unix socket in a private directory to a
+//! tunnel task, which opens the TCP connection, asks the server for TLS (the SSLRequest of
+//! the frontend/backend protocol), verifies its certificate against `sslrootcert` alone and
+//! relays bytes both ways. Modes that verify nothing (`disable`, `allow`, `prefer`, `require`
+//! without a root certificate) are left to sqlx, which handles them as libpq does.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+
+/// The SSLRequest message: length 8, then the request code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+/// A server that does not answer the TCP connect or the TLS handshake in this time is down.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The TLS parameters of a connection URL, in libpq's names (sqlx's aliases accepted), with
+/// the `PGSSL*` environment variables as defaults, as libpq and sqlx read them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct TlsParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+}
+
+impl TlsParams {
+    fn of(url: &str) -> Self {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let mut params = Self {
+            mode: env("PGSSLMODE"),
+            root_cert: env("PGSSLROOTCERT"),
+            client_cert: env("PGSSLCERT"),
+            client_key: env("PGSSLKEY"),
+        };
+        let query = url.split_once('?').map_or("", |(_, query)| query);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let value = Some(value.into_owned());
+            match &*key {
+                "sslmode" | "ssl-mode" => params.mode = value,
+                "sslrootcert" | "ssl-root-cert" | "ssl-ca" => params.root_cert = value,
+                "sslcert" | "ssl-cert" => params.client_cert = value,
+                "sslkey" | "ssl-key" => params.client_key = value,
+                _ => {}
+            }
+        }
+        params
+    }
+}
+
+/// Where the server's certificate must lead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Anchors {
+    /// The certificates of a PEM file, and nothing else.
+    File(PathBuf),
+    /// The operating system's trust store (`sslrootcert=system`, as in libpq 16).
+    System,
+}
+
+/// What a URL's TLS parameters ask for, as libpq reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Policy {
+    /// Nothing to verify: sqlx handles the mode as libpq does.
+    Unverified,
+    /// The chain to `anchors`; with `host_name`, the certificate must also name the host.
+    Verified { anchors: Anchors, host_name: bool },
+}
+
+/// libpq's rules: `verify-ca` and `verify-full` verify; `require` verifies the chain when a
+/// root certificate is given; `sslrootcert=system` allows only `verify-full` (and implies it
+/// when no mode is given); without `sslrootcert` the verifying modes read
+/// `~/.postgresql/root.crt` and fail when it is missing.
+fn policy(params: &TlsParams) -> anyhow::Result<Policy> {
+    let system = params.root_cert.as_deref() == Some("system");
+    let mode = match params.mode.as_deref() {
+        None if system => "verify-full",
+        None => "prefer",
+        Some(mode) => mode,
+    };
+    if system && mode != "verify-full" {
+        bail!("sslrootcert=system needs sslmode=verify-full (libpq refuses weaker modes with it)");
+    }
+    let (verify, host_name) = match mode {
+        "disable" | "allow" | "prefer" => (false, false),
+        "require" => (params.root_cert.is_some(), false),
+        "verify-ca" => (true, false),
+        "verify-full" => (true, true),
+        other => bail!(
+            "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+        ),
+    };
+    if !verify {
+        return Ok(Policy::Unverified);
+    }
+    let anchors = match params.root_cert.as_deref() {
+        Some("system") => Anchors::System,
+        Some(path) => Anchors::File(PathBuf::from(path)),
+        None => {
+            let default = std::env::var_os("HOME")
+                .map(|home| Path::new(&home).join(".postgresql/root.crt"))
+                .filter(|path| path.exists());
+            match default {
+                Some(path) => Anchors::File(path),
+                None => bail!(
+                    "sslmode={mode} verifies the server's certificate, but no sslrootcert is \
+                     given and ~/.postgresql/root.crt does not exist: set sslrootcert to the CA \
+                     file, or sslrootcert=system for the system's trusted roots"
+                ),
+            }
+        }
+    };
+    Ok(Policy::Verified { anchors, host_name })
+}
+
+/// `options` (parsed from `url`) as smsgate connects with them: unchanged when nothing is to
+/// be verified (or the host is a unix socket, where libpq uses no TLS), otherwise pointed at
+/// a verifying tunnel started on the current tokio runtime.
+pub fn with_libpq_tls(options: PgConnectOptions, url: &str) -> anyhow::Result<PgConnectOptions> {
+    let Policy::Verified { anchors, host_name } = policy(&TlsParams::of(url))? else {
+        return Ok(options);
+    };
+    if options.get_socket().is_some() || options.get_host().starts_with('/') {
+        return Ok(options);
+    }
+    let params = TlsParams::of(url);
+    let config = client_config(&anchors, host_name, &params)?;
+    let host = options.get_host().to_string();
+    let server_name = ServerName::try_from(host.clone())
+        .with_context(|| format!("{host} is not a host name or IP address TLS can verify"))?;
+    let target = Arc::new(Target {
+        host,
+        port: options.get_port(),
+        server_name,
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+    });
+    let dir = start_tunnel(target)?;
+    Ok(options.socket(dir).ssl_mode(PgSslMode::Disable))
+}
+
+fn client_config(
+    anchors: &Anchors,
+    host_name: bool,
+    params: &TlsParams,
+) -> anyhow::Result<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    match anchors {
+        Anchors::File(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("cannot read sslrootcert {}", path.display()))?;
+            for cert in certs {
+                let cert =
+                    cert.with_context(|| format!("sslrootcert {} is not PEM", path.display()))?;
+                roots.add(cert).with_context(|| {
+                    format!(
+                        "sslrootcert {} holds an unusable certificate",
+                        path.display()
+                    )
+                })?;
+            }
+        }
+        Anchors::System => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    if roots.is_empty() {
+        bail!("sslrootcert gives no certificate to trust");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("cannot build the certificate verifier")?;
+    let verifier: Arc<dyn ServerCertVerifier> = if host_name {
+        chain
+    } else {
+        Arc::new(ChainOnly(chain))
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    match (&params.client_cert, &params.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("cannot read sslcert {cert}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("sslcert {cert} is not PEM"))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("cannot read sslkey {key}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("sslcert and sslkey do not make a client certificate")
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => bail!("sslcert and sslkey go together"),
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name on the certificate is not
+/// compared with the host.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The server a tunnel reaches, and how it verifies it.
+struct Target {
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    connector: tokio_rustls::TlsConnector,
+}
+
+/// Listens on `<dir>/.s.PGSQL.<port>` (the name sqlx connects to) in a new directory only
+/// this user can enter: the tunnel presents any client certificate, so no other local user
+/// may use it. Returns the directory.
+fn start_tunnel(target: Arc<Target>) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    static TUNNELS: AtomicU32 = AtomicU32::new(0);
+    let runtime = tokio::runtime::Handle::try_current()
+        .context("the TLS tunnel to PostgreSQL needs a running tokio runtime")?;
+    let dir = std::env::temp_dir().join(format!(
+        "smsgate-tls-{}-{}",
+        std::process::id(),
+        TUNNELS.fetch_add(1, Ordering::Relaxed)
+    ));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!(".s.PGSQL.{}", target.port));
+    let listener = {
+        let _entered = runtime.enter();
+        UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?
+    };
+    runtime.spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((client, _)) => {
+                    tokio::spawn(relay(client, target.clone()));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "the TLS tunnel to PostgreSQL cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(dir)
+}
+
+/// One connection: TCP, SSLRequest, a verified handshake, then bytes both ways. A failure
+/// is answered as PostgreSQL answers a refused start-up, so sqlx reports it with its reason.
+async fn relay(mut client: UnixStream, target: Arc<Target>) {
+    let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&target)).await;
+    let mut server = match connected {
+        Ok(Ok(server)) => server,
+        Ok(Err(reason)) => return refuse(&mut client, &reason).await,
+        Err(_) => return refuse(&mut client, "no TLS handshake with PostgreSQL in time").await,
+    };
+    // Either side closing ends the relay; errors are the connection's end, which sqlx sees.
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+}
+
+async fn handshake(target: &Target) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let mut tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|err| format!("cannot reach {}:{}: {err}", target.host, target.port))?;
+    tcp.set_nodelay(true).ok();
+    tcp.write_all(&SSL_REQUEST)
+        .await
+        .map_err(|err| format!("SSLRequest not sent: {err}"))?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(|err| format!("no answer to the SSLRequest: {err}"))?;
+    if answer[0] != b'S' {
+        return Err("the server does not offer TLS".into());
+    }
+    target
+        .connector
+        .connect(target.server_name.clone(), tcp)
+        .await
+        .map_err(|err| format!("TLS handshake with PostgreSQL failed: {err}"))
+}
+
+/// An ErrorResponse (severity FATAL, SQLSTATE 08006 connection_failure) with `reason`.
+async fn refuse(client: &mut UnixStream, reason: &str) {
+    tracing::warn!(reason, "TLS to PostgreSQL refused");
+    let mut fields = Vec::new();
+    for (code, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "08006"),
+        (b'M', reason),
+    ] {
+        fields.push(code);
+        fields.extend(value.bytes().filter(|b| *b != 0));
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut message = vec![b'E'];
+    message.extend(
+        u32::try_from(fields.len() + 4)
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    message.extend(fields);
+    let _ = client.write_all(&message).await;
+    let _ = client.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(mode: Option<&str>, root: Option<&str>) -> TlsParams {
+        TlsParams {
+            mode: mode.map(str::to_string),
+            root_cert: root.map(str::to_string),
+            ..TlsParams::default()
+        }
+    }
+
+    #[test]
+    fn require_with_a_root_certificate_verifies_the_chain_as_libpq_does() {
+        assert_eq!(
+            policy(&params(Some("require"), Some("/ca.pem"))).expect("valid"),
+            Policy::Verified {
+                anchors: Anchors::File("/ca.pem".into()),
+                host_name: false
+            }
+        );
+        assert_eq!(
+            policy(&params(Some("require"), None)).expect("valid"),
+            Policy::Unverified
+        );
+        assert_eq!(
+            policy(&params(None, Some("/ca.pem"))).expect("valid"),
+            Policy::Unverified,
+            "prefer never verifies"
+        );
+    }
+
+    #[test]
+    fn sslrootcert_system_means_the_system_store_and_verify_full_only() {
+        assert_eq!(
+            policy(&params(None, Some("system"))).expect("valid"),
+            Policy::Verified {
+                anchors: Anchors::System,
+                host_name: true
+            }
+        );
+        for weaker in ["require", "verify-ca", "prefer"] {
+            assert!(
+                policy(&params(Some(weaker), Some("system"))).is_err(),
+                "{weaker}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_parameters_are_read_with_sqlx_aliases_and_the_last_wins() {
+        let read = TlsParams::of(
+            "postgres://u@db/x?ssl-mode=require&sslmode=verify-ca&ssl-ca=%2Fetc%2Fca.pem&sslcert=/c&sslkey=/k",
+        );
+        assert_eq!(read.mode.as_deref(), Some("verify-ca"));
+        assert_eq!(read.root_cert.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(read.client_cert.as_deref(), Some("/c"));
+        assert_eq!(read.client_key.as_deref(), Some("/k"));
+    }
+
+    #[test]
+    fn an_unknown_mode_is_refused() {
+        assert!(policy(&params(Some("verify"), None)).is_err());
+    }
+}
