@@ -15,8 +15,6 @@ use crate::secret::{Secret, decode_base64url_secret};
 const LEEWAY_SECONDS: u64 = 60;
 /// Auth0's tokens are a few hundred bytes; anything this long is not one of them.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
-/// The only issuer seen in tokens Auth0 signs; checked only when `iss` is present.
-const AUTH0_ISSUER: &str = "Auth0";
 
 /// Why a bearer token was refused. Every variant is answered 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -35,7 +33,7 @@ pub enum TokenError {
     WrongAudience,
     #[error("the token subject does not match")]
     WrongSubject,
-    #[error("the token issuer is not Auth0")]
+    #[error("the token issuer is not one this gateway accepts")]
     WrongIssuer,
     #[error("the token has expired")]
     Expired,
@@ -177,15 +175,15 @@ fn classify(kind: &ErrorKind) -> TokenError {
 }
 
 /// `aud` is required and must contain the audience; `sub` is required only when a subject is
-/// configured; `iss`, `exp` and `nbf` are checked only when present, since Auth0 does not
-/// document that it sends them.
+/// configured; `iss` (one of the signer's `issuers`), `exp` and `nbf` are checked only when
+/// present, since Auth0 does not document that it sends them.
 fn validation_for(config: &SignerConfig) -> Validation {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = LEEWAY_SECONDS;
     validation.validate_exp = true;
     validation.validate_nbf = true;
     validation.set_audience(&[config.audience.as_str()]);
-    validation.set_issuer(&[AUTH0_ISSUER]);
+    validation.set_issuer(&config.issuers);
     let mut required = HashSet::from(["aud".to_string()]);
     if let Some(subject) = &config.subject {
         validation.sub = Some(subject.clone());
@@ -230,7 +228,11 @@ struct Claims<'a> {
 /// Signs a token the way Auth0 signs its gateway calls, valid for `ttl_seconds` from `now`.
 pub fn sign(config: &SignerConfig, now_unix: u64, ttl_seconds: u64) -> Result<Secret, String> {
     let claims = Claims {
-        iss: AUTH0_ISSUER,
+        // Validation keeps the list non-empty; the fallback is what Auth0 itself sends.
+        iss: config
+            .issuers
+            .first()
+            .map_or(SignerConfig::AUTH0_ISSUER, String::as_str),
         sub: config.subject.as_deref(),
         aud: &config.audience,
         iat: now_unix,
@@ -257,5 +259,23 @@ mod tests {
         assert_eq!(decode_base64url_secret("YQ=="), Some(b"a".to_vec()));
         assert_eq!(decode_base64url_secret("YQ"), Some(b"a".to_vec()));
         assert_eq!(decode_base64url_secret("not base64!"), None);
+    }
+
+    #[test]
+    fn a_signed_token_carries_the_signers_first_issuer_and_passes_its_check() {
+        let config = SignerConfig {
+            secret: Secret::new("a-test-secret-of-thirty-two-bytes!".to_string()),
+            secret_base64_encoded: false,
+            audience: "urn:Test".into(),
+            subject: None,
+            public_secret: false,
+            issuers: vec!["https://tenant.auth0.com/".into()],
+        };
+        let verifier = Verifier::new(&BTreeMap::from([("t".to_string(), config.clone())]));
+        let now = jsonwebtoken::get_current_timestamp();
+
+        let token = sign(&config, now, 60).expect("signs");
+
+        assert_eq!(verifier.verify(token.expose()), Ok("t"));
     }
 }

@@ -177,6 +177,36 @@ async fn the_issuer_is_checked_only_when_present() {
 }
 
 #[tokio::test]
+async fn another_issuer_is_refused_by_default_and_accepted_once_configured() {
+    let tenant_url = "https://tenant.auth0.com/";
+    let from_tenant = with_claims(|c| c["iss"] = json!(tenant_url));
+    let by_default = TestApp::spawn().await;
+    assert_unauthorized(
+        &by_default,
+        Some(format!("Bearer {from_tenant}")),
+        "invalid_token",
+    )
+    .await;
+
+    let config = TestConfig::base().set("auth0.primary.issuers", vec![tenant_url]);
+    let app = TestApp::spawn_with(&config).await;
+
+    // The list replaces the default; a non-string `iss` is still refused, no `iss` accepted.
+    let auth0 = with_claims(|c| c["iss"] = json!("Auth0"));
+    assert_unauthorized(&app, Some(format!("Bearer {auth0}")), "invalid_token").await;
+    let listed = with_claims(|c| c["iss"] = json!([tenant_url]));
+    assert_unauthorized(&app, Some(format!("Bearer {listed}")), "invalid_token").await;
+    assert_accepted(&app, &from_tenant).await;
+    assert_accepted(
+        &app,
+        &with_claims(|c| {
+            c.as_object_mut().map(|o| o.remove("iss"));
+        }),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn exp_and_nbf_are_enforced_with_60_seconds_of_leeway_but_not_required() {
     let app = TestApp::spawn().await;
     let expired = with_claims(|c| c["exp"] = json!(now() - 120));
