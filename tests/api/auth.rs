@@ -308,6 +308,44 @@ async fn an_oversized_token_is_refused_even_when_its_signature_is_valid() {
     assert_accepted(&app, &large_but_allowed).await;
 }
 
+/// A token over `auth0_claims()` with `header` as its protected header, correctly signed.
+fn signed_with_header(header: &Value) -> String {
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(auth0_claims().to_string())
+    );
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).expect("signs");
+    format!("{message}.{signature}")
+}
+
+#[tokio::test]
+async fn a_token_with_critical_header_parameters_is_refused() {
+    let app = TestApp::spawn().await;
+    // RFC 7515 §4.1.11: a recipient refuses a `crit` it does not process, and smsgate
+    // processes no extension; an empty or non-list `crit` is invalid in itself.
+    for crit in [
+        json!(["exp"]),
+        json!(["b64"]),
+        json!([]),
+        json!(null),
+        json!("exp"),
+    ] {
+        let header = json!({"alg": "HS256", "typ": "JWT", "crit": crit, "b64": true});
+        let token = signed_with_header(&header);
+        assert_unauthorized(&app, Some(format!("Bearer {token}")), "invalid_token").await;
+    }
+
+    // The same header without `crit` is a good token: the refusals above were for `crit`.
+    assert_accepted(
+        &app,
+        &signed_with_header(&json!({"alg": "HS256", "typ": "JWT", "b64": true})),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn claims_of_the_wrong_type_are_refused() {
     let app = TestApp::spawn().await;
