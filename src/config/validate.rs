@@ -578,7 +578,7 @@ fn same_server(a: &str, b: &str) -> bool {
 fn issuers_problem(issuers: &[String]) -> Option<String> {
     let max = SignerConfig::MAX_ISSUER_CHARS;
     if issuers.is_empty() {
-        Some("must list at least one issuer (Auth0 sends \"Auth0\"); remove it for that".into())
+        Some("must list at least one issuer; leave it out for the default [\"Auth0\"]".into())
     } else if issuers.iter().any(|issuer| issuer.trim().is_empty()) {
         Some("an issuer must not be empty".into())
     } else if issuers.iter().any(|issuer| issuer.chars().count() > max) {
