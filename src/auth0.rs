@@ -15,8 +15,6 @@ use crate::secret::{Secret, decode_base64url_secret};
 const LEEWAY_SECONDS: u64 = 60;
 /// Auth0's tokens are a few hundred bytes; anything this long is not one of them.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
-/// The only issuer seen in tokens Auth0 signs; checked only when `iss` is present.
-const AUTH0_ISSUER: &str = "Auth0";
 
 /// Why a bearer token was refused. Every variant is answered 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -29,13 +27,17 @@ pub enum TokenError {
     Malformed,
     #[error("the token is not signed with HS256")]
     UnsupportedAlgorithm,
+    #[error(
+        "the token's header names critical parameters (crit), which this gateway does not process"
+    )]
+    CriticalHeader,
     #[error("the token signature does not match any configured signer")]
     BadSignature,
     #[error("the token audience does not match")]
     WrongAudience,
     #[error("the token subject does not match")]
     WrongSubject,
-    #[error("the token issuer is not Auth0")]
+    #[error("the token issuer is not one this gateway accepts")]
     WrongIssuer,
     #[error("the token has expired")]
     Expired,
@@ -129,6 +131,9 @@ impl Verifier {
         if header.alg != Algorithm::HS256 {
             return Err(TokenError::UnsupportedAlgorithm);
         }
+        if has_critical_parameters(token)? {
+            return Err(TokenError::CriticalHeader);
+        }
         let mut best = TokenError::BadSignature;
         for signer in &self.signers {
             match jsonwebtoken::decode::<IssuerClaim>(token, &signer.key, &signer.validation) {
@@ -159,6 +164,22 @@ struct IssuerClaim {
     iss: Option<serde_json::Value>,
 }
 
+/// Whether the protected header has a `crit` member, whatever its value. RFC 7515 §4.1.11 has a
+/// recipient refuse the extensions it does not process, and smsgate processes none; an empty
+/// list is invalid too. Read from the header's own JSON: `decode_header` reads `crit: null` as
+/// no `crit` at all.
+fn has_critical_parameters(token: &str) -> Result<bool, TokenError> {
+    use base64::Engine;
+    // `verify` has bounded the whole token, so the header is at most that long.
+    let encoded = token.split('.').next().ok_or(TokenError::Malformed)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+    Ok(header.contains_key("crit"))
+}
+
 fn classify(kind: &ErrorKind) -> TokenError {
     match kind {
         ErrorKind::InvalidSignature => TokenError::BadSignature,
@@ -177,15 +198,15 @@ fn classify(kind: &ErrorKind) -> TokenError {
 }
 
 /// `aud` is required and must contain the audience; `sub` is required only when a subject is
-/// configured; `iss`, `exp` and `nbf` are checked only when present, since Auth0 does not
-/// document that it sends them.
+/// configured; `iss` (one of the signer's `issuers`), `exp` and `nbf` are checked only when
+/// present, since Auth0 does not document that it sends them.
 fn validation_for(config: &SignerConfig) -> Validation {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = LEEWAY_SECONDS;
     validation.validate_exp = true;
     validation.validate_nbf = true;
     validation.set_audience(&[config.audience.as_str()]);
-    validation.set_issuer(&[AUTH0_ISSUER]);
+    validation.set_issuer(&config.issuers);
     let mut required = HashSet::from(["aud".to_string()]);
     if let Some(subject) = &config.subject {
         validation.sub = Some(subject.clone());
@@ -230,7 +251,11 @@ struct Claims<'a> {
 /// Signs a token the way Auth0 signs its gateway calls, valid for `ttl_seconds` from `now`.
 pub fn sign(config: &SignerConfig, now_unix: u64, ttl_seconds: u64) -> Result<Secret, String> {
     let claims = Claims {
-        iss: AUTH0_ISSUER,
+        // Validation keeps the list non-empty; the fallback is what Auth0 itself sends.
+        iss: config
+            .issuers
+            .first()
+            .map_or(SignerConfig::AUTH0_ISSUER, String::as_str),
         sub: config.subject.as_deref(),
         aud: &config.audience,
         iat: now_unix,
@@ -257,5 +282,23 @@ mod tests {
         assert_eq!(decode_base64url_secret("YQ=="), Some(b"a".to_vec()));
         assert_eq!(decode_base64url_secret("YQ"), Some(b"a".to_vec()));
         assert_eq!(decode_base64url_secret("not base64!"), None);
+    }
+
+    #[test]
+    fn a_signed_token_carries_the_signers_first_issuer_and_passes_its_check() {
+        let config = SignerConfig {
+            secret: Secret::new("a-test-secret-of-thirty-two-bytes!".to_string()),
+            secret_base64_encoded: false,
+            audience: "urn:Test".into(),
+            subject: None,
+            public_secret: false,
+            issuers: vec!["https://tenant.auth0.com/".into()],
+        };
+        let verifier = Verifier::new(&BTreeMap::from([("t".to_string(), config.clone())]));
+        let now = jsonwebtoken::get_current_timestamp();
+
+        let token = sign(&config, now, 60).expect("signs");
+
+        assert_eq!(verifier.verify(token.expose()), Ok("t"));
     }
 }

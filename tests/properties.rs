@@ -161,6 +161,7 @@ fn verifier() -> Verifier {
             audience: AUDIENCE.into(),
             subject: Some("urn:Auth0".into()),
             public_secret: false,
+            issuers: SignerConfig::default_issuers(),
         },
     );
     Verifier::new(&signers)

@@ -36,12 +36,16 @@ function signToken(secrets) {
   return `${unsigned}.${signature}`;
 }
 
-/** The same for every run of one notification: Auth0 retries with the same event. */
+/**
+ * The same for every run of one notification: Auth0 retries with the same event. A call and a
+ * text of one code are two messages, so the delivery method and the spoken text are part of it.
+ */
 function idempotencyKey(event) {
   const n = event.notification;
   const parts = [
     (event.transaction && event.transaction.correlation_id) || '',
     n.recipient, n.message_type || '', n.code || '', n.as_text || '',
+    n.delivery_method || '', n.as_voice || '',
   ];
   return crypto.createHash('sha256').update(JSON.stringify(parts)).digest('hex');
 }
@@ -58,6 +62,8 @@ exports.onExecuteCustomPhoneProvider = async (event, api) => {
     notification: {
       recipient: n.recipient,
       as_text: n.as_text,
+      // What a call says: Auth0 writes it for the ear; without it smsgate speaks as_text.
+      as_voice: n.as_voice,
       delivery_method: n.delivery_method,
       message_type: n.message_type,
       code: n.code,

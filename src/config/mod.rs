@@ -210,6 +210,22 @@ pub struct SignerConfig {
     /// what proves the caller (and is redacted like a secret).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public_secret: bool,
+    /// Accepted values of the token's `iss` (checked only when the token has one). Auth0 is
+    /// seen sending `Auth0` but does not document it, so a tenant that sends another value
+    /// needs only this list.
+    #[serde(default = "SignerConfig::default_issuers")]
+    pub issuers: Vec<String>,
+}
+
+impl SignerConfig {
+    /// The issuer seen in the tokens Auth0 signs.
+    pub const AUTH0_ISSUER: &str = "Auth0";
+    /// An issuer is a name or a URL; anything longer is a mistake, not a tenant.
+    pub const MAX_ISSUER_CHARS: usize = 256;
+
+    pub fn default_issuers() -> Vec<String> {
+        vec![Self::AUTH0_ISSUER.to_string()]
+    }
 }
 
 impl std::fmt::Debug for SignerConfig {
@@ -230,6 +246,7 @@ impl std::fmt::Debug for SignerConfig {
             .field("audience", &audience)
             .field("subject", &subject)
             .field("public_secret", &self.public_secret)
+            .field("issuers", &self.issuers)
             .finish()
     }
 }

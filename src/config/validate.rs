@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use super::{Config, MIN_HEADER_BYTES};
+use super::{Config, MIN_HEADER_BYTES, SignerConfig};
 use crate::domain::parse_country;
 use crate::secret::decode_base64url_secret;
 
@@ -306,6 +306,9 @@ impl Config {
             {
                 problem(key("subject"), "must not be empty when present".into());
             }
+            if let Some(reason) = issuers_problem(&signer.issuers) {
+                problem(key("issuers"), reason);
+            }
         }
         if self.uses_development_secret() && !self.server.listen.ip().is_loopback() {
             problem(
@@ -569,4 +572,18 @@ fn same_server(a: &str, b: &str) -> bool {
             .map(|o| (o.get_host().to_ascii_lowercase(), o.get_port()))
     };
     address(a).is_some_and(|a| Some(a) == address(b))
+}
+
+/// Why a signer's `issuers` cannot work: an empty list would refuse every token with an `iss`.
+fn issuers_problem(issuers: &[String]) -> Option<String> {
+    let max = SignerConfig::MAX_ISSUER_CHARS;
+    if issuers.is_empty() {
+        Some("must list at least one issuer; leave it out for the default [\"Auth0\"]".into())
+    } else if issuers.iter().any(|issuer| issuer.trim().is_empty()) {
+        Some("an issuer must not be empty".into())
+    } else if issuers.iter().any(|issuer| issuer.chars().count() > max) {
+        Some(format!("each issuer must be {max} characters or fewer"))
+    } else {
+        None
+    }
 }

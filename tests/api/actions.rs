@@ -2,9 +2,14 @@
 //! shapes, the same token check as the legacy endpoint, voice refused, and idempotency for the
 //! Action's retries.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
+use crate::dispatch::{FAST_DISPATCH, wait_final};
 use crate::helpers::{TestApp, assert_error, base_config, token};
+use crate::standins::twilio::TwilioStandIn;
+use crate::test_config::TestConfig;
 
 pub fn notification(recipient: &str, code: &str) -> Value {
     json!({
@@ -368,6 +373,57 @@ async fn the_shipped_custom_phone_provider_action_queues_once_however_often_it_r
         .await
         .expect("stored");
     assert_eq!(body, "Your verification code is 640112");
+}
+
+#[tokio::test]
+async fn the_shipped_custom_phone_provider_action_places_a_call_that_speaks_the_voice_text() {
+    let twilio = TwilioStandIn::start().await;
+    let config = TestConfig::base()
+        .only_carrier(&twilio.carrier_toml("twilio"), "twilio")
+        .merge(FAST_DISPATCH);
+    let app = TestApp::spawn_role(&config, smsgate::Role::All).await;
+    let mut text = notification("+14155552671", "640113");
+    text["secrets"] = secrets(&app, crate::helpers::SECRET);
+    text["transaction"] = json!({"correlation_id": "corr-voice"});
+    // Auth0 falls back to a call for the same code: the same event but the delivery method.
+    let mut voice = text.clone();
+    voice["notification"]["delivery_method"] = json!("voice");
+
+    let Some(texted) =
+        tokio::task::spawn_blocking(move || run_action("custom-phone-provider.js", &text))
+            .await
+            .expect("ran")
+    else {
+        return;
+    };
+    let called =
+        tokio::task::spawn_blocking(move || run_action("custom-phone-provider.js", &voice))
+            .await
+            .expect("ran")
+            .expect("node");
+
+    assert_eq!(texted, json!({"ok": true, "calls": []}));
+    assert_eq!(called, json!({"ok": true, "calls": []}), "not a reused key");
+    let id: String = sqlx::query_scalar("SELECT id::text FROM messages WHERE channel = 'voice'")
+        .fetch_one(&app.pool)
+        .await
+        .expect("stored");
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    assert_eq!(view["status"], "sent", "{view}");
+    assert_eq!(view["channel"], "voice");
+    let calls: Vec<_> = twilio
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.uri.path().ends_with("/Calls.json"))
+        .collect();
+    assert_eq!(calls.len(), 1);
+    let twiml = calls[0].fields.get("Twiml").cloned().unwrap_or_default();
+    // `as_voice` ("Your code is …"), spoken digit by digit; never the SMS template.
+    assert!(
+        twiml.contains(">Your code is 6, 4, 0, 1, 1, 3</Say>"),
+        "the call says the as_voice text: {twiml}"
+    );
+    assert!(!twiml.contains("verification"), "not the as_text: {twiml}");
 }
 
 #[tokio::test]

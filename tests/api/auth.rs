@@ -177,6 +177,36 @@ async fn the_issuer_is_checked_only_when_present() {
 }
 
 #[tokio::test]
+async fn another_issuer_is_refused_by_default_and_accepted_once_configured() {
+    let tenant_url = "https://tenant.auth0.com/";
+    let from_tenant = with_claims(|c| c["iss"] = json!(tenant_url));
+    let by_default = TestApp::spawn().await;
+    assert_unauthorized(
+        &by_default,
+        Some(format!("Bearer {from_tenant}")),
+        "invalid_token",
+    )
+    .await;
+
+    let config = TestConfig::base().set("auth0.primary.issuers", vec![tenant_url]);
+    let app = TestApp::spawn_with(&config).await;
+
+    // The list replaces the default; a non-string `iss` is still refused, no `iss` accepted.
+    let auth0 = with_claims(|c| c["iss"] = json!("Auth0"));
+    assert_unauthorized(&app, Some(format!("Bearer {auth0}")), "invalid_token").await;
+    let listed = with_claims(|c| c["iss"] = json!([tenant_url]));
+    assert_unauthorized(&app, Some(format!("Bearer {listed}")), "invalid_token").await;
+    assert_accepted(&app, &from_tenant).await;
+    assert_accepted(
+        &app,
+        &with_claims(|c| {
+            c.as_object_mut().map(|o| o.remove("iss"));
+        }),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn exp_and_nbf_are_enforced_with_60_seconds_of_leeway_but_not_required() {
     let app = TestApp::spawn().await;
     let expired = with_claims(|c| c["exp"] = json!(now() - 120));
@@ -276,6 +306,44 @@ async fn an_oversized_token_is_refused_even_when_its_signature_is_valid() {
     assert_unauthorized(&app, Some(format!("Bearer {oversized}")), "invalid_token").await;
     let large_but_allowed = with_claims(|c| c["padding"] = json!("x".repeat(4 * 1024)));
     assert_accepted(&app, &large_but_allowed).await;
+}
+
+/// A token over `auth0_claims()` with `header` as its protected header, correctly signed.
+fn signed_with_header(header: &Value) -> String {
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(auth0_claims().to_string())
+    );
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).expect("signs");
+    format!("{message}.{signature}")
+}
+
+#[tokio::test]
+async fn a_token_with_critical_header_parameters_is_refused() {
+    let app = TestApp::spawn().await;
+    // RFC 7515 §4.1.11: a recipient refuses a `crit` it does not process, and smsgate
+    // processes no extension; an empty or non-list `crit` is invalid in itself.
+    for crit in [
+        json!(["exp"]),
+        json!(["b64"]),
+        json!([]),
+        json!(null),
+        json!("exp"),
+    ] {
+        let header = json!({"alg": "HS256", "typ": "JWT", "crit": crit, "b64": true});
+        let token = signed_with_header(&header);
+        assert_unauthorized(&app, Some(format!("Bearer {token}")), "invalid_token").await;
+    }
+
+    // The same header without `crit` is a good token: the refusals above were for `crit`.
+    assert_accepted(
+        &app,
+        &signed_with_header(&json!({"alg": "HS256", "typ": "JWT", "b64": true})),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -155,6 +155,30 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
 }
 
 #[test]
+fn check_config_refuses_an_empty_or_unbounded_issuer_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let long = "i".repeat(1025);
+    let cases: [(Vec<&str>, &str); 3] = [
+        (vec![], "must list at least one issuer"),
+        (vec!["Auth0", " "], "must not be empty"),
+        (vec![long.as_str()], "characters or fewer"),
+    ];
+    for (issuers, reason) in cases {
+        let text = TestConfig::base().set("auth0.primary.issuers", issuers.clone());
+        let config = write_config(dir.path(), &text.to_string());
+
+        let output = smsgate(&["check-config"], &config, &[]);
+
+        assert_eq!(output.status.code(), Some(2), "exit code for {issuers:?}");
+        let said = stderr(&output);
+        assert!(
+            said.contains("auth0.primary.issuers") && said.contains(reason),
+            "names the key and why for {issuers:?}: {said}"
+        );
+    }
+}
+
+#[test]
 fn a_gateway_without_signers_refuses_to_start_unless_unauthenticated_is_allowed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let unsigned = TestConfig::base().without("auth0");

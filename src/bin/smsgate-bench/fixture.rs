@@ -151,6 +151,7 @@ impl Bench {
             audience: "urn:MySmsGateway".into(),
             subject: Some("urn:Auth0".into()),
             public_secret: false,
+            issuers: smsgate::config::SignerConfig::default_issuers(),
         };
         let url = format!("http://127.0.0.1:{port}/v1/auth0/sms");
         Ok(Arc::new(Target::new(url, signer, self.args.connections)?))
