@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
 
 use super::{FailureClass, SendError};
 
@@ -93,20 +93,26 @@ pub async fn send(
     })
 }
 
-/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3), at most
-/// [`super::MAX_RETRY_AFTER`]: a carrier's number must never overflow a clock. A date in the
-/// past means now.
+/// The `Retry-After` of an HTTP answer: see [`retry_after_of`].
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    retry_after_at(headers, std::time::SystemTime::now())
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    retry_after_of(header(RETRY_AFTER), header(DATE))
 }
 
-fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+/// Every carrier's `Retry-After` (HTTP carriers and SNS alike): delay-seconds or an HTTP-date
+/// (RFC 9110 §10.2.3), at most [`super::MAX_RETRY_AFTER`] so a carrier's number never
+/// overflows a clock. A date is measured against the answer's own `Date` header, the
+/// carrier's clock (§6.6.1), never the gateway's: a gateway clock that is off would retry
+/// early or late by its skew. Without a `Date`, a date form gives no delay (the retry policy
+/// decides). A date at or before `Date` means now.
+pub fn retry_after_of(value: Option<&str>, date: Option<&str>) -> Option<Duration> {
+    let value = value?.trim();
     let delay = match value.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => {
             let at = httpdate::parse_http_date(value).ok()?;
-            at.duration_since(now).unwrap_or(Duration::ZERO)
+            let sent = httpdate::parse_http_date(date?.trim()).ok()?;
+            at.duration_since(sent).unwrap_or(Duration::ZERO)
         }
     };
     Some(delay.min(super::MAX_RETRY_AFTER))
@@ -128,13 +134,31 @@ mod tests {
     fn headers(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, value.parse().expect("a header value"));
+        headers.insert(
+            DATE,
+            "Mon, 30 Nov 2026 01:00:00 GMT".parse().expect("a date"),
+        );
         headers
     }
 
     #[test]
+    fn an_http_date_is_measured_against_the_answers_date_not_our_clock() {
+        let later = Some("Mon, 30 Nov 2026 01:00:05 GMT");
+        assert_eq!(
+            retry_after_of(later, Some("Mon, 30 Nov 2026 01:00:00 GMT")),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(retry_after_of(later, None), None, "no reference, no delay");
+        assert_eq!(
+            retry_after_of(Some("7"), None),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(retry_after_of(later, Some("garbage")), None);
+    }
+
+    #[test]
     fn retry_after_reads_seconds_and_http_dates_and_caps_both() {
-        let now = httpdate::parse_http_date("Mon, 30 Nov 2026 01:00:00 GMT").expect("date");
-        let at = |value: &str| retry_after_at(&headers(value), now);
+        let at = |value: &str| retry_after(&headers(value));
         assert_eq!(at("120"), Some(Duration::from_secs(120)));
         assert_eq!(
             at("Mon, 30 Nov 2026 01:02:30 GMT"),

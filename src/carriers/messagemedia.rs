@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 
 use super::http::{self, class_of_status};
@@ -114,8 +114,6 @@ impl Carrier for MessageMediaCarrier {
             Channel::Sms => candidates.into_iter().flatten().next(),
             Channel::Voice => candidates.into_iter().flatten().find(|s| is_e164(s)),
         };
-        let expiry = Utc::now()
-            + chrono::Duration::from_std(sms.validity).unwrap_or(chrono::Duration::zero());
         let request = SendRequest {
             messages: [OutgoingMessage {
                 content: &sms.body,
@@ -127,7 +125,8 @@ impl Carrier for MessageMediaCarrier {
                     Channel::Sms => "SMS",
                     Channel::Voice => self.voice_format.as_str(),
                 },
-                message_expiry_timestamp: expiry.to_rfc3339_opts(SecondsFormat::Secs, true),
+                // The message's own expiry (database clock), never the gateway's now + validity.
+                message_expiry_timestamp: sms.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
                 delivery_report: self.callback_url.is_some(),
                 callback_url: self.callback_url.as_deref(),
             }],

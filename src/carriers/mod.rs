@@ -39,8 +39,12 @@ pub struct OutboundSms {
     pub channel: Channel,
     /// The text's locale, for the language a call speaks in.
     pub locale: Option<String>,
-    /// What is left of the code's lifetime, for carriers that accept a validity period.
+    /// What is left of the code's lifetime, for carriers that accept a validity period
+    /// (measured on a monotonic clock from the database's `expires_at - now()`).
     pub validity: Duration,
+    /// When the code expires, as the database stored it: for carriers that take a time, so
+    /// no gateway clock (which may be skewed) moves it.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The carrier took the message.

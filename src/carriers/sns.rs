@@ -4,8 +4,6 @@
 //! exhausted spend limit only asynchronously (delivery-status logs), never in the Publish
 //! answer, so those failures cannot fail over (docs/design.md, "Carriers and failure classes").
 
-use std::time::Duration;
-
 use aws_sdk_sns::Client;
 use aws_sdk_sns::config::timeout::TimeoutConfig;
 use aws_sdk_sns::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
@@ -119,12 +117,9 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     match err {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
-            let retry_after = service
-                .raw()
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let headers = service.raw().headers();
+            let retry_after =
+                super::http::retry_after_of(headers.get("retry-after"), headers.get("date"));
             let code = service.err().code().map(str::to_string);
             let message = service
                 .err()

@@ -20,6 +20,8 @@ pub struct Claimed {
     pub attempts: i32,
     /// Milliseconds of lifetime left, on the database clock.
     pub remaining_ms: i64,
+    /// When the code expires: what a carrier that takes an expiry time is given.
+    pub expires_at: DateTime<Utc>,
     /// When it became due (the claim cursor advances over these).
     pub due_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
@@ -76,7 +78,7 @@ pub async fn claim(
          WHERE q.message_id = c.message_id AND m.id = q.message_id
          RETURNING q.message_id AS id, m.recipient, m.body, m.sender, q.attempts,
                    (extract(epoch FROM q.expires_at - now()) * 1000)::bigint AS remaining_ms,
-                   c.run_at AS due_at, m.created_at, m.channel, m.locale",
+                   q.expires_at, c.run_at AS due_at, m.created_at, m.channel, m.locale",
     )
     .bind(limit as i64)
     .bind(f64::from(lease_seconds))

@@ -8,12 +8,13 @@ use super::Db;
 use crate::config::WindowLimit;
 use crate::limits::window::{self, Admission};
 
-/// Admits one send to `recipient` now, or says how long until its windows allow one.
+/// Admits one send to `recipient` now, or says how long until its windows allow one; with
+/// the database's time of the decision (epoch ms), which an admitted send is logged at.
 pub async fn admit(
     pool: &Db,
     recipient: &str,
     windows: &[WindowLimit],
-) -> Result<Admission, sqlx::Error> {
+) -> Result<(Admission, i64), sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Created or locked in one statement; the clock is read once the lock is held, so two
     // processes' sends to one number are logged in the order they were admitted.
@@ -36,5 +37,20 @@ pub async fn admit(
         .await?;
     }
     tx.commit().await?;
-    Ok(admission)
+    Ok((admission, now_ms))
+}
+
+/// Takes one send logged at `at_ms` out of `recipient`'s log: it was admitted, then not made.
+pub async fn withdraw(pool: &Db, recipient: &str, at_ms: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE recipient_sends
+         SET sends = sends[:array_position(sends, $2) - 1] || sends[array_position(sends, $2) + 1:],
+             updated_at = clock_timestamp()
+         WHERE recipient = $1 AND array_position(sends, $2) IS NOT NULL",
+    )
+    .bind(recipient)
+    .bind(at_ms)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

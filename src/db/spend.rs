@@ -23,6 +23,9 @@ const NO_COUNTRY: &str = "ZZ";
 pub struct Spend {
     ceiling: SpendCeiling,
     day: Option<NaiveDate>,
+    /// How long `day` had left when it was read (database clock, ms): the Retry-After of a
+    /// refusal, decided by the clock that decided the day.
+    day_ends_in_ms: i64,
     totals: HashMap<String, Micros>,
 }
 
@@ -49,21 +52,24 @@ pub async fn lock_today(
     if scopes.is_empty() {
         return Ok(Spend::default());
     }
-    let rows: Vec<(NaiveDate, String, Micros)> = sqlx::query_as(
+    let rows: Vec<(NaiveDate, String, Micros, i64)> = sqlx::query_as(
         "INSERT INTO spend_days (day, scope)
          SELECT (now() AT TIME ZONE 'UTC')::date, s FROM unnest($1::text[]) AS s ORDER BY s
          ON CONFLICT (day, scope) DO UPDATE SET spent_micros = spend_days.spent_micros
-         RETURNING day, scope, spent_micros",
+         RETURNING day, scope, spent_micros,
+                   (extract(epoch FROM (day + 1)::timestamp - (now() AT TIME ZONE 'UTC'))
+                    * 1000)::bigint",
     )
     .bind(&scopes)
     .fetch_all(&mut *conn)
     .await?;
     Ok(Spend {
         ceiling: *ceiling,
-        day: rows.first().map(|(day, _, _)| *day),
+        day: rows.first().map(|(day, _, _, _)| *day),
+        day_ends_in_ms: rows.first().map_or(0, |(_, _, _, left)| *left),
         totals: rows
             .into_iter()
-            .map(|(_, scope, spent)| (scope, spent))
+            .map(|(_, scope, spent, _)| (scope, spent))
             .collect(),
     })
 }
@@ -101,6 +107,7 @@ impl Spend {
                     country: named.map(str::to_string),
                     limit,
                     spent,
+                    day_ends_in_ms: self.day_ends_in_ms,
                 });
             }
         }

@@ -159,6 +159,7 @@ pub async fn dispatch(
             channel,
             locale: message.locale.clone(),
             validity: clocks.deadline - now,
+            expires_at: message.expires_at,
         };
         let result = carrier.send(&sms).await;
         drop(turn);
@@ -192,22 +193,44 @@ impl Attempt<'_> {
         turn: &Turn,
         admitted: &mut bool,
     ) -> Result<Instant, Blocked> {
+        let mut logged_at = None;
         if !*admitted {
             // The number's log is a lock many sends may queue on: no longer than the turn lasts.
             match tokio::time::timeout_at(turn.latest.into(), self.admit()).await {
-                Ok(Ok(())) => *admitted = true,
+                Ok(Ok(at_ms)) => {
+                    *admitted = true;
+                    logged_at = at_ms;
+                }
                 Ok(Err(disposition)) => return Err(Blocked::Ended(disposition)),
                 Err(_) => return Err(Blocked::NoTurn),
             }
         }
         let now = Instant::now();
-        if now >= self.clocks.deadline {
-            return Err(Blocked::Ended(expired()));
+        let blocked = if now + MIN_VALIDITY > self.clocks.deadline {
+            // Less than a second left: no carrier can be given a validity the code still has.
+            Some(Blocked::Ended(expired()))
+        } else if now > turn.latest {
+            Some(Blocked::NoTurn)
+        } else {
+            None
+        };
+        let Some(blocked) = blocked else {
+            return Ok(now);
+        };
+        if let Some(at_ms) = logged_at {
+            // Logged for a send that will not happen now: the window counts only real sends.
+            *admitted = false;
+            self.withdraw(at_ms).await;
         }
-        if now > turn.latest {
-            return Err(Blocked::NoTurn);
+        Err(blocked)
+    }
+
+    /// Takes a send logged by `admit` out of the number's log again.
+    async fn withdraw(&self, at_ms: i64) {
+        let recipient = &self.message.recipient;
+        if let Err(err) = recipient_sends::withdraw(&self.context.pool, recipient, at_ms).await {
+            tracing::warn!(id = %self.message.id, error = %err, "cannot take an unmade send out of the recipient's log; it counts until its window passes");
         }
-        Ok(now)
     }
 
     /// Waits for the carrier's slot and rate, but only as long as a call started then would
@@ -247,16 +270,17 @@ impl Attempt<'_> {
     }
 
     /// Counts this send against the recipient's windows, right before the call, so the limits
-    /// count the sends that really happen. `Err` says what to do instead: wait for the window,
-    /// or end the message when the window opens only after the code expires.
-    async fn admit(&mut self) -> Result<(), Disposition> {
+    /// count the sends that really happen; the time it was logged at (`None` without windows).
+    /// `Err` says what to do instead: wait for the window, or end the message when the window
+    /// opens only after the code expires.
+    async fn admit(&mut self) -> Result<Option<i64>, Disposition> {
         let message = self.message;
         let windows = &self.context.windows;
         let wait_ms = match recipient_sends::admit(&self.context.pool, &message.recipient, windows)
             .await
         {
-            Ok(Admission::Allowed) => return Ok(()),
-            Ok(Admission::WaitMs(wait_ms)) => wait_ms,
+            Ok((Admission::Allowed, at_ms)) => return Ok(Some(at_ms)),
+            Ok((Admission::WaitMs(wait_ms), _)) => wait_ms,
             Err(err) => {
                 tracing::warn!(id = %message.id, error = %err, "cannot check the recipient's limits; handing the message back");
                 return Err(Disposition::Release {
@@ -387,6 +411,10 @@ impl Attempt<'_> {
         }
     }
 }
+
+/// The least validity a carrier is given: Twilio's `ValidityPeriod` and MessageMedia's expiry
+/// are whole seconds, so a code with less left is not sent (it would be delivered late).
+const MIN_VALIDITY: Duration = Duration::from_secs(1);
 
 fn expired() -> Disposition {
     Disposition::Final {

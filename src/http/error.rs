@@ -208,7 +208,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let retry_after = match &self {
             ApiError::RateLimited(limited) => limited.retry_after_seconds(),
-            ApiError::OverSpend(_) => seconds_to_utc_midnight(),
+            ApiError::OverSpend(over) => over.retry_after_seconds(),
             _ => 1,
         };
         let body = ErrorBody {
@@ -235,10 +235,4 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// Until the spend ceilings' next day begins (at least one second).
-fn seconds_to_utc_midnight() -> i64 {
-    let now = chrono::Utc::now().timestamp();
-    86_400 - now.rem_euclid(86_400)
 }

@@ -92,9 +92,16 @@ pub struct OverSpend {
     pub country: Option<String>,
     pub limit: Micros,
     pub spent: Micros,
+    /// Until the database's UTC day ends, as the database measured it when it decided.
+    pub day_ends_in_ms: i64,
 }
 
 impl OverSpend {
+    /// For a `Retry-After` header: whole seconds to the database's next day, at least one.
+    pub fn retry_after_seconds(&self) -> i64 {
+        ((self.day_ends_in_ms + 999) / 1000).max(1)
+    }
+
     /// The `scope` label of `smsgate_rate_limited_total`.
     pub fn scope(&self) -> &'static str {
         match self.country {

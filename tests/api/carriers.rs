@@ -236,6 +236,35 @@ async fn a_429_with_retry_after_is_honoured_by_every_carrier() {
     }
 }
 
+/// Found by an attack: SNS read `Retry-After` only as seconds, so a date was ignored and a
+/// throttled message retried at once. Every carrier now reads both forms with one parser.
+#[tokio::test]
+async fn a_429_with_an_http_date_retry_after_is_honoured_by_every_carrier() {
+    let twilio = TwilioStandIn::start().await;
+    let mm = MessageMediaStandIn::start().await;
+    let sns = SnsStandIn::start().await;
+    for standin in [&*twilio, &*mm, &*sns] {
+        standin.script([Reply::ThrottledUntil(Duration::from_secs(2))]);
+    }
+    let retry = "[dispatch]\nmax_attempts = 2\nretry_base_ms = 10\nretry_max_ms = 10\npoll_interval_ms = 100\n";
+
+    for (table, standin) in [
+        (twilio.carrier_toml("c"), &*twilio),
+        (mm.carrier_toml("c"), &*mm),
+        (sns.carrier_toml("c"), &*sns),
+    ] {
+        let view = send_through(&table, retry).await;
+        assert_eq!(view["status"], "sent", "{view}");
+        assert_eq!(view["attempts"][0]["outcome"], "throttled");
+        let seen = standin.seen();
+        let waited = seen[1].at - seen[0].at;
+        assert!(
+            waited >= Duration::from_secs(2),
+            "the date waited for: {waited:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn failover_passes_dead_failing_and_throttling_carriers_within_one_attempt() {
     let failing = MessageMediaStandIn::start().await;

@@ -620,7 +620,7 @@ async fn concurrent_admissions_to_one_number_allow_exactly_its_limit() {
     let allowed = join_all(admissions)
         .await
         .into_iter()
-        .filter(|a| *a == smsgate::limits::window::Admission::Allowed)
+        .filter(|(a, _)| *a == smsgate::limits::window::Admission::Allowed)
         .count();
     assert_eq!(allowed, 1);
 }

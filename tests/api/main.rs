@@ -5,6 +5,7 @@ mod actions;
 mod auth;
 mod carriers;
 mod cli;
+mod clocks;
 mod correctness;
 mod deploy;
 mod dispatch;

@@ -70,6 +70,9 @@ pub enum Reply {
     ResetMidBody,
     /// The success status at once, then the body one byte per interval.
     Trickle(Duration),
+    /// 429 with `Retry-After` as an HTTP-date this far ahead of the stand-in's own clock,
+    /// which its `Date` header gives (RFC 9110 §10.2.3, §6.6.1).
+    ThrottledUntil(Duration),
 }
 
 impl Reply {
@@ -227,7 +230,7 @@ async fn handle(
     // the client gives up before the answer (then this handler is dropped mid-way).
     seen.accepted = match &reply {
         Reply::Error { status, .. } | Reply::Raw(status, _) => (200..300).contains(status),
-        Reply::GarbageError(_) => false,
+        Reply::GarbageError(_) | Reply::ThrottledUntil(_) => false,
         Reply::Created | Reply::Slow(_) | Reply::Garbage => true,
         Reply::ResetMidBody | Reply::Trickle(_) => true,
     };
@@ -254,6 +257,18 @@ async fn handle(
             response
         }
         Reply::Garbage => (StatusCode::OK, "<html>not the API</html>").into_response(),
+        Reply::ThrottledUntil(after) => {
+            let now = std::time::SystemTime::now();
+            let mut response = shared
+                .contract
+                .error(StatusCode::TOO_MANY_REQUESTS, "throttled");
+            let headers = response.headers_mut();
+            for (name, at) in [(header::RETRY_AFTER, now + after), (header::DATE, now)] {
+                let value = httpdate::fmt_http_date(at);
+                headers.insert(name, value.parse().expect("an HTTP-date"));
+            }
+            response
+        }
         Reply::Raw(status, body) => (
             StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
             [(header::CONTENT_TYPE, "application/json")],
