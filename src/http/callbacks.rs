@@ -351,9 +351,9 @@ async fn messagemedia(
     if let Some(why) = unproven {
         return forged(&carrier, why);
     }
-    let report: DeliveryReport = match serde_json::from_slice(&body) {
+    let report: DeliveryReport = match super::extract::json_object(&body) {
         Ok(report) => report,
-        Err(err) => return ApiError::MalformedJson(err.to_string()).into_response(),
+        Err(refusal) => return refusal.into_response(),
     };
     let verdict = match report.status.as_str() {
         "delivered" => Some(Status::Delivered),

@@ -229,12 +229,7 @@ async fn store(
 /// The body of a legacy request, parsed and validated into the message it asks for. Pure, so
 /// the property tests can feed it anything.
 pub fn parse_request(bytes: &[u8], signer: Option<String>) -> Result<NewMessage, ApiError> {
-    // serde also reads a struct from an array; Auth0 sends an object, so demand one.
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(ApiError::MalformedJson("expected a JSON object".into()));
-    }
-    let parsed: LegacySmsRequest =
-        serde_json::from_slice(bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
+    let parsed: LegacySmsRequest = super::extract::json_object(bytes)?;
     validate(parsed, signer)
 }
 

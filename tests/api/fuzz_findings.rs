@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, sms, token};
+use crate::helpers::{TestApp, assert_error, sms, token};
+use crate::standins::messagemedia::MessageMediaStandIn;
+use crate::test_config::TestConfig;
 
 #[tokio::test]
 async fn a_client_that_half_closes_after_its_request_is_answered_and_stored_once() {
@@ -35,5 +38,123 @@ async fn a_client_that_half_closes_after_its_request_is_answered_and_stored_once
         app.count_rows("messages").await,
         1,
         "exactly one message stored"
+    );
+}
+
+/// The value every refused body below carries, as a number or a string where it does not fit.
+const SENT: &str = "482913";
+
+/// POSTs `body` to `path` (with a valid token) and checks the 400 `invalid_json`: its
+/// description names `field`, and no part of the value sent comes back.
+async fn assert_refused_naming(app: &TestApp, path: &str, body: &Value, field: &str) {
+    let response = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(token())
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("sent");
+    let error = assert_error(response, 400, "invalid_json").await;
+    let description = error["error_description"].as_str().unwrap_or_default();
+    assert!(
+        description.contains(&format!("`{field}`")),
+        "{field} not named in {error} (sent {body})"
+    );
+    for part in SENT.as_bytes().windows(3) {
+        let part = std::str::from_utf8(part).unwrap_or_default();
+        assert!(!error.to_string().contains(part), "{error} repeats {part}");
+    }
+}
+
+#[tokio::test]
+async fn ingress_refusals_name_the_field_and_never_repeat_its_value() {
+    let app = TestApp::spawn().await;
+    let number: u64 = SENT.parse().expect("a number");
+    let cases = [
+        (
+            "/v1/auth0/sms",
+            json!({"recipient": "+14155552671", "body": number}),
+            "body",
+        ),
+        (
+            "/v1/auth0/sms",
+            json!({"recipient": [SENT], "body": "code"}),
+            "recipient",
+        ),
+        (
+            "/v1/auth0/sms",
+            json!({"recipient": "+14155552671", "body": "code", "req": {"ip": number}}),
+            "req.ip",
+        ),
+        (
+            "/v1/auth0/sms",
+            json!({"recipient": "+14155552671", "body": "code", "sender": {"code": SENT}}),
+            "sender",
+        ),
+        (
+            "/v1/auth0/phone-provider",
+            json!({"notification": {"recipient": "+14155552671", "as_text": "code", "code": number}}),
+            "notification.code",
+        ),
+        (
+            "/v1/auth0/phone-provider",
+            json!({"notification": {"recipient": "+14155552671", "as_text": [SENT]}}),
+            "notification.as_text",
+        ),
+        (
+            "/v1/auth0/phone-provider",
+            json!({"message_options": {"recipient": number, "text": "code"}}),
+            "message_options.recipient",
+        ),
+        (
+            "/v1/auth0/phone-provider",
+            json!({"message_options": {"recipient": "+14155552671", "text": "code"}, "request": {"user_agent": number}}),
+            "request.user_agent",
+        ),
+        (
+            "/v1/auth0/phone-provider",
+            json!({"notification": SENT}),
+            "notification",
+        ),
+    ];
+    for (path, body, field) in &cases {
+        assert_refused_naming(&app, path, body, field).await;
+    }
+    assert_eq!(
+        app.stored_rows().await,
+        0,
+        "a refused request stored something"
+    );
+}
+
+#[tokio::test]
+async fn delivery_report_refusals_name_the_field_and_never_repeat_its_value() {
+    let standin = MessageMediaStandIn::start().await;
+    let table = format!(
+        "{}public_url = \"https://sms.example.com\"\ncallback_secret = \"mm-key-0123456789\"\n",
+        standin.carrier_toml("mm")
+    );
+    let app = TestApp::spawn_with(&TestConfig::base().only_carrier(&table, "mm")).await;
+    let number: u64 = SENT.parse().expect("a number");
+    let path = "/v1/callbacks/messagemedia/mm?key=mm-key-0123456789";
+    for (body, field) in [
+        (
+            json!({"message_id": number, "status": "delivered"}),
+            "message_id",
+        ),
+        (json!({"message_id": "m-1", "status": [SENT]}), "status"),
+        (
+            json!({"message_id": "m-1", "status": "failed", "error_code": number}),
+            "error_code",
+        ),
+    ] {
+        assert_refused_naming(&app, path, &body, field).await;
+    }
+    assert_eq!(
+        app.count_rows("delivery_receipts").await,
+        0,
+        "nothing recorded"
     );
 }
