@@ -13,7 +13,8 @@ use super::extract::{AnswerBy, Caller, JsonBytes};
 use super::phone_provider::DERIVED_PREFIX;
 use super::{ApiError, AppState};
 use crate::domain::{
-    Channel, MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, redact_digits,
+    Channel, MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, is_bidi_control,
+    redact_digits,
 };
 use crate::limits::pricing::country_of;
 
@@ -284,10 +285,10 @@ pub(super) fn validate(
                 format!("sender is longer than {MAX_SENDER_CHARS} characters"),
             ));
         }
-        Some(sender) if sender.chars().any(char::is_control) => {
+        Some(sender) if sender.chars().any(|c| c.is_control() || is_bidi_control(c)) => {
             return Err(invalid(
                 "invalid_sender",
-                "sender contains control characters",
+                "sender contains control or bidirectional formatting characters",
             ));
         }
         Some(sender) => Some(sender.to_string()),

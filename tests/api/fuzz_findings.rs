@@ -158,3 +158,87 @@ async fn delivery_report_refusals_name_the_field_and_never_repeat_its_value() {
         "nothing recorded"
     );
 }
+
+#[tokio::test]
+async fn recipients_with_invisible_or_stray_characters_are_refused_and_store_nothing() {
+    let app = TestApp::spawn().await;
+    for recipient in [
+        "+44 7911\u{200b}123456",
+        "+44 7911\u{202e}123456",
+        "+44 7911 123456\u{feff}",
+        "+44 7911 123456 \u{1f4de}",
+        "+44 7911*123456",
+        "+44 7911 123456)",
+        "+44 (7911 123456",
+    ] {
+        let response = app.post_sms(Some(&token()), &sms(recipient)).await;
+        crate::helpers::assert_status(&response, 400, &format!("{recipient:?}"));
+        assert_error(response, 400, "invalid_recipient").await;
+    }
+    assert_eq!(
+        app.stored_rows().await,
+        0,
+        "a refused request stored something"
+    );
+}
+
+#[tokio::test]
+async fn recipients_with_spaces_dashes_dots_and_parentheses_are_accepted_as_e164() {
+    let app = TestApp::spawn().await;
+    for recipient in [
+        "+44 7911 123456",
+        "+44-7911-123456",
+        "+44.7911.123456",
+        "+44 (0)7911 123456",
+        "+(44) 7911-123.456",
+    ] {
+        let response = app.post_sms(Some(&token()), &sms(recipient)).await;
+        crate::helpers::assert_status(&response, 200, &format!("{recipient:?}"));
+    }
+    let stored: Vec<String> = sqlx::query_scalar("SELECT DISTINCT recipient FROM messages")
+        .fetch_all(&app.pool)
+        .await
+        .expect("recipients");
+    assert_eq!(stored, ["+447911123456"]);
+}
+
+#[tokio::test]
+async fn a_trunk_prefix_written_after_the_calling_code_is_refused_saying_so() {
+    let app = TestApp::spawn().await;
+
+    let response = app.post_sms(Some(&token()), &sms("+440 7911123456")).await;
+
+    crate::helpers::assert_error_saying(response, 400, "invalid_recipient", "(0)").await;
+    assert_eq!(app.stored_rows().await, 0);
+}
+
+#[tokio::test]
+async fn senders_with_control_or_bidi_characters_are_refused_and_store_nothing() {
+    let app = TestApp::spawn().await;
+    let bidi = [
+        '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+        '\u{2068}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}', '\u{0}', '\u{1b}', '\u{85}',
+    ];
+    for c in bidi {
+        let mut legacy = sms("+14155552671");
+        legacy["sender"] = json!(format!("MyBank{c}knaBlive"));
+        let response = app.post_sms(Some(&token()), &legacy).await;
+        crate::helpers::assert_status(&response, 400, &format!("legacy {c:?}"));
+        assert_error(response, 400, "invalid_sender").await;
+        let mut action = crate::actions::notification("+14155552671", "482913");
+        action["notification"]["from"] = json!(format!("+1500{c}5550006"));
+        let response = crate::actions::post(&app, &action, None, Some(&token())).await;
+        crate::helpers::assert_status(&response, 400, &format!("action {c:?}"));
+        assert_error(response, 400, "invalid_sender").await;
+    }
+    assert_eq!(
+        app.stored_rows().await,
+        0,
+        "a refused request stored something"
+    );
+    // Plain letters, digits and spaces are still a sender.
+    let mut legacy = sms("+14155552671");
+    legacy["sender"] = json!("My Bank 24");
+    let response = app.post_sms(Some(&token()), &legacy).await;
+    crate::helpers::assert_status(&response, 200, "a plain sender");
+}
