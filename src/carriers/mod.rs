@@ -104,7 +104,7 @@ impl Accepted {
 }
 
 /// A carrier's message id longer than this is not an id we can look up (real ones are 34-64).
-const MAX_CARRIER_ID_CHARS: usize = 128;
+pub const MAX_CARRIER_ID_CHARS: usize = 128;
 /// Carrier error texts are kept for people; more than this is noise.
 const MAX_CARRIER_TEXT_CHARS: usize = 500;
 /// A carrier may ask for a pause; longer than a day is no answer a one-time code can use.

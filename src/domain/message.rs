@@ -82,15 +82,38 @@ impl fmt::Debug for MessageBody {
     }
 }
 
-/// Masks every decimal digit (of any script), which is where one-time codes live.
+/// Masks every numeral, which is where one-time codes live: every character Unicode calls a
+/// number (decimal digits of any script, fullwidth, circled, Roman and other numeral forms),
+/// and the Chinese and Japanese numeral ideographs, which Unicode files as letters.
 ///
 /// ```
 /// assert_eq!(smsgate::domain::redact_digits("Your code is 123456"), "Your code is ******");
 /// ```
 pub fn redact_digits(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_numeric() { '*' } else { c })
+        .map(|c| if is_numeral(c) { '*' } else { c })
         .collect()
+}
+
+/// CJK ideographs used as numerals: the common forms (〇 is already a number to Unicode), 幺 (one,
+/// as phone numbers are read aloud) and the financial forms (simplified and traditional) a code
+/// can be written in. Masking them blanks
+/// some ordinary words too (一 is also "one" in 一起): a log line loses meaning, a code does not
+/// leak.
+const CJK_NUMERALS: &str = "零一二三四五六七八九十百千万萬两兩幺壹贰貳叁參肆伍陆陸柒捌玖拾佰仟";
+
+fn is_numeral(c: char) -> bool {
+    c.is_numeric() || CJK_NUMERALS.contains(c)
+}
+
+/// Characters that reorder or hide the text around them (Unicode's bidirectional formatting
+/// characters: embeddings and overrides, isolates, the directional marks). In a sender a
+/// right-to-left override shows the recipient another name than the one sent.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// What Auth0 forwards about the end user's request when `forward_req_info` is on.
@@ -226,6 +249,31 @@ mod tests {
         let shown = format!("{body:?}");
         assert!(shown.contains("******"));
         assert!(!shown.contains("123456"));
+    }
+
+    #[test]
+    fn numerals_of_every_script_are_masked() {
+        for (script, code) in [
+            ("ASCII", "482913"),
+            ("Arabic-Indic", "٤٨٢٩١٣"),
+            ("Extended Arabic-Indic (Persian)", "۴۸۲۹۱۳"),
+            ("Devanagari", "४८२९१३"),
+            ("Bengali", "৪৮২৯১৩"),
+            ("Thai", "๔๘๒๙๑๓"),
+            ("fullwidth", "４８２９１３"),
+            ("mathematical bold", "𝟒𝟖𝟐𝟗𝟏𝟑"),
+            ("circled", "④⑧②⑨①③"),
+            ("superscript", "⁴⁸²⁹¹³"),
+            ("Roman numerals", "ⅣⅧⅡⅨⅠⅢ"),
+            ("CJK", "四八二九一三"),
+            ("CJK with zero", "〇零十百千万"),
+            ("CJK as read aloud", "四八二九幺三"),
+            ("CJK financial, simplified", "肆捌贰玖壹叁"),
+            ("CJK financial, traditional", "肆捌貳玖壹參"),
+        ] {
+            let masked = redact_digits(&format!("Code: {code}."));
+            assert_eq!(masked, "Code: ******.", "{script}");
+        }
     }
 
     #[test]

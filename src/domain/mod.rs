@@ -5,7 +5,8 @@ mod phone;
 pub mod segments;
 
 pub use message::{
-    Assessment, Channel, MessageBody, MessageId, NewMessage, RequestInfo, Status, redact_digits,
+    Assessment, Channel, MessageBody, MessageId, NewMessage, RequestInfo, Status, is_bidi_control,
+    redact_digits,
 };
 pub use phone::{PhoneError, PhoneNumber, parse_country};
 pub use segments::{Encoding, Segments, segments};

@@ -19,6 +19,7 @@ use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
+use crate::carriers::{MAX_CARRIER_ID_CHARS, storable};
 use crate::config::{CarrierKind, CarrierSettings, ReceiptProof};
 use crate::db::receipts::{self, Applied};
 use crate::domain::Status;
@@ -350,9 +351,9 @@ async fn messagemedia(
     if let Some(why) = unproven {
         return forged(&carrier, why);
     }
-    let report: DeliveryReport = match serde_json::from_slice(&body) {
+    let report: DeliveryReport = match super::extract::json_object(&body) {
         Ok(report) => report,
-        Err(err) => return ApiError::MalformedJson(err.to_string()).into_response(),
+        Err(refusal) => return refusal.into_response(),
     };
     let verdict = match report.status.as_str() {
         "delivered" => Some(Status::Delivered),
@@ -382,13 +383,21 @@ async fn apply(
     verdict: Option<Status>,
     error_code: Option<&str>,
 ) -> Response {
-    if carrier_message_id.is_empty() || carrier_message_id.len() > MAX_CARRIER_ID {
+    // Cleaned as a send's answer is (control characters dropped, bounded): the id then matches
+    // the one stored with the send, and a NUL, which PostgreSQL's text refuses, is never a 503
+    // the carrier would retry forever. An id too long to be one of ours is refused as sent.
+    let cleaned = storable(carrier_message_id, MAX_CARRIER_ID_CHARS);
+    let error_code = error_code
+        .map(|code| storable(code, MAX_CARRIER_ID_CHARS))
+        .filter(|code| !code.is_empty());
+    if cleaned.is_empty() || carrier_message_id.len() > MAX_CARRIER_ID {
         return ApiError::InvalidField {
             code: "invalid_request",
             description: format!("the message id must be 1 to {MAX_CARRIER_ID} bytes"),
         }
         .into_response();
     }
+    let (carrier_message_id, error_code) = (cleaned.as_str(), error_code.as_deref());
     let label = verdict.map_or("other", Status::as_str);
     let count = || {
         state

@@ -21,7 +21,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("the request body could not be read")]
     UnreadableBody,
-    #[error("the request body is not valid JSON: {0}")]
+    /// Not the JSON the route takes; the description names the field, never its value.
+    #[error("{0}")]
     MalformedJson(String),
     #[error("{description}")]
     InvalidField {

@@ -13,7 +13,8 @@ use super::extract::{AnswerBy, Caller, JsonBytes};
 use super::phone_provider::DERIVED_PREFIX;
 use super::{ApiError, AppState};
 use crate::domain::{
-    Channel, MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, redact_digits,
+    Channel, MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, is_bidi_control,
+    redact_digits,
 };
 use crate::limits::pricing::country_of;
 
@@ -229,12 +230,7 @@ async fn store(
 /// The body of a legacy request, parsed and validated into the message it asks for. Pure, so
 /// the property tests can feed it anything.
 pub fn parse_request(bytes: &[u8], signer: Option<String>) -> Result<NewMessage, ApiError> {
-    // serde also reads a struct from an array; Auth0 sends an object, so demand one.
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(ApiError::MalformedJson("expected a JSON object".into()));
-    }
-    let parsed: LegacySmsRequest =
-        serde_json::from_slice(bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
+    let parsed: LegacySmsRequest = super::extract::json_object(bytes)?;
     validate(parsed, signer)
 }
 
@@ -289,10 +285,10 @@ pub(super) fn validate(
                 format!("sender is longer than {MAX_SENDER_CHARS} characters"),
             ));
         }
-        Some(sender) if sender.chars().any(char::is_control) => {
+        Some(sender) if sender.chars().any(|c| c.is_control() || is_bidi_control(c)) => {
             return Err(invalid(
                 "invalid_sender",
-                "sender contains control characters",
+                "sender contains control or bidirectional formatting characters",
             ));
         }
         Some(sender) => Some(sender.to_string()),

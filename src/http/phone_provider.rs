@@ -83,11 +83,7 @@ struct Mapped {
 
 /// Parses either Action shape into the message it asks for.
 pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewMessage, ApiError> {
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(ApiError::MalformedJson("expected a JSON object".into()));
-    }
-    let parsed: ActionRequest =
-        serde_json::from_slice(bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
+    let parsed: ActionRequest = super::extract::json_object(bytes)?;
     let mapped = match (parsed.notification, parsed.message_options) {
         (Some(n), None) => {
             let voice = n.delivery_method.as_deref() == Some("voice");

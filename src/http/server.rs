@@ -48,7 +48,11 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes);
+        .max_buf_size(limits.max_header_bytes)
+        // A client that sends a whole request and then shuts its write side still reads the
+        // answer; without this hyper drops the connection after the message is stored, and
+        // the client's retry makes a second message.
+        .half_close(true);
     loop {
         let slot = tokio::select! {
             () = shutdown.cancelled() => break,

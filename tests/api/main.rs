@@ -11,6 +11,7 @@ mod deploy;
 mod dispatch;
 mod failover;
 mod faults;
+mod fuzz_findings;
 mod guard;
 mod health;
 mod helpers;

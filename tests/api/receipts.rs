@@ -305,3 +305,62 @@ async fn carriers_without_a_public_url_take_no_callbacks() {
     .await;
     assert_eq!(twilio.status().as_u16(), 404);
 }
+
+/// The receipt row's error code, as stored.
+async fn stored_error_code(app: &TestApp) -> Option<String> {
+    sqlx::query_scalar("SELECT error_code FROM delivery_receipts")
+        .fetch_one(&app.pool)
+        .await
+        .expect("one receipt recorded")
+}
+
+#[tokio::test]
+async fn a_signed_twilio_callback_carrying_a_nul_is_cleaned_and_applied_never_a_5xx() {
+    let (app, _standin, id, sid) = sent_through_twilio().await;
+    // PostgreSQL's text refuses NUL: stored raw, this was a 503 the carrier retried forever.
+    let sid_with_nul = format!("{sid}\u{0}");
+    let params = [
+        ("MessageSid", sid_with_nul.as_str()),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "300\u{0}03\u{7}"),
+    ];
+    let signature = twilio_signature(&format!("{PUBLIC_URL}/v1/callbacks/twilio/twilio"), &params);
+
+    let response = post_twilio(&app, &params, Some(&signature)).await;
+
+    assert_eq!(response.status().as_u16(), 204);
+    assert_eq!(status_of(&app, &id).await["status"], "undelivered");
+    assert_eq!(stored_error_code(&app).await.as_deref(), Some("30003"));
+}
+
+#[tokio::test]
+async fn a_keyed_messagemedia_report_carrying_a_nul_is_cleaned_and_applied_never_a_5xx() {
+    let standin = MessageMediaStandIn::start().await;
+    let table = format!(
+        "{}public_url = \"{PUBLIC_URL}\"\ncallback_secret = \"{MM_KEY}\"\n",
+        standin.carrier_toml("mm")
+    );
+    let app = TestApp::spawn_role(&only_carrier(&table, "mm"), Role::All).await;
+    let id = queue(&app, "+61491570156").await;
+    let view = wait_final(&app, &id, Duration::from_secs(10)).await;
+    let message_id = view["attempts"][0]["carrier_message_id"]
+        .as_str()
+        .expect("a carrier id")
+        .to_string();
+    let report = json!({
+        "message_id": format!("\u{0}{message_id}"),
+        "status": "failed",
+        "error_code": "\u{0}E\u{1b}[31m42",
+    });
+
+    let response = post_messagemedia(&app, Some(MM_KEY), &report).await;
+
+    assert_eq!(response.status().as_u16(), 204);
+    assert_eq!(status_of(&app, &id).await["status"], "undelivered");
+    assert_eq!(stored_error_code(&app).await.as_deref(), Some("E[31m42"));
+    // An id of control characters alone names nothing: refused, not retried forever.
+    let empty = json!({"message_id": "\u{0}\u{0}", "status": "delivered"});
+    let refused = post_messagemedia(&app, Some(MM_KEY), &empty).await;
+    crate::helpers::assert_error(refused, 400, "invalid_request").await;
+    assert_eq!(app.count_rows("delivery_receipts").await, 1);
+}

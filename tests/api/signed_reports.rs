@@ -409,6 +409,19 @@ async fn only_reports_signed_by_a_configured_key_change_a_message() {
         );
         assert_eq!(gateway.message(&id).await["status"], "undelivered");
     }
+
+    // A signed report carrying a NUL, which PostgreSQL's text refuses: cleaned and applied,
+    // not a 503 the carrier would retry forever.
+    let (id, carrier_id) = gateway.sent_message("+61491570159").await;
+    let body = report(&format!("{carrier_id}\u{0}"), "failed");
+    let signature = sign(keys, "account", "sha224", &signed_text(TARGET, DATE, &body));
+    let headers = [
+        ("date", DATE),
+        ("x-messagemedia-signature", signature.as_str()),
+        ("x-messagemedia-digest-type", "SHA224"),
+    ];
+    assert_eq!(gateway.post_report(TARGET, &body, &headers).await, 204);
+    assert_eq!(gateway.message(&id).await["status"], "undelivered");
     gateway.stop().await;
 }
 
