@@ -120,14 +120,13 @@ impl Database {
     /// Closes the pool, then stops the embedded cluster if we started it.
     pub async fn close(self) {
         self.pool.pool().close().await;
-        if let Some(embedded) = self.embedded {
-            tracing::info!("stopping embedded PostgreSQL");
-            if tokio::task::spawn_blocking(move || embedded.stop())
+        // The cluster says "stopping" itself, and only when it is this process's to stop.
+        if let Some(embedded) = self.embedded
+            && tokio::task::spawn_blocking(move || embedded.stop())
                 .await
                 .is_err()
-            {
-                tracing::warn!("stopping embedded PostgreSQL panicked");
-            }
+        {
+            tracing::warn!("stopping embedded PostgreSQL panicked");
         }
     }
 }
