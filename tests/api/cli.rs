@@ -585,3 +585,25 @@ fn a_route_sender_is_checked_against_the_numbers_its_route_takes() {
         stderr(&output)
     );
 }
+
+/// Found by a first-time user: `messages list` beside a running gateway said it was stopping
+/// the embedded database, which it only visits (the gateway keeps it running).
+#[tokio::test]
+async fn an_operator_command_beside_a_gateway_does_not_say_it_stops_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, port) = start_serve(dir.path());
+    wait_until_healthy(port).await;
+
+    let config = serve_config(dir.path(), port);
+    let output = smsgate(&["messages", "list"], &config, &[("RUST_LOG", "info")]);
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = stderr(&output);
+    assert!(log.contains("connecting only"), "a guest: {log}");
+    assert!(!log.contains("stopping embedded PostgreSQL"), "{log}");
+    assert!(
+        postgres_processes_for(dir.path()) > 0,
+        "the gateway's database runs on"
+    );
+    assert!(terminate(child).await.success());
+}
