@@ -169,12 +169,6 @@ impl App {
     }
 
     pub async fn build_with_role(config: &Config, role: Role) -> anyhow::Result<Self> {
-        if config.uses_development_secret() {
-            tracing::warn!(
-                "a signer uses the development secret from config/development.toml: anyone can mint \
-                 tokens for it; smsgate stays on loopback until you set your own secret"
-            );
-        }
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
