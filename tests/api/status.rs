@@ -87,3 +87,32 @@ async fn without_an_admin_token_the_status_api_is_disabled() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_canceled_message_shows_why_and_a_waiting_one_shows_no_reason() {
+    let app = TestApp::spawn().await;
+    let id = queue_one(&app).await;
+    let waiting: Value = app
+        .get_message(&id, Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert!(waiting.get("reason").is_none(), "{waiting}");
+
+    let pool = smsgate::db::Db::direct(app.pool.clone());
+    let message = smsgate::domain::MessageId::parse(&id).expect("an id");
+    smsgate::db::operator::cancel(&pool, message)
+        .await
+        .expect("database")
+        .expect("waiting, so it can be canceled");
+
+    let view: Value = app
+        .get_message(&id, Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(view["status"], "failed");
+    assert_eq!(view["reason"], "canceled by an operator", "{view}");
+}
