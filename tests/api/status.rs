@@ -116,3 +116,21 @@ async fn a_canceled_message_shows_why_and_a_waiting_one_shows_no_reason() {
     assert_eq!(view["status"], "failed");
     assert_eq!(view["reason"], "canceled by an operator", "{view}");
 }
+
+#[tokio::test]
+async fn a_message_a_carrier_refused_shows_the_carrier_error_as_its_reason() {
+    use crate::standins::twilio::{Reply, TwilioStandIn};
+    let standin = TwilioStandIn::start().await;
+    standin.script([Reply::error(400, "21211")]);
+    let config = crate::dispatch::config_with(&standin, crate::dispatch::FAST_DISPATCH);
+    let app = TestApp::spawn_with(&config).await;
+    let id = queue_one(&app).await;
+
+    app.dispatch_until_idle().await;
+
+    let view = crate::dispatch::status_of(&app, &id).await;
+    assert_eq!(view["status"], "failed");
+    let reason = view["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("twilio: "), "names the carrier: {view}");
+    assert!(!reason.contains("123456"), "never the code: {reason}");
+}
