@@ -20,14 +20,19 @@ impl Actor {
     }
 }
 
-/// A carrier taken out of (`disable`) or put back into (`enable`) every route.
-pub fn carrier_switched(carrier: &str, action: &str, actor: Actor) {
+/// A carrier taken out of every route (`disable`) or put back into its routes (`enable`).
+pub fn carrier_switched(carrier: &str, disabled: bool, actor: Actor) {
+    let (action, change) = if disabled {
+        ("disable", "carrier out of every route")
+    } else {
+        ("enable", "carrier back in its routes")
+    };
     tracing::info!(
         target: "smsgate::audit",
         action,
         carrier,
         actor = actor.as_str(),
-        change = if action == "disable" { "carrier out of every route" } else { "carrier back in its routes" },
+        change,
         "operator action"
     );
 }

@@ -32,7 +32,7 @@ pub async fn switch_carrier(
         return Err(ApiError::CarrierNotFound);
     }
     db::carrier_states::set_disabled(&state.pool, &name, disabled).await?;
-    crate::audit::carrier_switched(&name, &action, crate::audit::Actor::AdminApi);
+    crate::audit::carrier_switched(&name, disabled, crate::audit::Actor::AdminApi);
     Ok(Json(CarrierSwitch {
         carrier: name,
         disabled,
