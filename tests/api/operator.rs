@@ -450,7 +450,13 @@ async fn every_answer_of_the_operator_api_is_json_with_error_and_description() {
             "input echoed: {body}"
         );
     }
-    let strays: [(reqwest::Method, &str, u16, &str); 6] = [
+    let strays: [(reqwest::Method, &str, u16, &str); 7] = [
+        (
+            reqwest::Method::POST,
+            "/v1/carriers/%FF/disable",
+            404,
+            "carrier_not_found",
+        ),
         (
             reqwest::Method::GET,
             "/v1/messages/%FF%FE",

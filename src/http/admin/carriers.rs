@@ -21,8 +21,10 @@ pub struct CarrierSwitch {
 pub async fn switch_carrier(
     State(state): State<AppState>,
     _: Admin,
-    PathParams((name, action)): PathParams<(String, String)>,
+    path: Result<PathParams<(String, String)>, ApiError>,
 ) -> Result<Json<CarrierSwitch>, ApiError> {
+    // A name that is not even UTF-8 names no configured carrier.
+    let PathParams((name, action)) = path.map_err(|_| ApiError::CarrierNotFound)?;
     let disabled = match action.as_str() {
         "disable" => true,
         "enable" => false,

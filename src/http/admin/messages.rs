@@ -15,10 +15,13 @@ use crate::http::{ApiError, AppState};
 pub async fn show_message(
     State(state): State<AppState>,
     _: Admin,
-    PathParams(id): PathParams<String>,
+    id: Result<PathParams<String>, ApiError>,
 ) -> Result<Json<MessageView>, ApiError> {
-    // Anything that is not a message id cannot name a message.
-    let id = MessageId::parse(&id).ok_or(ApiError::NotFound)?;
+    // Anything that is not a message id (not even UTF-8) cannot name a message.
+    let id = id
+        .ok()
+        .and_then(|PathParams(id)| MessageId::parse(&id))
+        .ok_or(ApiError::NotFound)?;
     let view = db::messages::find(&state.pool, id).await?;
     view.map(Json).ok_or(ApiError::NotFound)
 }
