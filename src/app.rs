@@ -120,14 +120,13 @@ impl Database {
     /// Closes the pool, then stops the embedded cluster if we started it.
     pub async fn close(self) {
         self.pool.pool().close().await;
-        if let Some(embedded) = self.embedded {
-            tracing::info!("stopping embedded PostgreSQL");
-            if tokio::task::spawn_blocking(move || embedded.stop())
+        // The cluster says "stopping" itself, and only when it is this process's to stop.
+        if let Some(embedded) = self.embedded
+            && tokio::task::spawn_blocking(move || embedded.stop())
                 .await
                 .is_err()
-            {
-                tracing::warn!("stopping embedded PostgreSQL panicked");
-            }
+        {
+            tracing::warn!("stopping embedded PostgreSQL panicked");
         }
     }
 }
@@ -170,12 +169,6 @@ impl App {
     }
 
     pub async fn build_with_role(config: &Config, role: Role) -> anyhow::Result<Self> {
-        if config.uses_development_secret() {
-            tracing::warn!(
-                "a signer uses the development secret from config/development.toml: anyone can mint \
-                 tokens for it; smsgate stays on loopback until you set your own secret"
-            );
-        }
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }

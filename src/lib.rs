@@ -4,6 +4,7 @@
 //! until a worker hands it to a carrier.
 
 pub mod app;
+pub mod audit;
 pub mod auth0;
 pub mod carriers;
 pub mod config;

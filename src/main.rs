@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use smsgate::{App, Config, Database, Role, auth0, db, telemetry};
+use smsgate::{App, Config, Database, Role, audit, auth0, db, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "Auth0-compatible SMS gateway backed by PostgreSQL")]
@@ -65,7 +65,12 @@ enum MessagesAction {
         /// Only messages accepted at or after this RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        /// How many (1 to 1000, as the API allows).
+        #[arg(
+            long,
+            default_value_t = 50,
+            value_parser = clap::value_parser!(i64).range(db::operator::LIST_LIMITS)
+        )]
         limit: i64,
         #[arg(long)]
         reveal: bool,
@@ -225,11 +230,16 @@ async fn run_messages(pool: &crate::db::Db, action: MessagesAction) -> anyhow::R
             println!("{}", serde_json::to_string_pretty(&view)?);
         }
         MessagesAction::Retry { id } => {
-            operator::retry_now(pool, parse_id(&id)?).await??;
+            let id = parse_id(&id)?;
+            operator::retry_now(pool, id).await??;
+            audit::message_changed(id, "retry", "due now", audit::Actor::Cli);
             println!("{id}: due now");
         }
         MessagesAction::Cancel { id } => {
-            operator::cancel(pool, parse_id(&id)?).await??;
+            let id = parse_id(&id)?;
+            operator::cancel(pool, id).await??;
+            let change = "queued -> failed, canceled by an operator";
+            audit::message_changed(id, "cancel", change, audit::Actor::Cli);
             println!("{id}: canceled");
         }
     }

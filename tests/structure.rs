@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["app"],
     &["http", "dispatch", "telemetry"],
     &["db", "carriers", "auth0"],
-    &["limits", "metrics"],
+    &["limits", "metrics", "audit"],
     &["config"],
     &["domain", "secret", "messagemedia_signature"],
 ];

@@ -1,7 +1,9 @@
 //! The settings tree: one TOML file, overridden by `SMSGATE__SECTION__KEY` variables and
 //! `DATABASE_URL`, validated once before anything binds or connects.
 
+mod advice;
 mod carriers;
+mod collect;
 mod env;
 mod guard;
 mod routing;
@@ -410,9 +412,16 @@ impl Config {
                 .only(&["DATABASE_URL"])
                 .map(|_| "database.url".into()),
         );
-        let (mut config, zeros) = validate::extract_naming_every_zero(figment.clone())?;
-        let mut problems = zeros.problems;
-        if let Err(error) = config.validate() {
+        let read = collect::read_naming_every_problem(&figment);
+        let mut problems = read.problems.problems;
+        let Some(mut config) = read.config else {
+            return Err(ConfigError { problems });
+        };
+        // With a whole table set aside, the rest would be judged without it: what it named
+        // would look missing.
+        if !read.dropped_a_table
+            && let Err(error) = config.validate()
+        {
             problems.extend(error.naming_variables(&figment).problems);
         }
         if !problems.is_empty() {
@@ -462,7 +471,8 @@ impl Config {
     /// Valid but risky settings, each naming its keys: printed by `check-config` and logged
     /// at start.
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = self.development_secret_warning().into_iter().collect();
+        warnings.extend(self.database_tls_warnings());
         for (i, route) in self.routes.iter().enumerate() {
             if route.sender.as_deref().is_some_and(is_e164) && route.carriers.len() > 1 {
                 warnings.push(format!(

@@ -71,77 +71,16 @@ impl ConfigError {
 /// `limits.max_in_flight` above this is refused rather than panicking at start.
 const MAX_IN_FLIGHT: usize = 1_000_000;
 
-/// The most zeros one configuration is searched for: every count and duration key, with room.
-const MAX_ZEROS: usize = 64;
-
-/// Extracts the configuration, reporting every zero where a count or a duration goes rather
-/// than the first: each is noted, read as 1 so the rest can be checked, and the caller refuses
-/// the configuration whatever else it finds. Any other parse error ends the search.
-pub(super) fn extract_naming_every_zero(
-    mut figment: figment::Figment,
-) -> Result<(Config, ConfigError), ConfigError> {
-    let mut zeros = ConfigError {
-        problems: Vec::new(),
-    };
-    for _ in 0..=MAX_ZEROS {
-        let error = match figment.extract::<Config>() {
-            Ok(config) => return Ok((config, zeros)),
-            Err(error) => error,
-        };
-        let zero_at = error
-            .clone()
-            .into_iter()
-            .find(|e| is_zero_refused(&e.kind))
-            .map(|e| e.path);
-        let patched = zero_at.and_then(|path| read_as_one(&figment, &path));
-        zeros
-            .problems
-            .extend(ConfigError::from_figment(error).problems);
-        match patched {
-            Some(next) => figment = next,
-            None => return Err(zeros),
-        }
-    }
-    Err(zeros)
-}
-
 /// A path segment that is a position in a list (`limits.ip.0.max`).
-fn is_list_position(part: &str) -> bool {
+pub(super) fn is_list_position(part: &str) -> bool {
     !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A zero where a count or a duration goes (they are typed non-zero).
-fn is_zero_refused(kind: &figment::error::Kind) -> bool {
+pub(super) fn is_zero_refused(kind: &figment::error::Kind) -> bool {
     use figment::error::{Actual, Kind};
     matches!(kind, Kind::InvalidValue(Actual::Unsigned(0) | Actual::Signed(0), expected)
         if expected.starts_with("a nonzero"))
-}
-
-/// `figment` with the value at `path` replaced by 1. Inside a list the whole list is given
-/// again, with that element patched.
-fn read_as_one(figment: &figment::Figment, path: &[String]) -> Option<figment::Figment> {
-    use figment::providers::Serialized;
-    use figment::value::Value;
-    let in_list = path.iter().position(|part| is_list_position(part));
-    let Some(index) = in_list else {
-        return Some(
-            figment
-                .clone()
-                .merge(Serialized::default(&path.join("."), 1u32)),
-        );
-    };
-    let list_key = path[..index].join(".");
-    let mut list = figment.find_value(&list_key).ok()?;
-    let mut at = &mut list;
-    for part in &path[index..] {
-        at = match at {
-            Value::Array(_, items) => items.get_mut(part.parse::<usize>().ok()?)?,
-            Value::Dict(_, dict) => dict.get_mut(part)?,
-            _ => return None,
-        };
-    }
-    *at = Value::from(1u32);
-    Some(figment.clone().merge(Serialized::default(&list_key, list)))
 }
 
 /// `limits.ip[0].max`: list positions written as the validation messages write them.
@@ -177,6 +116,8 @@ fn without_value(kind: &figment::error::Kind) -> String {
             format!("invalid type: found {}, expected {expected}", found(actual))
         }
         kind if is_zero_refused(kind) => "must be at least 1".to_string(),
+        Kind::UnknownField(field, expected) => super::collect::unknown_key(field, expected),
+        Kind::UnknownVariant(_, expected) => super::collect::unknown_choice(expected),
         Kind::InvalidValue(actual, expected) => {
             format!(
                 "invalid value: found {}, expected {expected}",

@@ -147,7 +147,9 @@ impl EmbeddedPostgres {
     }
 
     fn stop_and_wait(&mut self) {
+        // Only the owner has a watchdog: a guest leaves the cluster running, and says nothing.
         if let Some(mut watchdog) = self.watchdog.take() {
+            tracing::info!("stopping embedded PostgreSQL");
             // Closing its stdin is the watchdog's signal to run `pg_ctl stop`.
             drop(watchdog.stdin.take());
             if let Err(err) = watchdog.wait() {

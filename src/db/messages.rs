@@ -305,6 +305,9 @@ pub struct MessageView {
     pub estimated_cost: Option<f64>,
     /// "sms", or "voice" for a call.
     pub channel: String,
+    /// Why it ended unsent ("canceled by an operator", the last carrier error, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub attempts: Vec<AttemptView>,
 }
 
@@ -335,6 +338,7 @@ struct MessageRow {
     country: Option<String>,
     estimated_cost_micros: Option<i64>,
     channel: String,
+    last_error: Option<String>,
 }
 
 /// Reads one message with its attempts; `None` when the id is unknown.
@@ -344,7 +348,8 @@ pub async fn find(pool: &Db, id: MessageId) -> Result<Option<MessageView>, sqlx:
     let row = sqlx::query_as::<_, MessageRow>(
         "SELECT m.id, m.status, m.recipient, m.created_at, m.expires_at, m.carrier,
                 coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false) AS leased,
-                m.segments, m.encoding, m.country, m.estimated_cost_micros, m.channel
+                m.segments, m.encoding, m.country, m.estimated_cost_micros, m.channel,
+                m.last_error
          FROM messages m
          LEFT JOIN message_queue q ON q.message_id = m.id
          WHERE m.id = $1",
@@ -381,6 +386,7 @@ pub async fn find(pool: &Db, id: MessageId) -> Result<Option<MessageView>, sqlx:
         country: row.country,
         estimated_cost: row.estimated_cost_micros.map(amount),
         channel: row.channel,
+        reason: super::operator::final_reason(status, row.last_error.as_deref()),
         attempts,
     }))
 }

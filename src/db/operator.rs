@@ -19,6 +19,22 @@ pub struct MessageSummary {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// How many messages one listing may ask for, the API and the command line alike.
+pub const LIST_LIMITS: std::ops::RangeInclusive<i64> = 1..=1000;
+
+/// Why a listing's limit is refused, in the words both the API and the command line use.
+pub fn check_limit(limit: i64) -> Result<i64, String> {
+    if LIST_LIMITS.contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(format!(
+            "limit must be a whole number from {} to {}",
+            LIST_LIMITS.start(),
+            LIST_LIMITS.end()
+        ))
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub status: Option<Status>,
@@ -48,9 +64,49 @@ pub async fn list(pool: &Db, filter: &ListFilter) -> Result<Vec<MessageSummary>,
     .bind(filter.status.map(Status::as_str))
     .bind(filter.since.map(first_id_at))
     .bind(filter.before.map(|id| id.0))
-    .bind(filter.limit.clamp(1, 1000))
+    .bind(filter.limit.clamp(*LIST_LIMITS.start(), *LIST_LIMITS.end()))
     .fetch_all(pool)
     .await
+}
+
+/// The reason shown for a message that ended unsent, at most this many characters.
+const MAX_REASON_CHARS: usize = 200;
+
+/// Why a message ended unsent ("canceled by an operator", the last carrier error, …), as the
+/// status API and `messages show` give it; `None` while it waits or once a carrier took it.
+/// A carrier's error text could quote what it was sent, so runs of four or more digits (where
+/// a code would be) are masked, and the text is bounded.
+pub fn final_reason(status: Status, last_error: Option<&str>) -> Option<String> {
+    let ended_unsent = matches!(
+        status,
+        Status::Failed | Status::Expired | Status::RateLimited | Status::Undelivered
+    );
+    let text = last_error.filter(|_| ended_unsent)?.trim();
+    let mut shown = String::new();
+    let mut digits = String::new();
+    for c in text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REASON_CHARS)
+    {
+        if c.is_numeric() {
+            digits.push(c);
+            continue;
+        }
+        shown.push_str(&mask_long_run(&std::mem::take(&mut digits)));
+        shown.push(c);
+    }
+    shown.push_str(&mask_long_run(&digits));
+    (!shown.is_empty()).then_some(shown)
+}
+
+/// A run of digits as shown in a reason: short ones (an HTTP status) kept, long ones masked.
+fn mask_long_run(digits: &str) -> String {
+    if digits.chars().count() >= 4 {
+        "*".repeat(digits.chars().count())
+    } else {
+        digits.to_string()
+    }
 }
 
 /// Why an operator action did nothing.
@@ -139,6 +195,30 @@ pub async fn cancel(pool: &Db, id: MessageId) -> Result<Result<(), ActionError>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reason_is_shown_only_for_a_message_that_ended_unsent_and_hides_long_numbers() {
+        let canceled = Some("canceled by an operator");
+        assert_eq!(
+            final_reason(Status::Failed, canceled).as_deref(),
+            Some("canceled by an operator")
+        );
+        assert_eq!(final_reason(Status::Sent, canceled), None);
+        assert_eq!(final_reason(Status::Queued, canceled), None);
+        assert_eq!(
+            final_reason(
+                Status::Failed,
+                Some("t: HTTP 400: body was Your code is 123456\n")
+            )
+            .as_deref(),
+            Some("t: HTTP 400: body was Your code is ******")
+        );
+        let long = "x".repeat(500);
+        assert_eq!(
+            final_reason(Status::Expired, Some(&long)).map(|r| r.len()),
+            Some(MAX_REASON_CHARS)
+        );
+    }
 
     #[test]
     fn the_first_id_of_a_millisecond_sorts_before_every_id_made_then() {

@@ -45,6 +45,12 @@ pub enum ApiError {
     AdminDisabled,
     #[error("no message with this id")]
     NotFound,
+    #[error("no carrier with this name is configured")]
+    CarrierNotFound,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("this route does not answer this method")]
+    MethodNotAllowed,
     #[error("the callback's signature or key does not match this carrier's")]
     ForgedCallback,
     #[error("this Idempotency-Key was already used for a different message")]
@@ -134,7 +140,10 @@ impl ApiError {
             ApiError::AdminDisabled | ApiError::Blocked(_) | ApiError::ForgedCallback => {
                 StatusCode::FORBIDDEN
             }
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::CarrierNotFound | ApiError::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -194,7 +203,9 @@ impl ApiError {
             ApiError::MissingRequestInfo => "missing_request_info",
             ApiError::AdminUnauthorized => "unauthorized",
             ApiError::AdminDisabled => "forbidden",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::RouteNotFound => "not_found",
+            ApiError::CarrierNotFound => "carrier_not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "temporarily_unavailable",
             ApiError::ForgedCallback => "invalid_signature",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",

@@ -90,8 +90,7 @@ pub fn public_router(
     };
     let counting = axum::middleware::from_fn_with_state(counter, counting::count_ingress);
     let ingress = ingress_routes(state.clone(), request_timeout);
-    ingress
-        .merge(harden(router(state, admin_apart), request_timeout))
+    answer_strays_in_json(ingress.merge(harden(router(state, admin_apart), request_timeout)))
         .layer(counting)
 }
 
@@ -156,10 +155,21 @@ fn router(state: AppState, admin_apart: bool) -> Router {
 
 /// The admin listener's routes (`admin.listen`), with its own health checks.
 pub fn admin_router(state: AppState) -> Router {
-    with_admin_routes(Router::new())
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .with_state(state)
+    answer_strays_in_json(
+        with_admin_routes(Router::new())
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz))
+            .with_state(state),
+    )
+}
+
+/// An unknown route (404) or a method a route does not answer (405, its `Allow` header kept)
+/// gets the API's JSON error like any other refusal, not axum's empty body. Set on the whole
+/// router, after every route is in: the method fallback reaches only routes added before it.
+fn answer_strays_in_json(router: Router) -> Router {
+    router
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }
 
 /// Operators' routes: the status API and the carrier switches (admin token).

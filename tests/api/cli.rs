@@ -609,3 +609,145 @@ fn a_route_sender_is_checked_against_the_numbers_its_route_takes() {
         stderr(&output)
     );
 }
+
+/// Found by a first-time user: `messages list` beside a running gateway said it was stopping
+/// the embedded database, which it only visits (the gateway keeps it running).
+#[tokio::test]
+async fn an_operator_command_beside_a_gateway_does_not_say_it_stops_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, port) = start_serve(dir.path());
+    wait_until_healthy(port).await;
+
+    let config = serve_config(dir.path(), port);
+    let output = smsgate(&["messages", "list"], &config, &[("RUST_LOG", "info")]);
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = stderr(&output);
+    assert!(log.contains("connecting only"), "a guest: {log}");
+    assert!(!log.contains("stopping embedded PostgreSQL"), "{log}");
+    assert!(
+        postgres_processes_for(dir.path()) > 0,
+        "the gateway's database runs on"
+    );
+    assert!(terminate(child).await.success());
+}
+
+/// Found by a first-time user: check-config stopped at the first mistake, so each fix
+/// revealed the next one.
+#[test]
+fn check_config_names_every_bad_key_in_one_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = TestConfig::base()
+        .set("server.lisen", "127.0.0.1:8080")
+        .set("dispatch.wokers", 4)
+        .set("server.max_connections", "many")
+        .set("server.max_header_bytes", 1024);
+    let config = write_config(dir.path(), &text.to_string());
+
+    let output = smsgate(&["check-config"], &config, &[]);
+
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "nothing printed as if valid");
+    let errors = stderr(&output);
+    for named in [
+        "server.lisen: unknown key; did you mean `listen`?",
+        "dispatch.wokers: unknown key; did you mean `workers`?",
+        "server.max_connections: invalid type: found a string",
+        "server.max_header_bytes",
+    ] {
+        assert!(errors.contains(named), "{named} not named in:\n{errors}");
+    }
+    assert!(!errors.contains("`one of"), "garbled: {errors}");
+    assert!(
+        !errors.contains("many"),
+        "the value is not repeated: {errors}"
+    );
+}
+
+#[test]
+fn check_config_warns_about_the_public_development_secret() {
+    let output = smsgate(&["check-config"], Path::new("config/development.toml"), &[]);
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let warnings = stderr(&output);
+    assert!(
+        warnings.contains("warning: a signer uses the development secret"),
+        "{warnings}"
+    );
+}
+
+/// Issue 23 §2: a database reached over a network without a checked certificate could be
+/// read or impersonated; `prefer`, the default, even falls back to plain text silently.
+#[test]
+fn check_config_warns_about_a_database_reached_without_a_checked_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warned = |url: Option<&str>, direct: Option<&str>| {
+        let mut text = TestConfig::base();
+        if let Some(direct) = direct {
+            text = text.set("database.direct_url", direct);
+        }
+        let config = write_config(dir.path(), &text.to_string());
+        let env: Vec<(&str, &str)> = url.map(|url| ("DATABASE_URL", url)).into_iter().collect();
+        let output = smsgate(&["check-config"], &config, &env);
+        assert!(output.status.success(), "{}", stderr(&output));
+        stderr(&output)
+            .lines()
+            .filter(|line| line.starts_with("warning: database."))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+
+    let default_mode = warned(Some("postgres://u:pw@db.example.com/smsgate"), None);
+    assert_eq!(default_mode.len(), 1, "{default_mode:?}");
+    assert!(default_mode[0].contains("database.url reaches db.example.com:5432"));
+    assert!(default_mode[0].contains("falls back to plain text"));
+    assert!(
+        !default_mode[0].contains("pw"),
+        "no password: {default_mode:?}"
+    );
+    let direct = warned(
+        Some("postgres://u@db.example.com/smsgate?sslmode=verify-full"),
+        Some("postgres://u@10.1.2.3/smsgate?sslmode=require"),
+    );
+    assert_eq!(direct.len(), 1, "{direct:?}");
+    assert!(direct[0].contains("database.direct_url reaches 10.1.2.3:5432"));
+    assert!(direct[0].contains("without checking the server's certificate"));
+
+    for quiet in [
+        "postgres://u@db.example.com/smsgate?sslmode=verify-ca",
+        "postgres://u@localhost/smsgate",
+        "postgres://u@127.0.0.1:5433/smsgate?sslmode=disable",
+        "postgres://u@[::1]/smsgate",
+        "postgres://u@localhost/smsgate?host=/var/run/postgresql",
+    ] {
+        assert_eq!(warned(Some(quiet), None), Vec::<String>::new(), "{quiet}");
+    }
+}
+
+/// The compose file's PostgreSQL has no TLS: its URL says plain text aloud instead of
+/// leaving it to `prefer`'s silent fallback.
+#[test]
+fn the_compose_database_url_chooses_plain_text_visibly() {
+    let compose = std::fs::read_to_string("docker-compose.yml").expect("compose file");
+    let line = compose
+        .lines()
+        .find(|line| line.trim_start().starts_with("DATABASE_URL:"))
+        .expect("DATABASE_URL in compose");
+    let url = line
+        .split_once(':')
+        .map(|(_, url)| url.trim())
+        .expect("a value")
+        .replace("${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}", "pw");
+    assert!(url.ends_with("?sslmode=disable"), "{url}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &base_config());
+
+    let output = smsgate(&["check-config"], &config, &[("DATABASE_URL", &url)]);
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("in plain text (sslmode=disable)"),
+        "{}",
+        stderr(&output)
+    );
+}

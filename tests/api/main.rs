@@ -23,6 +23,7 @@ mod ops_files;
 mod pgbouncer;
 mod process;
 mod prometheus;
+mod readme;
 mod receipts;
 mod signed_reports;
 mod slow_clients;

@@ -229,3 +229,290 @@ async fn a_disabled_carrier_is_skipped_by_every_route_until_enabled() {
         assert_eq!(response.status().as_u16(), status, "{action} {name}");
     }
 }
+
+/// The JSON log lines of `smsgate::audit` in `stderr`.
+fn audit_lines(stderr: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == "smsgate::audit")
+        .collect()
+}
+
+/// `smsgate messages …` on the app's database, logging JSON.
+fn messages_cli_logging_json(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("smsgate.toml");
+    std::fs::write(&config, base_config()).expect("config");
+    std::process::Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .arg("messages")
+        .args(args)
+        .env("DATABASE_URL", url_of(&app.pool.connect_options()))
+        .env("SMSGATE__LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("smsgate runs")
+}
+
+#[tokio::test]
+async fn a_canceled_message_says_why_in_messages_show() {
+    let app = TestApp::spawn().await;
+    let id = queue(&app, "+14155550013").await;
+    let waiting: Value =
+        serde_json::from_slice(&messages_cli(&app, &["show", &id]).stdout).expect("JSON");
+    assert!(
+        waiting.get("reason").is_none(),
+        "no reason while it waits: {waiting}"
+    );
+
+    assert!(messages_cli(&app, &["cancel", &id]).status.success());
+
+    let shown: Value =
+        serde_json::from_slice(&messages_cli(&app, &["show", &id]).stdout).expect("JSON");
+    assert_eq!(shown["status"], "failed");
+    assert_eq!(shown["reason"], "canceled by an operator", "{shown}");
+}
+
+#[tokio::test]
+async fn every_operator_action_writes_one_audit_line_saying_what_it_changed_and_through_which_door()
+{
+    let app = TestApp::spawn().await;
+    let waiting = queue(&app, "+14155550021").await;
+    let other = queue(&app, "+14155550022").await;
+
+    let retry = messages_cli_logging_json(&app, &["retry", &waiting]);
+    let cancel = messages_cli_logging_json(&app, &["cancel", &other]);
+    let list = messages_cli_logging_json(&app, &["list"]);
+
+    let retried = audit_lines(&retry.stderr);
+    assert_eq!(
+        retried.len(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    assert_eq!(retried[0]["level"], "INFO");
+    assert_eq!(retried[0]["action"], "retry");
+    assert_eq!(retried[0]["message_id"], waiting.as_str());
+    assert_eq!(retried[0]["actor"], "cli");
+    let canceled = audit_lines(&cancel.stderr);
+    assert_eq!(
+        canceled.len(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
+    assert_eq!(canceled[0]["action"], "cancel");
+    assert_eq!(canceled[0]["message_id"], other.as_str());
+    assert_eq!(canceled[0]["actor"], "cli");
+    assert!(
+        canceled[0]["change"]
+            .as_str()
+            .is_some_and(|c| c.contains("failed")),
+        "{}",
+        canceled[0]
+    );
+    assert!(
+        audit_lines(&list.stderr).is_empty(),
+        "reading changes nothing"
+    );
+
+    // The carrier switches, through the admin API of the real binary.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::cli::free_port();
+    let config = TestConfig::base()
+        .set("server.listen", format!("127.0.0.1:{port}"))
+        .set("log.format", "json");
+    let config = crate::cli::write_config(dir.path(), &config.to_string());
+    let serve = std::process::Command::new(BINARY)
+        .args(["serve", "--role", "ingress", "--config"])
+        .arg(&config)
+        .env("DATABASE_URL", url_of(&app.pool.connect_options()))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let client = crate::cli::wait_until_healthy(port).await;
+    for action in ["disable", "enable"] {
+        let response = client
+            .post(format!(
+                "http://127.0.0.1:{port}/v1/carriers/console/{action}"
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 200, "{action}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let served = tokio::task::spawn_blocking(move || serve.wait_with_output())
+        .await
+        .expect("join")
+        .expect("exit");
+    let switched = audit_lines(&served.stderr);
+    let actions: Vec<_> = switched
+        .iter()
+        .map(|line| {
+            (
+                line["action"].clone(),
+                line["carrier"].clone(),
+                line["actor"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (
+                Value::from("disable"),
+                Value::from("console"),
+                Value::from("admin api")
+            ),
+            (
+                Value::from("enable"),
+                Value::from("console"),
+                Value::from("admin api")
+            ),
+        ],
+        "{}",
+        String::from_utf8_lossy(&served.stderr)
+    );
+}
+
+#[tokio::test]
+async fn switching_an_unknown_carrier_is_404_carrier_not_found_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    for action in ["disable", "enable"] {
+        let response = app
+            .client
+            .post(app.url(&format!("/v1/carriers/nope/{action}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("sent");
+        let body = crate::helpers::assert_error(response, 404, "carrier_not_found").await;
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(!description.contains("message"), "{description}");
+    }
+    assert_eq!(app.count_rows("carrier_states").await, 0);
+}
+
+#[tokio::test]
+async fn messages_list_refuses_the_limits_the_api_refuses() {
+    let app = TestApp::spawn().await;
+    queue(&app, "+14155550031").await;
+    queue(&app, "+14155550032").await;
+
+    for limit in ["0", "1001", "-1", "1e3"] {
+        let cli = messages_cli(&app, &["list", "--limit", limit]);
+        assert_ne!(cli.status.code(), Some(0), "--limit {limit}");
+        assert!(cli.stdout.is_empty(), "nothing listed for --limit {limit}");
+        let api = admin_get(
+            &app,
+            &format!("/v1/messages?limit={limit}"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+        crate::helpers::assert_error(api, 400, "invalid_query").await;
+    }
+    let one = messages_cli(&app, &["list", "--limit", "1"]);
+    assert!(one.status.success());
+    assert_eq!(String::from_utf8_lossy(&one.stdout).lines().count(), 1);
+    assert!(
+        messages_cli(&app, &["list", "--limit", "1000"])
+            .status
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn every_answer_of_the_operator_api_is_json_with_error_and_description() {
+    let app = TestApp::spawn().await;
+    let id = queue(&app, "+14155550041").await;
+    let bad_queries = [
+        "/v1/messages?limit=1e3",
+        "/v1/messages?nonsense=1",
+        "/v1/messages?limit=5&limit=6",
+        "/v1/messages?reveal=maybe",
+    ];
+    for path in bad_queries {
+        let response = admin_get(&app, path, Some(ADMIN_TOKEN)).await;
+        let body = crate::helpers::assert_error(response, 400, "invalid_query").await;
+        assert!(
+            !body.to_string().contains("nonsense"),
+            "input echoed: {body}"
+        );
+    }
+    let strays: [(reqwest::Method, &str, u16, &str); 7] = [
+        (
+            reqwest::Method::POST,
+            "/v1/carriers/%FF/disable",
+            404,
+            "carrier_not_found",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/messages/%FF%FE",
+            404,
+            "not_found",
+        ),
+        (reqwest::Method::GET, "/v1/nothing-here", 404, "not_found"),
+        (
+            reqwest::Method::GET,
+            "/v1/carriers/console/explode",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/carriers/console/explode",
+            404,
+            "not_found",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/messages",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::POST,
+            &format!("/v1/messages/{id}"),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, status, code) in strays {
+        let response = app
+            .client
+            .request(method.clone(), app.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("sent");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(content_type, "application/json", "{method} {path}");
+        let body = crate::helpers::assert_error(response, status, code).await;
+        assert!(
+            body["error_description"].is_string(),
+            "{method} {path}: {body}"
+        );
+    }
+    assert_eq!(
+        app.stored_rows().await,
+        2,
+        "nothing more stored than the one message"
+    );
+}

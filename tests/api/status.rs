@@ -87,3 +87,50 @@ async fn without_an_admin_token_the_status_api_is_disabled() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_canceled_message_shows_why_and_a_waiting_one_shows_no_reason() {
+    let app = TestApp::spawn().await;
+    let id = queue_one(&app).await;
+    let waiting: Value = app
+        .get_message(&id, Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert!(waiting.get("reason").is_none(), "{waiting}");
+
+    let pool = smsgate::db::Db::direct(app.pool.clone());
+    let message = smsgate::domain::MessageId::parse(&id).expect("an id");
+    smsgate::db::operator::cancel(&pool, message)
+        .await
+        .expect("database")
+        .expect("waiting, so it can be canceled");
+
+    let view: Value = app
+        .get_message(&id, Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(view["status"], "failed");
+    assert_eq!(view["reason"], "canceled by an operator", "{view}");
+}
+
+#[tokio::test]
+async fn a_message_a_carrier_refused_shows_the_carrier_error_as_its_reason() {
+    use crate::standins::twilio::{Reply, TwilioStandIn};
+    let standin = TwilioStandIn::start().await;
+    standin.script([Reply::error(400, "21211")]);
+    let config = crate::dispatch::config_with(&standin, crate::dispatch::FAST_DISPATCH);
+    let app = TestApp::spawn_with(&config).await;
+    let id = queue_one(&app).await;
+
+    app.dispatch_until_idle().await;
+
+    let view = crate::dispatch::status_of(&app, &id).await;
+    assert_eq!(view["status"], "failed");
+    let reason = view["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("twilio: "), "names the carrier: {view}");
+    assert!(!reason.contains("123456"), "never the code: {reason}");
+}

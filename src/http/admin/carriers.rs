@@ -2,8 +2,9 @@
 //! `/enable`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 
+use super::params::PathParams;
 use crate::db;
 use crate::http::extract::Admin;
 use crate::http::{ApiError, AppState};
@@ -20,18 +21,20 @@ pub struct CarrierSwitch {
 pub async fn switch_carrier(
     State(state): State<AppState>,
     _: Admin,
-    Path((name, action)): Path<(String, String)>,
+    path: Result<PathParams<(String, String)>, ApiError>,
 ) -> Result<Json<CarrierSwitch>, ApiError> {
+    // A name that is not even UTF-8 names no configured carrier.
+    let PathParams((name, action)) = path.map_err(|_| ApiError::CarrierNotFound)?;
     let disabled = match action.as_str() {
         "disable" => true,
         "enable" => false,
-        _ => return Err(ApiError::NotFound),
+        _ => return Err(ApiError::RouteNotFound),
     };
     if !state.carriers.contains(&name) {
-        return Err(ApiError::NotFound);
+        return Err(ApiError::CarrierNotFound);
     }
     db::carrier_states::set_disabled(&state.pool, &name, disabled).await?;
-    tracing::warn!(carrier = %name, disabled, "carrier switched by an operator");
+    crate::audit::carrier_switched(&name, disabled, crate::audit::Actor::AdminApi);
     Ok(Json(CarrierSwitch {
         carrier: name,
         disabled,

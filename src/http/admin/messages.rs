@@ -2,10 +2,11 @@
 //! the list (`GET /v1/messages`).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 
-use crate::db::operator::{ListFilter, MessageSummary};
+use super::params::{PathParams, QueryParams, invalid_query};
+use crate::db::operator::{ListFilter, MessageSummary, check_limit};
 use crate::db::{self, messages::MessageView};
 use crate::domain::{MessageId, PhoneNumber, Status};
 use crate::http::extract::Admin;
@@ -14,22 +15,15 @@ use crate::http::{ApiError, AppState};
 pub async fn show_message(
     State(state): State<AppState>,
     _: Admin,
-    Path(id): Path<String>,
+    id: Result<PathParams<String>, ApiError>,
 ) -> Result<Json<MessageView>, ApiError> {
-    // Anything that is not a message id cannot name a message.
-    let id = MessageId::parse(&id).ok_or(ApiError::NotFound)?;
+    // Anything that is not a message id (not even UTF-8) cannot name a message.
+    let id = id
+        .ok()
+        .and_then(|PathParams(id)| MessageId::parse(&id))
+        .ok_or(ApiError::NotFound)?;
     let view = db::messages::find(&state.pool, id).await?;
     view.map(Json).ok_or(ApiError::NotFound)
-}
-
-#[derive(serde::Deserialize)]
-pub struct ListQuery {
-    status: Option<String>,
-    since: Option<String>,
-    before: Option<String>,
-    limit: Option<i64>,
-    #[serde(default)]
-    reveal: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -40,43 +34,53 @@ pub struct MessageList {
     next: Option<String>,
 }
 
+const LIST_PARAMETERS: [&str; 5] = ["status", "since", "before", "limit", "reveal"];
+
 /// `GET /v1/messages?status=&since=&before=&limit=&reveal=`: newest first, numbers masked
 /// unless `reveal=true`.
 pub async fn list_messages(
     State(state): State<AppState>,
     _: Admin,
-    Query(query): Query<ListQuery>,
+    query: QueryParams,
 ) -> Result<Json<MessageList>, ApiError> {
-    let bad = |what: &str| ApiError::InvalidField {
-        code: "invalid_query",
-        description: what.to_string(),
+    let query = query.known(&LIST_PARAMETERS)?;
+    let given = |name: &str| {
+        query
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     };
     let filter = ListFilter {
-        status: match query.status.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(Status::parse(text).ok_or_else(|| bad("unknown status"))?),
-        },
-        since: match query.since.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(
+        status: given("status")
+            .map(|text| Status::parse(text).ok_or_else(|| invalid_query("unknown status")))
+            .transpose()?,
+        since: given("since")
+            .map(|text| {
                 DateTime::parse_from_rfc3339(text)
-                    .map_err(|_| bad("since must be an RFC 3339 time"))?
-                    .with_timezone(&Utc),
-            ),
-        },
-        before: match query.before.as_deref() {
-            None | Some("") => None,
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| invalid_query("since must be an RFC 3339 time"))
+            })
+            .transpose()?,
+        before: given("before")
+            .map(|text| {
+                MessageId::parse(text).ok_or_else(|| invalid_query("before must be a message id"))
+            })
+            .transpose()?,
+        limit: match given("limit") {
+            None => 100,
+            // What is not a whole number (`1e3`) is refused in the words a 0 is.
             Some(text) => {
-                Some(MessageId::parse(text).ok_or_else(|| bad("before must be a message id"))?)
+                check_limit(text.parse().unwrap_or(0)).map_err(|why| invalid_query(&why))?
             }
         },
-        limit: query.limit.unwrap_or(100),
     };
-    if !(1..=1000).contains(&filter.limit) {
-        return Err(bad("limit must be between 1 and 1000"));
-    }
+    let reveal = match given("reveal") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(invalid_query("reveal must be true or false")),
+    };
     let mut messages = db::operator::list(&state.pool, &filter).await?;
-    if !query.reveal {
+    if !reveal {
         for message in &mut messages {
             message.recipient =
                 PhoneNumber::from_e164_unchecked(std::mem::take(&mut message.recipient)).masked();

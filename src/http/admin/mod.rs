@@ -3,4 +3,5 @@
 
 pub mod carriers;
 pub mod messages;
+mod params;
 pub mod spend;

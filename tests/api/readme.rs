@@ -1,0 +1,180 @@
+//! The README's quick start, run as written against the real binary, so it cannot drift from
+//! what smsgate does: the set-up block's gateway is started, the "Try it" block is run with
+//! bash, and each answer it shows (`# {…}` lines) is compared with the real one: the same keys,
+//! and the same values wherever the README does not write `…`.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::cli::{BINARY, free_port, wait_until_healthy};
+
+const README: &str = include_str!("../../README.md");
+
+/// The first ```sh block after the heading `heading`.
+fn shell_block(heading: &str) -> &'static str {
+    let section = README
+        .split_once(&format!("\n{heading}\n"))
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("README has no {heading}"));
+    let (_, block) = section.split_once("```sh\n").expect("a shell block");
+    let (block, _) = block.split_once("\n```").expect("the block ends");
+    block
+}
+
+/// The command lines of a block, without comments and blank lines.
+fn commands(block: &str) -> Vec<&str> {
+    block
+        .lines()
+        .map(|line| line.split(" #").next().unwrap_or_default().trim())
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+}
+
+/// The README's commands for this machine: the built binary for `cargo run`, and the port
+/// the test gateway listens on.
+fn for_this_run(block: &str, port: u16) -> String {
+    let text = block
+        .replace("cargo run --release -q --", BINARY)
+        .replace("cargo run --release", BINARY)
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"));
+    assert!(
+        !text.contains("cargo "),
+        "a cargo command left to run:\n{text}"
+    );
+    text
+}
+
+/// The answers a block shows: its `# {…}` lines.
+fn shown_answers(block: &str) -> Vec<Value> {
+    block
+        .lines()
+        .filter_map(|line| {
+            line.trim()
+                .strip_prefix("# {")
+                .map(|rest| format!("{{{rest}"))
+        })
+        .map(|json| serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}")))
+        .collect()
+}
+
+/// `actual` has exactly `shown`'s keys, and its values wherever `shown` has no `…`.
+fn assert_matches(shown: &Value, actual: &Value, at: &str) {
+    match (shown, actual) {
+        (Value::String(text), _) if text.contains('…') => {}
+        (Value::Object(shown), Value::Object(actual)) => {
+            let shown_keys: Vec<_> = shown.keys().collect();
+            let actual_keys: Vec<_> = actual.keys().collect();
+            assert_eq!(shown_keys, actual_keys, "keys of {at}");
+            for (key, value) in shown {
+                assert_matches(value, &actual[key], &format!("{at}.{key}"));
+            }
+        }
+        (Value::Array(shown), Value::Array(actual)) => {
+            assert_eq!(shown.len(), actual.len(), "length of {at}");
+            for (i, (shown, actual)) in shown.iter().zip(actual).enumerate() {
+                assert_matches(shown, actual, &format!("{at}[{i}]"));
+            }
+        }
+        _ => assert_eq!(shown, actual, "{at}"),
+    }
+}
+
+/// The README's gateway; SIGTERM when dropped, so a failing test leaves nothing behind.
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+/// What the README's gateway needs to run beside other tests: its own port and directory.
+fn environment(dir: &Path, port: u16) -> [(&'static str, String); 3] {
+    [
+        ("SMSGATE__SERVER__LISTEN", format!("127.0.0.1:{port}")),
+        ("SMSGATE__METRICS__LISTEN", "127.0.0.1:0".to_string()),
+        (
+            "SMSGATE__DATABASE__DATA_DIR",
+            dir.join("pg").display().to_string(),
+        ),
+    ]
+}
+
+#[test]
+fn the_set_up_block_runs_the_tests_before_the_gateway_that_blocks() {
+    let set_up = commands(shell_block("## Set up"));
+    let test = set_up.iter().position(|c| c.starts_with("cargo test"));
+    let run = set_up.iter().position(|c| c.starts_with("cargo run"));
+    assert!(
+        matches!((test, run), (Some(test), Some(run)) if test < run),
+        "{set_up:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_readme_try_it_block_gives_the_answers_it_shows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The embedded cluster may run as the postgres account, which must reach data_dir.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod tempdir");
+    let port = free_port();
+    let env = environment(dir.path(), port);
+    let serve = commands(shell_block("## Set up"))
+        .into_iter()
+        .find(|c| c.starts_with("cargo run"))
+        .map(|c| for_this_run(c, port))
+        .expect("the set-up block starts the gateway");
+    let log = std::fs::File::create(dir.path().join("serve.log")).expect("log file");
+    let _gateway = Gateway(
+        Command::new("bash")
+            .args(["-c", &format!("exec {serve}")])
+            .envs(env.clone())
+            .env_remove("DATABASE_URL")
+            .env_remove("SMSGATE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the gateway starts"),
+    );
+    wait_until_healthy(port).await;
+    let try_it = shell_block("## Try it");
+
+    let script = for_this_run(try_it, port);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .envs(env)
+            .env_remove("DATABASE_URL")
+            .env_remove("SMSGATE_CONFIG")
+            .output()
+            .expect("bash runs")
+    })
+    .await
+    .expect("join");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: Vec<Value> = stdout
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).expect("a JSON answer"))
+        .collect();
+    let shown = shown_answers(try_it);
+    assert_eq!(answers.len(), shown.len(), "answers: {stdout}");
+    for (i, (shown, actual)) in shown.iter().zip(&answers).enumerate() {
+        assert_matches(shown, actual, &format!("answer {i}"));
+    }
+    // The status example looks up the message the first command sent.
+    assert_eq!(answers[1]["id"], answers[0]["id"]);
+}
