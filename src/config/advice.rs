@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use super::Config;
+use super::libpq_tls::{Policy, TlsParams, policy};
 
 impl Config {
     /// The development secret is public: anyone can mint tokens for a signer using it.
@@ -30,6 +31,12 @@ impl Config {
         .filter_map(|(key, url)| {
             // A URL that does not parse is refused by validation, naming its key.
             let options = url.expose().parse::<PgConnectOptions>().ok()?;
+            // As libpq reads it (`require` with `sslrootcert` verifies the chain, too).
+            match policy(&TlsParams::of(url.expose())) {
+                Ok(Policy::Verified { .. }) => return None,
+                Ok(Policy::Unverified) => {}
+                Err(err) => return Some(format!("{key}: its TLS settings cannot work: {err}")),
+            }
             unchecked_tls(&options).map(|why| {
                 format!(
                     "{key} reaches {}:{} {why}; to be sure whom it talks to, add \

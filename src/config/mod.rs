@@ -6,6 +6,7 @@ mod carriers;
 mod collect;
 mod env;
 mod guard;
+pub mod libpq_tls;
 mod routing;
 mod secrets;
 mod settings;

@@ -706,15 +706,30 @@ fn check_config_warns_about_a_database_reached_without_a_checked_certificate() {
         "no password: {default_mode:?}"
     );
     let direct = warned(
-        Some("postgres://u@db.example.com/smsgate?sslmode=verify-full"),
+        Some("postgres://u@db.example.com/smsgate?sslmode=verify-full&sslrootcert=/etc/ca.pem"),
         Some("postgres://u@10.1.2.3/smsgate?sslmode=require"),
     );
     assert_eq!(direct.len(), 1, "{direct:?}");
     assert!(direct[0].contains("database.direct_url reaches 10.1.2.3:5432"));
     assert!(direct[0].contains("without checking the server's certificate"));
 
+    // A verifying mode with nothing to verify against cannot connect (libpq's reading).
+    let no_anchor = warned(
+        Some("postgres://u@db.example.com/smsgate?sslmode=verify-full"),
+        None,
+    );
+    assert!(no_anchor[0].contains("no sslrootcert"), "{no_anchor:?}");
+    let impossible = warned(
+        Some("postgres://u@db.example.com/smsgate?sslmode=require&sslrootcert=system"),
+        None,
+    );
+    assert_eq!(impossible.len(), 1, "{impossible:?}");
+    assert!(impossible[0].contains("cannot work"), "{impossible:?}");
+
     for quiet in [
-        "postgres://u@db.example.com/smsgate?sslmode=verify-ca",
+        "postgres://u@db.example.com/smsgate?sslmode=verify-ca&sslrootcert=/etc/ca.pem",
+        // libpq verifies the chain under require when a root certificate is given.
+        "postgres://u@db.example.com/smsgate?sslmode=require&sslrootcert=/etc/ca.pem",
         "postgres://u@localhost/smsgate",
         "postgres://u@127.0.0.1:5433/smsgate?sslmode=disable",
         "postgres://u@[::1]/smsgate",
