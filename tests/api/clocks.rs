@@ -201,6 +201,16 @@ async fn the_spend_retry_after_and_key_lifetimes_follow_the_databases_clock() {
     let first = id_of(keyed("+14155550003").await.expect("sent")).await;
     let repeat = id_of(keyed("+14155550003").await.expect("sent")).await;
     assert_eq!(repeat, first, "within the database's hour: a repeat");
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '61 minutes'")
+        .execute(&app.pool)
+        .await
+        .expect("age the key");
+    sqlx::query("UPDATE spend_days SET spent_micros = 0")
+        .execute(&app.pool)
+        .await
+        .expect("room in the day");
+    let after_the_hour = id_of(keyed("+14155550004").await.expect("sent")).await;
+    assert_ne!(after_the_hour, first, "past the database's hour: a new request");
     assert!(terminate(child).await.success());
 }
 
