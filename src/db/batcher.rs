@@ -208,20 +208,28 @@ impl Writer {
         let mut tx = self.pool.begin().await?;
         // Repeats are told apart inside, once the limits' locks are held.
         let verdicts = ingress_hits::admit_batch(&mut tx, &self.limits, messages).await?;
-        // Counted messages and repeats go on to the insert: a repeat is answered with its
-        // key's message, which may be a counted one of this very batch.
-        let to_store: Vec<&NewMessage> = messages
-            .iter()
-            .zip(&verdicts)
-            .filter(|(_, verdict)| matches!(verdict, Verdict::Counted(_) | Verdict::Repeat))
-            .map(|(message, _)| *message)
-            .collect();
-        let mut stored = if to_store.is_empty() {
+        // Only counted messages are inserted. A repeat is answered with its key's message
+        // (possibly a counted one of this very batch), never inserted: if that message
+        // vanished meanwhile (retention), the repeat would be stored counted nowhere.
+        let of_verdict = |wanted: fn(&Verdict) -> bool| -> Vec<&NewMessage> {
+            messages
+                .iter()
+                .zip(&verdicts)
+                .filter(|(_, verdict)| wanted(verdict))
+                .map(|(message, _)| *message)
+                .collect()
+        };
+        let counted = of_verdict(|v| matches!(v, Verdict::Counted(_)));
+        let repeats = of_verdict(|v| matches!(v, Verdict::Repeat));
+        let mut stored = if counted.is_empty() {
             Vec::new()
         } else {
-            messages::enqueue_batch(&mut tx, &to_store, self.ttl_seconds).await?
+            messages::enqueue_batch(&mut tx, &counted, self.ttl_seconds).await?
         }
         .into_iter();
+        let mut repeated = messages::answer_repeats(&mut tx, &repeats)
+            .await?
+            .into_iter();
         tx.commit().await?;
         verdicts
             .into_iter()
@@ -230,7 +238,7 @@ impl Writer {
                     .next()
                     .ok_or(sqlx::Error::RowNotFound)
                     .map(|s| reused(s, monitored)),
-                Verdict::Repeat => stored
+                Verdict::Repeat => repeated
                     .next()
                     .ok_or(sqlx::Error::RowNotFound)
                     .map(|s| reused(s, Vec::new())),

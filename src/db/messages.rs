@@ -101,6 +101,35 @@ pub async fn enqueue_batch(
         .collect())
 }
 
+/// The answers to requests the limits judged repeats, in order, without inserting anything:
+/// their key's message, or `KeyUnresolved` (nothing stored; the caller may try again, as a
+/// new request) when that message is gone by now, or `KeyReused` when the key changed hands.
+pub async fn answer_repeats(
+    conn: &mut Tx<'_>,
+    repeats: &[&NewMessage],
+) -> Result<Vec<Result<Enqueued, NotStored>>, sqlx::Error> {
+    let keys: Vec<&str> = repeats
+        .iter()
+        .filter_map(|m| m.idempotency_key.as_deref())
+        .collect();
+    let earlier = earlier_messages(conn, &keys).await?;
+    Ok(repeats
+        .iter()
+        .map(|message| {
+            let key = message.idempotency_key.as_deref().unwrap_or_default();
+            match earlier.get(key) {
+                Some((print, enqueued))
+                    if same_request(print.as_deref(), message.fingerprint.as_deref()) =>
+                {
+                    Ok(*enqueued)
+                }
+                Some(_) => Err(NotStored::KeyReused),
+                None => Err(NotStored::KeyUnresolved),
+            }
+        })
+        .collect())
+}
+
 /// The idempotency keys of `messages` that still answer for a stored message (used within the
 /// last [`IDEMPOTENCY_WINDOW_SECONDS`] by the database's clock), with the fingerprint each was
 /// first used with: requests under them are repeats, or reuses of the key.

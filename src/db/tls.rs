@@ -10,9 +10,8 @@
 //! relays bytes both ways. Modes that verify nothing (`disable`, `allow`, `prefer`, `require`
 //! without a root certificate) are left to sqlx, which handles them as libpq does.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -38,22 +37,32 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// be verified (or the host is a unix socket, where libpq uses no TLS), otherwise pointed at
 /// a verifying tunnel started on the current tokio runtime.
 pub fn with_libpq_tls(options: PgConnectOptions, url: &str) -> anyhow::Result<PgConnectOptions> {
-    let Policy::Verified { anchors, host_name } = policy(&TlsParams::of(url))? else {
+    let params = TlsParams::of(url);
+    let Policy::Verified {
+        anchors,
+        host_name,
+        plain_fallback,
+    } = policy(&params)?
+    else {
         return Ok(options);
     };
     if options.get_socket().is_some() || options.get_host().starts_with('/') {
         return Ok(options);
     }
-    let params = TlsParams::of(url);
     let config = client_config(&anchors, host_name, &params)?;
-    let host = options.get_host().to_string();
-    let server_name = ServerName::try_from(host.clone())
-        .with_context(|| format!("{host} is not a host name or IP address TLS can verify"))?;
+    // Where to connect (`hostaddr` when given), and the name the certificate must carry
+    // (the host as written, as libpq compares it).
+    let address = options.get_host().to_string();
+    let name = params.host.clone().unwrap_or_else(|| address.clone());
+    let server_name = ServerName::try_from(name.clone())
+        .with_context(|| format!("{name} is not a host name or IP address TLS can verify"))?;
     let target = Arc::new(Target {
-        host,
+        host: address,
         port: options.get_port(),
         server_name,
         connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        plain_fallback,
+        timeout: params.handshake_timeout(HANDSHAKE_TIMEOUT),
     });
     let dir = start_tunnel(target)?;
     Ok(options.socket(dir).ssl_mode(PgSslMode::Disable))
@@ -173,6 +182,9 @@ struct Target {
     port: u16,
     server_name: ServerName<'static>,
     connector: tokio_rustls::TlsConnector,
+    /// `prefer`: a server that offers no TLS is spoken to in plain text.
+    plain_fallback: bool,
+    timeout: Duration,
 }
 
 /// Listens on `<dir>/.s.PGSQL.<port>` (the name sqlx connects to) in a new directory only
@@ -180,21 +192,27 @@ struct Target {
 /// may use it. Returns the directory.
 fn start_tunnel(target: Arc<Target>) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    static TUNNELS: AtomicU32 = AtomicU32::new(0);
     let runtime = tokio::runtime::Handle::try_current()
         .context("the TLS tunnel to PostgreSQL needs a running tokio runtime")?;
-    let dir = std::env::temp_dir().join(format!(
-        "smsgate-tls-{}-{}",
-        std::process::id(),
-        TUNNELS.fetch_add(1, Ordering::Relaxed)
-    ));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).ok();
-    }
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    remove_dead_processes_tunnels();
+    // An unguessable name: another local user cannot take it first and stop the start-up.
+    let mut attempts = 0;
+    let dir = loop {
+        let dir = std::env::temp_dir().join(format!(
+            "{TUNNEL_PREFIX}{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => break dir,
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                attempts += 1;
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot create {}", dir.display()));
+            }
+        }
+    };
     let path = dir.join(format!(".s.PGSQL.{}", target.port));
     let listener = {
         let _entered = runtime.enter();
@@ -216,20 +234,60 @@ fn start_tunnel(target: Arc<Target>) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Tunnel directories are named `<prefix><pid>-<random>` in the temporary directory.
+const TUNNEL_PREFIX: &str = "smsgate-tls-";
+
+/// Removes the tunnel directories of this user's processes that are gone (a unix socket
+/// outlives its process), so restarts leave none behind.
+fn remove_dead_processes_tunnels() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let me = nix::unistd::getuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(TUNNEL_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if ours && !alive {
+            std::fs::remove_dir_all(entry.path()).ok();
+        }
+    }
+}
+
 /// One connection: TCP, SSLRequest, a verified handshake, then bytes both ways. A failure
 /// is answered as PostgreSQL answers a refused start-up, so sqlx reports it with its reason.
 async fn relay(mut client: UnixStream, target: Arc<Target>) {
-    let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&target)).await;
-    let mut server = match connected {
-        Ok(Ok(server)) => server,
-        Ok(Err(reason)) => return refuse(&mut client, &reason).await,
-        Err(_) => return refuse(&mut client, "no TLS handshake with PostgreSQL in time").await,
-    };
+    let connected = tokio::time::timeout(target.timeout, handshake(&target)).await;
     // Either side closing ends the relay; errors are the connection's end, which sqlx sees.
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    match connected {
+        Ok(Ok(Server::Tls(mut server))) => {
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut *server).await;
+        }
+        Ok(Ok(Server::Plain(mut server))) => {
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        }
+        Ok(Err(reason)) => refuse(&mut client, &reason).await,
+        Err(_) => refuse(&mut client, "no TLS handshake with PostgreSQL in time").await,
+    }
 }
 
-async fn handshake(target: &Target) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+/// The server side of a relay.
+enum Server {
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// `prefer`, and the server offers no TLS.
+    Plain(TcpStream),
+}
+
+async fn handshake(target: &Target) -> Result<Server, String> {
     let mut tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|err| format!("cannot reach {}:{}: {err}", target.host, target.port))?;
@@ -241,13 +299,16 @@ async fn handshake(target: &Target) -> Result<tokio_rustls::client::TlsStream<Tc
     tcp.read_exact(&mut answer)
         .await
         .map_err(|err| format!("no answer to the SSLRequest: {err}"))?;
-    if answer[0] != b'S' {
-        return Err("the server does not offer TLS".into());
+    match answer[0] {
+        b'S' => {}
+        b'N' if target.plain_fallback => return Ok(Server::Plain(tcp)),
+        _ => return Err("the server does not offer TLS".into()),
     }
     target
         .connector
         .connect(target.server_name.clone(), tcp)
         .await
+        .map(|tls| Server::Tls(Box::new(tls)))
         .map_err(|err| format!("TLS handshake with PostgreSQL failed: {err}"))
 }
 

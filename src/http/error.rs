@@ -98,6 +98,13 @@ impl From<EnqueueError> for ApiError {
                 ApiError::OverSpend(over)
             }
             EnqueueError::KeyReused => ApiError::IdempotencyKeyReused,
+            EnqueueError::KeyUnresolved => {
+                // A repeat whose message retention removed meanwhile: a retry is a new request.
+                tracing::warn!("a repeated request's message is gone; answering 503");
+                ApiError::Unavailable(
+                    "the request's earlier message is gone; nothing was queued, try again",
+                )
+            }
             EnqueueError::TimedOut => {
                 tracing::warn!("no database connection was free in time; answering 503");
                 ApiError::Unavailable("the database is busy; nothing was queued, try again")

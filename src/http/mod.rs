@@ -168,8 +168,15 @@ pub fn admin_router(state: AppState) -> Router {
 /// router, after every route is in: the method fallback reaches only routes added before it.
 fn answer_strays_in_json(router: Router) -> Router {
     router
-        .fallback(|| async { ApiError::RouteNotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { stray(ApiError::RouteNotFound) })
+        .method_not_allowed_fallback(|| async { stray(ApiError::MethodNotAllowed) })
+}
+
+/// The router's own answer: it never reached the ingress, so the ingress counts nothing.
+fn stray(error: ApiError) -> axum::response::Response {
+    let mut response = axum::response::IntoResponse::into_response(error);
+    response.extensions_mut().remove::<error::Outcome>();
+    response
 }
 
 /// Operators' routes: the status API and the carrier switches (admin token).

@@ -211,24 +211,24 @@ impl IngressLimits {
         let country = message.guard.country.as_deref();
         for limit in &self.country {
             if limit.covers(country) {
+                let window = WindowLimit {
+                    max: limit.max,
+                    window_seconds: limit.window_seconds,
+                    mode: limit.mode,
+                };
+                // Named by what the rule counts (its countries and window), not its place in
+                // the list: reordering the rules keeps every log. "ZZ": ISO's user-assigned
+                // code, for numbers of no country under "*".
+                let key = format!(
+                    "{}cc:{}:{}:{}",
+                    mode_prefix(&window),
+                    limit.window_seconds.get(),
+                    limit.countries.join(","),
+                    country.unwrap_or("ZZ")
+                );
                 checks.push(Check {
-                    // Named by what the rule counts (its countries and window), not its place
-                    // in the list: reordering the rules keeps every log. "ZZ": ISO's
-                    // user-assigned code, for numbers of no country under "*".
-                    // A monitoring rule keeps its own log ("m:", as the other kinds): sharing
-                    // a blocking rule's would count requests that rule refused.
-                    key: format!(
-                        "{}cc:{}:{}:{}",
-                        mode_prefix(limit.mode),
-                        limit.window_seconds.get(),
-                        limit.countries.join(","),
-                        country.unwrap_or("ZZ")
-                    ),
-                    windows: vec![WindowLimit {
-                        max: limit.max,
-                        window_seconds: limit.window_seconds,
-                        mode: limit.mode,
-                    }],
+                    key,
+                    windows: vec![window],
                     kind: LimitKind::Country,
                     mode: limit.mode,
                 });
@@ -238,30 +238,38 @@ impl IngressLimits {
     }
 }
 
-/// Adds a check for the blocking windows of `windows` under `key`, and one for the
-/// monitoring windows under `m:key`.
+/// Adds one check for the blocking windows of `windows` under `key` (together they decide,
+/// so one log counts what all of them let through), and one per monitoring window under a
+/// key of its own.
 fn split_by_mode(checks: &mut Vec<Check>, windows: &[WindowLimit], key: &str, kind: LimitKind) {
-    for mode in [LimitMode::Block, LimitMode::Monitor] {
-        let key = format!("{}{key}", mode_prefix(mode));
-        let windows: Vec<WindowLimit> =
-            windows.iter().copied().filter(|w| w.mode == mode).collect();
-        if !windows.is_empty() {
-            checks.push(Check {
-                key,
-                windows,
-                kind,
-                mode,
-            });
-        }
+    let (block, monitor): (Vec<WindowLimit>, Vec<WindowLimit>) =
+        windows.iter().partition(|w| w.mode == LimitMode::Block);
+    if !block.is_empty() {
+        checks.push(Check {
+            key: key.to_string(),
+            windows: block,
+            kind,
+            mode: LimitMode::Block,
+        });
+    }
+    for window in monitor {
+        checks.push(Check {
+            key: format!("{}{key}", mode_prefix(&window)),
+            windows: vec![window],
+            kind,
+            mode: LimitMode::Monitor,
+        });
     }
 }
 
-/// Where a log's key says which mode counts in it: every kind keeps blocking and monitoring
-/// windows in separate logs.
-fn mode_prefix(mode: LimitMode) -> &'static str {
-    match mode {
-        LimitMode::Block => "",
-        LimitMode::Monitor => "m:",
+/// Where a log's key says who counts in it. Blocking windows of a kind share the plain key.
+/// A monitoring window refuses nothing, so it must count only what it alone would have let
+/// through: beside a blocking rule, or another monitoring rule of other numbers, a shared log
+/// would hold requests it would have refused. Its key carries its own window and maximum.
+fn mode_prefix(window: &WindowLimit) -> String {
+    match window.mode {
+        LimitMode::Block => String::new(),
+        LimitMode::Monitor => format!("m{}/{}:", window.max.get(), window.window_seconds.get()),
     }
 }
 

@@ -210,7 +210,10 @@ async fn the_spend_retry_after_and_key_lifetimes_follow_the_databases_clock() {
         .await
         .expect("room in the day");
     let after_the_hour = id_of(keyed("+14155550004").await.expect("sent")).await;
-    assert_ne!(after_the_hour, first, "past the database's hour: a new request");
+    assert_ne!(
+        after_the_hour, first,
+        "past the database's hour: a new request"
+    );
     assert!(terminate(child).await.success());
 }
 

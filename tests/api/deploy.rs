@@ -737,6 +737,39 @@ async fn tls_modes_trust_sslrootcert_alone_as_libpq_does() {
             "{mode}: {stderr}"
         );
     }
+    // Found by an attack: libpq verifies the chain in every TLS mode once a root
+    // certificate is at hand (prefer, no mode, require with ~/.postgresql/root.crt).
+    for query in [
+        format!("sslmode=prefer&sslrootcert={}", other.display()),
+        format!("sslrootcert={}", other.display()),
+    ] {
+        let (ok, _) = migrate_with(&config, &postgres.url_with(&query), &[]);
+        assert!(!ok, "{query} trusts only another CA");
+    }
+    let (ok, stderr) = migrate_with(&config, &postgres.url("prefer", &ca), &[]);
+    assert!(ok, "prefer with the server's CA: {stderr}");
+    let wrong_home = tempfile::tempdir().expect("a HOME with another CA");
+    std::fs::create_dir(wrong_home.path().join(".postgresql")).expect("mkdir");
+    std::fs::copy(&other, wrong_home.path().join(".postgresql/root.crt")).expect("copy");
+    let (ok, _) = migrate_with(
+        &config,
+        &postgres.url_with("sslmode=require"),
+        &[("HOME", wrong_home.path())],
+    );
+    assert!(!ok, "require with another CA in ~/.postgresql/root.crt");
+    // verify-full compares the certificate with the host as written, not with hostaddr.
+    let via_hostaddr = |mode: &str| {
+        format!(
+            "postgres://smsgate:tls-test-password@db.example.com:{}/smsgate?hostaddr=127.0.0.1&sslmode={mode}&sslrootcert={}",
+            postgres.port,
+            ca.display()
+        )
+    };
+    let (ok, _) = migrate_with(&config, &via_hostaddr("verify-full"), &[]);
+    assert!(!ok, "the certificate does not name db.example.com");
+    let (ok, stderr) = migrate_with(&config, &via_hostaddr("verify-ca"), &[]);
+    assert!(ok, "verify-ca checks no name: {stderr}");
+
     // A verifying mode without sslrootcert reads ~/.postgresql/root.crt, as libpq does.
     let (ok, stderr) = migrate_with(
         &config,

@@ -236,3 +236,68 @@ async fn a_key_past_its_hour_is_a_new_request_before_any_sweep() {
     assert_eq!(status, 200);
     assert_ne!(other_id, first_id);
 }
+
+/// Found by an attack: a repeat was judged while its key's message was being deleted by
+/// retention; the insert then found the key free and stored the repeat, counted nowhere.
+/// A repeat is never inserted now: it gets its key's message, or a retry is a new request.
+#[tokio::test]
+async fn a_repeat_whose_message_retention_is_deleting_is_never_stored_uncounted() {
+    let app = TestApp::spawn_with(&TestConfig::with(
+        "[[limits.ingress_recipient]]\nmax = 1\nwindow_seconds = 3600\n",
+    ))
+    .await;
+    let body = keyed_body("+14155552671", "192.0.2.1");
+    let (status, first) = post_keyed(&app, "swept-login", &body).await;
+    assert_eq!(status, 200);
+    let mut retention = app.pool.begin().await.expect("begin");
+    sqlx::query("DELETE FROM messages")
+        .execute(&mut *retention)
+        .await
+        .expect("delete, not yet committed");
+
+    let repeat = post_keyed(&app, "swept-login", &body);
+    let commit_soon = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        retention.commit().await.expect("commit");
+    };
+    let ((status, id), ()) = tokio::join!(repeat, commit_soon);
+
+    assert!(
+        status != 200 || id == first,
+        "a repeat answered {status} with a new message {id:?}"
+    );
+    assert_eq!(
+        app.count_rows("messages").await,
+        0,
+        "nothing stored uncounted"
+    );
+    let (status, _) = post_keyed(&app, "swept-login", &body).await;
+    assert_eq!(
+        status, 429,
+        "once the message is gone a retry is new, and capped"
+    );
+}
+
+/// Found by an attack: two monitoring rules with the same countries and window shared a log,
+/// so the stricter one counted what the looser one let through. Each keeps its own now: the
+/// stricter rule reports exactly what it alone would have refused.
+#[tokio::test]
+async fn two_monitor_rules_of_one_country_and_window_keep_their_own_logs() {
+    let config = TestConfig::with(
+        "[[limits.country]]\ncountries = [\"GB\"]\nmax = 1\nwindow_seconds = 3\nmode = \"monitor\"\n\
+         [[limits.country]]\ncountries = [\"GB\"]\nmax = 3\nwindow_seconds = 3\nmode = \"monitor\"\n",
+    );
+    let app = TestApp::spawn_with(&config).await;
+    let started = tokio::time::Instant::now();
+    for (n, at_ms) in [(1, 0), (2, 1000), (3, 2000), (4, 3400)] {
+        tokio::time::sleep_until(started + std::time::Duration::from_millis(at_ms)).await;
+        assert_eq!(
+            send_to_britain(&app, n).await,
+            200,
+            "monitoring refuses nothing"
+        );
+    }
+    // The strict rule's log holds only the first (it would have refused the next two); by
+    // the fourth the first has left its window. A shared log would still hold two more.
+    assert_eq!(monitored_in_britain(&app).await, 2.0);
+}
