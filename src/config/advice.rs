@@ -33,8 +33,13 @@ impl Config {
             let options = url.expose().parse::<PgConnectOptions>().ok()?;
             // As libpq reads it (`require` with `sslrootcert` verifies the chain, too).
             match policy(&TlsParams::of(url.expose())) {
-                Ok(Policy::Verified { .. }) => return None,
-                Ok(Policy::Unverified) => {}
+                // `prefer` still speaks plain text to a server (or a man in the middle)
+                // that says it has no TLS: warned about below like any `prefer`.
+                Ok(Policy::Verified {
+                    plain_fallback: false,
+                    ..
+                }) => return None,
+                Ok(Policy::Verified { .. } | Policy::Unverified) => {}
                 Err(err) => return Some(format!("{key}: its TLS settings cannot work: {err}")),
             }
             unchecked_tls(&options).map(|why| {

@@ -2,8 +2,8 @@
 //! keys, then its idempotency keys, then (with a spend ceiling) today's spend rows are locked
 //! in order; each message is a repeat, a reuse of a taken key, or admitted or refused against
 //! the logs and totals as they stand (earlier messages of the same batch included); the logs
-//! and totals are written back, and only the counted messages (and repeats, which answer with
-//! their key's message) go on to the insert. One commit makes all of it durable.
+//! and totals are written back, and only the counted messages go on to the insert (repeats
+//! are answered with their key's message). One commit makes all of it durable.
 
 use std::collections::HashMap;
 
@@ -96,22 +96,27 @@ pub async fn admit_batch(
     Ok(verdicts)
 }
 
+/// The advisory-lock namespace of idempotency keys (the two-number form, apart from the
+/// single-number locks such as retention's): "sg" "ik".
+const KEY_LOCKS: i32 = 0x7367_696b;
+
 /// Takes a transaction-scoped advisory lock per idempotency key of the batch, in one order
-/// (sorted, after the logs) so writers never deadlock. Keys are hashed to the lock's 64 bits:
-/// a collision only makes two unrelated batches take turns.
+/// (sorted, after the logs) so writers never deadlock. Keys are hashed to 32 bits in their
+/// own namespace: a collision only makes two unrelated batches take turns. Each lock takes
+/// a slot of PostgreSQL's shared lock table while its batch commits (docs/operations.md).
 async fn lock_idempotency_keys(
     conn: &mut Tx<'_>,
     messages: &[&NewMessage],
 ) -> Result<(), sqlx::Error> {
     use sha2::{Digest, Sha256};
-    let mut locks: Vec<i64> = messages
+    let mut locks: Vec<i32> = messages
         .iter()
         .filter_map(|m| m.idempotency_key.as_deref())
         .map(|key| {
             let digest = Sha256::digest(key.as_bytes());
-            let mut first = [0u8; 8];
-            first.copy_from_slice(&digest[..8]);
-            i64::from_be_bytes(first)
+            let mut first = [0u8; 4];
+            first.copy_from_slice(&digest[..4]);
+            i32::from_be_bytes(first)
         })
         .collect();
     if locks.is_empty() {
@@ -120,8 +125,9 @@ async fn lock_idempotency_keys(
     locks.sort_unstable();
     locks.dedup();
     // unnest yields the array in order, so the locks are taken in that order.
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
+    sqlx::query("SELECT pg_advisory_xact_lock($2, k) FROM unnest($1::int4[]) AS k")
         .bind(&locks)
+        .bind(KEY_LOCKS)
         .execute(&mut *conn)
         .await?;
     Ok(())

@@ -30,6 +30,10 @@ pub struct Claimed {
     pub locale: Option<String>,
     #[sqlx(skip)]
     pub lease_token: i64,
+    /// When the claim was sent (monotonic clock): ages are measured from it, never from the
+    /// gateway's wall clock.
+    #[sqlx(skip)]
+    pub claimed: Option<std::time::Instant>,
 }
 
 /// What one claim round trip produced.
@@ -64,6 +68,7 @@ pub async fn claim(
     cursor: ClaimCursor,
 ) -> Result<ClaimBatch, sqlx::Error> {
     let lease_token: i64 = rand::random();
+    let claim_started = std::time::Instant::now();
     let mut rows: Vec<Claimed> = sqlx::query_as(
         "WITH c AS (
              SELECT message_id, run_at FROM message_queue
@@ -92,6 +97,7 @@ pub async fn claim(
     let last_key = rows.last().map(|row| (row.due_at, row.id));
     for row in &mut rows {
         row.lease_token = lease_token;
+        row.claimed = Some(claim_started);
     }
 
     Ok(ClaimBatch {
@@ -383,5 +389,17 @@ impl Completion {
 impl Claimed {
     pub fn message_id(&self) -> MessageId {
         MessageId(self.id)
+    }
+
+    /// How long ago it was accepted, by the database's clock: its age when claimed (its life
+    /// less what was left of it) plus the time since, on the monotonic clock.
+    pub fn age_ms(&self) -> i64 {
+        let life_ms = (self.expires_at - self.created_at).num_milliseconds();
+        let since_claim = self.claimed.map_or(0, |at| {
+            i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX)
+        });
+        life_ms
+            .saturating_sub(self.remaining_ms)
+            .saturating_add(since_claim)
     }
 }

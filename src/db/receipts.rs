@@ -2,20 +2,16 @@
 //! moves from `sent` to `delivered` or `undelivered` (the first verdict wins).
 
 use super::{Db, Tx};
-use chrono::{DateTime, Utc};
 
 use crate::domain::Status;
 
 /// What a receipt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// The message is now `delivered` or `undelivered`; it was accepted this long before.
-    /// `first` is false when this report was recorded before (kept for later) and a repeat
-    /// of it applied it now.
-    Applied {
-        accepted_at: DateTime<Utc>,
-        first: bool,
-    },
+    /// The message is now `delivered` or `undelivered`; it was accepted `age_ms` before, by
+    /// the database's clock. `first` is false when this report was recorded before (kept for
+    /// later) and a repeat of it applied it now.
+    Applied { age_ms: i64, first: bool },
     /// No message in `sent` with that carrier id yet (or any more): kept for the sweep.
     Pending,
     /// The same report (carrier, id, status) was recorded before: nothing new.
@@ -31,10 +27,10 @@ pub async fn record(
     error_code: Option<&str>,
 ) -> Result<Applied, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let accepted_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+    let age_ms: Option<i64> = sqlx::query_scalar(
         "UPDATE messages SET status = $3, receipt_at = now()
          WHERE carrier_message_id = $2 AND carrier = $1 AND status = 'sent'
-         RETURNING created_at",
+         RETURNING (extract(epoch FROM now() - created_at) * 1000)::bigint",
     )
     .bind(carrier)
     .bind(carrier_message_id)
@@ -54,12 +50,12 @@ pub async fn record(
     .bind(carrier_message_id)
     .bind(status.as_str())
     .bind(error_code)
-    .bind(accepted_at.is_some())
+    .bind(age_ms.is_some())
     .fetch_one(&mut tx)
     .await?;
     tx.commit().await?;
-    Ok(match accepted_at {
-        Some(accepted_at) => Applied::Applied { accepted_at, first },
+    Ok(match age_ms {
+        Some(age_ms) => Applied::Applied { age_ms, first },
         None if first => Applied::Pending,
         None => Applied::Repeated,
     })

@@ -10,12 +10,20 @@ use crate::limits::window::{self, Admission};
 
 /// Admits one send to `recipient` now, or says how long until its windows allow one; with
 /// the database's time of the decision (epoch ms), which an admitted send is logged at.
+/// Waits at most `lock_wait` for the number's row (then an error, nothing logged): a bound
+/// the database enforces, so a caller never abandons an admission that may have committed.
 pub async fn admit(
     pool: &Db,
     recipient: &str,
     windows: &[WindowLimit],
+    lock_wait: std::time::Duration,
 ) -> Result<(Admission, i64), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let lock_wait_ms = lock_wait.as_millis().clamp(1, 3_600_000);
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{lock_wait_ms}ms"))
+        .execute(&mut tx)
+        .await?;
     // Created or locked in one statement; the clock is read once the lock is held, so two
     // processes' sends to one number are logged in the order they were admitted.
     let (mut sends, now_ms): (Vec<i64>, i64) = sqlx::query_as(

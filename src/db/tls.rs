@@ -194,11 +194,12 @@ fn start_tunnel(target: Arc<Target>) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let runtime = tokio::runtime::Handle::try_current()
         .context("the TLS tunnel to PostgreSQL needs a running tokio runtime")?;
-    remove_dead_processes_tunnels();
+    let base = tunnel_base();
+    remove_dead_processes_tunnels(&base);
     // An unguessable name: another local user cannot take it first and stop the start-up.
     let mut attempts = 0;
     let dir = loop {
-        let dir = std::env::temp_dir().join(format!(
+        let dir = base.join(format!(
             "{TUNNEL_PREFIX}{}-{:016x}",
             std::process::id(),
             rand::random::<u64>()
@@ -213,6 +214,7 @@ fn start_tunnel(target: Arc<Target>) -> anyhow::Result<PathBuf> {
             }
         }
     };
+    hold_liveness_lock(&dir)?;
     let path = dir.join(format!(".s.PGSQL.{}", target.port));
     let listener = {
         let _entered = runtime.enter();
@@ -237,30 +239,64 @@ fn start_tunnel(target: Arc<Target>) -> anyhow::Result<PathBuf> {
 /// Tunnel directories are named `<prefix><pid>-<random>` in the temporary directory.
 const TUNNEL_PREFIX: &str = "smsgate-tls-";
 
-/// Removes the tunnel directories of this user's processes that are gone (a unix socket
-/// outlives its process), so restarts leave none behind.
-fn remove_dead_processes_tunnels() {
+/// The file in a tunnel directory its process holds an exclusive lock on while it lives.
+const LIVENESS_LOCK: &str = "owner.lock";
+
+/// Removes this user's tunnel directories whose process is gone (a unix socket outlives its
+/// process), so restarts leave none behind. Gone means its lock can be taken: process ids
+/// say nothing when containers with their own ids share the temporary directory.
+fn remove_dead_processes_tunnels(base: &Path) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+    let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
     let me = nix::unistd::getuid().as_raw();
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
+        let named_ours = entry
+            .file_name()
             .to_str()
-            .and_then(|name| name.strip_prefix(TUNNEL_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+            .is_some_and(|name| name.starts_with(TUNNEL_PREFIX));
+        // A minute old at least: a directory being set up has no lock yet.
+        let settled = |m: &std::fs::Metadata| {
+            m.modified()
+                .ok()
+                .and_then(|at| at.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60))
+        };
+        let owned = entry
+            .metadata()
+            .is_ok_and(|m| m.is_dir() && m.uid() == me && settled(&m));
+        if !named_ours || !owned {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(entry.path().join(LIVENESS_LOCK)) else {
             continue;
         };
-        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
-        let alive = Path::new("/proc").join(pid.to_string()).exists();
-        if ours && !alive {
+        if lock.try_lock().is_ok() {
             std::fs::remove_dir_all(entry.path()).ok();
         }
     }
+}
+
+/// Creates the lock file in `dir` and holds its lock until the process ends (the file is
+/// kept open for good: the lock is released only by the process's exit).
+fn hold_liveness_lock(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(LIVENESS_LOCK);
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    std::mem::forget(file);
+    Ok(())
+}
+
+/// Where tunnel directories go: the user's runtime directory when there is one (never swept
+/// by age), else the temporary directory.
+fn tunnel_base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// One connection: TCP, SSLRequest, a verified handshake, then bytes both ways. A failure

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-
 use crate::carriers::{Accepted, SendError, test_numbers};
 use crate::db::queue::{AttemptRecord, Claimed};
 use crate::domain::segments;
@@ -102,7 +100,7 @@ impl<'a> Recorder<'a> {
         };
         match result {
             Ok(accepted) => {
-                let since_commit = (Utc::now() - self.message.created_at).num_milliseconds();
+                let since_commit = self.message.age_ms();
                 self.metrics
                     .delivery_latency
                     .observe(since_commit.max(0) as f64 / 1000.0);

@@ -90,25 +90,53 @@ struct Attempt<'a> {
     retry_after: Option<Duration>,
     /// The route was not tried whole (a later carrier had no turn): the attempt does not count.
     uncounted: bool,
+    /// When this attempt's send was logged in the number's window (database ms), if it was.
+    logged_at: Option<i64>,
+    /// A carrier took the message, or may have (a call that timed out).
+    maybe_sent: bool,
+    /// Set when the attempt ends: a logged send that no carrier took, to take out again.
+    unmade: &'a mut Option<i64>,
 }
 
 /// Runs the attempt and says what should happen to the message. `in_hand` is given back as
 /// soon as a carrier call starts: the claimer counts messages claimed but not yet started.
+/// A send logged in the number's window that no carrier took (none was called, or each
+/// refused it) is taken out again: the window counts only sends that happen.
 pub async fn dispatch(
     context: Arc<SendContext>,
     message: Claimed,
     clocks: Clocks,
     in_hand: Option<OwnedSemaphorePermit>,
 ) -> Completion {
+    let mut unmade = None;
+    let completion = attempt_route(&context, &message, clocks, in_hand, &mut unmade).await;
+    if let Some(at_ms) = unmade
+        && let Err(err) = recipient_sends::withdraw(&context.pool, &message.recipient, at_ms).await
+    {
+        tracing::warn!(id = %message.id, error = %err, "cannot take an unmade send out of the recipient's log; it counts until its window passes");
+    }
+    completion
+}
+
+async fn attempt_route(
+    context: &SendContext,
+    message: &Claimed,
+    clocks: Clocks,
+    in_hand: Option<OwnedSemaphorePermit>,
+    unmade: &mut Option<i64>,
+) -> Completion {
     let mut in_hand = in_hand;
     let mut attempt = Attempt {
-        context: &context,
-        message: &message,
+        context,
+        message,
         clocks,
-        recorder: Recorder::new(&context.metrics, &context.pricing, &message),
+        recorder: Recorder::new(&context.metrics, &context.pricing, message),
         last_error: String::from("no carrier is routed for this number"),
         retry_after: None,
         uncounted: false,
+        logged_at: None,
+        maybe_sent: false,
+        unmade,
     };
     let recipient = PhoneNumber::from_e164_unchecked(message.recipient.clone());
     let mut skipped_until: Option<Option<Duration>> = None;
@@ -193,44 +221,23 @@ impl Attempt<'_> {
         turn: &Turn,
         admitted: &mut bool,
     ) -> Result<Instant, Blocked> {
-        let mut logged_at = None;
         if !*admitted {
-            // The number's log is a lock many sends may queue on: no longer than the turn lasts.
-            match tokio::time::timeout_at(turn.latest.into(), self.admit()).await {
-                Ok(Ok(at_ms)) => {
-                    *admitted = true;
-                    logged_at = at_ms;
-                }
-                Ok(Err(disposition)) => return Err(Blocked::Ended(disposition)),
-                Err(_) => return Err(Blocked::NoTurn),
-            }
+            // The number's log is a lock many sends may queue on: no longer than the turn
+            // lasts (a lock timeout the database enforces, so an admission is never cut off
+            // after its commit; one that ends past the turn is taken out again).
+            let lock_wait = turn.latest.saturating_duration_since(Instant::now());
+            self.logged_at = self.admit(lock_wait).await?;
+            *admitted = true;
         }
         let now = Instant::now();
-        let blocked = if now + MIN_VALIDITY > self.clocks.deadline {
+        if now + MIN_VALIDITY > self.clocks.deadline {
             // Less than a second left: no carrier can be given a validity the code still has.
-            Some(Blocked::Ended(expired()))
-        } else if now > turn.latest {
-            Some(Blocked::NoTurn)
-        } else {
-            None
-        };
-        let Some(blocked) = blocked else {
-            return Ok(now);
-        };
-        if let Some(at_ms) = logged_at {
-            // Logged for a send that will not happen now: the window counts only real sends.
-            *admitted = false;
-            self.withdraw(at_ms).await;
+            return Err(Blocked::Ended(expired()));
         }
-        Err(blocked)
-    }
-
-    /// Takes a send logged by `admit` out of the number's log again.
-    async fn withdraw(&self, at_ms: i64) {
-        let recipient = &self.message.recipient;
-        if let Err(err) = recipient_sends::withdraw(&self.context.pool, recipient, at_ms).await {
-            tracing::warn!(id = %self.message.id, error = %err, "cannot take an unmade send out of the recipient's log; it counts until its window passes");
+        if now > turn.latest {
+            return Err(Blocked::NoTurn);
         }
+        Ok(now)
     }
 
     /// Waits for the carrier's slot and rate, but only as long as a call started then would
@@ -273,19 +280,24 @@ impl Attempt<'_> {
     /// count the sends that really happen; the time it was logged at (`None` without windows).
     /// `Err` says what to do instead: wait for the window, or end the message when the window
     /// opens only after the code expires.
-    async fn admit(&mut self) -> Result<Option<i64>, Disposition> {
+    async fn admit(&mut self, lock_wait: Duration) -> Result<Option<i64>, Blocked> {
         let message = self.message;
         let windows = &self.context.windows;
-        let wait_ms = match recipient_sends::admit(&self.context.pool, &message.recipient, windows)
+        let pool = &self.context.pool;
+        let wait_ms = match recipient_sends::admit(pool, &message.recipient, windows, lock_wait)
             .await
         {
             Ok((Admission::Allowed, at_ms)) => return Ok(Some(at_ms)),
             Ok((Admission::WaitMs(wait_ms), _)) => wait_ms,
+            // The number's row stayed locked for the whole turn: nothing was logged.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                return Err(Blocked::NoTurn);
+            }
             Err(err) => {
                 tracing::warn!(id = %message.id, error = %err, "cannot check the recipient's limits; handing the message back");
-                return Err(Disposition::Release {
+                return Err(Blocked::Ended(Disposition::Release {
                     delay_ms: BUSY_PAUSE.as_millis() as i64,
-                });
+                }));
             }
         };
         self.recorder.recipient_limited();
@@ -296,15 +308,15 @@ impl Attempt<'_> {
                 .deadline
                 .saturating_duration_since(Instant::now())
         {
-            return Err(Disposition::Final {
+            return Err(Blocked::Ended(Disposition::Final {
                 status: Status::RateLimited,
                 carrier: None,
                 carrier_message_id: None,
                 error: Some("over a per-recipient limit until after the code expires".into()),
-            });
+            }));
         }
         // Not an attempt: the message waits for its window.
-        Err(Disposition::Release { delay_ms: wait_ms })
+        Err(Blocked::Ended(Disposition::Release { delay_ms: wait_ms }))
     }
 
     /// What one call decides: `Some` when the message's fate is settled, `None` to fail over.
@@ -315,6 +327,10 @@ impl Attempt<'_> {
         result: Result<Accepted, SendError>,
     ) -> Option<Disposition> {
         self.recorder.call(&carrier.name, elapsed, &result);
+        // A timed-out call may have reached the carrier: it stays counted in the window.
+        if result.is_ok() || matches!(&result, Err(e) if e.class == FailureClass::Timeout) {
+            self.maybe_sent = true;
+        }
         match result {
             Ok(accepted) => Some(Disposition::Final {
                 status: Status::Sent,
@@ -371,6 +387,7 @@ impl Attempt<'_> {
                 self.recorder.held("no_usable_carrier");
             }
         }
+        let left = standing.left;
         match decide(route, &self.context.retry, standing, &mut uniform) {
             Decision::Release(wait) => self.ended(Disposition::Release {
                 delay_ms: as_ms(wait),
@@ -390,11 +407,25 @@ impl Attempt<'_> {
                     error: Some(error),
                 })
             }
+            // Ended before its time only when a carrier asked to wait past it: say so.
+            Decision::Expire if self.retry_after.is_some_and(|wait| wait >= left) => {
+                self.ended(Disposition::Final {
+                    status: Status::Expired,
+                    carrier: None,
+                    carrier_message_id: None,
+                    error: Some(
+                        "a carrier asked to wait (Retry-After) past the code's expiry".into(),
+                    ),
+                })
+            }
             Decision::Expire => self.ended(expired()),
         }
     }
 
     fn ended(self, disposition: Disposition) -> Completion {
+        if !self.maybe_sent {
+            *self.unmade = self.logged_at;
+        }
         // A call made counts as an attempt; a message given back untried keeps its count.
         let calls = self.recorder.calls;
         let attempts = if calls.is_empty() || self.uncounted {
@@ -415,6 +446,9 @@ impl Attempt<'_> {
 /// The least validity a carrier is given: Twilio's `ValidityPeriod` and MessageMedia's expiry
 /// are whole seconds, so a code with less left is not sent (it would be delivered late).
 const MIN_VALIDITY: Duration = Duration::from_secs(1);
+
+/// SQLSTATE lock_not_available: `lock_timeout` ran out.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 fn expired() -> Disposition {
     Disposition::Final {

@@ -428,9 +428,9 @@ async fn apply(
         }
     };
     let what = match applied {
-        Applied::Applied { accepted_at, .. } => {
+        Applied::Applied { age_ms, .. } => {
             if status == Status::Delivered {
-                let seconds = (chrono::Utc::now() - accepted_at).num_milliseconds() as f64 / 1e3;
+                let seconds = age_ms as f64 / 1e3;
                 state.metrics.receipt_latency.observe(seconds.max(0.0));
             }
             "delivery receipt applied"

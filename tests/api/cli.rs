@@ -719,6 +719,16 @@ fn check_config_warns_about_a_database_reached_without_a_checked_certificate() {
         None,
     );
     assert!(no_anchor[0].contains("no sslrootcert"), "{no_anchor:?}");
+    // prefer with a root certificate verifies a server that offers TLS, but still speaks
+    // plain text to one (or to a man in the middle) that says it has none.
+    let preferred = warned(
+        Some("postgres://u@db.example.com/smsgate?sslmode=prefer&sslrootcert=/etc/ca.pem"),
+        None,
+    );
+    assert!(
+        preferred[0].contains("falls back to plain text"),
+        "{preferred:?}"
+    );
     let impossible = warned(
         Some("postgres://u@db.example.com/smsgate?sslmode=require&sslrootcert=system"),
         None,

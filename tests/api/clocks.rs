@@ -233,19 +233,24 @@ async fn a_code_with_under_a_second_left_is_not_sent_and_not_counted() {
         .post_sms(Some(&crate::helpers::token()), &message("+14155552671"))
         .await;
     let id = id_of(response).await;
-    // Due in 4 s with 0.5 s to live then: the skewed worker claims it with under a second.
-    sqlx::query(
-        "WITH q AS (UPDATE message_queue SET run_at = now() + interval '4 s',
-                                             expires_at = now() + interval '4.5 s'
-                    WHERE message_id = $1::uuid RETURNING expires_at)
-         UPDATE messages SET expires_at = (SELECT expires_at FROM q) WHERE id = $1::uuid",
-    )
-    .bind(&id)
-    .execute(&app.pool)
-    .await
-    .expect("move the message");
+    let due_in = |run_at: &'static str, expires_at: &'static str| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH q AS (UPDATE message_queue SET run_at = now() + interval '{run_at}',
+                                                 expires_at = now() + interval '{expires_at}'
+                        WHERE message_id = $1::uuid RETURNING expires_at)
+             UPDATE messages SET expires_at = (SELECT expires_at FROM q) WHERE id = $1::uuid"
+        )))
+        .bind(id.clone())
+        .execute(&app.pool)
+    };
+    due_in("1 hour", "2 hours")
+        .await
+        .expect("not due while the gateway starts");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (child, _port) = spawn_skewed(&app, &config, dir.path(), "+90s");
+    let (child, port) = spawn_skewed(&app, &config, dir.path(), "+90s");
+    wait_until_healthy(port).await;
+    // Due in a second with half a second to live then: claimed with under a second left.
+    due_in("1 s", "1.5 s").await.expect("due soon");
 
     let final_status = async || {
         sqlx::query_scalar::<_, String>("SELECT status FROM messages WHERE id = $1::uuid")

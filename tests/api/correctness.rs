@@ -612,6 +612,7 @@ async fn concurrent_admissions_to_one_number_allow_exactly_its_limit() {
                 &smsgate::db::Db::direct(pool.clone()),
                 "+14155552671",
                 &windows,
+                std::time::Duration::from_secs(10),
             )
             .await
             .expect("admit")

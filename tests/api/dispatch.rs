@@ -516,3 +516,37 @@ async fn a_pool_of_one_connection_still_accepts_and_sends() {
     assert_eq!(view["status"], "sent", "{view}");
     crate::helpers::assert_status(&app.get("/readyz").await, 200, "ready with a pool of one");
 }
+
+/// Found by an attack: a carrier's refusal still used up the number's window, so with one
+/// send allowed the retry ended `rate_limited` and no code went out. A send no carrier took
+/// is taken out of the window; a call that timed out (it may have gone out) stays in it.
+#[tokio::test]
+async fn a_refused_send_does_not_use_up_the_numbers_window() {
+    let standin = TwilioStandIn::start().await;
+    standin.script([
+        Reply::error(503, "20503"),
+        Reply::Error {
+            status: 429,
+            code: "20429",
+            retry_after: Some(1),
+        },
+    ]);
+    let config = config_with(
+        &standin,
+        &format!("{FAST_DISPATCH}[[limits.recipient]]\nmax = 1\nwindow_seconds = 600\n"),
+    );
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(15)).await;
+
+    assert_eq!(view["status"], "sent", "{view}");
+    assert_eq!(standin.received().len(), 3, "refused twice, then sent");
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(cardinality(sends)), 0)::bigint FROM recipient_sends",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("send log");
+    assert_eq!(logged, 1, "only the send that happened is in the window");
+}

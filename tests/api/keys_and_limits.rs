@@ -165,19 +165,31 @@ async fn monitored_in_britain(app: &TestApp) -> f64 {
     crate::observability::sample(&app.metrics().await, series).unwrap_or(0.0)
 }
 
+/// Moves every logged hit `seconds` into the past: the windows' time passes without waiting.
+async fn age_logs(app: &TestApp, seconds: i64) {
+    sqlx::query(
+        "UPDATE ingress_hits
+         SET hits = (SELECT coalesce(array_agg(h - $1 * 1000), '{}') FROM unnest(hits) h)",
+    )
+    .bind(seconds)
+    .execute(&app.pool)
+    .await
+    .expect("age the logs");
+}
+
 /// A block and a monitor rule with the same countries and window: the monitor's log holds
 /// only what the monitor rule itself would have let through, so once its window has moved
 /// past its own last admitted request it reports nothing, whatever the blocking rule counted.
 #[tokio::test]
 async fn a_monitor_country_rule_keeps_its_own_log_beside_a_blocking_one() {
     let config = TestConfig::with(
-        "[[limits.country]]\ncountries = [\"GB\"]\nmax = 100\nwindow_seconds = 2\n\
-         [[limits.country]]\ncountries = [\"GB\"]\nmax = 1\nwindow_seconds = 2\nmode = \"monitor\"\n",
+        "[[limits.country]]\ncountries = [\"GB\"]\nmax = 100\nwindow_seconds = 60\n\
+         [[limits.country]]\ncountries = [\"GB\"]\nmax = 1\nwindow_seconds = 60\nmode = \"monitor\"\n",
     );
     let app = TestApp::spawn_with(&config).await;
-    let started = tokio::time::Instant::now();
+
     assert_eq!(send_to_britain(&app, 1).await, 200);
-    tokio::time::sleep_until(started + std::time::Duration::from_millis(1000)).await;
+    age_logs(&app, 40).await;
     assert_eq!(
         send_to_britain(&app, 2).await,
         200,
@@ -186,11 +198,11 @@ async fn a_monitor_country_rule_keeps_its_own_log_beside_a_blocking_one() {
     assert_eq!(
         monitored_in_britain(&app).await,
         1.0,
-        "the second is over the monitor's 1 in 2 s"
+        "over the monitor's 1 in 60 s"
     );
-    // Past the first request's window, inside the second's: the monitor's own log is empty
-    // again (it never let the second through), a shared log would still hold the second.
-    tokio::time::sleep_until(started + std::time::Duration::from_millis(2300)).await;
+    // The first is 70 s old, the second 30 s: the monitor's own log is empty again (it never
+    // let the second through); a shared log would still hold the second.
+    age_logs(&app, 30).await;
     assert_eq!(send_to_britain(&app, 3).await, 200);
     assert_eq!(
         monitored_in_britain(&app).await,
@@ -255,12 +267,15 @@ async fn a_repeat_whose_message_retention_is_deleting_is_never_stored_uncounted(
         .await
         .expect("delete, not yet committed");
 
-    let repeat = post_keyed(&app, "swept-login", &body);
-    let commit_soon = async {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        retention.commit().await.expect("commit");
-    };
-    let ((status, id), ()) = tokio::join!(repeat, commit_soon);
+    // Answered while the delete is still open: a repeat waits on nothing retention holds
+    // (before, its insert waited for the delete and then stored the repeat anew).
+    let (status, id) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        post_keyed(&app, "swept-login", &body),
+    )
+    .await
+    .expect("a repeat does not wait for retention");
+    retention.commit().await.expect("commit");
 
     assert!(
         status != 200 || id == first,
@@ -284,18 +299,17 @@ async fn a_repeat_whose_message_retention_is_deleting_is_never_stored_uncounted(
 #[tokio::test]
 async fn two_monitor_rules_of_one_country_and_window_keep_their_own_logs() {
     let config = TestConfig::with(
-        "[[limits.country]]\ncountries = [\"GB\"]\nmax = 1\nwindow_seconds = 3\nmode = \"monitor\"\n\
-         [[limits.country]]\ncountries = [\"GB\"]\nmax = 3\nwindow_seconds = 3\nmode = \"monitor\"\n",
+        "[[limits.country]]\ncountries = [\"GB\"]\nmax = 1\nwindow_seconds = 60\nmode = \"monitor\"\n\
+         [[limits.country]]\ncountries = [\"GB\"]\nmax = 3\nwindow_seconds = 60\nmode = \"monitor\"\n",
     );
     let app = TestApp::spawn_with(&config).await;
-    let started = tokio::time::Instant::now();
-    for (n, at_ms) in [(1, 0), (2, 1000), (3, 2000), (4, 3400)] {
-        tokio::time::sleep_until(started + std::time::Duration::from_millis(at_ms)).await;
+    for (n, then_age) in [(1, 20), (2, 20), (3, 25), (4, 0)] {
         assert_eq!(
             send_to_britain(&app, n).await,
             200,
             "monitoring refuses nothing"
         );
+        age_logs(&app, then_age).await;
     }
     // The strict rule's log holds only the first (it would have refused the next two); by
     // the fourth the first has left its window. A shared log would still hold two more.
