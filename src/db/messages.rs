@@ -84,13 +84,9 @@ pub async fn enqueue_batch(
             } else {
                 // Not stored, so it has a key: the key's first message answers for it.
                 let key = message.idempotency_key.as_deref().unwrap_or_default();
-                earlier.get(key).map(|(print, enqueued)| {
-                    if same_request(print.as_deref(), message.fingerprint.as_deref()) {
-                        Ok(*enqueued)
-                    } else {
-                        Err(NotStored::KeyReused)
-                    }
-                })
+                earlier
+                    .get(key)
+                    .map(|earlier| answer_from(earlier, message))
             };
         }
     }
@@ -117,17 +113,26 @@ pub async fn answer_repeats(
         .iter()
         .map(|message| {
             let key = message.idempotency_key.as_deref().unwrap_or_default();
-            match earlier.get(key) {
-                Some((print, enqueued))
-                    if same_request(print.as_deref(), message.fingerprint.as_deref()) =>
-                {
-                    Ok(*enqueued)
-                }
-                Some(_) => Err(NotStored::KeyReused),
-                None => Err(NotStored::KeyUnresolved),
-            }
+            earlier
+                .get(key)
+                .map_or(Err(NotStored::KeyUnresolved), |earlier| {
+                    answer_from(earlier, message)
+                })
         })
         .collect())
+}
+
+/// A request's answer from its key's first message: that message when it is the same
+/// request, else a reuse of the key.
+fn answer_from(
+    (print, enqueued): &(Option<String>, Enqueued),
+    message: &NewMessage,
+) -> Result<Enqueued, NotStored> {
+    if same_request(print.as_deref(), message.fingerprint.as_deref()) {
+        Ok(*enqueued)
+    } else {
+        Err(NotStored::KeyReused)
+    }
 }
 
 /// The idempotency keys of `messages` that still answer for a stored message (used within the
