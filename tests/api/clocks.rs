@@ -3,16 +3,16 @@
 //! database on the true one, and every decision still follows the database or the carrier.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use smsgate::Role;
 
-use crate::cli::{BINARY, free_port, terminate, wait_until_healthy};
+use crate::cli::{terminate, wait_until_healthy};
 use crate::dispatch::wait_until;
-use crate::helpers::{SECRET, TestApp, auth0_claims, now, sign_with, url_of};
+use crate::helpers::{SECRET, TestApp, auth0_claims, now, sign_with};
 use crate::standins::messagemedia::MessageMediaStandIn;
 use crate::standins::twilio::{Reply, TwilioStandIn};
 use crate::test_config::TestConfig;
@@ -27,27 +27,13 @@ fn spawn_skewed(app: &TestApp, config: &TestConfig, dir: &Path, faketime: &str) 
         Path::new(LIBFAKETIME).exists(),
         "{LIBFAKETIME} is missing: apt-get install faketime"
     );
-    let port = free_port();
-    let text = config
-        .clone()
-        .set("server.listen", format!("127.0.0.1:{port}"))
-        .to_string();
-    let path = dir.join(format!("smsgate-{port}.toml"));
-    std::fs::write(&path, text).expect("config");
-    let log = std::fs::File::create(dir.join(format!("smsgate-{port}.log"))).expect("log");
-    let child = Command::new(BINARY)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("DATABASE_URL", url_of(&app.pool.connect_options()))
-        .env("LD_PRELOAD", LIBFAKETIME)
-        .env("FAKETIME", faketime)
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .env("FAKETIME_NO_CACHE", "1")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start smsgate");
-    (child, port)
+    let skew = [
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME", faketime),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("FAKETIME_NO_CACHE", "1"),
+    ];
+    crate::process::spawn_binary_with_env(app, config, dir, &skew)
 }
 
 /// A token the skewed gateway accepts whichever way its clock is moved (a day either side).

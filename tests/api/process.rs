@@ -18,6 +18,16 @@ pub const WORKERS: usize = 8;
 
 /// Runs `smsgate serve` on the test app's database with `config`.
 pub fn spawn_binary(app: &TestApp, config: &TestConfig, dir: &std::path::Path) -> (Child, u16) {
+    spawn_binary_with_env(app, config, dir, &[])
+}
+
+/// `spawn_binary`, with extra environment variables for the gateway process.
+pub fn spawn_binary_with_env(
+    app: &TestApp,
+    config: &TestConfig,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Child, u16) {
     let port = free_port();
     let text = config
         .clone()
@@ -30,6 +40,7 @@ pub fn spawn_binary(app: &TestApp, config: &TestConfig, dir: &std::path::Path) -
         .args(["serve", "--config"])
         .arg(&path)
         .env("DATABASE_URL", url_of(&app.pool.connect_options()))
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
