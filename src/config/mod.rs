@@ -530,11 +530,17 @@ impl Config {
         warnings
     }
 
-    /// True when some signer still uses the secret shipped in `config/development.toml`.
+    /// True when some signer still uses the secret shipped in `config/development.toml`,
+    /// written as is or base64-encoded (`secret_base64_encoded`): the key is what matters.
     pub fn uses_development_secret(&self) -> bool {
-        self.auth0
-            .values()
-            .any(|signer| signer.secret.expose() == DEVELOPMENT_SECRET)
+        self.auth0.values().any(|signer| {
+            let key = if signer.secret_base64_encoded {
+                crate::secret::decode_base64url_secret(signer.secret.expose())
+            } else {
+                Some(signer.secret.expose().as_bytes().to_vec())
+            };
+            key.as_deref() == Some(DEVELOPMENT_SECRET.as_bytes())
+        })
     }
 }
 
