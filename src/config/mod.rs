@@ -413,17 +413,16 @@ impl Config {
                 .only(&["DATABASE_URL"])
                 .map(|_| "database.url".into()),
         );
-        let read = collect::read_naming_every_problem(&figment);
-        let mut problems = read.problems.problems;
-        let Some(mut config) = read.config else {
+        let mut read = collect::read_naming_every_problem(&figment);
+        let mut problems = std::mem::take(&mut read.problems.problems);
+        let Some(mut config) = read.config.take() else {
             return Err(ConfigError { problems });
         };
-        // With a whole table set aside, the rest would be judged without it: what it named
-        // would look missing.
-        if !read.dropped_a_table
-            && let Err(error) = config.validate()
-        {
-            problems.extend(error.naming_variables(&figment).problems);
+        // Ranges and the rest are checked on what was read around the problems, so one run
+        // names them all; only checks a set-aside table would make wrong are left out.
+        if let Err(error) = config.validate() {
+            let found = error.naming_variables(&figment).problems;
+            problems.extend(found.into_iter().filter(|p| read.can_judge(&p.key)));
         }
         if !problems.is_empty() {
             return Err(ConfigError { problems });

@@ -692,6 +692,31 @@ fn check_config_names_type_errors_unknown_keys_and_ranges_in_one_run() {
 }
 
 #[test]
+fn check_config_checks_ranges_even_when_a_whole_table_is_set_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A mistyped required key sets its signer's table aside: the range checks elsewhere are
+    // still true, "no signer is configured" would not be.
+    let text = TestConfig::base()
+        .set("auth0.primary.audience", toml::Value::Array(vec![1.into()]))
+        .set("server.max_header_bytes", 100)
+        .set("dispatch.message_ttl_seconds", 0);
+    let config = write_config(dir.path(), &text.to_string());
+
+    let output = smsgate(&["check-config"], &config, &[]);
+
+    assert_eq!(output.status.code(), Some(2));
+    let errors = stderr(&output);
+    for named in [
+        "auth0.primary.audience: invalid type",
+        "server.max_header_bytes: must be at least",
+        "dispatch.message_ttl_seconds: must be between",
+    ] {
+        assert!(errors.contains(named), "{named} not named in:\n{errors}");
+    }
+    assert!(!errors.contains("no signer is configured"), "{errors}");
+}
+
+#[test]
 fn check_config_warns_about_the_development_secret_given_in_base64() {
     use base64::Engine;
     let dir = tempfile::tempdir().expect("tempdir");
