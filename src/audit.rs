@@ -20,12 +20,14 @@ impl Actor {
     }
 }
 
-/// A carrier taken out of every route (`disable`) or put back into its routes (`enable`).
-pub fn carrier_switched(carrier: &str, disabled: bool, actor: Actor) {
-    let (action, change) = if disabled {
-        ("disable", "carrier out of every route")
-    } else {
-        ("enable", "carrier back in its routes")
+/// A carrier taken out of every route (`disable`) or put back into its routes (`enable`);
+/// `changed` is false when it already was, and the line says so.
+pub fn carrier_switched(carrier: &str, disabled: bool, changed: bool, actor: Actor) {
+    let (action, change) = match (disabled, changed) {
+        (true, true) => ("disable", "carrier out of every route"),
+        (true, false) => ("disable", "already disabled, nothing changed"),
+        (false, true) => ("enable", "carrier back in its routes"),
+        (false, false) => ("enable", "already enabled, nothing changed"),
     };
     tracing::info!(
         target: "smsgate::audit",

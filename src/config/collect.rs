@@ -14,12 +14,29 @@ use super::validate::{ConfigError, is_list_position, is_zero_refused};
 /// More rounds than any file has keys to get wrong; each round sets one aside.
 const MAX_ROUNDS: usize = 256;
 
-/// What reading found: the configuration read around its problems, the problems, and
-/// whether a whole table had to be set aside (then the rest cannot be judged as a whole).
+/// What reading found: the configuration read around its problems, the problems, and the
+/// whole tables that had to be set aside (checks that look at them would be judged wrongly).
 pub(super) struct Read {
     pub config: Option<Config>,
     pub problems: ConfigError,
-    pub dropped_a_table: bool,
+    pub dropped_tables: Vec<Vec<String>>,
+}
+
+impl Read {
+    /// Whether a check of `key` can still be trusted on the configuration read without the
+    /// dropped tables. Without `[carriers.x]` a route naming x looks wrong, without the only
+    /// signer "no signer is configured" does, and once a `[[routes]]` entry is gone the
+    /// others' positions shift; every other check judges what is really there.
+    pub fn can_judge(&self, key: &str) -> bool {
+        let section = key.split(['.', '[']).next().unwrap_or_default();
+        self.dropped_tables.iter().all(|dropped| {
+            let top = dropped.first().map(String::as_str).unwrap_or_default();
+            let shifted = dropped.iter().any(|part| is_list_position(part));
+            let referenced = top == "carriers" && section == "routes";
+            let emptied = key == top || key.starts_with(&dropped.join("."));
+            !(referenced || emptied || (shifted && section == top))
+        })
+    }
 }
 
 /// Reads `figment`, naming every problem serde finds rather than the first.
@@ -29,7 +46,7 @@ pub(super) fn read_naming_every_problem(original: &Figment) -> Read {
         problems: ConfigError {
             problems: Vec::new(),
         },
-        dropped_a_table: false,
+        dropped_tables: Vec::new(),
     };
     let mut figment = original.clone();
     // The whole merged tree, to take problems out of; read only after the first problem.
@@ -76,7 +93,7 @@ pub(super) fn read_naming_every_problem(original: &Figment) -> Read {
             kind if is_zero_refused(kind) => replace(tree, &path, Value::from(1u32)),
             // A required key is missing (or was set aside above): its table goes too.
             Kind::MissingField(_) => {
-                read.dropped_a_table = true;
+                read.dropped_tables.push(path.clone());
                 remove(tree, &path)
             }
             Kind::Message(_) if path.is_empty() => false,

@@ -413,17 +413,16 @@ impl Config {
                 .only(&["DATABASE_URL"])
                 .map(|_| "database.url".into()),
         );
-        let read = collect::read_naming_every_problem(&figment);
-        let mut problems = read.problems.problems;
-        let Some(mut config) = read.config else {
+        let mut read = collect::read_naming_every_problem(&figment);
+        let mut problems = std::mem::take(&mut read.problems.problems);
+        let Some(mut config) = read.config.take() else {
             return Err(ConfigError { problems });
         };
-        // With a whole table set aside, the rest would be judged without it: what it named
-        // would look missing.
-        if !read.dropped_a_table
-            && let Err(error) = config.validate()
-        {
-            problems.extend(error.naming_variables(&figment).problems);
+        // Ranges and the rest are checked on what was read around the problems, so one run
+        // names them all; only checks a set-aside table would make wrong are left out.
+        if let Err(error) = config.validate() {
+            let found = error.naming_variables(&figment).problems;
+            problems.extend(found.into_iter().filter(|p| read.can_judge(&p.key)));
         }
         if !problems.is_empty() {
             return Err(ConfigError { problems });
@@ -530,11 +529,17 @@ impl Config {
         warnings
     }
 
-    /// True when some signer still uses the secret shipped in `config/development.toml`.
+    /// True when some signer still uses the secret shipped in `config/development.toml`,
+    /// written as is or base64-encoded (`secret_base64_encoded`): the key is what matters.
     pub fn uses_development_secret(&self) -> bool {
-        self.auth0
-            .values()
-            .any(|signer| signer.secret.expose() == DEVELOPMENT_SECRET)
+        self.auth0.values().any(|signer| {
+            let key = if signer.secret_base64_encoded {
+                crate::secret::decode_base64url_secret(signer.secret.expose())
+            } else {
+                Some(signer.secret.expose().as_bytes().to_vec())
+            };
+            key.as_deref() == Some(DEVELOPMENT_SECRET.as_bytes())
+        })
     }
 }
 

@@ -4,16 +4,26 @@ use std::collections::HashSet;
 
 use super::Db;
 
-pub async fn set_disabled(pool: &Db, carrier: &str, disabled: bool) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO carrier_states (carrier, disabled) VALUES ($1, $2)
-         ON CONFLICT (carrier) DO UPDATE SET disabled = $2, updated_at = now()",
-    )
-    .bind(carrier)
-    .bind(disabled)
-    .execute(pool)
-    .await?;
-    Ok(())
+/// Switches `carrier` off (or on) and says whether that changed anything: a second
+/// `disable` finds it already off, and the operator's audit line must not claim otherwise.
+/// Each statement decides on the row it locks, so two switches at once cannot both change it.
+pub async fn set_disabled(pool: &Db, carrier: &str, disabled: bool) -> Result<bool, sqlx::Error> {
+    // No row means switched on: enabling then has nothing to write.
+    let statement = if disabled {
+        "INSERT INTO carrier_states (carrier, disabled) VALUES ($1, true)
+         ON CONFLICT (carrier) DO UPDATE SET disabled = true, updated_at = now()
+         WHERE NOT carrier_states.disabled
+         RETURNING carrier"
+    } else {
+        "UPDATE carrier_states SET disabled = false, updated_at = now()
+         WHERE carrier = $1 AND disabled
+         RETURNING carrier"
+    };
+    let changed = sqlx::query(statement)
+        .bind(carrier)
+        .fetch_optional(pool)
+        .await?;
+    Ok(changed.is_some())
 }
 
 pub async fn disabled(pool: &Db) -> Result<HashSet<String>, sqlx::Error> {

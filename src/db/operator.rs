@@ -5,7 +5,7 @@ use super::{Db, Tx};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::{MessageId, Status};
+use crate::domain::{MessageId, Status, redact_digits};
 
 /// One line of a listing.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
@@ -74,39 +74,22 @@ const MAX_REASON_CHARS: usize = 200;
 
 /// Why a message ended unsent ("canceled by an operator", the last carrier error, …), as the
 /// status API and `messages show` give it; `None` while it waits or once a carrier took it.
-/// A carrier's error text could quote what it was sent, so runs of four or more digits (where
-/// a code would be) are masked, and the text is bounded.
+/// A carrier's error text could quote what it was sent, and a code can be spaced ("4 8 2 9 1
+/// 3"), dashed or written in CJK numerals, so every numeral is masked as in the logs (the HTTP
+/// status and the carrier's error code are in `attempts`), and the text is bounded.
 pub fn final_reason(status: Status, last_error: Option<&str>) -> Option<String> {
     let ended_unsent = matches!(
         status,
         Status::Failed | Status::Expired | Status::RateLimited | Status::Undelivered
     );
     let text = last_error.filter(|_| ended_unsent)?.trim();
-    let mut shown = String::new();
-    let mut digits = String::new();
-    for c in text
+    let bounded: String = text
         .chars()
         .filter(|c| !c.is_control())
         .take(MAX_REASON_CHARS)
-    {
-        if c.is_numeric() {
-            digits.push(c);
-            continue;
-        }
-        shown.push_str(&mask_long_run(&std::mem::take(&mut digits)));
-        shown.push(c);
-    }
-    shown.push_str(&mask_long_run(&digits));
+        .collect();
+    let shown = redact_digits(&bounded);
     (!shown.is_empty()).then_some(shown)
-}
-
-/// A run of digits as shown in a reason: short ones (an HTTP status) kept, long ones masked.
-fn mask_long_run(digits: &str) -> String {
-    if digits.chars().count() >= 4 {
-        "*".repeat(digits.chars().count())
-    } else {
-        digits.to_string()
-    }
 }
 
 /// Why an operator action did nothing.
@@ -197,7 +180,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reason_is_shown_only_for_a_message_that_ended_unsent_and_hides_long_numbers() {
+    fn a_reason_is_shown_only_for_a_message_that_ended_unsent_and_hides_every_numeral() {
         let canceled = Some("canceled by an operator");
         assert_eq!(
             final_reason(Status::Failed, canceled).as_deref(),
@@ -211,8 +194,19 @@ mod tests {
                 Some("t: HTTP 400: body was Your code is 123456\n")
             )
             .as_deref(),
-            Some("t: HTTP 400: body was Your code is ******")
+            Some("t: HTTP ***: body was Your code is ******")
         );
+        for (spread, masked) in [
+            ("code 4 8 2 9 1 3 refused", "code * * * * * * refused"),
+            ("code 12-34-56 refused", "code **-**-** refused"),
+            ("验证码四八二九一三", "验证码******"),
+            ("HTTP 500", "HTTP ***"),
+        ] {
+            assert_eq!(
+                final_reason(Status::Failed, Some(spread)).as_deref(),
+                Some(masked)
+            );
+        }
         let long = "x".repeat(500);
         assert_eq!(
             final_reason(Status::Expired, Some(&long)).map(|r| r.len()),

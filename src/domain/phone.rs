@@ -52,6 +52,10 @@ impl PhoneNumber {
         let Some(rest) = input.strip_prefix('+') else {
             return Err(PhoneError::NotInternational);
         };
+        // Before the character check, which would refuse the marker with a vaguer message.
+        if carries_extension(rest) {
+            return Err(PhoneError::Extension);
+        }
         // The full parser also skips invisible and stray characters (a zero-width space, a
         // right-to-left override, an emoji): what a number may hold is decided here instead.
         if !has_only_number_characters(rest) {
@@ -172,6 +176,16 @@ impl PhoneNumber {
             .map(|(i, c)| if i > 0 && i < keep_from { '*' } else { c })
             .collect()
     }
+}
+
+/// A number followed by an extension marker and the extension (`ext. 12`, `x12`, `#12`,
+/// `;ext=12`, or `,12`: a pause, then the digits), which a text message cannot dial.
+fn carries_extension(rest: &str) -> bool {
+    let Some(at) = rest.find(['x', 'X', '#', ';', ',']) else {
+        return false;
+    };
+    let has_digit = |part: &str| part.chars().any(|c| c.is_ascii_digit());
+    has_digit(&rest[..at]) && has_digit(&rest[at..])
 }
 
 /// What may follow a number's `+`: digits, and spaces, `-`, `.` and unnested parentheses in
@@ -364,6 +378,24 @@ mod tests {
             "++44 7911 123456",
         ] {
             assert!(PhoneNumber::parse(input).is_err(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn an_extension_is_named_as_such() {
+        for input in [
+            "+44 7911 123456 ext. 12",
+            "+44 7911 123456 Ext 12",
+            "+44 7911 123456 x12",
+            "+44 7911 123456#12",
+            "+44 7911 123456;ext=12",
+            "+44 7911 123456,12",
+        ] {
+            assert_eq!(
+                PhoneNumber::parse(input),
+                Err(PhoneError::Extension),
+                "{input:?}"
+            );
         }
     }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -18,6 +18,7 @@ use serde::Deserialize;
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
+use super::admin::params::PathParams;
 use super::{ApiError, AppState};
 use crate::carriers::{MAX_CARRIER_ID_CHARS, storable};
 use crate::config::{CarrierKind, CarrierSettings, ReceiptProof};
@@ -130,7 +131,7 @@ async fn key_and_body<'a>(
         .by_carrier
         .get(carrier)
         .filter(|key| key.kind() == kind)
-        .ok_or_else(|| ApiError::NotFound.into_response())?;
+        .ok_or_else(|| ApiError::CarrierNotFound.into_response())?;
     let body = super::extract::read_body(headers, body)
         .await
         .map_err(IntoResponse::into_response)?;
@@ -147,11 +148,15 @@ fn forged(carrier: &str, why: &str) -> Response {
 pub async fn receive(
     kind: CarrierKind,
     State(state): State<AppState>,
-    Path(carrier): Path<String>,
+    carrier: Result<PathParams<String>, ApiError>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // A name that is not even UTF-8 names no carrier: the same JSON 404 as an unknown one.
+    let Ok(PathParams(carrier)) = carrier else {
+        return ApiError::CarrierNotFound.into_response();
+    };
     let (key, body) = match key_and_body(&state, &carrier, kind, &headers, body).await {
         Ok(found) => found,
         Err(response) => return response,

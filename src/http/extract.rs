@@ -273,12 +273,14 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
     joined
 }
 
-/// Field names are short ASCII words; anything else came from the caller.
+/// Field names are short ASCII words starting with a letter or `_`, and none of ours holds a
+/// digit; anything else came from the caller (a map's key such as "482913" may be a code).
 fn field_path_segment(name: &str) -> String {
     let ours = (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-');
     match ours {
         true => name.to_string(),
         false => "…".to_string(),
@@ -301,6 +303,8 @@ mod tests {
     #[allow(dead_code)]
     struct Inner {
         code: String,
+        #[serde(default)]
+        labels: std::collections::BTreeMap<String, u32>,
     }
 
     fn refusal(body: &str) -> String {
@@ -329,6 +333,15 @@ mod tests {
                 "`name` is given twice",
             ),
             (r#"{"name": "482913""#, "the body ends inside its JSON"),
+            // A map's keys are the caller's: one that is a code is never named.
+            (
+                r#"{"name": "n", "inner": {"code": "c", "labels": {"482913": "x"}}}"#,
+                "`inner.labels.…` must be u32",
+            ),
+            (
+                r#"{"name": "n", "inner": {"code": "c", "labels": {"a482913": "x"}}}"#,
+                "`inner.labels.…` must be u32",
+            ),
         ] {
             let description = refusal(body);
             assert_eq!(description, expected, "{body}");

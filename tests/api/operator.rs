@@ -336,7 +336,8 @@ async fn every_operator_action_writes_one_audit_line_saying_what_it_changed_and_
         .spawn()
         .expect("serve starts");
     let client = crate::cli::wait_until_healthy(port).await;
-    for action in ["disable", "enable"] {
+    // Each switch twice: the second finds nothing to change, and its line must say so.
+    for action in ["disable", "disable", "enable", "enable"] {
         let response = client
             .post(format!(
                 "http://127.0.0.1:{port}/v1/carriers/console/{action}"
@@ -360,29 +361,59 @@ async fn every_operator_action_writes_one_audit_line_saying_what_it_changed_and_
     let actions: Vec<_> = switched
         .iter()
         .map(|line| {
+            assert_eq!(line["carrier"], "console", "{line}");
+            assert_eq!(line["actor"], "admin api", "{line}");
             (
-                line["action"].clone(),
-                line["carrier"].clone(),
-                line["actor"].clone(),
+                line["action"].as_str().unwrap_or_default(),
+                line["change"].as_str().unwrap_or_default(),
             )
         })
         .collect();
     assert_eq!(
         actions,
         [
-            (
-                Value::from("disable"),
-                Value::from("console"),
-                Value::from("admin api")
-            ),
-            (
-                Value::from("enable"),
-                Value::from("console"),
-                Value::from("admin api")
-            ),
+            ("disable", "carrier out of every route"),
+            ("disable", "already disabled, nothing changed"),
+            ("enable", "carrier back in its routes"),
+            ("enable", "already enabled, nothing changed"),
         ],
         "{}",
         String::from_utf8_lossy(&served.stderr)
+    );
+}
+
+#[tokio::test]
+async fn unknown_query_parameters_are_refused_on_every_operator_route_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let id = queue(&app, "+14155550051").await;
+    let requests = [
+        (reqwest::Method::GET, format!("/v1/messages/{id}?foo=1")),
+        (reqwest::Method::GET, "/v1/spend?foo=1".to_string()),
+        (reqwest::Method::GET, "/v1/spend?%".to_string()),
+        (
+            reqwest::Method::POST,
+            "/v1/carriers/console/disable?foo=1".to_string(),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/carriers/console/enable?foo=1".to_string(),
+        ),
+    ];
+    for (method, path) in requests {
+        let response = app
+            .client
+            .request(method, app.url(&path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("sent");
+        let body = crate::helpers::assert_error(response, 400, "invalid_query").await;
+        assert!(!body.to_string().contains("foo"), "input echoed: {body}");
+    }
+    assert_eq!(
+        app.count_rows("carrier_states").await,
+        0,
+        "no carrier switched"
     );
 }
 

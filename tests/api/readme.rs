@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::cli::{BINARY, free_port, wait_until_healthy};
 
 const README: &str = include_str!("../../README.md");
+const CARGO_TOML: &str = include_str!("../../Cargo.toml");
 
 /// The first ```sh block after the heading `heading`.
 fn shell_block(heading: &str) -> &'static str {
@@ -59,10 +60,25 @@ fn shown_answers(block: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `actual` has exactly `shown`'s keys, and its values wherever `shown` has no `…`.
+/// Numbers that differ from run to run: the README shows an example, of the right type.
+const VARYING_NUMBERS: [&str; 1] = [".latency_ms"];
+
+/// `actual` has exactly `shown`'s keys, and its values wherever `shown` has no `…` (where it
+/// has, at least the type: a string).
 fn assert_matches(shown: &Value, actual: &Value, at: &str) {
     match (shown, actual) {
-        (Value::String(text), _) if text.contains('…') => {}
+        (Value::String(text), _) if text.contains('…') => {
+            assert!(
+                actual.is_string(),
+                "{at} is {actual}, the README shows a string"
+            );
+        }
+        (Value::Number(_), _) if VARYING_NUMBERS.iter().any(|key| at.ends_with(key)) => {
+            assert!(
+                actual.is_number(),
+                "{at} is {actual}, the README shows a number"
+            );
+        }
         (Value::Object(shown), Value::Object(actual)) => {
             let shown_keys: Vec<_> = shown.keys().collect();
             let actual_keys: Vec<_> = actual.keys().collect();
@@ -112,6 +128,51 @@ fn the_set_up_block_runs_the_tests_before_the_gateway_that_blocks() {
     assert!(
         matches!((test, run), (Some(test), Some(run)) if test < run),
         "{set_up:?}"
+    );
+}
+
+/// Whether Cargo.toml's `[package]` names the binary a bare `cargo run` runs.
+fn has_default_run() -> bool {
+    let package = CARGO_TOML
+        .split_once("[package]\n")
+        .map(|(_, rest)| rest.split("\n[").next().unwrap_or_default())
+        .unwrap_or_default();
+    package
+        .lines()
+        .any(|line| line.replace(' ', "") == "default-run=\"smsgate\"")
+}
+
+#[test]
+fn every_cargo_run_in_the_readme_knows_which_binary_to_run() {
+    // Two binaries (smsgate, smsgate-bench): without --bin, cargo needs default-run to choose.
+    let bare: Vec<&str> = README
+        .lines()
+        .filter(|line| line.contains("cargo run") && !line.contains("--bin"))
+        .collect();
+    assert!(
+        !bare.is_empty(),
+        "the README starts the gateway with cargo run"
+    );
+    assert!(
+        has_default_run(),
+        "Cargo.toml has no default-run, so these fail with \"could not determine which binary \
+         to run\": {bare:#?}"
+    );
+}
+
+#[test]
+fn the_try_it_block_waits_for_the_send_in_a_bounded_poll_not_a_fixed_sleep() {
+    // A fixed sleep races a loaded machine; a loop that stops once the message left `queued`
+    // (and gives up after a bound) does not.
+    let try_it = shell_block("## Try it");
+    let lines = commands(try_it);
+    assert!(
+        !lines.iter().any(|line| line.starts_with("sleep")),
+        "a bare sleep: {lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|line| line.starts_with("for i in $(seq ")),
+        "no bounded poll: {lines:#?}"
     );
 }
 

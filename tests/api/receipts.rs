@@ -364,3 +364,39 @@ async fn a_keyed_messagemedia_report_carrying_a_nul_is_cleaned_and_applied_never
     crate::helpers::assert_error(refused, 400, "invalid_request").await;
     assert_eq!(app.count_rows("delivery_receipts").await, 1);
 }
+
+#[tokio::test]
+async fn a_callback_for_an_unknown_or_unreadable_carrier_is_a_json_404_carrier_not_found() {
+    let app = TestApp::spawn().await;
+    for path in [
+        "/v1/callbacks/messagemedia/%FF",
+        "/v1/callbacks/twilio/%FF",
+        "/v1/callbacks/messagemedia/nobody",
+        "/v1/callbacks/twilio/nobody",
+    ] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("sent");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            content_type.starts_with("application/json"),
+            "{path}: {content_type}"
+        );
+        crate::helpers::assert_error(response, 404, "carrier_not_found").await;
+    }
+    assert_eq!(
+        app.count_rows("delivery_receipts").await,
+        0,
+        "nothing recorded"
+    );
+}

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 
-use super::params::PathParams;
+use super::params::{PathParams, QueryParams};
 use crate::db;
 use crate::http::extract::Admin;
 use crate::http::{ApiError, AppState};
@@ -22,7 +22,10 @@ pub async fn switch_carrier(
     State(state): State<AppState>,
     _: Admin,
     path: Result<PathParams<(String, String)>, ApiError>,
+    query: QueryParams,
 ) -> Result<Json<CarrierSwitch>, ApiError> {
+    // Refused before anything is switched: the caller may have meant something else.
+    query.known(&[])?;
     // A name that is not even UTF-8 names no configured carrier.
     let PathParams((name, action)) = path.map_err(|_| ApiError::CarrierNotFound)?;
     let disabled = match action.as_str() {
@@ -33,8 +36,8 @@ pub async fn switch_carrier(
     if !state.carriers.contains(&name) {
         return Err(ApiError::CarrierNotFound);
     }
-    db::carrier_states::set_disabled(&state.pool, &name, disabled).await?;
-    crate::audit::carrier_switched(&name, disabled, crate::audit::Actor::AdminApi);
+    let changed = db::carrier_states::set_disabled(&state.pool, &name, disabled).await?;
+    crate::audit::carrier_switched(&name, disabled, changed, crate::audit::Actor::AdminApi);
     Ok(Json(CarrierSwitch {
         carrier: name,
         disabled,

@@ -16,7 +16,9 @@ pub async fn show_message(
     State(state): State<AppState>,
     _: Admin,
     id: Result<PathParams<String>, ApiError>,
+    query: QueryParams,
 ) -> Result<Json<MessageView>, ApiError> {
+    query.known(&[])?;
     // Anything that is not a message id (not even UTF-8) cannot name a message.
     let id = id
         .ok()

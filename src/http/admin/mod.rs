@@ -3,5 +3,5 @@
 
 pub mod carriers;
 pub mod messages;
-mod params;
+pub(crate) mod params;
 pub mod spend;

@@ -1,6 +1,6 @@
-//! The operators' API reads its paths and query strings itself, so a bad one is answered with
-//! the API's JSON error like every other refusal (axum's own rejections are plain text), and
-//! no answer repeats what the caller sent.
+//! The operators' API (and the carriers' callback routes) read their paths and query strings
+//! themselves, so a bad one is answered with the API's JSON error like every other refusal
+//! (axum's own rejections are plain text), and no answer repeats what the caller sent.
 
 use std::collections::BTreeMap;
 
@@ -45,10 +45,13 @@ impl QueryParams {
         let mut found = BTreeMap::new();
         for (name, value) in self.0 {
             let Some(&known) = names.iter().find(|known| **known == name) else {
-                return Err(invalid_query(&format!(
-                    "unknown query parameter; this route takes {}",
-                    names.join(", ")
-                )));
+                return Err(invalid_query(&match names {
+                    [] => "unknown query parameter; this route takes none".to_string(),
+                    _ => format!(
+                        "unknown query parameter; this route takes {}",
+                        names.join(", ")
+                    ),
+                }));
             };
             if found.insert(known, value).is_some() {
                 return Err(invalid_query(&format!("{known} is given more than once")));

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use chrono::NaiveDate;
 
+use super::params::QueryParams;
 use crate::db;
 use crate::http::extract::Admin;
 use crate::http::{ApiError, AppState};
@@ -30,7 +31,9 @@ pub struct CountrySpend {
 pub async fn spend_today(
     State(state): State<AppState>,
     _: Admin,
+    query: QueryParams,
 ) -> Result<Json<SpendToday>, ApiError> {
+    query.known(&[])?;
     let (day, all, countries) = db::spend::today(&state.pool).await?;
     let ceiling = state.spend;
     Ok(Json(SpendToday {
