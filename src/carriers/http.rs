@@ -34,8 +34,11 @@ impl HttpClients {
     }
 }
 
-/// Timeouts and transport failures (refused, reset, TLS) never reached a verdict.
+/// Timeouts and transport failures (refused, reset, TLS) never reached a verdict. Only a
+/// failure to connect says the carrier cannot have the message; after connecting, the
+/// request may have reached it (`unanswered`).
 pub fn transport_error(err: reqwest::Error) -> SendError {
+    let unanswered = !err.is_connect();
     let class = if err.is_timeout() {
         FailureClass::Timeout
     } else {
@@ -50,7 +53,10 @@ pub fn transport_error(err: reqwest::Error) -> SendError {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    SendError::new(class, message)
+    SendError {
+        unanswered,
+        ..SendError::new(class, message)
+    }
 }
 
 /// A carrier's answer, read whole: its status, `Retry-After` and body.

@@ -166,6 +166,7 @@ impl Carrier for MessageMediaCarrier {
             code: None,
             message,
             retry_after,
+            unanswered: false,
         })
     }
 }

@@ -88,6 +88,9 @@ pub struct SendError {
     /// Safe to store and log: carrier text, never our credentials.
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// No answer came although the request may have reached the carrier (a timeout, or the
+    /// connection lost after it was made): the message may have gone out.
+    pub unanswered: bool,
 }
 
 impl Accepted {
@@ -137,6 +140,7 @@ impl SendError {
             code: None,
             message: message.into(),
             retry_after: None,
+            unanswered: class == FailureClass::Timeout,
         }
     }
 }

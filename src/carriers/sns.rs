@@ -132,6 +132,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
                 code,
                 message,
                 retry_after,
+                unanswered: false,
             }
         }
         SdkError::TimeoutError(_) => {
@@ -147,7 +148,11 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
                 .as_connector_error()
                 .map(|e| format!("{e}: {:?}", std::error::Error::source(e)))
                 .unwrap_or_else(|| "request could not be sent".into());
-            SendError::new(class, format!("SNS unreachable: {detail}"))
+            // The SDK does not say whether the request went out before the failure.
+            SendError {
+                unanswered: true,
+                ..SendError::new(class, format!("SNS unreachable: {detail}"))
+            }
         }
         other => SendError::new(FailureClass::Carrier, format!("SNS call failed: {other}")),
     }

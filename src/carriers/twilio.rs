@@ -169,6 +169,7 @@ impl Carrier for TwilioCarrier {
                 .and_then(|e| e.message)
                 .unwrap_or_else(|| format!("HTTP {status} without a Twilio error body")),
             retry_after,
+            unanswered: false,
         })
     }
 }

@@ -32,17 +32,26 @@ impl Config {
             // A URL that does not parse is refused by validation, naming its key.
             let options = url.expose().parse::<PgConnectOptions>().ok()?;
             // As libpq reads it (`require` with `sslrootcert` verifies the chain, too).
-            match policy(&TlsParams::of(url.expose())) {
-                // `prefer` still speaks plain text to a server (or a man in the middle)
-                // that says it has no TLS: warned about below like any `prefer`.
+            let verified_when_offered = match policy(&TlsParams::of(url.expose())) {
                 Ok(Policy::Verified {
                     plain_fallback: false,
                     ..
                 }) => return None,
-                Ok(Policy::Verified { .. } | Policy::Unverified) => {}
+                Ok(Policy::Verified { .. }) => true,
+                Ok(Policy::Unverified) => false,
                 Err(err) => return Some(format!("{key}: its TLS settings cannot work: {err}")),
-            }
-            unchecked_tls(&options).map(|why| {
+            };
+            let why = unchecked_tls(&options)?;
+            // `prefer` with a root certificate verifies a server that offers TLS, but still
+            // speaks plain text to one (or to a man in the middle) that says it has none.
+            let why = if verified_when_offered {
+                "with TLS verified against the root certificate when the server offers it, \
+                 but in plain text when it (or anyone in between) says it has none \
+                 (sslmode=prefer)"
+            } else {
+                why
+            };
+            Some(why).map(|why| {
                 format!(
                     "{key} reaches {}:{} {why}; to be sure whom it talks to, add \
                      sslmode=verify-full (or verify-ca) and sslrootcert to the URL",

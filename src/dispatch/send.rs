@@ -327,8 +327,8 @@ impl Attempt<'_> {
         result: Result<Accepted, SendError>,
     ) -> Option<Disposition> {
         self.recorder.call(&carrier.name, elapsed, &result);
-        // A timed-out call may have reached the carrier: it stays counted in the window.
-        if result.is_ok() || matches!(&result, Err(e) if e.class == FailureClass::Timeout) {
+        // A call that got no answer may have reached the carrier: it stays counted.
+        if result.as_ref().map_or_else(|e| e.unanswered, |_| true) {
             self.maybe_sent = true;
         }
         match result {

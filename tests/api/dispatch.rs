@@ -550,3 +550,50 @@ async fn a_refused_send_does_not_use_up_the_numbers_window() {
     .expect("send log");
     assert_eq!(logged, 1, "only the send that happened is in the window");
 }
+
+/// A carrier that reads the whole request and hangs up without answering may have taken
+/// the message: that send stays in the number's window (found by an attack: it was taken
+/// out, and a second code went to the number inside a one-per-window limit).
+#[tokio::test]
+async fn a_send_that_got_no_answer_stays_in_the_numbers_window() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            // Headers and the form body arrive together; read until the client waits.
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buffer)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+            }
+            socket.shutdown().await.ok();
+        }
+    });
+    let table = crate::standins::twilio::twilio_toml("hangs_up", &format!("http://{address}"));
+    let config = TestConfig::base()
+        .only_carrier(&table, "hangs_up")
+        .merge(FAST_DISPATCH)
+        .merge("[[limits.recipient]]\nmax = 1\nwindow_seconds = 600\n");
+    let app = TestApp::spawn_role(&config, Role::All).await;
+
+    let id = queue(&app, "+14155552671").await;
+    let view = wait_final(&app, &id, Duration::from_secs(15)).await;
+
+    assert_eq!(view["status"], "rate_limited", "{view}");
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no second call inside the window"
+    );
+}
