@@ -799,7 +799,11 @@ fn check_config_warns_about_a_database_reached_without_a_checked_certificate() {
         None,
     );
     assert!(
-        preferred[0].contains("falls back to plain text"),
+        preferred[0].contains("in plain text when it"),
+        "{preferred:?}"
+    );
+    assert!(
+        !preferred[0].contains("checks no certificate"),
         "{preferred:?}"
     );
     let impossible = warned(
