@@ -65,8 +65,12 @@ impl BehindPgBouncer {
     }
 
     /// The test configuration through the pooler, LISTENing and migrating on PostgreSQL itself.
+    /// Hundreds of requests share three server sessions here: on a machine busy with other
+    /// builds a connection can take longer than the default 3 s to come free, which says
+    /// nothing about correctness behind the pooler (what these tests check).
     fn config(&self, standin: &TwilioStandIn) -> crate::test_config::TestConfig {
         config_with(standin, FAST_DISPATCH)
+            .set("database.acquire_timeout_ms", 15_000)
             .set("database.url", self.bouncer.url("postgres"))
             .set("database.transaction_pooling", true)
             .set("database.direct_url", self.cluster.url("postgres"))
