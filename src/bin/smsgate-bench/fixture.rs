@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::cpu::Meter;
 use crate::load::Target;
 use crate::pg::PgBench;
+use crate::profile::{Profile, recipient_sql};
 use crate::tail::PROBE_RATE;
 use crate::{Args, DATABASE, SECRET, report};
 
@@ -20,6 +22,10 @@ pub struct Smsgate {
 }
 
 impl Smsgate {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn peak_rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -57,15 +63,16 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// Starts one smsgate process in `role` on a port of its own and waits until it is ready.
-    pub async fn spawn(&self, role: &str) -> anyhow::Result<Smsgate> {
+    /// Starts one smsgate process in `role`, configured as `profile`, on a port of its own and
+    /// waits until it is ready.
+    pub async fn spawn(&self, role: &str, profile: Profile) -> anyhow::Result<Smsgate> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let config_path = self.dir.join(format!("smsgate-{port}.toml"));
         std::fs::write(
             &config_path,
-            smsgate_config(port, &self.database_url, self.carrier),
+            smsgate_config(port, &self.database_url, self.carrier, profile),
         )?;
         let log = std::fs::File::create(self.dir.join(format!("smsgate-{role}-{port}.log")))?;
         let child = Command::new(std::env::current_exe()?)
@@ -92,6 +99,23 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Counts the CPU of `smsgate` and of the cluster's processes.
+    pub fn meter(&self, smsgate: &[&Smsgate]) -> Meter {
+        // The first line of postmaster.pid is the postmaster's process id.
+        let postmaster = std::fs::read_to_string(self.dir.join("pg/pgdata/postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse().ok());
+        Meter {
+            smsgate: smsgate.iter().map(|s| s.pid()).collect(),
+            postmaster,
+        }
+    }
+
+    /// The one profile a growth scenario runs: `none` unless `--profile production`.
+    pub fn single_profile(&self) -> Profile {
+        self.args.profile.profiles()[0]
     }
 
     /// A commit probe for the next `seconds`, logging into `name` under the bench directory.
@@ -157,9 +181,12 @@ impl Bench {
         Ok(Arc::new(Target::new(url, signer, self.args.connections)?))
     }
 
+    /// Empties the queue and every limit's and ceiling's state, so each phase starts from
+    /// nothing whatever the one before it sent.
     pub async fn empty_queue(&self) -> anyhow::Result<()> {
         sqlx::raw_sql(
-            "TRUNCATE messages, message_queue, message_attempts, recipient_sends, idempotency_keys",
+            "TRUNCATE messages, message_queue, message_attempts, recipient_sends, idempotency_keys, \
+             ingress_hits, spend_days",
         )
         .execute(&self.pool)
         .await?;
@@ -167,12 +194,13 @@ impl Bench {
     }
 }
 
-/// `rows` due messages with distinct numbers, straight into the queue.
+/// `rows` due messages with distinct mobile numbers, straight into the queue.
 pub fn backlog_sql(rows: u64) -> Vec<String> {
+    let recipient = recipient_sql("g");
     vec![
         format!(
             "WITH m AS (INSERT INTO messages (id, recipient, body, expires_at) \
-             SELECT gen_random_uuid(), '+1' || (3000000000 + g)::text, 'Your verification code is: 123456', now() + interval '1 hour' \
+             SELECT gen_random_uuid(), {recipient}, 'Your verification code is: 123456', now() + interval '1 hour' \
              FROM generate_series(1, {rows}) g RETURNING id, created_at, expires_at) \
              INSERT INTO message_queue (message_id, run_at, expires_at, created_at) SELECT id, created_at, expires_at, created_at FROM m"
         ),
@@ -182,11 +210,18 @@ pub fn backlog_sql(rows: u64) -> Vec<String> {
     ]
 }
 
-pub fn smsgate_config(port: u16, database_url: &str, carrier: std::net::SocketAddr) -> String {
+pub fn smsgate_config(
+    port: u16,
+    database_url: &str,
+    carrier: std::net::SocketAddr,
+    profile: Profile,
+) -> String {
+    let server_keys = profile.server_keys();
+    let sections = profile.sections();
     format!(
         r#"[server]
 listen = "127.0.0.1:{port}"
-[metrics]
+{server_keys}[metrics]
 listen = "127.0.0.1:0"
 [database]
 url = "{database_url}"
@@ -211,6 +246,6 @@ base_url = "http://{carrier}"
 [[routes]]
 prefix = ""
 carriers = ["twilio"]
-"#
+{sections}"#
     )
 }

@@ -120,7 +120,7 @@ pub async fn backlog(bench: &Bench, received: &Arc<Received>) -> anyhow::Result<
     refill(bench).await?;
     let tables_before = table_stats(bench).await?;
     let start = received.count.load(Ordering::Relaxed);
-    let worker = bench.spawn("worker").await?;
+    let worker = bench.spawn("worker", bench.single_profile()).await?;
     // PostgreSQL's own commit latency over the same minutes: a machine that slows down shows
     // here as well, a queue that decays does not.
     let anchor = SystemTime::now();
@@ -163,7 +163,7 @@ pub async fn backlog(bench: &Bench, received: &Arc<Received>) -> anyhow::Result<
 /// Drain speed for 60 s, then for 60 s with a REPEATABLE READ transaction held open elsewhere.
 pub async fn snapshot(bench: &Bench, received: &Arc<Received>) -> anyhow::Result<Value> {
     refill(bench).await?;
-    let worker = bench.spawn("worker").await?;
+    let worker = bench.spawn("worker", bench.single_profile()).await?;
     let minute = Duration::from_secs(60);
     let interval = Duration::from_secs(5);
     let without = sample(received, interval, minute, u64::MAX).await;
@@ -195,7 +195,7 @@ pub async fn scale(bench: &Bench, received: &Arc<Received>) -> anyhow::Result<Va
         let start = received.count.load(Ordering::Relaxed);
         let mut workers: Vec<Smsgate> = Vec::new();
         for _ in 0..processes {
-            workers.push(bench.spawn("worker").await?);
+            workers.push(bench.spawn("worker", bench.single_profile()).await?);
         }
         let limit = Duration::from_secs(bench.args.seconds * 6);
         rates.push(drain_rate(&received.count, start, bench.args.backlog, limit).await);

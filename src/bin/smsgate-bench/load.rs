@@ -13,7 +13,8 @@ pub struct Target {
     pub url: String,
     pub signer: SignerConfig,
     pub client: reqwest::Client,
-    /// Numbers are unique per request, so arrivals at the carrier can be matched.
+    /// Numbers are unique per request, so arrivals at the carrier can be matched and no
+    /// per-number limit ever refuses one.
     pub next_number: AtomicU64,
 }
 
@@ -47,7 +48,7 @@ impl Target {
     /// One request; returns its recipient when it was accepted.
     async fn send_one(&self) -> Option<String> {
         let n = self.next_number.fetch_add(1, Ordering::Relaxed);
-        let recipient = format!("+1{}", 2_000_000_000 + n % 7_000_000_000);
+        let recipient = crate::profile::recipient(n);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
         let token = auth0::sign(&self.signer, now, 300).ok()?;
         let body = format!(

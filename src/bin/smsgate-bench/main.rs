@@ -2,10 +2,12 @@
 //! run, and reports every figure as a ratio to a baseline measured before and after it (the
 //! machine's commit latency drifts several-fold from minute to minute). See BENCHMARKS.md.
 
+mod cpu;
 mod fixture;
 mod growth;
 mod load;
 mod pg;
+mod profile;
 mod report;
 mod standard;
 mod standin;
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use fixture::Bench;
 use pg::PgBench;
+use profile::ProfileChoice;
 use report::Report;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +63,12 @@ pub struct Args {
     /// worker processes).
     #[arg(long, value_enum, default_value_t = Scenario::Standard)]
     pub scenario: Scenario,
+    /// The gateway's configuration: `none` (no defence configured), `production` (every
+    /// defence of config/production.example.toml, with caps no run reaches), or `both`, phase
+    /// by phase in one run against the same baselines. Growth scenarios run `none` unless
+    /// `production` is asked for.
+    #[arg(long, value_enum, default_value_t = ProfileChoice::Both)]
+    pub profile: ProfileChoice,
     /// Internal: run smsgate itself with this configuration (the benchmark's child process).
     #[arg(long, hide = true)]
     pub serve: Option<PathBuf>,
@@ -134,8 +143,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let results = match bench.args.scenario {
         Scenario::Standard => {
-            let (before, after, figures) = standard::run(&bench, &received).await?;
-            let report = Report::new(&bench.args, before, after, figures);
+            let (before, after, profiles) = standard::run(&bench, &received).await?;
+            let report = Report::new(&bench.args, before, after, profiles);
             println!("{}", report.table());
             report.json()
         }

@@ -3,6 +3,8 @@
 use serde_json::{Value, json};
 
 use super::Args;
+use crate::cpu::CpuUse;
+use crate::profile::Profile;
 use crate::tail::{PROBE_RATE, STALL, Tail};
 
 /// What pgbench measured on the same cluster.
@@ -19,16 +21,30 @@ pub struct Baselines {
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Figures {
     pub ingress_per_second: f64,
+    /// Requests of the saturated phase that were not answered 200 (refused or failed).
     pub ingress_failed: u64,
+    /// Gateway CPU (smsgate and PostgreSQL) during the saturated phase.
+    pub ingress_cpu: CpuUse,
+    /// smsgate's and PostgreSQL's processes, per accepted request.
+    pub ingress_cpu_us_per_message: f64,
+    /// The machine's busy time less the bench's, per accepted request.
+    pub ingress_machine_cpu_us_per_message: f64,
     pub ingress_p50_ms: f64,
     pub ingress_p99_ms: f64,
     pub ingress_p999_ms: f64,
     pub ingress_half_rate: u64,
+    pub ingress_half_failed: u64,
     pub ingress_half_p99_ms: f64,
     pub ingress_half_tail: Tail,
     pub dispatch_per_second: f64,
+    /// Messages that reached the carrier while the dispatch rate was measured.
+    pub dispatch_messages: u64,
+    pub dispatch_cpu: CpuUse,
+    pub dispatch_cpu_us_per_message: f64,
+    pub dispatch_machine_cpu_us_per_message: f64,
     pub e2e_rate: u64,
     pub e2e_accepted: u64,
+    pub e2e_failed: u64,
     pub e2e_missing: u64,
     pub e2e_p50_ms: f64,
     pub e2e_p99_ms: f64,
@@ -40,13 +56,44 @@ pub struct Figures {
     pub peak_rss_mib: f64,
 }
 
+impl Figures {
+    /// Requests not answered 200 in any ingress phase: a profile whose caps are set out of
+    /// reach refuses none, so anything here means the figures measured refusals, not cost.
+    fn refused(&self) -> u64 {
+        self.ingress_failed + self.ingress_half_failed + self.e2e_failed
+    }
+}
+
+/// The targets of one profile (issue 24): the bare gateway keeps its own, the production
+/// profile may cost a little, and its CPU per message at most 1.3 times the bare one's.
+struct Targets {
+    ingress_ratio: f64,
+    dispatch_ratio: f64,
+    cpu_to_none: Option<f64>,
+}
+
+fn targets(profile: Profile) -> Targets {
+    match profile {
+        Profile::None => Targets {
+            ingress_ratio: 1.0,
+            dispatch_ratio: 1.5,
+            cpu_to_none: None,
+        },
+        Profile::Production => Targets {
+            ingress_ratio: 0.9,
+            dispatch_ratio: 1.3,
+            cpu_to_none: Some(1.3),
+        },
+    }
+}
+
 pub struct Report {
     connections: usize,
     dispatch_clients: usize,
     seconds: u64,
     before: Baselines,
     after: Baselines,
-    figures: Figures,
+    profiles: Vec<(Profile, Figures)>,
 }
 
 fn mean(a: f64, b: f64) -> f64 {
@@ -59,8 +106,8 @@ fn verdict(ok: bool) -> &'static str {
 
 /// The row under a latency figure: PostgreSQL's own commit probe at the same time, and how
 /// many of the slow requests overlapped one of its stalls.
-fn tail_row(tail: &Tail) -> [String; 5] {
-    [
+fn tail_row(tail: &Tail) -> Vec<String> {
+    vec![
         format!("  meanwhile pgbench 1-row commit, {PROBE_RATE}/s"),
         format!(
             "p99 {:.2} / max {:.1} ms; {} of {} requests over {:.0} ms overlap a commit over {} ms",
@@ -77,15 +124,30 @@ fn tail_row(tail: &Tail) -> [String; 5] {
     ]
 }
 
+/// A profile's figures compared: ratios to the baselines, CPU to the bare gateway's.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Ratios {
+    ingress_to_insert_tps: f64,
+    dispatch_to_claim_cycle: f64,
+    /// CPU per message over the `none` profile's in the same run, when it ran.
+    ingress_cpu_to_none: Option<f64>,
+    dispatch_cpu_to_none: Option<f64>,
+}
+
 impl Report {
-    pub fn new(args: &Args, before: Baselines, after: Baselines, figures: Figures) -> Self {
+    pub fn new(
+        args: &Args,
+        before: Baselines,
+        after: Baselines,
+        profiles: Vec<(Profile, Figures)>,
+    ) -> Self {
         Self {
             connections: args.connections,
             dispatch_clients: args.dispatch_clients,
             seconds: args.seconds,
             before,
             after,
-            figures,
+            profiles,
         }
     }
 
@@ -97,10 +159,37 @@ impl Report {
         mean(self.before.cycle_tps, self.after.cycle_tps)
     }
 
-    fn rows(&self) -> Vec<[String; 5]> {
-        let f = &self.figures;
-        let ingress_ratio = f.ingress_per_second / self.insert_baseline().max(1e-9);
-        let dispatch_ratio = f.dispatch_per_second / self.cycle_baseline().max(1e-9);
+    fn commit_ms(&self) -> f64 {
+        mean(self.before.commit_ms, self.after.commit_ms)
+    }
+
+    fn none(&self) -> Option<&Figures> {
+        self.profiles
+            .iter()
+            .find(|(profile, _)| *profile == Profile::None)
+            .map(|(_, figures)| figures)
+    }
+
+    fn ratios(&self, f: &Figures) -> Ratios {
+        let to_none = |mine: f64, of_none: fn(&Figures) -> f64| {
+            self.none()
+                .map(of_none)
+                .filter(|none| *none > 0.0)
+                .map(|none| mine / none)
+        };
+        Ratios {
+            ingress_to_insert_tps: f.ingress_per_second / self.insert_baseline().max(1e-9),
+            dispatch_to_claim_cycle: f.dispatch_per_second / self.cycle_baseline().max(1e-9),
+            ingress_cpu_to_none: to_none(f.ingress_cpu_us_per_message, |n| {
+                n.ingress_cpu_us_per_message
+            }),
+            dispatch_cpu_to_none: to_none(f.dispatch_cpu_us_per_message, |n| {
+                n.dispatch_cpu_us_per_message
+            }),
+        }
+    }
+
+    fn baseline_rows(&self) -> Vec<Vec<String>> {
         vec![
             before_and_after(
                 "commit latency probe (1 client)".into(),
@@ -118,34 +207,6 @@ impl Report {
                 ),
                 "baseline",
             ),
-            [
-                format!("ingress accepted/s, {} connections", self.connections),
-                format!("{:.0}/s", f.ingress_per_second),
-                format!("{ingress_ratio:.2}x insert TPS"),
-                ">= 1.0x".into(),
-                verdict(ingress_ratio >= 1.0).into(),
-            ],
-            [
-                "ingress latency at saturation".into(),
-                format!(
-                    "p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
-                    f.ingress_p50_ms, f.ingress_p99_ms, f.ingress_p999_ms
-                ),
-                format!(
-                    "{:.1}x commit",
-                    f.ingress_p99_ms / mean(self.before.commit_ms, self.after.commit_ms).max(1e-9)
-                ),
-                "-".into(),
-                "-".into(),
-            ],
-            [
-                format!("ingress p99 at half saturation ({}/s)", f.ingress_half_rate),
-                format!("{:.2} ms", f.ingress_half_p99_ms),
-                "-".into(),
-                "<= 10 ms".into(),
-                verdict(f.ingress_half_p99_ms <= 10.0).into(),
-            ],
-            tail_row(&f.ingress_half_tail),
             before_and_after(
                 format!(
                     "pgbench 1-row claim+complete, {} clients",
@@ -157,15 +218,99 @@ impl Report {
                 ),
                 "baseline",
             ),
-            [
-                "dispatch messages/s (pre-filled queue)".into(),
-                format!("{:.0}/s", f.dispatch_per_second),
-                format!("{dispatch_ratio:.2}x claim cycle"),
-                ">= 1.5x".into(),
-                verdict(dispatch_ratio >= 1.5).into(),
+        ]
+    }
+
+    fn profile_rows(&self, profile: Profile, f: &Figures) -> Vec<Vec<String>> {
+        let name = profile.name();
+        let target = targets(profile);
+        let ratios = self.ratios(f);
+        let cpu_row = |label: &str, cpu: &CpuUse, per: f64, machine: f64, to_none: Option<f64>| {
+            let (ratio, goal, ok) = match (to_none, target.cpu_to_none) {
+                (Some(r), Some(limit)) => (
+                    format!("{r:.2}x none"),
+                    format!("<= {limit}x none"),
+                    verdict(r <= limit),
+                ),
+                (Some(r), None) => (format!("{r:.2}x none"), "-".into(), "-"),
+                (None, _) => ("-".into(), "-".into(), "-"),
+            };
+            vec![
+                format!("[{name}] {label}"),
+                format!(
+                    "{per:.1} us ({:.1} s); machine less bench {machine:.1} us ({:.1} - {:.1} s)",
+                    cpu.process_seconds, cpu.machine_seconds, cpu.bench_seconds
+                ),
+                ratio,
+                goal,
+                ok.into(),
+            ]
+        };
+        vec![
+            vec![
+                format!(
+                    "[{name}] ingress accepted/s, {} connections",
+                    self.connections
+                ),
+                format!("{:.0}/s", f.ingress_per_second),
+                format!("{:.2}x insert TPS", ratios.ingress_to_insert_tps),
+                format!(">= {}x", target.ingress_ratio),
+                verdict(ratios.ingress_to_insert_tps >= target.ingress_ratio).into(),
             ],
-            [
-                format!("end to end at {}/s: 200 -> carrier", f.e2e_rate),
+            cpu_row(
+                "ingress CPU per accepted request",
+                &f.ingress_cpu,
+                f.ingress_cpu_us_per_message,
+                f.ingress_machine_cpu_us_per_message,
+                ratios.ingress_cpu_to_none,
+            ),
+            vec![
+                format!("[{name}] ingress latency at saturation"),
+                format!(
+                    "p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+                    f.ingress_p50_ms, f.ingress_p99_ms, f.ingress_p999_ms
+                ),
+                format!(
+                    "{:.1}x commit",
+                    f.ingress_p99_ms / self.commit_ms().max(1e-9)
+                ),
+                "-".into(),
+                "-".into(),
+            ],
+            vec![
+                format!(
+                    "[{name}] ingress p99 at half saturation ({}/s)",
+                    f.ingress_half_rate
+                ),
+                format!("{:.2} ms", f.ingress_half_p99_ms),
+                "-".into(),
+                "<= 10 ms".into(),
+                verdict(f.ingress_half_p99_ms <= 10.0).into(),
+            ],
+            tail_row(&f.ingress_half_tail),
+            vec![
+                format!("[{name}] requests not answered 200 (refused or failed)"),
+                f.refused().to_string(),
+                "-".into(),
+                "0".into(),
+                verdict(f.refused() == 0).into(),
+            ],
+            vec![
+                format!("[{name}] dispatch messages/s (pre-filled queue)"),
+                format!("{:.0}/s", f.dispatch_per_second),
+                format!("{:.2}x claim cycle", ratios.dispatch_to_claim_cycle),
+                format!(">= {}x", target.dispatch_ratio),
+                verdict(ratios.dispatch_to_claim_cycle >= target.dispatch_ratio).into(),
+            ],
+            cpu_row(
+                "dispatch CPU per message",
+                &f.dispatch_cpu,
+                f.dispatch_cpu_us_per_message,
+                f.dispatch_machine_cpu_us_per_message,
+                ratios.dispatch_cpu_to_none,
+            ),
+            vec![
+                format!("[{name}] end to end at {}/s: 200 -> carrier", f.e2e_rate),
                 format!(
                     "p50 {:.2} / p99 {:.2} ms (request p99 {:.2} ms)",
                     f.e2e_after_200_p50_ms, f.e2e_after_200_p99_ms, f.e2e_ingress_p99_ms
@@ -174,8 +319,11 @@ impl Report {
                 "-".into(),
                 "-".into(),
             ],
-            [
-                format!("end to end at {}/s: request -> carrier", f.e2e_rate),
+            vec![
+                format!(
+                    "[{name}] end to end at {}/s: request -> carrier",
+                    f.e2e_rate
+                ),
                 format!(
                     "p50 {:.2} / p99 {:.2} ms ({} sent, {} missing)",
                     f.e2e_p50_ms, f.e2e_p99_ms, f.e2e_accepted, f.e2e_missing
@@ -191,8 +339,8 @@ impl Report {
                 .into(),
             ],
             tail_row(&f.e2e_tail),
-            [
-                "peak RSS of smsgate".into(),
+            vec![
+                format!("[{name}] peak RSS of smsgate"),
                 format!("{:.1} MiB", f.peak_rss_mib),
                 "-".into(),
                 "<= 150 MiB".into(),
@@ -201,65 +349,141 @@ impl Report {
         ]
     }
 
-    pub fn table(&self) -> String {
-        let header = ["figure", "measured", "ratio", "target", "verdict"];
-        let rows = self.rows();
-        let widths: Vec<usize> = (0..5)
-            .map(|i| {
-                rows.iter()
-                    .map(|r| r[i].len())
-                    .chain([header[i].len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: [&str; 5]| {
-            let padded: Vec<String> = cells
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            format!("| {} |", padded.join(" | "))
-        };
-        let mut out = vec![line(header)];
-        out.push(format!(
-            "|{}|",
-            widths
-                .iter()
-                .map(|w| "-".repeat(w + 2))
-                .collect::<Vec<_>>()
-                .join("|")
-        ));
-        for row in &rows {
-            out.push(line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+    fn rows(&self) -> Vec<Vec<String>> {
+        let mut rows = self.baseline_rows();
+        for (profile, figures) in &self.profiles {
+            rows.extend(self.profile_rows(*profile, figures));
         }
-        out.push(format!(
-            "({} s per phase; ratios use the mean of the baselines before and after)",
+        rows
+    }
+
+    /// One line per profile: the two rates as ratios and their CPU per message, the figures
+    /// BENCHMARKS.md puts side by side.
+    fn summary_rows(&self) -> Vec<Vec<String>> {
+        let to_none = |r: Option<f64>| r.map_or(String::new(), |r| format!(" ({r:.2}x none)"));
+        self.profiles
+            .iter()
+            .map(|(profile, f)| {
+                let target = targets(*profile);
+                let ratios = self.ratios(f);
+                vec![
+                    profile.name().into(),
+                    format!(
+                        "{:.0}/s: {:.2}x (>= {}x)",
+                        f.ingress_per_second, ratios.ingress_to_insert_tps, target.ingress_ratio
+                    ),
+                    format!(
+                        "{:.1} us{}; machine {:.1} us",
+                        f.ingress_cpu_us_per_message,
+                        to_none(ratios.ingress_cpu_to_none),
+                        f.ingress_machine_cpu_us_per_message
+                    ),
+                    format!(
+                        "{:.0}/s: {:.2}x (>= {}x)",
+                        f.dispatch_per_second,
+                        ratios.dispatch_to_claim_cycle,
+                        target.dispatch_ratio
+                    ),
+                    format!(
+                        "{:.1} us{}; machine {:.1} us",
+                        f.dispatch_cpu_us_per_message,
+                        to_none(ratios.dispatch_cpu_to_none),
+                        f.dispatch_machine_cpu_us_per_message
+                    ),
+                    f.refused().to_string(),
+                ]
+            })
+            .collect()
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = markdown(
+            &["figure", "measured", "ratio", "target", "verdict"],
+            &self.rows(),
+        );
+        out.push_str(&format!(
+            "\n({} s per phase; ratios use the mean of the baselines before and after; CPU per \
+             message is smsgate's and PostgreSQL's processes', and beside it the machine's \
+             busy time less the bench's own, which also counts other work on the machine)\n\n",
             self.seconds
         ));
-        out.join("\n")
+        out.push_str(&markdown(
+            &[
+                "profile",
+                "ingress ÷ insert",
+                "CPU per request",
+                "dispatch ÷ claim cycle",
+                "CPU per message",
+                "refused",
+            ],
+            &self.summary_rows(),
+        ));
+        out
     }
 
     pub fn json(&self) -> Value {
+        let profiles: Vec<Value> = self
+            .profiles
+            .iter()
+            .map(|(profile, figures)| {
+                json!({
+                    "profile": profile,
+                    "figures": figures,
+                    "ratios": self.ratios(figures),
+                })
+            })
+            .collect();
         json!({
             "seconds": self.seconds,
             "connections": self.connections,
             "dispatch_clients": self.dispatch_clients,
             "baseline_before": self.before,
             "baseline_after": self.after,
-            "figures": self.figures,
-            "ratios": {
-                "ingress_to_insert_tps": self.figures.ingress_per_second / self.insert_baseline().max(1e-9),
-                "dispatch_to_claim_cycle": self.figures.dispatch_per_second / self.cycle_baseline().max(1e-9),
-            },
+            "profiles": profiles,
             "table": self.rows(),
+            "summary": self.summary_rows(),
         })
     }
 }
 
+/// A Markdown table with its columns padded to the widest cell.
+fn markdown(header: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("| {} |", padded.join(" | "))
+    };
+    let mut out = vec![line(header.to_vec())];
+    out.push(format!(
+        "|{}|",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    ));
+    for row in rows {
+        out.push(line(row.iter().map(String::as_str).collect()));
+    }
+    out.join("\n")
+}
+
 /// A row measured before and after the smsgate runs (the baselines and the commit probe).
-fn before_and_after(label: String, figures: String, target: &str) -> [String; 5] {
-    [
+fn before_and_after(label: String, figures: String, target: &str) -> Vec<String> {
+    vec![
         label,
         figures,
         "before / after".into(),
