@@ -632,31 +632,39 @@ async fn an_operator_command_beside_a_gateway_does_not_say_it_stops_the_database
     assert!(terminate(child).await.success());
 }
 
+/// Runs check-config on `text`: it must refuse it (exit 2, nothing printed as if valid) and
+/// name every one of `named`, in one run. Returns what it said.
+fn check_config_names_all(text: &TestConfig, named: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &text.to_string());
+    let output = smsgate(&["check-config"], &config, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "nothing printed as if valid");
+    let errors = stderr(&output);
+    for named in named {
+        assert!(errors.contains(named), "{named} not named in:\n{errors}");
+    }
+    errors
+}
+
 /// Found by a first-time user: check-config stopped at the first mistake, so each fix
 /// revealed the next one.
 #[test]
 fn check_config_names_every_bad_key_in_one_run() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let text = TestConfig::base()
         .set("server.lisen", "127.0.0.1:8080")
         .set("dispatch.wokers", 4)
         .set("server.max_connections", "many")
         .set("server.max_header_bytes", 1024);
-    let config = write_config(dir.path(), &text.to_string());
-
-    let output = smsgate(&["check-config"], &config, &[]);
-
-    assert_eq!(output.status.code(), Some(2));
-    assert!(output.stdout.is_empty(), "nothing printed as if valid");
-    let errors = stderr(&output);
-    for named in [
-        "server.lisen: unknown key; did you mean `listen`?",
-        "dispatch.wokers: unknown key; did you mean `workers`?",
-        "server.max_connections: invalid type: found a string",
-        "server.max_header_bytes",
-    ] {
-        assert!(errors.contains(named), "{named} not named in:\n{errors}");
-    }
+    let errors = check_config_names_all(
+        &text,
+        &[
+            "server.lisen: unknown key; did you mean `listen`?",
+            "dispatch.wokers: unknown key; did you mean `workers`?",
+            "server.max_connections: invalid type: found a string",
+            "server.max_header_bytes",
+        ],
+    );
     assert!(!errors.contains("`one of"), "garbled: {errors}");
     assert!(
         !errors.contains("many"),
@@ -668,27 +676,20 @@ fn check_config_names_every_bad_key_in_one_run() {
 /// rest waited for the next run.
 #[test]
 fn check_config_names_type_errors_unknown_keys_and_ranges_in_one_run() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let text = TestConfig::base()
         .set("server.lisen", "x")
         .set("server.max_header_bytes", 100)
         .set("dispatch.workers", "many")
         .set("dispatch.message_ttl_seconds", 0);
-    let config = write_config(dir.path(), &text.to_string());
-
-    let output = smsgate(&["check-config"], &config, &[]);
-
-    assert_eq!(output.status.code(), Some(2));
-    assert!(output.stdout.is_empty(), "nothing printed as if valid");
-    let errors = stderr(&output);
-    for named in [
-        "server.lisen: unknown key",
-        "server.max_header_bytes: must be at least",
-        "dispatch.workers: invalid type: found a string",
-        "dispatch.message_ttl_seconds: must be between",
-    ] {
-        assert!(errors.contains(named), "{named} not named in:\n{errors}");
-    }
+    check_config_names_all(
+        &text,
+        &[
+            "server.lisen: unknown key",
+            "server.max_header_bytes: must be at least",
+            "dispatch.workers: invalid type: found a string",
+            "dispatch.message_ttl_seconds: must be between",
+        ],
+    );
 }
 
 #[test]
