@@ -31,6 +31,10 @@ impl Config {
         .filter_map(|(key, url)| {
             // A URL that does not parse is refused by validation, naming its key.
             let options = url.expose().parse::<PgConnectOptions>().ok()?;
+            // A unix socket uses no TLS, whatever the TLS parameters say (as in libpq).
+            if options.get_socket().is_some() || options.get_host().starts_with('/') {
+                return None;
+            }
             // As libpq reads it (`require` with `sslrootcert` verifies the chain, too).
             let verified_when_offered = match policy(&TlsParams::of(url.expose())) {
                 Ok(Policy::Verified {

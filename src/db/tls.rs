@@ -37,6 +37,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// be verified (or the host is a unix socket, where libpq uses no TLS), otherwise pointed at
 /// a verifying tunnel started on the current tokio runtime.
 pub fn with_libpq_tls(options: PgConnectOptions, url: &str) -> anyhow::Result<PgConnectOptions> {
+    if options.get_socket().is_some() || options.get_host().starts_with('/') {
+        return Ok(options);
+    }
     let params = TlsParams::of(url);
     let Policy::Verified {
         anchors,
@@ -46,9 +49,6 @@ pub fn with_libpq_tls(options: PgConnectOptions, url: &str) -> anyhow::Result<Pg
     else {
         return Ok(options);
     };
-    if options.get_socket().is_some() || options.get_host().starts_with('/') {
-        return Ok(options);
-    }
     let config = client_config(&anchors, host_name, &params)?;
     // Where to connect (`hostaddr` when given), and the name the certificate must carry
     // (the host as written, as libpq compares it).
