@@ -92,7 +92,7 @@ struct Attempt<'a> {
     uncounted: bool,
     /// When this attempt's send was logged in the number's window (database ms), if it was.
     logged_at: Option<i64>,
-    /// A carrier took the message, or may have (a call that timed out).
+    /// A carrier took the message, or may have (a call that got no answer).
     maybe_sent: bool,
     /// Set when the attempt ends: a logged send that no carrier took, to take out again.
     unmade: &'a mut Option<i64>,
