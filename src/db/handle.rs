@@ -95,10 +95,26 @@ impl Db {
 
     /// A transaction (with the per-transaction settings behind a pooler).
     pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
-        let transaction = match &self.begin {
+        self.begin_as(self.begin.clone()).await
+    }
+
+    /// A transaction whose lock waits give up after `lock_wait` (lock_not_available): the
+    /// setting travels in the BEGIN message, so it costs no round trip of its own.
+    pub async fn begin_waiting_at_most(
+        &self,
+        lock_wait: std::time::Duration,
+    ) -> Result<Tx<'static>, sqlx::Error> {
+        let ms = lock_wait.as_millis().clamp(1, 3_600_000);
+        let begin = self.begin.as_deref().unwrap_or("BEGIN");
+        self.begin_as(Some(format!("{begin}; SET LOCAL lock_timeout = '{ms}ms'")))
+            .await
+    }
+
+    async fn begin_as(&self, statement: Option<String>) -> Result<Tx<'static>, sqlx::Error> {
+        let transaction = match statement {
             Some(begin) => {
                 // Not cancelled with its caller: see the module's notes.
-                let (pool, begin) = (self.pool.clone(), begin.clone());
+                let pool = self.pool.clone();
                 tokio::spawn(async move { pool.begin_with(sqlx::AssertSqlSafe(begin)).await })
                     .await
                     .map_err(|_| sqlx::Error::WorkerCrashed)??

@@ -18,12 +18,7 @@ pub async fn admit(
     windows: &[WindowLimit],
     lock_wait: std::time::Duration,
 ) -> Result<(Admission, i64), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let lock_wait_ms = lock_wait.as_millis().clamp(1, 3_600_000);
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-        .bind(format!("{lock_wait_ms}ms"))
-        .execute(&mut tx)
-        .await?;
+    let mut tx = pool.begin_waiting_at_most(lock_wait).await?;
     // Created or locked in one statement; the clock is read once the lock is held, so two
     // processes' sends to one number are logged in the order they were admitted.
     let (mut sends, now_ms): (Vec<i64>, i64) = sqlx::query_as(

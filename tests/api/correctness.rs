@@ -744,3 +744,45 @@ async fn a_failover_carrier_with_no_turn_costs_no_attempt() {
     }
     assert_eq!(capped.accepted_per_recipient().len(), 3);
 }
+
+/// The admission waits for the number's row at most as long as it is told, by the database's
+/// own lock timeout (set in the BEGIN message): then it fails and logs nothing.
+#[tokio::test]
+async fn an_admission_gives_up_on_a_locked_number_after_its_lock_wait() {
+    let app = TestApp::spawn().await;
+    let db = smsgate::db::Db::direct(app.pool.clone());
+    let windows = vec![smsgate::config::WindowLimit::new(5, 600)];
+    let first = smsgate::db::recipient_sends::admit(
+        &db,
+        "+14155552671",
+        &windows,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("first admission");
+    assert_eq!(first.0, smsgate::limits::window::Admission::Allowed);
+    let mut holder = app.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM recipient_sends WHERE recipient = '+14155552671' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .expect("hold the row");
+
+    let blocked = smsgate::db::recipient_sends::admit(
+        &db,
+        "+14155552671",
+        &windows,
+        std::time::Duration::from_millis(200),
+    )
+    .await;
+
+    match blocked {
+        Err(sqlx::Error::Database(err)) => assert_eq!(err.code().as_deref(), Some("55P03")),
+        other => panic!("expected lock_not_available, got {other:?}"),
+    }
+    holder.rollback().await.expect("rollback");
+    let logged: i64 = sqlx::query_scalar("SELECT cardinality(sends)::bigint FROM recipient_sends")
+        .fetch_one(&app.pool)
+        .await
+        .expect("log");
+    assert_eq!(logged, 1, "the refused admission logged nothing");
+}
