@@ -206,15 +206,45 @@ impl Writer {
             return Ok(stored.into_iter().map(|s| reused(s, Vec::new())).collect());
         }
         let mut tx = self.pool.begin().await?;
-        // Repeats are told apart inside, once the limits' locks are held.
-        let verdicts = ingress_hits::admit_batch(&mut tx, &self.limits, messages).await?;
+        // Repeats are told apart inside, once the keys' locks are held; what the counted
+        // messages take from the limits is reserved (committed) before they are inserted.
+        let (verdicts, reservation) =
+            ingress_hits::admit_batch(&mut tx, &self.pool, &self.limits, messages).await?;
+        match self.insert(tx, messages, &verdicts).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(Unstored::Certainly(err)) => {
+                // Nothing of the batch was stored: what it reserved is free again.
+                if let Err(give_back) = ingress_hits::give_back(&self.pool, &reservation).await {
+                    tracing::warn!(error = %give_back, "cannot give back a batch's reservation; it counts until its windows pass");
+                }
+                Err(err)
+            }
+            Err(Unstored::Perhaps(err)) => Err(err),
+        }
+    }
+
+    /// Inserts the counted messages, answers the repeats and commits.
+    async fn insert(
+        &self,
+        mut tx: super::Tx<'static>,
+        messages: &[&NewMessage],
+        verdicts: &[Verdict],
+    ) -> Result<Vec<Result<Stored, Refused>>, Unstored> {
+        let reused = |stored: Result<Enqueued, messages::NotStored>, monitored| {
+            stored
+                .map(|enqueued| Stored {
+                    enqueued,
+                    monitored,
+                })
+                .map_err(Refused::NotStored)
+        };
         // Only counted messages are inserted. A repeat is answered with its key's message
         // (possibly a counted one of this very batch), never inserted: if that message
         // vanished meanwhile (retention), the repeat would be stored counted nowhere.
         let of_verdict = |wanted: fn(&Verdict) -> bool| -> Vec<&NewMessage> {
             messages
                 .iter()
-                .zip(&verdicts)
+                .zip(verdicts)
                 .filter(|(_, verdict)| wanted(verdict))
                 .map(|(message, _)| *message)
                 .collect()
@@ -224,16 +254,21 @@ impl Writer {
         let mut stored = if counted.is_empty() {
             Vec::new()
         } else {
-            messages::enqueue_batch(&mut tx, &counted, self.ttl_seconds).await?
+            messages::enqueue_batch(&mut tx, &counted, self.ttl_seconds)
+                .await
+                .map_err(Unstored::Certainly)?
         }
         .into_iter();
         let mut repeated = messages::answer_repeats(&mut tx, &repeats)
-            .await?
+            .await
+            .map_err(Unstored::Certainly)?
             .into_iter();
-        tx.commit().await?;
-        verdicts
-            .into_iter()
-            .map(|verdict| match verdict {
+        // A commit that fails may still have happened (the connection broke after it): the
+        // reservation is then kept, which can only refuse early.
+        tx.commit().await.map_err(Unstored::Perhaps)?;
+        let outcomes = verdicts
+            .iter()
+            .map(|verdict| match verdict.clone() {
                 Verdict::Counted(monitored) => stored
                     .next()
                     .ok_or(sqlx::Error::RowNotFound)
@@ -245,8 +280,17 @@ impl Writer {
                 Verdict::KeyReused => Ok(Err(Refused::NotStored(messages::NotStored::KeyReused))),
                 Verdict::Refused(refusal) => Ok(Err(Refused::Limited(refusal))),
             })
-            .collect()
+            .collect::<Result<Vec<_>, sqlx::Error>>();
+        outcomes.map_err(Unstored::Perhaps)
     }
+}
+
+/// Why a batch's insert did not report its messages stored.
+enum Unstored {
+    /// It failed before its commit: nothing was stored.
+    Certainly(sqlx::Error),
+    /// Its commit was sent: the messages may be stored.
+    Perhaps(sqlx::Error),
 }
 
 async fn write_batches(writer: Arc<Writer>, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>) {

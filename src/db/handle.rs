@@ -110,6 +110,16 @@ impl Db {
             .await
     }
 
+    /// A transaction whose commit does not wait for its WAL flush, for a short reservation
+    /// that a later, flushed commit depends on: WAL is flushed in order, so that later commit
+    /// is never durable without this one (a crash can lose both, never only this one). Its
+    /// locks are released without waiting for the disk.
+    pub async fn begin_without_flush_wait(&self) -> Result<Tx<'static>, sqlx::Error> {
+        let begin = self.begin.as_deref().unwrap_or("BEGIN");
+        self.begin_as(Some(format!("{begin}; SET LOCAL synchronous_commit = off")))
+            .await
+    }
+
     async fn begin_as(&self, statement: Option<String>) -> Result<Tx<'static>, sqlx::Error> {
         let transaction = match statement {
             Some(begin) => {

@@ -1,21 +1,22 @@
-//! The ingress's limits, decided inside the transaction that stores a batch: the batch's log
-//! keys, then its idempotency keys, then (with a spend ceiling) today's spend rows are locked
-//! in order; each message is a repeat, a reuse of a taken key, or admitted or refused against
-//! the logs and totals as they stand (earlier messages of the same batch included); the logs
-//! and totals are written back, and only the counted messages go on to the insert (repeats
-//! are answered with their key's message). One commit makes all of it durable.
+//! The ingress's limits, decided for a batch before it is stored: its idempotency keys are
+//! locked in the transaction that will store it; its counts and (with a spend ceiling)
+//! today's spend rows are locked in order in a short reservation of their own; each message
+//! is a repeat, a reuse of a taken key, or admitted or refused against the counts and totals
+//! as they stand (earlier messages of the same batch included); the counts and totals are
+//! written back, and only the counted messages go on to the insert (repeats are answered with
+//! their key's message).
 
 use std::collections::HashMap;
 
-use super::Tx;
+use super::{Db, Tx, pg_array};
 use super::{messages, spend};
 
-use crate::config::LimitMode;
+use crate::config::{LimitMode, WindowLimit};
 use crate::domain::NewMessage;
 use crate::limits::ingress::{Check, IngressLimits, LimitRefusal, Limited, Monitored};
-use crate::limits::window::{Admission, admit, to_pg_array};
+use crate::limits::window::{Admission, Counts, admit};
 
-type Logs = HashMap<String, Vec<i64>>;
+type Logs = HashMap<String, Counts>;
 
 /// The limits' verdict on one message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,20 +32,36 @@ pub enum Verdict {
     Refused(LimitRefusal),
 }
 
-/// Locks what `messages` are counted in and decides each message; returns one verdict per
-/// message, in order, and has already written the updated logs and totals.
+/// What a batch's counted messages added to the counts and totals, to be given back if their
+/// insert does not commit.
+#[derive(Debug, Default)]
+pub struct Reservation {
+    at_ms: i64,
+    /// One entry per counted message and log it was counted in.
+    hits: Vec<(String, Vec<WindowLimit>)>,
+    spend: spend::Reserved,
+}
+
+/// Decides each message of a batch and reserves what the counted ones take; returns one
+/// verdict per message, in order.
+///
+/// Idempotency keys are locked and looked up in `tx`, the transaction that will insert the
+/// batch. The counts and totals are locked, decided and written in a short transaction of
+/// their own, committed before `tx` without waiting for its flush: a country's or the day's
+/// row is held for three statements rather than until the batch's commit, so writers commit
+/// side by side. A reservation whose insert then fails is given back (`give_back`); one lost
+/// with its process counts until its window passes, which refuses early, never late.
 pub async fn admit_batch(
-    conn: &mut Tx<'_>,
+    tx: &mut Tx<'_>,
+    pool: &Db,
     limits: &IngressLimits,
     messages: &[&NewMessage],
-) -> Result<Vec<Verdict>, sqlx::Error> {
-    let checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
-    let (mut logs, now_ms) = lock_logs(conn, &checks).await?;
+) -> Result<(Vec<Verdict>, Reservation), sqlx::Error> {
     // A batch with a copy of a keyed request waits here for any other batch holding the same
-    // key, whatever logs each locks: the look-up below then sees that batch's commit, so two
-    // copies are never both counted.
-    lock_idempotency_keys(conn, messages).await?;
-    let mut known = messages::known_keys(conn, messages).await?;
+    // key: the look-up below then sees that batch's commit, so two copies are never both
+    // counted.
+    lock_idempotency_keys(tx, messages).await?;
+    let mut known = messages::known_keys(tx, messages).await?;
     let prior = |known: &HashMap<String, Option<String>>, m: &NewMessage| {
         let key = m.idempotency_key.as_ref()?;
         let first = known.get(key)?;
@@ -56,6 +73,10 @@ pub async fn admit_batch(
             },
         )
     };
+
+    let checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
+    let mut reserving = pool.begin_without_flush_wait().await?;
+    let (mut logs, now_ms) = lock_logs(&mut reserving, &checks).await?;
     // Today's spend rows only for new messages the windows could admit: one they refuse
     // against the logs as they stand is refused in any order, and writes nothing.
     let admissible: Vec<&NewMessage> = messages
@@ -64,8 +85,12 @@ pub async fn admit_batch(
         .filter(|(m, checks)| prior(&known, m).is_none() && decide(&logs, now_ms, checks).is_ok())
         .map(|(message, _)| *message)
         .collect();
-    let mut spend = spend::lock_today(conn, &limits.spend, &admissible).await?;
+    let mut spend = spend::lock_today(&mut reserving, &limits.spend, &admissible).await?;
 
+    let mut reservation = Reservation {
+        at_ms: now_ms,
+        ..Reservation::default()
+    };
     let mut verdicts = Vec::with_capacity(messages.len());
     for (message, checks) in messages.iter().zip(&checks) {
         if let Some(verdict) = prior(&known, message) {
@@ -82,6 +107,11 @@ pub async fn admit_batch(
             Ok((updates, monitored)) => {
                 // Admitted: only now is the request counted anywhere. A later copy in this
                 // very batch is its repeat, or a reuse of its key.
+                for check in checks.iter().filter(|c| updates.contains_key(&c.key)) {
+                    reservation
+                        .hits
+                        .push((check.key.clone(), check.windows.clone()));
+                }
                 logs.extend(updates);
                 if let Some(key) = &message.idempotency_key {
                     known.insert(key.clone(), message.fingerprint.clone());
@@ -91,9 +121,52 @@ pub async fn admit_batch(
             Err(refusal) => Verdict::Refused(refusal),
         });
     }
-    write_logs(conn, &logs).await?;
-    spend.write(conn).await?;
-    Ok(verdicts)
+    write_logs(&mut reserving, &logs).await?;
+    reservation.spend = spend.write(&mut reserving).await?;
+    reserving.commit().await?;
+    Ok((verdicts, reservation))
+}
+
+/// Takes a reservation back out of the counts and totals: its messages were not stored.
+pub async fn give_back(pool: &Db, reservation: &Reservation) -> Result<(), sqlx::Error> {
+    if reservation.hits.is_empty() && reservation.spend.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    let mut keys: Vec<&str> = reservation.hits.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let rows: Vec<(String, Vec<i64>, Vec<i64>)> = sqlx::query_as(
+        "SELECT key, counts, hits FROM ingress_hits WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+    )
+    .bind(&keys)
+    .fetch_all(&mut tx)
+    .await?;
+    let mut logs: Logs = HashMap::new();
+    for (key, counts, legacy) in rows {
+        let windows = reservation
+            .hits
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, w)| w.as_slice())
+            .unwrap_or_default();
+        logs.insert(key, read(&counts, &legacy, windows));
+    }
+    for (key, windows) in &reservation.hits {
+        if let Some(counts) = logs.get_mut(key) {
+            counts.withdraw(windows, reservation.at_ms);
+        }
+    }
+    write_logs(&mut tx, &logs).await?;
+    spend::give_back(&mut tx, &reservation.spend).await?;
+    tx.commit().await
+}
+
+/// A row's counts, with the hits an earlier version logged one by one counted in.
+fn read(counts: &[i64], legacy: &[i64], windows: &[WindowLimit]) -> Counts {
+    let mut counts = Counts::from_stored(counts);
+    counts.absorb(Counts::from_event_log(legacy, windows));
+    counts
 }
 
 /// The advisory-lock namespace of idempotency keys (the two-number form, apart from the
@@ -133,7 +206,7 @@ async fn lock_idempotency_keys(
     Ok(())
 }
 
-/// Locks the logs of every key in `checks` (sorted: every writer locks in the same order, no
+/// Locks the counts of every key in `checks` (sorted: every writer locks in the same order, no
 /// deadlocks) and returns them with the database's clock in epoch milliseconds.
 async fn lock_logs(conn: &mut Tx<'_>, checks: &[Vec<Check>]) -> Result<(Logs, i64), sqlx::Error> {
     let mut keys: Vec<&str> = checks.iter().flatten().map(|c| c.key.as_str()).collect();
@@ -142,19 +215,31 @@ async fn lock_logs(conn: &mut Tx<'_>, checks: &[Vec<Check>]) -> Result<(Logs, i6
     if keys.is_empty() {
         return Ok((Logs::new(), 0));
     }
-    let rows: Vec<(String, Vec<i64>, i64)> = sqlx::query_as(
+    let rows: Vec<(String, Vec<i64>, Vec<i64>, i64)> = sqlx::query_as(
         "INSERT INTO ingress_hits (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
          ON CONFLICT (key) DO UPDATE SET updated_at = ingress_hits.updated_at
-         RETURNING key, hits, (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+         RETURNING key, counts, hits, (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
     )
     .bind(&keys)
     .fetch_all(&mut *conn)
     .await?;
-    let now_ms = rows.first().map_or(0, |(_, _, now)| *now);
-    Ok((
-        rows.into_iter().map(|(key, hits, _)| (key, hits)).collect(),
-        now_ms,
-    ))
+    let now_ms = rows.iter().map(|(_, _, _, now)| *now).max().unwrap_or(0);
+    let windows_of = |key: &str| {
+        checks
+            .iter()
+            .flatten()
+            .find(|c| c.key == key)
+            .map(|c| c.windows.as_slice())
+            .unwrap_or_default()
+    };
+    let logs = rows
+        .into_iter()
+        .map(|(key, counts, legacy, _)| {
+            let counts = read(&counts, &legacy, windows_of(&key));
+            (key, counts)
+        })
+        .collect();
+    Ok((logs, now_ms))
 }
 
 /// One message against its checks: the logs with it added, and the monitoring limits it went
@@ -164,10 +249,10 @@ fn decide(logs: &Logs, now_ms: i64, checks: &[Check]) -> Result<(Logs, Monitored
     let mut monitored = Monitored::new();
     let mut refused: Option<Limited> = None;
     for check in checks {
-        let mut log = logs.get(&check.key).cloned().unwrap_or_default();
-        match (admit(&mut log, now_ms, &check.windows), check.mode) {
+        let mut counts = logs.get(&check.key).cloned().unwrap_or_default();
+        match (admit(&mut counts, now_ms, &check.windows), check.mode) {
             (Admission::Allowed, _) => {
-                updates.insert(check.key.clone(), log);
+                updates.insert(check.key.clone(), counts);
             }
             (Admission::WaitMs(retry_after_ms), LimitMode::Block) => {
                 if refused.is_none_or(|r| r.retry_after_ms < retry_after_ms) {
@@ -191,24 +276,25 @@ fn decide(logs: &Logs, now_ms: i64, checks: &[Check]) -> Result<(Logs, Monitored
     }
 }
 
-/// Writes the logs back. A key with no hit in its windows is deleted rather than kept:
-/// refused requests count nothing, so a caller spraying new numbers or addresses leaves no
-/// rows behind.
+/// Writes the counts back. A key with nothing counted in its windows is deleted rather than
+/// kept: refused requests count nothing, so a caller spraying new numbers or addresses
+/// leaves no rows behind.
 async fn write_logs(conn: &mut Tx<'_>, logs: &Logs) -> Result<(), sqlx::Error> {
     if logs.is_empty() {
         return Ok(());
     }
-    let (empty, counted): (Vec<_>, Vec<_>) = logs.iter().partition(|(_, log)| log.is_empty());
-    let (keys, hits): (Vec<&str>, Vec<String>) = counted
+    let (empty, counted): (Vec<_>, Vec<_>) = logs.iter().partition(|(_, c)| c.is_empty());
+    let (keys, counts): (Vec<&str>, Vec<String>) = counted
         .into_iter()
-        .map(|(key, log)| (key.as_str(), to_pg_array(log)))
+        .map(|(key, counts)| (key.as_str(), pg_array(&counts.to_stored())))
         .unzip();
     sqlx::query(
-        "UPDATE ingress_hits h SET hits = v.hits::bigint[], updated_at = clock_timestamp()
-         FROM unnest($1::text[], $2::text[]) AS v(key, hits) WHERE h.key = v.key",
+        "UPDATE ingress_hits h SET counts = v.counts::bigint[], hits = '{}',
+             updated_at = clock_timestamp()
+         FROM unnest($1::text[], $2::text[]) AS v(key, counts) WHERE h.key = v.key",
     )
     .bind(&keys)
-    .bind(&hits)
+    .bind(&counts)
     .execute(&mut *conn)
     .await?;
     if !empty.is_empty() {

@@ -128,3 +128,10 @@ pub async fn ensure_database(db: &Db, name: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A PostgreSQL array literal, bound as text and cast to `bigint[]`: one bind carries an array
+/// per row of a multi-row update.
+fn pg_array(values: &[i64]) -> String {
+    let items: Vec<String> = values.iter().map(i64::to_string).collect();
+    format!("{{{}}}", items.join(","))
+}

@@ -1,59 +1,104 @@
-//! The send log behind `[[limits.recipient]]`: one row per number with the times (database
-//! clock, epoch ms) of its sends within the longest window. A send is admitted right before
-//! its carrier call, under the row's lock, so the log holds the sends that really happen, in
-//! the order they happen, across every process.
+//! The send counts behind `[[limits.recipient]]`: one row per number with its sends counted per
+//! time bucket (`limits::window`, database clock). Sends are admitted right before their
+//! carrier calls, a batch of them in one transaction under their rows' locks, so the counts
+//! hold the sends that really happen, in the order they happen, across every process.
 
-use super::Db;
+use super::{Db, pg_array};
 
 use crate::config::WindowLimit;
-use crate::limits::window::{self, Admission};
+use crate::limits::window::{self, Admission, Counts};
 
-/// Admits one send to `recipient` now, or says how long until its windows allow one; with
-/// the database's time of the decision (epoch ms), which an admitted send is logged at.
-/// Waits at most `lock_wait` for the number's row (then an error, nothing logged): a bound
-/// the database enforces, so a caller never abandons an admission that may have committed.
+/// Admits one send to each of `recipients` now (in order: a number named twice is counted
+/// twice), or says how long until its windows allow one; with the database's time of the
+/// decision (epoch ms), which each admitted send is counted at. Waits at most `lock_wait` for
+/// the numbers' rows (then an error, nothing counted): a bound the database enforces, so a
+/// caller never abandons an admission that may have committed.
 pub async fn admit(
     pool: &Db,
-    recipient: &str,
+    recipients: &[&str],
     windows: &[WindowLimit],
     lock_wait: std::time::Duration,
-) -> Result<(Admission, i64), sqlx::Error> {
+) -> Result<(Vec<Admission>, i64), sqlx::Error> {
+    let mut numbers: Vec<&str> = recipients.to_vec();
+    numbers.sort_unstable();
+    numbers.dedup();
     let mut tx = pool.begin_waiting_at_most(lock_wait).await?;
-    // Created or locked in one statement; the clock is read once the lock is held, so two
-    // processes' sends to one number are logged in the order they were admitted.
-    let (mut sends, now_ms): (Vec<i64>, i64) = sqlx::query_as(
-        "INSERT INTO recipient_sends (recipient) VALUES ($1)
+    // Created or locked in one statement, in one order (no deadlocks between batches); the
+    // clock is read once the locks are held, so two processes' sends to one number are
+    // counted in the order they were admitted.
+    let rows: Vec<(String, Vec<i64>, Vec<i64>, i64)> = sqlx::query_as(
+        "INSERT INTO recipient_sends (recipient) SELECT r FROM unnest($1::text[]) AS r ORDER BY r
          ON CONFLICT (recipient) DO UPDATE SET updated_at = recipient_sends.updated_at
-         RETURNING sends, (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+         RETURNING recipient, counts, sends, (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
     )
-    .bind(recipient)
-    .fetch_one(&mut tx)
+    .bind(&numbers)
+    .fetch_all(&mut tx)
     .await?;
-    let admission = window::admit(&mut sends, now_ms, windows);
-    if admission == Admission::Allowed {
+    let now_ms = rows.iter().map(|(_, _, _, now)| *now).max().unwrap_or(0);
+    let mut counts: std::collections::HashMap<String, Counts> = rows
+        .into_iter()
+        .map(|(recipient, counts, legacy, _)| (recipient, read(&counts, &legacy, windows)))
+        .collect();
+    let admissions: Vec<Admission> = recipients
+        .iter()
+        .map(|recipient| {
+            let counts = counts.entry((*recipient).to_string()).or_default();
+            window::admit(counts, now_ms, windows)
+        })
+        .collect();
+    if admissions.contains(&Admission::Allowed) {
+        let (numbers, stored): (Vec<&str>, Vec<String>) = counts
+            .iter()
+            .map(|(recipient, counts)| (recipient.as_str(), pg_array(&counts.to_stored())))
+            .unzip();
         sqlx::query(
-            "UPDATE recipient_sends SET sends = $2, updated_at = clock_timestamp() WHERE recipient = $1",
+            "UPDATE recipient_sends r SET counts = v.counts::bigint[], sends = '{}',
+                 updated_at = clock_timestamp()
+             FROM unnest($1::text[], $2::text[]) AS v(recipient, counts)
+             WHERE r.recipient = v.recipient",
         )
-        .bind(recipient)
-        .bind(&sends)
+        .bind(&numbers)
+        .bind(&stored)
         .execute(&mut tx)
         .await?;
     }
     tx.commit().await?;
-    Ok((admission, now_ms))
+    Ok((admissions, now_ms))
 }
 
-/// Takes one send logged at `at_ms` out of `recipient`'s log: it was admitted, then not made.
-pub async fn withdraw(pool: &Db, recipient: &str, at_ms: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE recipient_sends
-         SET sends = sends[:array_position(sends, $2) - 1] || sends[array_position(sends, $2) + 1:],
-             updated_at = clock_timestamp()
-         WHERE recipient = $1 AND array_position(sends, $2) IS NOT NULL",
-    )
-    .bind(recipient)
-    .bind(at_ms)
-    .execute(pool)
-    .await?;
+/// Takes one send counted at `at_ms` out of `recipient`'s counts: it was admitted, then not
+/// made.
+pub async fn withdraw(
+    pool: &Db,
+    recipient: &str,
+    windows: &[WindowLimit],
+    at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(Vec<i64>, Vec<i64>)> =
+        sqlx::query_as("SELECT counts, sends FROM recipient_sends WHERE recipient = $1 FOR UPDATE")
+            .bind(recipient)
+            .fetch_optional(&mut tx)
+            .await?;
+    if let Some((counts, legacy)) = row {
+        let mut counts = read(&counts, &legacy, windows);
+        counts.withdraw(windows, at_ms);
+        sqlx::query(
+            "UPDATE recipient_sends SET counts = $2, sends = '{}', updated_at = clock_timestamp()
+             WHERE recipient = $1",
+        )
+        .bind(recipient)
+        .bind(counts.to_stored())
+        .execute(&mut tx)
+        .await?;
+    }
+    tx.commit().await?;
     Ok(())
+}
+
+/// A row's counts, with the sends an earlier version logged one by one counted in.
+fn read(counts: &[i64], legacy: &[i64], windows: &[WindowLimit]) -> Counts {
+    let mut counts = Counts::from_stored(counts);
+    counts.absorb(Counts::from_event_log(legacy, windows));
+    counts
 }

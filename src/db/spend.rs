@@ -1,6 +1,6 @@
 //! Today's estimated spend, all countries together (`*`) and per country, in `spend_days`:
-//! locked and decided inside the ingress transaction, so a ceiling holds exactly across
-//! processes. A day is a UTC day of the database's clock.
+//! locked and decided in the ingress's reservation (`db::ingress_hits`), so a ceiling holds
+//! exactly across processes. A day is a UTC day of the database's clock.
 
 use std::collections::HashMap;
 
@@ -27,6 +27,21 @@ pub struct Spend {
     /// refusal, decided by the clock that decided the day.
     day_ends_in_ms: i64,
     totals: HashMap<String, Micros>,
+    /// What this batch added to each scope.
+    added: HashMap<String, Micros>,
+}
+
+/// What a batch added to a day's totals, to be taken out again if it is not stored.
+#[derive(Debug, Default)]
+pub struct Reserved {
+    day: Option<NaiveDate>,
+    added: Vec<(String, Micros)>,
+}
+
+impl Reserved {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+    }
 }
 
 /// Locks today's rows of the scopes `messages` are counted in (none without a ceiling or a
@@ -71,6 +86,7 @@ pub async fn lock_today(
             .into_iter()
             .map(|(_, scope, spent, _)| (scope, spent))
             .collect(),
+        added: HashMap::new(),
     })
 }
 
@@ -111,18 +127,29 @@ impl Spend {
                 });
             }
         }
-        *self.totals.entry(ALL.to_string()).or_default() += cost;
+        let mut scopes = vec![ALL];
         if self.ceiling.country_daily.is_some() {
-            *self.totals.entry(country.to_string()).or_default() += cost;
+            scopes.push(country);
+        }
+        for scope in scopes {
+            *self.totals.entry(scope.to_string()).or_default() += cost;
+            *self.added.entry(scope.to_string()).or_default() += cost;
         }
         Ok(())
     }
 
-    /// Writes the totals back (in the same transaction).
-    pub async fn write(&self, conn: &mut Tx<'_>) -> Result<(), sqlx::Error> {
-        let Some(day) = self.day else { return Ok(()) };
-        let (scopes, spent): (Vec<&str>, Vec<Micros>) =
-            self.totals.iter().map(|(s, v)| (s.as_str(), *v)).unzip();
+    /// Writes the totals back (in the same transaction); what this batch added.
+    pub async fn write(self, conn: &mut Tx<'_>) -> Result<Reserved, sqlx::Error> {
+        let Some(day) = self.day else {
+            return Ok(Reserved::default());
+        };
+        // Only the scopes this batch added to: the others' rows were locked, not changed.
+        let (scopes, spent): (Vec<&str>, Vec<Micros>) = self
+            .totals
+            .iter()
+            .filter(|(scope, _)| self.added.contains_key(*scope))
+            .map(|(s, v)| (s.as_str(), *v))
+            .unzip();
         sqlx::query(
             "UPDATE spend_days d SET spent_micros = v.spent, updated_at = clock_timestamp()
              FROM unnest($2::text[], $3::bigint[]) AS v(scope, spent)
@@ -133,8 +160,32 @@ impl Spend {
         .bind(&spent)
         .execute(&mut *conn)
         .await?;
-        Ok(())
+        Ok(Reserved {
+            day: Some(day),
+            added: self.added.into_iter().collect(),
+        })
     }
+}
+
+/// Takes what a batch added out of its day's totals again.
+pub async fn give_back(conn: &mut Tx<'_>, reserved: &Reserved) -> Result<(), sqlx::Error> {
+    let Some(day) = reserved.day else {
+        return Ok(());
+    };
+    let (scopes, added): (Vec<&str>, Vec<Micros>) =
+        reserved.added.iter().map(|(s, v)| (s.as_str(), *v)).unzip();
+    sqlx::query(
+        "UPDATE spend_days d SET spent_micros = greatest(d.spent_micros - v.added, 0),
+             updated_at = clock_timestamp()
+         FROM unnest($2::text[], $3::bigint[]) AS v(scope, added)
+         WHERE d.day = $1 AND d.scope = v.scope",
+    )
+    .bind(day)
+    .bind(&scopes)
+    .bind(&added)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Today's spend so far: the UTC day, all countries together, and each country's.

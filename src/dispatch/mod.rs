@@ -1,6 +1,7 @@
 //! Workers: claim due messages in batches, send each through its route, write outcomes back in
 //! batches. Any number of processes can run this against one database.
 
+mod admissions;
 mod completer;
 pub mod decide;
 mod inline;
@@ -28,7 +29,9 @@ use crate::db::queue::{self, ClaimBatch, Completion};
 use crate::domain::Status;
 use crate::limits::ingress::IngressLimits;
 use crate::limits::pricing::Pricing;
+use crate::limits::window::counted_for_seconds;
 use crate::metrics::Metrics;
+use admissions::Admissions;
 use retry::RetryPolicy;
 use send::{SendContext, SharedContext};
 use wake::Wake;
@@ -108,6 +111,8 @@ fn send_context(
         lease: d.lease_seconds.duration(),
         pool: pool.clone(),
         windows: config.limits.recipient.clone(),
+        admissions: (!config.limits.recipient.is_empty())
+            .then(|| Admissions::start(pool.clone(), config.limits.recipient.clone())),
     }))
 }
 
@@ -119,11 +124,12 @@ fn retention_plan(config: &Config) -> retention::Plan {
             .limits
             .recipient
             .iter()
-            .map(|w| w.window_seconds.get())
+            .map(|w| counted_for_seconds(w.window_seconds.get()))
             .max()
             .unwrap_or(0),
-        ingress_log_seconds: IngressLimits::new(&config.limits, &config.spend)
-            .longest_window_seconds(),
+        ingress_log_seconds: counted_for_seconds(
+            IngressLimits::new(&config.limits, &config.spend).longest_window_seconds(),
+        ),
     }
 }
 

@@ -10,6 +10,7 @@ use rand::RngExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use super::admissions::{Admissions, Undecided};
 use super::decide::{BUSY_PAUSE, Decision, RouteOutcome, Standing, decide};
 use super::record::Recorder;
 use super::retry::RetryPolicy;
@@ -42,6 +43,8 @@ pub struct SendContext {
     pub pool: Db,
     /// `[[limits.recipient]]`: each send is admitted against them right before its call.
     pub windows: Vec<WindowLimit>,
+    /// Admits sends against `windows` (none without windows).
+    pub admissions: Option<Admissions>,
 }
 
 /// The clocks of one claimed message, started when the claim was sent: the database's
@@ -111,7 +114,9 @@ pub async fn dispatch(
     let mut unmade = None;
     let completion = attempt_route(&context, &message, clocks, in_hand, &mut unmade).await;
     if let Some(at_ms) = unmade
-        && let Err(err) = recipient_sends::withdraw(&context.pool, &message.recipient, at_ms).await
+        && let Err(err) =
+            recipient_sends::withdraw(&context.pool, &message.recipient, &context.windows, at_ms)
+                .await
     {
         tracing::warn!(id = %message.id, error = %err, "cannot take an unmade send out of the recipient's log; it counts until its window passes");
     }
@@ -222,11 +227,10 @@ impl Attempt<'_> {
         admitted: &mut bool,
     ) -> Result<Instant, Blocked> {
         if !*admitted {
-            // The number's log is a lock many sends may queue on: no longer than the turn
+            // The number's counts are a lock many sends may queue on: no longer than the turn
             // lasts (a lock timeout the database enforces, so an admission is never cut off
             // after its commit; one that ends past the turn is taken out again).
-            let lock_wait = turn.latest.saturating_duration_since(Instant::now());
-            self.logged_at = self.admit(lock_wait).await?;
+            self.logged_at = self.admit(turn.latest).await?;
             *admitted = true;
         }
         let now = Instant::now();
@@ -280,20 +284,17 @@ impl Attempt<'_> {
     /// count the sends that really happen; the time it was logged at (`None` without windows).
     /// `Err` says what to do instead: wait for the window, or end the message when the window
     /// opens only after the code expires.
-    async fn admit(&mut self, lock_wait: Duration) -> Result<Option<i64>, Blocked> {
+    async fn admit(&mut self, latest: Instant) -> Result<Option<i64>, Blocked> {
         let message = self.message;
-        let windows = &self.context.windows;
-        let pool = &self.context.pool;
-        let wait_ms = match recipient_sends::admit(pool, &message.recipient, windows, lock_wait)
-            .await
-        {
+        let Some(admissions) = &self.context.admissions else {
+            return Ok(None);
+        };
+        let wait_ms = match admissions.admit(&message.recipient, latest).await {
             Ok((Admission::Allowed, at_ms)) => return Ok(Some(at_ms)),
             Ok((Admission::WaitMs(wait_ms), _)) => wait_ms,
-            // The number's row stayed locked for the whole turn: nothing was logged.
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
-                return Err(Blocked::NoTurn);
-            }
-            Err(err) => {
+            // The turn ran out first (the number's row stayed locked): nothing was counted.
+            Err(Undecided::TurnOver) => return Err(Blocked::NoTurn),
+            Err(Undecided::Database(err)) => {
                 tracing::warn!(id = %message.id, error = %err, "cannot check the recipient's limits; handing the message back");
                 return Err(Blocked::Ended(Disposition::Release {
                     delay_ms: BUSY_PAUSE.as_millis() as i64,
@@ -446,9 +447,6 @@ impl Attempt<'_> {
 /// The least validity a carrier is given: Twilio's `ValidityPeriod` and MessageMedia's expiry
 /// are whole seconds, so a code with less left is not sent (it would be delivered late).
 const MIN_VALIDITY: Duration = Duration::from_secs(1);
-
-/// SQLSTATE lock_not_available: `lock_timeout` ran out.
-const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 fn expired() -> Disposition {
     Disposition::Final {

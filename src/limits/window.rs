@@ -1,55 +1,198 @@
-//! Sliding windows: "at most `max` events in any `window_seconds`", decided on a log of event
-//! times that the caller's transaction holds locked (sends in `db::queue`, ingress hits in
-//! `db::ingress_hits`), so a limit holds exactly across every process sharing the database.
+//! Sliding windows: "at most `max` events in any `window_seconds`", decided on counts per
+//! time bucket that the caller's transaction holds locked (sends in `db::recipient_sends`,
+//! ingress hits in `db::ingress_hits`), so a limit holds exactly across every process sharing
+//! the database.
+//!
+//! Each window keeps its own counts in `BUCKETS_PER_WINDOW` buckets of a fixed width, so a
+//! decision costs the same whatever the window's `max` and whatever traffic it has seen. A
+//! bucket counts for the whole window as long as any part of it is inside, so an event is
+//! counted for at most one bucket width (1/60 of the window) longer than the window: the
+//! limit is never exceeded, and is conservative by at most that much (docs/guarantees.md).
 
 use crate::config::WindowLimit;
 
+/// Buckets per window: the window is conservative by at most 1/60 of its length.
+pub const BUCKETS_PER_WINDOW: i64 = 60;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Send now; the send time was appended to the log.
+    /// Send now; the event was counted.
     Allowed,
     /// Every window allows a send again after this many milliseconds.
     WaitMs(i64),
 }
 
-/// Decides one message against `windows` and records it in `log` when allowed. `log` holds
-/// send times in epoch milliseconds; entries older than the longest window are dropped.
-pub fn admit(log: &mut Vec<i64>, now_ms: i64, windows: &[WindowLimit]) -> Admission {
-    let longest_ms = windows
-        .iter()
-        .map(|w| i64::from(w.window_seconds.get()) * 1000)
-        .max()
-        .unwrap_or(0);
-    log.retain(|&sent| sent > now_ms - longest_ms);
-    log.sort_unstable();
+/// One bucket of one window: events at `start_ms ..start_ms + width` (epoch ms, database
+/// clock) counted in the window of `window_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bucket {
+    window_ms: i64,
+    start_ms: i64,
+    count: i64,
+}
 
+/// The counts of one key: every window of it, bucket by bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts(Vec<Bucket>);
+
+fn window_ms(window: &WindowLimit) -> i64 {
+    i64::from(window.window_seconds.get()) * 1000
+}
+
+/// How wide a bucket of a window of `window_ms` is.
+fn width(window_ms: i64) -> i64 {
+    (window_ms / BUCKETS_PER_WINDOW).max(1)
+}
+
+/// How long after its last event a key's counts can still matter, for a window of
+/// `window_seconds`: the window and one bucket (what the retention sweep keeps).
+pub fn counted_for_seconds(window_seconds: u32) -> u32 {
+    window_seconds.saturating_add(window_seconds / 60 + 1)
+}
+
+/// The start of the bucket of a window of `window_ms` that holds `at_ms`.
+fn bucket_start(window_ms: i64, at_ms: i64) -> i64 {
+    at_ms.div_euclid(width(window_ms)) * width(window_ms)
+}
+
+impl Bucket {
+    /// Whether any part of the bucket is still inside its window at `now_ms`.
+    fn inside(&self, now_ms: i64) -> bool {
+        self.start_ms + width(self.window_ms) > now_ms - self.window_ms
+    }
+
+    /// When the bucket leaves its window (epoch ms).
+    fn leaves_at(&self) -> i64 {
+        self.start_ms + width(self.window_ms) + self.window_ms
+    }
+}
+
+impl Counts {
+    /// Reads the stored form: (window ms, bucket start ms, count) triples, in any order. A
+    /// malformed triple (a count or window not above zero, a short tail) is dropped: the
+    /// database holds only what `to_stored` wrote, and nothing read back may panic.
+    pub fn from_stored(stored: &[i64]) -> Self {
+        Self(
+            stored
+                .chunks_exact(3)
+                .map(|t| Bucket {
+                    window_ms: t[0],
+                    start_ms: t[1],
+                    count: t[2],
+                })
+                .filter(|b| b.window_ms > 0 && b.count > 0)
+                .collect(),
+        )
+    }
+
+    /// The log of event times kept before buckets (one epoch ms per event), counted in each of
+    /// `windows`: a deployment upgrading keeps every event its limits had seen.
+    pub fn from_event_log(log: &[i64], windows: &[WindowLimit]) -> Self {
+        let mut counts = Self::default();
+        for &at_ms in log {
+            counts.add(windows, at_ms, 1);
+        }
+        counts
+    }
+
+    /// Counts `other`'s events here too.
+    pub fn absorb(&mut self, other: Counts) {
+        for bucket in other.0 {
+            match self
+                .0
+                .iter_mut()
+                .find(|b| b.window_ms == bucket.window_ms && b.start_ms == bucket.start_ms)
+            {
+                Some(mine) => mine.count = mine.count.saturating_add(bucket.count),
+                None => self.0.push(bucket),
+            }
+        }
+    }
+
+    pub fn to_stored(&self) -> Vec<i64> {
+        self.0
+            .iter()
+            .flat_map(|b| [b.window_ms, b.start_ms, b.count])
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds `delta` events at `at_ms` to each distinct window of `windows` (a negative delta
+    /// takes events out; a bucket never goes below zero and empty buckets are dropped).
+    fn add(&mut self, windows: &[WindowLimit], at_ms: i64, delta: i64) {
+        let mut spans: Vec<i64> = windows.iter().map(window_ms).collect();
+        spans.sort_unstable();
+        spans.dedup();
+        for window_ms in spans {
+            let start_ms = bucket_start(window_ms, at_ms);
+            match self
+                .0
+                .iter_mut()
+                .find(|b| b.window_ms == window_ms && b.start_ms == start_ms)
+            {
+                Some(bucket) => bucket.count = bucket.count.saturating_add(delta).max(0),
+                None if delta > 0 => self.0.push(Bucket {
+                    window_ms,
+                    start_ms,
+                    count: delta,
+                }),
+                None => {}
+            }
+        }
+        self.0.retain(|b| b.count > 0);
+    }
+
+    /// Takes one event counted at `at_ms` out again (it was admitted, then not made).
+    pub fn withdraw(&mut self, windows: &[WindowLimit], at_ms: i64) {
+        self.add(windows, at_ms, -1);
+    }
+
+    /// Drops the buckets of windows no longer configured, and those that left their window.
+    fn prune(&mut self, windows: &[WindowLimit], now_ms: i64) {
+        self.0
+            .retain(|b| b.inside(now_ms) && windows.iter().any(|w| window_ms(w) == b.window_ms));
+    }
+
+    /// The events a window counts at `now_ms`, oldest bucket first.
+    fn inside(&self, window_ms: i64, now_ms: i64) -> Vec<Bucket> {
+        let mut inside: Vec<Bucket> = self
+            .0
+            .iter()
+            .filter(|b| b.window_ms == window_ms && b.inside(now_ms))
+            .copied()
+            .collect();
+        inside.sort_unstable_by_key(|b| b.start_ms);
+        inside
+    }
+}
+
+/// Decides one event against `windows` and counts it in `counts` when allowed.
+pub fn admit(counts: &mut Counts, now_ms: i64, windows: &[WindowLimit]) -> Admission {
+    counts.prune(windows, now_ms);
     let mut wait_ms = 0;
     for window in windows {
-        let span_ms = i64::from(window.window_seconds.get()) * 1000;
-        let inside: Vec<i64> = log
-            .iter()
-            .copied()
-            .filter(|&sent| sent > now_ms - span_ms)
-            .collect();
-        let max = window.max.get() as usize;
-        if inside.len() >= max {
-            // The window frees a slot when enough of its oldest sends have left it.
-            let oldest_that_must_leave = inside[inside.len() - max];
-            wait_ms = wait_ms.max(oldest_that_must_leave + span_ms - now_ms);
+        let span_ms = window_ms(window);
+        let inside = counts.inside(span_ms, now_ms);
+        let max = i64::from(window.max.get());
+        let mut counted: i64 = inside.iter().map(|b| b.count).sum();
+        // The window frees a slot when enough of its oldest buckets have left it.
+        for bucket in &inside {
+            if counted < max {
+                break;
+            }
+            counted -= bucket.count;
+            wait_ms = wait_ms.max(bucket.leaves_at() - now_ms);
         }
     }
     if wait_ms > 0 {
         Admission::WaitMs(wait_ms)
     } else {
-        log.push(now_ms);
+        counts.add(windows, now_ms, 1);
         Admission::Allowed
     }
-}
-
-/// A PostgreSQL array literal, bound as text and cast to `bigint[]`.
-pub fn to_pg_array(log: &[i64]) -> String {
-    let items: Vec<String> = log.iter().map(i64::to_string).collect();
-    format!("{{{}}}", items.join(","))
 }
 
 #[cfg(test)]
@@ -60,40 +203,151 @@ mod tests {
     const TEN_PER_DAY: WindowLimit = WindowLimit::new(10, 86_400);
 
     #[test]
-    fn a_window_allows_max_sends_then_waits_for_the_oldest_to_leave() {
-        let mut log = Vec::new();
-        for t in [0, 1_000, 2_000] {
-            assert_eq!(admit(&mut log, t, &[THREE_PER_TEN_MIN]), Admission::Allowed);
+    fn a_window_allows_max_events_then_waits_for_the_oldest_bucket_to_leave() {
+        let mut counts = Counts::default();
+        for t in [0, 1_000, 12_000] {
+            assert_eq!(
+                admit(&mut counts, t, &[THREE_PER_TEN_MIN]),
+                Admission::Allowed
+            );
         }
+        // The bucket of 0 and 1 000 (10 s wide) leaves at 610 000: two slots free then.
         assert_eq!(
-            admit(&mut log, 3_000, &[THREE_PER_TEN_MIN]),
+            admit(&mut counts, 13_000, &[THREE_PER_TEN_MIN]),
             Admission::WaitMs(597_000)
         );
         assert_eq!(
-            admit(&mut log, 600_001, &[THREE_PER_TEN_MIN]),
+            admit(&mut counts, 609_999, &[THREE_PER_TEN_MIN]),
+            Admission::WaitMs(1)
+        );
+        assert_eq!(
+            admit(&mut counts, 610_000, &[THREE_PER_TEN_MIN]),
             Admission::Allowed
         );
     }
 
     #[test]
     fn the_strictest_window_decides() {
-        let mut log: Vec<i64> = (0..10).map(|i| i * 700_000).collect();
-        let now = 9 * 700_000 + 1;
-        match admit(&mut log, now, &[THREE_PER_TEN_MIN, TEN_PER_DAY]) {
-            Admission::WaitMs(wait) => assert_eq!(wait, 86_400_000 - now),
-            Admission::Allowed => panic!("the daily window is full"),
+        let mut counts = Counts::default();
+        for i in 0..10 {
+            assert_eq!(
+                admit(&mut counts, i * 700_000, &[THREE_PER_TEN_MIN, TEN_PER_DAY]),
+                Admission::Allowed
+            );
         }
+        let now = 9 * 700_000 + 1;
+        // The day's first bucket (1 440 s wide, from 0) leaves at 86 400 000 + 1 440 000.
+        assert_eq!(
+            admit(&mut counts, now, &[THREE_PER_TEN_MIN, TEN_PER_DAY]),
+            Admission::WaitMs(86_400_000 + 1_440_000 - now)
+        );
     }
 
     #[test]
-    fn entries_older_than_the_longest_window_are_dropped() {
-        let mut log = vec![1, 2, 3];
+    fn the_cost_does_not_grow_with_max_or_traffic() {
+        let huge = WindowLimit::new(1_000_000, 3_600);
+        let mut counts = Counts::default();
+        for t in 0..100_000 {
+            assert_eq!(admit(&mut counts, t * 50, &[huge]), Admission::Allowed);
+        }
+        assert!(counts.0.len() as i64 <= BUCKETS_PER_WINDOW + 1);
+    }
+
+    #[test]
+    fn buckets_that_left_every_window_and_unconfigured_windows_are_dropped() {
+        let mut counts = Counts::from_event_log(&[1, 2, 3], &[THREE_PER_TEN_MIN, TEN_PER_DAY]);
+        assert_eq!(counts.0.len(), 2);
         assert_eq!(
-            admit(&mut log, 700_000, &[THREE_PER_TEN_MIN]),
+            admit(&mut counts, 700_000, &[THREE_PER_TEN_MIN]),
             Admission::Allowed
         );
-        assert_eq!(log, vec![700_000]);
-        assert_eq!(to_pg_array(&log), "{700000}");
-        assert_eq!(to_pg_array(&[]), "{}");
+        assert_eq!(counts.to_stored(), vec![600_000, 700_000, 1]);
+    }
+
+    #[test]
+    fn a_withdrawn_event_frees_its_slot_in_every_window() {
+        let windows = [THREE_PER_TEN_MIN, TEN_PER_DAY];
+        let mut counts = Counts::default();
+        for t in [0, 1, 2] {
+            assert_eq!(admit(&mut counts, t, &windows), Admission::Allowed);
+        }
+        counts.withdraw(&windows, 1);
+        assert_eq!(admit(&mut counts, 3, &windows), Admission::Allowed);
+        // Withdrawing what was never counted changes nothing.
+        counts.withdraw(&windows, 5_000_000);
+        assert!(matches!(
+            admit(&mut counts, 4, &windows),
+            Admission::WaitMs(_)
+        ));
+    }
+
+    #[test]
+    fn malformed_stored_counts_are_dropped_not_trusted() {
+        let counts = Counts::from_stored(&[600_000, 0, 2, 0, 5, 5, 600_000, 10, -3, 1, 2]);
+        assert_eq!(counts.to_stored(), vec![600_000, 0, 2]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Events admitted so far, against windows of 1–20 events in 1–120 s, tried at random
+        /// steps of up to 10 s.
+        fn scenario() -> impl Strategy<Value = (Vec<WindowLimit>, Vec<i64>)> {
+            (
+                proptest::collection::vec((1u32..20, 1u32..120), 1..3),
+                proptest::collection::vec(0i64..10_000, 1..300),
+            )
+                .prop_map(|(windows, steps)| {
+                    let windows = windows
+                        .into_iter()
+                        .map(|(max, seconds)| WindowLimit::new(max, seconds))
+                        .collect();
+                    (windows, steps)
+                })
+        }
+
+        /// Events in (at - span, at].
+        fn within(events: &[i64], at: i64, span: i64) -> i64 {
+            events.iter().filter(|&&e| e > at - span && e <= at).count() as i64
+        }
+
+        proptest! {
+            /// Never one event past a cap; a refusal only when a window stretched by one
+            /// bucket is full; and the wait it gives is exactly when the event gets in.
+            #[test]
+            fn buckets_never_exceed_a_cap_and_are_conservative_by_at_most_one_bucket(
+                (windows, steps) in scenario()
+            ) {
+                let mut counts = Counts::default();
+                let mut admitted: Vec<i64> = Vec::new();
+                let mut now = 1_700_000_000_000i64;
+                for step in steps {
+                    now += step;
+                    let before = counts.clone();
+                    match admit(&mut counts, now, &windows) {
+                        Admission::Allowed => {
+                            admitted.push(now);
+                            for w in &windows {
+                                let span = window_ms(w);
+                                prop_assert!(within(&admitted, now, span) <= i64::from(w.max.get()));
+                            }
+                        }
+                        Admission::WaitMs(wait) => {
+                            prop_assert!(wait > 0);
+                            prop_assert!(windows.iter().any(|w| {
+                                let span = window_ms(w) + width(window_ms(w));
+                                within(&admitted, now, span) >= i64::from(w.max.get())
+                            }), "refused with room in every stretched window");
+                            let mut later = before.clone();
+                            prop_assert_eq!(admit(&mut later, now + wait, &windows), Admission::Allowed);
+                            let mut sooner = before;
+                            prop_assert!(matches!(admit(&mut sooner, now + wait - 1, &windows), Admission::WaitMs(_)));
+                        }
+                    }
+                }
+                prop_assert!(counts.0.len() as i64 <= (BUCKETS_PER_WINDOW + 1) * windows.len() as i64);
+            }
+        }
     }
 }

@@ -79,7 +79,8 @@ async fn an_ip_limit_holds_exactly_across_two_processes_and_refusals_store_nothi
         .post_sms(Some(&token()), &from_ip("+14155559999", "198.51.100.7"))
         .await;
     let retry_after = retry_after(&refused);
-    assert!((3500..=3600).contains(&retry_after), "{retry_after}");
+    // The window's first bucket (a minute wide) leaves it an hour after it began.
+    assert!((3500..=3660).contains(&retry_after), "{retry_after}");
     crate::helpers::assert_error_saying(refused, 429, "too_many_requests", "client IP").await;
     let other_ip = first
         .post_sms(Some(&token()), &from_ip("+14155559999", "198.51.100.8"))

@@ -492,11 +492,8 @@ async fn concurrent_retries_of_one_request_are_one_message_counted_once() {
         answers.iter().all(|(_, id)| *id == answers[0].1),
         "one message"
     );
-    let counted: i32 =
-        sqlx::query_scalar("SELECT cardinality(hits) FROM ingress_hits WHERE key LIKE 'cc:%GB'")
-            .fetch_one(&first.pool)
-            .await
-            .expect("the country's log");
+    let counted =
+        crate::helpers::events_counted(&first.pool, "ingress_hits", "key LIKE 'cc:%GB'").await;
     assert_eq!(counted, 2, "the retried message counted once");
     let spent: i64 = sqlx::query_scalar("SELECT spent_micros FROM spend_days WHERE scope = '*'")
         .fetch_one(&first.pool)

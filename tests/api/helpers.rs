@@ -490,6 +490,12 @@ pub async fn until_a_session_waits_for_a_lock(pool: &PgPool) {
     .await;
 }
 
+/// Waits until a session on `pool`'s database sleeps in `pg_sleep` (a test's stalling
+/// trigger has fired).
+pub async fn until_a_session_sleeps(pool: &PgPool) {
+    until_sessions(pool, "wait_event = 'PgSleep'", "a session in pg_sleep").await;
+}
+
 /// Waits until a worker of `pool`'s database LISTENs for wake-ups: from then on a wake-up
 /// reaches it, whatever its poll interval.
 pub async fn until_a_worker_listens(pool: &PgPool) {
@@ -521,4 +527,25 @@ async fn until_sessions(pool: &PgPool, condition: &str, what: &str) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// The events the window counts of `table` (`ingress_hits` or `recipient_sends`) hold in the
+/// rows `filter` selects: per row, its (window ms, bucket start, count) triples summed per
+/// window, the fullest window's sum (each event is counted once in every window of its row).
+pub async fn events_counted(pool: &PgPool, table: &str, filter: &str) -> i64 {
+    let rows: Vec<Vec<i64>> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT counts FROM {table} WHERE {filter}"
+    )))
+    .fetch_all(pool)
+    .await
+    .expect("window counts");
+    rows.iter()
+        .map(|counts| {
+            let mut per_window = std::collections::HashMap::<i64, i64>::new();
+            for triple in counts.chunks_exact(3) {
+                *per_window.entry(triple[0]).or_default() += triple[2];
+            }
+            per_window.into_values().max().unwrap_or(0)
+        })
+        .sum()
 }

@@ -17,6 +17,7 @@ mod health;
 mod helpers;
 mod ingress;
 mod keys_and_limits;
+mod limits_at_volume;
 mod observability;
 mod operator;
 mod ops_files;

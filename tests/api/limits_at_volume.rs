@@ -1,0 +1,146 @@
+//! The ingress's counts and spend totals under load: no row that every request of a country,
+//! or every request, holds until its batch commits; a batch that fails gives back what it
+//! reserved; and an upgrade keeps every event the event logs of earlier versions held.
+
+use std::time::Duration;
+
+use serde_json::json;
+use smsgate::Role;
+
+use crate::helpers::{TestApp, events_counted, token};
+use crate::test_config::TestConfig;
+
+const GUARDED: &str = "[[limits.country]]\ncountries = [\"*\"]\nmax = 1000\nwindow_seconds = 3600\n\
+     [spend]\ncurrency = \"USD\"\ndaily_limit = 100.0\ncountry_daily_limit = 100.0\n\
+     [[prices]]\ncarrier = \"console\"\nprefix = \"\"\nper_segment = 0.01\n";
+
+/// Stalls the insert of any message to `+447400100000` (60 s, cancelled by the test).
+const STALL: &str = "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS
+         'BEGIN IF NEW.recipient = ''+447400100000'' THEN PERFORM pg_sleep(60); END IF;
+                RETURN NEW; END';
+     CREATE TRIGGER stall BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION stall();";
+
+fn body_to(recipient: &str) -> serde_json::Value {
+    json!({"recipient": recipient, "body": "Your code is 123456", "req": {"ip": "192.0.2.1"}})
+}
+
+async fn post_to(app: &TestApp, recipient: &str) -> u16 {
+    app.post_sms(Some(&token()), &body_to(recipient))
+        .await
+        .status()
+        .as_u16()
+}
+
+/// Found by measuring (issue 24): a batch locked its country's row and the day's spend row
+/// from its first statement to its commit, so every writer of the country took turns. Now
+/// the counts are reserved in a short transaction of their own: while one batch's insert
+/// stalls, the same country is stored by the process's other writer and by another process;
+/// and the stalled batch, once it fails, gives back what it reserved.
+#[tokio::test]
+async fn a_stalled_batch_holds_no_row_other_writers_of_its_country_need() {
+    let config = TestConfig::with(GUARDED);
+    let first = TestApp::spawn_with(&config).await;
+    let second = first.spawn_sibling(&config, Role::Ingress).await;
+    sqlx::raw_sql(STALL)
+        .execute(&first.pool)
+        .await
+        .expect("stalling trigger");
+
+    let stalled = tokio::spawn(first.signed_post().json(&body_to("+447400100000")).send());
+    crate::helpers::until_a_session_sleeps(&first.pool).await;
+
+    // Bounded only so that the old behaviour fails instead of hanging: they wait for no lock.
+    let same_process =
+        tokio::time::timeout(Duration::from_secs(8), post_to(&first, "+447400100001"));
+    assert_eq!(
+        same_process.await.expect("not behind the stalled batch"),
+        200
+    );
+    let other_process =
+        tokio::time::timeout(Duration::from_secs(8), post_to(&second, "+447400100002"));
+    assert_eq!(
+        other_process.await.expect("not behind the stalled batch"),
+        200
+    );
+    assert!(!stalled.is_finished(), "the stalled batch is still stalled");
+
+    sqlx::query("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+        .execute(&first.pool)
+        .await
+        .expect("cancel the stall");
+    let stalled = stalled.await.expect("join").expect("answered");
+    assert_eq!(stalled.status(), 503, "its insert failed");
+
+    assert_eq!(first.count_rows("messages").await, 2);
+    let counted = events_counted(&first.pool, "ingress_hits", "key LIKE 'cc:%'").await;
+    assert_eq!(counted, 2, "the failed batch's count was given back");
+    let spent: Vec<(String, i64)> =
+        sqlx::query_as("SELECT scope, spent_micros FROM spend_days ORDER BY scope")
+            .fetch_all(&first.pool)
+            .await
+            .expect("spend");
+    assert_eq!(
+        spent,
+        [("*".to_string(), 20_000), ("GB".to_string(), 20_000)],
+        "the failed batch's estimate was given back"
+    );
+}
+
+/// An upgrade from the event logs of earlier versions keeps every event they held: a client
+/// address at its cap stays refused, and a number at its send cap is not sent to.
+#[tokio::test]
+async fn events_logged_before_the_upgrade_still_count() {
+    let config = TestConfig::with(
+        "[[limits.ip]]\nmax = 2\nwindow_seconds = 3600\n\
+         [[limits.recipient]]\nmax = 1\nwindow_seconds = 600\n",
+    );
+    let app = TestApp::spawn_role(&config, Role::All).await;
+    let now_ms = "(extract(epoch FROM now()) * 1000)::bigint";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO ingress_hits (key, hits) VALUES ('ip:192.0.2.1', ARRAY[{now_ms} - 5000, {now_ms} - 1000]);
+         INSERT INTO recipient_sends (recipient, sends) VALUES ('+447400100003', ARRAY[{now_ms} - 1000])"
+    )))
+    .execute(&app.pool)
+    .await
+    .expect("logs of an earlier version");
+
+    let refused = app
+        .post_sms(
+            Some(&token()),
+            &json!({"recipient": "+447400100004", "body": "Your code is 123456", "req": {"ip": "192.0.2.1"}}),
+        )
+        .await;
+    crate::helpers::assert_error_saying(refused, 429, "too_many_requests", "client IP").await;
+    assert_eq!(
+        events_counted(&app.pool, "ingress_hits", "true").await
+            + sqlx::query_scalar::<_, i64>(
+                "SELECT sum(cardinality(hits))::bigint FROM ingress_hits"
+            )
+            .fetch_one(&app.pool)
+            .await
+            .expect("legacy"),
+        2,
+        "the refusal counted nothing"
+    );
+
+    let body = json!({"recipient": "+447400100003", "body": "Your code is 123456", "req": {"ip": "192.0.2.9"}});
+    let stored: serde_json::Value = app
+        .post_sms(Some(&token()), &body)
+        .await
+        .json()
+        .await
+        .expect("stored");
+    let id = stored["id"].as_str().expect("id");
+    let view = crate::dispatch::wait_final(&app, id, Duration::from_secs(20)).await;
+    assert_eq!(view["status"], "rate_limited", "{view}");
+    let legacy: i64 =
+        sqlx::query_scalar("SELECT sum(cardinality(sends))::bigint FROM recipient_sends")
+            .fetch_one(&app.pool)
+            .await
+            .expect("legacy");
+    assert_eq!(
+        events_counted(&app.pool, "recipient_sends", "true").await + legacy,
+        1,
+        "the earlier version's send, and no other"
+    );
+}
