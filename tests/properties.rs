@@ -1,8 +1,8 @@
 //! Hostile input, generated: the request body parser and validation, token verification,
 //! phone normalisation, number classification and config parsing are fed thousands of
-//! generated and mutated inputs on every `cargo test`. None may panic, and whatever they accept must satisfy the invariants the
-//! rest of smsgate relies on. Failing cases found so far are kept in
-//! `tests/properties.proptest-regressions` and replayed first.
+//! generated and mutated inputs on every `cargo test`. None may panic, and whatever they
+//! accept must satisfy the invariants the rest of smsgate relies on. Failing cases found so
+//! far are kept in `tests/properties.proptest-regressions` and replayed first.
 
 use std::collections::BTreeMap;
 
