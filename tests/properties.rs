@@ -1,8 +1,8 @@
 //! Hostile input, generated: the request body parser and validation, token verification,
-//! phone normalisation and config parsing are fed thousands of generated and mutated inputs on
-//! every `cargo test`. None may panic, and whatever they accept must satisfy the invariants the
-//! rest of smsgate relies on. Failing cases found so far are kept in
-//! `tests/properties.proptest-regressions` and replayed first.
+//! phone normalisation, number classification and config parsing are fed thousands of
+//! generated and mutated inputs on every `cargo test`. None may panic, and whatever they
+//! accept must satisfy the invariants the rest of smsgate relies on. Failing cases found so
+//! far are kept in `tests/properties.proptest-regressions` and replayed first.
 
 use std::collections::BTreeMap;
 
@@ -10,9 +10,10 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use smsgate::auth0::Verifier;
 use smsgate::config::{Config, DestinationsConfig, SignerConfig};
-use smsgate::domain::PhoneNumber;
+use smsgate::domain::{PhoneNumber, classify};
 use smsgate::http::parse_request;
 use smsgate::limits::destinations::DestinationPolicy;
+use smsgate::limits::pricing::country_of;
 use smsgate::secret::Secret;
 
 const SECRET: &str = "property-secret-0123456789abcdef";
@@ -322,5 +323,101 @@ proptest! {
         if let Err(err) = Config::from_toml_str(&text) {
             prop_assert!(!err.to_string().is_empty());
         }
+    }
+}
+
+/// Every example number of the crate's metadata, in E.164 form: each region's numbers of each
+/// type, the shapes real recipients have.
+fn example_numbers() -> Vec<String> {
+    use phonenumber::metadata::DATABASE;
+    let mut numbers: Vec<String> = DATABASE
+        .iter()
+        .flat_map(|meta| {
+            let d = meta.descriptors();
+            let kinds = [
+                Some(d.general()),
+                d.fixed_line(),
+                d.mobile(),
+                d.toll_free(),
+                d.premium_rate(),
+                d.shared_cost(),
+                d.personal_number(),
+                d.voip(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+            ];
+            let code = meta.country_code();
+            kinds
+                .into_iter()
+                .flatten()
+                .filter_map(|descriptor| descriptor.example())
+                .map(move |example| format!("+{code}{example}"))
+        })
+        .collect();
+    numbers.sort();
+    numbers.dedup();
+    numbers
+}
+
+fn calling_codes() -> Vec<u16> {
+    (1..1000)
+        .filter(|code| phonenumber::metadata::DATABASE.by_code(code).is_some())
+        .collect()
+}
+
+/// An example number, maybe with one digit changed, one cut off or one added; or random
+/// digits after a calling code (leading zeros and national prefixes included).
+fn classifiable_number() -> impl Strategy<Value = String> {
+    let examples = example_numbers();
+    let mutated = (
+        prop::sample::select(examples),
+        any::<prop::sample::Index>(),
+        0u8..10,
+        0u8..4,
+    )
+        .prop_map(|(number, at, digit, edit)| {
+            let mut digits: Vec<u8> = number.bytes().skip(1).collect();
+            let at = at.index(digits.len());
+            match edit {
+                0 => {}
+                1 => digits[at] = b'0' + digit,
+                2 => {
+                    digits.pop();
+                }
+                _ => digits.push(b'0' + digit),
+            }
+            format!("+{}", String::from_utf8_lossy(&digits))
+        });
+    let random = (prop::sample::select(calling_codes()), "[0-9]{0,14}")
+        .prop_map(|(code, national)| format!("+{code}{national}"));
+    prop_oneof![mutated, random]
+}
+
+/// `country_of` as it was before the classifier: the crate's parser, then the calling code's
+/// main country.
+fn country_by_the_crate(parsed: &phonenumber::PhoneNumber) -> Option<String> {
+    if let Some(id) = parsed.country().id() {
+        return Some(id.as_ref().to_string());
+    }
+    let regions = phonenumber::metadata::DATABASE.region(&parsed.code().value())?;
+    let main = regions.first()?;
+    (main.len() == 2 && main.bytes().all(|b| b.is_ascii_uppercase())).then(|| main.to_string())
+}
+
+proptest! {
+    // Each case runs the crate's parser, slow in a debug build: about ten seconds.
+    #![proptest_config(config(3000))]
+
+    #[test]
+    fn the_classifier_answers_as_the_phonenumber_crate_does(number in classifiable_number()) {
+        let parsed = phonenumber::parse(None, &number).ok();
+        let expected = parsed
+            .as_ref()
+            .map(|n| (n.country().id(), n.number_type(&phonenumber::metadata::DATABASE)));
+        let ours = classify(&number);
+        prop_assert_eq!(ours.map(|c| (c.region(), c.kind())), expected, "{}", number);
+        let country = country_of(&PhoneNumber::from_e164_unchecked(number.clone()));
+        prop_assert_eq!(country, parsed.as_ref().and_then(country_by_the_crate), "{}", number);
     }
 }

@@ -1,9 +1,11 @@
 //! The message and its parts, parsed once at the edge; no I/O here.
 
+mod classifier;
 mod message;
 mod phone;
 pub mod segments;
 
+pub use classifier::{Classification, classify};
 pub use message::{
     Assessment, Channel, MessageBody, MessageId, NewMessage, RequestInfo, Status, is_bidi_control,
     redact_digits,

@@ -13,10 +13,9 @@ use super::extract::{AnswerBy, Caller, JsonBytes};
 use super::phone_provider::DERIVED_PREFIX;
 use super::{ApiError, AppState};
 use crate::domain::{
-    Channel, MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo, is_bidi_control,
-    redact_digits,
+    Channel, Classification, MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo,
+    classify, is_bidi_control, redact_digits,
 };
-use crate::limits::pricing::country_of;
 
 /// Auth0 caps the connection's `options.from` at 128 characters.
 const MAX_SENDER_CHARS: usize = 128;
@@ -88,7 +87,7 @@ async fn accept(
              calls",
         ));
     }
-    assess(state, &mut message);
+    let classification = assess(state, &mut message);
     // A test number is never sent: the destination rules, which guard what is sent, pass it.
     let test_number = state
         .pricing
@@ -96,7 +95,9 @@ async fn accept(
         .is_some();
     let verdict = match test_number {
         true => Ok(()),
-        false => state.destinations.check(&message.recipient),
+        false => state
+            .destinations
+            .check_classified(&message.recipient, classification.as_ref()),
     };
     if let Err(refusal) = &verdict
         && !state.destinations.monitors()
@@ -151,12 +152,18 @@ fn scope_idempotency(state: &AppState, message: &mut NewMessage) {
     }
 }
 
-/// What the guard needs: the country (when a limit asks for it) and the estimated cost.
-fn assess(state: &AppState, message: &mut NewMessage) {
+/// What the guard needs: the country (when a limit asks for it) and the estimated cost. The
+/// recipient is classified once, for the country and the destination rules both (the lookup
+/// was the costliest step of a request); the classification is returned for the latter.
+fn assess(state: &AppState, message: &mut NewMessage) -> Option<Classification> {
+    let classification = (state.need_country || state.destinations.classifies())
+        .then(|| classify(message.recipient.as_str()))
+        .flatten();
     if state.need_country {
-        message.guard.country = country_of(&message.recipient);
+        message.guard.country = classification.as_ref().and_then(Classification::country);
     }
     message.guard.estimated_cost = state.pricing.estimate(message);
+    classification
 }
 
 /// A limit in monitor mode would have refused `message`: counted and logged, not refused.

@@ -7,10 +7,9 @@ use std::fmt;
 
 use phonenumber::Type;
 use phonenumber::country;
-use phonenumber::metadata::DATABASE;
 
 use crate::config::{DestinationsConfig, LimitMode};
-use crate::domain::{PhoneNumber, parse_country};
+use crate::domain::{Classification, PhoneNumber, classify, parse_country};
 
 /// The rules, parsed once from the configuration.
 #[derive(Debug, Clone, Default)]
@@ -75,27 +74,50 @@ impl DestinationPolicy {
         self.mode == LimitMode::Monitor
     }
 
-    /// Whether a number passes every rule. Prefixes are checked first because they need no
-    /// parsing; country and number type need `phonenumber`'s full parser, which only runs
-    /// when a rule asks for it.
+    /// Whether a number passes every rule, classifying it when a rule needs its country or
+    /// type. The ingress, which has the classification already, calls `check_classified`.
     pub fn check(&self, number: &PhoneNumber) -> Result<(), Refusal> {
-        if let Some(prefix) = self
+        self.check_prefixes(number)?;
+        if !self.classifies() {
+            return Ok(());
+        }
+        self.check_classification(classify(number.as_str()).as_ref())
+    }
+
+    /// `check` with the number's classification (`domain::classify`) already made: `None`
+    /// when the parser refuses the number, which then belongs to no country and is of no known
+    /// type. Needed only when `classifies()`.
+    pub fn check_classified(
+        &self,
+        number: &PhoneNumber,
+        classification: Option<&Classification>,
+    ) -> Result<(), Refusal> {
+        self.check_prefixes(number)?;
+        if !self.classifies() {
+            return Ok(());
+        }
+        self.check_classification(classification)
+    }
+
+    /// Whether a rule needs the number's country or type.
+    pub fn classifies(&self) -> bool {
+        self.mobile_only || !self.allowed_countries.is_empty() || !self.blocked_countries.is_empty()
+    }
+
+    /// Prefixes come first because they need no classification.
+    fn check_prefixes(&self, number: &PhoneNumber) -> Result<(), Refusal> {
+        match self
             .blocked_prefixes
             .iter()
             .find(|prefix| number.as_str().starts_with(prefix.as_str()))
         {
-            return Err(Refusal::Prefix(prefix.clone()));
+            Some(prefix) => Err(Refusal::Prefix(prefix.clone())),
+            None => Ok(()),
         }
-        let needs_parse = self.mobile_only
-            || !self.allowed_countries.is_empty()
-            || !self.blocked_countries.is_empty();
-        if !needs_parse {
-            return Ok(());
-        }
-        // A number that already passed `PhoneNumber::parse` parses here too; if it somehow
-        // does not, it is treated as belonging to no country and of unknown type.
-        let parsed = phonenumber::parse(None, number.as_str()).ok();
-        let country = parsed.as_ref().and_then(|n| n.country().id());
+    }
+
+    fn check_classification(&self, classification: Option<&Classification>) -> Result<(), Refusal> {
+        let country = classification.and_then(Classification::region);
         if !self.allowed_countries.is_empty()
             && !country.is_some_and(|c| self.allowed_countries.contains(&c))
         {
@@ -107,7 +129,7 @@ impl DestinationPolicy {
             return Err(Refusal::CountryBlocked(c.as_ref().to_string()));
         }
         if self.mobile_only {
-            let kind = parsed.map_or(Type::Unknown, |n| n.number_type(&DATABASE));
+            let kind = classification.map_or(Type::Unknown, Classification::kind);
             if !matches!(kind, Type::Mobile | Type::FixedLineOrMobile) {
                 return Err(Refusal::NotMobile(type_name(kind)));
             }
@@ -197,5 +219,45 @@ mod tests {
             Err(Refusal::Prefix("+4490".into()))
         );
         assert_eq!(p.check(&number("+447400123456")), Ok(()));
+    }
+
+    #[test]
+    fn the_ingress_path_answers_as_check_does() {
+        let p = policy(|c| {
+            c.mobile_only = true;
+            c.blocked_countries = vec!["DE".into()];
+            c.blocked_prefixes = vec!["+4490".into()];
+        });
+        for recipient in [
+            "+447400123456",
+            "+441212345678",
+            "+4915123456789",
+            "+449012345678",
+            "+12015550123",
+            "+2250701234567",
+        ] {
+            let number = number(recipient);
+            let classification = classify(number.as_str());
+            assert_eq!(
+                p.check_classified(&number, classification.as_ref()),
+                p.check(&number),
+                "{recipient}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_number_the_parser_refuses_has_no_country_and_no_known_type() {
+        let mobile = policy(|c| c.mobile_only = true);
+        let allowed = policy(|c| c.allowed_countries = vec!["GB".into()]);
+        let number = number("+447400123456");
+        assert_eq!(
+            mobile.check_classified(&number, None),
+            Err(Refusal::NotMobile("of no known type"))
+        );
+        assert_eq!(
+            allowed.check_classified(&number, None),
+            Err(Refusal::CountryNotAllowed(None))
+        );
     }
 }

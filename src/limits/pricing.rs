@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::config::{Config, Micros, TestOutcome, micros};
-use crate::domain::{Channel, NewMessage, PhoneNumber, segments};
+use crate::domain::{Channel, NewMessage, PhoneNumber, classify, segments};
 
 /// The price list, parsed once.
 #[derive(Debug, Clone, Default)]
@@ -101,15 +101,10 @@ impl Pricing {
 /// The ISO 3166-1 code of `number`'s country. A number libphonenumber cannot place within a
 /// shared calling code (a range newer than its metadata, or not a valid one) counts for the
 /// code's main country (+1 → US, +7 → RU, +44 → GB), so it cannot slip past that country's
-/// caps; `+882` and other international networks have none.
+/// caps; `+882` and other international networks have none. The ingress takes it from the
+/// classification it already has (`Classification::country`).
 pub fn country_of(number: &PhoneNumber) -> Option<String> {
-    let parsed = phonenumber::parse(None, number.as_str()).ok()?;
-    if let Some(id) = parsed.country().id() {
-        return Some(id.as_ref().to_string());
-    }
-    let regions = phonenumber::metadata::DATABASE.region(&parsed.code().value())?;
-    let main = regions.first()?;
-    (main.len() == 2 && main.bytes().all(|b| b.is_ascii_uppercase())).then(|| main.to_string())
+    classify(number.as_str())?.country()
 }
 
 /// Renders micros as a decimal amount for JSON and logs ("0.0079").
@@ -139,6 +134,8 @@ mod tests {
         assert_eq!(country("+12005550001").as_deref(), Some("US"));
         assert_eq!(country("+447700900123").as_deref(), Some("GB"));
         assert_eq!(country("+88216123456").as_deref(), None);
+        // Côte d'Ivoire keeps a leading 0 in its ten-digit numbers.
+        assert_eq!(country("+2250701234567").as_deref(), Some("CI"));
     }
 
     #[test]
