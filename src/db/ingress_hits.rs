@@ -75,17 +75,17 @@ pub async fn admit_batch(
     };
 
     let checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
-    let mut reserving = pool.begin_without_flush_wait().await?;
-    let (mut logs, now_ms) = lock_logs(&mut reserving, &checks).await?;
-    // Today's spend rows only for new messages the windows could admit: one they refuse
-    // against the logs as they stand is refused in any order, and writes nothing.
-    let admissible: Vec<&NewMessage> = messages
+    let new: Vec<&NewMessage> = messages
         .iter()
-        .zip(&checks)
-        .filter(|(m, checks)| prior(&known, m).is_none() && decide(&logs, now_ms, checks).is_ok())
-        .map(|(message, _)| *message)
+        .filter(|m| prior(&known, m).is_none())
+        .copied()
         .collect();
-    let mut spend = spend::lock_today(&mut reserving, &limits.spend, &admissible).await?;
+    let scopes = spend::scopes(&limits.spend, &new);
+    let mut reserving = pool.begin_without_flush_wait().await?;
+    // The hot rows (a country's count, the day's total) are held from here to the
+    // reservation's commit: two statements and the decisions in between.
+    let (mut logs, now_ms, locked_spend) = lock_all(&mut reserving, &checks, &scopes).await?;
+    let mut spend = spend::Spend::from_locked(&limits.spend, locked_spend);
 
     let mut reservation = Reservation {
         at_ms: now_ms,
@@ -121,8 +121,7 @@ pub async fn admit_batch(
             Err(refusal) => Verdict::Refused(refusal),
         });
     }
-    write_logs(&mut reserving, &logs).await?;
-    reservation.spend = spend.write(&mut reserving).await?;
+    reservation.spend = write_all(&mut reserving, &logs, spend).await?;
     reserving.commit().await?;
     Ok((verdicts, reservation))
 }
@@ -207,23 +206,48 @@ async fn lock_idempotency_keys(
 }
 
 /// Locks the counts of every key in `checks` (sorted: every writer locks in the same order, no
-/// deadlocks) and returns them with the database's clock in epoch milliseconds.
-async fn lock_logs(conn: &mut Tx<'_>, checks: &[Vec<Check>]) -> Result<(Logs, i64), sqlx::Error> {
+/// deadlocks), then today's spend rows of `scopes`, in one statement; returns them with the
+/// database's clock in epoch milliseconds, read once every lock is held.
+async fn lock_all(
+    conn: &mut Tx<'_>,
+    checks: &[Vec<Check>],
+    scopes: &[&str],
+) -> Result<(Logs, i64, Vec<spend::LockedRow>), sqlx::Error> {
     let mut keys: Vec<&str> = checks.iter().flatten().map(|c| c.key.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
-    if keys.is_empty() {
-        return Ok((Logs::new(), 0));
+    if keys.is_empty() && scopes.is_empty() {
+        return Ok((Logs::new(), 0, Vec::new()));
     }
-    let rows: Vec<(String, Vec<i64>, Vec<i64>, i64)> = sqlx::query_as(
-        "INSERT INTO ingress_hits (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
-         ON CONFLICT (key) DO UPDATE SET updated_at = ingress_hits.updated_at
-         RETURNING key, counts, hits, (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
-    )
-    .bind(&keys)
-    .fetch_all(&mut *conn)
-    .await?;
-    let now_ms = rows.iter().map(|(_, _, _, now)| *now).max().unwrap_or(0);
+    // An Append runs its branches in order and a data-modifying WITH runs to completion when
+    // first read: the keys' rows are locked before the day's, and the clock read after both.
+    let statement = format!(
+        "WITH counted AS (
+             INSERT INTO ingress_hits (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
+             ON CONFLICT (key) DO UPDATE SET updated_at = ingress_hits.updated_at
+             RETURNING key, counts, hits),
+         spent AS ({})
+         SELECT key, counts, hits, NULL::date, NULL::bigint, NULL::bigint FROM counted
+         UNION ALL
+         SELECT scope, NULL, NULL, day, spent_micros, day_left_ms FROM spent
+         UNION ALL
+         SELECT NULL, NULL, NULL, NULL, NULL,
+                (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+        spend::LOCK_TODAY
+    );
+    type Row = (
+        Option<String>,
+        Option<Vec<i64>>,
+        Option<Vec<i64>>,
+        Option<chrono::NaiveDate>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(statement))
+        .bind(&keys)
+        .bind(scopes)
+        .fetch_all(&mut *conn)
+        .await?;
     let windows_of = |key: &str| {
         checks
             .iter()
@@ -232,15 +256,76 @@ async fn lock_logs(conn: &mut Tx<'_>, checks: &[Vec<Check>]) -> Result<(Logs, i6
             .map(|c| c.windows.as_slice())
             .unwrap_or_default()
     };
-    let logs = rows
-        .into_iter()
-        .map(|(key, counts, legacy, _)| {
-            let counts = read(&counts, &legacy, windows_of(&key));
-            (key, counts)
-        })
-        .collect();
-    Ok((logs, now_ms))
+    let (mut logs, mut now_ms, mut locked_spend) = (Logs::new(), 0, Vec::new());
+    for row in rows {
+        match row {
+            (Some(key), Some(counts), Some(legacy), None, None, None) => {
+                let counts = read(&counts, &legacy, windows_of(&key));
+                logs.insert(key, counts);
+            }
+            (Some(scope), None, None, Some(day), Some(spent), Some(left_ms)) => {
+                locked_spend.push((day, scope, spent, left_ms));
+            }
+            (None, None, None, None, None, Some(now)) => now_ms = now,
+            _ => {
+                return Err(sqlx::Error::Protocol(
+                    "unexpected row locking limits".into(),
+                ));
+            }
+        }
+    }
+    Ok((logs, now_ms, locked_spend))
 }
+
+/// Writes the counts and today's totals back, in one statement. A key with nothing counted in
+/// its windows is deleted rather than kept: refused requests count nothing, so a caller
+/// spraying new numbers or addresses leaves no rows behind. Returns what was added to the
+/// totals.
+async fn write_all(
+    conn: &mut Tx<'_>,
+    logs: &Logs,
+    spend: spend::Spend,
+) -> Result<spend::Reserved, sqlx::Error> {
+    let (empty, counted): (Vec<_>, Vec<_>) = logs.iter().partition(|(_, c)| c.is_empty());
+    let (keys, counts): (Vec<&str>, Vec<String>) = counted
+        .into_iter()
+        .map(|(key, counts)| (key.as_str(), pg_array(&counts.to_stored())))
+        .unzip();
+    let empty: Vec<&str> = empty.into_iter().map(|(key, _)| key.as_str()).collect();
+    let (update, reserved) = spend.into_update();
+    if keys.is_empty() && empty.is_empty() && update.scopes.is_empty() && update.unused.is_empty() {
+        return Ok(reserved);
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH counted AS ({UPDATE_COUNTS}),
+         emptied AS (DELETE FROM ingress_hits WHERE key = ANY($3)),
+         spent AS (
+             UPDATE spend_days d SET spent_micros = v.spent, updated_at = clock_timestamp()
+             FROM unnest($5::text[], $6::bigint[]) AS v(scope, spent)
+             WHERE d.day = $4 AND d.scope = v.scope),
+         unused AS (
+             DELETE FROM spend_days WHERE day = $4 AND scope = ANY($7) AND spent_micros = 0)
+         SELECT 1"
+    )))
+    .bind(&keys)
+    .bind(&counts)
+    .bind(&empty)
+    .bind(update.day)
+    .bind(&update.scopes)
+    .bind(&update.totals)
+    .bind(&update.unused)
+    .execute(&mut *conn)
+    .await?;
+    Ok(reserved)
+}
+
+/// Sets the counts of keys `$1` to `$2`. `updated_at` (what the retention sweep reads) moves
+/// at most once a minute, so a row updated by every batch keeps its index entries and its
+/// update stays on its page (HOT); the sweep allows for the minute.
+const UPDATE_COUNTS: &str = "UPDATE ingress_hits h SET counts = v.counts::bigint[], hits = '{}',
+             updated_at = CASE WHEN h.updated_at < clock_timestamp() - interval '1 minute'
+                               THEN clock_timestamp() ELSE h.updated_at END
+         FROM unnest($1::text[], $2::text[]) AS v(key, counts) WHERE h.key = v.key";
 
 /// One message against its checks: the logs with it added, and the monitoring limits it went
 /// past; or the blocking limit that refuses it (the one that frees last).
@@ -276,9 +361,7 @@ fn decide(logs: &Logs, now_ms: i64, checks: &[Check]) -> Result<(Logs, Monitored
     }
 }
 
-/// Writes the counts back. A key with nothing counted in its windows is deleted rather than
-/// kept: refused requests count nothing, so a caller spraying new numbers or addresses
-/// leaves no rows behind.
+/// Writes the counts back (giving a reservation back), deleting keys with nothing counted.
 async fn write_logs(conn: &mut Tx<'_>, logs: &Logs) -> Result<(), sqlx::Error> {
     if logs.is_empty() {
         return Ok(());
@@ -288,15 +371,11 @@ async fn write_logs(conn: &mut Tx<'_>, logs: &Logs) -> Result<(), sqlx::Error> {
         .into_iter()
         .map(|(key, counts)| (key.as_str(), pg_array(&counts.to_stored())))
         .unzip();
-    sqlx::query(
-        "UPDATE ingress_hits h SET counts = v.counts::bigint[], hits = '{}',
-             updated_at = clock_timestamp()
-         FROM unnest($1::text[], $2::text[]) AS v(key, counts) WHERE h.key = v.key",
-    )
-    .bind(&keys)
-    .bind(&counts)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(UPDATE_COUNTS)
+        .bind(&keys)
+        .bind(&counts)
+        .execute(&mut *conn)
+        .await?;
     if !empty.is_empty() {
         let empty: Vec<&str> = empty.into_iter().map(|(key, _)| key.as_str()).collect();
         sqlx::query("DELETE FROM ingress_hits WHERE key = ANY($1)")

@@ -23,6 +23,9 @@ pub async fn admit(
     numbers.sort_unstable();
     numbers.dedup();
     let mut tx = pool.begin_waiting_at_most(lock_wait).await?;
+    // `updated_at` (what the retention sweep reads) moves at most once a minute, so a busy
+    // row's update keeps its index entries and stays on its page (HOT); the sweep allows for
+    // it (`window::counted_for_seconds`).
     // Created or locked in one statement, in one order (no deadlocks between batches); the
     // clock is read once the locks are held, so two processes' sends to one number are
     // counted in the order they were admitted.
@@ -53,7 +56,8 @@ pub async fn admit(
             .unzip();
         sqlx::query(
             "UPDATE recipient_sends r SET counts = v.counts::bigint[], sends = '{}',
-                 updated_at = clock_timestamp()
+                 updated_at = CASE WHEN r.updated_at < clock_timestamp() - interval '1 minute'
+                                   THEN clock_timestamp() ELSE r.updated_at END
              FROM unnest($1::text[], $2::text[]) AS v(recipient, counts)
              WHERE r.recipient = v.recipient",
         )

@@ -31,6 +31,15 @@ pub struct Spend {
     added: HashMap<String, Micros>,
 }
 
+/// New totals to write, and rows to drop, for one day.
+#[derive(Debug, Default)]
+pub struct Update {
+    pub day: Option<NaiveDate>,
+    pub scopes: Vec<String>,
+    pub totals: Vec<Micros>,
+    pub unused: Vec<String>,
+}
+
 /// What a batch added to a day's totals, to be taken out again if it is not stored.
 #[derive(Debug, Default)]
 pub struct Reserved {
@@ -44,13 +53,9 @@ impl Reserved {
     }
 }
 
-/// Locks today's rows of the scopes `messages` are counted in (none without a ceiling or a
-/// priced message), in scope order.
-pub async fn lock_today(
-    conn: &mut Tx<'_>,
-    ceiling: &SpendCeiling,
-    messages: &[&NewMessage],
-) -> Result<Spend, sqlx::Error> {
+/// The scopes whose rows today's totals of `messages` are kept in (none without a ceiling
+/// or a priced message), sorted: the order every writer locks them in.
+pub fn scopes<'a>(ceiling: &SpendCeiling, messages: &[&'a NewMessage]) -> Vec<&'a str> {
     let priced = messages.iter().filter(|m| cost(m) > 0);
     let mut scopes: Vec<&str> = Vec::new();
     for message in priced {
@@ -64,30 +69,38 @@ pub async fn lock_today(
     }
     scopes.sort_unstable();
     scopes.dedup();
-    if scopes.is_empty() {
-        return Ok(Spend::default());
-    }
-    let rows: Vec<(NaiveDate, String, Micros, i64)> = sqlx::query_as(
-        "INSERT INTO spend_days (day, scope)
-         SELECT (now() AT TIME ZONE 'UTC')::date, s FROM unnest($1::text[]) AS s ORDER BY s
+    scopes
+}
+
+/// Locks today's rows of `scopes` (creating them), after whatever the statement this is
+/// part of locked before: the day, each scope's total, and how long the day has left (ms).
+pub const LOCK_TODAY: &str = "INSERT INTO spend_days (day, scope)
+         SELECT (now() AT TIME ZONE 'UTC')::date, s FROM unnest($2::text[]) AS s ORDER BY s
          ON CONFLICT (day, scope) DO UPDATE SET spent_micros = spend_days.spent_micros
          RETURNING day, scope, spent_micros,
                    (extract(epoch FROM (day + 1)::timestamp - (now() AT TIME ZONE 'UTC'))
-                    * 1000)::bigint",
-    )
-    .bind(&scopes)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(Spend {
-        ceiling: *ceiling,
-        day: rows.first().map(|(day, _, _, _)| *day),
-        day_ends_in_ms: rows.first().map_or(0, |(_, _, _, left)| *left),
-        totals: rows
-            .into_iter()
-            .map(|(_, scope, spent, _)| (scope, spent))
-            .collect(),
-        added: HashMap::new(),
-    })
+                    * 1000)::bigint AS day_left_ms";
+
+/// One locked row of today's totals: the day, its scope, its total, the day's time left.
+pub type LockedRow = (NaiveDate, String, Micros, i64);
+
+impl Spend {
+    /// Today's totals as locked, decided against `ceiling`.
+    pub fn from_locked(ceiling: &SpendCeiling, rows: Vec<LockedRow>) -> Self {
+        if rows.is_empty() {
+            return Self::default();
+        }
+        Self {
+            ceiling: *ceiling,
+            day: rows.first().map(|(day, _, _, _)| *day),
+            day_ends_in_ms: rows.first().map_or(0, |(_, _, _, left)| *left),
+            totals: rows
+                .into_iter()
+                .map(|(_, scope, spent, _)| (scope, spent))
+                .collect(),
+            added: HashMap::new(),
+        }
+    }
 }
 
 fn cost(message: &NewMessage) -> Micros {
@@ -138,32 +151,28 @@ impl Spend {
         Ok(())
     }
 
-    /// Writes the totals back (in the same transaction); what this batch added.
-    pub async fn write(self, conn: &mut Tx<'_>) -> Result<Reserved, sqlx::Error> {
-        let Some(day) = self.day else {
-            return Ok(Reserved::default());
+    /// What the statement that writes the totals back needs: the new totals of the scopes
+    /// this batch added to, and the scopes locked at zero that it added nothing to (rows
+    /// that its locking may have created for messages another limit refused: a refused
+    /// request leaves no row). And what it added, to give back if it is not stored.
+    pub fn into_update(self) -> (Update, Reserved) {
+        let mut update = Update {
+            day: self.day,
+            ..Update::default()
         };
-        // Only the scopes this batch added to: the others' rows were locked, not changed.
-        let (scopes, spent): (Vec<&str>, Vec<Micros>) = self
-            .totals
-            .iter()
-            .filter(|(scope, _)| self.added.contains_key(*scope))
-            .map(|(s, v)| (s.as_str(), *v))
-            .unzip();
-        sqlx::query(
-            "UPDATE spend_days d SET spent_micros = v.spent, updated_at = clock_timestamp()
-             FROM unnest($2::text[], $3::bigint[]) AS v(scope, spent)
-             WHERE d.day = $1 AND d.scope = v.scope",
-        )
-        .bind(day)
-        .bind(&scopes)
-        .bind(&spent)
-        .execute(&mut *conn)
-        .await?;
-        Ok(Reserved {
-            day: Some(day),
+        for (scope, total) in self.totals {
+            if self.added.contains_key(&scope) {
+                update.scopes.push(scope);
+                update.totals.push(total);
+            } else if total == 0 {
+                update.unused.push(scope);
+            }
+        }
+        let reserved = Reserved {
+            day: self.day,
             added: self.added.into_iter().collect(),
-        })
+        };
+        (update, reserved)
     }
 }
 

@@ -44,10 +44,12 @@ fn width(window_ms: i64) -> i64 {
     (window_ms / BUCKETS_PER_WINDOW).max(1)
 }
 
-/// How long after its last event a key's counts can still matter, for a window of
-/// `window_seconds`: the window and one bucket (what the retention sweep keeps).
+/// How long after a key's row was last marked updated its counts can still matter, for a
+/// window of `window_seconds` (what the retention sweep keeps): the window, one bucket, and
+/// the minute a row's `updated_at` may lag its last update (it moves at most once a minute,
+/// so busy rows are updated in place).
 pub fn counted_for_seconds(window_seconds: u32) -> u32 {
-    window_seconds.saturating_add(window_seconds / 60 + 1)
+    window_seconds.saturating_add(window_seconds / 60 + 1 + 60)
 }
 
 /// The start of the bucket of a window of `window_ms` that holds `at_ms`.
