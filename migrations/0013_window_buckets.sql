@@ -5,3 +5,9 @@
 -- emptied: an upgrade keeps every event the limits had counted.
 ALTER TABLE ingress_hits ADD COLUMN counts bigint[] NOT NULL DEFAULT '{}';
 ALTER TABLE recipient_sends ADD COLUMN counts bigint[] NOT NULL DEFAULT '{}';
+
+-- Set when a decision creates a key's row with its first event already counted, cleared by
+-- the next one that locks it: a new key (most per-number keys) costs one insert, not an
+-- insert and an update.
+ALTER TABLE ingress_hits ADD COLUMN fresh boolean NOT NULL DEFAULT false;
+ALTER TABLE recipient_sends ADD COLUMN fresh boolean NOT NULL DEFAULT false;

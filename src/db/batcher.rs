@@ -205,11 +205,18 @@ impl Writer {
             conn.commit().await?;
             return Ok(stored.into_iter().map(|s| reused(s, Vec::new())).collect());
         }
-        let mut tx = self.pool.begin().await?;
-        // Repeats are told apart inside, once the keys' locks are held; what the counted
-        // messages take from the limits is reserved (committed) before they are inserted.
+        // A batch with keys holds their locks in the transaction that stores it, and tells
+        // repeats apart once they are held; one without is stored by a single statement that
+        // commits on its own. Either way what the counted messages take from the limits is
+        // reserved (committed) before they are inserted.
+        let keyed = messages.iter().any(|m| m.idempotency_key.is_some());
+        let mut tx = match keyed {
+            true => self.pool.begin().await?,
+            false => self.pool.for_one_statement().await?,
+        };
         let (verdicts, reservation) =
-            ingress_hits::admit_batch(&mut tx, &self.pool, &self.limits, messages).await?;
+            ingress_hits::admit_batch(keyed.then_some(&mut tx), &self.pool, &self.limits, messages)
+                .await?;
         match self.insert(tx, messages, &verdicts).await {
             Ok(outcomes) => Ok(outcomes),
             Err(Unstored::Certainly(err)) => {
@@ -254,14 +261,19 @@ impl Writer {
         let mut stored = if counted.is_empty() {
             Vec::new()
         } else {
+            // A statement the database refused did not commit, even one that commits on its
+            // own; a connection lost meanwhile may have.
             messages::enqueue_batch(&mut tx, &counted, self.ttl_seconds)
                 .await
-                .map_err(Unstored::Certainly)?
+                .map_err(|err| match err {
+                    sqlx::Error::Database(_) => Unstored::Certainly(err),
+                    err => Unstored::Perhaps(err),
+                })?
         }
         .into_iter();
         let mut repeated = messages::answer_repeats(&mut tx, &repeats)
             .await
-            .map_err(Unstored::Certainly)?
+            .map_err(Unstored::Perhaps)?
             .into_iter();
         // A commit that fails may still have happened (the connection broke after it): the
         // reservation is then kept, which can only refuse early.

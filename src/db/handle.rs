@@ -57,6 +57,14 @@ impl fmt::Debug for Db {
     }
 }
 
+/// For transactions that read and write the rows of a batch's keys (window counts, spend
+/// totals): every statement is a look-up by key. Prepared statements get generic plans, made
+/// once from the statistics of the moment: planned on a near-empty table (a fresh database,
+/// after a sweep) an `UPDATE … FROM unnest(…)` becomes a hash join over a sequential scan,
+/// whose cost then grows with the table. Index look-ups are always right here.
+const BY_KEY: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+                      SET LOCAL enable_mergejoin = off";
+
 impl Db {
     /// A pool whose connections are sessions of their own.
     pub fn direct(pool: PgPool) -> Self {
@@ -106,8 +114,10 @@ impl Db {
     ) -> Result<Tx<'static>, sqlx::Error> {
         let ms = lock_wait.as_millis().clamp(1, 3_600_000);
         let begin = self.begin.as_deref().unwrap_or("BEGIN");
-        self.begin_as(Some(format!("{begin}; SET LOCAL lock_timeout = '{ms}ms'")))
-            .await
+        self.begin_as(Some(format!(
+            "{begin}; SET LOCAL lock_timeout = '{ms}ms'; {BY_KEY}"
+        )))
+        .await
     }
 
     /// A transaction whose commit does not wait for its WAL flush, for a short reservation
@@ -116,8 +126,10 @@ impl Db {
     /// locks are released without waiting for the disk.
     pub async fn begin_without_flush_wait(&self) -> Result<Tx<'static>, sqlx::Error> {
         let begin = self.begin.as_deref().unwrap_or("BEGIN");
-        self.begin_as(Some(format!("{begin}; SET LOCAL synchronous_commit = off")))
-            .await
+        self.begin_as(Some(format!(
+            "{begin}; SET LOCAL synchronous_commit = off; {BY_KEY}"
+        )))
+        .await
     }
 
     async fn begin_as(&self, statement: Option<String>) -> Result<Tx<'static>, sqlx::Error> {

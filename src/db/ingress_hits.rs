@@ -14,7 +14,7 @@ use super::{messages, spend};
 use crate::config::{LimitMode, WindowLimit};
 use crate::domain::NewMessage;
 use crate::limits::ingress::{Check, IngressLimits, LimitRefusal, Limited, Monitored};
-use crate::limits::window::{Admission, Counts, admit};
+use crate::limits::window::{Admission, Counts, FIRST_EVENT, admit};
 
 type Logs = HashMap<String, Counts>;
 
@@ -46,13 +46,13 @@ pub struct Reservation {
 /// verdict per message, in order.
 ///
 /// Idempotency keys are locked and looked up in `tx`, the transaction that will insert the
-/// batch. The counts and totals are locked, decided and written in a short transaction of
+/// batch (`None` for a batch without keys). The counts and totals are locked, decided and written in a short transaction of
 /// their own, committed before `tx` without waiting for its flush: a country's or the day's
 /// row is held for three statements rather than until the batch's commit, so writers commit
 /// side by side. A reservation whose insert then fails is given back (`give_back`); one lost
 /// with its process counts until its window passes, which refuses early, never late.
 pub async fn admit_batch(
-    tx: &mut Tx<'_>,
+    tx: Option<&mut Tx<'_>>,
     pool: &Db,
     limits: &IngressLimits,
     messages: &[&NewMessage],
@@ -60,8 +60,11 @@ pub async fn admit_batch(
     // A batch with a copy of a keyed request waits here for any other batch holding the same
     // key: the look-up below then sees that batch's commit, so two copies are never both
     // counted.
-    lock_idempotency_keys(tx, messages).await?;
-    let mut known = messages::known_keys(tx, messages).await?;
+    let mut known = HashMap::new();
+    if let Some(tx) = tx {
+        lock_idempotency_keys(tx, messages).await?;
+        known = messages::known_keys(tx, messages).await?;
+    }
     let prior = |known: &HashMap<String, Option<String>>, m: &NewMessage| {
         let key = m.idempotency_key.as_ref()?;
         let first = known.get(key)?;
@@ -84,8 +87,9 @@ pub async fn admit_batch(
     let mut reserving = pool.begin_without_flush_wait().await?;
     // The hot rows (a country's count, the day's total) are held from here to the
     // reservation's commit: two statements and the decisions in between.
-    let (mut logs, now_ms, locked_spend) = lock_all(&mut reserving, &checks, &scopes).await?;
-    let mut spend = spend::Spend::from_locked(&limits.spend, locked_spend);
+    let locked = lock_all(&mut reserving, &checks, &scopes).await?;
+    let (mut logs, now_ms, created) = (locked.logs, locked.now_ms, locked.created);
+    let mut spend = spend::Spend::from_locked(&limits.spend, locked.spend);
 
     let mut reservation = Reservation {
         at_ms: now_ms,
@@ -121,6 +125,12 @@ pub async fn admit_batch(
             Err(refusal) => Verdict::Refused(refusal),
         });
     }
+    // A created row that already holds what the decisions counted needs no write.
+    logs.retain(|key, counts| {
+        !created
+            .get(key)
+            .is_some_and(|stored| stored.same_as(counts))
+    });
     reservation.spend = write_all(&mut reserving, &logs, spend).await?;
     reserving.commit().await?;
     Ok((verdicts, reservation))
@@ -207,31 +217,42 @@ async fn lock_idempotency_keys(
 
 /// Locks the counts of every key in `checks` (sorted: every writer locks in the same order, no
 /// deadlocks), then today's spend rows of `scopes`, in one statement; returns them with the
-/// database's clock in epoch milliseconds, read once every lock is held.
+/// database's clock in epoch milliseconds, read once every lock is held. A key without a row
+/// gets one holding its first event already (`Locked::created`).
 async fn lock_all(
     conn: &mut Tx<'_>,
     checks: &[Vec<Check>],
     scopes: &[&str],
-) -> Result<(Logs, i64, Vec<spend::LockedRow>), sqlx::Error> {
-    let mut keys: Vec<&str> = checks.iter().flatten().map(|c| c.key.as_str()).collect();
-    keys.sort_unstable();
-    keys.dedup();
+) -> Result<Locked, sqlx::Error> {
+    let mut keys: Vec<(&str, &[WindowLimit])> = checks
+        .iter()
+        .flatten()
+        .map(|c| (c.key.as_str(), c.windows.as_slice()))
+        .collect();
+    keys.sort_unstable_by_key(|(key, _)| *key);
+    keys.dedup_by_key(|(key, _)| *key);
+    let mut locked = Locked::default();
     if keys.is_empty() && scopes.is_empty() {
-        return Ok((Logs::new(), 0, Vec::new()));
+        return Ok(locked);
     }
+    let spans: Vec<String> = keys.iter().map(|(_, w)| Counts::spans(w)).collect();
+    let names: Vec<&str> = keys.iter().map(|(key, _)| *key).collect();
     // An Append runs its branches in order and a data-modifying WITH runs to completion when
     // first read: the keys' rows are locked before the day's, and the clock read after both.
     let statement = format!(
-        "WITH counted AS (
-             INSERT INTO ingress_hits (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
-             ON CONFLICT (key) DO UPDATE SET updated_at = ingress_hits.updated_at
-             RETURNING key, counts, hits),
+        "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms),
+         counted AS (
+             INSERT INTO ingress_hits (key, counts, fresh)
+             SELECT v.key, {FIRST_EVENT}, true
+             FROM unnest($1::text[], $3::text[]) AS v(key, spans), now ORDER BY v.key
+             ON CONFLICT (key) DO UPDATE SET updated_at = ingress_hits.updated_at, fresh = false
+             RETURNING key, counts, hits, fresh),
          spent AS ({})
-         SELECT key, counts, hits, NULL::date, NULL::bigint, NULL::bigint FROM counted
+         SELECT key, counts, hits, fresh, NULL::date, NULL::bigint, NULL::bigint FROM counted
          UNION ALL
-         SELECT scope, NULL, NULL, day, spent_micros, day_left_ms FROM spent
+         SELECT scope, NULL, NULL, NULL, day, spent_micros, day_left_ms FROM spent
          UNION ALL
-         SELECT NULL, NULL, NULL, NULL, NULL,
+         SELECT NULL, NULL, NULL, NULL, NULL, NULL,
                 (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
         spend::LOCK_TODAY
     );
@@ -239,34 +260,39 @@ async fn lock_all(
         Option<String>,
         Option<Vec<i64>>,
         Option<Vec<i64>>,
+        Option<bool>,
         Option<chrono::NaiveDate>,
         Option<i64>,
         Option<i64>,
     );
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(statement))
-        .bind(&keys)
+        .bind(&names)
         .bind(scopes)
+        .bind(&spans)
         .fetch_all(&mut *conn)
         .await?;
     let windows_of = |key: &str| {
-        checks
-            .iter()
-            .flatten()
-            .find(|c| c.key == key)
-            .map(|c| c.windows.as_slice())
+        keys.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, w)| *w)
             .unwrap_or_default()
     };
-    let (mut logs, mut now_ms, mut locked_spend) = (Logs::new(), 0, Vec::new());
     for row in rows {
         match row {
-            (Some(key), Some(counts), Some(legacy), None, None, None) => {
+            (Some(key), Some(counts), Some(legacy), Some(fresh), None, None, None) => {
                 let counts = read(&counts, &legacy, windows_of(&key));
-                logs.insert(key, counts);
+                if fresh {
+                    // Decided from nothing; stored as it is if the decision counts the same.
+                    locked.logs.insert(key.clone(), Counts::default());
+                    locked.created.insert(key, counts);
+                } else {
+                    locked.logs.insert(key, counts);
+                }
             }
-            (Some(scope), None, None, Some(day), Some(spent), Some(left_ms)) => {
-                locked_spend.push((day, scope, spent, left_ms));
+            (Some(scope), None, None, None, Some(day), Some(spent), Some(left_ms)) => {
+                locked.spend.push((day, scope, spent, left_ms));
             }
-            (None, None, None, None, None, Some(now)) => now_ms = now,
+            (None, None, None, None, None, None, Some(now)) => locked.now_ms = now,
             _ => {
                 return Err(sqlx::Error::Protocol(
                     "unexpected row locking limits".into(),
@@ -274,7 +300,18 @@ async fn lock_all(
             }
         }
     }
-    Ok((logs, now_ms, locked_spend))
+    Ok(locked)
+}
+
+/// What `lock_all` locked.
+#[derive(Debug, Default)]
+struct Locked {
+    /// Each key's counts before this batch.
+    logs: Logs,
+    /// The keys whose rows the lock created, with the first event it counted in them.
+    created: Logs,
+    now_ms: i64,
+    spend: Vec<spend::LockedRow>,
 }
 
 /// Writes the counts and today's totals back, in one statement. A key with nothing counted in

@@ -6,7 +6,9 @@
 use super::{Db, pg_array};
 
 use crate::config::WindowLimit;
-use crate::limits::window::{self, Admission, Counts};
+use std::collections::HashMap;
+
+use crate::limits::window::{self, Admission, Counts, FIRST_EVENT};
 
 /// Admits one send to each of `recipients` now (in order: a number named twice is counted
 /// twice), or says how long until its windows allow one; with the database's time of the
@@ -28,20 +30,42 @@ pub async fn admit(
     // it (`window::counted_for_seconds`).
     // Created or locked in one statement, in one order (no deadlocks between batches); the
     // clock is read once the locks are held, so two processes' sends to one number are
-    // counted in the order they were admitted.
-    let rows: Vec<(String, Vec<i64>, Vec<i64>, i64)> = sqlx::query_as(
-        "INSERT INTO recipient_sends (recipient) SELECT r FROM unnest($1::text[]) AS r ORDER BY r
-         ON CONFLICT (recipient) DO UPDATE SET updated_at = recipient_sends.updated_at
-         RETURNING recipient, counts, sends, (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
-    )
-    .bind(&numbers)
-    .fetch_all(&mut tx)
-    .await?;
-    let now_ms = rows.iter().map(|(_, _, _, now)| *now).max().unwrap_or(0);
-    let mut counts: std::collections::HashMap<String, Counts> = rows
-        .into_iter()
-        .map(|(recipient, counts, legacy, _)| (recipient, read(&counts, &legacy, windows)))
-        .collect();
+    // counted in the order they were admitted. A number without a row gets one holding its
+    // first send already: most numbers get one code, and then cost one insert.
+    let spans = Counts::spans(windows);
+    let statement = format!(
+        "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms)
+         INSERT INTO recipient_sends (recipient, counts, fresh)
+         SELECT v.recipient, {FIRST_EVENT}, true
+         FROM unnest($1::text[], array_fill($2::text, ARRAY[cardinality($1::text[])]))
+                  AS v(recipient, spans), now
+         ORDER BY v.recipient
+         ON CONFLICT (recipient) DO UPDATE SET updated_at = recipient_sends.updated_at,
+                                               fresh = false
+         RETURNING recipient, counts, sends, fresh,
+                   (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    );
+    // The number, its counts, its event log of an earlier version, whether this statement
+    // created it, and the database's clock.
+    type Row = (String, Vec<i64>, Vec<i64>, bool, i64);
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(statement))
+        .bind(&numbers)
+        .bind(&spans)
+        .fetch_all(&mut tx)
+        .await?;
+    let now_ms = rows.iter().map(|(.., now)| *now).max().unwrap_or(0);
+    let mut counts = HashMap::new();
+    let mut created = HashMap::new();
+    for (recipient, stored, legacy, fresh, _) in rows {
+        let stored = read(&stored, &legacy, windows);
+        if fresh {
+            // Decided from nothing; kept as stored if the decisions count the same.
+            counts.insert(recipient.clone(), Counts::default());
+            created.insert(recipient, stored);
+        } else {
+            counts.insert(recipient, stored);
+        }
+    }
     let admissions: Vec<Admission> = recipients
         .iter()
         .map(|recipient| {
@@ -49,7 +73,20 @@ pub async fn admit(
             window::admit(counts, now_ms, windows)
         })
         .collect();
-    if admissions.contains(&Admission::Allowed) {
+    // Written back: the numbers a send was admitted to, unless their new row holds it already.
+    let admitted: std::collections::HashSet<&str> = recipients
+        .iter()
+        .zip(&admissions)
+        .filter(|(_, a)| **a == Admission::Allowed)
+        .map(|(r, _)| *r)
+        .collect();
+    counts.retain(|recipient, c| {
+        admitted.contains(recipient.as_str())
+            && !created
+                .get(recipient)
+                .is_some_and(|s: &Counts| s.same_as(c))
+    });
+    if !counts.is_empty() {
         let (numbers, stored): (Vec<&str>, Vec<String>) = counts
             .iter()
             .map(|(recipient, counts)| (recipient.as_str(), pg_array(&counts.to_stored())))

@@ -44,6 +44,16 @@ fn width(window_ms: i64) -> i64 {
     (window_ms / BUCKETS_PER_WINDOW).max(1)
 }
 
+/// SQL: the stored counts of one event at `now.ms` in each window of `v.spans` (from
+/// `Counts::spans`), bucketed exactly as `Counts::add` buckets it. For a row created by the
+/// decision that counts its first event.
+pub const FIRST_EVENT: &str = "ARRAY(
+        SELECT x FROM unnest(string_to_array(v.spans, ',')::bigint[]) WITH ORDINALITY AS w(ms, i),
+             LATERAL (SELECT greatest(w.ms / 60, 1) AS width) b,
+             LATERAL unnest(ARRAY[w.ms, (now.ms / b.width) * b.width, 1])
+                 WITH ORDINALITY AS e(x, j)
+        ORDER BY w.i, e.j)";
+
 /// How long after a key's row was last marked updated its counts can still matter, for a
 /// window of `window_seconds` (what the retention sweep keeps): the window, one bucket, and
 /// the minute a row's `updated_at` may lag its last update (it moves at most once a minute,
@@ -120,6 +130,26 @@ impl Counts {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The same buckets, in any order.
+    pub fn same_as(&self, other: &Counts) -> bool {
+        let sorted = |c: &Counts| {
+            let mut buckets = c.0.clone();
+            buckets.sort_unstable_by_key(|b| (b.window_ms, b.start_ms));
+            buckets
+        };
+        sorted(self) == sorted(other)
+    }
+
+    /// The windows' lengths in ms, each once, sorted: what `FIRST_EVENT` counts a new key's
+    /// first event in, as `add` would.
+    pub fn spans(windows: &[WindowLimit]) -> String {
+        let mut spans: Vec<i64> = windows.iter().map(window_ms).collect();
+        spans.sort_unstable();
+        spans.dedup();
+        let spans: Vec<String> = spans.iter().map(i64::to_string).collect();
+        spans.join(",")
     }
 
     /// Adds `delta` events at `at_ms` to each distinct window of `windows` (a negative delta
