@@ -12,6 +12,7 @@ mod report;
 mod standard;
 mod standin;
 mod tail;
+mod windows;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,7 @@ pub enum Scenario {
     Backlog,
     Snapshot,
     Scale,
+    Windows,
 }
 
 pub const SECRET: &str = "smsgate-bench-secret-0123456789abcdef";
@@ -60,7 +62,8 @@ pub struct Args {
     pub out: PathBuf,
     /// `standard` (the table), or one of the growth measurements: `backlog` (drain over up to
     /// 5 minutes), `snapshot` (a 60-second REPEATABLE READ held elsewhere), `scale` (1 vs 4
-    /// worker processes).
+    /// worker processes), `windows` (the production ingress with a per-number cap of 10 and
+    /// empty keys, then a cap of 1,000,000 and busy keys holding a million events).
     #[arg(long, value_enum, default_value_t = Scenario::Standard)]
     pub scenario: Scenario,
     /// The gateway's configuration: `none` (no defence configured), `production` (every
@@ -151,6 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Scenario::Backlog => growth::backlog(&bench, &received).await?,
         Scenario::Snapshot => growth::snapshot(&bench, &received).await?,
         Scenario::Scale => growth::scale(&bench, &received).await?,
+        Scenario::Windows => windows::windows(&bench).await?,
     };
     if bench.args.scenario != Scenario::Standard {
         println!("{}", serde_json::to_string_pretty(&results)?);

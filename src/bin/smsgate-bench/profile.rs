@@ -25,7 +25,13 @@ impl ProfileChoice {
 pub enum Profile {
     None,
     Production,
+    /// `production` with the per-number cap at 1,000,000 instead of 10, for `--scenario
+    /// windows` (whose run also fills the busy keys with a million events first).
+    Seen,
 }
+
+/// The per-number cap of `Profile::Seen`.
+pub const SEEN_CAP: u32 = 1_000_000;
 
 /// Caps that no run of the benchmark reaches: one client address sends every request, and a
 /// single country receives every message, so production's own caps would refuse nearly all of
@@ -40,6 +46,7 @@ impl Profile {
         match self {
             Profile::None => "none",
             Profile::Production => "production",
+            Profile::Seen => "production-seen",
         }
     }
 
@@ -47,7 +54,7 @@ impl Profile {
     pub fn server_keys(self) -> &'static str {
         match self {
             Profile::None => "",
-            Profile::Production => {
+            Profile::Production | Profile::Seen => {
                 "require_request_info = true\nmax_connections = 1024\nheader_timeout_ms = 5000\n\
                  max_header_bytes = 16384\nrequest_timeout_ms = 15000\n"
             }
@@ -60,6 +67,10 @@ impl Profile {
     pub fn sections(self) -> String {
         match self {
             Profile::None => String::new(),
+            Profile::Seen => Profile::Production.sections().replace(
+                "[[limits.ingress_recipient]]\nmax = 10\n",
+                &format!("[[limits.ingress_recipient]]\nmax = {SEEN_CAP}\n"),
+            ),
             Profile::Production => format!(
                 r#"[limits]
 max_in_flight = 256
@@ -152,6 +163,16 @@ mod tests {
         assert!(production.spend.daily_limit.is_some());
         assert!(production.spend.country_daily_limit.is_some());
         assert_eq!(production.prices.len(), 2);
+    }
+
+    #[test]
+    fn the_seen_profile_differs_from_production_only_in_the_per_number_cap() {
+        let seen = config(Profile::Seen);
+        assert_eq!(seen.limits.ingress_recipient[0].max.get(), SEEN_CAP);
+        let production = config(Profile::Production);
+        assert_eq!(production.limits.ingress_recipient[0].max.get(), 10);
+        assert_eq!(seen.limits.ip, production.limits.ip);
+        assert_eq!(seen.limits.recipient, production.limits.recipient);
     }
 
     #[test]

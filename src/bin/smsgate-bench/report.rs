@@ -90,7 +90,7 @@ fn targets(profile: Profile) -> Targets {
             dispatch_ratio: 1.5,
             cpu_to_none: None,
         },
-        Profile::Production => Targets {
+        Profile::Production | Profile::Seen => Targets {
             ingress_ratio: 0.9,
             dispatch_ratio: 1.3,
             cpu_to_none: Some(1.3),
