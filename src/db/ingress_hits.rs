@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::{Db, Tx, pg_array};
+use super::{Db, Tx, literal, pg_array};
 use super::{messages, spend};
 
 use crate::config::{LimitMode, WindowLimit};
@@ -131,7 +131,8 @@ pub async fn admit_batch(
             .get(key)
             .is_some_and(|stored| stored.same_as(counts))
     });
-    reservation.spend = write_all(&mut reserving, &logs, spend).await?;
+    reservation.spend = write_all_and_commit(&mut reserving, &logs, spend).await?;
+    // Only the empty transaction that followed the reservation's commit is left.
     reserving.commit().await?;
     Ok((verdicts, reservation))
 }
@@ -314,11 +315,15 @@ struct Locked {
     spend: Vec<spend::LockedRow>,
 }
 
-/// Writes the counts and today's totals back, in one statement. A key with nothing counted in
-/// its windows is deleted rather than kept: refused requests count nothing, so a caller
-/// spraying new numbers or addresses leaves no rows behind. Returns what was added to the
-/// totals.
-async fn write_all(
+/// Writes the counts and today's totals back and commits, in one round trip: the rows every
+/// request of a country (or every request) needs are held from the lock to this commit, so
+/// nothing else may wait in between. The statement goes as text with its values written in
+/// (the simple protocol carries no parameters, and only it runs a statement and COMMIT in one
+/// message); a new, empty transaction follows, for the caller to commit. A key with nothing
+/// counted in its windows is deleted rather than kept: refused requests count nothing, so a
+/// caller spraying new numbers or addresses leaves no rows behind. Returns what was added to
+/// the totals.
+async fn write_all_and_commit(
     conn: &mut Tx<'_>,
     logs: &Logs,
     spend: spend::Spend,
@@ -330,31 +335,45 @@ async fn write_all(
         .unzip();
     let empty: Vec<&str> = empty.into_iter().map(|(key, _)| key.as_str()).collect();
     let (update, reserved) = spend.into_update();
-    if keys.is_empty() && empty.is_empty() && update.scopes.is_empty() && update.unused.is_empty() {
-        return Ok(reserved);
-    }
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "WITH counted AS ({UPDATE_COUNTS}),
+    let day = update
+        .day
+        .map_or("NULL::date".to_string(), |day| format!("'{day}'::date"));
+    let texts = |values: &[&str]| literal::text_array(values);
+    let scopes: Vec<&str> = update.scopes.iter().map(String::as_str).collect();
+    let unused: Vec<&str> = update.unused.iter().map(String::as_str).collect();
+    let counts: Vec<&str> = counts.iter().map(String::as_str).collect();
+    let statement = literal::fill(
+        WRITE_ALL,
+        &[
+            &texts(&keys),
+            &texts(&counts),
+            &texts(&empty),
+            &day,
+            &texts(&scopes),
+            &format!("'{}'::bigint[]", pg_array(&update.totals)),
+            &texts(&unused),
+        ],
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{statement}; COMMIT; BEGIN")))
+        .execute(&mut *conn)
+        .await?;
+    Ok(reserved)
+}
+
+/// The write of `write_all_and_commit`; `literal::fill` puts the values in for `$n`.
+const WRITE_ALL: &str = "WITH counted AS (
+             UPDATE ingress_hits h SET counts = v.counts::bigint[], hits = '{}',
+                 updated_at = CASE WHEN h.updated_at < clock_timestamp() - interval '1 minute'
+                                   THEN clock_timestamp() ELSE h.updated_at END
+             FROM unnest($1, $2) AS v(key, counts) WHERE h.key = v.key),
          emptied AS (DELETE FROM ingress_hits WHERE key = ANY($3)),
          spent AS (
              UPDATE spend_days d SET spent_micros = v.spent, updated_at = clock_timestamp()
-             FROM unnest($5::text[], $6::bigint[]) AS v(scope, spent)
+             FROM unnest($5, $6) AS v(scope, spent)
              WHERE d.day = $4 AND d.scope = v.scope),
          unused AS (
              DELETE FROM spend_days WHERE day = $4 AND scope = ANY($7) AND spent_micros = 0)
-         SELECT 1"
-    )))
-    .bind(&keys)
-    .bind(&counts)
-    .bind(&empty)
-    .bind(update.day)
-    .bind(&update.scopes)
-    .bind(&update.totals)
-    .bind(&update.unused)
-    .execute(&mut *conn)
-    .await?;
-    Ok(reserved)
-}
+         SELECT 1";
 
 /// Sets the counts of keys `$1` to `$2`. `updated_at` (what the retention sweep reads) moves
 /// at most once a minute, so a row updated by every batch keeps its index entries and its

@@ -5,6 +5,7 @@ pub mod carrier_states;
 pub mod embedded;
 pub mod handle;
 pub mod ingress_hits;
+mod literal;
 pub mod messages;
 pub mod operator;
 pub mod queue;
