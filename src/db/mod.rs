@@ -7,6 +7,7 @@ pub mod handle;
 pub mod ingress_hits;
 pub mod messages;
 pub mod operator;
+pub mod partitions;
 pub mod queue;
 pub mod receipts;
 pub mod recipient_sends;
