@@ -15,9 +15,11 @@ const PARTITIONS_LOCK: i64 = 0x736d_7367_6174_6502;
 /// Days created ahead of today: a gateway is not stuck writing into the default partition
 /// even if every dispatcher (which runs this) is down for this long.
 pub const DAYS_AHEAD: u64 = 3;
-/// A detach waits this long at most for the table lock, then gives up until the next pass:
-/// waiting longer would queue every insert behind it.
-const LOCK_TIMEOUT: &str = "1s";
+/// A detach waits this long at most for its table locks, then gives up until the next pass:
+/// every insert queues behind a waiting lock, and staying below PostgreSQL's default
+/// `deadlock_timeout` (1 s) makes this pass, never an insert, the one that gives way when a
+/// lock cycle forms.
+const LOCK_TIMEOUT: &str = "200ms";
 
 /// The partitioned tables keyed by message id, in the order a day is dropped.
 const BY_MESSAGE_ID: [&str; 2] = ["messages", "message_attempts"];
@@ -250,7 +252,7 @@ async fn receipts_covered(
 pub async fn drop_expired(pool: &Db, days: u32) -> Result<Vec<String>, sqlx::Error> {
     let mut dropped = vec![];
     for part in id_partitions(pool, "messages").await? {
-        if drop_messages(pool, &part, days).await? {
+        if not_now(drop_messages(pool, &part, days).await)? {
             dropped.push(part.name);
         }
     }
@@ -264,16 +266,27 @@ pub async fn drop_expired(pool: &Db, days: u32) -> Result<Vec<String>, sqlx::Err
         .map(|p| (p.from, p.to))
         .collect();
     for part in id_partitions(pool, "message_attempts").await? {
-        if !messages.contains(&(part.from, part.to)) && drop_attempts(pool, &part).await? {
+        if !messages.contains(&(part.from, part.to)) && not_now(drop_attempts(pool, &part).await)? {
             dropped.push(part.name);
         }
     }
     for part in receipt_partitions(pool).await? {
-        if drop_receipts(pool, &part, days).await? {
+        if not_now(drop_receipts(pool, &part, days).await)? {
             dropped.push(part.name);
         }
     }
     Ok(dropped)
+}
+
+/// A drop that gave up waiting for its locks is not an error: the next pass tries again.
+fn not_now(dropped: Result<bool, sqlx::Error>) -> Result<bool, sqlx::Error> {
+    match dropped {
+        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55P03") => {
+            tracing::info!("retention: a partition's tables were busy; dropping it next pass");
+            Ok(false)
+        }
+        other => other,
+    }
 }
 
 /// Opens a transaction holding the partition lock, or `None` when another process holds it.
@@ -294,29 +307,27 @@ async fn drop_messages(pool: &Db, part: &IdPartition, days: u32) -> Result<bool,
     let Some(mut tx) = begin_locked(pool).await? else {
         return Ok(false);
     };
-    if part.to > now_id(&mut tx).await? {
+    if part.to > now_id(&mut tx).await? || !messages_done(&mut tx, part, days).await? {
         return Ok(false);
     }
     let name = &part.name;
-    // Nothing is written into the partition from here on (an id from a clock far behind would
-    // otherwise be stored into a partition about to go), while other days stay writable.
-    execute(&mut tx, format!("LOCK TABLE {name} IN SHARE MODE")).await?;
-    // Final means out of the queue: a message leaves the queue in the statement that makes it
-    // final (db::queue::complete, db::operator::cancel), so the queue's primary key answers
-    // "is any still in flight" without reading the partition; the last end comes from the
-    // partition's index on finished_at.
-    let ready: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT NOT EXISTS (SELECT 1 FROM message_queue
-                            WHERE ($1::uuid IS NULL OR message_id >= $1) AND message_id < $2)
-            AND coalesce((SELECT max(finished_at) FROM {name})
-                         < now() - make_interval(days => $3), true)"
-    )))
-    .bind(part.from)
-    .bind(part.to)
-    .bind(i32::try_from(days).unwrap_or(i32::MAX))
-    .fetch_one(&mut tx)
+    // The detach takes these locks anyway (SHARE on the tables whose foreign keys it checks,
+    // ACCESS EXCLUSIVE on the table, the partition and the default one). Taking them first, in
+    // the order an ingress statement takes them (keys, messages, queue: it then holds none
+    // of ours while waiting for another), means no insert can slip into the day between the
+    // check below and the detach (an id from a clock far behind). Inserts wait for the few
+    // milliseconds this transaction lasts.
+    execute(
+        &mut tx,
+        "LOCK TABLE idempotency_keys, message_queue IN SHARE MODE".into(),
+    )
     .await?;
-    if !ready {
+    execute(
+        &mut tx,
+        format!("LOCK TABLE ONLY messages, {name}, messages_default IN ACCESS EXCLUSIVE MODE"),
+    )
+    .await?;
+    if !messages_done(&mut tx, part, days).await? {
         return Ok(false);
     }
     // Keys go with their message (as the foreign key cascades a row delete); one left would
@@ -337,6 +348,31 @@ async fn drop_messages(pool: &Db, part: &IdPartition, days: u32) -> Result<bool,
     execute(&mut tx, format!("DROP TABLE {name}")).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Whether every message of the partition is final and ended more than `days` ago. Final
+/// means out of the queue: a message leaves the queue in the statement that makes it final
+/// (db::queue::complete, db::operator::cancel), so the queue's primary key answers "is any
+/// still in flight" without reading the partition; the last end comes from the partition's
+/// index on finished_at. Checked first without the table lock (most passes find a day not
+/// ready and take no lock), then again under it.
+async fn messages_done(
+    tx: &mut Tx<'_>,
+    part: &IdPartition,
+    days: u32,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM message_queue
+                            WHERE ($1::uuid IS NULL OR message_id >= $1) AND message_id < $2)
+            AND coalesce((SELECT max(finished_at) FROM {})
+                         < now() - make_interval(days => $3), true)",
+        part.name
+    )))
+    .bind(part.from)
+    .bind(part.to)
+    .bind(i32::try_from(days).unwrap_or(i32::MAX))
+    .fetch_one(&mut *tx)
+    .await
 }
 
 /// The first id of the current millisecond by the database's clock: a partition whose upper
@@ -360,6 +396,14 @@ async fn drop_attempts(pool: &Db, part: &IdPartition) -> Result<bool, sqlx::Erro
     let name = &part.name;
     execute(
         &mut tx,
+        format!(
+            "LOCK TABLE ONLY message_attempts, {name}, message_attempts_default \
+             IN ACCESS EXCLUSIVE MODE"
+        ),
+    )
+    .await?;
+    execute(
+        &mut tx,
         format!("ALTER TABLE message_attempts DETACH PARTITION {name}"),
     )
     .await?;
@@ -372,18 +416,20 @@ async fn drop_receipts(pool: &Db, part: &TimePartition, days: u32) -> Result<boo
     let Some(mut tx) = begin_locked(pool).await? else {
         return Ok(false);
     };
+    if !receipts_done(&mut tx, part, days).await? {
+        return Ok(false);
+    }
     let name = &part.name;
-    execute(&mut tx, format!("LOCK TABLE {name} IN SHARE MODE")).await?;
-    // A receipt still waiting for its message's outcome (an hour at most) keeps its day.
-    let ready: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT $1 <= now() - make_interval(days => $2)
-                AND NOT EXISTS (SELECT 1 FROM {name} WHERE NOT applied)"
-    )))
-    .bind(part.to)
-    .bind(i32::try_from(days).unwrap_or(i32::MAX))
-    .fetch_one(&mut tx)
+    // Parent first, as every insert locks them (see `drop_messages`).
+    execute(
+        &mut tx,
+        format!(
+            "LOCK TABLE ONLY delivery_receipts, {name}, delivery_receipts_default \
+             IN ACCESS EXCLUSIVE MODE"
+        ),
+    )
     .await?;
-    if !ready {
+    if !receipts_done(&mut tx, part, days).await? {
         return Ok(false);
     }
     execute(
@@ -394,4 +440,22 @@ async fn drop_receipts(pool: &Db, part: &TimePartition, days: u32) -> Result<boo
     execute(&mut tx, format!("DROP TABLE {name}")).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Whether the day of receipts ended more than `days` ago; a receipt still waiting for its
+/// message's outcome (an hour at most) keeps it.
+async fn receipts_done(
+    tx: &mut Tx<'_>,
+    part: &TimePartition,
+    days: u32,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT $1 <= now() - make_interval(days => $2)
+                AND NOT EXISTS (SELECT 1 FROM {} WHERE NOT applied)",
+        part.name
+    )))
+    .bind(part.to)
+    .bind(i32::try_from(days).unwrap_or(i32::MAX))
+    .fetch_one(&mut *tx)
+    .await
 }

@@ -3,6 +3,7 @@
 //! machine's commit latency drifts several-fold from minute to minute). See BENCHMARKS.md.
 
 mod cpu;
+mod day;
 mod fixture;
 mod growth;
 mod load;
@@ -32,6 +33,7 @@ pub enum Scenario {
     Backlog,
     Snapshot,
     Scale,
+    Day,
 }
 
 pub const SECRET: &str = "smsgate-bench-secret-0123456789abcdef";
@@ -49,7 +51,8 @@ pub struct Args {
     /// Offered rate (messages per second) for the end-to-end latency phase.
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
-    /// Messages queued before the dispatch phase.
+    /// Messages queued before the dispatch phase (`day`: messages in the day removed,
+    /// 1,000,000 unless given).
     #[arg(long, default_value_t = 100_000)]
     pub backlog: u64,
     /// pgbench clients for the claim-and-complete baseline.
@@ -60,7 +63,7 @@ pub struct Args {
     pub out: PathBuf,
     /// `standard` (the table), or one of the growth measurements: `backlog` (drain over up to
     /// 5 minutes), `snapshot` (a 60-second REPEATABLE READ held elsewhere), `scale` (1 vs 4
-    /// worker processes).
+    /// worker processes), `day` (a day of final messages removed by retention).
     #[arg(long, value_enum, default_value_t = Scenario::Standard)]
     pub scenario: Scenario,
     /// The gateway's configuration: `none` (no defence configured), `production` (every
@@ -151,6 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Scenario::Backlog => growth::backlog(&bench, &received).await?,
         Scenario::Snapshot => growth::snapshot(&bench, &received).await?,
         Scenario::Scale => growth::scale(&bench, &received).await?,
+        Scenario::Day => day::run(&bench).await?,
     };
     if bench.args.scenario != Scenario::Standard {
         println!("{}", serde_json::to_string_pretty(&results)?);
