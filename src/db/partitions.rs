@@ -79,6 +79,11 @@ pub async fn create_ahead(pool: &Db) -> Result<Vec<NaiveDate>, sqlx::Error> {
 /// the default partition holds rows of that day, so it cannot be split off.
 pub async fn create_day(pool: &Db, day: NaiveDate) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // Waits for the lock (rather than skipping): the caller needs the day to exist.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PARTITIONS_LOCK)
+        .execute(&mut tx)
+        .await?;
     let created = create_day_in(&mut tx, day).await?;
     tx.commit().await?;
     Ok(created)
@@ -251,6 +256,18 @@ async fn receipts_covered(
 /// and holds no receipt still waiting for its message. Returns the partitions dropped.
 pub async fn drop_expired(pool: &Db, days: u32) -> Result<Vec<String>, sqlx::Error> {
     let mut dropped = vec![];
+    // Days a pass detached but did not get to drop (it stopped in between).
+    let leftovers: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c
+         WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace
+           AND c.relname ~ '^(messages|message_attempts|delivery_receipts)_p[0-9]{8}$'
+           AND NOT c.relispartition",
+    )
+    .fetch_all(pool)
+    .await?;
+    for name in leftovers {
+        drop_detached(pool, &name).await?;
+    }
     for part in id_partitions(pool, "messages").await? {
         if not_now(drop_messages(pool, &part, days).await)? {
             dropped.push(part.name);
@@ -345,8 +362,8 @@ async fn drop_messages(pool: &Db, part: &IdPartition, days: u32) -> Result<bool,
         format!("ALTER TABLE messages DETACH PARTITION {name}"),
     )
     .await?;
-    execute(&mut tx, format!("DROP TABLE {name}")).await?;
     tx.commit().await?;
+    drop_detached(pool, name).await?;
     Ok(true)
 }
 
@@ -373,6 +390,14 @@ async fn messages_done(
     .bind(i32::try_from(days).unwrap_or(i32::MAX))
     .fetch_one(&mut *tx)
     .await
+}
+
+/// Drops a partition detached before, in a transaction of its own: the unlinking of its files
+/// and the sweep of its pages from shared buffers then hold no lock any insert needs.
+async fn drop_detached(pool: &Db, name: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    execute(&mut tx, format!("DROP TABLE IF EXISTS {name}")).await?;
+    tx.commit().await
 }
 
 /// The first id of the current millisecond by the database's clock: a partition whose upper
@@ -407,8 +432,8 @@ async fn drop_attempts(pool: &Db, part: &IdPartition) -> Result<bool, sqlx::Erro
         format!("ALTER TABLE message_attempts DETACH PARTITION {name}"),
     )
     .await?;
-    execute(&mut tx, format!("DROP TABLE {name}")).await?;
     tx.commit().await?;
+    drop_detached(pool, name).await?;
     Ok(true)
 }
 
@@ -437,8 +462,8 @@ async fn drop_receipts(pool: &Db, part: &TimePartition, days: u32) -> Result<boo
         format!("ALTER TABLE delivery_receipts DETACH PARTITION {name}"),
     )
     .await?;
-    execute(&mut tx, format!("DROP TABLE {name}")).await?;
     tx.commit().await?;
+    drop_detached(pool, name).await?;
     Ok(true)
 }
 
