@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use super::{Db, Tx};
 
-/// Arbitrary but fixed: identifies smsgate's partition lock among advisory locks.
-const PARTITIONS_LOCK: i64 = 0x736d_7367_6174_6502;
+/// Retention's lock: a partition's transaction and a row-deleting batch never run at once (the
+/// batch's cascade to the keys and the drop's lock on them could otherwise wait on each other).
+const PARTITIONS_LOCK: i64 = super::retention::RETENTION_LOCK;
 /// Days created ahead of today: a gateway is not stuck writing into the default partition
 /// even if every dispatcher (which runs this) is down for this long.
 pub const DAYS_AHEAD: u64 = 3;
@@ -295,10 +296,20 @@ pub async fn drop_expired(pool: &Db, days: u32) -> Result<Vec<String>, sqlx::Err
     Ok(dropped)
 }
 
+/// Ends a transaction that drops nothing. Committed, not dropped: a dropped transaction rolls
+/// back only when its connection is next used, holding the advisory lock until then.
+async fn give_up(tx: Tx<'_>) -> Result<bool, sqlx::Error> {
+    tx.commit().await?;
+    Ok(false)
+}
+
 /// A drop that gave up waiting for its locks is not an error: the next pass tries again.
 fn not_now(dropped: Result<bool, sqlx::Error>) -> Result<bool, sqlx::Error> {
     match dropped {
-        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55P03") => {
+        // Gave up waiting (lock_timeout), or chosen to give way in a lock cycle.
+        Err(sqlx::Error::Database(err))
+            if matches!(err.code().as_deref(), Some("55P03" | "40P01")) =>
+        {
             tracing::info!("retention: a partition's tables were busy; dropping it next pass");
             Ok(false)
         }
@@ -325,7 +336,7 @@ async fn drop_messages(pool: &Db, part: &IdPartition, days: u32) -> Result<bool,
         return Ok(false);
     };
     if part.to > now_id(&mut tx).await? || !messages_done(&mut tx, part, days).await? {
-        return Ok(false);
+        return give_up(tx).await;
     }
     let name = &part.name;
     // The detach takes these locks anyway (SHARE on the tables whose foreign keys it checks,
@@ -345,7 +356,7 @@ async fn drop_messages(pool: &Db, part: &IdPartition, days: u32) -> Result<bool,
     )
     .await?;
     if !messages_done(&mut tx, part, days).await? {
-        return Ok(false);
+        return give_up(tx).await;
     }
     // Keys go with their message (as the foreign key cascades a row delete); one left would
     // make the detach fail until it expired.
@@ -416,7 +427,7 @@ async fn drop_attempts(pool: &Db, part: &IdPartition) -> Result<bool, sqlx::Erro
         return Ok(false);
     };
     if part.to > now_id(&mut tx).await? {
-        return Ok(false);
+        return give_up(tx).await;
     }
     let name = &part.name;
     execute(
@@ -442,7 +453,7 @@ async fn drop_receipts(pool: &Db, part: &TimePartition, days: u32) -> Result<boo
         return Ok(false);
     };
     if !receipts_done(&mut tx, part, days).await? {
-        return Ok(false);
+        return give_up(tx).await;
     }
     let name = &part.name;
     // Parent first, as every insert locks them (see `drop_messages`).
@@ -455,7 +466,7 @@ async fn drop_receipts(pool: &Db, part: &TimePartition, days: u32) -> Result<boo
     )
     .await?;
     if !receipts_done(&mut tx, part, days).await? {
-        return Ok(false);
+        return give_up(tx).await;
     }
     execute(
         &mut tx,

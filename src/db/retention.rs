@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 const SPEND_DAYS_KEPT: i32 = 31;
 
 /// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks.
-const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
+pub(super) const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
 const BATCH: i64 = 1000;
 /// How long an idempotency key answers for its message: Auth0 retries a custom phone
 /// provider's Action within minutes; an hour leaves ample room.
