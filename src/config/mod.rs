@@ -357,7 +357,9 @@ impl WindowLimit {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Final messages (their bodies already erased) are deleted after this many days.
+    /// Final messages (their bodies already erased) are kept at least this many days after they
+    /// ended, at most about a day more: a UTC day of them is dropped whole once all of it is
+    /// this old (0: once the day is over and all of it is final).
     pub days: u32,
     /// How often the clean-up runs (on one process at a time).
     pub interval_seconds: Seconds,

@@ -375,33 +375,35 @@ struct MessageRow {
     last_error: Option<String>,
 }
 
-/// Reads one message with its attempts; `None` when the id is unknown.
-pub async fn find(pool: &Db, id: MessageId) -> Result<Option<MessageView>, sqlx::Error> {
-    // A message under a live lease is being sent; the queue row tells, so claiming never has
-    // to touch the wide messages row.
-    let row = sqlx::query_as::<_, MessageRow>(
-        "SELECT m.id, m.status, m.recipient, m.created_at, m.expires_at, m.carrier,
+/// What `find` runs, each with the id as `$1`: a test checks that each reads one partition.
+pub const FIND_STATEMENTS: [&str; 2] = [
+    "SELECT m.id, m.status, m.recipient, m.created_at, m.expires_at, m.carrier,
                 coalesce(q.lease_token IS NOT NULL AND q.run_at > now(), false) AS leased,
                 m.segments, m.encoding, m.country, m.estimated_cost_micros, m.channel,
                 m.last_error
          FROM messages m
          LEFT JOIN message_queue q ON q.message_id = m.id
          WHERE m.id = $1",
-    )
-    .bind(id.0)
-    .fetch_optional(pool)
-    .await?;
+    "SELECT attempt, carrier, outcome, http_status, error_code, latency_ms,
+                carrier_message_id, created_at AS at
+         FROM message_attempts WHERE message_id = $1 ORDER BY id",
+];
+
+/// Reads one message with its attempts; `None` when the id is unknown.
+pub async fn find(pool: &Db, id: MessageId) -> Result<Option<MessageView>, sqlx::Error> {
+    // A message under a live lease is being sent; the queue row tells, so claiming never has
+    // to touch the wide messages row.
+    let row = sqlx::query_as::<_, MessageRow>(FIND_STATEMENTS[0])
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
-    let attempts = sqlx::query_as::<_, AttemptView>(
-        "SELECT attempt, carrier, outcome, http_status, error_code, latency_ms,
-                carrier_message_id, created_at AS at
-         FROM message_attempts WHERE message_id = $1 ORDER BY id",
-    )
-    .bind(id.0)
-    .fetch_all(pool)
-    .await?;
+    let attempts = sqlx::query_as::<_, AttemptView>(FIND_STATEMENTS[1])
+        .bind(id.0)
+        .fetch_all(pool)
+        .await?;
     let stored = Status::parse(&row.status).unwrap_or(Status::Queued);
     let status = if stored == Status::Queued && row.leased {
         Status::Sending

@@ -8,6 +8,7 @@ pub mod ingress_hits;
 mod literal;
 pub mod messages;
 pub mod operator;
+pub mod partitions;
 pub mod queue;
 pub mod receipts;
 pub mod recipient_sends;

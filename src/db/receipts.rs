@@ -37,21 +37,14 @@ pub async fn record(
     .bind(status.as_str())
     .fetch_optional(&mut tx)
     .await?;
-    // A repeat only marks the first copy applied, when this one applied it (the first came
-    // before its message's outcome was written).
-    let first: bool = sqlx::query_scalar(
-        "INSERT INTO delivery_receipts (carrier, carrier_message_id, status, error_code, applied)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (carrier, carrier_message_id, status)
-             DO UPDATE SET applied = delivery_receipts.applied OR EXCLUDED.applied
-         RETURNING xmax = 0",
+    let first = store(
+        &mut tx,
+        carrier,
+        carrier_message_id,
+        status,
+        error_code,
+        age_ms.is_some(),
     )
-    .bind(carrier)
-    .bind(carrier_message_id)
-    .bind(status.as_str())
-    .bind(error_code)
-    .bind(age_ms.is_some())
-    .fetch_one(&mut tx)
     .await?;
     tx.commit().await?;
     Ok(match age_ms {
@@ -59,6 +52,69 @@ pub async fn record(
         None if first => Applied::Pending,
         None => Applied::Repeated,
     })
+}
+
+/// The advisory-lock namespace of reports (the two-number form, apart from the single-number
+/// locks such as retention's): "sg" "dr". A hash collision only makes two reports take turns.
+const REPORT_LOCKS: i32 = 0x7367_6472;
+
+/// Stores a report unless the same (carrier, id, status) was stored before, on any day; true
+/// when it is new. A repeat only marks the first copy applied, when this one applied it (the
+/// first came before its message's outcome was written).
+async fn store(
+    tx: &mut Tx<'_>,
+    carrier: &str,
+    carrier_message_id: &str,
+    status: Status,
+    error_code: Option<&str>,
+    applied: bool,
+) -> Result<bool, sqlx::Error> {
+    // Receipts are partitioned by day, and a unique index only holds within a partition: the
+    // lock makes "look in every day, then insert" one step for this report, across processes.
+    sqlx::query("SELECT pg_advisory_xact_lock($4, hashtext(concat_ws(' ', $1, $2, $3)))")
+        .bind(carrier)
+        .bind(carrier_message_id)
+        .bind(status.as_str())
+        .bind(REPORT_LOCKS)
+        .execute(&mut *tx)
+        .await?;
+    let repeated = sqlx::query(
+        "UPDATE delivery_receipts SET applied = true
+         WHERE carrier = $1 AND carrier_message_id = $2 AND status = $3 AND $4 AND NOT applied",
+    )
+    .bind(carrier)
+    .bind(carrier_message_id)
+    .bind(status.as_str())
+    .bind(applied)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        > 0;
+    let stored_before: bool = repeated
+        || sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM delivery_receipts
+                            WHERE carrier = $1 AND carrier_message_id = $2 AND status = $3)",
+        )
+        .bind(carrier)
+        .bind(carrier_message_id)
+        .bind(status.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+    if stored_before {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO delivery_receipts (carrier, carrier_message_id, status, error_code, applied)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(carrier)
+    .bind(carrier_message_id)
+    .bind(status.as_str())
+    .bind(error_code)
+    .bind(applied)
+    .execute(&mut *tx)
+    .await?;
+    Ok(true)
 }
 
 /// Applies receipts that arrived before their message's outcome was written; forgets those

@@ -1,6 +1,8 @@
-//! The retention sweep's SQL: deletes final messages after `retention.days`, forgets send and
-//! ingress logs older than their longest limit window, and applies delivery receipts that
-//! arrived early; in small batches, on one process at a time (an advisory lock).
+//! The retention sweep's SQL: drops the days of messages (with their attempts) and of
+//! receipts that are wholly past `retention.days` (`partitions`), deletes by row only what
+//! lies outside the day partitions (the default partition and an upgrade's legacy one), forgets
+//! send and ingress logs older than their longest limit window, and applies delivery receipts
+//! that arrived early; rows in small batches, on one process at a time (an advisory lock).
 
 use super::{Db, Tx};
 use tokio_util::sync::CancellationToken;
@@ -9,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 const SPEND_DAYS_KEPT: i32 = 31;
 
 /// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks.
-const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
+pub(super) const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
 const BATCH: i64 = 1000;
 /// How long an idempotency key answers for its message: Auth0 retries a custom phone
 /// provider's Action within minutes; an hour leaves ample room.
@@ -26,8 +28,37 @@ pub struct Plan {
     pub ingress_log_seconds: u32,
 }
 
-/// One pass; returns how many messages were deleted.
+/// What one pass removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// Messages deleted row by row (outside the day partitions).
+    pub deleted: u64,
+    /// Partitions dropped whole, by name.
+    pub dropped: Vec<String>,
+}
+
+/// One pass: makes sure the coming days have their partitions, drops the days past
+/// retention, then deletes by row what is left outside them.
 pub async fn sweep(
+    pool: &Db,
+    plan: Plan,
+    shutdown: &CancellationToken,
+) -> Result<Swept, sqlx::Error> {
+    let skipped = super::partitions::create_ahead(pool).await?;
+    if !skipped.is_empty() {
+        tracing::warn!(
+            days = ?skipped,
+            "the default partition holds messages of coming days (a gateway clock ahead?): \
+             those days stay in it and retention deletes them row by row"
+        );
+    }
+    let dropped = super::partitions::drop_expired(pool, plan.days).await?;
+    let deleted = sweep_rows(pool, plan, shutdown).await?;
+    Ok(Swept { deleted, dropped })
+}
+
+/// Deletes by row, in batches: messages outside the day partitions and the side tables.
+async fn sweep_rows(
     pool: &Db,
     plan: Plan,
     shutdown: &CancellationToken,
@@ -51,20 +82,12 @@ pub async fn sweep(
                 tracing::info!(applied, "delivery receipts applied late");
             }
         }
-        let deleted = sqlx::query(
-            "DELETE FROM messages WHERE id IN (
-                 SELECT id FROM messages
-                 WHERE finished_at < now() - make_interval(days => $1)
-                 ORDER BY finished_at LIMIT $2)
-             AND finished_at < now() - make_interval(days => $1)",
-        )
-        .bind(i32::try_from(plan.days).unwrap_or(i32::MAX))
-        .bind(BATCH)
-        .execute(&mut tx)
-        .await?
-        .rows_affected();
+        let mut deleted = 0;
+        for table in row_swept(&mut tx, "messages").await? {
+            deleted += delete_old_messages(&mut tx, &table, plan.days).await?;
+        }
         let side_tables_full = sweep_side_tables(&mut tx, plan).await?;
-        let more = deleted == BATCH as u64 || side_tables_full;
+        let more = deleted >= BATCH as u64 || side_tables_full;
         tx.commit().await?;
         total += deleted;
         if !more || shutdown.is_cancelled() {
@@ -73,32 +96,76 @@ pub async fn sweep(
     }
 }
 
+/// The partitions of `table` that are swept by row: the default one, and the legacy one an
+/// upgrade attached while it exists.
+async fn row_swept(tx: &mut Tx<'_>, table: &str) -> Result<Vec<String>, sqlx::Error> {
+    let legacy = format!("{table}_legacy");
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&legacy)
+        .fetch_one(&mut *tx)
+        .await?;
+    let default = format!("{table}_default");
+    Ok(if exists {
+        vec![default, legacy]
+    } else {
+        vec![default]
+    })
+}
+
+/// One batch of final messages past retention from a partition swept by row, with their
+/// attempts (which no foreign key cascades to: they share the messages' partition bounds).
+async fn delete_old_messages(tx: &mut Tx<'_>, table: &str, days: u32) -> Result<u64, sqlx::Error> {
+    // The name comes from `row_swept`, never from input.
+    let statement = format!(
+        "WITH gone AS (
+             DELETE FROM {table} WHERE id IN (
+                 SELECT id FROM {table}
+                 WHERE finished_at < now() - make_interval(days => $1)
+                 ORDER BY finished_at LIMIT $2)
+             AND finished_at < now() - make_interval(days => $1)
+             RETURNING id
+         ), attempts AS (
+             DELETE FROM message_attempts WHERE message_id IN (SELECT id FROM gone)
+         )
+         SELECT count(*) FROM gone"
+    );
+    let deleted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
+        .bind(i32::try_from(days).unwrap_or(i32::MAX))
+        .bind(BATCH)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(deleted.unsigned_abs())
+}
+
 /// One batch from each side table, each older than what it is kept for; true when some
 /// table had a full batch (more may be due).
 async fn sweep_side_tables(tx: &mut Tx<'_>, plan: Plan) -> Result<bool, sqlx::Error> {
     let days_seconds = f64::from(plan.days) * 86_400.0;
     // The side tables, each older than what it is kept for: (table, key, age column, seconds).
-    let side_tables = [
+    let mut side_tables = vec![
         (
-            "recipient_sends",
+            "recipient_sends".to_string(),
             "recipient",
             "updated_at",
             f64::from(plan.send_log_seconds),
         ),
-        ("delivery_receipts", "id", "received_at", days_seconds),
         (
-            "idempotency_keys",
+            "idempotency_keys".to_string(),
             "key",
             "created_at",
             f64::from(IDEMPOTENCY_WINDOW_SECONDS),
         ),
         (
-            "ingress_hits",
+            "ingress_hits".to_string(),
             "key",
             "updated_at",
             f64::from(plan.ingress_log_seconds),
         ),
     ];
+    // Receipts outside the day partitions (those go whole, with their day).
+    for receipts in row_swept(tx, "delivery_receipts").await? {
+        side_tables.push((receipts, "id", "received_at", days_seconds));
+    }
     // Every table is swept until it is done, not only while messages are: a side table
     // can grow faster than the messages (keys, refused ingress hits). The age is checked
     // again on the row itself: a row a limit updated while this statement waited for its

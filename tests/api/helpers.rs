@@ -200,7 +200,7 @@ impl TestApp {
         .await
     }
 
-    async fn spawn_on(
+    pub async fn spawn_on(
         config_toml: &str,
         role: Role,
         database: String,

@@ -21,6 +21,7 @@ mod limits_at_volume;
 mod observability;
 mod operator;
 mod ops_files;
+mod partitions;
 mod pgbouncer;
 mod process;
 mod prometheus;

@@ -82,14 +82,14 @@ fn probe_means(
         .collect()
 }
 
-/// Size, live and dead rows and autovacuum runs of smsgate's tables.
+/// Size, live and dead rows and autovacuum runs of smsgate's tables (all partitions of each).
 async fn table_stats(bench: &Bench) -> anyhow::Result<Value> {
     let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT relname::text, n_live_tup, n_dead_tup, autovacuum_count,
-                pg_total_relation_size(relid)
-         FROM pg_stat_user_tables
-         WHERE relname IN ('messages', 'message_queue', 'message_attempts')
-         ORDER BY relname",
+        "SELECT t::text, sum(n_live_tup)::bigint, sum(n_dead_tup)::bigint,
+                sum(autovacuum_count)::bigint, sum(pg_total_relation_size(relid))::bigint
+         FROM pg_stat_user_tables, coalesce(pg_partition_root(relid), relid::regclass) AS t
+         WHERE t::text IN ('messages', 'message_queue', 'message_attempts')
+         GROUP BY t ORDER BY t::text",
     )
     .fetch_all(&bench.pool)
     .await?;

@@ -3,6 +3,7 @@
 //! machine's commit latency drifts several-fold from minute to minute). See BENCHMARKS.md.
 
 mod cpu;
+mod day;
 mod fixture;
 mod growth;
 mod load;
@@ -34,6 +35,7 @@ pub enum Scenario {
     Snapshot,
     Scale,
     Windows,
+    Day,
 }
 
 pub const SECRET: &str = "smsgate-bench-secret-0123456789abcdef";
@@ -51,7 +53,8 @@ pub struct Args {
     /// Offered rate (messages per second) for the end-to-end latency phase.
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
-    /// Messages queued before the dispatch phase.
+    /// Messages queued before the dispatch phase (`day`: messages in the day removed,
+    /// 1,000,000 unless given).
     #[arg(long, default_value_t = 100_000)]
     pub backlog: u64,
     /// pgbench clients for the claim-and-complete baseline.
@@ -63,7 +66,8 @@ pub struct Args {
     /// `standard` (the table), or one of the growth measurements: `backlog` (drain over up to
     /// 5 minutes), `snapshot` (a 60-second REPEATABLE READ held elsewhere), `scale` (1 vs 4
     /// worker processes), `windows` (the production ingress with a per-number cap of 10 and
-    /// empty keys, then a cap of 1,000,000 and busy keys holding a million events).
+    /// empty keys, then a cap of 1,000,000 and busy keys holding a million events), `day` (a
+    /// day of final messages removed by retention).
     #[arg(long, value_enum, default_value_t = Scenario::Standard)]
     pub scenario: Scenario,
     /// The gateway's configuration: `none` (no defence configured), `production` (every
@@ -155,6 +159,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Scenario::Snapshot => growth::snapshot(&bench, &received).await?,
         Scenario::Scale => growth::scale(&bench, &received).await?,
         Scenario::Windows => windows::windows(&bench).await?,
+        Scenario::Day => day::run(&bench).await?,
     };
     if bench.args.scenario != Scenario::Standard {
         println!("{}", serde_json::to_string_pretty(&results)?);
