@@ -311,6 +311,25 @@ impl Config {
                 );
             }
         }
+        // A batch with idempotency keys holds its insert transaction's connection while its
+        // limits are reserved on a second one: with no connection to spare, every such
+        // batch would wait out the acquire timeout.
+        let limited = !self.limits.ip.is_empty()
+            || !self.limits.ingress_recipient.is_empty()
+            || !self.limits.country.is_empty()
+            || self.spend.daily_limit.is_some()
+            || self.spend.country_daily_limit.is_some();
+        let writers = self.database.ingress_writers.get();
+        if limited && self.database.max_connections.get() as usize <= writers {
+            problem(
+                "database.max_connections".into(),
+                format!(
+                    "must be more than database.ingress_writers ({writers}) when an ingress \
+                     limit or spend ceiling is configured: a batch with idempotency keys holds \
+                     one connection while its limits are reserved on another"
+                ),
+            );
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problem(
                 "log.level".into(),

@@ -210,23 +210,39 @@ impl Writer {
         // commits on its own. Either way what the counted messages take from the limits is
         // reserved (committed) before they are inserted.
         let keyed = messages.iter().any(|m| m.idempotency_key.is_some());
-        let mut tx = match keyed {
-            true => self.pool.begin().await?,
-            false => self.pool.for_one_statement().await?,
+        // A batch without keys takes its insert's connection only once its reservation is
+        // done: it never holds two connections at once.
+        let (tx, verdicts, reservation) = if keyed {
+            let mut tx = self.pool.begin().await?;
+            let (verdicts, reservation) =
+                ingress_hits::admit_batch(Some(&mut tx), &self.pool, &self.limits, messages)
+                    .await?;
+            (tx, verdicts, reservation)
+        } else {
+            let (verdicts, reservation) =
+                ingress_hits::admit_batch(None, &self.pool, &self.limits, messages).await?;
+            match self.pool.for_one_statement().await {
+                Ok(conn) => (conn, verdicts, reservation),
+                Err(err) => {
+                    self.give_back(&reservation).await;
+                    return Err(err);
+                }
+            }
         };
-        let (verdicts, reservation) =
-            ingress_hits::admit_batch(keyed.then_some(&mut tx), &self.pool, &self.limits, messages)
-                .await?;
         match self.insert(tx, messages, &verdicts).await {
             Ok(outcomes) => Ok(outcomes),
             Err(Unstored::Certainly(err)) => {
                 // Nothing of the batch was stored: what it reserved is free again.
-                if let Err(give_back) = ingress_hits::give_back(&self.pool, &reservation).await {
-                    tracing::warn!(error = %give_back, "cannot give back a batch's reservation; it counts until its windows pass");
-                }
+                self.give_back(&reservation).await;
                 Err(err)
             }
             Err(Unstored::Perhaps(err)) => Err(err),
+        }
+    }
+
+    async fn give_back(&self, reservation: &ingress_hits::Reservation) {
+        if let Err(err) = ingress_hits::give_back(&self.pool, reservation).await {
+            tracing::warn!(error = %err, "cannot give back a batch's reservation; it counts until its windows pass");
         }
     }
 

@@ -14,7 +14,7 @@ use super::{messages, spend};
 use crate::config::{LimitMode, WindowLimit};
 use crate::domain::NewMessage;
 use crate::limits::ingress::{Check, IngressLimits, LimitRefusal, Limited, Monitored};
-use crate::limits::window::{Admission, Counts, FIRST_EVENT, admit};
+use crate::limits::window::{Admission, Counts, FIRST_EVENT, STORED_COUNTS, admit};
 
 type Logs = HashMap<String, Counts>;
 
@@ -95,36 +95,21 @@ pub async fn admit_batch(
         at_ms: now_ms,
         ..Reservation::default()
     };
-    let mut verdicts = Vec::with_capacity(messages.len());
-    for (message, checks) in messages.iter().zip(&checks) {
-        if let Some(verdict) = prior(&known, message) {
-            verdicts.push(verdict);
-            continue;
-        }
-        let verdict = decide(&logs, now_ms, checks).and_then(|(updates, monitored)| {
-            spend
-                .admit(message)
-                .map_err(LimitRefusal::Spend)
-                .map(|()| (updates, monitored))
-        });
-        verdicts.push(match verdict {
-            Ok((updates, monitored)) => {
-                // Admitted: only now is the request counted anywhere. A later copy in this
-                // very batch is its repeat, or a reuse of its key.
-                for check in checks.iter().filter(|c| updates.contains_key(&c.key)) {
-                    reservation
-                        .hits
-                        .push((check.key.clone(), check.windows.clone()));
-                }
-                logs.extend(updates);
-                if let Some(key) = &message.idempotency_key {
-                    known.insert(key.clone(), message.fingerprint.clone());
-                }
-                Verdict::Counted(monitored)
-            }
-            Err(refusal) => Verdict::Refused(refusal),
-        });
-    }
+    let mut batch = Decisions {
+        logs: &mut logs,
+        spend: &mut spend,
+        known: &mut known,
+        reservation: &mut reservation,
+        now_ms,
+    };
+    let verdicts: Vec<Verdict> = messages
+        .iter()
+        .zip(&checks)
+        .map(|(message, checks)| match prior(batch.known, message) {
+            Some(verdict) => verdict,
+            None => batch.decide(message, checks),
+        })
+        .collect();
     // A created row that already holds what the decisions counted needs no write.
     logs.retain(|key, counts| {
         !created
@@ -137,6 +122,44 @@ pub async fn admit_batch(
     Ok((verdicts, reservation))
 }
 
+/// The state a batch's messages are decided against, one after the other.
+struct Decisions<'a> {
+    logs: &'a mut Logs,
+    spend: &'a mut spend::Spend,
+    known: &'a mut HashMap<String, Option<String>>,
+    reservation: &'a mut Reservation,
+    now_ms: i64,
+}
+
+impl Decisions<'_> {
+    /// A new message against its checks and the spend ceilings; counted where admitted.
+    fn decide(&mut self, message: &NewMessage, checks: &[Check]) -> Verdict {
+        let verdict = decide(self.logs, self.now_ms, checks).and_then(|(updates, monitored)| {
+            self.spend
+                .admit(message)
+                .map_err(LimitRefusal::Spend)
+                .map(|()| (updates, monitored))
+        });
+        match verdict {
+            Ok((updates, monitored)) => {
+                // Admitted: only now is the request counted anywhere. A later copy in this
+                // very batch is its repeat, or a reuse of its key.
+                for check in checks.iter().filter(|c| updates.contains_key(&c.key)) {
+                    self.reservation
+                        .hits
+                        .push((check.key.clone(), check.windows.clone()));
+                }
+                self.logs.extend(updates);
+                if let Some(key) = &message.idempotency_key {
+                    self.known.insert(key.clone(), message.fingerprint.clone());
+                }
+                Verdict::Counted(monitored)
+            }
+            Err(refusal) => Verdict::Refused(refusal),
+        }
+    }
+}
+
 /// Takes a reservation back out of the counts and totals: its messages were not stored.
 pub async fn give_back(pool: &Db, reservation: &Reservation) -> Result<(), sqlx::Error> {
     if reservation.hits.is_empty() && reservation.spend.is_empty() {
@@ -146,9 +169,10 @@ pub async fn give_back(pool: &Db, reservation: &Reservation) -> Result<(), sqlx:
     let mut keys: Vec<&str> = reservation.hits.iter().map(|(k, _)| k.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
-    let rows: Vec<(String, Vec<i64>, Vec<i64>)> = sqlx::query_as(
-        "SELECT key, counts, hits FROM ingress_hits WHERE key = ANY($1) ORDER BY key FOR UPDATE",
-    )
+    let rows: Vec<(String, Vec<i64>, Vec<i64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT key, {STORED_COUNTS}, {STORED_HITS} FROM ingress_hits
+             WHERE key = ANY($1) ORDER BY key FOR UPDATE"
+    )))
     .bind(&keys)
     .fetch_all(&mut tx)
     .await?;
@@ -171,6 +195,9 @@ pub async fn give_back(pool: &Db, reservation: &Reservation) -> Result<(), sqlx:
     spend::give_back(&mut tx, &reservation.spend).await?;
     tx.commit().await
 }
+
+/// The event log of an earlier version, as `STORED_COUNTS` reads the counts.
+const STORED_HITS: &str = "ARRAY(SELECT x FROM unnest(hits) AS x WHERE x IS NOT NULL)";
 
 /// A row's counts, with the hits an earlier version logged one by one counted in.
 fn read(counts: &[i64], legacy: &[i64], windows: &[WindowLimit]) -> Counts {
@@ -247,7 +274,7 @@ async fn lock_all(
              SELECT v.key, {FIRST_EVENT}, true
              FROM unnest($1::text[], $3::text[]) AS v(key, spans), now ORDER BY v.key
              ON CONFLICT (key) DO UPDATE SET updated_at = ingress_hits.updated_at, fresh = false
-             RETURNING key, counts, hits, fresh),
+             RETURNING key, {STORED_COUNTS} AS counts, {STORED_HITS} AS hits, fresh),
          spent AS ({})
          SELECT key, counts, hits, fresh, NULL::date, NULL::bigint, NULL::bigint FROM counted
          UNION ALL
@@ -257,16 +284,7 @@ async fn lock_all(
                 (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
         spend::LOCK_TODAY
     );
-    type Row = (
-        Option<String>,
-        Option<Vec<i64>>,
-        Option<Vec<i64>>,
-        Option<bool>,
-        Option<chrono::NaiveDate>,
-        Option<i64>,
-        Option<i64>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(statement))
+    let rows: Vec<LockedRow> = sqlx::query_as(sqlx::AssertSqlSafe(statement))
         .bind(&names)
         .bind(scopes)
         .bind(&spans)
@@ -279,29 +297,52 @@ async fn lock_all(
             .unwrap_or_default()
     };
     for row in rows {
+        locked.take(row, windows_of)?;
+    }
+    Ok(locked)
+}
+
+/// One row of `lock_all`'s statement: a key's counts (with its event log of an earlier
+/// version, and whether the statement created it), a scope's total, or the clock.
+type LockedRow = (
+    Option<String>,
+    Option<Vec<i64>>,
+    Option<Vec<i64>>,
+    Option<bool>,
+    Option<chrono::NaiveDate>,
+    Option<i64>,
+    Option<i64>,
+);
+
+impl Locked {
+    fn take<'w>(
+        &mut self,
+        row: LockedRow,
+        windows_of: impl Fn(&str) -> &'w [WindowLimit],
+    ) -> Result<(), sqlx::Error> {
         match row {
             (Some(key), Some(counts), Some(legacy), Some(fresh), None, None, None) => {
                 let counts = read(&counts, &legacy, windows_of(&key));
                 if fresh {
                     // Decided from nothing; stored as it is if the decision counts the same.
-                    locked.logs.insert(key.clone(), Counts::default());
-                    locked.created.insert(key, counts);
+                    self.logs.insert(key.clone(), Counts::default());
+                    self.created.insert(key, counts);
                 } else {
-                    locked.logs.insert(key, counts);
+                    self.logs.insert(key, counts);
                 }
             }
             (Some(scope), None, None, None, Some(day), Some(spent), Some(left_ms)) => {
-                locked.spend.push((day, scope, spent, left_ms));
+                self.spend.push((day, scope, spent, left_ms));
             }
-            (None, None, None, None, None, None, Some(now)) => locked.now_ms = now,
+            (None, None, None, None, None, None, Some(now)) => self.now_ms = now,
             _ => {
                 return Err(sqlx::Error::Protocol(
                     "unexpected row locking limits".into(),
                 ));
             }
         }
+        Ok(())
     }
-    Ok(locked)
 }
 
 /// What `lock_all` locked.

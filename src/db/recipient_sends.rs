@@ -3,12 +3,12 @@
 //! carrier calls, a batch of them in one transaction under their rows' locks, so the counts
 //! hold the sends that really happen, in the order they happen, across every process.
 
-use super::{Db, pg_array};
+use super::{Db, Tx, pg_array};
 
 use crate::config::WindowLimit;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use crate::limits::window::{self, Admission, Counts, FIRST_EVENT};
+use crate::limits::window::{self, Admission, Counts, FIRST_EVENT, STORED_COUNTS};
 
 /// Admits one send to each of `recipients` now (in order: a number named twice is counted
 /// twice), or says how long until its windows allow one; with the database's time of the
@@ -21,18 +21,53 @@ pub async fn admit(
     windows: &[WindowLimit],
     lock_wait: std::time::Duration,
 ) -> Result<(Vec<Admission>, i64), sqlx::Error> {
+    let mut tx = pool.begin_waiting_at_most(lock_wait).await?;
+    let mut locked = lock(&mut tx, recipients, windows).await?;
+    let now_ms = locked.now_ms;
+    let admissions: Vec<Admission> = recipients
+        .iter()
+        .map(|recipient| {
+            let counts = locked.counts.entry((*recipient).to_string()).or_default();
+            window::admit(counts, now_ms, windows)
+        })
+        .collect();
+    // Written back: the numbers a send was admitted to, unless their new row holds it already.
+    let admitted: HashSet<&str> = recipients
+        .iter()
+        .zip(&admissions)
+        .filter(|(_, a)| **a == Admission::Allowed)
+        .map(|(r, _)| *r)
+        .collect();
+    let created = &locked.created;
+    locked.counts.retain(|recipient, c| {
+        admitted.contains(recipient.as_str())
+            && !created.get(recipient).is_some_and(|s| s.same_as(c))
+    });
+    write(&mut tx, &locked.counts).await?;
+    tx.commit().await?;
+    Ok((admissions, now_ms))
+}
+
+/// The numbers' rows as locked: their counts before these sends, the rows this statement
+/// created with their first send counted, and the database's clock once the locks were held.
+struct Locked {
+    counts: HashMap<String, Counts>,
+    created: HashMap<String, Counts>,
+    now_ms: i64,
+}
+
+/// Creates or locks the rows of `recipients` in one statement, in one order (no deadlocks
+/// between batches); the clock is read once the locks are held, so two processes' sends to
+/// one number are counted in the order they were admitted. A number without a row gets one
+/// holding its first send already: most numbers get one code, and then cost one insert.
+async fn lock(
+    tx: &mut Tx<'_>,
+    recipients: &[&str],
+    windows: &[WindowLimit],
+) -> Result<Locked, sqlx::Error> {
     let mut numbers: Vec<&str> = recipients.to_vec();
     numbers.sort_unstable();
     numbers.dedup();
-    let mut tx = pool.begin_waiting_at_most(lock_wait).await?;
-    // `updated_at` (what the retention sweep reads) moves at most once a minute, so a busy
-    // row's update keeps its index entries and stays on its page (HOT); the sweep allows for
-    // it (`window::counted_for_seconds`).
-    // Created or locked in one statement, in one order (no deadlocks between batches); the
-    // clock is read once the locks are held, so two processes' sends to one number are
-    // counted in the order they were admitted. A number without a row gets one holding its
-    // first send already: most numbers get one code, and then cost one insert.
-    let spans = Counts::spans(windows);
     let statement = format!(
         "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms)
          INSERT INTO recipient_sends (recipient, counts, fresh)
@@ -42,7 +77,7 @@ pub async fn admit(
          ORDER BY v.recipient
          ON CONFLICT (recipient) DO UPDATE SET updated_at = recipient_sends.updated_at,
                                                fresh = false
-         RETURNING recipient, counts, sends, fresh,
+         RETURNING recipient, {STORED_COUNTS}, {STORED_SENDS}, fresh,
                    (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
     );
     // The number, its counts, its event log of an earlier version, whether this statement
@@ -50,61 +85,50 @@ pub async fn admit(
     type Row = (String, Vec<i64>, Vec<i64>, bool, i64);
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(statement))
         .bind(&numbers)
-        .bind(&spans)
-        .fetch_all(&mut tx)
+        .bind(Counts::spans(windows))
+        .fetch_all(&mut *tx)
         .await?;
-    let now_ms = rows.iter().map(|(.., now)| *now).max().unwrap_or(0);
-    let mut counts = HashMap::new();
-    let mut created = HashMap::new();
+    let mut locked = Locked {
+        counts: HashMap::new(),
+        created: HashMap::new(),
+        now_ms: rows.iter().map(|(.., now)| *now).max().unwrap_or(0),
+    };
     for (recipient, stored, legacy, fresh, _) in rows {
         let stored = read(&stored, &legacy, windows);
         if fresh {
             // Decided from nothing; kept as stored if the decisions count the same.
-            counts.insert(recipient.clone(), Counts::default());
-            created.insert(recipient, stored);
+            locked.counts.insert(recipient.clone(), Counts::default());
+            locked.created.insert(recipient, stored);
         } else {
-            counts.insert(recipient, stored);
+            locked.counts.insert(recipient, stored);
         }
     }
-    let admissions: Vec<Admission> = recipients
-        .iter()
-        .map(|recipient| {
-            let counts = counts.entry((*recipient).to_string()).or_default();
-            window::admit(counts, now_ms, windows)
-        })
-        .collect();
-    // Written back: the numbers a send was admitted to, unless their new row holds it already.
-    let admitted: std::collections::HashSet<&str> = recipients
-        .iter()
-        .zip(&admissions)
-        .filter(|(_, a)| **a == Admission::Allowed)
-        .map(|(r, _)| *r)
-        .collect();
-    counts.retain(|recipient, c| {
-        admitted.contains(recipient.as_str())
-            && !created
-                .get(recipient)
-                .is_some_and(|s: &Counts| s.same_as(c))
-    });
-    if !counts.is_empty() {
-        let (numbers, stored): (Vec<&str>, Vec<String>) = counts
-            .iter()
-            .map(|(recipient, counts)| (recipient.as_str(), pg_array(&counts.to_stored())))
-            .unzip();
-        sqlx::query(
-            "UPDATE recipient_sends r SET counts = v.counts::bigint[], sends = '{}',
-                 updated_at = CASE WHEN r.updated_at < clock_timestamp() - interval '1 minute'
-                                   THEN clock_timestamp() ELSE r.updated_at END
-             FROM unnest($1::text[], $2::text[]) AS v(recipient, counts)
-             WHERE r.recipient = v.recipient",
-        )
-        .bind(&numbers)
-        .bind(&stored)
-        .execute(&mut tx)
-        .await?;
+    Ok(locked)
+}
+
+/// Writes the numbers' new counts. `updated_at` (what the retention sweep reads) moves at
+/// most once a minute, so a busy row's update keeps its index entries and stays on its page
+/// (HOT); the sweep allows for it (`window::counted_for_seconds`).
+async fn write(tx: &mut Tx<'_>, counts: &HashMap<String, Counts>) -> Result<(), sqlx::Error> {
+    if counts.is_empty() {
+        return Ok(());
     }
-    tx.commit().await?;
-    Ok((admissions, now_ms))
+    let (numbers, stored): (Vec<&str>, Vec<String>) = counts
+        .iter()
+        .map(|(recipient, counts)| (recipient.as_str(), pg_array(&counts.to_stored())))
+        .unzip();
+    sqlx::query(
+        "UPDATE recipient_sends r SET counts = v.counts::bigint[], sends = '{}',
+             updated_at = CASE WHEN r.updated_at < clock_timestamp() - interval '1 minute'
+                               THEN clock_timestamp() ELSE r.updated_at END
+         FROM unnest($1::text[], $2::text[]) AS v(recipient, counts)
+         WHERE r.recipient = v.recipient",
+    )
+    .bind(&numbers)
+    .bind(&stored)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Takes one send counted at `at_ms` out of `recipient`'s counts: it was admitted, then not
@@ -136,6 +160,9 @@ pub async fn withdraw(
     tx.commit().await?;
     Ok(())
 }
+
+/// The event log of an earlier version, as `STORED_COUNTS` reads the counts.
+const STORED_SENDS: &str = "ARRAY(SELECT x FROM unnest(sends) AS x WHERE x IS NOT NULL)";
 
 /// A row's counts, with the sends an earlier version logged one by one counted in.
 fn read(counts: &[i64], legacy: &[i64], windows: &[WindowLimit]) -> Counts {

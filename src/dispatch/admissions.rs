@@ -15,6 +15,9 @@ use crate::limits::window::Admission;
 /// Most sends admitted in one transaction.
 const MAX_BATCH: usize = 128;
 
+/// How long a batch waits for its numbers' rows before its sends are tried one by one.
+const BATCH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Transactions in progress at once: one commits while the next gathers.
 const ADMITTERS: usize = 2;
 
@@ -90,9 +93,13 @@ async fn admit_batches(
         for request in late {
             request.reply.send(Err(Undecided::TurnOver)).ok();
         }
+        // A batch waits briefly for rows another batch holds; past that, each of its sends
+        // is tried alone with the rest of its own turn (one number held for long must not
+        // use up the turns of the others).
         let Some(lock_wait) = on_time.iter().map(|r| r.latest - now).min() else {
             continue;
         };
+        let lock_wait = lock_wait.min(BATCH_LOCK_WAIT);
         let recipients: Vec<&str> = on_time.iter().map(|r| r.recipient.as_str()).collect();
         match recipient_sends::admit(&pool, &recipients, &windows, lock_wait).await {
             Ok((admissions, at_ms)) => {
@@ -101,8 +108,11 @@ async fn admit_batches(
                 }
             }
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                // Found by an attack: one number's row held elsewhere failed the whole batch,
+                // again and again. Each send is now tried on its own, with its own turn: only
+                // the sends to that number wait for it.
                 for request in on_time {
-                    request.reply.send(Err(Undecided::TurnOver)).ok();
+                    tokio::spawn(admit_alone(pool.clone(), windows.clone(), request));
                 }
             }
             Err(err) => {
@@ -116,6 +126,27 @@ async fn admit_batches(
             }
         }
     }
+}
+
+/// One send in a transaction of its own, waiting for its number's row as long as its turn
+/// lasts.
+async fn admit_alone(pool: Db, windows: Arc<[WindowLimit]>, request: Request) {
+    let lock_wait = request.latest.saturating_duration_since(Instant::now());
+    let decided = if lock_wait.is_zero() {
+        Err(Undecided::TurnOver)
+    } else {
+        match recipient_sends::admit(&pool, &[&request.recipient], &windows, lock_wait).await {
+            Ok((admissions, at_ms)) => admissions
+                .first()
+                .map(|admission| (*admission, at_ms))
+                .ok_or(Undecided::TurnOver),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                Err(Undecided::TurnOver)
+            }
+            Err(err) => Err(Undecided::Database(Arc::new(err))),
+        }
+    };
+    request.reply.send(decided).ok();
 }
 
 /// PostgreSQL's lock_not_available: the lock timeout of the admission passed.

@@ -44,6 +44,10 @@ fn width(window_ms: i64) -> i64 {
     (window_ms / BUCKETS_PER_WINDOW).max(1)
 }
 
+/// SQL: a row's `counts` as `Counts::from_stored` reads them, whatever an edit left there:
+/// no NULL element, one dimension (a hand-edited array must not make its key unusable).
+pub const STORED_COUNTS: &str = "ARRAY(SELECT x FROM unnest(counts) AS x WHERE x IS NOT NULL)";
+
 /// SQL: the stored counts of one event at `now.ms` in each window of `v.spans` (from
 /// `Counts::spans`), bucketed exactly as `Counts::add` buckets it. For a row created by the
 /// decision that counts its first event.
@@ -67,22 +71,37 @@ fn bucket_start(window_ms: i64, at_ms: i64) -> i64 {
     at_ms.div_euclid(width(window_ms)) * width(window_ms)
 }
 
+/// What a stored value may be, so no arithmetic on it can overflow: times within ±10^15 ms
+/// of the epoch (tens of thousands of years), windows up to ten years, counts up to 10^12.
+const MAX_TIME_MS: i64 = 1_000_000_000_000_000;
+const MAX_WINDOW_MS: i64 = 10 * 366 * 86_400_000;
+const MAX_COUNT: i64 = 1_000_000_000_000;
+
 impl Bucket {
     /// Whether any part of the bucket is still inside its window at `now_ms`.
     fn inside(&self, now_ms: i64) -> bool {
-        self.start_ms + width(self.window_ms) > now_ms - self.window_ms
+        self.leaves_at() - self.window_ms > now_ms.saturating_sub(self.window_ms)
     }
 
     /// When the bucket leaves its window (epoch ms).
     fn leaves_at(&self) -> i64 {
-        self.start_ms + width(self.window_ms) + self.window_ms
+        self.start_ms
+            .saturating_add(width(self.window_ms))
+            .saturating_add(self.window_ms)
+    }
+
+    fn plausible(&self) -> bool {
+        (1..=MAX_WINDOW_MS).contains(&self.window_ms)
+            && (-MAX_TIME_MS..=MAX_TIME_MS).contains(&self.start_ms)
+            && (1..=MAX_COUNT).contains(&self.count)
     }
 }
 
 impl Counts {
     /// Reads the stored form: (window ms, bucket start ms, count) triples, in any order. A
-    /// malformed triple (a count or window not above zero, a short tail) is dropped: the
-    /// database holds only what `to_stored` wrote, and nothing read back may panic.
+    /// malformed triple (a count or window not above zero, a value out of any plausible range,
+    /// a short tail) is dropped: the database holds only what `to_stored` wrote unless someone
+    /// edited it, and nothing read back may panic.
     pub fn from_stored(stored: &[i64]) -> Self {
         Self(
             stored
@@ -92,7 +111,7 @@ impl Counts {
                     start_ms: t[1],
                     count: t[2],
                 })
-                .filter(|b| b.window_ms > 0 && b.count > 0)
+                .filter(Bucket::plausible)
                 .collect(),
         )
     }
@@ -101,7 +120,10 @@ impl Counts {
     /// `windows`: a deployment upgrading keeps every event its limits had seen.
     pub fn from_event_log(log: &[i64], windows: &[WindowLimit]) -> Self {
         let mut counts = Self::default();
-        for &at_ms in log {
+        for &at_ms in log
+            .iter()
+            .filter(|t| (-MAX_TIME_MS..=MAX_TIME_MS).contains(*t))
+        {
             counts.add(windows, at_ms, 1);
         }
         counts
@@ -209,14 +231,16 @@ pub fn admit(counts: &mut Counts, now_ms: i64, windows: &[WindowLimit]) -> Admis
         let span_ms = window_ms(window);
         let inside = counts.inside(span_ms, now_ms);
         let max = i64::from(window.max.get());
-        let mut counted: i64 = inside.iter().map(|b| b.count).sum();
+        let mut counted = inside
+            .iter()
+            .fold(0i64, |sum, b| sum.saturating_add(b.count));
         // The window frees a slot when enough of its oldest buckets have left it.
         for bucket in &inside {
             if counted < max {
                 break;
             }
             counted -= bucket.count;
-            wait_ms = wait_ms.max(bucket.leaves_at() - now_ms);
+            wait_ms = wait_ms.max(bucket.leaves_at().saturating_sub(now_ms));
         }
     }
     if wait_ms > 0 {
@@ -317,6 +341,32 @@ mod tests {
     fn malformed_stored_counts_are_dropped_not_trusted() {
         let counts = Counts::from_stored(&[600_000, 0, 2, 0, 5, 5, 600_000, 10, -3, 1, 2]);
         assert_eq!(counts.to_stored(), vec![600_000, 0, 2]);
+        // Found by an attack: values at the ends of i64 overflowed the arithmetic.
+        let mut edited = Counts::from_stored(&[
+            600_000,
+            i64::MAX - 5,
+            1,
+            600_000,
+            0,
+            i64::MAX,
+            600_000,
+            1,
+            i64::MAX,
+            i64::MAX,
+            0,
+            1,
+        ]);
+        assert!(edited.is_empty());
+        let mut legacy = Counts::from_event_log(&[i64::MIN, i64::MAX, 5], &[THREE_PER_TEN_MIN]);
+        assert_eq!(legacy.to_stored(), vec![600_000, 0, 1]);
+        assert_eq!(
+            admit(&mut edited, 0, &[THREE_PER_TEN_MIN]),
+            Admission::Allowed
+        );
+        assert_eq!(
+            admit(&mut legacy, i64::MAX, &[THREE_PER_TEN_MIN]),
+            Admission::Allowed
+        );
     }
 
     mod properties {

@@ -2,6 +2,7 @@
 
 mod abuse;
 mod actions;
+mod attack_limits;
 mod auth;
 mod carriers;
 mod cli;
