@@ -393,6 +393,14 @@ impl Config {
     }
 
     fn validate_dispatch(&self, problem: &mut impl FnMut(String, String)) {
+        // Found by an attack: a retention of millions of days put "now minus retention" out
+        // of PostgreSQL's timestamp range and failed every retention pass.
+        if self.retention.days > 36_500 {
+            problem(
+                "retention.days".into(),
+                "must be at most 36500 (a hundred years)".into(),
+            );
+        }
         if !(1..=86_400).contains(&self.dispatch.message_ttl_seconds) {
             problem(
                 "dispatch.message_ttl_seconds".into(),

@@ -60,34 +60,55 @@ async fn locked(tx: &mut Tx<'_>) -> Result<bool, sqlx::Error> {
 /// the days left to the default partition because it already holds rows of them (a gateway
 /// clock ahead); nothing when another process holds the lock.
 pub async fn create_ahead(pool: &Db) -> Result<Vec<NaiveDate>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    if !locked(&mut tx).await? {
-        return Ok(vec![]);
-    }
-    let today = today(&mut tx).await?;
     let mut skipped = vec![];
     for ahead in 0..=DAYS_AHEAD {
-        let day = today + Days::new(ahead);
-        if !create_day_in(&mut tx, day).await? {
+        // A day per transaction: one that must wait does not undo the others.
+        let Some(mut tx) = begin_locked(pool).await? else {
+            return Ok(skipped);
+        };
+        let day = today(&mut tx).await? + Days::new(ahead);
+        // Found by an attack: creating a partition takes ACCESS EXCLUSIVE on its table. Behind a
+        // long reader it queued every insert for as long as it waited, and against an outcome
+        // write (attempts, then messages) it made a lock cycle. With the lock timeout it gives
+        // way first; a default partition that received a row of the day meanwhile is the same:
+        // the next pass tries again, and the rows go to the default partition until then.
+        let created = not_now(create_day_in(&mut tx, day).await)?;
+        // Committing a transaction an error aborted rolls it back (and ends it now, not
+        // when its connection is next used, so the advisory lock goes with it).
+        tx.commit().await?;
+        if !created {
             skipped.push(day);
         }
     }
-    tx.commit().await?;
     Ok(skipped)
 }
 
 /// Creates one day's partitions (any day: tests and the benchmark make past ones); false when
 /// the default partition holds rows of that day, so it cannot be split off.
 pub async fn create_day(pool: &Db, day: NaiveDate) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // Waits for the lock (rather than skipping): the caller needs the day to exist.
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(PARTITIONS_LOCK)
-        .execute(&mut tx)
-        .await?;
-    let created = create_day_in(&mut tx, day).await?;
-    tx.commit().await?;
-    Ok(created)
+    let mut attempts = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        // Waits for the lock (rather than skipping): the caller needs the day to exist.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PARTITIONS_LOCK)
+            .execute(&mut tx)
+            .await?;
+        match create_day_in(&mut tx, day).await {
+            Ok(created) => {
+                tx.commit().await?;
+                return Ok(created);
+            }
+            // Chosen to give way in a lock cycle with a writer: again, a few times.
+            Err(sqlx::Error::Database(err))
+                if err.code().as_deref() == Some("40P01") && attempts < 5 =>
+            {
+                attempts += 1;
+                tx.commit().await?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Creates whichever of the day's three partitions is missing and not covered by another
@@ -186,7 +207,8 @@ pub async fn id_partitions(
     conn: impl sqlx::PgExecutor<'_>,
     table: &str,
 ) -> Result<Vec<IdPartition>, sqlx::Error> {
-    let rows: Vec<(String, Option<Uuid>, Uuid)> = sqlx::query_as(
+    // A partition detached by another process meanwhile reads with no bounds: skipped.
+    let rows: Vec<(String, Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
         "SELECT c.relname::text,
                 substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \\(''([^'']*)''\\)')::uuid,
                 substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']*)''\\)')::uuid
@@ -199,7 +221,13 @@ pub async fn id_partitions(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(name, from, to)| IdPartition { name, from, to })
+        .filter_map(|(name, from, to)| {
+            Some(IdPartition {
+                name,
+                from,
+                to: to?,
+            })
+        })
         .collect())
 }
 
@@ -214,7 +242,8 @@ pub struct TimePartition {
 pub async fn receipt_partitions(
     conn: impl sqlx::PgExecutor<'_>,
 ) -> Result<Vec<TimePartition>, sqlx::Error> {
-    let rows: Vec<(String, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+    type Bounds = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let rows: Vec<Bounds> = sqlx::query_as(
         "SELECT c.relname::text,
                 substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \\(''([^'']*)''\\)')
                     ::timestamptz,
@@ -229,7 +258,13 @@ pub async fn receipt_partitions(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(name, from, to)| TimePartition { name, from, to })
+        .filter_map(|(name, from, to)| {
+            Some(TimePartition {
+                name,
+                from,
+                to: to?,
+            })
+        })
         .collect())
 }
 
@@ -267,7 +302,7 @@ pub async fn drop_expired(pool: &Db, days: u32) -> Result<Vec<String>, sqlx::Err
     .fetch_all(pool)
     .await?;
     for name in leftovers {
-        drop_detached(pool, &name).await?;
+        not_now(drop_detached(pool, &name).await.map(|()| true))?;
     }
     for part in id_partitions(pool, "messages").await? {
         if not_now(drop_messages(pool, &part, days).await)? {
@@ -307,10 +342,17 @@ async fn give_up(tx: Tx<'_>) -> Result<bool, sqlx::Error> {
 fn not_now(dropped: Result<bool, sqlx::Error>) -> Result<bool, sqlx::Error> {
     match dropped {
         // Gave up waiting (lock_timeout), or chosen to give way in a lock cycle.
+        // Also: another process dropped or detached the partition since it was listed
+        // (undefined table, or not a partition any more), or a default partition that got a
+        // row of a day being created (check violation). Found by an attack: three processes
+        // sweeping at once failed their passes on these.
         Err(sqlx::Error::Database(err))
-            if matches!(err.code().as_deref(), Some("55P03" | "40P01")) =>
+            if matches!(
+                err.code().as_deref(),
+                Some("55P03" | "40P01" | "42P01" | "42P11" | "42809" | "23514")
+            ) =>
         {
-            tracing::info!("retention: a partition's tables were busy; dropping it next pass");
+            tracing::info!(code = ?err.code(), "retention: a partition was busy or changed under this pass; next pass");
             Ok(false)
         }
         other => other,
@@ -393,7 +435,7 @@ async fn messages_done(
         "SELECT NOT EXISTS (SELECT 1 FROM message_queue
                             WHERE ($1::uuid IS NULL OR message_id >= $1) AND message_id < $2)
             AND coalesce((SELECT max(finished_at) FROM {})
-                         < now() - make_interval(days => $3), true)",
+                         < now() - make_interval(days => least($3, 36500)), true)",
         part.name
     )))
     .bind(part.from)
@@ -486,7 +528,7 @@ async fn receipts_done(
     days: u32,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT $1 <= now() - make_interval(days => $2)
+        "SELECT $1 <= now() - make_interval(days => least($2, 36500))
                 AND NOT EXISTS (SELECT 1 FROM {} WHERE NOT applied)",
         part.name
     )))

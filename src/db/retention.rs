@@ -120,9 +120,9 @@ async fn delete_old_messages(tx: &mut Tx<'_>, table: &str, days: u32) -> Result<
         "WITH gone AS (
              DELETE FROM {table} WHERE id IN (
                  SELECT id FROM {table}
-                 WHERE finished_at < now() - make_interval(days => $1)
+                 WHERE finished_at < now() - make_interval(days => least($1, 36500))
                  ORDER BY finished_at LIMIT $2)
-             AND finished_at < now() - make_interval(days => $1)
+             AND finished_at < now() - make_interval(days => least($1, 36500))
              RETURNING id
          ), attempts AS (
              DELETE FROM message_attempts WHERE message_id IN (SELECT id FROM gone)
@@ -140,7 +140,7 @@ async fn delete_old_messages(tx: &mut Tx<'_>, table: &str, days: u32) -> Result<
 /// One batch from each side table, each older than what it is kept for; true when some
 /// table had a full batch (more may be due).
 async fn sweep_side_tables(tx: &mut Tx<'_>, plan: Plan) -> Result<bool, sqlx::Error> {
-    let days_seconds = f64::from(plan.days) * 86_400.0;
+    let days_seconds = f64::from(plan.days.min(36_500)) * 86_400.0;
     // The side tables, each older than what it is kept for: (table, key, age column, seconds).
     let mut side_tables = vec![
         (

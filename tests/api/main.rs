@@ -3,6 +3,7 @@
 mod abuse;
 mod actions;
 mod attack_limits;
+mod attack_partitions;
 mod auth;
 mod carriers;
 mod cli;
