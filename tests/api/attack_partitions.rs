@@ -177,7 +177,6 @@ async fn creating_a_day_behind_a_long_reader_does_not_stall_the_ingress() {
 /// partition, which the next pass drops with no check at all: a live message loses its
 /// attempts.
 #[tokio::test]
-#[ignore = "known, not fixed yet: a leftover attempts partition is dropped without checking for late messages in the default (closing note, issue 24)"]
 async fn attempts_of_a_message_stored_after_its_day_was_dropped_are_kept() {
     let app = TestApp::spawn().await;
     let db = Db::direct(app.pool.clone());
