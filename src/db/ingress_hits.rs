@@ -46,11 +46,12 @@ pub struct Reservation {
 /// verdict per message, in order.
 ///
 /// Idempotency keys are locked and looked up in `tx`, the transaction that will insert the
-/// batch (`None` for a batch without keys). The counts and totals are locked, decided and written in a short transaction of
-/// their own, committed before `tx` without waiting for its flush: a country's or the day's
-/// row is held for three statements rather than until the batch's commit, so writers commit
-/// side by side. A reservation whose insert then fails is given back (`give_back`); one lost
-/// with its process counts until its window passes, which refuses early, never late.
+/// batch (`None` for a batch without keys). The counts and totals are locked, decided and
+/// written in a short transaction of their own, committed before `tx` without waiting for
+/// its flush: a country's or the day's row is held from the statement that locks it to one
+/// write-and-commit message, not until the batch's commit, so writers commit side by side.
+/// A reservation whose insert then fails is given back (`give_back`); one lost with its
+/// process counts until its window passes, which refuses early, never late.
 pub async fn admit_batch(
     tx: Option<&mut Tx<'_>>,
     pool: &Db,
@@ -86,7 +87,7 @@ pub async fn admit_batch(
     let scopes = spend::scopes(&limits.spend, &new);
     let mut reserving = pool.begin_without_flush_wait().await?;
     // The hot rows (a country's count, the day's total) are held from here to the
-    // reservation's commit: two statements and the decisions in between.
+    // reservation's commit: this statement, the decisions, and one write-and-commit message.
     let locked = lock_all(&mut reserving, &checks, &scopes).await?;
     let (mut logs, now_ms, created) = (locked.logs, locked.now_ms, locked.created);
     let mut spend = spend::Spend::from_locked(&limits.spend, locked.spend);
