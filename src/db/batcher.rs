@@ -190,14 +190,6 @@ impl Writer {
         &self,
         messages: &[&NewMessage],
     ) -> Result<Vec<Result<Stored, Refused>>, sqlx::Error> {
-        let reused = |stored: Result<Enqueued, messages::NotStored>, monitored| {
-            stored
-                .map(|enqueued| Stored {
-                    enqueued,
-                    monitored,
-                })
-                .map_err(Refused::NotStored)
-        };
         if self.limits.is_empty() {
             // A single statement commits on its own: no BEGIN/COMMIT round trips (direct).
             let mut conn = self.pool.for_one_statement().await?;
@@ -253,14 +245,6 @@ impl Writer {
         messages: &[&NewMessage],
         verdicts: &[Verdict],
     ) -> Result<Vec<Result<Stored, Refused>>, Unstored> {
-        let reused = |stored: Result<Enqueued, messages::NotStored>, monitored| {
-            stored
-                .map(|enqueued| Stored {
-                    enqueued,
-                    monitored,
-                })
-                .map_err(Refused::NotStored)
-        };
         // Only counted messages are inserted. A repeat is answered with its key's message
         // (possibly a counted one of this very batch), never inserted: if that message
         // vanished meanwhile (retention), the repeat would be stored counted nowhere.
@@ -311,6 +295,19 @@ impl Writer {
             .collect::<Result<Vec<_>, sqlx::Error>>();
         outcomes.map_err(Unstored::Perhaps)
     }
+}
+
+/// A message's insert (or its key's earlier message) as the answer to its request.
+fn reused(
+    stored: Result<Enqueued, messages::NotStored>,
+    monitored: Monitored,
+) -> Result<Stored, Refused> {
+    stored
+        .map(|enqueued| Stored {
+            enqueued,
+            monitored,
+        })
+        .map_err(Refused::NotStored)
 }
 
 /// Why a batch's insert did not report its messages stored.

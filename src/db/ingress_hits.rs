@@ -185,7 +185,7 @@ pub async fn give_back(pool: &Db, reservation: &Reservation) -> Result<(), sqlx:
             .find(|(k, _)| *k == key)
             .map(|(_, w)| w.as_slice())
             .unwrap_or_default();
-        logs.insert(key, read(&counts, &legacy, windows));
+        logs.insert(key, Counts::from_row(&counts, &legacy, windows));
     }
     for (key, windows) in &reservation.hits {
         if let Some(counts) = logs.get_mut(key) {
@@ -199,13 +199,6 @@ pub async fn give_back(pool: &Db, reservation: &Reservation) -> Result<(), sqlx:
 
 /// The event log of an earlier version, as `STORED_COUNTS` reads the counts.
 const STORED_HITS: &str = "ARRAY(SELECT x FROM unnest(hits) AS x WHERE x IS NOT NULL)";
-
-/// A row's counts, with the hits an earlier version logged one by one counted in.
-fn read(counts: &[i64], legacy: &[i64], windows: &[WindowLimit]) -> Counts {
-    let mut counts = Counts::from_stored(counts);
-    counts.absorb(Counts::from_event_log(legacy, windows));
-    counts
-}
 
 /// The advisory-lock namespace of idempotency keys (the two-number form, apart from the
 /// single-number locks such as retention's): "sg" "ik".
@@ -323,7 +316,7 @@ impl Locked {
     ) -> Result<(), sqlx::Error> {
         match row {
             (Some(key), Some(counts), Some(legacy), Some(fresh), None, None, None) => {
-                let counts = read(&counts, &legacy, windows_of(&key));
+                let counts = Counts::from_row(&counts, &legacy, windows_of(&key));
                 if fresh {
                     // Decided from nothing; stored as it is if the decision counts the same.
                     self.logs.insert(key.clone(), Counts::default());

@@ -94,7 +94,7 @@ async fn lock(
         now_ms: rows.iter().map(|(.., now)| *now).max().unwrap_or(0),
     };
     for (recipient, stored, legacy, fresh, _) in rows {
-        let stored = read(&stored, &legacy, windows);
+        let stored = Counts::from_row(&stored, &legacy, windows);
         if fresh {
             // Decided from nothing; kept as stored if the decisions count the same.
             locked.counts.insert(recipient.clone(), Counts::default());
@@ -146,7 +146,7 @@ pub async fn withdraw(
             .fetch_optional(&mut tx)
             .await?;
     if let Some((counts, legacy)) = row {
-        let mut counts = read(&counts, &legacy, windows);
+        let mut counts = Counts::from_row(&counts, &legacy, windows);
         counts.withdraw(windows, at_ms);
         sqlx::query(
             "UPDATE recipient_sends SET counts = $2, sends = '{}', updated_at = clock_timestamp()
@@ -163,10 +163,3 @@ pub async fn withdraw(
 
 /// The event log of an earlier version, as `STORED_COUNTS` reads the counts.
 const STORED_SENDS: &str = "ARRAY(SELECT x FROM unnest(sends) AS x WHERE x IS NOT NULL)";
-
-/// A row's counts, with the sends an earlier version logged one by one counted in.
-fn read(counts: &[i64], legacy: &[i64], windows: &[WindowLimit]) -> Counts {
-    let mut counts = Counts::from_stored(counts);
-    counts.absorb(Counts::from_event_log(legacy, windows));
-    counts
-}

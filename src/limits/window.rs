@@ -143,6 +143,14 @@ impl Counts {
         }
     }
 
+    /// A row's stored counts with the event log an earlier version kept beside them (before
+    /// buckets) counted in.
+    pub fn from_row(stored: &[i64], legacy: &[i64], windows: &[WindowLimit]) -> Self {
+        let mut counts = Self::from_stored(stored);
+        counts.absorb(Self::from_event_log(legacy, windows));
+        counts
+    }
+
     pub fn to_stored(&self) -> Vec<i64> {
         self.0
             .iter()
