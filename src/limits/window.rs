@@ -72,9 +72,10 @@ fn bucket_start(window_ms: i64, at_ms: i64) -> i64 {
 }
 
 /// What a stored value may be, so no arithmetic on it can overflow: times within ±10^15 ms
-/// of the epoch (tens of thousands of years), windows up to ten years, counts up to 10^12.
+/// of the epoch (tens of thousands of years), windows up to the longest the configuration
+/// accepts (u32::MAX seconds), counts up to 10^12.
 const MAX_TIME_MS: i64 = 1_000_000_000_000_000;
-const MAX_WINDOW_MS: i64 = 10 * 366 * 86_400_000;
+const MAX_WINDOW_MS: i64 = u32::MAX as i64 * 1000;
 const MAX_COUNT: i64 = 1_000_000_000_000;
 
 impl Bucket {
@@ -341,6 +342,20 @@ mod tests {
         counts.withdraw(&windows, 5_000_000);
         assert!(matches!(
             admit(&mut counts, 4, &windows),
+            Admission::WaitMs(_)
+        ));
+    }
+
+    /// Found by an attack: windows over ten years, which the configuration accepts (up to
+    /// u32::MAX seconds), were dropped as implausible when read back, so nothing counted.
+    #[test]
+    fn the_longest_window_the_configuration_accepts_counts() {
+        let longest = WindowLimit::new(1, u32::MAX);
+        let mut counts = Counts::default();
+        assert_eq!(admit(&mut counts, 1_000, &[longest]), Admission::Allowed);
+        let mut read_back = Counts::from_stored(&counts.to_stored());
+        assert!(matches!(
+            admit(&mut read_back, 2_000, &[longest]),
             Admission::WaitMs(_)
         ));
     }
