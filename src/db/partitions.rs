@@ -381,9 +381,10 @@ async fn drop_messages(pool: &Db, part: &IdPartition, days: u32) -> Result<bool,
         return give_up(tx).await;
     }
     let name = &part.name;
-    // The detach takes these locks anyway (SHARE on the tables whose foreign keys it checks,
-    // ACCESS EXCLUSIVE on the table, the partition and the default one). Taking them first, in
-    // the order an ingress statement takes them (keys, messages, queue: it then holds none
+    // The detach takes most of these locks anyway: SHARE on the keys, whose foreign key it
+    // checks, and ACCESS EXCLUSIVE on the table, the partition and the default one; SHARE on
+    // the queue (no foreign key of its own since 0015) stops new queue rows. Taking them first,
+    // in the order an ingress statement takes them (keys, messages, queue: it then holds none
     // of ours while waiting for another), means no insert can slip into the day between the
     // check below and the detach (an id from a clock far behind). Inserts wait for the few
     // milliseconds this transaction lasts.
