@@ -50,6 +50,17 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
+    /// Where this kind's rows come in the one order every writer locks limit rows in: the
+    /// rows many requests share (a client address's, a country's) come last, so a batch does
+    /// not hold them while it creates its per-number rows (BENCHMARKS.md, "Issue 24").
+    pub fn lock_rank(self) -> u8 {
+        match self {
+            LimitKind::Recipient => 0,
+            LimitKind::Ip => 1,
+            LimitKind::Country => 2,
+        }
+    }
+
     /// The `limit` label of `smsgate_limit_monitored_total`.
     pub fn label(self) -> &'static str {
         match self {
