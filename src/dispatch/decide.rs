@@ -48,8 +48,8 @@ pub enum Decision {
     Retry { delay: Duration, counted: bool },
     /// Every attempt is spent: the message fails.
     GiveUp { attempts: i32 },
-    /// The wait would outlast the code.
-    Expire,
+    /// The wait would outlast the code; `counted` as in `Retry`.
+    Expire { counted: bool },
 }
 
 /// The decision. `draw(low, high)` picks uniformly from `[low, high]`.
@@ -72,7 +72,7 @@ pub fn decide(
             // No carrier is routed: a configuration fault that only a restart mends.
             backoff(policy, 1, None, draw).max(SKIPPED_MIN_WAIT)
         };
-        return unless_expired(wait, standing, Decision::Release(wait));
+        return unless_expired(wait, standing, false, Decision::Release(wait));
     }
     if route.no_turn {
         // A carrier failed and the next had no turn within the lease (a capped carrier busy):
@@ -80,7 +80,7 @@ pub fn decide(
         let attempt = standing.attempts_before.max(1);
         let delay = backoff(policy, attempt, route.retry_after, draw).max(BUSY_PAUSE);
         let counted = false;
-        return unless_expired(delay, standing, Decision::Retry { delay, counted });
+        return unless_expired(delay, standing, counted, Decision::Retry { delay, counted });
     }
     let attempts = standing.attempts_before + 1;
     if attempts >= policy.max_attempts as i32 {
@@ -88,7 +88,7 @@ pub fn decide(
     }
     let delay = backoff(policy, attempts.max(1), route.retry_after, draw);
     let counted = true;
-    unless_expired(delay, standing, Decision::Retry { delay, counted })
+    unless_expired(delay, standing, counted, Decision::Retry { delay, counted })
 }
 
 /// Full jitter below the policy's ceiling for `attempt`, never below `retry_after`.
@@ -102,9 +102,14 @@ fn backoff(
     draw(Duration::ZERO, ceiling).max(retry_after.unwrap_or_default())
 }
 
-fn unless_expired(wait: Duration, standing: Standing, decision: Decision) -> Decision {
+fn unless_expired(
+    wait: Duration,
+    standing: Standing,
+    counted: bool,
+    decision: Decision,
+) -> Decision {
     if wait >= standing.left {
-        Decision::Expire
+        Decision::Expire { counted }
     } else {
         decision
     }
@@ -233,7 +238,7 @@ mod tests {
         );
         assert_eq!(
             decide(throttled, &POLICY, standing(0, 30), &mut lowest),
-            Decision::Expire
+            Decision::Expire { counted: true }
         );
         let busy = RouteOutcome {
             no_turn: true,
@@ -241,7 +246,7 @@ mod tests {
         };
         assert_eq!(
             decide(busy, &POLICY, standing(0, 1), &mut lowest),
-            Decision::Expire
+            Decision::Expire { counted: false }
         );
     }
 
@@ -259,6 +264,11 @@ mod tests {
                 counted: false
             },
             "not given up, though a counted attempt would have been the last"
+        );
+        assert_eq!(
+            decide(cut_short, &POLICY, standing(2, 1), &mut lowest),
+            Decision::Expire { counted: false },
+            "an expiry after a route cut short does not count its attempt either"
         );
     }
 }

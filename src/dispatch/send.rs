@@ -379,8 +379,6 @@ impl Attempt<'_> {
             Duration::from_millis(rand::rng().random_range(to_ms(low)..=to_ms(high)))
         };
         let as_ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        // A route cut short by a busy carrier does not count, whatever becomes of the message.
-        self.uncounted = route.called && route.no_turn;
         if !route.called {
             if route.no_turn {
                 self.recorder.held("carrier_busy");
@@ -389,7 +387,12 @@ impl Attempt<'_> {
             }
         }
         let left = standing.left;
-        match decide(route, &self.context.retry, standing, &mut uniform) {
+        let decision = decide(route, &self.context.retry, standing, &mut uniform);
+        // A route cut short by a busy carrier does not count, whatever becomes of the message.
+        if let Decision::Retry { counted, .. } | Decision::Expire { counted } = decision {
+            self.uncounted = !counted;
+        }
+        match decision {
             Decision::Release(wait) => self.ended(Disposition::Release {
                 delay_ms: as_ms(wait),
             }),
@@ -409,17 +412,16 @@ impl Attempt<'_> {
                 })
             }
             // Ended before its time only when a carrier asked to wait past it: say so.
-            Decision::Expire if self.retry_after.is_some_and(|wait| wait >= left) => {
-                self.ended(Disposition::Final {
+            Decision::Expire { .. } if self.retry_after.is_some_and(|wait| wait >= left) => self
+                .ended(Disposition::Final {
                     status: Status::Expired,
                     carrier: None,
                     carrier_message_id: None,
                     error: Some(
                         "a carrier asked to wait (Retry-After) past the code's expiry".into(),
                     ),
-                })
-            }
-            Decision::Expire => self.ended(expired()),
+                }),
+            Decision::Expire { .. } => self.ended(expired()),
         }
     }
 
