@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 use crate::config::Config;
-use crate::domain::Status;
+use crate::domain::{LimitKind, Status};
 
 /// Outcomes of an ingress request (`POST /v1/auth0/sms` or `/v1/auth0/phone-provider`):
 /// `timeout` is a 408 (the whole request took longer than `server.request_timeout_ms`), `error`
@@ -46,19 +46,22 @@ pub const FINISHED_STATUSES: [Status; 4] = [
     Status::RateLimited,
 ];
 /// Where a message can be held back by a limit: `recipient` is a worker waiting for a number's
-/// window; the others are ingress refusals (429) by `[[limits.ip]]`,
-/// `[[limits.ingress_recipient]]` and `limits.max_in_flight`.
-pub const RATE_LIMIT_SCOPES: [&str; 7] = [
-    "recipient",
-    "ingress_ip",
-    "ingress_recipient",
-    "ingress_country",
-    "in_flight",
-    "spend_daily",
-    "spend_country",
-];
-/// The limits whose `monitor` mode `smsgate_limit_monitored_total` counts.
-pub const MONITORED_LIMITS: [&str; 4] = ["ip", "ingress_recipient", "country", "destinations"];
+/// window (`[[limits.recipient]]`); the others are ingress refusals (429): one per kind of
+/// ingress limit, `limits.max_in_flight`, and the two spend ceilings.
+fn rate_limit_scopes() -> impl Iterator<Item = &'static str> {
+    ["recipient"]
+        .into_iter()
+        .chain(LimitKind::ALL.map(LimitKind::refusal_scope))
+        .chain(["in_flight", "spend_daily", "spend_country"])
+}
+/// The limits whose `monitor` mode `smsgate_limit_monitored_total` counts: every kind of
+/// ingress limit, and the destination policy.
+fn monitored_limits() -> impl Iterator<Item = &'static str> {
+    LimitKind::ALL
+        .map(LimitKind::label)
+        .into_iter()
+        .chain(["destinations"])
+}
 /// States of a queued message, as `smsgate_queue_depth` reports them.
 pub const QUEUE_STATES: [&str; 2] = ["queued", "sending"];
 /// Why a worker handed a message back untried (`smsgate_dispatch_held_total`): every carrier
@@ -367,11 +370,11 @@ impl Metrics {
         for status in FINISHED_STATUSES {
             self.finished.with_label_values(&[status.as_str()]);
         }
-        for scope in RATE_LIMIT_SCOPES {
+        for scope in rate_limit_scopes() {
             self.rate_limited.with_label_values(&[scope]);
         }
         // The country is known only once a request is monitored; an empty label is no label.
-        for limit in MONITORED_LIMITS {
+        for limit in monitored_limits() {
             self.monitored.with_label_values(&[limit, ""]);
         }
         for carrier in config.carriers.keys() {

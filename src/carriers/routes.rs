@@ -7,12 +7,11 @@ use anyhow::Context;
 
 use super::{CarrierHandle, test_numbers};
 use crate::config::{RouteConfig, TestNumberConfig};
+use crate::domain::PrefixTable;
 
 pub struct Routes {
-    /// Longest prefix first, so the first match is the best one.
-    routes: Vec<(String, Vec<Arc<CarrierHandle>>)>,
-    /// Each route's own sender, by prefix.
-    senders: HashMap<String, String>,
+    /// Each route's carriers, and its own sender.
+    routes: PrefixTable<(Vec<Arc<CarrierHandle>>, Option<String>)>,
     /// `[[test_numbers]]`, matched whole before any prefix: answered by their stand-in.
     test_numbers: HashMap<String, Vec<Arc<CarrierHandle>>>,
 }
@@ -23,7 +22,7 @@ impl Routes {
         numbers: &[TestNumberConfig],
         carriers: &HashMap<String, Arc<CarrierHandle>>,
     ) -> anyhow::Result<Self> {
-        let mut routes = config
+        let routes = config
             .iter()
             .map(|route| {
                 let handles = route
@@ -36,10 +35,9 @@ impl Routes {
                             .with_context(|| format!("route names unknown carrier {name}"))
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                Ok((route.prefix.clone(), handles))
+                Ok((route.prefix.clone(), (handles, route.sender.clone())))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         let test_numbers = match carriers.get(test_numbers::NAME) {
             Some(stand_in) => numbers
                 .iter()
@@ -47,13 +45,8 @@ impl Routes {
                 .collect(),
             None => HashMap::new(),
         };
-        let senders = config
-            .iter()
-            .filter_map(|route| Some((route.prefix.clone(), route.sender.clone()?)))
-            .collect();
         Ok(Self {
-            routes,
-            senders,
+            routes: PrefixTable::new(routes),
             test_numbers,
         })
     }
@@ -63,11 +56,7 @@ impl Routes {
         if self.test_numbers.contains_key(recipient) {
             return None;
         }
-        let (prefix, _) = self
-            .routes
-            .iter()
-            .find(|(prefix, _)| recipient.starts_with(prefix.as_str()))?;
-        self.senders.get(prefix).map(String::as_str)
+        self.routes.get(recipient)?.1.as_deref()
     }
 
     /// The carriers for `recipient` (E.164), in the order to try them.
@@ -76,9 +65,8 @@ impl Routes {
             return stand_in;
         }
         self.routes
-            .iter()
-            .find(|(prefix, _)| recipient.starts_with(prefix.as_str()))
-            .map(|(_, carriers)| carriers.as_slice())
+            .get(recipient)
+            .map(|(carriers, _)| carriers.as_slice())
             .unwrap_or_default()
     }
 }

@@ -2,7 +2,20 @@
 //! sender, and which carriers can place calls. Used by validation, the ingress (a voice
 //! request needs a route that can call) and pricing (the first carrier of the route).
 
-use super::{CarrierKind, Config, RouteConfig};
+use super::{CarrierConfig, CarrierKind, Config, RouteConfig};
+
+impl CarrierConfig {
+    /// Whether this carrier places calls: Twilio with a `from` number to call from, and
+    /// MessageMedia; SNS and the log carrier send text only. The one statement of it: the
+    /// ingress, pricing and the dispatch's carrier handles all ask here.
+    pub fn places_calls(&self) -> bool {
+        match self.kind {
+            CarrierKind::Twilio => self.from.as_deref().is_some_and(is_e164),
+            CarrierKind::Messagemedia => true,
+            CarrierKind::Sns | CarrierKind::Log => false,
+        }
+    }
+}
 
 /// Prefixes whose countries accept no alphanumeric sender ID: a text from "ACME" would be
 /// refused or rewritten there (Twilio, "International support for Alphanumeric Sender ID":
@@ -12,22 +25,14 @@ const NO_ALPHANUMERIC_SENDER: [&str; 2] = ["+1", "+86"];
 impl Config {
     /// The route `recipient` (E.164) takes: the longest matching prefix.
     pub fn route_for(&self, recipient: &str) -> Option<&RouteConfig> {
-        self.routes
-            .iter()
-            .filter(|route| recipient.starts_with(route.prefix.as_str()))
-            .max_by_key(|route| route.prefix.len())
+        crate::domain::longest_match(&self.routes, |route| &route.prefix, recipient)
     }
 
-    /// Whether carrier `name` places calls: Twilio with a `from` number to call from, and
-    /// MessageMedia; SNS and the log carrier send text only.
+    /// Whether carrier `name` places calls (`CarrierConfig::places_calls`).
     pub fn carrier_calls(&self, name: &str) -> bool {
         self.carriers
             .get(name)
-            .is_some_and(|carrier| match carrier.kind {
-                CarrierKind::Twilio => carrier.from.as_deref().is_some_and(is_e164),
-                CarrierKind::Messagemedia => true,
-                CarrierKind::Sns | CarrierKind::Log => false,
-            })
+            .is_some_and(|carrier| carrier.places_calls())
     }
 
     /// Whether a call to `recipient` has a carrier on its route (or it is a test number).

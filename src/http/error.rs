@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::auth0::TokenError;
 use crate::db::batcher::EnqueueError;
 use crate::limits::destinations::Refusal;
-use crate::limits::ingress::{LimitKind, Limited, OverSpend};
+use crate::limits::ingress::{Limited, OverSpend};
 
 /// Every way a request can be refused; each maps to one status and error code.
 #[derive(Debug, thiserror::Error)]
@@ -177,18 +177,7 @@ impl ApiError {
     /// The `scope` of `smsgate_rate_limited_total` a refusal counts under.
     pub fn limit_scope(&self) -> Option<&'static str> {
         match self {
-            ApiError::RateLimited(Limited {
-                kind: LimitKind::Ip,
-                ..
-            }) => Some("ingress_ip"),
-            ApiError::RateLimited(Limited {
-                kind: LimitKind::Recipient,
-                ..
-            }) => Some("ingress_recipient"),
-            ApiError::RateLimited(Limited {
-                kind: LimitKind::Country,
-                ..
-            }) => Some("ingress_country"),
+            ApiError::RateLimited(Limited { kind, .. }) => Some(kind.refusal_scope()),
             ApiError::OverSpend(over) => Some(over.scope()),
             ApiError::TooManyInFlight => Some("in_flight"),
             _ => None,

@@ -41,35 +41,7 @@ impl SpendCeiling {
     }
 }
 
-/// Which limit refused (or would have refused) a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    Ip,
-    Recipient,
-    Country,
-}
-
-impl LimitKind {
-    /// Where this kind's rows come in the one order every writer locks limit rows in: the
-    /// rows many requests share (a client address's, a country's) come last, so a batch does
-    /// not hold them while it creates its per-number rows (BENCHMARKS.md, "Issue 24").
-    pub fn lock_rank(self) -> u8 {
-        match self {
-            LimitKind::Recipient => 0,
-            LimitKind::Ip => 1,
-            LimitKind::Country => 2,
-        }
-    }
-
-    /// The `limit` label of `smsgate_limit_monitored_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            LimitKind::Ip => "ip",
-            LimitKind::Recipient => "ingress_recipient",
-            LimitKind::Country => "country",
-        }
-    }
-}
+pub use crate::domain::LimitKind;
 
 /// A refusal, with when the refusing window allows a request again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +61,7 @@ impl fmt::Display for Limited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.kind {
             LimitKind::Ip => "too many requests from this client IP",
-            LimitKind::Recipient => "too many messages to this number",
+            LimitKind::NumberCap => "too many messages to this number",
             LimitKind::Country => "too many messages to this number's country",
         };
         write!(f, "{what}; try again in {} s", self.retry_after_seconds())
@@ -218,7 +190,7 @@ impl IngressLimits {
             );
         }
         let to = format!("to:{}", message.recipient.as_str());
-        split_by_mode(&mut checks, &self.recipient, &to, LimitKind::Recipient);
+        split_by_mode(&mut checks, &self.recipient, &to, LimitKind::NumberCap);
         let country = message.guard.country.as_deref();
         for limit in &self.country {
             if limit.covers(country) {

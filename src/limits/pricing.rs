@@ -4,31 +4,25 @@
 use std::collections::HashMap;
 
 use crate::config::{Config, Micros, TestOutcome, micros};
-use crate::domain::{Channel, NewMessage, PhoneNumber, classify, segments};
+use crate::domain::{Channel, NewMessage, PhoneNumber, PrefixTable, classify, segments};
 
 /// The price list, parsed once.
 #[derive(Debug, Clone, Default)]
 pub struct Pricing {
-    /// Route prefix → the route's first carrier, and its first that places calls; longest
-    /// prefix first.
-    first_carriers: Vec<(String, String, Option<String>)>,
-    /// Carrier → (prefix, price per segment), longest prefix first.
-    prices: HashMap<String, Vec<(String, Micros)>>,
+    /// By route prefix: the route's first carrier, and its first that places calls.
+    first_carriers: PrefixTable<(String, Option<String>)>,
+    /// Carrier → price per segment by prefix.
+    prices: HashMap<String, PrefixTable<Micros>>,
     test_numbers: HashMap<String, TestOutcome>,
     pub currency: String,
 }
 
 impl Pricing {
     pub fn new(config: &Config) -> Self {
-        let mut first_carriers: Vec<(String, String, Option<String>)> = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                let calls = r.carriers.iter().find(|c| config.carrier_calls(c)).cloned();
-                Some((r.prefix.clone(), r.carriers.first()?.clone(), calls))
-            })
-            .collect();
-        first_carriers.sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
+        let first_carriers = config.routes.iter().filter_map(|r| {
+            let calls = r.carriers.iter().find(|c| config.carrier_calls(c)).cloned();
+            Some((r.prefix.clone(), (r.carriers.first()?.clone(), calls)))
+        });
         let mut prices: HashMap<String, Vec<(String, Micros)>> = HashMap::new();
         for price in &config.prices {
             prices
@@ -36,12 +30,12 @@ impl Pricing {
                 .or_default()
                 .push((price.prefix.clone(), micros(price.per_segment)));
         }
-        for list in prices.values_mut() {
-            list.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        }
         Self {
-            first_carriers,
-            prices,
+            first_carriers: PrefixTable::new(first_carriers),
+            prices: prices
+                .into_iter()
+                .map(|(carrier, list)| (carrier, PrefixTable::new(list)))
+                .collect(),
             test_numbers: config
                 .test_numbers
                 .iter()
@@ -58,11 +52,7 @@ impl Pricing {
 
     /// The price of one segment to `recipient` through `carrier`, if one is listed.
     pub fn per_segment(&self, carrier: &str, recipient: &str) -> Option<Micros> {
-        self.prices
-            .get(carrier)?
-            .iter()
-            .find(|(prefix, _)| recipient.starts_with(prefix.as_str()))
-            .map(|(_, price)| *price)
+        self.prices.get(carrier)?.get(recipient).copied()
     }
 
     /// What a send of `body` to `recipient` through `carrier` costs (nothing to a test number).
@@ -84,9 +74,8 @@ impl Pricing {
         }
         let carrier = self
             .first_carriers
-            .iter()
-            .find(|(prefix, _, _)| recipient.starts_with(prefix.as_str()))
-            .and_then(|(_, first, calls)| match message.channel {
+            .get(recipient)
+            .and_then(|(first, calls)| match message.channel {
                 Channel::Sms => Some(first.as_str()),
                 Channel::Voice => calls.as_deref(),
             });
