@@ -176,6 +176,8 @@ pub struct CarrierHandle {
     /// The longest one call may take (`timeout_ms`): a call starts only while the lease
     /// still covers it.
     pub timeout: Duration,
+    /// Whether it places calls: a call is never handed to one that does not.
+    places_calls: bool,
 }
 
 impl CarrierHandle {
@@ -224,6 +226,7 @@ impl CarrierHandle {
             max_per_second: transport.max_per_second.map(NonZeroU32::get),
             disabled: std::sync::atomic::AtomicBool::new(false),
             timeout: transport.timeout,
+            places_calls: settings.places_calls,
         })
     }
 
@@ -246,17 +249,14 @@ impl CarrierHandle {
             max_per_second: None,
             disabled: std::sync::atomic::AtomicBool::new(false),
             timeout: Duration::from_secs(1),
+            // It answers for calls to test numbers as for texts.
+            places_calls: true,
         }
     }
 
-    /// Whether the carrier places calls (`Config::carrier_calls` says the same from the
-    /// configuration): a call is never handed to one that does not.
+    /// Whether the carrier places calls (`CarrierConfig::places_calls`).
     pub fn calls(&self) -> bool {
-        match &self.client {
-            AnyCarrier::Twilio(carrier) => carrier.calls(),
-            AnyCarrier::MessageMedia(_) | AnyCarrier::TestNumbers(_) => true,
-            AnyCarrier::Log(_) | AnyCarrier::Sns(_) => false,
-        }
+        self.places_calls
     }
 
     /// False while an operator has disabled the carrier or its breaker is open: skip it. True

@@ -78,11 +78,6 @@ impl TwilioCarrier {
         }
     }
 
-    /// A call needs a number to call from: the carrier's `from` (or the route's, when a number).
-    pub fn calls(&self) -> bool {
-        self.from.as_deref().is_some_and(is_e164)
-    }
-
     /// A call: the text said twice by `<Say>` (`twiml`), from a number.
     fn call_form(&self, sms: &OutboundSms) -> Vec<(&'static str, String)> {
         let from = sms

@@ -20,6 +20,8 @@ pub struct CarrierSettings {
     pub callback_url: Option<String>,
     /// How those receipts are proven, when the carrier is asked for them.
     pub receipts: Option<Receipts>,
+    /// Whether it places calls (`CarrierConfig::places_calls`).
+    pub places_calls: bool,
 }
 
 /// A carrier that sends delivery receipts to `public_url`, and what proves them.
@@ -176,6 +178,7 @@ impl CarrierConfig {
             kind,
             callback_url: self.callback_url(name),
             receipts: self.receipts(),
+            places_calls: self.places_calls(),
         })
     }
 
