@@ -1,5 +1,5 @@
-//! The queue's hot path: claim a batch under a lease (applying the per-recipient limits in the
-//! same transaction), and write outcomes back in batches. Every write is guarded by the lease
+//! The queue's hot path: claim a batch under a lease, and write outcomes back in batches (the
+//! per-recipient pacing is decided later, right before each call: `dispatch::admissions`). Every write is guarded by the lease
 //! token, so a worker whose lease ran out can record its attempt but no longer decide the
 //! message's fate.
 

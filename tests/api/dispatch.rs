@@ -66,6 +66,15 @@ pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMu
     }
 }
 
+/// Waits until no message is left in the queue (sent, failed or expired, every one).
+pub async fn wait_until_drained(pool: &sqlx::PgPool, timeout: Duration) {
+    let db = smsgate::db::Db::direct(pool.clone());
+    wait_until("the queue to drain", timeout, async || {
+        smsgate::db::queue::depth(&db).await.unwrap_or(1) == 0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_queued_message_is_sent_recorded_and_its_code_erased() {
     let standin = TwilioStandIn::start().await;

@@ -228,13 +228,7 @@ async fn five_kill_9s_under_load_lose_nothing_acknowledged() {
     }
 
     let (last, _) = spawn_binary(&db, &config, dir.path());
-    wait_until("the queue to drain", Duration::from_secs(90), async || {
-        smsgate::db::queue::depth(&smsgate::db::Db::direct(db.pool.clone()))
-            .await
-            .unwrap_or(1)
-            == 0
-    })
-    .await;
+    crate::dispatch::wait_until_drained(&db.pool, Duration::from_secs(90)).await;
     assert!(crate::cli::terminate(last).await.success());
 
     let acked = acknowledged(&outcomes);

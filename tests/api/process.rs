@@ -94,13 +94,7 @@ async fn a_kill_9_mid_flight_loses_nothing_and_duplicates_at_most_the_in_flight_
     assert!(sent_before_kill < acknowledged.len(), "killed mid-flight");
 
     let (restarted, _) = spawn_binary(&db, &config, dir.path());
-    wait_until("the queue to drain", Duration::from_secs(90), async || {
-        smsgate::db::queue::depth(&smsgate::db::Db::direct(db.pool.clone()))
-            .await
-            .unwrap_or(1)
-            == 0
-    })
-    .await;
+    crate::dispatch::wait_until_drained(&db.pool, Duration::from_secs(90)).await;
     assert!(stop(restarted).await.success());
 
     let accepted = standin.accepted_per_recipient();
@@ -166,13 +160,7 @@ async fn sigterm_finishes_in_flight_sends_and_a_restart_sends_the_rest_exactly_o
     assert_eq!(leased, 0, "no message left leased");
 
     let (restarted, _) = spawn_binary(&db, &config, dir.path());
-    wait_until("the queue to drain", Duration::from_secs(60), async || {
-        smsgate::db::queue::depth(&smsgate::db::Db::direct(db.pool.clone()))
-            .await
-            .unwrap_or(1)
-            == 0
-    })
-    .await;
+    crate::dispatch::wait_until_drained(&db.pool, Duration::from_secs(60)).await;
     assert!(stop(restarted).await.success());
 
     let accepted = standin.accepted_per_recipient();
