@@ -257,6 +257,98 @@ fn the_checks_see_what_they_look_for() {
     assert_eq!(functions(&code), vec![("f".to_string(), 3, 5)]);
 }
 
+/// Sibling modules a file of a module folder names through `super::` (`super::x`, each item
+/// of `use super::{x, y}`), among `siblings`.
+fn siblings_named(code: &str, siblings: &BTreeSet<String>) -> BTreeSet<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut named = BTreeSet::new();
+    for (i, _) in code.match_indices("super::") {
+        let after = &code[i + "super::".len()..];
+        if let Some(group) = after.strip_prefix('{') {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            named.extend(group.split(',').map(|item| ident(item.trim())));
+        } else {
+            named.insert(ident(after));
+        }
+    }
+    named.retain(|name| siblings.contains(name));
+    named
+}
+
+/// The files of each module folder (`src/config/`), by sibling name (`validate`), `mod.rs`
+/// left out: a child may use its parent, the parent declares its children.
+fn module_folders() -> BTreeMap<PathBuf, BTreeMap<String, String>> {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut folders: BTreeMap<PathBuf, BTreeMap<String, String>> = BTreeMap::new();
+    for path in files {
+        let (Some(dir), Some(stem)) = (path.parent(), path.file_stem()) else {
+            continue;
+        };
+        let stem = stem.to_string_lossy().to_string();
+        if stem == "mod" || !dir.join("mod.rs").exists() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let code = code_only(&text);
+        // Unit tests may reach anywhere in their module.
+        let code = code
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        folders
+            .entry(dir.to_path_buf())
+            .or_default()
+            .insert(stem, code);
+    }
+    folders
+}
+
+#[test]
+fn the_files_of_a_module_folder_use_each_other_without_a_cycle() {
+    let mut wrong = Vec::new();
+    for (dir, files) in module_folders() {
+        let siblings: BTreeSet<String> = files.keys().cloned().collect();
+        let uses: BTreeMap<&String, BTreeSet<String>> = files
+            .iter()
+            .map(|(name, code)| {
+                let mut named = siblings_named(code, &siblings);
+                named.remove(name);
+                (name, named)
+            })
+            .collect();
+        // A cycle shows as a pair that reach each other.
+        let reaches = |from: &String, to: &String| {
+            let mut seen = BTreeSet::new();
+            let mut stack = vec![from.clone()];
+            while let Some(at) = stack.pop() {
+                for next in uses.get(&at).into_iter().flatten() {
+                    if next == to {
+                        return true;
+                    }
+                    if seen.insert(next.clone()) {
+                        stack.push(next.clone());
+                    }
+                }
+            }
+            false
+        };
+        for (a, used) in &uses {
+            for b in used.iter().filter(|b| *a < *b) {
+                if reaches(b, a) {
+                    wrong.push(format!("{}: {a} <-> {b}", dir.display()));
+                }
+            }
+        }
+    }
+    assert_none(wrong, "files of one module folder that use each other");
+}
+
 /// Fails listing what was `found`, under `what`.
 fn assert_none(found: Vec<String>, what: &str) {
     assert!(found.is_empty(), "{what}:\n{}", found.join("\n"));

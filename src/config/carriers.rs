@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use std::num::NonZeroU32;
 
-use super::validate::Problem;
+use super::problems::Problem;
 use super::{Millis, Seconds};
 use crate::messagemedia_signature::{MAX_KEYS, SignatureKeys};
 use crate::secret::{Secret, lenient_string};

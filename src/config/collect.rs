@@ -9,7 +9,7 @@ use figment::providers::Serialized;
 use figment::value::Value;
 
 use super::Config;
-use super::validate::{ConfigError, is_list_position, is_zero_refused};
+use super::problems::{ConfigError, is_list_position, is_zero_refused};
 
 /// More rounds than any file has keys to get wrong; each round sets one aside.
 const MAX_ROUNDS: usize = 256;
@@ -147,61 +147,5 @@ fn remove(tree: &mut Value, path: &[String]) -> bool {
             _ => false,
         },
         _ => false,
-    }
-}
-
-/// `unknown key; did you mean `listen`?`: the closest known key when one is close.
-pub(super) fn unknown_key(field: &str, expected: &[&str]) -> String {
-    let closest = expected
-        .iter()
-        .map(|known| (edit_distance(field, known), *known))
-        .min()
-        .filter(|(distance, known)| *distance <= (known.len() / 3).max(1));
-    match closest {
-        Some((_, known)) => format!("unknown key; did you mean `{known}`?"),
-        None if expected.is_empty() => "unknown key".to_string(),
-        None => format!("unknown key (this table takes: {})", expected.join(", ")),
-    }
-}
-
-/// A value that is none of the choices, which are listed (the value is not repeated: it may
-/// be a secret written on the wrong line).
-pub(super) fn unknown_choice(expected: &[&str]) -> String {
-    let choices: Vec<String> = expected.iter().map(|c| format!("`{c}`")).collect();
-    format!("unknown value; expected one of {}", choices.join(", "))
-}
-
-/// Levenshtein distance, for suggestions only.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca != *cb);
-            previous = row[j + 1];
-            row[j + 1] = substitution.min(previous + 1).min(row[j] + 1);
-        }
-    }
-    row[b.len()]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_near_miss_gets_a_suggestion_and_a_stranger_the_list() {
-        let keys = ["listen", "allow_unauthenticated", "max_connections"];
-        assert_eq!(
-            unknown_key("lisen", &keys),
-            "unknown key; did you mean `listen`?"
-        );
-        assert_eq!(
-            unknown_key("max_connection", &keys),
-            "unknown key; did you mean `max_connections`?"
-        );
-        assert!(unknown_key("colour", &keys).contains("takes: listen, "));
     }
 }

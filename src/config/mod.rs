@@ -7,6 +7,7 @@ mod collect;
 mod env;
 mod guard;
 pub mod libpq_tls;
+mod problems;
 mod routing;
 mod secrets;
 mod settings;
@@ -30,13 +31,13 @@ pub use guard::{
     CountryLimit, LimitMode, Micros, PriceConfig, SpendConfig, TestNumberConfig, TestOutcome,
     micros,
 };
+pub use problems::ConfigError;
 pub use routing::is_e164;
 pub use settings::{
     CarrierSettings, KindSettings, MessageMediaSettings, ReceiptProof, Receipts, SnsSettings,
     Transport, TwilioCredentials, TwilioSettings,
 };
 pub use units::{Millis, Seconds};
-pub use validate::ConfigError;
 
 use units::{count, count32};
 

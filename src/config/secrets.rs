@@ -3,7 +3,7 @@
 //! placeholder values the shipped examples carry. On a loopback listener (development) only
 //! an empty key is refused.
 
-use super::validate::Problem;
+use super::problems::Problem;
 use super::{Config, SignerConfig};
 use crate::secret::decode_base64url_secret;
 

@@ -6,7 +6,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::validate::ConfigError;
+use super::problems::ConfigError;
 use super::{CarrierConfig, CarrierKind, VoiceFormat};
 use crate::messagemedia_signature::SignatureKeys;
 use crate::secret::Secret;

@@ -27,6 +27,10 @@ use sqlx::{Connection, PgConnection};
 use crate::config::DatabaseConfig;
 
 /// The schema, embedded in the binary so `smsgate migrate` needs no source tree.
+/// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks. Row
+/// retention (`retention`) and partition maintenance (`partitions`) both take it.
+const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
+
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Guards against a stuck statement or an abandoned transaction pinning the queue's xmin

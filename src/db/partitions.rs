@@ -12,7 +12,7 @@ use super::{Db, Tx};
 
 /// Retention's lock: a partition's transaction and a row-deleting batch never run at once (the
 /// batch's cascade to the keys and the drop's lock on them could otherwise wait on each other).
-const PARTITIONS_LOCK: i64 = super::retention::RETENTION_LOCK;
+const PARTITIONS_LOCK: i64 = super::RETENTION_LOCK;
 /// Days created ahead of today: a gateway is not stuck writing into the default partition
 /// even if every dispatcher (which runs this) is down for this long.
 pub const DAYS_AHEAD: u64 = 3;

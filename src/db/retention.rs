@@ -10,8 +10,6 @@ use tokio_util::sync::CancellationToken;
 /// Days of `spend_days` kept after the day they count (the ceilings need only today's).
 const SPEND_DAYS_KEPT: i32 = 31;
 
-/// Arbitrary but fixed: identifies smsgate's retention lock among advisory locks.
-pub(super) const RETENTION_LOCK: i64 = 0x736d_7367_6174_6501;
 const BATCH: i64 = 1000;
 /// How long an idempotency key answers for its message: Auth0 retries a custom phone
 /// provider's Action within minutes; an hour leaves ample room.
@@ -68,7 +66,7 @@ async fn sweep_rows(
     loop {
         let mut tx = pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RETENTION_LOCK)
+            .bind(super::RETENTION_LOCK)
             .fetch_one(&mut tx)
             .await?;
         if !locked {

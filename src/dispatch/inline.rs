@@ -9,7 +9,7 @@ use crate::db::Db;
 use tokio_util::sync::CancellationToken;
 
 use super::send::{self, SendContext};
-use super::{apply_carrier_switches, completer, send_context};
+use super::{completer, switches};
 use crate::carriers::{self, CarrierHandle};
 use crate::config::Config;
 use crate::db::queue;
@@ -28,7 +28,8 @@ pub struct InlineDispatcher {
 impl InlineDispatcher {
     pub async fn new(config: &Config, pool: Db, metrics: Metrics) -> anyhow::Result<Self> {
         let handles = carriers::build_all(config, &metrics).await?;
-        let context = send_context(config, &handles, &pool, &metrics, &CancellationToken::new())?;
+        let context =
+            SendContext::build(config, &handles, &pool, &metrics, &CancellationToken::new())?;
         Ok(Self {
             context,
             carriers: handles.into_values().collect(),
@@ -41,7 +42,7 @@ impl InlineDispatcher {
     /// Claims and sends until no message is due (one in backoff is not due until its time),
     /// writing every outcome; how many outcomes were written.
     pub async fn run_until_idle(&self) -> anyhow::Result<usize> {
-        apply_carrier_switches(&self.pool, &self.carriers, &self.context.metrics).await;
+        switches::apply(&self.pool, &self.carriers, &self.context.metrics).await;
         let mut written = 0;
         loop {
             let started = Instant::now();

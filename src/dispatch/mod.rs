@@ -9,6 +9,7 @@ mod record;
 pub mod retention;
 pub mod retry;
 mod send;
+mod switches;
 pub mod wake;
 
 pub use inline::InlineDispatcher;
@@ -23,16 +24,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::carriers::{self, Routes};
+use crate::carriers;
 use crate::config::{Config, DispatchConfig};
 use crate::db::queue::{self, ClaimBatch, Completion};
 use crate::domain::Status;
 use crate::limits::ingress::IngressLimits;
-use crate::limits::pricing::Pricing;
 use crate::limits::window::counted_for_seconds;
 use crate::metrics::Metrics;
-use admissions::Admissions;
-use retry::RetryPolicy;
 use send::{SendContext, SharedContext};
 use wake::Wake;
 
@@ -89,33 +87,6 @@ struct Claimer {
     shutdown: CancellationToken,
 }
 
-/// What every send of a process shares.
-fn send_context(
-    config: &Config,
-    handles: &std::collections::HashMap<String, Arc<carriers::CarrierHandle>>,
-    pool: &Db,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Arc<SendContext>> {
-    let d = &config.dispatch;
-    Ok(Arc::new(SendContext {
-        routes: Routes::new(&config.routes, &config.test_numbers, handles)?,
-        pricing: Pricing::new(config),
-        retry: RetryPolicy {
-            base: d.retry_base_ms.duration(),
-            max: d.retry_max_ms.duration(),
-            max_attempts: d.max_attempts.get(),
-        },
-        metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-        lease: d.lease_seconds.duration(),
-        pool: pool.clone(),
-        windows: config.limits.recipient.clone(),
-        admissions: (!config.limits.recipient.is_empty())
-            .then(|| Admissions::start(pool.clone(), config.limits.recipient.clone())),
-    }))
-}
-
 /// What the retention sweep keeps how long, from the configuration.
 fn retention_plan(config: &Config) -> retention::Plan {
     retention::Plan {
@@ -147,7 +118,7 @@ impl Dispatcher {
         let handles = carriers::build_all(config, &metrics).await?;
         let switches: Vec<Arc<carriers::CarrierHandle>> = handles.values().cloned().collect();
         let d = &config.dispatch;
-        let context = send_context(config, &handles, &pool, &metrics, &shutdown)?;
+        let context = SendContext::build(config, &handles, &pool, &metrics, &shutdown)?;
         let in_hand = claim_capacity(&handles, context.lease).map(|n| Arc::new(Semaphore::new(n)));
         let (outcomes, receiver) = mpsc::channel(4 * d.workers.get().max(64));
         let completer = tokio::spawn(completer::run(pool.clone(), receiver, metrics.clone()));
@@ -404,33 +375,9 @@ async fn follow_carrier_switches(
 ) {
     let mut ticks = Ticks::new(Duration::from_secs(1), &shutdown);
     loop {
-        apply_carrier_switches(&pool, &carriers, &metrics).await;
+        switches::apply(&pool, &carriers, &metrics).await;
         if !ticks.next().await {
             return;
         }
-    }
-}
-
-/// Reads the operators' switches once and applies them to `carriers`.
-async fn apply_carrier_switches(
-    pool: &Db,
-    carriers: &[Arc<carriers::CarrierHandle>],
-    metrics: &Metrics,
-) {
-    match crate::db::carrier_states::disabled(pool).await {
-        Ok(disabled) => {
-            for carrier in carriers {
-                let off = disabled.contains(&carrier.name);
-                if off != carrier.is_disabled() {
-                    tracing::warn!(carrier = %carrier.name, disabled = off, "carrier switched");
-                }
-                carrier.set_disabled(off);
-                metrics
-                    .carrier_disabled
-                    .with_label_values(&[carrier.name.as_str()])
-                    .set(i64::from(off));
-            }
-        }
-        Err(err) => tracing::debug!(error = %err, "cannot read carrier switches"),
     }
 }

@@ -17,7 +17,7 @@ use super::retry::RetryPolicy;
 use crate::db::Db;
 
 use crate::carriers::{Accepted, CarrierHandle, FailureClass, OutboundSms, Routes, SendError};
-use crate::config::WindowLimit;
+use crate::config::{Config, WindowLimit};
 use crate::db::queue::{Claimed, Completion, Disposition};
 use crate::db::recipient_sends;
 use crate::domain::{Channel, PhoneNumber, Status, redact_digits};
@@ -506,6 +506,35 @@ pub fn finalise(message: &Claimed, status: Status, error: &str) -> Completion {
 
 /// Shared handle type for the context.
 pub type SharedContext = Arc<SendContext>;
+
+impl SendContext {
+    /// What every send of a process shares.
+    pub fn build(
+        config: &Config,
+        handles: &std::collections::HashMap<String, Arc<CarrierHandle>>,
+        pool: &Db,
+        metrics: &Metrics,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Arc<SendContext>> {
+        let d = &config.dispatch;
+        Ok(Arc::new(SendContext {
+            routes: Routes::new(&config.routes, &config.test_numbers, handles)?,
+            pricing: Pricing::new(config),
+            retry: RetryPolicy {
+                base: d.retry_base_ms.duration(),
+                max: d.retry_max_ms.duration(),
+                max_attempts: d.max_attempts.get(),
+            },
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            lease: d.lease_seconds.duration(),
+            pool: pool.clone(),
+            windows: config.limits.recipient.clone(),
+            admissions: (!config.limits.recipient.is_empty())
+                .then(|| Admissions::start(pool.clone(), config.limits.recipient.clone())),
+        }))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -10,13 +10,15 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{AnswerBy, Caller, JsonBytes};
-use super::phone_provider::DERIVED_PREFIX;
 use super::{ApiError, AppState};
 use crate::domain::{
     Channel, Classification, MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo,
     classify, is_bidi_control, redact_digits,
 };
 
+/// Marks an idempotency key derived from a phone-provider notification (`phone_provider`):
+/// its digest covers the code, so it is keyed with the signer's secret before it is stored.
+pub const DERIVED_PREFIX: &str = "derived:";
 /// Auth0 caps the connection's `options.from` at 128 characters.
 const MAX_SENDER_CHARS: usize = 128;
 /// Longer user agents are cut, not refused: refusing a login over one helps nobody.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::ApiError;
-use super::ingress::{ForwardedRequest, LegacySmsRequest, invalid, validate};
+use super::ingress::{DERIVED_PREFIX, ForwardedRequest, LegacySmsRequest, invalid, validate};
 use crate::domain::{Channel, NewMessage};
 
 #[derive(Deserialize)]
@@ -160,10 +160,6 @@ fn is_locale(tag: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
-
-/// Marks a key derived from a notification; the ingress keys its digest with the signer's
-/// secret before it is stored.
-pub const DERIVED_PREFIX: &str = "derived:";
 
 /// A retried notification carries the same recipient, type, code and text: their digest is
 /// its key. The code never leaves the process in clear.
