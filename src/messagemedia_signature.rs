@@ -3,7 +3,7 @@
 //! the account's enabled signature key over three things joined without separators: the
 //! request line (`POST /path?query HTTP/1.1`), the `Date` header's value and the body. The
 //! digest is the one the key was created with (SHA-224, SHA-256 or SHA-512), named in
-//! `X-MessageMedia-Digest-Type`. README, "Delivery receipts", has the contract and its sources.
+//! `X-MessageMedia-Digest-Type`. docs/carriers.md, "Delivery receipts", has the contract and its sources.
 //!
 //! A leaf module: configuration checks parse the keys with it, the callback route verifies.
 

@@ -33,7 +33,7 @@ pub struct OutboundSms {
     pub body: String,
     /// The request's `sender`; a carrier's configured `from` wins over it.
     pub sender: Option<String>,
-    /// The route's `sender`: wins over the carrier's `from` (README, "Senders").
+    /// The route's `sender`: wins over the carrier's `from` (docs/carriers.md, "Senders").
     pub route_sender: Option<String>,
     /// A text, or a call that speaks the body.
     pub channel: Channel,

@@ -13,8 +13,8 @@ pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 /// With `public_secret = true` the audience is what nobody else knows.
 pub const MIN_SECRET_AUDIENCE_CHARS: usize = 24;
 
-/// Values from config/*.toml, .env.example and the README, refused wherever they appear in a
-/// secret, and short words refused as the whole secret: never a real secret.
+/// Values from config/*.toml, .env.example, the README and docs/, refused wherever they appear
+/// in a secret, and short words refused as the whole secret: never a real secret.
 const PLACEHOLDERS: [&str; 5] = [
     "change-me",
     "change_me",

@@ -2,7 +2,7 @@
 //! `pool_mode = transaction`).
 //!
 //! A transaction pooler lends a server connection for one transaction and takes it back at
-//! the next idle moment. Three things follow (docs/design.md, "Behind PgBouncer"):
+//! the next idle moment. Three things follow (docs/design.md, "Behind a transaction pooler"):
 //! - sqlx sends a parameterised statement in two round trips (prepare, then execute), and
 //!   outside a transaction the pooler may run the halves on different servers: every
 //!   statement runs inside BEGIN/COMMIT;

@@ -1,9 +1,12 @@
 //! The README's quick start, run as written against the real binary, so it cannot drift from
 //! what smsgate does: the set-up block's gateway is started, the "Try it" block is run with
 //! bash, and each answer it shows (`# {…}` lines) is compared with the real one: the same keys,
-//! and the same values wherever the README does not write `…`.
+//! and the same values wherever the README does not write `…`. And the README stays a short
+//! way in: every file under docs/ is linked from it, and every relative link in the README and
+//! docs/ leads to a file and a heading that exist.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
@@ -238,4 +241,139 @@ async fn the_readme_try_it_block_gives_the_answers_it_shows() {
     }
     // The status example looks up the message the first command sent.
     assert_eq!(answers[1]["id"], answers[0]["id"]);
+}
+
+/// The issue that moved the reference into docs/ set this bound: a newcomer reads it all.
+const README_MAX_LINES: usize = 200;
+
+#[test]
+fn the_readme_stays_short() {
+    let lines = README.lines().count();
+    assert!(
+        lines <= README_MAX_LINES,
+        "the README has {lines} lines; move reference material into docs/ and link it"
+    );
+}
+
+/// The README and every Markdown file under docs/, with their text.
+fn documents() -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/ is readable")
+        .map(|entry| entry.expect("a docs/ entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+        .collect();
+    paths.sort();
+    paths.insert(0, root.join("README.md"));
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            (path, text)
+        })
+        .collect()
+}
+
+/// A document's lines outside its fenced code blocks.
+fn prose(text: &str) -> Vec<&str> {
+    let mut fenced = false;
+    text.lines()
+        .filter(|line| {
+            if line.starts_with("```") {
+                fenced = !fenced;
+                return false;
+            }
+            !fenced
+        })
+        .collect()
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens.
+fn anchor_of(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a document's headings.
+fn anchors(text: &str) -> BTreeSet<String> {
+    prose(text)
+        .into_iter()
+        .filter_map(|line| {
+            let level = line.len() - line.trim_start_matches('#').len();
+            let title = line[level..].strip_prefix(' ')?;
+            (1..=6).contains(&level).then(|| anchor_of(title))
+        })
+        .collect()
+}
+
+/// The targets of a document's Markdown links (`[text](target)`) outside code.
+fn link_targets(text: &str) -> Vec<String> {
+    let prose = prose(text).join("\n");
+    // Inline code may hold `](`: keep only what lies between code spans.
+    let outside_code: Vec<&str> = prose.split('`').step_by(2).collect();
+    outside_code
+        .join(" ")
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split_once(')').map(|(target, _)| target.to_string()))
+        .filter(|target| !target.contains(char::is_whitespace))
+        .collect()
+}
+
+/// Why `target`, linked from `document`, leads nowhere; `None` when it leads somewhere.
+fn broken_link(document: &Path, target: &str) -> Option<String> {
+    if target.contains("://") || target.starts_with("mailto:") {
+        return None;
+    }
+    let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+    let linked = match file {
+        "" => document.to_path_buf(),
+        file => document.parent().expect("a directory").join(file),
+    };
+    if !linked.exists() {
+        return Some(format!("{target}: no such file"));
+    }
+    if anchor.is_empty() || linked.is_dir() {
+        return None;
+    }
+    let text = std::fs::read_to_string(&linked).expect("readable");
+    (!anchors(&text).contains(anchor)).then(|| format!("{target}: no such heading"))
+}
+
+#[test]
+fn every_relative_link_in_the_readme_and_docs_leads_somewhere() {
+    let mut broken = Vec::new();
+    for (path, text) in documents() {
+        for target in link_targets(&text) {
+            if let Some(why) = broken_link(&path, &target) {
+                broken.push(format!("{}: {why}", path.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_readme_links_every_file_under_docs() {
+    let unlinked: Vec<String> = documents()
+        .into_iter()
+        .filter_map(|(path, _)| {
+            let name = path.file_name()?.to_str()?.to_string();
+            path.parent()?
+                .ends_with("docs")
+                .then(|| format!("docs/{name}"))
+        })
+        .filter(|doc| {
+            !README.contains(&format!("]({doc})")) && !README.contains(&format!("]({doc}#"))
+        })
+        .collect();
+    assert!(
+        unlinked.is_empty(),
+        "the README does not link {unlinked:?}: a newcomer would not find them"
+    );
 }
