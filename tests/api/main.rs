@@ -8,6 +8,7 @@ mod auth;
 mod carriers;
 mod cli;
 mod clocks;
+mod config_reference;
 mod correctness;
 mod deploy;
 mod dispatch;
