@@ -401,6 +401,17 @@ async fn drop_messages(pool: &Db, part: &IdPartition, days: u32) -> Result<bool,
     if !messages_done(&mut tx, part, days).await? {
         return give_up(tx).await;
     }
+    // Queue rows of the day without their message (no foreign key forbids them since 0015)
+    // go too: the check above passed over them, and they would outlive their day.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM message_queue q
+         WHERE ($1::uuid IS NULL OR q.message_id >= $1) AND q.message_id < $2
+           AND NOT EXISTS (SELECT 1 FROM {name} m WHERE m.id = q.message_id)"
+    )))
+    .bind(part.from)
+    .bind(part.to)
+    .execute(&mut tx)
+    .await?;
     // Keys go with their message (as the foreign key cascades a row delete); one left would
     // make the detach fail until it expired.
     sqlx::query(
@@ -423,9 +434,9 @@ async fn drop_messages(pool: &Db, part: &IdPartition, days: u32) -> Result<bool,
 
 /// Whether every message of the partition is final and ended more than `days` ago. Final
 /// means out of the queue: a message leaves the queue in the statement that makes it final
-/// (db::queue::complete, db::operator::cancel), so the queue's primary key answers "is any
-/// still in flight" without reading the partition; the last end comes from the partition's
-/// index on finished_at. Checked first without the table lock (most passes find a day not
+/// (db::queue::complete, db::operator::cancel), so the queue's primary key finds the day's
+/// messages still in flight (joined to the partition: a queue row whose message is gone keeps
+/// nothing); the last end comes from the partition's index on finished_at. Checked first without the table lock (most passes find a day not
 /// ready and take no lock), then again under it.
 async fn messages_done(
     tx: &mut Tx<'_>,
@@ -433,9 +444,10 @@ async fn messages_done(
     days: u32,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT NOT EXISTS (SELECT 1 FROM message_queue
-                            WHERE ($1::uuid IS NULL OR message_id >= $1) AND message_id < $2)
-            AND coalesce((SELECT max(finished_at) FROM {})
+        "SELECT NOT EXISTS (SELECT 1 FROM message_queue q JOIN {0} m ON m.id = q.message_id
+                            WHERE ($1::uuid IS NULL OR q.message_id >= $1)
+                              AND q.message_id < $2)
+            AND coalesce((SELECT max(finished_at) FROM {0})
                          < now() - make_interval(days => least($3, 36500)), true)",
         part.name
     )))

@@ -28,6 +28,10 @@ pub struct Claimed {
     /// "sms" or "voice" (`Channel::parse`).
     pub channel: String,
     pub locale: Option<String>,
+    /// A queue row whose message is gone (no foreign key forbids it since migration 0015):
+    /// the claim removes it instead of handing it out.
+    #[sqlx(default)]
+    pub orphan: bool,
     #[sqlx(skip)]
     pub lease_token: i64,
     /// When the claim was sent (monotonic clock): ages are measured from it, never from the
@@ -79,11 +83,14 @@ pub async fn claim(
          )
          UPDATE message_queue q
          SET run_at = now() + make_interval(secs => $2), lease_token = $4
-         FROM c, messages m
-         WHERE q.message_id = c.message_id AND m.id = q.message_id
-         RETURNING q.message_id AS id, m.recipient, m.body, m.sender, q.attempts,
+         FROM c LEFT JOIN messages m ON m.id = c.message_id
+         WHERE q.message_id = c.message_id
+         RETURNING q.message_id AS id, coalesce(m.recipient, '') AS recipient,
+                   coalesce(m.body, '') AS body, m.sender, q.attempts,
                    (extract(epoch FROM q.expires_at - now()) * 1000)::bigint AS remaining_ms,
-                   q.expires_at, c.run_at AS due_at, m.created_at, m.channel, m.locale",
+                   q.expires_at, c.run_at AS due_at, coalesce(m.created_at, q.created_at)
+                   AS created_at, coalesce(m.channel, 'sms') AS channel, m.locale,
+                   m.id IS NULL AS orphan",
     )
     .bind(limit as i64)
     .bind(f64::from(lease_seconds))
@@ -92,9 +99,15 @@ pub async fn claim(
     .bind(cursor.1)
     .fetch_all(pool)
     .await?;
+    // Orphans count as claimed: the claim took that many rows, and more may be due.
     let claimed = rows.len();
     rows.sort_by_key(|row| (row.due_at, row.id));
     let last_key = rows.last().map(|row| (row.due_at, row.id));
+    let orphans: Vec<Uuid> = rows.iter().filter(|r| r.orphan).map(|r| r.id).collect();
+    if !orphans.is_empty() {
+        remove_orphans(pool, &orphans, lease_token).await?;
+        rows.retain(|row| !row.orphan);
+    }
     for row in &mut rows {
         row.lease_token = lease_token;
         row.claimed = Some(claim_started);
@@ -105,6 +118,22 @@ pub async fn claim(
         claimed,
         last_key,
     })
+}
+
+/// Deletes queue rows the claim found without a message (removed by hand, or by a bug): left
+/// at the head of the claim order they would fill every claim and hold their day's partition.
+async fn remove_orphans(pool: &Db, ids: &[Uuid], lease_token: i64) -> Result<(), sqlx::Error> {
+    let removed = sqlx::query(
+        "DELETE FROM message_queue q WHERE q.message_id = ANY($1) AND q.lease_token = $2
+             AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = q.message_id)",
+    )
+    .bind(ids)
+    .bind(lease_token)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    tracing::warn!(removed, "queue rows without a message removed");
+    Ok(())
 }
 
 /// When the earliest queued row becomes due; `None` for an empty queue.

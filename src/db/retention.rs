@@ -165,16 +165,18 @@ async fn sweep_side_tables(tx: &mut Tx<'_>, plan: Plan) -> Result<bool, sqlx::Er
         side_tables.push((receipts, "id", "received_at", days_seconds));
     }
     // Every table is swept until it is done, not only while messages are: a side table
-    // can grow faster than the messages (keys, refused ingress hits). The age is checked
-    // again on the row itself: a row a limit updated while this statement waited for its
-    // lock is re-read, and kept (the `IN` list alone was chosen from the old version).
+    // can grow faster than the messages (keys, refused ingress hits). Rows another
+    // transaction holds are skipped, never waited for: the limits lock their rows in an
+    // order of their own, and a sweep waiting in scan order could close a cycle with them
+    // (a deadlock, one request answered 503). The age is checked again on the row itself.
     let mut more = false;
     for (table, key, age, seconds) in side_tables {
         // Names from the list above, never from input.
         let statement = format!(
             "DELETE FROM {table} WHERE {key} IN (
                  SELECT {key} FROM {table}
-                 WHERE {age} < now() - make_interval(secs => $1) LIMIT $2)
+                 WHERE {age} < now() - make_interval(secs => $1) LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
              AND {age} < now() - make_interval(secs => $1)"
         );
         let swept = sqlx::query(sqlx::AssertSqlSafe(statement))

@@ -655,15 +655,17 @@ async fn retention_never_deletes_a_send_log_a_limit_is_updating_meanwhile() {
         )
         .await
     });
-    crate::helpers::until_a_session_waits_for_a_lock(&app.pool).await;
+    // The sweep passes over a row a limit holds rather than wait for it: waiting in its own
+    // order could close a lock cycle with the limits' (a deadlock).
+    tokio::time::timeout(std::time::Duration::from_secs(10), sweep)
+        .await
+        .expect("the sweep finishes without waiting for the held row")
+        .expect("join")
+        .expect("sweep");
     admitting.commit().await.expect("commit");
-    sweep.await.expect("join").expect("sweep");
 
     let kept: i64 = app.count_rows("recipient_sends").await;
-    assert_eq!(
-        kept, 1,
-        "the fresh send log survives the sweep that waited for it"
-    );
+    assert_eq!(kept, 1, "the fresh send log survives the sweep");
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ mod abuse;
 mod actions;
 mod attack_limits;
 mod attack_partitions;
+mod attack_queue_fk;
 mod auth;
 mod carriers;
 mod cli;
