@@ -137,7 +137,7 @@ impl Config {
         self.validate_country_limits(problem);
         self.validate_prices(problem);
         self.validate_test_numbers(problem);
-        for (i, limit) in self.limits.recipient.iter().enumerate() {
+        for (i, limit) in self.limits.recipient_pacing.iter().enumerate() {
             if limit.mode == LimitMode::Monitor {
                 problem(
                     format!("limits.recipient[{i}].mode"),

@@ -304,13 +304,17 @@ impl Default for DispatchConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Sliding windows on messages sent to one number; all must allow a send. A limited
-    /// message waits for its window (or ends `rate_limited` at expiry).
-    pub recipient: Vec<WindowLimit>,
+    /// `[[limits.recipient]]`, the dispatch's pacing per recipient: sliding windows on
+    /// messages sent to one number; all must allow a send. A limited message waits for its
+    /// window (or ends `rate_limited` at expiry).
+    #[serde(rename = "recipient")]
+    pub recipient_pacing: Vec<WindowLimit>,
     /// Requests accepted per client IP (Auth0's `req.ip`; IPv6 per /64), refused with 429.
     pub ip: Vec<WindowLimit>,
-    /// Messages accepted per number at the ingress: hard caps, refused with 429.
-    pub ingress_recipient: Vec<WindowLimit>,
+    /// `[[limits.ingress_recipient]]`, the ingress's cap per number: messages accepted per
+    /// number, refused with 429 past it.
+    #[serde(rename = "ingress_recipient")]
+    pub number_cap: Vec<WindowLimit>,
     /// Messages accepted per destination country, refused with 429 (or monitored).
     pub country: Vec<CountryLimit>,
     /// Requests of one signer handled at once by one process (0: no cap); more get 429.

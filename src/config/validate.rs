@@ -145,7 +145,7 @@ impl Config {
         // limits are reserved on a second one: with no connection to spare, every such
         // batch would wait out the acquire timeout.
         let limited = !self.limits.ip.is_empty()
-            || !self.limits.ingress_recipient.is_empty()
+            || !self.limits.number_cap.is_empty()
             || !self.limits.country.is_empty()
             || self.spend.daily_limit.is_some()
             || self.spend.country_daily_limit.is_some();

@@ -93,7 +93,7 @@ fn retention_plan(config: &Config) -> retention::Plan {
         days: config.retention.days,
         send_log_seconds: config
             .limits
-            .recipient
+            .recipient_pacing
             .iter()
             .map(|w| counted_for_seconds(w.window_seconds.get()))
             .max()

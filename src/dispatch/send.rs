@@ -529,9 +529,9 @@ impl SendContext {
             shutdown: shutdown.clone(),
             lease: d.lease_seconds.duration(),
             pool: pool.clone(),
-            windows: config.limits.recipient.clone(),
-            admissions: (!config.limits.recipient.is_empty())
-                .then(|| Admissions::start(pool.clone(), config.limits.recipient.clone())),
+            windows: config.limits.recipient_pacing.clone(),
+            admissions: (!config.limits.recipient_pacing.is_empty())
+                .then(|| Admissions::start(pool.clone(), config.limits.recipient_pacing.clone())),
         }))
     }
 }

@@ -16,7 +16,8 @@ use crate::domain::NewMessage;
 #[derive(Debug, Clone, Default)]
 pub struct IngressLimits {
     pub ip: Vec<WindowLimit>,
-    pub recipient: Vec<WindowLimit>,
+    /// `[[limits.ingress_recipient]]`: the cap per number.
+    pub number_cap: Vec<WindowLimit>,
     pub country: Vec<CountryLimit>,
     pub spend: SpendCeiling,
 }
@@ -126,7 +127,7 @@ impl IngressLimits {
     pub fn new(config: &LimitsConfig, spend: &SpendConfig) -> Self {
         Self {
             ip: config.ip.clone(),
-            recipient: config.ingress_recipient.clone(),
+            number_cap: config.number_cap.clone(),
             // "gb" passes validation as GB: compared as written, it would never match.
             country: config
                 .country
@@ -150,7 +151,7 @@ impl IngressLimits {
 
     pub fn is_empty(&self) -> bool {
         self.ip.is_empty()
-            && self.recipient.is_empty()
+            && self.number_cap.is_empty()
             && self.country.is_empty()
             && self.spend.is_empty()
     }
@@ -163,13 +164,13 @@ impl IngressLimits {
             || self
                 .ip
                 .iter()
-                .chain(&self.recipient)
+                .chain(&self.number_cap)
                 .any(|w| w.mode == LimitMode::Monitor)
     }
 
     /// How long a key's log must be kept.
     pub fn longest_window_seconds(&self) -> u32 {
-        let windows = self.ip.iter().chain(&self.recipient);
+        let windows = self.ip.iter().chain(&self.number_cap);
         windows
             .map(|w| w.window_seconds.get())
             .chain(self.country.iter().map(|c| c.window_seconds.get()))
@@ -190,7 +191,7 @@ impl IngressLimits {
             );
         }
         let to = format!("to:{}", message.recipient.as_str());
-        split_by_mode(&mut checks, &self.recipient, &to, LimitKind::NumberCap);
+        split_by_mode(&mut checks, &self.number_cap, &to, LimitKind::NumberCap);
         let country = message.guard.country.as_deref();
         for limit in &self.country {
             if limit.covers(country) {

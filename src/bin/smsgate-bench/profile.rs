@@ -156,9 +156,9 @@ mod tests {
         let production = config(Profile::Production);
         assert!(production.destinations.mobile_only);
         assert!(production.server.require_request_info);
-        assert_eq!(production.limits.recipient.len(), 2);
+        assert_eq!(production.limits.recipient_pacing.len(), 2);
         assert_eq!(production.limits.ip.len(), 1);
-        assert_eq!(production.limits.ingress_recipient.len(), 1);
+        assert_eq!(production.limits.number_cap.len(), 1);
         assert_eq!(production.limits.country.len(), 1);
         assert!(production.spend.daily_limit.is_some());
         assert!(production.spend.country_daily_limit.is_some());
@@ -168,11 +168,14 @@ mod tests {
     #[test]
     fn the_seen_profile_differs_from_production_only_in_the_per_number_cap() {
         let seen = config(Profile::Seen);
-        assert_eq!(seen.limits.ingress_recipient[0].max.get(), SEEN_CAP);
+        assert_eq!(seen.limits.number_cap[0].max.get(), SEEN_CAP);
         let production = config(Profile::Production);
-        assert_eq!(production.limits.ingress_recipient[0].max.get(), 10);
+        assert_eq!(production.limits.number_cap[0].max.get(), 10);
         assert_eq!(seen.limits.ip, production.limits.ip);
-        assert_eq!(seen.limits.recipient, production.limits.recipient);
+        assert_eq!(
+            seen.limits.recipient_pacing,
+            production.limits.recipient_pacing
+        );
     }
 
     #[test]
