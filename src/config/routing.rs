@@ -2,7 +2,11 @@
 //! sender, and which carriers can place calls. Used by validation, the ingress (a voice
 //! request needs a route that can call) and pricing (the first carrier of the route).
 
-use super::{CarrierConfig, CarrierKind, Config, RouteConfig};
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{CarrierConfig, CarrierKind, Config};
 
 impl CarrierConfig {
     /// Whether this carrier places calls: Twilio with a `from` number to call from, and
@@ -106,4 +110,59 @@ fn is_alphanumeric_sender(sender: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b' ')
         && sender.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
+/// Messages to numbers starting with `prefix` go to `carriers`, first one first.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub carriers: Vec<String>,
+    /// Sends to this prefix from this sender instead of the carrier's `from`: an
+    /// alphanumeric sender ID or an E.164 number.
+    #[serde(default)]
+    pub sender: Option<String>,
+}
+
+impl Config {
+    pub(super) fn validate_routes(&self, problem: &mut impl FnMut(String, String)) {
+        let mut prefixes = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = |field: &str| format!("routes[{i}].{field}");
+            let digits = route.prefix.strip_prefix('+').unwrap_or("-");
+            if !route.prefix.is_empty()
+                && (digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()))
+            {
+                problem(
+                    key("prefix"),
+                    format!(
+                        "{:?} is not an E.164 prefix like \"+44\" (or \"\" for the default route)",
+                        route.prefix
+                    ),
+                );
+            }
+            if !prefixes.insert(route.prefix.as_str()) {
+                problem(key("prefix"), format!("{:?} appears twice", route.prefix));
+            }
+            if route.carriers.is_empty() {
+                problem(key("carriers"), "must name at least one carrier".into());
+            }
+            for carrier in &route.carriers {
+                if !self.carriers.contains_key(carrier) {
+                    problem(
+                        key("carriers"),
+                        format!(
+                            "names carrier {carrier:?}, which has no [carriers.{carrier}] table"
+                        ),
+                    );
+                }
+            }
+        }
+        if !prefixes.contains("") {
+            problem(
+                "routes".into(),
+                "a default route (prefix = \"\") is required".into(),
+            );
+        }
+    }
 }
