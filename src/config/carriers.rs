@@ -163,6 +163,23 @@ fn optional_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stri
 }
 
 impl CarrierKind {
+    /// Every kind: what mounts the receipt routes, so a kind cannot be left without one.
+    pub const ALL: [CarrierKind; 4] = [
+        CarrierKind::Log,
+        CarrierKind::Twilio,
+        CarrierKind::Messagemedia,
+        CarrierKind::Sns,
+    ];
+
+    /// Whether carriers of this kind send delivery receipts to smsgate
+    /// (`/v1/callbacks/<kind>/<name>`). A new kind must answer here before it compiles.
+    pub fn sends_receipts(self) -> bool {
+        match self {
+            CarrierKind::Twilio | CarrierKind::Messagemedia => true,
+            CarrierKind::Log | CarrierKind::Sns => false,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CarrierKind::Log => "log",

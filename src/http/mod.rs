@@ -128,21 +128,18 @@ fn ingress_routes(state: AppState, request_timeout: std::time::Duration) -> Rout
 /// The public listener's other routes; with `admin_apart`, without the admin routes (404
 /// there).
 fn router(state: AppState, admin_apart: bool) -> Router {
-    let router = Router::new()
-        // Literal kinds: a percent-encoded one is not the same path, and stays a 404.
-        .route(
-            "/v1/callbacks/twilio/{carrier}",
-            post(|state, carrier, query, headers, body| {
-                callbacks::receive(CarrierKind::Twilio, state, carrier, query, headers, body)
-            }),
-        )
-        .route(
-            "/v1/callbacks/messagemedia/{carrier}",
-            post(|state, carrier, query, headers, body| {
-                let kind = CarrierKind::Messagemedia;
+    // One receipt route per kind that sends receipts, with its name as a literal segment (a
+    // percent-encoded one is not the same path, and stays a 404).
+    let mut router = Router::new();
+    for kind in CarrierKind::ALL.into_iter().filter(|k| k.sends_receipts()) {
+        router = router.route(
+            &format!("/v1/callbacks/{}/{{carrier}}", kind.as_str()),
+            post(move |state, carrier, query, headers, body| {
                 callbacks::receive(kind, state, carrier, query, headers, body)
             }),
-        )
+        );
+    }
+    let router = router
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     let router = if admin_apart {

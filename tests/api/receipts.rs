@@ -170,6 +170,11 @@ async fn forged_twilio_callbacks_are_refused_and_change_nothing() {
     let alias = "/v1/callbacks/twil%69o/twilio";
     let alias = post_twilio_at(&app, alias, &tampered, Some(&signed)).await;
     crate::helpers::assert_status(&alias, 404, "an encoded kind");
+    // Kinds that send no receipts have no route at all.
+    for path in ["/v1/callbacks/sns/twilio", "/v1/callbacks/log/twilio"] {
+        let other = post_twilio_at(&app, path, &tampered, Some(&signed)).await;
+        crate::helpers::assert_status(&other, 404, path);
+    }
 
     assert_eq!(status_of(&app, &id).await["status"], "sent");
     let recorded: i64 = app.count_rows("delivery_receipts").await;
