@@ -13,7 +13,7 @@ use super::{messages, spend};
 
 use crate::config::{LimitMode, WindowLimit};
 use crate::domain::NewMessage;
-use crate::limits::ingress::{Check, IngressLimits, LimitKind, LimitRefusal, Limited, Monitored};
+use crate::limits::ingress::{Check, IngressLimits, LimitRefusal, Limited, Monitored};
 use crate::limits::window::{Admission, Counts, FIRST_EVENT, STORED_COUNTS, admit};
 
 type Logs = HashMap<String, Counts>;
@@ -38,7 +38,7 @@ pub enum Verdict {
 pub struct Reservation {
     at_ms: i64,
     /// One entry per counted message and log it was counted in.
-    hits: Vec<(String, Vec<WindowLimit>, LimitKind)>,
+    hits: Vec<(String, Vec<WindowLimit>)>,
     spend: spend::Reserved,
 }
 
@@ -146,11 +146,9 @@ impl Decisions<'_> {
                 // Admitted: only now is the request counted anywhere. A later copy in this
                 // very batch is its repeat, or a reuse of its key.
                 for check in checks.iter().filter(|c| updates.contains_key(&c.key)) {
-                    self.reservation.hits.push((
-                        check.key.clone(),
-                        check.windows.clone(),
-                        check.kind,
-                    ));
+                    self.reservation
+                        .hits
+                        .push((check.key.clone(), check.windows.clone()));
                 }
                 self.logs.extend(updates);
                 if let Some(key) = &message.idempotency_key {
@@ -169,19 +167,12 @@ pub async fn give_back(pool: &Db, reservation: &Reservation) -> Result<(), sqlx:
         return Ok(());
     }
     let mut tx = pool.begin().await?;
-    let mut keys: Vec<(u8, &str)> = reservation
-        .hits
-        .iter()
-        .map(|(key, _, kind)| (kind.lock_rank(), key.as_str()))
-        .collect();
+    let mut keys: Vec<&str> = reservation.hits.iter().map(|(k, _)| k.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
-    let keys: Vec<&str> = keys.into_iter().map(|(_, key)| key).collect();
-    // Rows are locked as the sort hands them out: in `lock_all`'s order.
     let rows: Vec<(String, Vec<i64>, Vec<i64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT key, {STORED_COUNTS}, {STORED_HITS}
-             FROM unnest($1::text[]) WITH ORDINALITY AS v(key, ord) JOIN ingress_hits h USING (key)
-             ORDER BY v.ord FOR UPDATE OF h"
+        "SELECT key, {STORED_COUNTS}, {STORED_HITS} FROM ingress_hits
+             WHERE key = ANY($1) ORDER BY key FOR UPDATE"
     )))
     .bind(&keys)
     .fetch_all(&mut tx)
@@ -191,12 +182,12 @@ pub async fn give_back(pool: &Db, reservation: &Reservation) -> Result<(), sqlx:
         let windows = reservation
             .hits
             .iter()
-            .find(|(k, _, _)| *k == key)
-            .map(|(_, w, _)| w.as_slice())
+            .find(|(k, _)| *k == key)
+            .map(|(_, w)| w.as_slice())
             .unwrap_or_default();
         logs.insert(key, Counts::from_row(&counts, &legacy, windows));
     }
-    for (key, windows, _) in &reservation.hits {
+    for (key, windows) in &reservation.hits {
         if let Some(counts) = logs.get_mut(key) {
             counts.withdraw(windows, reservation.at_ms);
         }
@@ -246,8 +237,8 @@ async fn lock_idempotency_keys(
     Ok(())
 }
 
-/// Locks the counts of every key in `checks` (in one order every writer keeps, so none
-/// deadlocks: by `LimitKind::lock_rank`, then by key), then today's spend rows of `scopes`, in one statement; returns them with the
+/// Locks the counts of every key in `checks` (sorted: every writer locks in the same order, no
+/// deadlocks), then today's spend rows of `scopes`, in one statement; returns them with the
 /// database's clock in epoch milliseconds, read once every lock is held. A key without a row
 /// gets one holding its first event already (`Locked::created`).
 async fn lock_all(
@@ -255,14 +246,13 @@ async fn lock_all(
     checks: &[Vec<Check>],
     scopes: &[&str],
 ) -> Result<Locked, sqlx::Error> {
-    let mut ranked: Vec<(u8, &str, &[WindowLimit])> = checks
+    let mut keys: Vec<(&str, &[WindowLimit])> = checks
         .iter()
         .flatten()
-        .map(|c| (c.kind.lock_rank(), c.key.as_str(), c.windows.as_slice()))
+        .map(|c| (c.key.as_str(), c.windows.as_slice()))
         .collect();
-    ranked.sort_unstable_by_key(|(rank, key, _)| (*rank, *key));
-    ranked.dedup_by_key(|(_, key, _)| *key);
-    let keys: Vec<(&str, &[WindowLimit])> = ranked.into_iter().map(|(_, k, w)| (k, w)).collect();
+    keys.sort_unstable_by_key(|(key, _)| *key);
+    keys.dedup_by_key(|(key, _)| *key);
     let mut locked = Locked::default();
     if keys.is_empty() && scopes.is_empty() {
         return Ok(locked);
@@ -276,8 +266,7 @@ async fn lock_all(
          counted AS (
              INSERT INTO ingress_hits (key, counts, fresh)
              SELECT v.key, {FIRST_EVENT}, true
-             FROM unnest($1::text[], $3::text[]) WITH ORDINALITY AS v(key, spans, ord), now
-             ORDER BY v.ord
+             FROM unnest($1::text[], $3::text[]) AS v(key, spans), now ORDER BY v.key
              ON CONFLICT (key) DO UPDATE SET updated_at = ingress_hits.updated_at, fresh = false
              RETURNING key, {STORED_COUNTS} AS counts, {STORED_HITS} AS hits, fresh),
          spent AS ({})

@@ -105,7 +105,11 @@ pub async fn claim(
     let last_key = rows.last().map(|row| (row.due_at, row.id));
     let orphans: Vec<Uuid> = rows.iter().filter(|r| r.orphan).map(|r| r.id).collect();
     if !orphans.is_empty() {
-        remove_orphans(pool, &orphans, lease_token).await?;
+        // Cleaning up is secondary: a failure must not keep this batch's real messages, now
+        // leased, from being sent (the next claim that finds the orphans tries again).
+        if let Err(err) = remove_orphans(pool, &orphans, lease_token).await {
+            tracing::warn!(error = %err, "cannot remove queue rows without a message");
+        }
         rows.retain(|row| !row.orphan);
     }
     for row in &mut rows {

@@ -33,15 +33,4 @@ impl LimitKind {
             LimitKind::Country => "ingress_country",
         }
     }
-
-    /// Where this kind's rows come in the one order every writer locks limit rows in: the
-    /// rows many requests share (a client address's, a country's) come last, so a batch does
-    /// not hold them while it creates its per-number rows (BENCHMARKS.md, "Issue 24").
-    pub fn lock_rank(self) -> u8 {
-        match self {
-            LimitKind::NumberCap => 0,
-            LimitKind::Ip => 1,
-            LimitKind::Country => 2,
-        }
-    }
 }

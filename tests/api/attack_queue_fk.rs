@@ -1,5 +1,5 @@
 //! Attacks on migration 0015 (the queue without its foreign key to `messages`) and on the
-//! ingress limits' lock order (src/db/ingress_hits.rs, `LimitKind::lock_rank`).
+//! retention sweep beside the ingress limits' row locks (src/db/retention.rs).
 
 use std::time::Duration;
 
@@ -105,8 +105,9 @@ async fn an_orphan_queue_row_does_not_pin_its_day_forever() {
 }
 
 /// Retention's sweep of `ingress_hits` deletes old rows in the order its plan reads them, not in
-/// `lock_all`'s order. A request that comes back to keys whose rows are past the window (but not
-/// yet swept) locks them in rank order; the two can form a lock cycle. The request must not fail.
+/// `lock_all`'s key order. A request that comes back to keys whose rows are past the window (but
+/// not yet swept) locks them while the sweep runs; the sweep passes over rows others hold, so
+/// the two never wait on each other in a cycle. The request must not fail.
 #[tokio::test]
 async fn a_request_reusing_old_limit_rows_does_not_deadlock_with_the_retention_sweep() {
     let config = format!(
