@@ -1,15 +1,16 @@
-//! Carriers behind one interface: each module owns its wire format, credentials and the
-//! mapping of its errors into [`FailureClass`]es; the dispatcher decides from the class alone.
+//! Carriers behind one interface: each kind's folder (`twilio/`, `messagemedia/`, `sns/`,
+//! `log/`) owns its wire format, credentials, the mapping of its errors into
+//! [`FailureClass`]es and what its delivery receipts say; the dispatcher decides from the class
+//! alone.
 
 mod breaker;
 mod http;
 mod log;
-mod messagemedia;
+pub mod messagemedia;
 mod routes;
 mod sns;
 pub mod test_numbers;
-mod twilio;
-mod twiml;
+pub mod twilio;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

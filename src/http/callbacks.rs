@@ -2,8 +2,10 @@
 //! callback, signed with `X-Twilio-Signature`) and `POST /v1/callbacks/messagemedia/{carrier}`
 //! (MessageMedia's delivery report, signed with the account's RSA signature key, or proven by
 //! the carrier's `callback_secret` in the URL).
-//! Wire contracts and proofs: docs/design.md, "Delivery receipts". A forged or unproven callback
-//! is refused with 403 and changes nothing.
+//! Wire contracts and proofs: docs/design.md, "Delivery receipts". What each kind's receipt
+//! means, and Twilio's signature, live with the kind (`carriers::<kind>::receipts`); this
+//! module finds the carrier, checks the proof and applies the verdict. A forged or unproven
+//! callback is refused with 403 and changes nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,14 +14,12 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
-use serde::Deserialize;
-use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
 use super::admin::params::PathParams;
 use super::{ApiError, AppState};
+use crate::carriers::messagemedia::receipts as messagemedia_receipts;
+use crate::carriers::twilio::receipts::{call_verdict, message_verdict, twilio_signature};
 use crate::carriers::{MAX_CARRIER_ID_CHARS, storable};
 use crate::config::{CarrierKind, CarrierSettings, ReceiptProof};
 use crate::db::receipts::{self, Applied};
@@ -97,24 +97,6 @@ impl CallbackKeys {
             rsa_turn: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
-}
-
-/// `X-Twilio-Signature`: Base64(HMAC-SHA1(auth token, URL + every parameter as name + value,
-/// sorted by name)).
-pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
-    let mut sorted: Vec<&(String, String)> = params.iter().collect();
-    sorted.sort();
-    let mut mac = match Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()) {
-        Ok(mac) => mac,
-        // HMAC takes keys of any length; this arm is never taken.
-        Err(_) => return String::new(),
-    };
-    mac.update(url.as_bytes());
-    for (name, value) in sorted {
-        mac.update(name.as_bytes());
-        mac.update(value.as_bytes());
-    }
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 /// The key of `carrier` when it takes callbacks of `kind` (404 otherwise), and the body, read
@@ -227,32 +209,6 @@ async fn twilio(state: &AppState, carrier: &str, proof: TwilioProof<'_>, body: &
     apply(state, carrier, sid, verdict, field("ErrorCode")).await
 }
 
-/// What a Twilio message status says about delivery.
-fn message_verdict(status: &str) -> Option<Status> {
-    match status {
-        "delivered" => Some(Status::Delivered),
-        "undelivered" | "failed" => Some(Status::Undelivered),
-        _ => None,
-    }
-}
-
-/// What a Twilio call status says: answered and played, or never heard.
-fn call_verdict(status: &str) -> Option<Status> {
-    match status {
-        "completed" => Some(Status::Delivered),
-        "busy" | "no-answer" | "failed" | "canceled" => Some(Status::Undelivered),
-        _ => None,
-    }
-}
-
-#[derive(Deserialize)]
-struct DeliveryReport {
-    message_id: String,
-    status: String,
-    #[serde(default)]
-    error_code: Option<String>,
-}
-
 const SIGNATURE: &str = "x-messagemedia-signature";
 
 /// Why a MessageMedia report is not proven, or `None` when it is: by a signature when the
@@ -356,15 +312,11 @@ async fn messagemedia(
     if let Some(why) = unproven {
         return forged(&carrier, why);
     }
-    let report: DeliveryReport = match super::extract::json_object(&body) {
+    let report: messagemedia_receipts::DeliveryReport = match super::extract::json_object(&body) {
         Ok(report) => report,
         Err(refusal) => return refusal.into_response(),
     };
-    let verdict = match report.status.as_str() {
-        "delivered" => Some(Status::Delivered),
-        "failed" | "expired" | "rejected" => Some(Status::Undelivered),
-        _ => None,
-    };
+    let verdict = messagemedia_receipts::verdict(&report.status);
     apply(
         state,
         &carrier,
@@ -453,32 +405,4 @@ async fn apply(
     }
     tracing::info!(carrier, carrier_message_id, status = label, "{what}");
     StatusCode::NO_CONTENT.into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_signature_covers_the_url_and_every_parameter_sorted_by_name() {
-        let params = vec![
-            ("MessageStatus".to_string(), "delivered".to_string()),
-            ("MessageSid".to_string(), "SM123".to_string()),
-        ];
-        let url = "https://sms.example.com/v1/callbacks/twilio/t";
-        let signature = twilio_signature("token", url, &params);
-        // Independently: the same bytes through a fresh HMAC, in sorted order.
-        let mut mac = Hmac::<Sha1>::new_from_slice(b"token").expect("any key length");
-        mac.update(
-            b"https://sms.example.com/v1/callbacks/twilio/tMessageSidSM123MessageStatusdelivered",
-        );
-        let expected =
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-        assert_eq!(signature, expected);
-        assert_ne!(signature, twilio_signature("other", url, &params));
-        assert_ne!(
-            signature,
-            twilio_signature("token", "https://evil.example/x", &params)
-        );
-    }
 }

@@ -9,7 +9,10 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::http::{self, class_of_status};
-use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError, twiml};
+pub mod receipts;
+mod twiml;
+
+use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::{TwilioCredentials, TwilioSettings, is_e164};
 use crate::domain::Channel;
 use crate::secret::Secret;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 
+pub mod receipts;
+
 use super::http::{self, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::MessageMediaSettings;
