@@ -1,5 +1,5 @@
 //! Carriers behind one interface: each kind's folder (`twilio/`, `messagemedia/`, `sns/`,
-//! `log/`) owns its wire format, credentials, the mapping of its errors into
+//! `telnyx/`, `log/`) owns its wire format, credentials, the mapping of its errors into
 //! [`FailureClass`]es and what its delivery receipts say; the dispatcher decides from the class
 //! alone.
 
@@ -9,6 +9,7 @@ mod log;
 pub mod messagemedia;
 mod routes;
 mod sns;
+mod telnyx;
 pub mod test_numbers;
 pub mod twilio;
 
@@ -158,6 +159,7 @@ enum AnyCarrier {
     Twilio(twilio::TwilioCarrier),
     MessageMedia(messagemedia::MessageMediaCarrier),
     Sns(sns::SnsCarrier),
+    Telnyx(telnyx::TelnyxCarrier),
 }
 
 /// A named carrier with what guards it: the breaker and the per-process rate and
@@ -207,6 +209,11 @@ impl CarrierHandle {
                 ))
             }
             KindSettings::Sns(sns) => AnyCarrier::Sns(sns::SnsCarrier::new(sns, transport).await),
+            KindSettings::Telnyx(telnyx) => AnyCarrier::Telnyx(telnyx::TelnyxCarrier::new(
+                telnyx,
+                transport.timeout,
+                http.get(transport.connect_timeout)?,
+            )),
         };
         Ok(Self {
             name: name.to_string(),
@@ -323,6 +330,7 @@ impl CarrierHandle {
             AnyCarrier::Twilio(carrier) => carrier.send(sms).await,
             AnyCarrier::MessageMedia(carrier) => carrier.send(sms).await,
             AnyCarrier::Sns(carrier) => carrier.send(sms).await,
+            AnyCarrier::Telnyx(carrier) => carrier.send(sms).await,
         };
         // A recipient failure is a working carrier giving a verdict.
         let carrier_failure = matches!(&result, Err(e) if e.class != FailureClass::Recipient);

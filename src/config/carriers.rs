@@ -21,6 +21,8 @@ pub enum CarrierKind {
     Messagemedia,
     /// AWS SNS `Publish` to a phone number, through the AWS SDK and its credential chain.
     Sns,
+    /// Telnyx Messaging API v2 (`POST /v2/messages`).
+    Telnyx,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -101,6 +103,15 @@ pub struct CarrierConfig {
     #[serde(default)]
     pub secret_access_key: Option<Secret>,
 
+    // Telnyx
+    /// The API key (v2) sent as a Bearer token.
+    #[serde(default)]
+    pub api_token: Option<Secret>,
+    /// The messaging profile to send with: required without `from` (its number pool then
+    /// picks the sender) and with an alphanumeric `from`.
+    #[serde(default, deserialize_with = "optional_string")]
+    pub messaging_profile_id: Option<String>,
+
     // Shared by several kinds
     /// Sender: a carrier's `from` wins over the request's `sender`.
     #[serde(default, deserialize_with = "optional_string")]
@@ -164,11 +175,12 @@ fn optional_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stri
 
 impl CarrierKind {
     /// Every kind: what mounts the receipt routes, so a kind cannot be left without one.
-    pub const ALL: [CarrierKind; 4] = [
+    pub const ALL: [CarrierKind; 5] = [
         CarrierKind::Log,
         CarrierKind::Twilio,
         CarrierKind::Messagemedia,
         CarrierKind::Sns,
+        CarrierKind::Telnyx,
     ];
 
     /// Whether carriers of this kind send delivery receipts to smsgate
@@ -176,7 +188,7 @@ impl CarrierKind {
     pub fn sends_receipts(self) -> bool {
         match self {
             CarrierKind::Twilio | CarrierKind::Messagemedia => true,
-            CarrierKind::Log | CarrierKind::Sns => false,
+            CarrierKind::Log | CarrierKind::Sns | CarrierKind::Telnyx => false,
         }
     }
 
@@ -186,6 +198,7 @@ impl CarrierKind {
             CarrierKind::Twilio => "twilio",
             CarrierKind::Messagemedia => "messagemedia",
             CarrierKind::Sns => "sns",
+            CarrierKind::Telnyx => "telnyx",
         }
     }
 }
@@ -199,6 +212,7 @@ impl CarrierConfig {
             ("callback_secret", &self.callback_secret),
             ("api_secret", &self.api_secret),
             ("secret_access_key", &self.secret_access_key),
+            ("api_token", &self.api_token),
         ]
         .into_iter()
         .filter_map(|(key, value)| value.as_ref().map(|v| (key, v.expose())))
@@ -230,8 +244,8 @@ impl CarrierConfig {
 
     /// The kind-specific keys that are set, with the kinds each belongs to.
     fn set_keys(&self) -> Vec<(&'static str, &'static [CarrierKind])> {
-        use CarrierKind::{Messagemedia, Sns, Twilio};
-        let keys: [(&str, bool, &'static [CarrierKind]); 19] = [
+        use CarrierKind::{Messagemedia, Sns, Telnyx, Twilio};
+        let keys: [(&str, bool, &'static [CarrierKind]); 21] = [
             ("account_sid", self.account_sid.is_some(), &[Twilio]),
             ("auth_token", self.auth_token.is_some(), &[Twilio]),
             ("api_key_sid", self.api_key_sid.is_some(), &[Twilio]),
@@ -269,8 +283,22 @@ impl CarrierConfig {
                 self.secret_access_key.is_some(),
                 &[Sns],
             ),
-            ("from", self.from.is_some(), &[Twilio, Messagemedia, Sns]),
-            ("base_url", self.base_url.is_some(), &[Twilio, Messagemedia]),
+            ("api_token", self.api_token.is_some(), &[Telnyx]),
+            (
+                "messaging_profile_id",
+                self.messaging_profile_id.is_some(),
+                &[Telnyx],
+            ),
+            (
+                "from",
+                self.from.is_some(),
+                &[Twilio, Messagemedia, Sns, Telnyx],
+            ),
+            (
+                "base_url",
+                self.base_url.is_some(),
+                &[Twilio, Messagemedia, Telnyx],
+            ),
         ];
         keys.into_iter()
             .filter(|(_, set, _)| *set)
@@ -293,6 +321,7 @@ impl CarrierConfig {
             CarrierKind::Twilio => self.twilio_problems(),
             CarrierKind::Messagemedia => self.messagemedia_problems(),
             CarrierKind::Sns => self.sns_problems(),
+            CarrierKind::Telnyx => self.telnyx_problems(),
         });
         for (key, url) in [
             ("base_url", &self.base_url),
@@ -450,6 +479,24 @@ impl CarrierConfig {
             found.push(problem(
                 "secret_access_key",
                 "access_key_id and secret_access_key go together",
+            ));
+        }
+        found
+    }
+}
+
+impl CarrierConfig {
+    fn telnyx_problems(&self) -> Found {
+        let mut found = Vec::new();
+        if !has_secret(&self.api_token) {
+            found.push(problem("api_token", REQUIRED));
+        }
+        let from_number = self.from.as_deref().is_some_and(super::is_e164);
+        if !has(&self.messaging_profile_id) && !from_number {
+            found.push(problem(
+                "messaging_profile_id",
+                "kind \"telnyx\" needs messaging_profile_id, or a from number (+E.164); an \
+                 alphanumeric from needs the profile too",
             ));
         }
         found

@@ -44,7 +44,7 @@ pub use routing::is_e164;
 pub use server::{AdminConfig, MIN_HEADER_BYTES, MetricsConfig, ServerConfig};
 pub use settings::{
     CarrierSettings, KindSettings, MessageMediaSettings, ReceiptProof, Receipts, SnsSettings,
-    Transport, TwilioCredentials, TwilioSettings,
+    TelnyxSettings, Transport, TwilioCredentials, TwilioSettings,
 };
 pub use signers::SignerConfig;
 pub use units::{Millis, Seconds};

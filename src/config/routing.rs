@@ -10,13 +10,13 @@ use super::{CarrierConfig, CarrierKind, Config};
 
 impl CarrierConfig {
     /// Whether this carrier places calls: Twilio with a `from` number to call from, and
-    /// MessageMedia; SNS and the log carrier send text only. The one statement of it: the
+    /// MessageMedia; SNS, Telnyx and the log carrier send text only. The one statement of it: the
     /// ingress, pricing and the dispatch's carrier handles all ask here.
     pub fn places_calls(&self) -> bool {
         match self.kind {
             CarrierKind::Twilio => self.from.as_deref().is_some_and(is_e164),
             CarrierKind::Messagemedia => true,
-            CarrierKind::Sns | CarrierKind::Log => false,
+            CarrierKind::Sns | CarrierKind::Log | CarrierKind::Telnyx => false,
         }
     }
 }

@@ -60,6 +60,7 @@ pub enum KindSettings {
     Twilio(TwilioSettings),
     MessageMedia(MessageMediaSettings),
     Sns(SnsSettings),
+    Telnyx(TelnyxSettings),
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +100,14 @@ pub struct SnsSettings {
     pub static_credentials: Option<(String, Secret)>,
 }
 
+#[derive(Debug, Clone)]
+pub struct TelnyxSettings {
+    pub api_token: Secret,
+    pub from: Option<String>,
+    pub messaging_profile_id: Option<String>,
+    pub base_url: Option<String>,
+}
+
 impl CarrierConfig {
     /// The typed settings of this table. Validation refused every table this cannot build, so
     /// an error here names a key validation missed.
@@ -109,25 +118,7 @@ impl CarrierConfig {
                 "is required for this kind",
             )
         };
-        let at_least_one = |key: &str, value: u32| {
-            NonZeroU32::new(value).ok_or_else(|| {
-                ConfigError::single(format!("carriers.{name}.{key}"), "must be at least 1")
-            })
-        };
-        let transport = Transport {
-            connect_timeout: self.connect_timeout_ms.duration(),
-            timeout: self.timeout_ms.duration(),
-            max_per_second: self
-                .max_per_second
-                .map(|n| at_least_one("max_per_second", n))
-                .transpose()?,
-            max_in_flight: self
-                .max_in_flight
-                .map(|n| at_least_one("max_in_flight", n))
-                .transpose()?,
-            breaker_failures: self.breaker_failures,
-            breaker_cooldown: self.breaker_cooldown_seconds.duration(),
-        };
+        let transport = self.transport(name)?;
         let kind = match self.kind {
             CarrierKind::Log => KindSettings::Log,
             CarrierKind::Twilio => {
@@ -172,6 +163,10 @@ impl CarrierConfig {
                     .clone()
                     .zip(self.secret_access_key.clone()),
             }),
+            CarrierKind::Telnyx => KindSettings::Telnyx(TelnyxSettings {
+                api_token: self.api_token.clone().ok_or_else(|| missing("api_token"))?,
+                ..self.telnyx_settings()
+            }),
         };
         Ok(CarrierSettings {
             transport,
@@ -180,6 +175,39 @@ impl CarrierConfig {
             receipts: self.receipts(),
             places_calls: self.places_calls(),
         })
+    }
+
+    /// Timeouts, limits and the breaker, shared by every kind.
+    fn transport(&self, name: &str) -> Result<Transport, ConfigError> {
+        let at_least_one = |key: &str, value: u32| {
+            NonZeroU32::new(value).ok_or_else(|| {
+                ConfigError::single(format!("carriers.{name}.{key}"), "must be at least 1")
+            })
+        };
+        Ok(Transport {
+            connect_timeout: self.connect_timeout_ms.duration(),
+            timeout: self.timeout_ms.duration(),
+            max_per_second: self
+                .max_per_second
+                .map(|n| at_least_one("max_per_second", n))
+                .transpose()?,
+            max_in_flight: self
+                .max_in_flight
+                .map(|n| at_least_one("max_in_flight", n))
+                .transpose()?,
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: self.breaker_cooldown_seconds.duration(),
+        })
+    }
+
+    /// Telnyx's optional settings (the caller sets the required key).
+    fn telnyx_settings(&self) -> TelnyxSettings {
+        TelnyxSettings {
+            api_token: Secret::default(),
+            from: self.from.clone(),
+            messaging_profile_id: self.messaging_profile_id.clone(),
+            base_url: self.base_url.clone(),
+        }
     }
 
     /// What proves this carrier's receipts; none without `public_url`, or without a proof
@@ -202,7 +230,7 @@ impl CarrierConfig {
                     keys,
                 }
             }
-            CarrierKind::Log | CarrierKind::Sns => return None,
+            CarrierKind::Log | CarrierKind::Sns | CarrierKind::Telnyx => return None,
         };
         Some(Receipts { public_url, proof })
     }

@@ -10,6 +10,7 @@ use crate::dispatch::{queue, wait_final};
 use crate::helpers::TestApp;
 use crate::standins::messagemedia::{MessageMediaStandIn, messagemedia_toml};
 use crate::standins::sns::{SnsStandIn, sns_toml};
+use crate::standins::telnyx::{PROFILE_ID, TelnyxStandIn, telnyx_toml};
 use crate::standins::twilio::{TwilioStandIn, twilio_toml};
 use crate::standins::{Reply, StandIn, refused_url};
 use crate::test_config::TestConfig;
@@ -142,6 +143,93 @@ async fn messagemedia_failures_are_classified() {
     .await;
     let refused = send_through(&messagemedia_toml("c", &refused_url()), ONE_ATTEMPT).await;
     assert_eq!(refused["attempts"][0]["outcome"], "carrier_failure");
+}
+
+#[tokio::test]
+async fn telnyx_sends_json_with_a_bearer_key_and_its_messaging_profile() {
+    let standin = TelnyxStandIn::start().await;
+
+    let view = send_through(&standin.carrier_toml("c"), "").await;
+
+    assert_eq!(view["status"], "sent", "{view}");
+    assert_eq!(view["carrier"], "c");
+    assert_eq!(view["attempts"][0]["http_status"], 200);
+    assert!(
+        view["attempts"][0]["carrier_message_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36),
+        "data.id is the carrier's message id: {view}"
+    );
+    let seen = standin.seen();
+    assert_eq!(seen.len(), 1);
+    let fields = &seen[0].fields;
+    assert_eq!(fields["to"], "+14155552671");
+    assert_eq!(fields["text"], "Your verification code is: 123456");
+    assert_eq!(fields["type"], "SMS");
+    assert_eq!(fields["messaging_profile_id"], PROFILE_ID);
+    assert_eq!(
+        fields["from"], "+15555555555",
+        "the request's sender without a from"
+    );
+}
+
+#[tokio::test]
+async fn telnyx_failures_are_classified_by_their_codes() {
+    assert_classes(
+        TelnyxStandIn::start,
+        |s| s.carrier_toml("c"),
+        vec![
+            // About the number: invalid, opted out, a landline.
+            (Reply::error(400, "40310"), "failed", "recipient_failure"),
+            (Reply::error(400, "40300"), "failed", "recipient_failure"),
+            (Reply::error(400, "40001"), "failed", "recipient_failure"),
+            // Our sender, our account, Telnyx itself: another carrier may send it.
+            (Reply::error(400, "40305"), "failed", "carrier_failure"),
+            (Reply::error(402, "20100"), "failed", "carrier_failure"),
+            (Reply::error(401, "10009"), "failed", "carrier_failure"),
+            (Reply::error(503, "10007"), "failed", "carrier_failure"),
+            (Reply::error(429, "10011"), "failed", "throttled"),
+            (Reply::Slow(Duration::from_secs(2)), "failed", "timeout"),
+        ],
+    )
+    .await;
+    let refused = send_through(&telnyx_toml("c", &refused_url()), ONE_ATTEMPT).await;
+    assert_eq!(refused["attempts"][0]["outcome"], "carrier_failure");
+}
+
+#[tokio::test]
+async fn a_telnyx_table_missing_what_telnyx_requires_is_refused_by_key() {
+    let table = |body: &str| format!("[carriers.c]\nkind = \"telnyx\"\n{body}");
+    for (body, key, says) in [
+        (
+            "messaging_profile_id = \"p\"\n",
+            "carriers.c.api_token",
+            "is required",
+        ),
+        (
+            "api_token = \"t\"\nfrom = \"ACME\"\n",
+            "carriers.c.messaging_profile_id",
+            "alphanumeric from needs the profile",
+        ),
+        (
+            "api_token = \"t\"\nfrom = \"+15555555555\"\naccount_sid = \"AC1\"\n",
+            "carriers.c.account_sid",
+            "is not a key of kind \"telnyx\"",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("smsgate.toml");
+        std::fs::write(&path, routed(&table(body), &["c"], "").to_string()).expect("write");
+        let problems = smsgate::config::Config::load(&path)
+            .expect_err("refused")
+            .problems;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == key && p.reason.contains(says)),
+            "{key}: {problems:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ macro_rules! carrier_standin {
 
 pub mod messagemedia;
 pub mod sns;
+pub mod telnyx;
 pub mod twilio;
 
 use std::collections::{HashMap, VecDeque};
