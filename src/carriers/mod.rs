@@ -9,7 +9,7 @@ mod log;
 pub mod messagemedia;
 mod routes;
 mod sns;
-mod telnyx;
+pub mod telnyx;
 pub mod test_numbers;
 pub mod twilio;
 
@@ -211,6 +211,7 @@ impl CarrierHandle {
             KindSettings::Sns(sns) => AnyCarrier::Sns(sns::SnsCarrier::new(sns, transport).await),
             KindSettings::Telnyx(telnyx) => AnyCarrier::Telnyx(telnyx::TelnyxCarrier::new(
                 telnyx,
+                callback_url,
                 transport.timeout,
                 http.get(transport.connect_timeout)?,
             )),

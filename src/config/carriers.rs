@@ -111,6 +111,10 @@ pub struct CarrierConfig {
     /// picks the sender) and with an alphanumeric `from`.
     #[serde(default, deserialize_with = "optional_string")]
     pub messaging_profile_id: Option<String>,
+    /// With `public_url`: the account's public key (base64, from Telnyx's portal) that its
+    /// delivery webhooks are signed with (Ed25519).
+    #[serde(default, deserialize_with = "optional_string")]
+    pub webhook_public_key: Option<String>,
 
     // Shared by several kinds
     /// Sender: a carrier's `from` wins over the request's `sender`.
@@ -187,8 +191,8 @@ impl CarrierKind {
     /// (`/v1/callbacks/<kind>/<name>`). A new kind must answer here before it compiles.
     pub fn sends_receipts(self) -> bool {
         match self {
-            CarrierKind::Twilio | CarrierKind::Messagemedia => true,
-            CarrierKind::Log | CarrierKind::Sns | CarrierKind::Telnyx => false,
+            CarrierKind::Twilio | CarrierKind::Messagemedia | CarrierKind::Telnyx => true,
+            CarrierKind::Log | CarrierKind::Sns => false,
         }
     }
 
@@ -245,7 +249,7 @@ impl CarrierConfig {
     /// The kind-specific keys that are set, with the kinds each belongs to.
     fn set_keys(&self) -> Vec<(&'static str, &'static [CarrierKind])> {
         use CarrierKind::{Messagemedia, Sns, Telnyx, Twilio};
-        let keys: [(&str, bool, &'static [CarrierKind]); 21] = [
+        let keys: [(&str, bool, &'static [CarrierKind]); 22] = [
             ("account_sid", self.account_sid.is_some(), &[Twilio]),
             ("auth_token", self.auth_token.is_some(), &[Twilio]),
             ("api_key_sid", self.api_key_sid.is_some(), &[Twilio]),
@@ -259,7 +263,12 @@ impl CarrierConfig {
             (
                 "public_url",
                 self.public_url.is_some(),
-                &[Twilio, Messagemedia],
+                &[Twilio, Messagemedia, Telnyx],
+            ),
+            (
+                "webhook_public_key",
+                self.webhook_public_key.is_some(),
+                &[Telnyx],
             ),
             (
                 "callback_secret",
@@ -499,8 +508,29 @@ impl CarrierConfig {
                  alphanumeric from needs the profile too",
             ));
         }
+        let key = self.webhook_public_key.as_deref().map(telnyx_public_key);
+        if self.public_url.is_some() && key.is_none() {
+            found.push(problem(
+                "webhook_public_key",
+                "public_url needs the account's public key (Telnyx signs its webhooks with it)",
+            ));
+        } else if let Some(Err(why)) = key {
+            found.push(problem("webhook_public_key", why));
+        }
         found
     }
+}
+
+/// Telnyx's webhook key: base64 of a 32-byte Ed25519 public key.
+pub fn telnyx_public_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, &'static str> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| "must be base64 (the public key Telnyx's portal shows)")?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| "must be a 32-byte Ed25519 public key")?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| "is not an Ed25519 public key")
 }
 
 /// The path of `url` as written (after the authority), without a trailing slash.

@@ -41,6 +41,8 @@ pub enum ReceiptProof {
         secret: Option<Secret>,
         keys: SignatureKeys,
     },
+    /// Telnyx's Ed25519 signature under the account's public key.
+    TelnyxSignature(ed25519_dalek::VerifyingKey),
 }
 
 /// Timeouts, limits and the circuit breaker, shared by every kind.
@@ -230,7 +232,10 @@ impl CarrierConfig {
                     keys,
                 }
             }
-            CarrierKind::Log | CarrierKind::Sns | CarrierKind::Telnyx => return None,
+            CarrierKind::Telnyx => ReceiptProof::TelnyxSignature(
+                super::carriers::telnyx_public_key(self.webhook_public_key.as_deref()?).ok()?,
+            ),
+            CarrierKind::Log | CarrierKind::Sns => return None,
         };
         Some(Receipts { public_url, proof })
     }

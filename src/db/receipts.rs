@@ -155,3 +155,10 @@ pub async fn apply_pending_in(conn: &mut Tx<'_>) -> Result<u64, sqlx::Error> {
     .await?;
     Ok(applied)
 }
+
+/// The database's clock in unix seconds: what a signed webhook's timestamp is judged by.
+pub async fn database_epoch_seconds(pool: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT extract(epoch FROM now())::bigint")
+        .fetch_one(pool)
+        .await
+}

@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 use super::admin::params::PathParams;
 use super::{ApiError, AppState};
 use crate::carriers::messagemedia::receipts as messagemedia_receipts;
+use crate::carriers::telnyx::receipts as telnyx_receipts;
 use crate::carriers::twilio::receipts::{call_verdict, message_verdict, twilio_signature};
 use crate::carriers::{MAX_CARRIER_ID_CHARS, storable};
 use crate::config::{CarrierKind, CarrierSettings, ReceiptProof};
@@ -53,6 +54,8 @@ enum CallbackKey {
         /// before the query, whatever path a proxy in between forwards to us.
         request_target: String,
     },
+    /// Telnyx signs with Ed25519 under the account's public key.
+    Telnyx { key: ed25519_dalek::VerifyingKey },
 }
 
 impl CallbackKey {
@@ -60,6 +63,7 @@ impl CallbackKey {
         match self {
             CallbackKey::Twilio { .. } => CarrierKind::Twilio,
             CallbackKey::MessageMedia { .. } => CarrierKind::Messagemedia,
+            CallbackKey::Telnyx { .. } => CarrierKind::Telnyx,
         }
     }
 }
@@ -89,6 +93,7 @@ impl CallbackKeys {
                         ),
                     }
                 }
+                ReceiptProof::TelnyxSignature(key) => CallbackKey::Telnyx { key: *key },
             };
             by_carrier.insert(name.clone(), key);
         }
@@ -159,6 +164,7 @@ pub async fn receive(
         CallbackKey::MessageMedia { .. } => {
             messagemedia(&state, carrier, key, query, headers, body).await
         }
+        CallbackKey::Telnyx { key } => telnyx(&state, &carrier, key, &headers, &body).await,
     }
 }
 
@@ -325,6 +331,44 @@ async fn messagemedia(
         report.error_code.as_deref(),
     )
     .await
+}
+
+/// A Telnyx webhook: signed over its timestamp and body, the timestamp within
+/// `TOLERANCE_SECONDS` of the database's clock (a replay is refused), then its verdict.
+async fn telnyx(
+    state: &AppState,
+    carrier: &str,
+    key: &ed25519_dalek::VerifyingKey,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(timestamp), Some(signature)) = (
+        header(telnyx_receipts::TIMESTAMP_HEADER),
+        header(telnyx_receipts::SIGNATURE_HEADER),
+    ) else {
+        return forged(carrier, "unsigned");
+    };
+    let Some(sent_at) = telnyx_receipts::timestamp_seconds(timestamp) else {
+        return forged(carrier, "unreadable timestamp");
+    };
+    if !telnyx_receipts::signed(key, timestamp, body, signature) {
+        return forged(carrier, "bad signature");
+    }
+    let now = match receipts::database_epoch_seconds(&state.pool).await {
+        Ok(now) => now,
+        Err(_) => return ApiError::Unavailable("try again").into_response(),
+    };
+    if (now - sent_at).abs() > telnyx_receipts::TOLERANCE_SECONDS {
+        return forged(carrier, "timestamp outside the replay window");
+    }
+    let webhook: telnyx_receipts::Webhook = match super::extract::json_object(body) {
+        Ok(webhook) => webhook,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let code = webhook.error_code();
+    let id = webhook.data.payload.id.clone();
+    apply(state, carrier, &id, webhook.verdict(), code.as_deref()).await
 }
 
 /// Carriers' message ids are a few dozen characters (Twilio's SM + 32 hex, MessageMedia's

@@ -216,6 +216,16 @@ async fn a_telnyx_table_missing_what_telnyx_requires_is_refused_by_key() {
             "carriers.c.account_sid",
             "is not a key of kind \"telnyx\"",
         ),
+        (
+            "api_token = \"t\"\nmessaging_profile_id = \"p\"\npublic_url = \"https://x.example\"\n",
+            "carriers.c.webhook_public_key",
+            "public_url needs the account's public key",
+        ),
+        (
+            "api_token = \"t\"\nmessaging_profile_id = \"p\"\nwebhook_public_key = \"AAAA\"\n",
+            "carriers.c.webhook_public_key",
+            "must be a 32-byte Ed25519 public key",
+        ),
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("smsgate.toml");

@@ -36,5 +36,6 @@ mod slow_clients;
 mod soak;
 mod standins;
 mod status;
+mod telnyx_receipts;
 mod test_config;
 mod voice;

@@ -1,8 +1,9 @@
 //! Telnyx Messaging API v2: `POST {base_url}/v2/messages` with JSON and a Bearer API key;
 //! 200 with `data.id`, or `{"errors": [{"code", "title", "detail"}]}` whose codes say whose
 //! fault it is (docs/carriers.md, "Telnyx"; the contract and its sources:
-//! docs/research/telnyx-messaging.md). Telnyx takes no validity period, and places no calls
-//! here: a call passes it over.
+//! docs/research/telnyx-messaging.md). With `public_url`, each message names smsgate's webhook
+//! (`receipts`). Telnyx takes no validity period, and places no calls here: a call passes it
+//! over.
 
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use super::http::{self, class_of_status};
 use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
 use crate::config::TelnyxSettings;
 use crate::secret::Secret;
+
+pub mod receipts;
 
 const DEFAULT_BASE_URL: &str = "https://api.telnyx.com";
 
@@ -27,6 +30,8 @@ pub struct TelnyxCarrier {
     from: Option<String>,
     messaging_profile_id: Option<String>,
     timeout: Duration,
+    /// Where Telnyx sends this message's delivery webhooks (from `public_url`).
+    webhook_url: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -39,6 +44,8 @@ struct SendRequest<'a> {
     messaging_profile_id: Option<&'a str>,
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_url: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -79,7 +86,13 @@ impl TelnyxError {
 }
 
 impl TelnyxCarrier {
-    pub fn new(settings: &TelnyxSettings, timeout: Duration, http: reqwest::Client) -> Self {
+    /// `webhook_url` is where smsgate takes delivery webhooks (from `public_url`).
+    pub fn new(
+        settings: &TelnyxSettings,
+        webhook_url: Option<String>,
+        timeout: Duration,
+        http: reqwest::Client,
+    ) -> Self {
         let base = settings.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         Self {
             http,
@@ -88,6 +101,7 @@ impl TelnyxCarrier {
             from: settings.from.clone(),
             messaging_profile_id: settings.messaging_profile_id.clone(),
             timeout,
+            webhook_url,
         }
     }
 }
@@ -110,6 +124,7 @@ impl Carrier for TelnyxCarrier {
             from,
             messaging_profile_id: self.messaging_profile_id.as_deref(),
             kind: "SMS",
+            webhook_url: self.webhook_url.as_deref(),
         };
         let request = self
             .http

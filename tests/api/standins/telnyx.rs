@@ -92,7 +92,7 @@ impl Contract for Telnyx {
             ("to".to_string(), to.to_string()),
             ("text".to_string(), text.to_string()),
         ]);
-        for key in ["from", "messaging_profile_id", "type"] {
+        for key in ["from", "messaging_profile_id", "type", "webhook_url"] {
             if let Some(value) = body[key].as_str() {
                 fields.insert(key.to_string(), value.to_string());
             }

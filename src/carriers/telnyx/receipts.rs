@@ -1,0 +1,128 @@
+//! What Telnyx's delivery webhooks prove and say. Telnyx signs `{telnyx-timestamp}|{raw body}`
+//! with Ed25519 (`telnyx-signature-ed25519`, base64) under the account's public key shown in
+//! its portal; its official SDKs accept a timestamp within 300 seconds either way. A
+//! `message.finalized` event carries the message (`data.payload.id`) and its recipient's
+//! status (docs/carriers.md, "Telnyx"; sources in docs/research/telnyx-messaging.md).
+
+use base64::Engine;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use serde::Deserialize;
+
+use crate::domain::Status;
+
+pub const SIGNATURE_HEADER: &str = "telnyx-signature-ed25519";
+pub const TIMESTAMP_HEADER: &str = "telnyx-timestamp";
+/// How far a webhook's timestamp may be from the database's clock, either way.
+pub const TOLERANCE_SECONDS: i64 = 300;
+
+/// Whether `signature` (base64) is Telnyx's over `timestamp` and `body`.
+pub fn signed(key: &VerifyingKey, timestamp: &str, body: &[u8], signature: &str) -> bool {
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
+        return false;
+    };
+    let Ok(signature) = Signature::from_slice(&bytes) else {
+        return false;
+    };
+    let mut message = Vec::with_capacity(timestamp.len() + 1 + body.len());
+    message.extend_from_slice(timestamp.as_bytes());
+    message.push(b'|');
+    message.extend_from_slice(body);
+    key.verify(&message, &signature).is_ok()
+}
+
+/// A timestamp of digits only (unix seconds), or none: anything else is refused, not let
+/// through unchecked.
+pub fn timestamp_seconds(timestamp: &str) -> Option<i64> {
+    if timestamp.is_empty()
+        || timestamp.len() > 12
+        || !timestamp.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    timestamp.parse().ok()
+}
+
+/// The webhook's envelope, as far as smsgate reads it.
+#[derive(Deserialize)]
+pub struct Webhook {
+    pub data: Event,
+}
+
+#[derive(Deserialize)]
+pub struct Event {
+    pub event_type: String,
+    pub payload: Payload,
+}
+
+#[derive(Deserialize)]
+pub struct Payload {
+    /// The message id the send's answer gave (`data.id`).
+    pub id: String,
+    #[serde(default)]
+    pub to: Vec<Recipient>,
+    #[serde(default)]
+    pub errors: Vec<PayloadError>,
+}
+
+#[derive(Deserialize)]
+pub struct Recipient {
+    pub status: String,
+}
+
+#[derive(Deserialize)]
+pub struct PayloadError {
+    #[serde(default)]
+    pub code: Option<serde_json::Value>,
+}
+
+impl Webhook {
+    /// What the event says about delivery: only a final status counts (`message.sent`, a
+    /// queued or an unconfirmed delivery says nothing yet).
+    pub fn verdict(&self) -> Option<Status> {
+        if self.data.event_type != "message.finalized" {
+            return None;
+        }
+        match self.data.payload.to.first()?.status.as_str() {
+            "delivered" => Some(Status::Delivered),
+            "delivery_failed" | "sending_failed" | "expired" => Some(Status::Undelivered),
+            _ => None,
+        }
+    }
+
+    /// The first error's code, as text.
+    pub fn error_code(&self) -> Option<String> {
+        match self.data.payload.errors.first()?.code.as_ref()? {
+            serde_json::Value::String(code) => Some(code.clone()),
+            serde_json::Value::Number(code) => Some(code.to_string()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    #[test]
+    fn the_signature_covers_the_timestamp_and_the_body() {
+        let signing = SigningKey::from_bytes(&[7u8; 32]);
+        let key = signing.verifying_key();
+        let body = br#"{"data":{}}"#;
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(signing.sign(b"1700000000|{\"data\":{}}").to_bytes());
+        assert!(signed(&key, "1700000000", body, &signature));
+        assert!(!signed(&key, "1700000001", body, &signature));
+        assert!(!signed(&key, "1700000000", br#"{"data":[]}"#, &signature));
+        assert!(!signed(&key, "1700000000", body, "not base64!"));
+        assert!(!signed(&key, "1700000000", body, "AAAA"));
+    }
+
+    #[test]
+    fn only_digit_timestamps_are_read() {
+        assert_eq!(timestamp_seconds("1700000000"), Some(1_700_000_000));
+        for bad in ["", "-5", "1e9", " 17", "99999999999999999999"] {
+            assert_eq!(timestamp_seconds(bad), None, "{bad:?}");
+        }
+    }
+}
