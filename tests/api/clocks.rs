@@ -255,3 +255,48 @@ async fn a_code_with_under_a_second_left_is_not_sent_and_not_counted() {
     assert_eq!(logged, 0, "a send that did not happen is not in the window");
     assert!(terminate(child).await.success());
 }
+
+/// Telnyx's webhook timestamp is judged by the database's clock: with the gateway ten minutes
+/// ahead, a webhook Telnyx signed just now is taken, and one stamped with the gateway's "now"
+/// (ten minutes in the database's future) is refused as a replay window violation.
+#[tokio::test]
+async fn a_telnyx_webhook_s_timestamp_is_judged_by_the_database_s_clock() {
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+
+    use crate::telnyx_receipts::{database_now, finalized, public_key_base64, signing_key};
+
+    let table = format!(
+        "[carriers.tx]\nkind = \"telnyx\"\napi_token = \"t\"\nmessaging_profile_id = \"p\"\n\
+         public_url = \"https://sms.example.com\"\nwebhook_public_key = \"{}\"\n",
+        public_key_base64()
+    );
+    let config = TestConfig::base().only_carrier(&table, "tx");
+    let app = TestApp::spawn_role(&config, Role::Ingress).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, port) = spawn_skewed(&app, &config, dir.path(), "+600s");
+    let client = wait_until_healthy(port).await;
+    let body = serde_json::to_vec(&finalized("unknown-message", "delivered", None)).expect("json");
+    let now = database_now(&app).await;
+    for (timestamp, expected) in [(now, 204), (now + 600, 403)] {
+        let mut signed = format!("{timestamp}|").into_bytes();
+        signed.extend_from_slice(&body);
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(signing_key().sign(&signed).to_bytes());
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/v1/callbacks/telnyx/tx"))
+            .header("content-type", "application/json")
+            .header("telnyx-timestamp", timestamp.to_string())
+            .header("telnyx-signature-ed25519", signature)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(
+            response.status().as_u16(),
+            expected,
+            "timestamp {timestamp} against the database's {now}, gateway 10 minutes ahead"
+        );
+    }
+    assert!(terminate(child).await.success());
+}

@@ -17,15 +17,15 @@ use crate::standins::telnyx::TelnyxStandIn;
 use crate::test_config::TestConfig;
 
 /// The test account's webhook signing key (Telnyx holds the private half).
-fn signing_key() -> SigningKey {
+pub fn signing_key() -> SigningKey {
     SigningKey::from_bytes(&[7u8; 32])
 }
 
-fn public_key_base64() -> String {
+pub fn public_key_base64() -> String {
     base64::engine::general_purpose::STANDARD.encode(signing_key().verifying_key().to_bytes())
 }
 
-async fn database_now(app: &TestApp) -> i64 {
+pub async fn database_now(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT extract(epoch FROM now())::bigint")
         .fetch_one(&app.pool)
         .await
@@ -33,7 +33,7 @@ async fn database_now(app: &TestApp) -> i64 {
 }
 
 /// A `message.finalized` event for `id` with the recipient's `status`.
-fn finalized(id: &str, status: &str, error_code: Option<&str>) -> Value {
+pub fn finalized(id: &str, status: &str, error_code: Option<&str>) -> Value {
     let errors: Vec<Value> = error_code
         .map(|code| json!({"code": code, "title": "Not routable"}))
         .into_iter()
