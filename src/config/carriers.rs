@@ -530,7 +530,14 @@ pub fn telnyx_public_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, &'st
     let bytes: [u8; 32] = bytes
         .try_into()
         .map_err(|_| "must be a 32-byte Ed25519 public key")?;
-    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| "is not an Ed25519 public key")
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| "is not an Ed25519 public key")?;
+    // A small-order point verifies forged signatures (an identity key accepts s = 0 for any
+    // message): never a key Telnyx signs with.
+    if key.is_weak() {
+        return Err("is a weak Ed25519 key (a small-order point), not Telnyx's public key");
+    }
+    Ok(key)
 }
 
 /// The path of `url` as written (after the authority), without a trailing slash.

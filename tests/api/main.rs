@@ -5,6 +5,7 @@ mod actions;
 mod attack_limits;
 mod attack_partitions;
 mod attack_queue_fk;
+mod attack_telnyx;
 mod auth;
 mod carriers;
 mod cli;

@@ -154,6 +154,12 @@ impl Carrier for TelnyxCarrier {
                 .join(": "),
             None => format!("HTTP {status} without a Telnyx error body"),
         };
+        // Stored with the attempt and logged: an answer that echoes our key must not carry it.
+        let token = self.api_token.expose();
+        let message = match token.is_empty() {
+            true => message,
+            false => message.replace(token, crate::secret::REDACTED),
+        };
         Err(SendError {
             class: classify(status, code.as_deref()),
             http_status: Some(status.as_u16()),

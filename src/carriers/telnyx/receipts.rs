@@ -5,7 +5,7 @@
 //! status (docs/carriers.md, "Telnyx"; sources in docs/research/telnyx-messaging.md).
 
 use base64::Engine;
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Deserialize;
 
 use crate::domain::Status;
@@ -27,7 +27,9 @@ pub fn signed(key: &VerifyingKey, timestamp: &str, body: &[u8], signature: &str)
     message.extend_from_slice(timestamp.as_bytes());
     message.push(b'|');
     message.extend_from_slice(body);
-    key.verify(&message, &signature).is_ok()
+    // Strict: refuses small-order keys and non-canonical signatures that plain RFC 8032
+    // verification lets through.
+    key.verify_strict(&message, &signature).is_ok()
 }
 
 /// A timestamp of digits only (unix seconds), or none: anything else is refused, not let
@@ -116,6 +118,19 @@ mod tests {
         assert!(!signed(&key, "1700000000", br#"{"data":[]}"#, &signature));
         assert!(!signed(&key, "1700000000", body, "not base64!"));
         assert!(!signed(&key, "1700000000", body, "AAAA"));
+    }
+
+    #[test]
+    fn a_small_order_key_verifies_no_forgery() {
+        // The identity point as the key, and R = identity, s = 0 as the signature: plain
+        // verification accepts it for any message; strict verification does not.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let key = VerifyingKey::from_bytes(&identity).expect("a point");
+        let mut forged = [0u8; 64];
+        forged[0] = 1;
+        let forged = base64::engine::general_purpose::STANDARD.encode(forged);
+        assert!(!signed(&key, "1700000000", b"{}", &forged));
     }
 
     #[test]
