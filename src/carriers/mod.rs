@@ -49,6 +49,20 @@ pub struct OutboundSms {
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
+impl OutboundSms {
+    /// The senders a carrier may use, in the order they win: the route's, the carrier's own
+    /// `from`, the request's (docs/carriers.md, "Senders").
+    pub fn senders<'a>(&'a self, carrier_from: Option<&'a str>) -> impl Iterator<Item = &'a str> {
+        [
+            self.route_sender.as_deref(),
+            carrier_from,
+            self.sender.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// The carrier took the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {

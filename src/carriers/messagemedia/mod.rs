@@ -107,14 +107,10 @@ impl Carrier for MessageMediaCarrier {
     async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
         // The route's sender, then the carrier's, then the request's; a call comes from a
         // number only (none: MessageMedia's own).
-        let candidates = [
-            sms.route_sender.as_deref(),
-            self.from.as_deref(),
-            sms.sender.as_deref(),
-        ];
+        let mut candidates = sms.senders(self.from.as_deref());
         let source = match sms.channel {
-            Channel::Sms => candidates.into_iter().flatten().next(),
-            Channel::Voice => candidates.into_iter().flatten().find(|s| is_e164(s)),
+            Channel::Sms => candidates.next(),
+            Channel::Voice => candidates.find(|s| is_e164(s)),
         };
         let request = SendRequest {
             messages: [OutgoingMessage {

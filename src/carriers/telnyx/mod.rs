@@ -110,14 +110,7 @@ impl Carrier for TelnyxCarrier {
     async fn send(&self, sms: &OutboundSms) -> Result<Accepted, SendError> {
         // The route's sender, then the carrier's, then the request's; none: the messaging
         // profile's number pool picks one.
-        let from = [
-            sms.route_sender.as_deref(),
-            self.from.as_deref(),
-            sms.sender.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-        .next();
+        let from = sms.senders(self.from.as_deref()).next();
         let request = SendRequest {
             to: sms.to.as_str(),
             text: &sms.body,
