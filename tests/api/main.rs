@@ -2,6 +2,7 @@
 
 mod abuse;
 mod actions;
+mod attack_final;
 mod attack_limits;
 mod attack_partitions;
 mod attack_queue_fk;
