@@ -321,7 +321,7 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
             config.limits.max_in_flight,
         ),
         store_wait: config.database.acquire_timeout_ms.duration(),
-        callbacks: http::callbacks::CallbackKeys::new(config.carrier_settings().iter()),
+        callbacks: http::callbacks::CallbackKeys::new(config),
         carriers: Arc::new(config.carriers.keys().cloned().collect()),
         readiness: Arc::default(),
     };

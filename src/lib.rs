@@ -13,7 +13,6 @@ pub mod dispatch;
 pub mod domain;
 pub mod http;
 pub mod limits;
-pub mod messagemedia_signature;
 pub mod metrics;
 pub mod secret;
 pub mod telemetry;

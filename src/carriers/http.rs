@@ -105,7 +105,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     retry_after_of(header(RETRY_AFTER), header(DATE))
 }
 
-/// Every carrier's `Retry-After` (HTTP carriers and SNS alike): delay-seconds or an HTTP-date
+/// Every carrier's `Retry-After` (through `reqwest` or an SDK alike): delay-seconds or an HTTP-date
 /// (RFC 9110 §10.2.3), at most [`super::MAX_RETRY_AFTER`] so a carrier's number never
 /// overflows a clock. A date is measured against the answer's own `Date` header, the
 /// carrier's clock (§6.6.1), never the gateway's: a gateway clock that is off would retry

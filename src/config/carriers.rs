@@ -1,34 +1,66 @@
-//! `[carriers.<name>]`: one table per carrier account. Every kind shares the transport settings;
-//! the credential keys are checked per kind, so a key of another kind is an error, not ignored.
+//! `[carriers.<name>]`: one table per carrier account. The keys every kind shares (`kind`,
+//! timeouts, limits, the breaker) are read here; the rest of the table belongs to its kind,
+//! which reads and checks it ([`CarrierKindConfig`], implemented in each kind's folder under
+//! `carriers/`). The configuration is read with the list of kinds, so this module names none.
 
-use serde::{Deserialize, Serialize};
-
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use figment::Figment;
+use figment::error::Kind;
+use figment::providers::Serialized;
+use figment::value::{Dict, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::problems::Problem;
 use super::{Millis, Seconds};
-use crate::messagemedia_signature::{MAX_KEYS, SignatureKeys};
-use crate::secret::{Secret, lenient_string};
+use crate::secret::Secret;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CarrierKind {
-    /// Development carrier: records the message as sent and logs it with the code masked.
-    Log,
-    /// Twilio Programmable Messaging (`POST /2010-04-01/Accounts/{sid}/Messages.json`).
-    Twilio,
-    /// MessageMedia (Sinch) Messages API (`POST /v1/messages`).
-    Messagemedia,
-    /// AWS SNS `Publish` to a phone number, through the AWS SDK and its credential chain.
-    Sns,
-    /// Telnyx Messaging API v2 (`POST /v2/messages`).
-    Telnyx,
+/// A carrier kind as the configuration sees it. `carriers::KINDS` lists every kind once.
+pub trait CarrierKindConfig: Sync {
+    /// The `kind = "…"` that names it.
+    fn name(&self) -> &'static str;
+    /// Reads and checks the kind's own keys of `[carriers.<name>]`: the settings, or every
+    /// problem, each naming its key within the table (`account_sid`, `callback_public_keys[1]`).
+    fn read(&self, name: &str, keys: &KindKeys) -> Result<Arc<dyn KindSettings>, Found>;
 }
 
+/// A kind's checked settings, as far as the rest of the configuration needs them; the kind
+/// itself reads its own type back with [`KindSettings::as_any`].
+pub trait KindSettings: fmt::Debug + Send + Sync + 'static {
+    /// Whether the carrier places calls: a call is never handed to one that does not.
+    fn places_calls(&self) -> bool {
+        false
+    }
+    /// The credentials that are set, by key: checked for placeholders, never printed.
+    fn secrets(&self) -> Vec<(&'static str, &Secret)>;
+    /// Valid but risky settings, for `check-config` and the start-up log (without the
+    /// `carriers.<name>.` that goes before each).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Problems under one carrier: (key within its table, reason).
+pub type Found = Vec<(String, String)>;
+
+/// One `[carriers.<name>]` table: the shared keys, read, and the kind's own, as written.
+#[derive(Clone, Default)]
+pub struct CarrierConfig {
+    pub kind: String,
+    pub transport: TransportConfig,
+    pub keys: KindKeys,
+}
+
+/// The keys every kind shares.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct CarrierConfig {
-    pub kind: CarrierKind,
+pub struct TransportConfig {
     /// Connecting must succeed within this long.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: Millis,
@@ -48,97 +80,28 @@ pub struct CarrierConfig {
     /// How long an open breaker skips the carrier before one message probes it.
     #[serde(default = "default_breaker_cooldown_seconds")]
     pub breaker_cooldown_seconds: Seconds,
-
-    // Twilio
-    #[serde(default, deserialize_with = "optional_string")]
-    pub account_sid: Option<String>,
-    #[serde(default)]
-    pub auth_token: Option<Secret>,
-    #[serde(default, deserialize_with = "optional_string")]
-    pub api_key_sid: Option<String>,
-    #[serde(default)]
-    pub api_key_secret: Option<Secret>,
-    #[serde(default, deserialize_with = "optional_string")]
-    pub messaging_service_sid: Option<String>,
-    #[serde(default, deserialize_with = "optional_string")]
-    pub status_callback: Option<String>,
-
-    // Delivery receipts (Twilio, MessageMedia)
-    /// smsgate's own address as the carrier reaches it (e.g. "https://sms.example.com"):
-    /// when set, every send asks for a delivery receipt at /v1/callbacks/<kind>/<name>.
-    #[serde(default, deserialize_with = "optional_string")]
-    pub public_url: Option<String>,
-    /// MessageMedia signs no callbacks by default: this secret in the callback URL proves
-    /// them (at least 16 characters).
-    #[serde(default)]
-    pub callback_secret: Option<Secret>,
-    /// With secure callbacks enabled on the MessageMedia account: the public keys of its
-    /// signature keys (the `public_key` its key API returned, or PEM). Reports must then be
-    /// signed by one of them and the callback URL carries no secret.
-    #[serde(default, deserialize_with = "one_or_many")]
-    pub callback_public_keys: Vec<String>,
-
-    // MessageMedia
-    #[serde(default, deserialize_with = "optional_string")]
-    pub api_key: Option<String>,
-    #[serde(default)]
-    pub api_secret: Option<Secret>,
-    /// The `format` a call is sent with: "VOICE" (the default), or "TTS", the name
-    /// MessageMedia's published OpenAPI description gives text-to-speech.
-    #[serde(default)]
-    pub voice_format: Option<VoiceFormat>,
-
-    // AWS SNS
-    #[serde(default, deserialize_with = "optional_string")]
-    pub region: Option<String>,
-    /// A VPC endpoint or a local stand-in; the public SNS endpoint when absent.
-    #[serde(default, deserialize_with = "optional_string")]
-    pub endpoint_url: Option<String>,
-    /// `AWS.SNS.SMS.SenderID`.
-    #[serde(default, deserialize_with = "optional_string")]
-    pub sender_id: Option<String>,
-    /// Static credentials; without them the standard AWS credential chain is used.
-    #[serde(default, deserialize_with = "optional_string")]
-    pub access_key_id: Option<String>,
-    #[serde(default)]
-    pub secret_access_key: Option<Secret>,
-
-    // Telnyx
-    /// The API key (v2) sent as a Bearer token.
-    #[serde(default)]
-    pub api_token: Option<Secret>,
-    /// The messaging profile to send with: required without `from` (its number pool then
-    /// picks the sender) and with an alphanumeric `from`.
-    #[serde(default, deserialize_with = "optional_string")]
-    pub messaging_profile_id: Option<String>,
-    /// With `public_url`: the account's public key (base64, from Telnyx's portal) that its
-    /// delivery webhooks are signed with (Ed25519).
-    #[serde(default, deserialize_with = "optional_string")]
-    pub webhook_public_key: Option<String>,
-
-    // Shared by several kinds
-    /// Sender: a carrier's `from` wins over the request's `sender`.
-    #[serde(default, deserialize_with = "optional_string")]
-    pub from: Option<String>,
-    /// API base URL; tests and proxies point it elsewhere.
-    #[serde(default, deserialize_with = "optional_string")]
-    pub base_url: Option<String>,
 }
 
-/// How MessageMedia is asked to speak a message.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum VoiceFormat {
-    #[default]
-    Voice,
-    Tts,
-}
+/// The keys of [`TransportConfig`] and `kind`: every other key of a table is its kind's.
+pub const SHARED_KEYS: [&str; 7] = [
+    "kind",
+    "connect_timeout_ms",
+    "timeout_ms",
+    "max_per_second",
+    "max_in_flight",
+    "breaker_failures",
+    "breaker_cooldown_seconds",
+];
 
-impl VoiceFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VoiceFormat::Voice => "VOICE",
-            VoiceFormat::Tts => "TTS",
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: default_connect_timeout_ms(),
+            timeout_ms: default_timeout_ms(),
+            max_per_second: None,
+            max_in_flight: None,
+            breaker_failures: default_breaker_failures(),
+            breaker_cooldown_seconds: default_breaker_cooldown_seconds(),
         }
     }
 }
@@ -159,206 +122,264 @@ fn default_breaker_cooldown_seconds() -> Seconds {
     Seconds::new(30)
 }
 
-/// A list, or one string (an environment variable gives one).
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged, expecting = "a string or a list of strings")]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(one) => vec![one],
-        OneOrMany::Many(many) => many,
-    })
+/// A kind's keys as written. Shown by name only: the values hold credentials.
+#[derive(Clone, Default)]
+pub struct KindKeys {
+    kind: String,
+    keys: Dict,
 }
 
-fn optional_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    lenient_string(d).map(Some)
+impl fmt::Debug for KindKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.keys.keys()).finish()
+    }
 }
 
-impl CarrierKind {
-    /// Every kind: what mounts the receipt routes, so a kind cannot be left without one.
-    pub const ALL: [CarrierKind; 5] = [
-        CarrierKind::Log,
-        CarrierKind::Twilio,
-        CarrierKind::Messagemedia,
-        CarrierKind::Sns,
-        CarrierKind::Telnyx,
-    ];
+impl fmt::Debug for CarrierConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CarrierConfig")
+            .field("kind", &self.kind)
+            .field("transport", &self.transport)
+            .field("keys", &self.keys)
+            .finish()
+    }
+}
 
-    /// Whether carriers of this kind send delivery receipts to smsgate
-    /// (`/v1/callbacks/<kind>/<name>`). A new kind must answer here before it compiles.
-    pub fn sends_receipts(self) -> bool {
-        match self {
-            CarrierKind::Twilio | CarrierKind::Messagemedia | CarrierKind::Telnyx => true,
-            CarrierKind::Log | CarrierKind::Sns => false,
+impl KindKeys {
+    /// The keys as the kind's type `T`, which takes only its own keys: every key it refuses
+    /// (unknown, or a value of the wrong type) is a problem and is set aside, and the rest is
+    /// read again, so one run names them all.
+    pub fn read<T: DeserializeOwned + Default>(&self) -> (T, Found) {
+        let mut keys = self.keys.clone();
+        let mut found = Vec::new();
+        // Each round sets one key aside, so there are at most as many rounds as keys.
+        for _ in 0..=self.keys.len() {
+            let figment = Figment::from(Serialized::defaults(Value::from(keys.clone())));
+            let error = match figment.extract::<T>() {
+                Ok(read) => return (read, found),
+                Err(error) => error,
+            };
+            let Some(first) = error.into_iter().next() else {
+                break;
+            };
+            let key = match &first.kind {
+                Kind::UnknownField(field, _) => field.clone(),
+                _ => match first.path.first() {
+                    Some(key) => key.clone(),
+                    None => break,
+                },
+            };
+            let reason = match &first.kind {
+                Kind::UnknownField(field, expected) => self.unknown(field, expected),
+                kind => super::problems::without_value(kind),
+            };
+            found.push((key.clone(), reason));
+            if keys.remove(&key).is_none() {
+                break;
+            }
         }
+        (T::default(), found)
     }
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CarrierKind::Log => "log",
-            CarrierKind::Twilio => "twilio",
-            CarrierKind::Messagemedia => "messagemedia",
-            CarrierKind::Sns => "sns",
-            CarrierKind::Telnyx => "telnyx",
+    /// Why `field` is refused, with the keys this kind takes (the shared ones among them).
+    fn unknown(&self, field: &str, expected: &[&str]) -> String {
+        let mut takes: Vec<&str> = SHARED_KEYS.to_vec();
+        takes.extend(expected);
+        let refused = format!("is not a key of kind \"{}\"", self.kind);
+        super::problems::unknown_key_named(&refused, field, &takes)
+    }
+
+    /// The value of `key` as written, for checks on text (e.g. a redaction).
+    fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
+        self.keys.get_mut(key)
+    }
+}
+
+impl<'de> Deserialize<'de> for CarrierConfig {
+    /// The table as written: its kind reads it once the kinds are known (`read_carriers`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let keys = Dict::deserialize(d)?;
+        Ok(Self {
+            keys: KindKeys {
+                kind: String::new(),
+                keys,
+            },
+            ..Self::default()
+        })
+    }
+}
+
+impl Serialize for CarrierConfig {
+    /// `kind`, the shared keys with their defaults, then the kind's keys as written.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            kind: &'a str,
+            #[serde(flatten)]
+            transport: &'a TransportConfig,
+            #[serde(flatten)]
+            keys: &'a Dict,
         }
+        Shown {
+            kind: &self.kind,
+            transport: &self.transport,
+            keys: &self.keys.keys,
+        }
+        .serialize(s)
     }
 }
 
 impl CarrierConfig {
-    /// The credentials that are set, by key name.
-    pub fn secret_values(&self) -> Vec<(&'static str, &str)> {
-        [
-            ("auth_token", &self.auth_token),
-            ("api_key_secret", &self.api_key_secret),
-            ("callback_secret", &self.callback_secret),
-            ("api_secret", &self.api_secret),
-            ("secret_access_key", &self.secret_access_key),
-            ("api_token", &self.api_token),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| value.as_ref().map(|v| (key, v.expose())))
-        .collect()
-    }
-
-    /// Where this carrier sends its delivery receipts, when `public_url` is set.
-    pub fn callback_url(&self, name: &str) -> Option<String> {
-        let base = self.public_url.as_deref()?.trim_end_matches('/');
-        Some(match self.kind {
-            CarrierKind::Messagemedia if !self.callback_public_keys.is_empty() => {
-                // Signed reports need no secret, so none goes into a URL that logs record.
-                format!("{base}/v1/callbacks/messagemedia/{name}")
-            }
-            CarrierKind::Messagemedia => {
-                let secret = self
-                    .callback_secret
-                    .as_ref()
-                    .map(Secret::expose)
-                    .unwrap_or("");
-                // Encoded: a base64 secret's `+ / =` would otherwise arrive decoded as other
-                // characters (`+` as a space) and the report would be refused.
-                let key: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-                format!("{base}/v1/callbacks/messagemedia/{name}?key={key}")
-            }
-            kind => format!("{base}/v1/callbacks/{}/{name}", kind.as_str()),
-        })
-    }
-
-    /// The kind-specific keys that are set, with the kinds each belongs to.
-    fn set_keys(&self) -> Vec<(&'static str, &'static [CarrierKind])> {
-        use CarrierKind::{Messagemedia, Sns, Telnyx, Twilio};
-        let keys: [(&str, bool, &'static [CarrierKind]); 22] = [
-            ("account_sid", self.account_sid.is_some(), &[Twilio]),
-            ("auth_token", self.auth_token.is_some(), &[Twilio]),
-            ("api_key_sid", self.api_key_sid.is_some(), &[Twilio]),
-            ("api_key_secret", self.api_key_secret.is_some(), &[Twilio]),
-            (
-                "messaging_service_sid",
-                self.messaging_service_sid.is_some(),
-                &[Twilio],
-            ),
-            ("status_callback", self.status_callback.is_some(), &[Twilio]),
-            (
-                "public_url",
-                self.public_url.is_some(),
-                &[Twilio, Messagemedia, Telnyx],
-            ),
-            (
-                "webhook_public_key",
-                self.webhook_public_key.is_some(),
-                &[Telnyx],
-            ),
-            (
-                "callback_secret",
-                self.callback_secret.is_some(),
-                &[Messagemedia],
-            ),
-            (
-                "callback_public_keys",
-                !self.callback_public_keys.is_empty(),
-                &[Messagemedia],
-            ),
-            ("api_key", self.api_key.is_some(), &[Messagemedia]),
-            ("api_secret", self.api_secret.is_some(), &[Messagemedia]),
-            ("voice_format", self.voice_format.is_some(), &[Messagemedia]),
-            ("region", self.region.is_some(), &[Sns]),
-            ("endpoint_url", self.endpoint_url.is_some(), &[Sns]),
-            ("sender_id", self.sender_id.is_some(), &[Sns]),
-            ("access_key_id", self.access_key_id.is_some(), &[Sns]),
-            (
-                "secret_access_key",
-                self.secret_access_key.is_some(),
-                &[Sns],
-            ),
-            ("api_token", self.api_token.is_some(), &[Telnyx]),
-            (
-                "messaging_profile_id",
-                self.messaging_profile_id.is_some(),
-                &[Telnyx],
-            ),
-            (
-                "from",
-                self.from.is_some(),
-                &[Twilio, Messagemedia, Sns, Telnyx],
-            ),
-            (
-                "base_url",
-                self.base_url.is_some(),
-                &[Twilio, Messagemedia, Telnyx],
-            ),
-        ];
-        keys.into_iter()
-            .filter(|(_, set, _)| *set)
-            .map(|(key, _, kinds)| (key, kinds))
-            .collect()
-    }
-
-    /// Problems with this carrier's keys, each naming `carriers.<name>.<key>`.
-    pub(super) fn problems(&self, name: &str) -> Vec<Problem> {
-        let mut found = self.transport_problems();
-        for (key, kinds) in self.set_keys() {
-            if !kinds.contains(&self.kind) {
-                let reason = format!("is not a key of kind \"{}\"", self.kind.as_str());
-                found.push((key.to_string(), reason));
+    /// Replaces the value of each of `keys` by `shown` (credentials in a printed config).
+    pub(super) fn redact(&mut self, keys: &[&str], shown: &str) {
+        for key in keys {
+            if let Some(value) = self.keys.get_mut(key) {
+                *value = Value::from(shown.to_string());
             }
         }
-        found.extend(self.callback_problems(name));
-        found.extend(match self.kind {
-            CarrierKind::Log => Vec::new(),
-            CarrierKind::Twilio => self.twilio_problems(),
-            CarrierKind::Messagemedia => self.messagemedia_problems(),
-            CarrierKind::Sns => self.sns_problems(),
-            CarrierKind::Telnyx => self.telnyx_problems(),
-        });
-        for (key, url) in [
-            ("base_url", &self.base_url),
-            ("endpoint_url", &self.endpoint_url),
-            ("public_url", &self.public_url),
-        ] {
-            if let Some(url) = url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                found.push(problem(key, "must be an http(s) URL"));
-            }
-        }
-        found
-            .into_iter()
-            .map(|(field, reason)| Problem {
-                key: format!("carriers.{name}.{field}"),
-                reason,
-            })
-            .collect()
     }
 
-    /// The callback URL is `public_url` + a path holding the carrier's name; carriers sign
-    /// it, so it must read back exactly as it was handed out.
-    fn callback_problems(&self, name: &str) -> Found {
-        let Some(public_url) = &self.public_url else {
+    /// Whether some key of the kind's is set to `text`.
+    pub(super) fn has_value(&self, text: &str) -> Option<String> {
+        self.keys
+            .keys
+            .iter()
+            .find(|(_, value)| value.as_str() == Some(text))
+            .map(|(key, _)| key.clone())
+    }
+}
+
+/// Reads every carrier table with `kinds`: the shared keys here, the rest by its kind. Fills
+/// in each table's kind and shared keys, and returns the kinds' settings of the tables that
+/// read cleanly, and the problems of the others.
+pub(super) fn read_carriers(
+    carriers: &mut BTreeMap<String, CarrierConfig>,
+    kinds: &[&dyn CarrierKindConfig],
+) -> (BTreeMap<String, Arc<dyn KindSettings>>, Vec<Problem>) {
+    let mut settings = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (name, table) in carriers.iter_mut() {
+        let found = match read_one(name, table, kinds) {
+            Ok(read) => {
+                settings.insert(name.clone(), read);
+                continue;
+            }
+            Err(found) => found,
+        };
+        problems.extend(found.into_iter().map(|(key, reason)| Problem {
+            key: format!("carriers.{name}.{key}"),
+            reason,
+        }));
+    }
+    (settings, problems)
+}
+
+/// One table: its kind, its shared keys, then the kind's own.
+fn read_one(
+    name: &str,
+    table: &mut CarrierConfig,
+    kinds: &[&dyn CarrierKindConfig],
+) -> Result<Arc<dyn KindSettings>, Found> {
+    let mut written = std::mem::take(&mut table.keys.keys);
+    let kind_value = written.remove("kind");
+    let mut shared = Dict::new();
+    for key in SHARED_KEYS.iter().skip(1) {
+        if let Some(value) = written.remove(*key) {
+            shared.insert(key.to_string(), value);
+        }
+    }
+    table.keys.keys = written;
+    let names: Vec<&str> = kinds.iter().map(|kind| kind.name()).collect();
+    let mut found = Vec::new();
+    let kind = match &kind_value {
+        None => {
+            found.push(problem("kind", "missing field `kind`"));
+            None
+        }
+        Some(written) => {
+            let kind = kinds
+                .iter()
+                .find(|kind| written.as_str() == Some(kind.name()));
+            if kind.is_none() {
+                let choices: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+                let reason = format!("unknown value; expected one of {}", choices.join(", "));
+                found.push(("kind".to_string(), reason));
+            }
+            kind
+        }
+    };
+    let shared = KindKeys {
+        kind: String::new(),
+        keys: shared,
+    };
+    let (transport, mistyped) = shared.read::<TransportConfig>();
+    found.extend(mistyped);
+    found.extend(transport_problems(&transport));
+    table.transport = transport;
+    let Some(kind) = kind else {
+        return Err(found);
+    };
+    table.kind = kind.name().to_string();
+    table.keys.kind = table.kind.clone();
+    match kind.read(name, &table.keys) {
+        Ok(settings) if found.is_empty() => Ok(settings),
+        Ok(_) => Err(found),
+        Err(more) => Err([found, more].concat()),
+    }
+}
+
+/// Timeouts, limits and the breaker, shared by every kind.
+fn transport_problems(transport: &TransportConfig) -> Found {
+    let mut found = Vec::new();
+    if transport.timeout_ms.get() > 25_000 {
+        found.push(problem(
+            "timeout_ms",
+            "must be between 1 and 25000 (Auth0 waits 30 s in all)",
+        ));
+    }
+    if transport.connect_timeout_ms > transport.timeout_ms {
+        found.push(problem(
+            "connect_timeout_ms",
+            "must be between 1 and timeout_ms",
+        ));
+    }
+    for (key, zero) in [
+        ("max_per_second", transport.max_per_second == Some(0)),
+        ("max_in_flight", transport.max_in_flight == Some(0)),
+    ] {
+        if zero {
+            found.push(problem(key, "must be at least 1 (remove it for no limit)"));
+        }
+    }
+    found
+}
+
+/// The checks kinds share: each names a key of the table.
+pub mod checks {
+    use super::{Found, problem};
+    use crate::secret::Secret;
+
+    /// What a kind says of a key it requires that is missing or empty.
+    pub const REQUIRED: &str = "is required for this kind";
+
+    /// A URL key (`base_url`, `endpoint_url`) that is not http(s).
+    pub fn url(key: &str, value: &Option<String>) -> Found {
+        match value {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                vec![problem(key, "must be an http(s) URL")]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// `public_url`: smsgate's own address, to which the carrier's receipts go under
+    /// `/v1/callbacks/<kind>/<name>`. Carriers sign that URL, so it must read back exactly as
+    /// it was handed out, and the carrier's name must be usable in it.
+    pub fn public_url(name: &str, public_url: &Option<String>) -> Found {
+        let Some(public_url) = public_url else {
             return Vec::new();
         };
-        let mut found = Vec::new();
+        let mut found = url("public_url", &Some(public_url.clone()));
         let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
         if !name.chars().all(plain) {
             found.push(problem(
@@ -388,178 +409,49 @@ impl CarrierConfig {
         found
     }
 
-    /// Timeouts, limits and the breaker, shared by every kind.
-    fn transport_problems(&self) -> Found {
-        let mut found = Vec::new();
-        if self.timeout_ms.get() > 25_000 {
-            found.push(problem(
-                "timeout_ms",
-                "must be between 1 and 25000 (Auth0 waits 30 s in all)",
-            ));
-        }
-        if self.connect_timeout_ms > self.timeout_ms {
-            found.push(problem(
-                "connect_timeout_ms",
-                "must be between 1 and timeout_ms",
-            ));
-        }
-        for (key, zero) in [
-            ("max_per_second", self.max_per_second == Some(0)),
-            ("max_in_flight", self.max_in_flight == Some(0)),
-        ] {
-            if zero {
-                found.push(problem(key, "must be at least 1 (remove it for no limit)"));
-            }
-        }
-        found
+    /// The path of `url` as written (after the authority), without a trailing slash.
+    fn written_path(url: &str) -> &str {
+        let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let path = after_scheme.find('/').map_or("", |at| &after_scheme[at..]);
+        path.trim_end_matches('/')
     }
 
-    fn twilio_problems(&self) -> Found {
-        let mut found = Vec::new();
-        if !has(&self.account_sid) {
-            found.push(problem("account_sid", REQUIRED));
-        }
-        let key = has(&self.api_key_sid) && has_secret(&self.api_key_secret);
-        if !has_secret(&self.auth_token) && !key {
-            found.push(problem(
-                "auth_token",
-                "is required for kind \"twilio\" (or api_key_sid with api_key_secret)",
-            ));
-        }
-        if self.api_key_sid.is_some() != self.api_key_secret.is_some() {
-            found.push(problem(
-                "api_key_secret",
-                "api_key_sid and api_key_secret go together",
-            ));
-        }
-        if self.public_url.is_some() && !has_secret(&self.auth_token) {
-            found.push(problem(
-                "public_url",
-                "Twilio signs status callbacks with the auth token: set auth_token too",
-            ));
-        }
-        if !has(&self.from) && !has(&self.messaging_service_sid) {
-            found.push(problem(
-                "from",
-                "kind \"twilio\" needs from or messaging_service_sid",
-            ));
-        }
-        found
+    /// Set and not blank.
+    pub fn has(value: &Option<String>) -> bool {
+        value.as_deref().is_some_and(|v| !v.trim().is_empty())
     }
 
-    fn messagemedia_problems(&self) -> Found {
-        let mut found = Vec::new();
-        if !has(&self.api_key) {
-            found.push(problem("api_key", REQUIRED));
-        }
-        if !has_secret(&self.api_secret) {
-            found.push(problem("api_secret", REQUIRED));
-        }
-        let secret_len = self
-            .callback_secret
-            .as_ref()
-            .map_or(0, |s| s.expose().len());
-        let signed = !self.callback_public_keys.is_empty();
-        if self.public_url.is_some() && !signed && secret_len < 16 {
-            found.push(problem(
-                "callback_secret",
-                "public_url needs callback_public_keys or a callback_secret of at least 16 \
-                 characters (they prove MessageMedia's delivery reports)",
-            ));
-        } else if self.callback_secret.is_some() && secret_len < 16 {
-            // Beside keys too: it still admits unsigned reports.
-            found.push(problem("callback_secret", "must be at least 16 characters"));
-        }
-        if self.callback_public_keys.len() > MAX_KEYS {
-            let reason = format!("holds at most {MAX_KEYS} keys");
-            found.push(problem("callback_public_keys", &reason));
-        } else if let Err((i, why)) = SignatureKeys::parse(&self.callback_public_keys) {
-            found.push((format!("callback_public_keys[{i}]"), why));
-        }
-        found
-    }
-
-    fn sns_problems(&self) -> Found {
-        let mut found = Vec::new();
-        if !has(&self.region) {
-            found.push(problem("region", REQUIRED));
-        }
-        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            found.push(problem(
-                "secret_access_key",
-                "access_key_id and secret_access_key go together",
-            ));
-        }
-        found
+    /// Set and not empty.
+    pub fn has_secret(value: &Option<Secret>) -> bool {
+        value.as_ref().is_some_and(|v| !v.is_empty())
     }
 }
 
-impl CarrierConfig {
-    fn telnyx_problems(&self) -> Found {
-        let mut found = Vec::new();
-        if !has_secret(&self.api_token) {
-            found.push(problem("api_token", REQUIRED));
-        }
-        let from_number = self.from.as_deref().is_some_and(super::is_e164);
-        if !has(&self.messaging_profile_id) && !from_number {
-            found.push(problem(
-                "messaging_profile_id",
-                "kind \"telnyx\" needs messaging_profile_id, or a from number (+E.164); an \
-                 alphanumeric from needs the profile too",
-            ));
-        }
-        let key = self.webhook_public_key.as_deref().map(telnyx_public_key);
-        if self.public_url.is_some() && key.is_none() {
-            found.push(problem(
-                "webhook_public_key",
-                "public_url needs the account's public key (Telnyx signs its webhooks with it)",
-            ));
-        } else if let Some(Err(why)) = key {
-            found.push(problem("webhook_public_key", why));
-        }
-        found
-    }
+/// A string key of a kind's table: one an environment variable set to digits is still text.
+pub fn optional_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    crate::secret::lenient_string(d).map(Some)
 }
 
-/// Telnyx's webhook key: base64 of a 32-byte Ed25519 public key.
-pub fn telnyx_public_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, &'static str> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| "must be base64 (the public key Telnyx's portal shows)")?;
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| "must be a 32-byte Ed25519 public key")?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| "is not an Ed25519 public key")?;
-    // A small-order point verifies forged signatures (an identity key accepts s = 0 for any
-    // message): never a key Telnyx signs with.
-    if key.is_weak() {
-        return Err("is a weak Ed25519 key (a small-order point), not Telnyx's public key");
-    }
-    Ok(key)
-}
-
-/// The path of `url` as written (after the authority), without a trailing slash.
-fn written_path(url: &str) -> &str {
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let path = after_scheme.find('/').map_or("", |at| &after_scheme[at..]);
-    path.trim_end_matches('/')
-}
-
-/// Problems under one carrier: (key, reason).
-type Found = Vec<(String, String)>;
-
-const REQUIRED: &str = "is required for this kind";
-
-fn problem(key: &str, reason: &str) -> (String, String) {
+/// `(key, reason)`.
+pub fn problem(key: &str, reason: &str) -> (String, String) {
     (key.to_string(), reason.to_string())
 }
 
-fn has(value: &Option<String>) -> bool {
-    value.as_deref().is_some_and(|v| !v.trim().is_empty())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn has_secret(value: &Option<Secret>) -> bool {
-    value.as_ref().is_some_and(|v| !v.is_empty())
+    #[test]
+    fn the_shared_keys_are_the_transport_s_fields_and_kind() {
+        let mut probe = Dict::new();
+        probe.insert("zzz_probe".into(), Value::from(1u32));
+        let figment = Figment::from(Serialized::defaults(Value::from(probe)));
+        let error = figment.extract::<TransportConfig>().expect_err("refused");
+        let Some(Kind::UnknownField(_, expected)) = error.into_iter().next().map(|e| e.kind) else {
+            panic!("an unknown field");
+        };
+        let mut fields: Vec<&str> = expected.to_vec();
+        fields.insert(0, "kind");
+        assert_eq!(fields, SHARED_KEYS);
+    }
 }

@@ -102,7 +102,7 @@ impl Config {
                 .carriers
                 .iter()
                 .filter_map(|name| self.carriers.get(name))
-                .map(|c| c.timeout_ms.get())
+                .map(|c| c.transport.timeout_ms.get())
                 .sum();
             if worst_ms >= d.lease_seconds.as_millis() {
                 problem(

@@ -27,9 +27,10 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::messagemedia_signature::{RECOMMENDED_BITS, SignatureKeys};
-
-pub use carriers::{CarrierConfig, CarrierKind, VoiceFormat};
+pub use carriers::{
+    CarrierConfig, CarrierKindConfig, Found, KindKeys, KindSettings, TransportConfig, checks,
+    optional_string, problem,
+};
 pub use database::DatabaseConfig;
 pub use dispatch::{DispatchConfig, RetentionConfig};
 pub use guard::{
@@ -42,10 +43,7 @@ pub use problems::ConfigError;
 pub use routing::RouteConfig;
 pub use routing::is_e164;
 pub use server::{AdminConfig, MIN_HEADER_BYTES, MetricsConfig, ServerConfig};
-pub use settings::{
-    CarrierSettings, KindSettings, MessageMediaSettings, ReceiptProof, Receipts, SnsSettings,
-    TelnyxSettings, Transport, TwilioCredentials, TwilioSettings,
-};
+pub use settings::{CarrierSettings, Transport};
 pub use signers::SignerConfig;
 pub use units::{Millis, Seconds};
 
@@ -80,23 +78,27 @@ pub struct Config {
 }
 
 impl Config {
-    /// Loads `path`, applies the environment overrides and validates the result.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Loads `path`, applies the environment overrides and validates the result; each
+    /// carrier table is read by its kind, one of `kinds` (`carriers::KINDS`: `Config::load`).
+    pub fn load_with(path: &Path, kinds: &[&dyn CarrierKindConfig]) -> Result<Self, ConfigError> {
         if !path.is_file() {
             return Err(ConfigError::single(
                 "--config",
                 format!("no configuration file at {}", path.display()),
             ));
         }
-        Self::from_figment(Figment::from(Toml::file(path)))
+        Self::from_figment(Figment::from(Toml::file(path)), kinds)
     }
 
-    /// Loads from TOML text (tests, examples) with the same overrides and validation.
-    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(Figment::from(Toml::string(text)))
+    /// Reads TOML text (tests, examples) with the same overrides and validation.
+    pub fn from_toml_with(
+        text: &str,
+        kinds: &[&dyn CarrierKindConfig],
+    ) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(text)), kinds)
     }
 
-    fn from_figment(base: Figment) -> Result<Self, ConfigError> {
+    fn from_figment(base: Figment, kinds: &[&dyn CarrierKindConfig]) -> Result<Self, ConfigError> {
         let figment = base.merge(env::ExactEnv::from_process()).merge(
             Env::raw()
                 .only(&["DATABASE_URL"])
@@ -107,6 +109,24 @@ impl Config {
         let Some(mut config) = read.config.take() else {
             return Err(ConfigError { problems });
         };
+        // Carriers first: validation asks their kinds which of them place calls.
+        let (settings, carrier_problems) = carriers::read_carriers(&mut config.carriers, kinds);
+        config.carrier_settings = settings
+            .into_iter()
+            .map(|(name, settings)| {
+                let table = &config.carriers[&name];
+                let built = CarrierSettings {
+                    kind: table.kind.clone(),
+                    transport: Transport::from(&table.transport),
+                    settings,
+                };
+                (name, built)
+            })
+            .collect();
+        let carrier_problems = ConfigError {
+            problems: carrier_problems,
+        };
+        problems.extend(carrier_problems.naming_variables(&figment).problems);
         // Ranges and the rest are checked on what was read around the problems, so one run
         // names them all; only checks a set-aside table would make wrong are left out.
         if let Err(error) = config.validate() {
@@ -116,11 +136,6 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
-        config.carrier_settings = config
-            .carriers
-            .iter()
-            .map(|(name, table)| Ok((name.clone(), table.settings(name)?)))
-            .collect::<Result<_, ConfigError>>()?;
         Ok(config)
     }
 
@@ -134,8 +149,8 @@ impl Config {
         let mut shown = self.clone();
         let mut proofs = Vec::new();
         for signer in shown.auth0.values_mut().filter(|s| s.public_secret) {
-            // What proves a signer whose secret is public: in MessageMedia's recipe, the
-            // audience and subject are the account's API secret and key.
+            // What proves a signer whose secret is public: in the hosted integration's recipe
+            // (docs/auth0.md), the audience and subject are the account's API secret and key.
             proofs.push(std::mem::replace(
                 &mut signer.audience,
                 crate::secret::REDACTED.into(),
@@ -144,15 +159,21 @@ impl Config {
                 proofs.push(subject);
             }
         }
-        // The same values as a carrier's API key would give them away again.
-        for carrier in shown.carriers.values_mut() {
-            if carrier
-                .api_key
-                .as_ref()
-                .is_some_and(|key| proofs.contains(key))
-            {
-                carrier.api_key = Some(crate::secret::REDACTED.into());
+        // The same values under a carrier's key would give them away again.
+        for (name, carrier) in shown.carriers.iter_mut() {
+            let mut hidden: Vec<String> =
+                proofs.iter().filter_map(|p| carrier.has_value(p)).collect();
+            if let Some(settings) = self.carrier_settings.get(name) {
+                hidden.extend(
+                    settings
+                        .settings
+                        .secrets()
+                        .into_iter()
+                        .map(|(key, _)| key.to_string()),
+                );
             }
+            let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
+            carrier.redact(&hidden, crate::secret::REDACTED);
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
@@ -181,38 +202,28 @@ impl Config {
         }
         let lease_ms = self.dispatch.lease_seconds.as_millis();
         for (name, carrier) in &self.carriers {
-            let Some(slots) = carrier.max_in_flight.filter(|&n| n > 0) else {
+            let Some(slots) = carrier.transport.max_in_flight.filter(|&n| n > 0) else {
                 continue;
             };
             // Every worker's message queued behind the carrier's slots, each call taking its
             // whole timeout: the last one starts this long after the claim.
-            let queued_ms =
-                self.dispatch.workers.get() as u64 * carrier.timeout_ms.get() / u64::from(slots);
+            let queued_ms = self.dispatch.workers.get() as u64 * carrier.transport.timeout_ms.get()
+                / u64::from(slots);
             if queued_ms > lease_ms {
                 warnings.push(format!(
                     "carriers.{name}: dispatch.workers ({}) x timeout_ms ({}) / max_in_flight \
                      ({slots}) = {queued_ms} ms exceeds dispatch.lease_seconds ({} s): messages \
                      queued behind this carrier are handed back untried and claimed again, \
                      which delays them; raise lease_seconds or max_in_flight, or lower workers",
-                    self.dispatch.workers, carrier.timeout_ms, self.dispatch.lease_seconds
+                    self.dispatch.workers,
+                    carrier.transport.timeout_ms,
+                    self.dispatch.lease_seconds
                 ));
             }
         }
-        for (name, carrier) in &self.carriers {
-            let smallest = SignatureKeys::parse(&carrier.callback_public_keys)
-                .ok()
-                .and_then(|keys| keys.smallest_bits());
-            if smallest.is_some() && carrier.public_url.is_none() {
-                warnings.push(format!(
-                    "carriers.{name}.callback_public_keys: unused without public_url (no \
-                     delivery reports are asked for)"
-                ));
-            }
-            if let Some(bits) = smallest.filter(|&bits| bits < RECOMMENDED_BITS) {
-                warnings.push(format!(
-                    "carriers.{name}.callback_public_keys: a {bits}-bit key is weaker than \
-                     {RECOMMENDED_BITS} bits; create a larger signature key with MessageMedia"
-                ));
+        for (name, carrier) in &self.carrier_settings {
+            for warning in carrier.settings.warnings() {
+                warnings.push(format!("carriers.{name}.{warning}"));
             }
         }
         warnings
@@ -229,63 +240,5 @@ impl Config {
             };
             key.as_deref() == Some(DEVELOPMENT_SECRET.as_bytes())
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn neither_debug_nor_the_printed_config_shows_a_secret() {
-        let config = Config::from_toml_str(
-            r#"
-[database]
-url = "postgres://smsgate:db-password-1@db/smsgate"
-[admin]
-token = "admin-token-2"
-[auth0.a]
-secret = "signer-secret-3"
-audience = "urn:x"
-[auth0.mm]
-secret = "MessageMedia"
-public_secret = true
-audience = "mm-api-secret-7-0123456789abcdef"
-subject = "mm-api-key-8"
-[carriers.t]
-kind = "twilio"
-account_sid = "AC00000000000000000000000000000000"
-auth_token = "twilio-token-4"
-from = "+15005550006"
-[carriers.m]
-kind = "messagemedia"
-api_key = "key"
-api_secret = "mm-secret-5"
-[carriers.s]
-kind = "sns"
-region = "eu-west-1"
-access_key_id = "AKIAEXAMPLE"
-secret_access_key = "aws-secret-6"
-[[routes]]
-prefix = ""
-carriers = ["t", "m", "s"]
-"#,
-        )
-        .expect("valid");
-        let debug = format!("{config:?}");
-        let printed = config.to_redacted_toml();
-        for secret in [
-            "db-password-1",
-            "admin-token-2",
-            "signer-secret-3",
-            "twilio-token-4",
-            "mm-secret-5",
-            "aws-secret-6",
-            "mm-api-secret-7",
-            "mm-api-key-8",
-        ] {
-            assert!(!debug.contains(secret), "Debug shows {secret}");
-            assert!(!printed.contains(secret), "check-config shows {secret}");
-        }
     }
 }

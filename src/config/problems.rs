@@ -96,7 +96,7 @@ fn key_of(path: &[String]) -> String {
 
 /// What went wrong, without the value that was found: it may be a secret set where a table
 /// or a number goes.
-fn without_value(kind: &figment::error::Kind) -> String {
+pub(super) fn without_value(kind: &figment::error::Kind) -> String {
     use figment::error::{Actual, Kind};
     let found = |actual: &Actual| match actual {
         Actual::Bool(_) => "a boolean",
@@ -177,15 +177,20 @@ impl std::error::Error for ConfigError {}
 
 /// `unknown key; did you mean `listen`?`: the closest known key when one is close.
 fn unknown_key(field: &str, expected: &[&str]) -> String {
+    unknown_key_named("unknown key", field, expected)
+}
+
+/// `refused; did you mean `listen`?`, or the keys the table takes.
+pub(super) fn unknown_key_named(refused: &str, field: &str, expected: &[&str]) -> String {
     let closest = expected
         .iter()
         .map(|known| (edit_distance(field, known), *known))
         .min()
         .filter(|(distance, known)| *distance <= (known.len() / 3).max(1));
     match closest {
-        Some((_, known)) => format!("unknown key; did you mean `{known}`?"),
-        None if expected.is_empty() => "unknown key".to_string(),
-        None => format!("unknown key (this table takes: {})", expected.join(", ")),
+        Some((_, known)) => format!("{refused}; did you mean `{known}`?"),
+        None if expected.is_empty() => refused.to_string(),
+        None => format!("{refused} (this table takes: {})", expected.join(", ")),
     }
 }
 

@@ -6,24 +6,11 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CarrierConfig, CarrierKind, Config};
-
-impl CarrierConfig {
-    /// Whether this carrier places calls: Twilio with a `from` number to call from, and
-    /// MessageMedia; SNS, Telnyx and the log carrier send text only. The one statement of it: the
-    /// ingress, pricing and the dispatch's carrier handles all ask here.
-    pub fn places_calls(&self) -> bool {
-        match self.kind {
-            CarrierKind::Twilio => self.from.as_deref().is_some_and(is_e164),
-            CarrierKind::Messagemedia => true,
-            CarrierKind::Sns | CarrierKind::Log | CarrierKind::Telnyx => false,
-        }
-    }
-}
+use super::Config;
 
 /// Prefixes whose countries accept no alphanumeric sender ID: a text from "ACME" would be
-/// refused or rewritten there (Twilio, "International support for Alphanumeric Sender ID":
-/// the NANP countries behind +1 and China among them).
+/// refused or rewritten there: the NANP countries behind +1 and China among them
+/// (docs/carriers.md, "Senders", cites the carriers' own lists).
 const NO_ALPHANUMERIC_SENDER: [&str; 2] = ["+1", "+86"];
 
 impl Config {
@@ -32,11 +19,12 @@ impl Config {
         crate::domain::longest_match(&self.routes, |route| &route.prefix, recipient)
     }
 
-    /// Whether carrier `name` places calls (`CarrierConfig::places_calls`).
+    /// Whether carrier `name` places calls: its kind says (`KindSettings::places_calls`), the
+    /// one statement of it that the ingress, pricing and the dispatch's carrier handles ask.
     pub fn carrier_calls(&self, name: &str) -> bool {
-        self.carriers
+        self.carrier_settings
             .get(name)
-            .is_some_and(|carrier| carrier.places_calls())
+            .is_some_and(|carrier| carrier.settings.places_calls())
     }
 
     /// Whether a call to `recipient` has a carrier on its route (or it is a test number).

@@ -64,9 +64,9 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
     if let Some(token) = &config.admin.token {
         admin_token_problems(config, token.expose(), &mut problem);
     }
-    for (name, carrier) in &config.carriers {
-        for (field, value) in carrier.secret_values() {
-            if is_placeholder(value) {
+    for (name, carrier) in config.carrier_settings() {
+        for (field, value) in carrier.settings.secrets() {
+            if is_placeholder(value.expose()) {
                 problem(
                     format!("carriers.{name}.{field}"),
                     "is a placeholder from an example".into(),
@@ -97,7 +97,8 @@ fn signer_problems(
         return;
     }
     if signer.public_secret {
-        // MessageMedia's Auth0 guide uses a published secret: the audience carries it.
+        // A published secret (docs/auth0.md, the hosted integration's recipe): the audience
+        // carries the proof.
         let audience = signer.audience.trim();
         if audience.chars().count() < MIN_SECRET_AUDIENCE_CHARS
             || audience.contains("://")

@@ -17,7 +17,7 @@ pub struct SignerConfig {
     /// Auth0 does not require a subject; when set, `sub` must equal it.
     #[serde(default, deserialize_with = "lenient_optional_string")]
     pub subject: Option<String>,
-    /// The secret is published (MessageMedia's Auth0 guide uses `MessageMedia`): allowed on a
+    /// The secret is published (docs/auth0.md, the hosted integration's recipe): allowed on a
     /// public listener only with this opt-in, and then the audience, which must be long, is
     /// what proves the caller (and is redacted like a secret).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -42,7 +42,7 @@ impl SignerConfig {
 
 impl std::fmt::Debug for SignerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // With a public secret, audience and subject are MessageMedia's API secret and key.
+        // With a public secret, audience and subject are the account's API secret and key.
         let (audience, subject) = if self.public_secret {
             let redacted = self
                 .subject

@@ -12,11 +12,6 @@ impl Config {
         self.validate_listeners(&mut problem);
         self.validate_database(&mut problem);
         self.validate_log(&mut problem);
-        for (name, carrier) in &self.carriers {
-            for p in carrier.problems(name) {
-                problem(p.key, p.reason);
-            }
-        }
         self.validate_dispatch(&mut problem);
         self.validate_routes(&mut problem);
         self.validate_destinations(&mut problem);

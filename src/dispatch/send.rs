@@ -446,8 +446,8 @@ impl Attempt<'_> {
     }
 }
 
-/// The least validity a carrier is given: Twilio's `ValidityPeriod` and MessageMedia's expiry
-/// are whole seconds, so a code with less left is not sent (it would be delivered late).
+/// The least validity a carrier is given: carriers take a validity period or an expiry in
+/// whole seconds, so a code with less left is not sent (it would be delivered late).
 const MIN_VALIDITY: Duration = Duration::from_secs(1);
 
 fn expired() -> Disposition {

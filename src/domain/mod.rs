@@ -1,6 +1,7 @@
 //! The message and its parts, parsed once at the edge; no I/O here.
 
 mod classifier;
+pub mod json;
 mod limit_kind;
 mod message;
 mod phone;

@@ -24,7 +24,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth0::Verifier;
-use crate::config::CarrierKind;
 use crate::db::batcher::Batcher;
 use crate::db::wake::Wake;
 use crate::limits::destinations::DestinationPolicy;
@@ -128,12 +127,12 @@ fn ingress_routes(state: AppState, request_timeout: std::time::Duration) -> Rout
 /// The public listener's other routes; with `admin_apart`, without the admin routes (404
 /// there).
 fn router(state: AppState, admin_apart: bool) -> Router {
-    // One receipt route per kind that sends receipts, with its name as a literal segment (a
+    // One receipt route per kind of the registry, with its name as a literal segment (a
     // percent-encoded one is not the same path, and stays a 404).
     let mut router = Router::new();
-    for kind in CarrierKind::ALL.into_iter().filter(|k| k.sends_receipts()) {
+    for kind in crate::carriers::KINDS.iter().map(|kind| kind.name()) {
         router = router.route(
-            &format!("/v1/callbacks/{}/{{carrier}}", kind.as_str()),
+            &format!("/v1/callbacks/{kind}/{{carrier}}"),
             post(move |state, carrier, query, headers, body| {
                 callbacks::receive(kind, state, carrier, query, headers, body)
             }),

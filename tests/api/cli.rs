@@ -854,3 +854,47 @@ fn the_compose_database_url_chooses_plain_text_visibly() {
         stderr(&output)
     );
 }
+
+/// Issue 25: a carrier table is read by its kind. Every problem of every table is still named
+/// in one run, with its key and the variable that set it, and no value is repeated.
+#[test]
+fn check_config_names_every_problem_of_the_carrier_tables_in_one_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = TestConfig::base()
+        .merge("[carriers.pigeon]\nkind = \"carrier-pigeon\"\n")
+        .merge("[carriers.nameless]\nfrom = \"+15005550006\"\n")
+        .merge(
+            "[carriers.mixed]\nkind = \"twilio\"\ntimeout_ms = \"slow\"\n\
+             api_token = \"tok-3141592653\"\nfromm = \"+15005550006\"\n\
+             auth_token = \"twilio-token-2718281828\"\nmessaging_service_sid = \"MG1\"\n",
+        );
+    let config = write_config(dir.path(), &text.to_string());
+    let env = [("SMSGATE__CARRIERS__MIXED__MAX_IN_FLIGHT", "0")];
+
+    let output = smsgate(&["check-config"], &config, &env);
+
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "nothing printed as if valid");
+    let errors = stderr(&output);
+    for named in [
+        "carriers.pigeon.kind: unknown value; expected one of `log`, `twilio`, `messagemedia`, \
+         `sns`, `telnyx`",
+        "carriers.nameless.kind: missing field `kind`",
+        "carriers.mixed.timeout_ms: invalid type: found a string",
+        "carriers.mixed.api_token: is not a key of kind \"twilio\"; did you mean `auth_token`?",
+        "carriers.mixed.fromm: is not a key of kind \"twilio\"; did you mean `from`?",
+        "carriers.mixed.account_sid: is required",
+        "carriers.mixed.max_in_flight: must be at least 1 (remove it for no limit) (set by \
+         SMSGATE__CARRIERS__MIXED__MAX_IN_FLIGHT)",
+    ] {
+        assert!(errors.contains(named), "{named} not named in:\n{errors}");
+    }
+    for value in [
+        "tok-3141592653",
+        "twilio-token-2718281828",
+        "slow",
+        "carrier-pigeon",
+    ] {
+        assert!(!errors.contains(value), "{value} repeated in:\n{errors}");
+    }
+}

@@ -56,19 +56,31 @@ struct Key {
 /// Every leaf key under `path` (a table's dotted path), probing each key for a table or a
 /// list of tables under it.
 fn leaf_keys(path: &str, found: &mut BTreeSet<Key>) {
-    let (header, extra) = match path {
-        "carriers" => ("[carriers.x]".to_string(), "kind = \"log\"\n"),
-        path if NAMED.contains(&path) => (format!("[{path}.x]"), ""),
-        path => (format!("[{path}]"), ""),
+    let header = match path {
+        path if NAMED.contains(&path) => format!("[{path}.x]"),
+        path => format!("[{path}]"),
     };
     let table = if NAMED.contains(&path) {
         format!("{path}.<name>")
     } else {
         path.to_string()
     };
-    let Some(keys) = keys_of(&header, extra) else {
-        return;
+    // A carrier table takes its kind's keys: ask every kind of the registry.
+    let extras: Vec<String> = match path {
+        "carriers" => smsgate::carriers::KINDS
+            .iter()
+            .map(|kind| format!("kind = \"{}\"\n", kind.name()))
+            .collect(),
+        _ => vec![String::new()],
     };
+    let keys: Vec<String> = extras
+        .iter()
+        .filter_map(|extra| keys_of(&header, extra))
+        .flatten()
+        .collect();
+    if keys.is_empty() {
+        return;
+    }
     for name in keys {
         // A named entry's keys are its own: `[auth0.audience]` would open another entry.
         if NAMED.contains(&path) {
@@ -165,6 +177,8 @@ fn every_configuration_key_is_in_the_reference() {
         ("server", false, "listen"),
         ("limits.ip", true, "window_seconds"),
         ("carriers.<name>", false, "account_sid"),
+        ("carriers.<name>", false, "webhook_public_key"),
+        ("carriers.<name>", false, "timeout_ms"),
         ("auth0.<name>", false, "audience"),
         ("routes", true, "prefix"),
         ("limits", false, "max_in_flight"),

@@ -38,17 +38,17 @@ fn fill_sql(day_start_ms: i64, count: u64) -> String {
                  status, carrier, carrier_message_id, attempts, created_at, expires_at, sent_at,
                  finished_at, receipt_at, segments, encoding, country, estimated_cost_micros)
              SELECT id, '+1415' || lpad((g % 10000000)::text, 7, '0'), '', '+15555555555',
-                    '203.0.113.7', 'smsgate-bench', 'bench', 'delivered', 'twilio',
+                    '203.0.113.7', 'smsgate-bench', 'bench', 'delivered', 'standin',
                     'SM' || md5(g::text), 1, at, at + interval '1 hour', at + interval '1 second',
                     at + interval '1 second', at + interval '5 seconds', 2, 'gsm7', 'US', 15000
              FROM ids RETURNING id, carrier_message_id, created_at
          ), a AS (
              INSERT INTO message_attempts (message_id, attempt, carrier, outcome, http_status,
                                            latency_ms, carrier_message_id, created_at)
-             SELECT id, 1, 'twilio', 'sent', 201, 120, carrier_message_id, created_at FROM m
+             SELECT id, 1, 'standin', 'sent', 201, 120, carrier_message_id, created_at FROM m
          )
          INSERT INTO delivery_receipts (carrier, carrier_message_id, status, received_at, applied)
-         SELECT 'twilio', carrier_message_id, 'delivered', created_at + interval '5 seconds', true
+         SELECT 'standin', carrier_message_id, 'delivered', created_at + interval '5 seconds', true
          FROM m"
     )
 }

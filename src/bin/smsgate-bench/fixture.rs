@@ -241,7 +241,7 @@ claimers = 2
 message_ttl_seconds = 3600
 [log]
 level = "warn"
-[carriers.twilio]
+[carriers.standin]
 kind = "twilio"
 account_sid = "AC00000000000000000000000000000000"
 auth_token = "bench"
@@ -249,7 +249,7 @@ from = "+15005550006"
 base_url = "http://{carrier}"
 [[routes]]
 prefix = ""
-carriers = ["twilio"]
+carriers = ["standin"]
 {sections}"#
     )
 }

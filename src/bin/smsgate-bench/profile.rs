@@ -100,11 +100,11 @@ currency = "USD"
 daily_limit = {UNREACHED_SPEND:.1}
 country_daily_limit = {UNREACHED_SPEND:.1}
 [[prices]]
-carrier = "twilio"
+carrier = "standin"
 prefix = ""
 per_segment = 0.0083
 [[prices]]
-carrier = "twilio"
+carrier = "standin"
 prefix = "+44"
 per_segment = 0.0400
 "#

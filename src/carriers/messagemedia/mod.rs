@@ -7,21 +7,83 @@ use std::time::Duration;
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 
+mod config;
 pub mod receipts;
+pub mod signature;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 
 use super::http::{self, class_of_status};
-use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
-use crate::config::MessageMediaSettings;
-use crate::config::{VoiceFormat, is_e164};
+use super::{Accepted, Carrier, DynCarrier, FailureClass, HttpClients, Kind, OutboundSms};
+use super::{ReceiptCheck, SendError};
+use crate::config::{CarrierSettings, is_e164};
 use crate::domain::Channel;
 use crate::secret::Secret;
+pub use config::MessageMedia;
+use config::{MessageMediaSettings, VoiceFormat};
 
 const DEFAULT_BASE_URL: &str = "https://api.messagemedia.com";
+
+impl Kind for MessageMedia {
+    fn build<'a>(
+        &'a self,
+        name: &'a str,
+        settings: &'a CarrierSettings,
+        http: &'a mut HttpClients,
+    ) -> BoxFuture<'a, anyhow::Result<Box<dyn DynCarrier>>> {
+        Box::pin(async move {
+            let own = super::own::<MessageMediaSettings>(settings)?;
+            let client = http.get(settings.transport.connect_timeout)?;
+            let callback_url = callback_url(own, name);
+            let carrier =
+                MessageMediaCarrier::new(own, callback_url, settings.transport.timeout, client);
+            Ok(Box::new(carrier) as Box<dyn DynCarrier>)
+        })
+    }
+
+    fn receipts(&self, name: &str, settings: &CarrierSettings) -> Option<Arc<dyn ReceiptCheck>> {
+        let own = super::own::<MessageMediaSettings>(settings).ok()?;
+        let public_url = own.public_url.as_deref()?;
+        if own.callback_secret.is_none() && own.keys.is_empty() {
+            return None;
+        }
+        let base_path = reqwest::Url::parse(public_url)
+            .map(|url| url.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        Some(Arc::new(receipts::DeliveryReports {
+            secret: own.callback_secret.clone(),
+            keys: own.keys.clone(),
+            request_target: format!("POST {base_path}/v1/callbacks/messagemedia/{name}"),
+        }))
+    }
+}
+
+/// Where reports go: with signature keys the plain callback URL, otherwise the URL with the
+/// callback secret in its query.
+fn callback_url(settings: &MessageMediaSettings, name: &str) -> Option<String> {
+    let public_url = settings.public_url.as_deref()?;
+    let url = super::receipts::callback_url(public_url, "messagemedia", name);
+    if !settings.keys.is_empty() {
+        // Signed reports need no secret, so none goes into a URL that logs record.
+        return Some(url);
+    }
+    let secret = settings
+        .callback_secret
+        .as_ref()
+        .map(Secret::expose)
+        .unwrap_or("");
+    // Encoded: a base64 secret's `+ / =` would otherwise arrive decoded as other characters
+    // (`+` as a space) and the report would be refused.
+    let key: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    Some(format!("{url}?key={key}"))
+}
 
 pub struct MessageMediaCarrier {
     http: reqwest::Client,
     url: String,
-    api_key: String,
+    api_key: Secret,
     api_secret: Secret,
     from: Option<String>,
     voice_format: VoiceFormat,
@@ -132,7 +194,7 @@ impl Carrier for MessageMediaCarrier {
         let request = self
             .http
             .post(&self.url)
-            .basic_auth(&self.api_key, Some(self.api_secret.expose()))
+            .basic_auth(self.api_key.expose(), Some(self.api_secret.expose()))
             .header(reqwest::header::ACCEPT, "application/json")
             .json(&request);
         let answer = http::send(request, self.timeout).await?;

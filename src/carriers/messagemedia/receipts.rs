@@ -1,10 +1,99 @@
-//! What MessageMedia's delivery reports say: the report's body and the delivery its status
-//! means (the proof, a signature or the secret in the URL, is checked by the callback route
-//! with `messagemedia_signature`; docs/carriers.md, "Delivery receipts").
+//! What proves MessageMedia's delivery reports (an RSA signature, `signature`, or the secret
+//! in the callback URL) and what they say (docs/carriers.md, "Delivery receipts").
 
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 
+use super::signature::{SignatureKeys, SignedRequest};
+use crate::carriers::receipts::{CallbackRequest, Proof, Receipt, ReceiptCheck};
 use crate::domain::Status;
+use crate::secret::Secret;
+
+const SIGNATURE: &str = "x-messagemedia-signature";
+
+/// One carrier's delivery reports.
+pub struct DeliveryReports {
+    /// Proves unsigned reports when set.
+    pub secret: Option<Secret>,
+    /// Prove signed reports when not empty.
+    pub keys: SignatureKeys,
+    /// `POST <public_url's path>/v1/callbacks/messagemedia/<name>`: what MessageMedia signs
+    /// before the query, whatever path a proxy in between forwards to us.
+    pub request_target: String,
+}
+
+impl ReceiptCheck for DeliveryReports {
+    /// A signed report, when the carrier has keys, costs an RSA check; a cheap look at the
+    /// signature refuses most forgeries first.
+    fn costly(&self, request: &CallbackRequest) -> Result<bool, &'static str> {
+        match self.with_signed_request(request, SignatureKeys::precheck) {
+            Some(Err(why)) => Err(why),
+            Some(Ok(())) => Ok(true),
+            None => Ok(false),
+        }
+    }
+
+    /// By a signature when the carrier has keys and the report is signed, otherwise by the
+    /// secret in its URL.
+    fn prove(&self, request: &CallbackRequest) -> Result<Proof, &'static str> {
+        if let Some(verdict) = self.with_signed_request(request, SignatureKeys::verify) {
+            return verdict.map(|()| Proof::Proven);
+        }
+        let Some(secret) = &self.secret else {
+            return Err("the report is not signed");
+        };
+        let given = request
+            .query
+            .as_deref()
+            .and_then(|query| {
+                form_urlencoded::parse(query.as_bytes())
+                    .find(|(name, _)| name == "key")
+                    .map(|(_, value)| value.into_owned())
+            })
+            .unwrap_or_default();
+        if bool::from(secret.expose().as_bytes().ct_eq(given.as_bytes())) {
+            Ok(Proof::Proven)
+        } else {
+            Err("the callback key does not match")
+        }
+    }
+
+    fn read(&self, body: &[u8]) -> Result<Receipt, String> {
+        let report: DeliveryReport = crate::domain::json::object(body)?;
+        Ok(Receipt {
+            verdict: verdict(&report.status),
+            carrier_message_id: report.message_id,
+            error_code: report.error_code,
+        })
+    }
+}
+
+impl DeliveryReports {
+    /// Runs `check` on the report as MessageMedia signed it, when it is signed and the carrier
+    /// has keys; `None` otherwise.
+    fn with_signed_request<R>(
+        &self,
+        request: &CallbackRequest,
+        check: impl FnOnce(&SignatureKeys, &SignedRequest<'_>) -> R,
+    ) -> Option<R> {
+        let signature = request
+            .header(SIGNATURE)
+            .filter(|_| !self.keys.is_empty())?;
+        let method_and_target = match &request.query {
+            Some(query) => format!("{}?{query}", self.request_target),
+            None => self.request_target.clone(),
+        };
+        let signed = SignedRequest {
+            method_and_target: &method_and_target,
+            date: request.header("date").unwrap_or_default(),
+            body: &request.body,
+            signature,
+            digest_type: request.header("x-messagemedia-digest-type"),
+            cipher_type: request.header("x-messagemedia-cipher-type"),
+        };
+        Some(check(&self.keys, &signed))
+    }
+}
 
 #[derive(Deserialize)]
 /// A delivery report's body: which message, and what became of it.

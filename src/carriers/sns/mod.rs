@@ -10,8 +10,32 @@ use aws_sdk_sns::config::{BehaviorVersion, Credentials, Region, retry::RetryConf
 use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sns::types::MessageAttributeValue;
 
-use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
-use crate::config::{SnsSettings, Transport};
+use futures_util::future::BoxFuture;
+
+use super::SendError;
+use super::{Accepted, Carrier, DynCarrier, FailureClass, HttpClients, Kind, OutboundSms};
+use crate::config::{CarrierSettings, Transport};
+
+mod config;
+
+pub use config::Sns;
+use config::SnsSettings;
+
+impl Kind for Sns {
+    /// Through the AWS SDK's own HTTP client, not `http`.
+    fn build<'a>(
+        &'a self,
+        _name: &'a str,
+        settings: &'a CarrierSettings,
+        _http: &'a mut HttpClients,
+    ) -> BoxFuture<'a, anyhow::Result<Box<dyn DynCarrier>>> {
+        Box::pin(async move {
+            let own = super::own::<SnsSettings>(settings)?;
+            let carrier = SnsCarrier::new(own, &settings.transport).await;
+            Ok(Box::new(carrier) as Box<dyn DynCarrier>)
+        })
+    }
+}
 
 pub struct SnsCarrier {
     client: Client,

@@ -9,12 +9,47 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
 use super::http::{self, class_of_status};
-use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
-use crate::config::TelnyxSettings;
+use super::{Accepted, Carrier, DynCarrier, FailureClass, HttpClients, Kind, OutboundSms};
+use super::{ReceiptCheck, SendError};
+use crate::config::CarrierSettings;
 use crate::secret::Secret;
 
+mod config;
 pub mod receipts;
+
+pub use config::Telnyx;
+use config::TelnyxSettings;
+
+impl Kind for Telnyx {
+    fn build<'a>(
+        &'a self,
+        name: &'a str,
+        settings: &'a CarrierSettings,
+        http: &'a mut HttpClients,
+    ) -> BoxFuture<'a, anyhow::Result<Box<dyn DynCarrier>>> {
+        Box::pin(async move {
+            let own = super::own::<TelnyxSettings>(settings)?;
+            let webhook_url = own
+                .webhooks
+                .as_ref()
+                .map(|(public_url, _)| super::receipts::callback_url(public_url, "telnyx", name));
+            let client = http.get(settings.transport.connect_timeout)?;
+            let carrier = TelnyxCarrier::new(own, webhook_url, settings.transport.timeout, client);
+            Ok(Box::new(carrier) as Box<dyn DynCarrier>)
+        })
+    }
+
+    fn receipts(&self, _name: &str, settings: &CarrierSettings) -> Option<Arc<dyn ReceiptCheck>> {
+        let own = super::own::<TelnyxSettings>(settings).ok()?;
+        let (_, key) = own.webhooks.as_ref()?;
+        Some(Arc::new(receipts::Webhooks { key: *key }))
+    }
+}
 
 const DEFAULT_BASE_URL: &str = "https://api.telnyx.com";
 

@@ -8,7 +8,45 @@ use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Deserialize;
 
+use crate::carriers::receipts::{CallbackRequest, Proof, Receipt, ReceiptCheck};
 use crate::domain::Status;
+
+/// One carrier's webhooks, signed under `key`.
+pub struct Webhooks {
+    pub key: VerifyingKey,
+}
+
+impl ReceiptCheck for Webhooks {
+    /// Signed over its timestamp and body; the route then holds the timestamp to the
+    /// database's clock (a replay is refused).
+    fn prove(&self, request: &CallbackRequest) -> Result<Proof, &'static str> {
+        let (Some(timestamp), Some(signature)) = (
+            request.header_str(TIMESTAMP_HEADER),
+            request.header_str(SIGNATURE_HEADER),
+        ) else {
+            return Err("unsigned");
+        };
+        let Some(signed_at) = timestamp_seconds(timestamp) else {
+            return Err("unreadable timestamp");
+        };
+        if !signed(&self.key, timestamp, &request.body, signature) {
+            return Err("bad signature");
+        }
+        Ok(Proof::SignedAt {
+            signed_at,
+            tolerance_seconds: TOLERANCE_SECONDS,
+        })
+    }
+
+    fn read(&self, body: &[u8]) -> Result<Receipt, String> {
+        let webhook: Webhook = crate::domain::json::object(body)?;
+        Ok(Receipt {
+            verdict: webhook.verdict(),
+            error_code: webhook.error_code(),
+            carrier_message_id: webhook.data.payload.id,
+        })
+    }
+}
 
 pub const SIGNATURE_HEADER: &str = "telnyx-signature-ed25519";
 pub const TIMESTAMP_HEADER: &str = "telnyx-timestamp";

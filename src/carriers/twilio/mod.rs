@@ -8,14 +8,22 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::http::{self, class_of_status};
+mod config;
 pub mod receipts;
 mod twiml;
 
-use super::{Accepted, Carrier, FailureClass, OutboundSms, SendError};
-use crate::config::{TwilioCredentials, TwilioSettings, is_e164};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::http::{self, class_of_status};
+use super::{Accepted, Carrier, DynCarrier, FailureClass, HttpClients, Kind, OutboundSms};
+use super::{ReceiptCheck, SendError};
+use crate::config::{CarrierSettings, is_e164};
 use crate::domain::Channel;
 use crate::secret::Secret;
+pub use config::Twilio;
+use config::{TwilioCredentials, TwilioSettings};
 
 const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 /// Twilio's `ValidityPeriod` range, in seconds.
@@ -25,6 +33,35 @@ const VALIDITY_RANGE: (u64, u64) = (1, 36_000);
 const RECIPIENT_CODES: [i64; 7] = [21211, 21614, 21610, 21635, 21604, 21602, 21617];
 /// Codes that mean "slow down": 20429 REST concurrency, 21611 sender queue full.
 const THROTTLE_CODES: [i64; 2] = [20429, 21611];
+
+impl Kind for Twilio {
+    fn build<'a>(
+        &'a self,
+        name: &'a str,
+        settings: &'a CarrierSettings,
+        http: &'a mut HttpClients,
+    ) -> BoxFuture<'a, anyhow::Result<Box<dyn DynCarrier>>> {
+        Box::pin(async move {
+            let own = super::own::<TwilioSettings>(settings)?;
+            let callback_url = own
+                .receipts
+                .as_ref()
+                .map(|(public_url, _)| super::receipts::callback_url(public_url, "twilio", name));
+            let client = http.get(settings.transport.connect_timeout)?;
+            let carrier = TwilioCarrier::new(own, callback_url, settings.transport.timeout, client);
+            Ok(Box::new(carrier) as Box<dyn DynCarrier>)
+        })
+    }
+
+    fn receipts(&self, name: &str, settings: &CarrierSettings) -> Option<Arc<dyn ReceiptCheck>> {
+        let own = super::own::<TwilioSettings>(settings).ok()?;
+        let (public_url, auth_token) = own.receipts.clone()?;
+        Some(Arc::new(receipts::StatusCallbacks {
+            url: super::receipts::callback_url(&public_url, "twilio", name),
+            auth_token,
+        }))
+    }
+}
 
 pub struct TwilioCarrier {
     http: reqwest::Client,

@@ -5,8 +5,62 @@
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
+use subtle::ConstantTimeEq;
 
+use crate::carriers::receipts::{CallbackRequest, Proof, Receipt, ReceiptCheck};
 use crate::domain::Status;
+use crate::secret::Secret;
+
+/// One carrier's status callbacks: signed with its auth token over `url` and the query.
+pub struct StatusCallbacks {
+    /// The callback URL handed to Twilio, without a query.
+    pub url: String,
+    pub auth_token: Secret,
+}
+
+impl ReceiptCheck for StatusCallbacks {
+    fn prove(&self, request: &CallbackRequest) -> Result<Proof, &'static str> {
+        let params: Vec<(String, String)> =
+            form_urlencoded::parse(&request.body).into_owned().collect();
+        let url = match &request.query {
+            Some(query) => format!("{}?{query}", self.url),
+            None => self.url.clone(),
+        };
+        let expected = twilio_signature(self.auth_token.expose(), &url, &params);
+        let given = request.header("x-twilio-signature").unwrap_or_default();
+        if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(given)) {
+            return Err("X-Twilio-Signature does not match");
+        }
+        Ok(Proof::Proven)
+    }
+
+    /// A message's status callback, or (for a call) the call's.
+    fn read(&self, body: &[u8]) -> Result<Receipt, String> {
+        let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+        let field = |name: &str| {
+            params
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        let verdict = match (field("MessageSid"), field("MessageStatus")) {
+            (Some(sid), Some(status)) => Some((sid, message_verdict(status))),
+            _ => field("CallSid")
+                .zip(field("CallStatus"))
+                .map(|(sid, status)| (sid, call_verdict(status))),
+        };
+        let Some((sid, verdict)) = verdict else {
+            return Err(
+                "MessageSid and MessageStatus (or CallSid and CallStatus) are required".into(),
+            );
+        };
+        Ok(Receipt {
+            carrier_message_id: sid.to_string(),
+            verdict,
+            error_code: field("ErrorCode").map(str::to_string),
+        })
+    }
+}
 
 /// `X-Twilio-Signature`: Base64(HMAC-SHA1(auth token, URL + every parameter as name + value,
 /// sorted by name)).
