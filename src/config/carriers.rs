@@ -24,9 +24,12 @@ use crate::secret::Secret;
 pub trait CarrierKindConfig: Sync {
     /// The `kind = "…"` that names it.
     fn name(&self) -> &'static str;
-    /// Reads and checks the kind's own keys of `[carriers.<name>]`: the settings, or every
+    /// Reads and checks the kind's own keys of `[carriers.<name>]`: the settings, and every
     /// problem, each naming its key within the table (`account_sid`, `callback_public_keys[1]`).
-    fn read(&self, name: &str, keys: &KindKeys) -> Result<Arc<dyn KindSettings>, Found>;
+    /// The settings are built even from a table with problems (a missing key left empty), so
+    /// validation still asks them whether the carrier calls and which secrets it holds; a
+    /// configuration with problems is never handed to anything else.
+    fn read(&self, name: &str, keys: &KindKeys) -> (Arc<dyn KindSettings>, Found);
 }
 
 /// A kind's checked settings, as far as the rest of the configuration needs them; the kind
@@ -239,19 +242,30 @@ impl CarrierConfig {
         }
     }
 
-    /// Whether some key of the kind's is set to `text`.
-    pub(super) fn has_value(&self, text: &str) -> Option<String> {
+    /// The keys of the kind's set to `text`, as written: a string, or a number that reads as
+    /// it (a variable of digits is read as a number).
+    pub(super) fn keys_set_to(&self, text: &str) -> Vec<String> {
+        let reads_as = |value: &Value| match value {
+            Value::String(_, s) => s == text,
+            Value::Num(_, n) => {
+                n.to_i128().map(|i| i.to_string()).as_deref() == Some(text)
+                    || n.to_u128().map(|u| u.to_string()).as_deref() == Some(text)
+                    || n.to_f64().is_some_and(|f| f.to_string() == text)
+            }
+            _ => false,
+        };
         self.keys
             .keys
             .iter()
-            .find(|(_, value)| value.as_str() == Some(text))
+            .filter(|(_, value)| reads_as(value))
             .map(|(key, _)| key.clone())
+            .collect()
     }
 }
 
 /// Reads every carrier table with `kinds`: the shared keys here, the rest by its kind. Fills
-/// in each table's kind and shared keys, and returns the kinds' settings of the tables that
-/// read cleanly, and the problems of the others.
+/// in each table's kind and shared keys, and returns the settings of every table whose kind
+/// is known (see [`CarrierKindConfig::read`]) and every table's problems.
 pub(super) fn read_carriers(
     carriers: &mut BTreeMap<String, CarrierConfig>,
     kinds: &[&dyn CarrierKindConfig],
@@ -259,13 +273,10 @@ pub(super) fn read_carriers(
     let mut settings = BTreeMap::new();
     let mut problems = Vec::new();
     for (name, table) in carriers.iter_mut() {
-        let found = match read_one(name, table, kinds) {
-            Ok(read) => {
-                settings.insert(name.clone(), read);
-                continue;
-            }
-            Err(found) => found,
-        };
+        let (read, found) = read_one(name, table, kinds);
+        if let Some(read) = read {
+            settings.insert(name.clone(), read);
+        }
         problems.extend(found.into_iter().map(|(key, reason)| Problem {
             key: format!("carriers.{name}.{key}"),
             reason,
@@ -279,7 +290,7 @@ fn read_one(
     name: &str,
     table: &mut CarrierConfig,
     kinds: &[&dyn CarrierKindConfig],
-) -> Result<Arc<dyn KindSettings>, Found> {
+) -> (Option<Arc<dyn KindSettings>>, Found) {
     let mut written = std::mem::take(&mut table.keys.keys);
     let kind_value = written.remove("kind");
     let mut shared = Dict::new();
@@ -317,15 +328,13 @@ fn read_one(
     found.extend(transport_problems(&transport));
     table.transport = transport;
     let Some(kind) = kind else {
-        return Err(found);
+        return (None, found);
     };
     table.kind = kind.name().to_string();
     table.keys.kind = table.kind.clone();
-    match kind.read(name, &table.keys) {
-        Ok(settings) if found.is_empty() => Ok(settings),
-        Ok(_) => Err(found),
-        Err(more) => Err([found, more].concat()),
-    }
+    let (settings, more) = kind.read(name, &table.keys);
+    found.extend(more);
+    (Some(settings), found)
 }
 
 /// Timeouts, limits and the breaker, shared by every kind.

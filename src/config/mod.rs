@@ -162,7 +162,7 @@ impl Config {
         // The same values under a carrier's key would give them away again.
         for (name, carrier) in shown.carriers.iter_mut() {
             let mut hidden: Vec<String> =
-                proofs.iter().filter_map(|p| carrier.has_value(p)).collect();
+                proofs.iter().flat_map(|p| carrier.keys_set_to(p)).collect();
             if let Some(settings) = self.carrier_settings.get(name) {
                 hidden.extend(
                     settings

@@ -66,7 +66,7 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
     }
     for (name, carrier) in config.carrier_settings() {
         for (field, value) in carrier.settings.secrets() {
-            if is_placeholder(value.expose()) {
+            if !value.is_empty() && is_placeholder(value.expose()) {
                 problem(
                     format!("carriers.{name}.{field}"),
                     "is a placeholder from an example".into(),

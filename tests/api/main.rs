@@ -6,6 +6,7 @@ mod attack_final;
 mod attack_limits;
 mod attack_partitions;
 mod attack_queue_fk;
+mod attack_registry;
 mod attack_telnyx;
 mod auth;
 mod carriers;

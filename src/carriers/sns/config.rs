@@ -63,7 +63,7 @@ impl CarrierKindConfig for Sns {
         "sns"
     }
 
-    fn read(&self, _name: &str, keys: &KindKeys) -> Result<Arc<dyn KindSettings>, Found> {
+    fn read(&self, _name: &str, keys: &KindKeys) -> (Arc<dyn KindSettings>, Found) {
         let (table, mut found): (SnsTable, Found) = keys.read();
         if !has(&table.region) {
             found.push(problem("region", REQUIRED));
@@ -75,15 +75,16 @@ impl CarrierKindConfig for Sns {
             ));
         }
         found.extend(url("endpoint_url", &table.endpoint_url));
-        let (true, Some(region)) = (found.is_empty(), table.region) else {
-            return Err(found);
-        };
-        Ok(Arc::new(SnsSettings {
-            region,
+        let settings = Arc::new(SnsSettings {
+            region: table.region.unwrap_or_default(),
             endpoint_url: table.endpoint_url,
             sender_id: table.sender_id,
             origination_number: table.from,
-            static_credentials: table.access_key_id.zip(table.secret_access_key),
-        }))
+            // Both or neither once valid; a secret without its id is still a secret.
+            static_credentials: table
+                .secret_access_key
+                .map(|secret| (table.access_key_id.unwrap_or_default(), secret)),
+        });
+        (settings, found)
     }
 }

@@ -50,7 +50,10 @@ pub struct TelnyxSettings {
 
 impl KindSettings for TelnyxSettings {
     fn secrets(&self) -> Vec<(&'static str, &Secret)> {
-        vec![("api_token", &self.api_token)]
+        match self.api_token.is_empty() {
+            true => Vec::new(),
+            false => vec![("api_token", &self.api_token)],
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -63,24 +66,22 @@ impl CarrierKindConfig for Telnyx {
         "telnyx"
     }
 
-    fn read(&self, name: &str, keys: &KindKeys) -> Result<Arc<dyn KindSettings>, Found> {
+    fn read(&self, name: &str, keys: &KindKeys) -> (Arc<dyn KindSettings>, Found) {
         let (table, mut found): (TelnyxTable, Found) = keys.read();
         found.extend(problems(name, &table));
         let key = table.webhook_public_key.as_deref().map(public_key);
-        let (true, Some(api_token)) = (found.is_empty(), table.api_token) else {
-            return Err(found);
-        };
         let webhooks = match (table.public_url, key) {
             (Some(url), Some(Ok(key))) => Some((url, key)),
             _ => None,
         };
-        Ok(Arc::new(TelnyxSettings {
-            api_token,
+        let settings = Arc::new(TelnyxSettings {
+            api_token: table.api_token.unwrap_or_default(),
             from: table.from,
             messaging_profile_id: table.messaging_profile_id,
             base_url: table.base_url,
             webhooks,
-        }))
+        });
+        (settings, found)
     }
 }
 

@@ -84,25 +84,22 @@ impl CarrierKindConfig for Twilio {
         "twilio"
     }
 
-    fn read(&self, name: &str, keys: &KindKeys) -> Result<Arc<dyn KindSettings>, Found> {
+    fn read(&self, name: &str, keys: &KindKeys) -> (Arc<dyn KindSettings>, Found) {
         let (table, mut found): (TwilioTable, Found) = keys.read();
         found.extend(problems(name, &table));
-        if !found.is_empty() {
-            return Err(found);
-        }
+        let secrets: Vec<(&'static str, Secret)> = [
+            ("auth_token", &table.auth_token),
+            ("api_key_secret", &table.api_key_secret),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value.clone()?)))
+        .collect();
+        // Without either, validation named auth_token: an empty one stands in.
         let credentials = match (table.api_key_sid, table.api_key_secret, &table.auth_token) {
             (Some(sid), Some(secret), _) => TwilioCredentials::ApiKey { sid, secret },
-            (_, _, Some(token)) => TwilioCredentials::AuthToken(token.clone()),
-            _ => return Err(vec![problem("auth_token", REQUIRED)]),
+            (_, _, token) => TwilioCredentials::AuthToken(token.clone().unwrap_or_default()),
         };
-        let mut secrets = vec![];
-        if let Some(token) = &table.auth_token {
-            secrets.push(("auth_token", token.clone()));
-        }
-        if let TwilioCredentials::ApiKey { secret, .. } = &credentials {
-            secrets.push(("api_key_secret", secret.clone()));
-        }
-        Ok(Arc::new(TwilioSettings {
+        let settings = Arc::new(TwilioSettings {
             account_sid: table.account_sid.unwrap_or_default(),
             credentials,
             from: table.from,
@@ -111,7 +108,8 @@ impl CarrierKindConfig for Twilio {
             base_url: table.base_url,
             receipts: table.public_url.zip(table.auth_token),
             secrets,
-        }))
+        });
+        (settings, found)
     }
 }
 
