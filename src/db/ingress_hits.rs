@@ -117,9 +117,16 @@ pub async fn admit_batch(
             .get(key)
             .is_some_and(|stored| stored.same_as(counts))
     });
-    reservation.spend = write_all_and_commit(&mut reserving, &logs, spend).await?;
-    // Only the empty transaction that followed the reservation's commit is left.
+    let (update, reserved) = spend.into_update();
+    // Most batches of new numbers change nothing their lock statement did not already write:
+    // then the reservation just commits, without planning a write that touches no row.
+    if !(logs.is_empty() && update.is_empty()) {
+        write_all_and_commit(&mut reserving, &logs, update).await?;
+    }
+    // Only the empty transaction that followed the reservation's commit is left (or, with
+    // nothing written, the reservation itself).
     reserving.commit().await?;
+    reservation.spend = reserved;
     Ok((verdicts, reservation))
 }
 
@@ -361,15 +368,14 @@ struct Locked {
 async fn write_all_and_commit(
     conn: &mut Tx<'_>,
     logs: &Logs,
-    spend: spend::Spend,
-) -> Result<spend::Reserved, sqlx::Error> {
+    update: spend::Update,
+) -> Result<(), sqlx::Error> {
     let (empty, counted): (Vec<_>, Vec<_>) = logs.iter().partition(|(_, c)| c.is_empty());
     let (keys, counts): (Vec<&str>, Vec<String>) = counted
         .into_iter()
         .map(|(key, counts)| (key.as_str(), pg_array(&counts.to_stored())))
         .unzip();
     let empty: Vec<&str> = empty.into_iter().map(|(key, _)| key.as_str()).collect();
-    let (update, reserved) = spend.into_update();
     let day = update
         .day
         .map_or("NULL::date".to_string(), |day| format!("'{day}'::date"));
@@ -392,7 +398,7 @@ async fn write_all_and_commit(
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{statement}; COMMIT; BEGIN")))
         .execute(&mut *conn)
         .await?;
-    Ok(reserved)
+    Ok(())
 }
 
 /// The write of `write_all_and_commit`; `literal::fill` puts the values in for `$n`.

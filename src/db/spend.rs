@@ -40,6 +40,13 @@ pub struct Update {
     pub unused: Vec<String>,
 }
 
+impl Update {
+    /// Nothing to write: no total changed and no row to delete.
+    pub fn is_empty(&self) -> bool {
+        self.scopes.is_empty() && self.unused.is_empty()
+    }
+}
+
 /// What a batch added to a day's totals, to be taken out again if it is not stored.
 #[derive(Debug, Default)]
 pub struct Reserved {
