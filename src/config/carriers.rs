@@ -7,7 +7,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use figment::Figment;
 use figment::error::Kind;
@@ -39,7 +39,8 @@ pub trait KindSettings: fmt::Debug + Send + Sync + 'static {
     fn places_calls(&self) -> bool {
         false
     }
-    /// The credentials that are set, by key: checked for placeholders, never printed.
+    /// The credentials that are set, by key: checked for placeholders. (A printed
+    /// configuration hides every key the kind's table holds as a `Secret`, listed or not.)
     fn secrets(&self) -> Vec<(&'static str, &Secret)>;
     /// Valid but risky settings, for `check-config` and the start-up log (without the
     /// `carriers.<name>.` that goes before each).
@@ -130,6 +131,9 @@ fn default_breaker_cooldown_seconds() -> Seconds {
 pub struct KindKeys {
     kind: String,
     keys: Dict,
+    /// The keys the kind's type holds as a `Secret`, learnt when it reads them: a printed
+    /// configuration hides them without a list to keep in step with the type.
+    secret: Arc<Mutex<Vec<String>>>,
 }
 
 impl fmt::Debug for KindKeys {
@@ -152,14 +156,17 @@ impl KindKeys {
     /// The keys as the kind's type `T`, which takes only its own keys: every key it refuses
     /// (unknown, or a value of the wrong type) is a problem and is set aside, and the rest is
     /// read again, so one run names them all.
-    pub fn read<T: DeserializeOwned + Default>(&self) -> (T, Found) {
+    pub fn read<T: DeserializeOwned + Default + Serialize>(&self) -> (T, Found) {
         let mut keys = self.keys.clone();
         let mut found = Vec::new();
         // Each round sets one key aside, so there are at most as many rounds as keys.
         for _ in 0..=self.keys.len() {
             let figment = Figment::from(Serialized::defaults(Value::from(keys.clone())));
             let error = match figment.extract::<T>() {
-                Ok(read) => return (read, found),
+                Ok(read) => {
+                    self.learn_secrets(&read);
+                    return (read, found);
+                }
                 Err(error) => error,
             };
             let Some(first) = error.into_iter().next() else {
@@ -184,6 +191,33 @@ impl KindKeys {
         (T::default(), found)
     }
 
+    /// Notes the keys `read` holds as secrets: a `Secret` serialises as the redaction mark.
+    fn learn_secrets<T: Serialize>(&self, read: &T) {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(read) else {
+            return;
+        };
+        let secret: Vec<String> = fields
+            .into_iter()
+            .filter(|(_, value)| value.as_str() == Some(crate::secret::REDACTED))
+            .map(|(key, _)| key)
+            .collect();
+        if let Ok(mut learnt) = self.secret.lock() {
+            *learnt = secret;
+        }
+    }
+
+    /// The keys as written, those the kind holds as secrets redacted.
+    fn shown(&self) -> Dict {
+        let secret = self.secret.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut shown = self.keys.clone();
+        for (key, value) in shown.iter_mut() {
+            if secret.contains(key) {
+                *value = Value::from(crate::secret::REDACTED);
+            }
+        }
+        shown
+    }
+
     /// Why `field` is refused, with the keys this kind takes (the shared ones among them).
     fn unknown(&self, field: &str, expected: &[&str]) -> String {
         let mut takes: Vec<&str> = SHARED_KEYS.to_vec();
@@ -204,8 +238,8 @@ impl<'de> Deserialize<'de> for CarrierConfig {
         let keys = Dict::deserialize(d)?;
         Ok(Self {
             keys: KindKeys {
-                kind: String::new(),
                 keys,
+                ..KindKeys::default()
             },
             ..Self::default()
         })
@@ -226,7 +260,7 @@ impl Serialize for CarrierConfig {
         Shown {
             kind: &self.kind,
             transport: &self.transport,
-            keys: &self.keys.keys,
+            keys: &self.keys.shown(),
         }
         .serialize(s)
     }
@@ -320,8 +354,8 @@ fn read_one(
         }
     };
     let shared = KindKeys {
-        kind: String::new(),
         keys: shared,
+        ..KindKeys::default()
     };
     let (transport, mistyped) = shared.read::<TransportConfig>();
     found.extend(mistyped);
@@ -449,6 +483,60 @@ pub fn problem(key: &str, reason: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kind that forgets to list its credential among its secrets.
+    struct Forgetful;
+
+    #[derive(Debug, Default, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct ForgetfulTable {
+        #[serde(default)]
+        token: Option<Secret>,
+        #[serde(default)]
+        region: Option<String>,
+    }
+
+    #[derive(Debug)]
+    struct ForgetfulSettings;
+
+    impl KindSettings for ForgetfulSettings {
+        fn secrets(&self) -> Vec<(&'static str, &Secret)> {
+            Vec::new()
+        }
+
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    impl CarrierKindConfig for Forgetful {
+        fn name(&self) -> &'static str {
+            "forgetful"
+        }
+
+        fn read(&self, _name: &str, keys: &KindKeys) -> (Arc<dyn KindSettings>, Found) {
+            let (_, found): (ForgetfulTable, Found) = keys.read();
+            (Arc::new(ForgetfulSettings), found)
+        }
+    }
+
+    #[test]
+    fn a_key_the_kind_holds_as_a_secret_is_never_printed_even_unlisted() {
+        let config = crate::config::Config::from_toml_with(
+            "[auth0.a]\nsecret = \"0123456789abcdefghijklmnopqrstuvwxyzABCD\"\n\
+             audience = \"urn:a\"\n\
+             [carriers.f]\nkind = \"forgetful\"\ntoken = \"tok-123456789\"\n\
+             region = \"eu-west-1\"\n\
+             [[routes]]\nprefix = \"\"\ncarriers = [\"f\"]\n",
+            &[&Forgetful],
+        )
+        .expect("valid");
+        let printed = config.to_redacted_toml();
+        assert!(!printed.contains("tok-123456789"), "{printed}");
+        assert!(printed.contains("token = \"[redacted]\""), "{printed}");
+        assert!(printed.contains("region = \"eu-west-1\""), "{printed}");
+        assert!(!format!("{config:?}").contains("tok-123456789"));
+    }
 
     #[test]
     fn the_shared_keys_are_the_transport_s_fields_and_kind() {

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Accepted, Carrier, DynCarrier, HttpClients, Kind, OutboundSms, SendError};
 use crate::config::{CarrierKindConfig, CarrierSettings, Found, KindKeys, KindSettings};
@@ -15,7 +15,7 @@ use crate::secret::Secret;
 /// The kind, as the registry lists it.
 pub struct Log;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct LogTable {}
 

@@ -16,7 +16,7 @@ use crate::secret::Secret;
 pub struct MessageMedia;
 
 /// The table's own keys, as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct MessageMediaTable {
     #[serde(default, deserialize_with = "optional_string")]

@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::checks::{REQUIRED, has, has_secret, public_url, url};
 use crate::config::{CarrierKindConfig, Found, KindKeys, KindSettings};
@@ -14,7 +14,7 @@ use crate::secret::Secret;
 pub struct Twilio;
 
 /// The table's own keys, as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct TwilioTable {
     #[serde(default, deserialize_with = "optional_string")]
