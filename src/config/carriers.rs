@@ -196,9 +196,16 @@ impl KindKeys {
         let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(read) else {
             return;
         };
+        let redacted = |value: &serde_json::Value| value.as_str() == Some(crate::secret::REDACTED);
+        // A secret, or a list holding one.
         let secret: Vec<String> = fields
             .into_iter()
-            .filter(|(_, value)| value.as_str() == Some(crate::secret::REDACTED))
+            .filter(|(_, value)| {
+                redacted(value)
+                    || value
+                        .as_array()
+                        .is_some_and(|items| items.iter().any(redacted))
+            })
             .map(|(key, _)| key)
             .collect();
         if let Ok(mut learnt) = self.secret.lock() {
@@ -494,6 +501,8 @@ mod tests {
         token: Option<Secret>,
         #[serde(default)]
         region: Option<String>,
+        #[serde(default)]
+        spare_tokens: Vec<Secret>,
     }
 
     #[derive(Debug)]
@@ -526,13 +535,14 @@ mod tests {
             "[auth0.a]\nsecret = \"0123456789abcdefghijklmnopqrstuvwxyzABCD\"\n\
              audience = \"urn:a\"\n\
              [carriers.f]\nkind = \"forgetful\"\ntoken = \"tok-123456789\"\n\
-             region = \"eu-west-1\"\n\
+             region = \"eu-west-1\"\nspare_tokens = [\"spare-987654321\"]\n\
              [[routes]]\nprefix = \"\"\ncarriers = [\"f\"]\n",
             &[&Forgetful],
         )
         .expect("valid");
         let printed = config.to_redacted_toml();
         assert!(!printed.contains("tok-123456789"), "{printed}");
+        assert!(!printed.contains("spare-987654321"), "{printed}");
         assert!(printed.contains("token = \"[redacted]\""), "{printed}");
         assert!(printed.contains("region = \"eu-west-1\""), "{printed}");
         assert!(!format!("{config:?}").contains("tok-123456789"));
