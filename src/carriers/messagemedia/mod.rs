@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use super::http::{self, class_of_status};
 use super::{Accepted, Carrier, DynCarrier, FailureClass, HttpClients, Kind, OutboundSms};
 use super::{ReceiptCheck, SendError};
-use crate::config::{CarrierSettings, is_e164};
+use crate::config::{CarrierKindConfig, CarrierSettings, is_e164};
 use crate::domain::Channel;
 use crate::secret::Secret;
 pub use config::MessageMedia;
@@ -55,7 +55,7 @@ impl Kind for MessageMedia {
         Some(Arc::new(receipts::DeliveryReports {
             secret: own.callback_secret.clone(),
             keys: own.keys.clone(),
-            request_target: format!("POST {base_path}/v1/callbacks/messagemedia/{name}"),
+            request_target: format!("POST {base_path}/v1/callbacks/{}/{name}", self.name()),
         }))
     }
 }
@@ -64,7 +64,7 @@ impl Kind for MessageMedia {
 /// callback secret in its query.
 fn callback_url(settings: &MessageMediaSettings, name: &str) -> Option<String> {
     let public_url = settings.public_url.as_deref()?;
-    let url = super::receipts::callback_url(public_url, "messagemedia", name);
+    let url = super::receipts::callback_url(public_url, MessageMedia.name(), name);
     if !settings.keys.is_empty() {
         // Signed reports need no secret, so none goes into a URL that logs record.
         return Some(url);

@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use super::http::{self, class_of_status};
 use super::{Accepted, Carrier, DynCarrier, FailureClass, HttpClients, Kind, OutboundSms};
 use super::{ReceiptCheck, SendError};
-use crate::config::CarrierSettings;
+use crate::config::{CarrierKindConfig, CarrierSettings};
 use crate::secret::Secret;
 
 mod config;
@@ -34,10 +34,9 @@ impl Kind for Telnyx {
     ) -> BoxFuture<'a, anyhow::Result<Box<dyn DynCarrier>>> {
         Box::pin(async move {
             let own = super::own::<TelnyxSettings>(settings)?;
-            let webhook_url = own
-                .webhooks
-                .as_ref()
-                .map(|(public_url, _)| super::receipts::callback_url(public_url, "telnyx", name));
+            let webhook_url = own.webhooks.as_ref().map(|(public_url, _)| {
+                super::receipts::callback_url(public_url, self.name(), name)
+            });
             let client = http.get(settings.transport.connect_timeout)?;
             let carrier = TelnyxCarrier::new(own, webhook_url, settings.transport.timeout, client);
             Ok(Box::new(carrier) as Box<dyn DynCarrier>)

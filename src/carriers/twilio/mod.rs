@@ -19,7 +19,7 @@ use futures_util::future::BoxFuture;
 use super::http::{self, class_of_status};
 use super::{Accepted, Carrier, DynCarrier, FailureClass, HttpClients, Kind, OutboundSms};
 use super::{ReceiptCheck, SendError};
-use crate::config::{CarrierSettings, is_e164};
+use crate::config::{CarrierKindConfig, CarrierSettings, is_e164};
 use crate::domain::Channel;
 use crate::secret::Secret;
 pub use config::Twilio;
@@ -43,10 +43,9 @@ impl Kind for Twilio {
     ) -> BoxFuture<'a, anyhow::Result<Box<dyn DynCarrier>>> {
         Box::pin(async move {
             let own = super::own::<TwilioSettings>(settings)?;
-            let callback_url = own
-                .receipts
-                .as_ref()
-                .map(|(public_url, _)| super::receipts::callback_url(public_url, "twilio", name));
+            let callback_url = own.receipts.as_ref().map(|(public_url, _)| {
+                super::receipts::callback_url(public_url, self.name(), name)
+            });
             let client = http.get(settings.transport.connect_timeout)?;
             let carrier = TwilioCarrier::new(own, callback_url, settings.transport.timeout, client);
             Ok(Box::new(carrier) as Box<dyn DynCarrier>)
@@ -57,7 +56,7 @@ impl Kind for Twilio {
         let own = super::own::<TwilioSettings>(settings).ok()?;
         let (public_url, auth_token) = own.receipts.clone()?;
         Some(Arc::new(receipts::StatusCallbacks {
-            url: super::receipts::callback_url(&public_url, "twilio", name),
+            url: super::receipts::callback_url(&public_url, self.name(), name),
             auth_token,
         }))
     }
