@@ -7,6 +7,7 @@ mod attack_limits;
 mod attack_partitions;
 mod attack_queue_fk;
 mod attack_registry;
+mod attack_skip_write;
 mod attack_telnyx;
 mod auth;
 mod carriers;
