@@ -271,6 +271,7 @@ impl App {
             });
         }
         let admin_apart = self.config.admin.listen.is_some();
+        let batcher = self.state.batcher.clone();
         let router = http::public_router(self.state, admin_apart, request_timeout);
         let server = http::server::serve(self.listener, router, limits, shutdown.clone());
         let workers = async {
@@ -280,6 +281,7 @@ impl App {
             }
         };
         tokio::join!(server, workers);
+        batcher.give_back_slices().await;
         background.abort_all();
         self.database.close().await;
         Ok(())

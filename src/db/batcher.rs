@@ -16,11 +16,13 @@ use super::Db;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
-    ingress_hits::{self, Verdict},
+    first_hits,
+    ingress_hits::{self, FirstHitsPlan, Verdict},
     messages::{self, Enqueued},
 };
 use crate::domain::NewMessage;
 use crate::limits::ingress::{IngressLimits, LimitRefusal, Limited, Monitored, OverSpend};
+use crate::limits::slices::Slices;
 
 /// Most messages in one insert.
 const MAX_BATCH: usize = 256;
@@ -56,6 +58,7 @@ struct Pending {
 #[derive(Clone)]
 pub struct Batcher {
     requests: mpsc::Sender<Pending>,
+    writer: Arc<Writer>,
 }
 
 /// Why a message could not be stored.
@@ -96,11 +99,22 @@ impl Batcher {
             pool,
             ttl_seconds,
             limits,
+            slices: Arc::new(Slices::default()),
         });
         for _ in 0..writers.max(1) {
             tokio::spawn(write_batches(writer.clone(), receiver.clone()));
         }
-        Self { requests }
+        tokio::spawn(give_back_leftovers(Arc::downgrade(&writer)));
+        Self { requests, writer }
+    }
+
+    /// Gives back every budget slice this process holds unused: it is stopping, and what it
+    /// holds would otherwise count until its windows pass (or its day ends).
+    pub async fn give_back_slices(&self) {
+        let leftovers = self.writer.slices.take_all();
+        if let Err(err) = ingress_hits::give_back_leftovers(&self.writer.pool, &leftovers).await {
+            tracing::warn!(error = %err, "cannot give back unused budget slices; they count until their windows pass");
+        }
     }
 
     /// Stores `message`; returns once its transaction has committed. Gives up with
@@ -182,21 +196,133 @@ struct Writer {
     pool: Db,
     ttl_seconds: u32,
     limits: IngressLimits,
+    /// The budget slices this process holds (`limits::slices`).
+    slices: Arc<Slices>,
+}
+
+/// A request's answer from its writer: stored or refused, or the database's error.
+type Outcome = Result<Result<Stored, Refused>, Arc<sqlx::Error>>;
+
+/// The batch's answers when it was decided as a whole: each message's, or the one error.
+fn each(decided: Result<Vec<Result<Stored, Refused>>, sqlx::Error>, len: usize) -> Vec<Outcome> {
+    match decided {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(err) => vec![Err(Arc::new(err)); len],
+    }
 }
 
 impl Writer {
-    /// One transaction for the batch: limits decided, admitted messages inserted, one commit.
-    async fn store(
+    /// Stores a batch: by one statement when its limit keys are new and the process's slices
+    /// cover the rest (`first_hits`), by a reservation and an insert otherwise.
+    async fn store(&self, messages: &[&NewMessage]) -> Vec<Outcome> {
+        if self.limits.is_empty() {
+            return each(self.store_unlimited(messages).await, messages.len());
+        }
+        match ingress_hits::plan_first_hits(&self.limits, &self.slices, messages) {
+            Some(plan) if !plan.messages.is_empty() => self.store_first_hits(messages, plan).await,
+            _ => each(self.store_reserved(messages).await, messages.len()),
+        }
+    }
+
+    /// A single statement commits on its own: no BEGIN/COMMIT round trips (direct).
+    async fn store_unlimited(
         &self,
         messages: &[&NewMessage],
     ) -> Result<Vec<Result<Stored, Refused>>, sqlx::Error> {
-        if self.limits.is_empty() {
-            // A single statement commits on its own: no BEGIN/COMMIT round trips (direct).
-            let mut conn = self.pool.for_one_statement().await?;
-            let stored = messages::enqueue_batch(&mut conn, messages, self.ttl_seconds).await?;
-            conn.commit().await?;
-            return Ok(stored.into_iter().map(|s| reused(s, Vec::new())).collect());
+        let mut conn = self.pool.for_one_statement().await?;
+        let stored = messages::enqueue_batch(&mut conn, messages, self.ttl_seconds).await?;
+        conn.commit().await?;
+        Ok(stored.into_iter().map(|s| reused(s, Vec::new())).collect())
+    }
+
+    /// The planned messages by one statement; those with a key that exists (and those the
+    /// plan left out) by the reservation afterwards, once what the statement and the slices
+    /// counted for them is taken back.
+    async fn store_first_hits(
+        &self,
+        messages: &[&NewMessage],
+        plan: FirstHitsPlan,
+    ) -> Vec<Outcome> {
+        let planned: Vec<&NewMessage> = plan.messages.iter().map(|&i| messages[i]).collect();
+        let hits = match self.first_hits(&planned, &plan).await {
+            Ok(hits) => hits,
+            Err(unstored) => {
+                let err = match unstored {
+                    Unstored::Certainly(err) => {
+                        self.slices
+                            .give_back_later(plan.spent.iter().flatten().cloned().collect());
+                        err
+                    }
+                    Unstored::Perhaps(err) => err,
+                };
+                return vec![Err(Arc::new(err)); messages.len()];
+            }
+        };
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; messages.len()];
+        let mut counted_for_nothing = Vec::new();
+        for (slot, &i) in plan.messages.iter().enumerate() {
+            match hits.stored.get(&messages[i].id.0) {
+                Some(enqueued) => {
+                    outcomes[i] = Some(Ok(Ok(Stored {
+                        enqueued: *enqueued,
+                        monitored: Vec::new(),
+                    })));
+                }
+                None => counted_for_nothing.extend(plan.unstored(slot, &hits)),
+            }
         }
+        if let Err(err) = ingress_hits::give_back_leftovers(&self.pool, &counted_for_nothing).await
+        {
+            tracing::warn!(error = %err, "cannot give back the counts of messages not stored; trying again");
+            self.slices.give_back_later(counted_for_nothing);
+        }
+        let rest: Vec<usize> = (0..messages.len())
+            .filter(|&i| outcomes[i].is_none())
+            .collect();
+        if !rest.is_empty() {
+            let left: Vec<&NewMessage> = rest.iter().map(|&i| messages[i]).collect();
+            let decided = each(self.store_reserved(&left).await, left.len());
+            for (i, outcome) in rest.into_iter().zip(decided) {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Arc::new(sqlx::Error::RowNotFound))))
+            .collect()
+    }
+
+    async fn first_hits(
+        &self,
+        planned: &[&NewMessage],
+        plan: &FirstHitsPlan,
+    ) -> Result<first_hits::FirstHits, Unstored> {
+        let mut conn = self
+            .pool
+            .for_one_statement()
+            .await
+            .map_err(Unstored::Certainly)?;
+        let hits = first_hits::insert(
+            &mut conn,
+            planned,
+            &plan.keys_of,
+            &plan.new_keys,
+            self.ttl_seconds,
+        )
+        .await
+        .map_err(|err| match err {
+            sqlx::Error::Database(_) => Unstored::Certainly(err),
+            err => Unstored::Perhaps(err),
+        })?;
+        conn.commit().await.map_err(Unstored::Perhaps)?;
+        Ok(hits)
+    }
+
+    /// Limits decided in a reservation, admitted messages inserted.
+    async fn store_reserved(
+        &self,
+        messages: &[&NewMessage],
+    ) -> Result<Vec<Result<Stored, Refused>>, sqlx::Error> {
         // A batch with keys holds their locks in the transaction that stores it, and tells
         // repeats apart once they are held; one without is stored by a single statement that
         // commits on its own. Either way what the counted messages take from the limits is
@@ -206,13 +332,19 @@ impl Writer {
         // done: it never holds two connections at once.
         let (tx, verdicts, reservation) = if keyed {
             let mut tx = self.pool.begin().await?;
-            let (verdicts, reservation) =
-                ingress_hits::admit_batch(Some(&mut tx), &self.pool, &self.limits, messages)
-                    .await?;
+            let (verdicts, reservation) = ingress_hits::admit_batch(
+                Some(&mut tx),
+                &self.pool,
+                &self.limits,
+                &self.slices,
+                messages,
+            )
+            .await?;
             (tx, verdicts, reservation)
         } else {
             let (verdicts, reservation) =
-                ingress_hits::admit_batch(None, &self.pool, &self.limits, messages).await?;
+                ingress_hits::admit_batch(None, &self.pool, &self.limits, &self.slices, messages)
+                    .await?;
             match self.pool.for_one_statement().await {
                 Ok(conn) => (conn, verdicts, reservation),
                 Err(err) => {
@@ -318,6 +450,28 @@ enum Unstored {
     Perhaps(sqlx::Error),
 }
 
+/// Gives back what this process's slices held unused once they expire, every second while
+/// its writers run. What cannot be given back (the database is away) is tried again; what is
+/// lost with the process counts until its windows pass, which refuses early, never late.
+async fn give_back_leftovers(writer: std::sync::Weak<Writer>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(writer) = writer.upgrade() else {
+            return;
+        };
+        let leftovers = writer.slices.take_leftovers(tokio::time::Instant::now());
+        if leftovers.is_empty() {
+            continue;
+        }
+        if let Err(err) = ingress_hits::give_back_leftovers(&writer.pool, &leftovers).await {
+            tracing::warn!(error = %err, "cannot give back unused budget slices; trying again");
+            writer.slices.give_back_later(leftovers);
+        }
+    }
+}
+
 async fn write_batches(writer: Arc<Writer>, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -337,18 +491,9 @@ async fn write_batches(writer: Arc<Writer>, receiver: Arc<Mutex<mpsc::Receiver<P
             continue;
         }
         let messages: Vec<&NewMessage> = batch.iter().map(|pending| &pending.message).collect();
-        match writer.store(&messages).await {
-            Ok(stored) => {
-                for (pending, outcome) in batch.drain(..).zip(stored) {
-                    pending.reply.send(Ok(outcome)).ok();
-                }
-            }
-            Err(err) => {
-                let err = Arc::new(err);
-                for pending in batch.drain(..) {
-                    pending.reply.send(Err(err.clone())).ok();
-                }
-            }
+        let outcomes = writer.store(&messages).await;
+        for (pending, outcome) in batch.drain(..).zip(outcomes) {
+            pending.reply.send(outcome).ok();
         }
     }
 }

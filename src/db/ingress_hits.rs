@@ -8,13 +8,19 @@
 
 use std::collections::HashMap;
 
+use super::first_hits::{FirstHits, NewKeys};
 use super::{Db, Tx, literal, pg_array};
 use super::{messages, spend};
 
 use crate::config::{LimitMode, WindowLimit};
 use crate::domain::NewMessage;
 use crate::limits::ingress::{Check, IngressLimits, LimitRefusal, Limited, Monitored};
-use crate::limits::window::{Admission, Counts, FIRST_EVENT, STORED_COUNTS, admit};
+use crate::limits::slices::{self, EventPool, EventSlice, Leftover, Slices};
+use crate::limits::window::{
+    Admission, Counts, FIRST_EVENT, STORED_COUNTS, admit, bucket_width_ms,
+    current_buckets_end_in_ms, reserve,
+};
+use tokio::time::Instant;
 
 type Logs = HashMap<String, Counts>;
 
@@ -40,22 +46,28 @@ pub struct Reservation {
     /// One entry per counted message and log it was counted in.
     hits: Vec<(String, Vec<WindowLimit>)>,
     spend: spend::Reserved,
+    /// What counted messages spent of slices.
+    sliced: Vec<Leftover>,
 }
 
 /// Decides each message of a batch and reserves what the counted ones take; returns one
 /// verdict per message, in order.
 ///
 /// Idempotency keys are locked and looked up in `tx`, the transaction that will insert the
-/// batch (`None` for a batch without keys). The counts and totals are locked, decided and
-/// written in a short transaction of their own, committed before `tx` without waiting for
-/// its flush: a country's or the day's row is held from the statement that locks it to one
+/// batch (`None` for a batch without keys). A busy limit (a country's cap, a high cap on a
+/// client address, a large spend ceiling) is spent from the slices this process holds
+/// (`limits::slices`); the rest, and slices to refill, are locked, decided and written in a
+/// short transaction of their own, committed before `tx` without waiting for its flush: a
+/// country's or the day's row is held from the statement that locks it to one
 /// write-and-commit message, not until the batch's commit, so writers commit side by side.
-/// A reservation whose insert then fails is given back (`give_back`); one lost with its
-/// process counts until its window passes, which refuses early, never late.
+/// A batch that needs no row skips that transaction. A reservation whose insert then fails
+/// is given back (`give_back`); one lost with its process counts until its window passes,
+/// which refuses early, never late.
 pub async fn admit_batch(
     tx: Option<&mut Tx<'_>>,
     pool: &Db,
     limits: &IngressLimits,
+    slices: &Slices,
     messages: &[&NewMessage],
 ) -> Result<(Vec<Verdict>, Reservation), sqlx::Error> {
     // A batch with a copy of a keyed request waits here for any other batch holding the same
@@ -66,51 +78,226 @@ pub async fn admit_batch(
         lock_idempotency_keys(tx, messages).await?;
         known = messages::known_keys(tx, messages).await?;
     }
-    let prior = |known: &HashMap<String, Option<String>>, m: &NewMessage| {
-        let key = m.idempotency_key.as_ref()?;
-        let first = known.get(key)?;
-        Some(
-            if messages::same_request(first.as_deref(), m.fingerprint.as_deref()) {
-                Verdict::Repeat
-            } else {
-                Verdict::KeyReused
-            },
+    let batch = Batch {
+        limits,
+        slices,
+        messages,
+        checks: messages.iter().map(|m| limits.checks(m)).collect(),
+        known,
+    };
+    match batch.attempt(pool, true).await? {
+        Some(decided) => Ok(decided),
+        // A slice the process held went stale while the batch waited for its locks: decide
+        // it again, refilling every sliced limit under the locks.
+        None => batch
+            .attempt(pool, false)
+            .await?
+            .ok_or_else(|| sqlx::Error::Protocol("a batch taking no slice found one stale".into())),
+    }
+}
+
+/// A batch to decide, with its checks and the idempotency keys known before it.
+struct Batch<'a> {
+    limits: &'a IngressLimits,
+    slices: &'a Slices,
+    messages: &'a [&'a NewMessage],
+    checks: Vec<Vec<Check>>,
+    known: HashMap<String, Option<String>>,
+}
+
+impl Batch<'_> {
+    /// Decides the batch, spending what the process holds (`from_process`) or only what is
+    /// counted under its locks. `None`: a slice it took went stale; nothing was decided and
+    /// what it took is given back. On an error, too, what it took is given back.
+    async fn attempt(
+        &self,
+        pool: &Db,
+        from_process: bool,
+    ) -> Result<Option<(Vec<Verdict>, Reservation)>, sqlx::Error> {
+        let new: Vec<usize> = (0..self.messages.len())
+            .filter(|&i| prior(&self.known, self.messages[i]).is_none())
+            .collect();
+        let new_messages: Vec<&NewMessage> = new.iter().map(|&i| self.messages[i]).collect();
+        let asked = Instant::now();
+        let checks = new.iter().map(|&i| &self.checks[i]);
+        let (events, refill) = take_event_slices(checks, self.slices, asked, from_process);
+        let ceiling = &self.limits.spend;
+        let spend = spend::take_slices(ceiling, &new_messages, self.slices, asked, from_process);
+        let mut taken = events.taken();
+        taken.extend(spend.taken());
+        let taking = Taking {
+            events,
+            refill,
+            spend,
+            asked,
+        };
+        match self.decide(pool, taking, &new_messages).await {
+            Ok(Some(decided)) => Ok(Some(decided)),
+            Ok(None) => {
+                self.slices.give_back_later(taken);
+                Ok(None)
+            }
+            Err(err) => {
+                self.slices.give_back_later(taken);
+                Err(err)
+            }
+        }
+    }
+
+    /// Locks what the batch needs of the rows (if anything), decides each message, writes
+    /// back and commits; then keeps what the batch did not spend of its slices.
+    async fn decide(
+        &self,
+        pool: &Db,
+        taking: Taking,
+        new_messages: &[&NewMessage],
+    ) -> Result<Option<(Vec<Verdict>, Reservation)>, sqlx::Error> {
+        let Taking {
+            mut events,
+            refill,
+            spend: spend_needs,
+            asked,
+        } = taking;
+        let scopes = spend::scopes(&self.limits.spend, new_messages, &spend_needs);
+        let keys = keys_to_lock(&self.checks, &refill);
+        // The hot rows (a country's count, the day's total) are held from here to the
+        // reservation's commit: this statement, the decisions, and one write-and-commit.
+        let mut reserving = None;
+        let mut locked = Locked::default();
+        if !(keys.is_empty() && scopes.is_empty()) {
+            let mut tx = pool.begin_without_flush_wait().await?;
+            locked = lock_all(&mut tx, &keys, &scopes).await?;
+            if events.stale(locked.now_ms) || spend_needs.stale(utc_day(locked.now_ms)) {
+                drop(tx); // rolled back: nothing was written
+                return Ok(None);
+            }
+            reserving = Some(tx);
+        }
+        let (mut logs, now_ms, created) = (locked.logs, locked.now_ms, locked.created);
+        refill_events(&mut events, &mut logs, &refill, now_ms, asked);
+        let ceiling = &self.limits.spend;
+        let mut spend = spend::Spend::from_locked(ceiling, locked.spend, spend_needs, asked);
+        let mut known = self.known.clone();
+        let mut reservation = Reservation {
+            at_ms: now_ms,
+            ..Reservation::default()
+        };
+        let mut batch = Decisions {
+            logs: &mut logs,
+            events: &mut events,
+            spend: &mut spend,
+            known: &mut known,
+            reservation: &mut reservation,
+            now_ms,
+        };
+        let verdicts: Vec<Verdict> = self
+            .messages
+            .iter()
+            .zip(&self.checks)
+            .map(|(message, checks)| match prior(batch.known, message) {
+                Some(verdict) => verdict,
+                None => batch.decide(message, checks),
+            })
+            .collect();
+        reservation.sliced.extend(spend.used());
+        if let Some(reserving) = reserving {
+            let unspent = spend.unspent();
+            reservation.spend = commit_reservation(reserving, logs, &created, spend).await?;
+            spend = unspent;
+        }
+        // Only now, with the refills committed, may the process keep what is left.
+        let now = Instant::now();
+        events.put_back(self.slices, now);
+        spend.put_back(self.slices, now);
+        Ok(Some((verdicts, reservation)))
+    }
+}
+
+/// What a batch took of the process's slices and what it must reserve in the rows.
+struct Taking {
+    events: EventPool,
+    refill: Vec<Refill>,
+    spend: spend::Needs,
+    asked: Instant,
+}
+
+/// The UTC day of an epoch time in ms (the database's day, from its clock).
+fn utc_day(at_ms: i64) -> chrono::NaiveDate {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .map(|at| at.date_naive())
+        .unwrap_or_default()
+}
+
+/// A message whose idempotency key is known: a repeat of its request, or a reuse of the key.
+fn prior(known: &HashMap<String, Option<String>>, message: &NewMessage) -> Option<Verdict> {
+    let key = message.idempotency_key.as_ref()?;
+    let first = known.get(key)?;
+    Some(
+        if messages::same_request(first.as_deref(), message.fingerprint.as_deref()) {
+            Verdict::Repeat
+        } else {
+            Verdict::KeyReused
+        },
+    )
+}
+
+/// The keys a reservation locks, sorted: those decided on their rows, and the sliced ones to
+/// refill.
+fn keys_to_lock<'a>(
+    checks: &'a [Vec<Check>],
+    refill: &'a [Refill],
+) -> Vec<(&'a str, &'a [WindowLimit])> {
+    let mut keys: Vec<(&str, &[WindowLimit])> = checks
+        .iter()
+        .flatten()
+        .filter(|c| c.slice_share().is_none())
+        .map(|c| (c.key.as_str(), c.windows.as_slice()))
+        .chain(
+            refill
+                .iter()
+                .map(|(key, windows, _)| (key.as_str(), windows.as_slice())),
         )
-    };
-
-    let checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
-    let new: Vec<&NewMessage> = messages
-        .iter()
-        .filter(|m| prior(&known, m).is_none())
-        .copied()
         .collect();
-    let scopes = spend::scopes(&limits.spend, &new);
-    let mut reserving = pool.begin_without_flush_wait().await?;
-    // The hot rows (a country's count, the day's total) are held from here to the
-    // reservation's commit: this statement, the decisions, and one write-and-commit message.
-    let locked = lock_all(&mut reserving, &checks, &scopes).await?;
-    let (mut logs, now_ms, created) = (locked.logs, locked.now_ms, locked.created);
-    let mut spend = spend::Spend::from_locked(&limits.spend, locked.spend);
+    keys.sort_unstable_by_key(|(key, _)| *key);
+    keys.dedup_by_key(|(key, _)| *key);
+    keys
+}
 
-    let mut reservation = Reservation {
-        at_ms: now_ms,
-        ..Reservation::default()
-    };
-    let mut batch = Decisions {
-        logs: &mut logs,
-        spend: &mut spend,
-        known: &mut known,
-        reservation: &mut reservation,
-        now_ms,
-    };
-    let verdicts: Vec<Verdict> = messages
-        .iter()
-        .zip(&checks)
-        .map(|(message, checks)| match prior(batch.known, message) {
-            Some(verdict) => verdict,
-            None => batch.decide(message, checks),
-        })
-        .collect();
+/// Counts each sliced key's refill in its locked row, as much as its windows have room for,
+/// and gives the batch what was counted (with when the windows allow more, if short).
+fn refill_events(
+    events: &mut EventPool,
+    logs: &mut Logs,
+    refill: &[Refill],
+    now_ms: i64,
+    asked: Instant,
+) {
+    for (key, windows, wanted) in refill {
+        let counts = logs.entry(key.clone()).or_default();
+        let reserved = reserve(counts, now_ms, windows, *wanted);
+        events.hold(
+            key,
+            EventSlice {
+                windows: windows.clone(),
+                at_ms: now_ms,
+                until: slices::until(asked, current_buckets_end_in_ms(windows, now_ms)),
+                left: reserved.granted,
+            },
+        );
+        if let Some(wait_ms) = reserved.wait_ms {
+            events.run_dry(key, wait_ms);
+        }
+    }
+}
+
+/// Writes the decided counts and totals back and commits the reservation; returns what the
+/// batch added to the totals decided on rows.
+async fn commit_reservation(
+    mut reserving: Tx<'static>,
+    mut logs: Logs,
+    created: &Logs,
+    spend: spend::Spend,
+) -> Result<spend::Reserved, sqlx::Error> {
     // A created row that already holds what the decisions counted needs no write.
     logs.retain(|key, counts| {
         !created
@@ -126,13 +313,149 @@ pub async fn admit_batch(
     // Only the empty transaction that followed the reservation's commit is left (or, with
     // nothing written, the reservation itself).
     reserving.commit().await?;
-    reservation.spend = reserved;
-    Ok((verdicts, reservation))
+    Ok(reserved)
+}
+
+/// A batch without idempotency keys that the process's slices cover, planned for one
+/// statement (`first_hits`): which messages go to it, the keys each needs new, and what each
+/// spent of slices (given back if it is not stored).
+#[derive(Debug, Default)]
+pub struct FirstHitsPlan {
+    /// The messages for the statement, by their place in the batch.
+    pub messages: Vec<usize>,
+    /// Per message: its keys decided on rows, separated by spaces.
+    pub keys_of: Vec<String>,
+    /// Every key of those messages, sorted, with its windows' spans.
+    pub new_keys: NewKeys,
+    /// Per message: what it spent of slices.
+    pub spent: Vec<Vec<Leftover>>,
+    /// The windows of every key of `new_keys`.
+    windows: HashMap<String, Vec<WindowLimit>>,
+}
+
+impl FirstHitsPlan {
+    /// What message `slot` of the plan counted where the statement did not store it: what it
+    /// spent of slices, and the first event of each key the statement created for it.
+    pub fn unstored(&self, slot: usize, hits: &FirstHits) -> Vec<Leftover> {
+        let created = self.keys_of[slot]
+            .split(' ')
+            .filter(|key| hits.created.contains(*key))
+            .map(|key| Leftover::Events {
+                key: key.to_string(),
+                windows: self.windows.get(key).cloned().unwrap_or_default(),
+                at_ms: hits.now_ms,
+                count: 1,
+            });
+        self.spent[slot].iter().cloned().chain(created).collect()
+    }
+}
+
+/// Plans a batch for one statement when it can be: no idempotency key, no spend decided on a
+/// row, and every sliced limit it needs held by this process. A message sharing a row's key
+/// with an earlier one of the batch is left out (the reservation decides it on the row, after
+/// the statement). `None` when the batch needs the reservation; nothing is taken then.
+pub fn plan_first_hits(
+    limits: &IngressLimits,
+    slices: &Slices,
+    messages: &[&NewMessage],
+) -> Option<FirstHitsPlan> {
+    if messages.iter().any(|m| m.idempotency_key.is_some()) {
+        return None;
+    }
+    let checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
+    let now = Instant::now();
+    let (mut events, refill) = take_event_slices(checks.iter(), slices, now, true);
+    let needs = spend::take_slices(&limits.spend, messages, slices, now, true);
+    let on_rows = !spend::scopes(&limits.spend, messages, &needs).is_empty();
+    let mut spend = spend::Spend::from_locked(&limits.spend, Vec::new(), needs, now);
+    if !refill.is_empty() || on_rows {
+        events.put_back(slices, now);
+        spend.put_back(slices, now);
+        return None;
+    }
+    let mut plan = FirstHitsPlan::default();
+    let mut claimed: HashMap<&str, &[WindowLimit]> = HashMap::new();
+    for (i, (message, checks)) in messages.iter().zip(&checks).enumerate() {
+        let (sliced, rows): (Vec<&Check>, Vec<&Check>) =
+            checks.iter().partition(|c| c.slice_share().is_some());
+        if rows.iter().any(|c| claimed.contains_key(c.key.as_str()))
+            || sliced.iter().any(|c| events.left(&c.key) == 0)
+            || spend.admit(message).is_err()
+        {
+            continue;
+        }
+        let mut spent = spend.used();
+        spent.extend(sliced.iter().filter_map(|c| events.take(&c.key)));
+        claimed.extend(rows.iter().map(|c| (c.key.as_str(), c.windows.as_slice())));
+        let mut keys: Vec<&str> = rows.iter().map(|c| c.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        plan.messages.push(i);
+        plan.keys_of.push(keys.join(" "));
+        plan.spent.push(spent);
+    }
+    let now = Instant::now();
+    events.put_back(slices, now);
+    spend.put_back(slices, now);
+    let mut keys: Vec<(&str, &[WindowLimit])> = claimed.into_iter().collect();
+    keys.sort_unstable_by_key(|(key, _)| *key);
+    for (key, windows) in keys {
+        plan.new_keys.keys.push(key.to_string());
+        plan.new_keys.spans.push(Counts::spans(windows));
+        plan.new_keys
+            .widths
+            .extend(windows.iter().map(bucket_width_ms));
+        plan.windows.insert(key.to_string(), windows.to_vec());
+    }
+    plan.new_keys.widths.sort_unstable();
+    plan.new_keys.widths.dedup();
+    Some(plan)
+}
+
+/// A key to count a slice of in its row: its windows and how many events to reserve.
+type Refill = (String, Vec<WindowLimit>, i64);
+
+/// Takes what the batch's new messages need of the sliced keys from the slices this process
+/// holds; returns them, and the keys whose slices fall short with what to reserve (the
+/// shortfall and a share more).
+fn take_event_slices<'a>(
+    checks: impl Iterator<Item = &'a Vec<Check>>,
+    slices: &Slices,
+    now: Instant,
+    from_process: bool,
+) -> (EventPool, Vec<Refill>) {
+    let mut wanted: HashMap<&str, (&Check, i64)> = HashMap::new();
+    for check in checks.flatten().filter(|c| c.slice_share().is_some()) {
+        wanted.entry(&check.key).or_insert((check, 0)).1 += 1;
+    }
+    let mut pool = EventPool::default();
+    let mut refill = Vec::new();
+    for (key, (check, wanted)) in wanted {
+        let held = if from_process {
+            slices.take_events(key, wanted, now)
+        } else {
+            None
+        };
+        let covered = held.as_ref().map_or(0, |s| s.left);
+        if let Some(held) = held {
+            pool.hold(key, held);
+        }
+        if covered < wanted {
+            let share = check.slice_share().unwrap_or(0);
+            refill.push((
+                key.to_string(),
+                check.windows.clone(),
+                wanted - covered + share,
+            ));
+        }
+    }
+    (pool, refill)
 }
 
 /// The state a batch's messages are decided against, one after the other.
 struct Decisions<'a> {
     logs: &'a mut Logs,
+    events: &'a mut EventPool,
     spend: &'a mut spend::Spend,
     known: &'a mut HashMap<String, Option<String>>,
     reservation: &'a mut Reservation,
@@ -142,20 +465,58 @@ struct Decisions<'a> {
 impl Decisions<'_> {
     /// A new message against its checks and the spend ceilings; counted where admitted.
     fn decide(&mut self, message: &NewMessage, checks: &[Check]) -> Verdict {
-        let verdict = decide(self.logs, self.now_ms, checks).and_then(|(updates, monitored)| {
+        let (sliced, rows): (Vec<&Check>, Vec<&Check>) =
+            checks.iter().partition(|c| c.slice_share().is_some());
+        let rows: Vec<Check> = rows.into_iter().cloned().collect();
+        // A sliced limit with nothing left: a blocking one refuses, a monitoring one reports
+        // (and, as on a row, counts nothing).
+        let (dry, open): (Vec<&Check>, Vec<&Check>) = sliced
+            .into_iter()
+            .partition(|c| self.events.wait_ms(&c.key).is_some());
+        let refusal = dry
+            .iter()
+            .filter(|c| c.mode == LimitMode::Block)
+            .filter_map(|c| {
+                self.events.wait_ms(&c.key).map(|retry_after_ms| Limited {
+                    kind: c.kind,
+                    retry_after_ms,
+                })
+            })
+            .max_by_key(|limited| limited.retry_after_ms);
+        let verdict = match (decide(self.logs, self.now_ms, &rows), refusal) {
+            (Err(LimitRefusal::Window(row)), Some(dry)) => Err(LimitRefusal::Window(
+                if dry.retry_after_ms > row.retry_after_ms {
+                    dry
+                } else {
+                    row
+                },
+            )),
+            (Ok(_), Some(dry)) => Err(LimitRefusal::Window(dry)),
+            (Err(refusal), Some(_)) => Err(refusal),
+            (decided, None) => decided,
+        };
+        let verdict = verdict.and_then(|(updates, monitored)| {
             self.spend
                 .admit(message)
                 .map_err(LimitRefusal::Spend)
                 .map(|()| (updates, monitored))
         });
         match verdict {
-            Ok((updates, monitored)) => {
+            Ok((updates, mut monitored)) => {
                 // Admitted: only now is the request counted anywhere. A later copy in this
                 // very batch is its repeat, or a reuse of its key.
-                for check in checks.iter().filter(|c| updates.contains_key(&c.key)) {
+                for check in rows.iter().filter(|c| updates.contains_key(&c.key)) {
                     self.reservation
                         .hits
                         .push((check.key.clone(), check.windows.clone()));
+                }
+                for check in open {
+                    self.reservation.sliced.extend(self.events.take(&check.key));
+                }
+                for check in dry {
+                    if !monitored.contains(&check.kind) {
+                        monitored.push(check.kind);
+                    }
                 }
                 self.logs.extend(updates);
                 if let Some(key) = &message.idempotency_key {
@@ -170,11 +531,55 @@ impl Decisions<'_> {
 
 /// Takes a reservation back out of the counts and totals: its messages were not stored.
 pub async fn give_back(pool: &Db, reservation: &Reservation) -> Result<(), sqlx::Error> {
-    if reservation.hits.is_empty() && reservation.spend.is_empty() {
+    // Rows decided on and slices spent alike: one event each, counted when decided.
+    let hits: Vec<Leftover> = reservation
+        .hits
+        .iter()
+        .map(|(key, windows)| Leftover::Events {
+            key: key.clone(),
+            windows: windows.clone(),
+            at_ms: reservation.at_ms,
+            count: 1,
+        })
+        .chain(reservation.sliced.iter().cloned())
+        .collect();
+    if hits.is_empty() && reservation.spend.is_empty() {
+        return Ok(());
+    }
+    let mut hits = hits;
+    hits.extend(reservation.spend.leftovers());
+    give_back_leftovers(pool, &hits).await
+}
+
+/// Gives back what slices held unused (or what was spent of them by a batch not stored).
+pub async fn give_back_leftovers(pool: &Db, leftovers: &[Leftover]) -> Result<(), sqlx::Error> {
+    if leftovers.is_empty() {
         return Ok(());
     }
     let mut tx = pool.begin().await?;
-    let mut keys: Vec<&str> = reservation.hits.iter().map(|(k, _)| k.as_str()).collect();
+    withdraw(&mut tx, leftovers).await?;
+    spend::give_back_leftovers(&mut tx, leftovers).await?;
+    tx.commit().await
+}
+
+/// Takes the events of `leftovers` out of their keys' counts, each at the time it was counted.
+async fn withdraw(tx: &mut Tx<'_>, leftovers: &[Leftover]) -> Result<(), sqlx::Error> {
+    let events: Vec<(&str, &[WindowLimit], i64, i64)> = leftovers
+        .iter()
+        .filter_map(|leftover| match leftover {
+            Leftover::Events {
+                key,
+                windows,
+                at_ms,
+                count,
+            } => Some((key.as_str(), windows.as_slice(), *at_ms, *count)),
+            Leftover::Spend { .. } => None,
+        })
+        .collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut keys: Vec<&str> = events.iter().map(|(key, ..)| *key).collect();
     keys.sort_unstable();
     keys.dedup();
     let rows: Vec<(String, Vec<i64>, Vec<i64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -182,26 +587,23 @@ pub async fn give_back(pool: &Db, reservation: &Reservation) -> Result<(), sqlx:
              WHERE key = ANY($1) ORDER BY key FOR UPDATE"
     )))
     .bind(&keys)
-    .fetch_all(&mut tx)
+    .fetch_all(&mut *tx)
     .await?;
     let mut logs: Logs = HashMap::new();
     for (key, counts, legacy) in rows {
-        let windows = reservation
-            .hits
+        let windows = events
             .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, w)| w.as_slice())
+            .find(|(k, ..)| *k == key)
+            .map(|(_, w, ..)| *w)
             .unwrap_or_default();
         logs.insert(key, Counts::from_row(&counts, &legacy, windows));
     }
-    for (key, windows) in &reservation.hits {
+    for (key, windows, at_ms, count) in events {
         if let Some(counts) = logs.get_mut(key) {
-            counts.withdraw(windows, reservation.at_ms);
+            counts.withdraw_many(windows, at_ms, count);
         }
     }
-    write_logs(&mut tx, &logs).await?;
-    spend::give_back(&mut tx, &reservation.spend).await?;
-    tx.commit().await
+    write_logs(tx, &logs).await
 }
 
 /// The event log of an earlier version, as `STORED_COUNTS` reads the counts.
@@ -244,22 +646,15 @@ async fn lock_idempotency_keys(
     Ok(())
 }
 
-/// Locks the counts of every key in `checks` (sorted: every writer locks in the same order, no
+/// Locks the counts of every key in `keys` (sorted: every writer locks in the same order, no
 /// deadlocks), then today's spend rows of `scopes`, in one statement; returns them with the
 /// database's clock in epoch milliseconds, read once every lock is held. A key without a row
 /// gets one holding its first event already (`Locked::created`).
 async fn lock_all(
     conn: &mut Tx<'_>,
-    checks: &[Vec<Check>],
+    keys: &[(&str, &[WindowLimit])],
     scopes: &[&str],
 ) -> Result<Locked, sqlx::Error> {
-    let mut keys: Vec<(&str, &[WindowLimit])> = checks
-        .iter()
-        .flatten()
-        .map(|c| (c.key.as_str(), c.windows.as_slice()))
-        .collect();
-    keys.sort_unstable_by_key(|(key, _)| *key);
-    keys.dedup_by_key(|(key, _)| *key);
     let mut locked = Locked::default();
     if keys.is_empty() && scopes.is_empty() {
         return Ok(locked);

@@ -171,26 +171,26 @@ pub fn same_request(first: Option<&str>, own: Option<&str>) -> bool {
 
 /// A batch as one array per column, for `unnest`.
 #[derive(Default)]
-struct Columns<'a> {
-    ids: Vec<Uuid>,
-    recipients: Vec<&'a str>,
-    bodies: Vec<&'a str>,
-    senders: Vec<Option<&'a str>>,
-    ips: Vec<Option<String>>,
-    agents: Vec<Option<&'a str>>,
-    signers: Vec<Option<&'a str>>,
-    keys: Vec<Option<&'a str>>,
-    fingerprints: Vec<Option<&'a str>>,
-    segments: Vec<i16>,
-    encodings: Vec<&'static str>,
-    countries: Vec<Option<&'a str>>,
-    costs: Vec<Option<i64>>,
-    channels: Vec<&'static str>,
-    locales: Vec<Option<&'a str>>,
+pub(super) struct Columns<'a> {
+    pub(super) ids: Vec<Uuid>,
+    pub(super) recipients: Vec<&'a str>,
+    pub(super) bodies: Vec<&'a str>,
+    pub(super) senders: Vec<Option<&'a str>>,
+    pub(super) ips: Vec<Option<String>>,
+    pub(super) agents: Vec<Option<&'a str>>,
+    pub(super) signers: Vec<Option<&'a str>>,
+    pub(super) keys: Vec<Option<&'a str>>,
+    pub(super) fingerprints: Vec<Option<&'a str>>,
+    pub(super) segments: Vec<i16>,
+    pub(super) encodings: Vec<&'static str>,
+    pub(super) countries: Vec<Option<&'a str>>,
+    pub(super) costs: Vec<Option<i64>>,
+    pub(super) channels: Vec<&'static str>,
+    pub(super) locales: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
-    fn of(messages: &[&'a NewMessage]) -> Self {
+    pub(super) fn of(messages: &[&'a NewMessage]) -> Self {
         let mut c = Self::default();
         for message in messages {
             let counted = segments(message.body.as_str());

@@ -3,6 +3,7 @@
 pub mod batcher;
 pub mod carrier_states;
 pub mod embedded;
+pub mod first_hits;
 pub mod handle;
 pub mod ingress_hits;
 mod literal;

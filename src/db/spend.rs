@@ -6,11 +6,14 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 
+use tokio::time::Instant;
+
 use super::{Db, Tx};
 
 use crate::config::Micros;
 use crate::domain::NewMessage;
 use crate::limits::ingress::{OverSpend, SpendCeiling};
+use crate::limits::slices::{self, Leftover, Slices, SpendSlice};
 
 /// The scope of the ceiling of all countries together.
 const ALL: &str = "*";
@@ -18,7 +21,8 @@ const ALL: &str = "*";
 /// What a message of no country is counted under (ISO's user-assigned "ZZ").
 const NO_COUNTRY: &str = "ZZ";
 
-/// Today's totals of the scopes a batch touches, locked until its transaction ends.
+/// Today's totals of the scopes a batch touches, locked until its reservation ends, and the
+/// slices of the sliced ceilings it may spend (`limits::slices`).
 #[derive(Debug, Default)]
 pub struct Spend {
     ceiling: SpendCeiling,
@@ -27,8 +31,23 @@ pub struct Spend {
     /// refusal, decided by the clock that decided the day.
     day_ends_in_ms: i64,
     totals: HashMap<String, Micros>,
-    /// What this batch added to each scope.
+    /// What this batch's messages added to each scope decided on its row.
     added: HashMap<String, Micros>,
+    /// What this batch counted in sliced scopes' rows at once, as slices.
+    granted: HashMap<String, Micros>,
+    /// The slices this batch may spend, per sliced scope.
+    pool: HashMap<String, Vec<SpendSlice>>,
+    /// What admitted messages spent of slices: given back if they are not stored.
+    used: Vec<Leftover>,
+}
+
+/// What a batch needs of the sliced scopes: what the process held, and what to reserve.
+#[derive(Debug, Default)]
+pub struct Needs {
+    /// Per sliced scope: the amount to count in its row now (the shortfall and a share).
+    pub refill: Vec<(String, Micros)>,
+    /// The slices taken from the process.
+    held: HashMap<String, Vec<SpendSlice>>,
 }
 
 /// New totals to write, and rows to drop, for one day.
@@ -58,11 +77,31 @@ impl Reserved {
     pub fn is_empty(&self) -> bool {
         self.added.is_empty()
     }
+
+    /// What the batch added, as what to give back.
+    pub fn leftovers(&self) -> Vec<Leftover> {
+        let Some(day) = self.day else {
+            return Vec::new();
+        };
+        self.added
+            .iter()
+            .map(|(scope, micros)| Leftover::Spend {
+                day,
+                scope: scope.clone(),
+                micros: *micros,
+            })
+            .collect()
+    }
 }
 
-/// The scopes whose rows today's totals of `messages` are kept in (none without a ceiling
-/// or a priced message), sorted: the order every writer locks them in.
-pub fn scopes<'a>(ceiling: &SpendCeiling, messages: &[&'a NewMessage]) -> Vec<&'a str> {
+/// The scopes whose rows today's totals of `messages` are kept in and must be locked (none
+/// without a ceiling or a priced message; a sliced scope only when it is to be refilled),
+/// sorted: the order every writer locks them in.
+pub fn scopes<'a>(
+    ceiling: &SpendCeiling,
+    messages: &[&'a NewMessage],
+    needs: &'a Needs,
+) -> Vec<&'a str> {
     let priced = messages.iter().filter(|m| cost(m) > 0);
     let mut scopes: Vec<&str> = Vec::new();
     for message in priced {
@@ -74,9 +113,86 @@ pub fn scopes<'a>(ceiling: &SpendCeiling, messages: &[&'a NewMessage]) -> Vec<&'
             scopes.push(country(message));
         }
     }
+    scopes.retain(|scope| share(ceiling, scope).is_none());
+    scopes.extend(needs.refill.iter().map(|(scope, _)| scope.as_str()));
     scopes.sort_unstable();
     scopes.dedup();
     scopes
+}
+
+/// The share a slice of `scope` holds beyond what a batch needs, when it is sliced.
+fn share(ceiling: &SpendCeiling, scope: &str) -> Option<Micros> {
+    let limit = if scope == ALL {
+        ceiling.daily
+    } else {
+        ceiling.country_daily
+    };
+    limit.and_then(slices::spend_share)
+}
+
+/// Takes what `messages` would spend of the sliced scopes from the slices this process holds
+/// (none when `from_process` is false); what they do not cover is to be reserved (with a share
+/// more) in the rows.
+pub fn take_slices(
+    ceiling: &SpendCeiling,
+    messages: &[&NewMessage],
+    slices: &Slices,
+    now: Instant,
+    from_process: bool,
+) -> Needs {
+    let mut wanted: HashMap<&str, Micros> = HashMap::new();
+    for message in messages.iter().filter(|m| cost(m) > 0) {
+        for scope in [ALL, country(message)] {
+            if share(ceiling, scope).is_some() {
+                let total = wanted.entry(scope).or_default();
+                *total = total.saturating_add(cost(message));
+            }
+        }
+    }
+    let mut needs = Needs::default();
+    for (scope, wanted) in wanted {
+        let held = if from_process {
+            slices.take_spend(scope, wanted, now)
+        } else {
+            None
+        };
+        let covered = held.as_ref().map_or(0, |s| s.left);
+        if let Some(held) = held {
+            needs.held.entry(scope.to_string()).or_default().push(held);
+        }
+        if covered < wanted {
+            let share = share(ceiling, scope).unwrap_or(0);
+            needs
+                .refill
+                .push((scope.to_string(), (wanted - covered).saturating_add(share)));
+        }
+    }
+    needs.refill.sort_unstable();
+    needs
+}
+
+impl Needs {
+    /// What was taken from the process, to give back if the batch is not decided.
+    pub fn taken(&self) -> Vec<Leftover> {
+        self.held
+            .iter()
+            .flat_map(|(scope, held)| held.iter().map(|slice| spend_leftover(scope, slice)))
+            .collect()
+    }
+
+    /// Whether a slice taken from the process is of another day than `day` (the database's,
+    /// read after the batch waited for its locks): its spend would count on the wrong day.
+    pub fn stale(&self, day: NaiveDate) -> bool {
+        self.held.values().flatten().any(|slice| slice.day != day)
+    }
+}
+
+fn spend_leftover(scope: &str, slice: &SpendSlice) -> Leftover {
+    Leftover::Spend {
+        day: slice.day,
+        scope: scope.to_string(),
+        micros: slice.left,
+    }
 }
 
 /// Locks today's rows of `scopes` (creating them), after whatever the statement this is
@@ -92,12 +208,16 @@ pub const LOCK_TODAY: &str = "INSERT INTO spend_days (day, scope)
 pub type LockedRow = (NaiveDate, String, Micros, i64);
 
 impl Spend {
-    /// Today's totals as locked, decided against `ceiling`.
-    pub fn from_locked(ceiling: &SpendCeiling, rows: Vec<LockedRow>) -> Self {
-        if rows.is_empty() {
-            return Self::default();
-        }
-        Self {
+    /// Today's totals as locked, decided against `ceiling`; the sliced scopes to refill get
+    /// their slices now, as much of what they want as their ceilings have room for.
+    /// `asked`: when the rows were asked for (a slice lasts until the day ends from then).
+    pub fn from_locked(
+        ceiling: &SpendCeiling,
+        rows: Vec<LockedRow>,
+        needs: Needs,
+        asked: Instant,
+    ) -> Self {
+        let mut spend = Self {
             ceiling: *ceiling,
             day: rows.first().map(|(day, _, _, _)| *day),
             day_ends_in_ms: rows.first().map_or(0, |(_, _, _, left)| *left),
@@ -105,8 +225,81 @@ impl Spend {
                 .into_iter()
                 .map(|(_, scope, spent, _)| (scope, spent))
                 .collect(),
-            added: HashMap::new(),
+            pool: needs.held,
+            ..Self::default()
+        };
+        for (scope, wanted) in needs.refill {
+            let (Some(day), Some(limit)) = (spend.day, spend.limit(&scope)) else {
+                continue;
+            };
+            let total = spend.totals.get(&scope).copied().unwrap_or(0);
+            let granted = wanted.min(limit.saturating_sub(total)).max(0);
+            if granted == 0 {
+                continue;
+            }
+            spend.totals.insert(scope.clone(), total + granted);
+            spend.granted.insert(scope.clone(), granted);
+            spend.pool.entry(scope).or_default().push(SpendSlice {
+                day,
+                until: slices::until(asked, spend.day_ends_in_ms),
+                left: granted,
+            });
         }
+        spend
+    }
+
+    fn limit(&self, scope: &str) -> Option<Micros> {
+        if scope == ALL {
+            self.ceiling.daily
+        } else {
+            self.ceiling.country_daily
+        }
+    }
+
+    /// What this batch may still spend of a sliced scope.
+    fn left(&self, scope: &str) -> Micros {
+        self.pool
+            .get(scope)
+            .map_or(0, |slices| slices.iter().map(|s| s.left).sum())
+    }
+
+    /// Spends `cost` of a sliced scope's slices (the caller checked that they hold it).
+    fn spend_slices(&mut self, scope: &str, mut cost: Micros) {
+        for slice in self.pool.get_mut(scope).into_iter().flatten() {
+            let taken = slice.left.min(cost);
+            if taken == 0 {
+                continue;
+            }
+            slice.left -= taken;
+            cost -= taken;
+            self.used.push(Leftover::Spend {
+                day: slice.day,
+                scope: scope.to_string(),
+                micros: taken,
+            });
+        }
+    }
+
+    /// Keeps what this batch did not spend of its slices in the process.
+    pub fn put_back(&mut self, slices: &Slices, now: Instant) {
+        for (scope, held) in self.pool.drain() {
+            for slice in held {
+                slices.put_back_spend(&scope, slice, now);
+            }
+        }
+    }
+
+    /// The slices this batch did not spend, apart from the totals it writes back.
+    pub fn unspent(&mut self) -> Self {
+        Self {
+            pool: std::mem::take(&mut self.pool),
+            ..Self::default()
+        }
+    }
+
+    /// What admitted messages spent of slices, to give back if they are not stored.
+    pub fn used(&mut self) -> Vec<Leftover> {
+        std::mem::take(&mut self.used)
     }
 }
 
@@ -124,36 +317,41 @@ impl Spend {
         self.day.is_some()
     }
 
-    /// Counts `message`'s estimate if no ceiling would be crossed by it.
+    /// Counts `message`'s estimate if no ceiling would be crossed by it: in its slices where
+    /// its scope is sliced, in the locked total otherwise.
     pub fn admit(&mut self, message: &NewMessage) -> Result<(), OverSpend> {
         let cost = cost(message);
-        if cost == 0 || self.day.is_none() {
+        if cost == 0 || self.ceiling.is_empty() {
             return Ok(());
         }
         let country = country(message);
-        let scopes = [
-            (ALL, self.ceiling.daily, None),
-            (country, self.ceiling.country_daily, Some(country)),
-        ];
-        for (scope, limit, named) in scopes {
-            let Some(limit) = limit else { continue };
+        let mut scopes = vec![(ALL, None)];
+        if self.ceiling.country_daily.is_some() {
+            scopes.push((country, Some(country)));
+        }
+        for &(scope, named) in &scopes {
             let spent = self.totals.get(scope).copied().unwrap_or(0);
-            if spent.saturating_add(cost) > limit {
-                return Err(OverSpend {
-                    country: named.map(str::to_string),
-                    limit,
-                    spent,
-                    day_ends_in_ms: self.day_ends_in_ms,
-                });
+            let over = |limit| OverSpend {
+                country: named.map(str::to_string),
+                limit,
+                spent,
+                day_ends_in_ms: self.day_ends_in_ms,
+            };
+            match (share(&self.ceiling, scope), self.limit(scope)) {
+                (Some(_), Some(limit)) if self.left(scope) < cost => return Err(over(limit)),
+                (None, Some(limit)) if spent.saturating_add(cost) > limit => {
+                    return Err(over(limit));
+                }
+                _ => {}
             }
         }
-        let mut scopes = vec![ALL];
-        if self.ceiling.country_daily.is_some() {
-            scopes.push(country);
-        }
-        for scope in scopes {
-            *self.totals.entry(scope.to_string()).or_default() += cost;
-            *self.added.entry(scope.to_string()).or_default() += cost;
+        for (scope, _) in scopes {
+            if share(&self.ceiling, scope).is_some() {
+                self.spend_slices(scope, cost);
+            } else {
+                *self.totals.entry(scope.to_string()).or_default() += cost;
+                *self.added.entry(scope.to_string()).or_default() += cost;
+            }
         }
         Ok(())
     }
@@ -168,7 +366,7 @@ impl Spend {
             ..Update::default()
         };
         for (scope, total) in self.totals {
-            if self.added.contains_key(&scope) {
+            if self.added.contains_key(&scope) || self.granted.contains_key(&scope) {
                 update.scopes.push(scope);
                 update.totals.push(total);
             } else if total == 0 {
@@ -183,22 +381,48 @@ impl Spend {
     }
 }
 
-/// Takes what a batch added out of its day's totals again.
-pub async fn give_back(conn: &mut Tx<'_>, reserved: &Reserved) -> Result<(), sqlx::Error> {
-    let Some(day) = reserved.day else {
+/// Takes the spend of `leftovers` out of the totals of their days.
+pub async fn give_back_leftovers(
+    conn: &mut Tx<'_>,
+    leftovers: &[Leftover],
+) -> Result<(), sqlx::Error> {
+    let mut days: Vec<NaiveDate> = Vec::new();
+    let mut scopes: Vec<&str> = Vec::new();
+    let mut added: Vec<Micros> = Vec::new();
+    for leftover in leftovers {
+        if let Leftover::Spend { day, scope, micros } = leftover {
+            days.push(*day);
+            scopes.push(scope);
+            added.push(*micros);
+        }
+    }
+    if days.is_empty() {
         return Ok(());
-    };
-    let (scopes, added): (Vec<&str>, Vec<Micros>) =
-        reserved.added.iter().map(|(s, v)| (s.as_str(), *v)).unzip();
+    }
+    // The rows are locked in (day, scope) order first, as every reservation locks them, so a
+    // give-back never deadlocks with one. A row back at zero is deleted: a slice or a
+    // reservation that counted nothing in the end leaves no row, as a refusal leaves none.
     sqlx::query(
-        "UPDATE spend_days d SET spent_micros = greatest(d.spent_micros - v.added, 0),
+        "WITH v AS (SELECT day, scope, sum(added)::bigint AS added
+                    FROM unnest($1::date[], $2::text[], $3::bigint[]) AS v(day, scope, added)
+                    GROUP BY day, scope),
+         locked AS (SELECT d.day, d.scope FROM spend_days d JOIN v USING (day, scope)
+                    ORDER BY d.day, d.scope FOR UPDATE OF d)
+         UPDATE spend_days d SET spent_micros = greatest(d.spent_micros - v.added, 0),
              updated_at = clock_timestamp()
-         FROM unnest($2::text[], $3::bigint[]) AS v(scope, added)
-         WHERE d.day = $1 AND d.scope = v.scope",
+         FROM v JOIN locked USING (day, scope) WHERE d.day = v.day AND d.scope = v.scope",
     )
-    .bind(day)
+    .bind(&days)
     .bind(&scopes)
     .bind(&added)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM spend_days d USING unnest($1::date[], $2::text[]) AS v(day, scope)
+         WHERE d.day = v.day AND d.scope = v.scope AND d.spent_micros = 0",
+    )
+    .bind(&days)
+    .bind(&scopes)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -123,6 +123,14 @@ pub struct Check {
     pub mode: LimitMode,
 }
 
+impl Check {
+    /// How many events beyond its needs a batch reserves of this check's key at once, when
+    /// the key is decided on budget slices (`limits::slices`) rather than on its row.
+    pub fn slice_share(&self) -> Option<i64> {
+        super::slices::events_share(&self.windows)
+    }
+}
+
 impl IngressLimits {
     pub fn new(config: &LimitsConfig, spend: &SpendConfig) -> Self {
         Self {
@@ -210,12 +218,17 @@ impl IngressLimits {
                     limit.countries.join(","),
                     country.unwrap_or("ZZ")
                 );
-                checks.push(Check {
-                    key,
-                    windows: vec![window],
-                    kind: LimitKind::Country,
-                    mode: limit.mode,
-                });
+                // Two blocking rules of the same countries and window share one log: each
+                // adds its maximum to it, so the tighter one holds.
+                match checks.iter_mut().find(|c| c.key == key) {
+                    Some(same) => same.windows.push(window),
+                    None => checks.push(Check {
+                        key,
+                        windows: vec![window],
+                        kind: LimitKind::Country,
+                        mode: limit.mode,
+                    }),
+                }
             }
         }
         checks

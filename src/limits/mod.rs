@@ -5,4 +5,5 @@
 pub mod destinations;
 pub mod ingress;
 pub mod pricing;
+pub mod slices;
 pub mod window;

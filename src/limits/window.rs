@@ -213,6 +213,11 @@ impl Counts {
         self.add(windows, at_ms, -1);
     }
 
+    /// Takes `events` counted at `at_ms` out again (a slice's unused part, given back).
+    pub fn withdraw_many(&mut self, windows: &[WindowLimit], at_ms: i64, events: i64) {
+        self.add(windows, at_ms, -events.clamp(0, MAX_COUNT));
+    }
+
     /// Drops the buckets of windows no longer configured, and those that left their window.
     fn prune(&mut self, windows: &[WindowLimit], now_ms: i64) {
         self.0
@@ -258,6 +263,68 @@ pub fn admit(counts: &mut Counts, now_ms: i64, windows: &[WindowLimit]) -> Admis
         counts.add(windows, now_ms, 1);
         Admission::Allowed
     }
+}
+
+/// What [`reserve`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    /// Events counted at once (at most the number wanted).
+    pub granted: i64,
+    /// When fewer than wanted fit: how long until the windows allow one more.
+    pub wait_ms: Option<i64>,
+}
+
+/// Counts up to `wanted` events at `now_ms` at once, as many as `admit` called that many
+/// times would allow: what every window has room for.
+pub fn reserve(counts: &mut Counts, now_ms: i64, windows: &[WindowLimit], wanted: i64) -> Reserved {
+    counts.prune(windows, now_ms);
+    let room = windows
+        .iter()
+        .map(|window| {
+            let counted = counts
+                .inside(window_ms(window), now_ms)
+                .iter()
+                .fold(0i64, |sum, b| sum.saturating_add(b.count));
+            (i64::from(window.max.get()) - counted).max(0)
+        })
+        .min()
+        .unwrap_or(0);
+    let granted = room.min(wanted.clamp(0, MAX_COUNT));
+    if granted > 0 {
+        counts.add(windows, now_ms, granted);
+    }
+    let wait_ms = (granted < wanted).then(|| match admit(&mut counts.clone(), now_ms, windows) {
+        Admission::WaitMs(wait_ms) => wait_ms,
+        // Not reachable: the room is used up. Ask again in a second rather than never.
+        Admission::Allowed => 1_000,
+    });
+    Reserved { granted, wait_ms }
+}
+
+/// How wide a bucket of `window` is (ms).
+pub fn bucket_width_ms(window: &WindowLimit) -> i64 {
+    width(window_ms(window))
+}
+
+/// Whether `a_ms` and `b_ms` fall in the same bucket of every window.
+pub fn same_buckets(windows: &[WindowLimit], a_ms: i64, b_ms: i64) -> bool {
+    windows.iter().all(|window| {
+        let span = window_ms(window);
+        bucket_start(span, a_ms) == bucket_start(span, b_ms)
+    })
+}
+
+/// When the bucket `now_ms` falls in ends first among the windows: an event counted now is
+/// counted in that bucket of each window, so a slice of them may be spent until then.
+pub fn current_buckets_end_in_ms(windows: &[WindowLimit], now_ms: i64) -> i64 {
+    windows
+        .iter()
+        .map(|window| {
+            let span = window_ms(window);
+            bucket_start(span, now_ms) + width(span) - now_ms
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -452,6 +519,39 @@ mod tests {
                     }
                 }
                 prop_assert!(counts.0.len() as i64 <= (BUCKETS_PER_WINDOW + 1) * windows.len() as i64);
+            }
+
+            /// A slice reserved at once counts what as many single admissions would, and
+            /// says the same wait when it falls short.
+            #[test]
+            fn a_reservation_counts_what_as_many_admissions_would(
+                (windows, steps) in scenario(), wanted in 0i64..40
+            ) {
+                let mut counts = Counts::default();
+                let mut now = 1_700_000_000_000i64;
+                for step in steps {
+                    now += step;
+                    let mut one_by_one = counts.clone();
+                    one_by_one.prune(&windows, now);
+                    let mut admitted = 0;
+                    let mut wait = None;
+                    while admitted < wanted {
+                        match admit(&mut one_by_one, now, &windows) {
+                            Admission::Allowed => admitted += 1,
+                            Admission::WaitMs(ms) => {
+                                wait = Some(ms);
+                                break;
+                            }
+                        }
+                    }
+                    let reserved = reserve(&mut counts, now, &windows, wanted);
+                    prop_assert_eq!(reserved, Reserved { granted: admitted, wait_ms: wait });
+                    prop_assert!(counts.same_as(&one_by_one));
+                    // Give some back now and then, as an expired slice does.
+                    if step % 3 == 0 {
+                        counts.withdraw_many(&windows, now, reserved.granted / 2);
+                    }
+                }
             }
         }
     }

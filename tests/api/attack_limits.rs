@@ -382,9 +382,9 @@ const STALL: &str = "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS
                 RETURN NEW; END';
      CREATE TRIGGER stall BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION stall();";
 
-/// kill -9 of the real binary between a batch's reservation (committed) and its insert
-/// (stalled): whatever becomes of the insert, the number's row counts at least what was
-/// stored (over-count only), and a restarted gateway still holds the cap.
+/// kill -9 of the real binary while a batch's insert is stalled: whatever becomes of the
+/// insert, the number's row counts at least what was stored (over-count only), and a
+/// restarted gateway still holds the cap.
 #[tokio::test]
 async fn attack_kill_9_between_reservation_and_insert_never_under_counts() {
     let config = TestConfig::with("[[limits.ingress_recipient]]\nmax = 2\nwindow_seconds = 3600\n");
@@ -423,10 +423,10 @@ async fn attack_kill_9_between_reservation_and_insert_never_under_counts() {
     )
     .await;
     let counted = events_counted(&db.pool, "ingress_hits", "key = 'to:+447400100000'").await;
-    assert_eq!(
-        counted_at_kill, 1,
-        "the reservation was committed before the insert"
-    );
+    // A new number's row is created by the statement that stores its message (one commit
+    // for both), so nothing is counted until that commits; a number seen before is counted by
+    // the reservation, committed before the insert.
+    assert!(counted_at_kill <= 1, "{counted_at_kill}");
     assert!(counted >= stored, "{stored} stored, {counted} counted");
 
     let (restarted, port) = crate::process::spawn_binary(&db, &config, dir.path());

@@ -6,6 +6,7 @@ use smsgate::config::{LimitsConfig, SpendConfig, WindowLimit};
 use smsgate::db::ingress_hits::{Verdict, admit_batch};
 use smsgate::domain::{MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo};
 use smsgate::limits::ingress::IngressLimits;
+use smsgate::limits::slices::Slices;
 
 use crate::helpers::TestApp;
 
@@ -52,7 +53,7 @@ async fn attack_skip_write_refused_new_number_leaves_no_row_and_counts_stay_exac
     // same IP): refused by the IP's cap after its number's row was created.
     let a = message("+14155550001", "192.0.2.1", None);
     let b = message("+14155550002", "192.0.2.1", None);
-    let (verdicts, _) = admit_batch(None, &db, &limits, &[&a, &b])
+    let (verdicts, _) = admit_batch(None, &db, &limits, &Slices::default(), &[&a, &b])
         .await
         .expect("admitted");
     assert!(matches!(verdicts[0], Verdict::Counted(_)), "{verdicts:?}");
@@ -68,7 +69,7 @@ async fn attack_skip_write_refused_new_number_leaves_no_row_and_counts_stay_exac
     let c1 = message("+14155550003", "198.51.100.1", Some("k1"));
     let c2 = message("+14155550003", "198.51.100.2", Some("k1"));
     let c3 = message("+14155550004", "198.51.100.3", None);
-    let (verdicts, _) = admit_batch(None, &db, &limits, &[&c1, &c2, &c3])
+    let (verdicts, _) = admit_batch(None, &db, &limits, &Slices::default(), &[&c1, &c2, &c3])
         .await
         .expect("admitted");
     assert!(matches!(verdicts[0], Verdict::Counted(_)), "{verdicts:?}");
@@ -84,7 +85,7 @@ async fn attack_skip_write_refused_new_number_leaves_no_row_and_counts_stay_exac
         .map(|i| message("+14155550003", &format!("203.0.113.{}", i + 1), None))
         .collect();
     let refs: Vec<&NewMessage> = more.iter().collect();
-    let (verdicts, _) = admit_batch(None, &db, &limits, &refs)
+    let (verdicts, _) = admit_batch(None, &db, &limits, &Slices::default(), &refs)
         .await
         .expect("admitted");
     let counted = verdicts
