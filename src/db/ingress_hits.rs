@@ -200,6 +200,8 @@ impl Batch<'_> {
             })
             .collect();
         reservation.sliced.extend(spend.used());
+        trim_refills(&mut events, &mut logs, &refill, now_ms);
+        spend.trim_grants();
         if let Some(reserving) = reserving {
             let unspent = spend.unspent();
             reservation.spend = commit_reservation(reserving, logs, &created, spend).await?;
@@ -286,6 +288,21 @@ fn refill_events(
         );
         if let Some(wait_ms) = reserved.wait_ms {
             events.run_dry(key, wait_ms);
+        }
+    }
+}
+
+/// Leaves each refilled key's slice with at most a share unused: the rest of what the batch
+/// reserved for messages other limits refused is taken out of the counts before they are
+/// written, so it is never held.
+fn trim_refills(events: &mut EventPool, logs: &mut Logs, refill: &[Refill], now_ms: i64) {
+    for (key, windows, _) in refill {
+        let share = slices::events_share(windows).unwrap_or(0);
+        let dropped = events.trim(key, now_ms, share);
+        if dropped > 0
+            && let Some(counts) = logs.get_mut(key)
+        {
+            counts.withdraw_many(windows, now_ms, dropped);
         }
     }
 }

@@ -289,6 +289,24 @@ impl Spend {
         }
     }
 
+    /// Leaves each scope's refill with at most a share unused: the rest of what the batch
+    /// counted for messages other limits refused comes out of the total it writes back.
+    pub fn trim_grants(&mut self) {
+        for (scope, granted) in &mut self.granted {
+            let share = share(&self.ceiling, scope).unwrap_or(0);
+            // The refill is the last slice of its scope (`from_locked`).
+            let Some(refill) = self.pool.get_mut(scope).and_then(|s| s.last_mut()) else {
+                continue;
+            };
+            let excess = (refill.left - share).max(0).min(*granted);
+            refill.left -= excess;
+            *granted -= excess;
+            if let Some(total) = self.totals.get_mut(scope) {
+                *total -= excess;
+            }
+        }
+    }
+
     /// The slices this batch did not spend, apart from the totals it writes back.
     pub fn unspent(&mut self) -> Self {
         Self {

@@ -296,6 +296,23 @@ impl EventPool {
         })
     }
 
+    /// Keeps at most `keep` of what is left of `key`'s slices counted at `at_ms` (the batch's
+    /// own refill); returns how many it dropped, to take out of the counts before they are
+    /// written. A refill counts the batch's whole need, and what other limits refused of it
+    /// would otherwise stay held, beyond a share, for as long as the slice lasts.
+    pub fn trim(&mut self, key: &str, at_ms: i64, keep: i64) -> i64 {
+        let mut kept = 0;
+        let mut dropped = 0;
+        let refills = self.held.get_mut(key).into_iter().flatten();
+        for slice in refills.filter(|s| s.at_ms == at_ms) {
+            let excess = (slice.left - (keep - kept).max(0)).max(0);
+            slice.left -= excess;
+            dropped += excess;
+            kept += slice.left;
+        }
+        dropped
+    }
+
     /// Everything the batch holds, as what to give back if it is not decided.
     pub fn taken(&self) -> Vec<Leftover> {
         self.held

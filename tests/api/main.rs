@@ -8,6 +8,7 @@ mod attack_partitions;
 mod attack_queue_fk;
 mod attack_registry;
 mod attack_skip_write;
+mod attack_slices;
 mod attack_telnyx;
 mod auth;
 mod carriers;

@@ -277,3 +277,24 @@ async fn status_of(app: &TestApp, number: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+/// Found by an attack: a refill counts its batch's whole need, and what other limits then
+/// refused of it stayed held for as long as the slice lasted, so a busy cap (or a monitoring
+/// rule) ran dry early in other processes. Now the reservation keeps at most a share unused.
+#[tokio::test]
+async fn a_refill_keeps_no_more_than_a_share_of_what_other_limits_refused() {
+    let config = TestConfig::with(
+        "[[limits.ip]]\nmax = 1\nwindow_seconds = 3600\n\
+         [[limits.country]]\ncountries = [\"GB\"]\nmax = 1000\nwindow_seconds = 3600\n",
+    );
+    let app = TestApp::spawn_with(&config).await;
+    let one_address: Vec<Value> = (0..40)
+        .map(|i| from_ip(&format!("+4474007{i:05}"), "192.0.2.1"))
+        .collect();
+    let statuses = burst([&app, &app], one_address).await;
+    assert_eq!(count(&statuses, 200), 1, "{statuses:?}");
+    // The stored one, and at most a share of 10 held by each of the process's two writers:
+    // not the 39 the address's cap refused.
+    let counted = counted_in_caps(&app).await;
+    assert!((1..=21).contains(&counted), "{counted}");
+}
