@@ -218,9 +218,12 @@ impl Writer {
         if self.limits.is_empty() {
             return each(self.store_unlimited(messages).await, messages.len());
         }
-        match ingress_hits::plan_first_hits(&self.limits, &self.slices, messages) {
-            Some(plan) if !plan.messages.is_empty() => self.store_first_hits(messages, plan).await,
-            _ => each(self.store_reserved(messages).await, messages.len()),
+        let started = tokio::time::Instant::now();
+        match ingress_hits::plan_first_hits(&self.limits, &self.slices, messages, started) {
+            Some(plan) if !plan.messages.is_empty() => {
+                self.store_first_hits(messages, plan, started).await
+            }
+            _ => each(self.store_reserved(messages, started).await, messages.len()),
         }
     }
 
@@ -242,6 +245,7 @@ impl Writer {
         &self,
         messages: &[&NewMessage],
         plan: FirstHitsPlan,
+        started: tokio::time::Instant,
     ) -> Vec<Outcome> {
         let planned: Vec<&NewMessage> = plan.messages.iter().map(|&i| messages[i]).collect();
         let hits = match self.first_hits(&planned, &plan).await {
@@ -281,7 +285,7 @@ impl Writer {
             .collect();
         if !rest.is_empty() {
             let left: Vec<&NewMessage> = rest.iter().map(|&i| messages[i]).collect();
-            let decided = each(self.store_reserved(&left).await, left.len());
+            let decided = each(self.store_reserved(&left, started).await, left.len());
             for (i, outcome) in rest.into_iter().zip(decided) {
                 outcomes[i] = Some(outcome);
             }
@@ -322,6 +326,7 @@ impl Writer {
     async fn store_reserved(
         &self,
         messages: &[&NewMessage],
+        started: tokio::time::Instant,
     ) -> Result<Vec<Result<Stored, Refused>>, sqlx::Error> {
         // A batch with keys holds their locks in the transaction that stores it, and tells
         // repeats apart once they are held; one without is stored by a single statement that
@@ -338,13 +343,20 @@ impl Writer {
                 &self.limits,
                 &self.slices,
                 messages,
+                started,
             )
             .await?;
             (tx, verdicts, reservation)
         } else {
-            let (verdicts, reservation) =
-                ingress_hits::admit_batch(None, &self.pool, &self.limits, &self.slices, messages)
-                    .await?;
+            let (verdicts, reservation) = ingress_hits::admit_batch(
+                None,
+                &self.pool,
+                &self.limits,
+                &self.slices,
+                messages,
+                started,
+            )
+            .await?;
             match self.pool.for_one_statement().await {
                 Ok(conn) => (conn, verdicts, reservation),
                 Err(err) => {

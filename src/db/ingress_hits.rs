@@ -69,6 +69,7 @@ pub async fn admit_batch(
     limits: &IngressLimits,
     slices: &Slices,
     messages: &[&NewMessage],
+    started: Instant,
 ) -> Result<(Vec<Verdict>, Reservation), sqlx::Error> {
     // A batch with a copy of a keyed request waits here for any other batch holding the same
     // key: the look-up below then sees that batch's commit, so two copies are never both
@@ -82,7 +83,7 @@ pub async fn admit_batch(
         limits,
         slices,
         messages,
-        checks: messages.iter().map(|m| limits.checks(m)).collect(),
+        checks: checks_of(limits, slices, messages, started),
         known,
     };
     match batch.attempt(pool, true).await? {
@@ -230,6 +231,34 @@ fn utc_day(at_ms: i64) -> chrono::NaiveDate {
         .unwrap_or_default()
 }
 
+/// The checks of each message, those on busy keys marked sliced (`Slices::busy`) for the
+/// batch that started at `started`.
+fn checks_of(
+    limits: &IngressLimits,
+    slices: &Slices,
+    messages: &[&NewMessage],
+    started: Instant,
+) -> Vec<Vec<Check>> {
+    let mut checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
+    let mut sliceable: Vec<&str> = checks
+        .iter()
+        .flatten()
+        .filter(|c| c.slice_share().is_some())
+        .map(|c| c.key.as_str())
+        .collect();
+    sliceable.sort_unstable();
+    sliceable.dedup();
+    let busy: std::collections::HashSet<String> = slices
+        .busy(sliceable.into_iter(), started)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    for check in checks.iter_mut().flatten() {
+        check.sliced = busy.contains(&check.key);
+    }
+    checks
+}
+
 /// A message whose idempotency key is known: a repeat of its request, or a reuse of the key.
 fn prior(known: &HashMap<String, Option<String>>, message: &NewMessage) -> Option<Verdict> {
     let key = message.idempotency_key.as_ref()?;
@@ -252,7 +281,7 @@ fn keys_to_lock<'a>(
     let mut keys: Vec<(&str, &[WindowLimit])> = checks
         .iter()
         .flatten()
-        .filter(|c| c.slice_share().is_none())
+        .filter(|c| !c.sliced)
         .map(|c| (c.key.as_str(), c.windows.as_slice()))
         .chain(
             refill
@@ -375,11 +404,12 @@ pub fn plan_first_hits(
     limits: &IngressLimits,
     slices: &Slices,
     messages: &[&NewMessage],
+    started: Instant,
 ) -> Option<FirstHitsPlan> {
     if messages.iter().any(|m| m.idempotency_key.is_some()) {
         return None;
     }
-    let checks: Vec<Vec<Check>> = messages.iter().map(|m| limits.checks(m)).collect();
+    let checks = checks_of(limits, slices, messages, started);
     let now = Instant::now();
     let (mut events, refill) = take_event_slices(checks.iter(), slices, now, true);
     let needs = spend::take_slices(&limits.spend, messages, slices, now, true);
@@ -393,8 +423,7 @@ pub fn plan_first_hits(
     let mut plan = FirstHitsPlan::default();
     let mut claimed: HashMap<&str, &[WindowLimit]> = HashMap::new();
     for (i, (message, checks)) in messages.iter().zip(&checks).enumerate() {
-        let (sliced, rows): (Vec<&Check>, Vec<&Check>) =
-            checks.iter().partition(|c| c.slice_share().is_some());
+        let (sliced, rows): (Vec<&Check>, Vec<&Check>) = checks.iter().partition(|c| c.sliced);
         if rows.iter().any(|c| claimed.contains_key(c.key.as_str()))
             || sliced.iter().any(|c| events.left(&c.key) == 0)
             || spend.admit(message).is_err()
@@ -442,7 +471,7 @@ fn take_event_slices<'a>(
     from_process: bool,
 ) -> (EventPool, Vec<Refill>) {
     let mut wanted: HashMap<&str, (&Check, i64)> = HashMap::new();
-    for check in checks.flatten().filter(|c| c.slice_share().is_some()) {
+    for check in checks.flatten().filter(|c| c.sliced) {
         wanted.entry(&check.key).or_insert((check, 0)).1 += 1;
     }
     let mut pool = EventPool::default();
@@ -482,8 +511,7 @@ struct Decisions<'a> {
 impl Decisions<'_> {
     /// A new message against its checks and the spend ceilings; counted where admitted.
     fn decide(&mut self, message: &NewMessage, checks: &[Check]) -> Verdict {
-        let (sliced, rows): (Vec<&Check>, Vec<&Check>) =
-            checks.iter().partition(|c| c.slice_share().is_some());
+        let (sliced, rows): (Vec<&Check>, Vec<&Check>) = checks.iter().partition(|c| c.sliced);
         let rows: Vec<Check> = rows.into_iter().cloned().collect();
         // A sliced limit with nothing left: a blocking one refuses, a monitoring one reports
         // (and, as on a row, counts nothing).

@@ -1,8 +1,9 @@
 //! The ingress's limits: `[[limits.ip]]` windows per client IP (Auth0's forwarded `req.ip`),
 //! `[[limits.ingress_recipient]]` caps per number, `[[limits.country]]` caps per destination
-//! country, and `[spend]`'s daily ceilings. All are decided in the same transaction that
-//! stores the batch (see `db::ingress_hits`), so they hold exactly across processes; a refused
-//! request stores nothing and counts nowhere. A limit in `monitor` mode refuses nothing: what
+//! country, and `[spend]`'s daily ceilings. All are decided on counts in the database before
+//! the batch is stored (`db::ingress_hits`, `db::first_hits`; busy ones in slices,
+//! `limits::slices`), so they hold exactly across processes; a refused request stores nothing
+//! and counts nowhere. A limit in `monitor` mode refuses nothing: what
 //! it would have refused is reported instead.
 
 use std::fmt;
@@ -121,11 +122,14 @@ pub struct Check {
     pub windows: Vec<WindowLimit>,
     pub kind: LimitKind,
     pub mode: LimitMode,
+    /// Decided on budget slices in this batch (`limits::slices`): a key whose cap allows a
+    /// share that this process needed recently. Set by the batch, not by `checks`.
+    pub sliced: bool,
 }
 
 impl Check {
     /// How many events beyond its needs a batch reserves of this check's key at once, when
-    /// the key is decided on budget slices (`limits::slices`) rather than on its row.
+    /// the key may be decided on budget slices (`limits::slices`) rather than on its row.
     pub fn slice_share(&self) -> Option<i64> {
         super::slices::events_share(&self.windows)
     }
@@ -227,6 +231,7 @@ impl IngressLimits {
                         windows: vec![window],
                         kind: LimitKind::Country,
                         mode: limit.mode,
+                        sliced: false,
                     }),
                 }
             }
@@ -247,6 +252,7 @@ fn split_by_mode(checks: &mut Vec<Check>, windows: &[WindowLimit], key: &str, ki
             windows: block,
             kind,
             mode: LimitMode::Block,
+            sliced: false,
         });
     }
     for window in monitor {
@@ -255,6 +261,7 @@ fn split_by_mode(checks: &mut Vec<Check>, windows: &[WindowLimit], key: &str, ki
             windows: vec![window],
             kind,
             mode: LimitMode::Monitor,
+            sliced: false,
         });
     }
 }

@@ -92,6 +92,9 @@ struct State {
     events: HashMap<String, EventSlice>,
     spend: HashMap<String, SpendSlice>,
     leftovers: Vec<Leftover>,
+    /// When each key that may be sliced was last needed by a batch of this process, and by
+    /// the batch before that one.
+    needed: HashMap<String, (Instant, Option<Instant>)>,
 }
 
 impl State {
@@ -139,6 +142,33 @@ impl Slices {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Of `keys` (whose caps allow a share), those a batch that started at `batch` decides on
+    /// slices: the ones this process holds a slice of, or an earlier batch needed within the
+    /// last `HOLD`. A key seen for the first time (a new client address under a high cap) is
+    /// decided on its row, as a small cap's is: a slice of a key nobody asks for again would
+    /// only be counted and given back. (Asked twice for one batch, the same answer.)
+    pub fn busy<'k>(&self, keys: impl Iterator<Item = &'k str>, batch: Instant) -> Vec<&'k str> {
+        let mut state = self.state();
+        let recently = batch.checked_sub(HOLD);
+        let mut busy = Vec::new();
+        for key in keys {
+            let held = state.events.contains_key(key);
+            let earlier = match state.needed.get(key).copied() {
+                Some((last, before)) if last >= batch => before.filter(|at| *at < batch),
+                Some((last, _)) => Some(last),
+                None => None,
+            };
+            if held || earlier.is_some_and(|at| recently.is_none_or(|r| at > r)) {
+                busy.push(key);
+            }
+            let needed = state.needed.entry(key.to_string()).or_insert((batch, None));
+            if needed.0 < batch {
+                *needed = (batch, Some(needed.0));
+            }
+        }
+        busy
     }
 
     /// Takes up to `wanted` events of `key`'s live slice (`None`: none held).
@@ -221,10 +251,14 @@ impl Slices {
         self.state().leftovers.extend(leftovers);
     }
 
-    /// The unused parts of the slices that expired by `now`, taken out of this process.
+    /// The unused parts of the slices that expired by `now`, taken out of this process; and
+    /// keys not needed within `HOLD` are forgotten.
     pub fn take_leftovers(&self, now: Instant) -> Vec<Leftover> {
         let mut state = self.state();
         state.expire(now);
+        if let Some(recently) = now.checked_sub(HOLD) {
+            state.needed.retain(|_, (at, _)| *at > recently);
+        }
         std::mem::take(&mut state.leftovers)
     }
 
@@ -428,6 +462,27 @@ mod tests {
             Some(10)
         );
         assert_eq!(slices.take_leftovers(now).len(), 1);
+    }
+
+    #[test]
+    fn a_key_is_busy_once_an_earlier_batch_needed_it_lately() {
+        let slices = Slices::default();
+        let first = Instant::now();
+        let keys = || ["cc:x"].into_iter();
+        assert!(slices.busy(keys(), first).is_empty(), "first sight");
+        assert!(
+            slices.busy(keys(), first).is_empty(),
+            "the same batch asking again"
+        );
+        let second = first + Duration::from_millis(10);
+        assert_eq!(slices.busy(keys(), second), ["cc:x"]);
+        assert_eq!(
+            slices.busy(keys(), second),
+            ["cc:x"],
+            "the same batch, same answer"
+        );
+        let much_later = second + HOLD + Duration::from_millis(1);
+        assert!(slices.busy(keys(), much_later).is_empty(), "not lately");
     }
 
     #[test]

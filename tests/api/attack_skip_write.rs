@@ -53,9 +53,16 @@ async fn attack_skip_write_refused_new_number_leaves_no_row_and_counts_stay_exac
     // same IP): refused by the IP's cap after its number's row was created.
     let a = message("+14155550001", "192.0.2.1", None);
     let b = message("+14155550002", "192.0.2.1", None);
-    let (verdicts, _) = admit_batch(None, &db, &limits, &Slices::default(), &[&a, &b])
-        .await
-        .expect("admitted");
+    let (verdicts, _) = admit_batch(
+        None,
+        &db,
+        &limits,
+        &Slices::default(),
+        &[&a, &b],
+        tokio::time::Instant::now(),
+    )
+    .await
+    .expect("admitted");
     assert!(matches!(verdicts[0], Verdict::Counted(_)), "{verdicts:?}");
     assert!(matches!(verdicts[1], Verdict::Refused(_)), "{verdicts:?}");
     assert!(
@@ -69,9 +76,16 @@ async fn attack_skip_write_refused_new_number_leaves_no_row_and_counts_stay_exac
     let c1 = message("+14155550003", "198.51.100.1", Some("k1"));
     let c2 = message("+14155550003", "198.51.100.2", Some("k1"));
     let c3 = message("+14155550004", "198.51.100.3", None);
-    let (verdicts, _) = admit_batch(None, &db, &limits, &Slices::default(), &[&c1, &c2, &c3])
-        .await
-        .expect("admitted");
+    let (verdicts, _) = admit_batch(
+        None,
+        &db,
+        &limits,
+        &Slices::default(),
+        &[&c1, &c2, &c3],
+        tokio::time::Instant::now(),
+    )
+    .await
+    .expect("admitted");
     assert!(matches!(verdicts[0], Verdict::Counted(_)), "{verdicts:?}");
     assert!(matches!(verdicts[2], Verdict::Counted(_)), "{verdicts:?}");
     // c2 had no key look-up (no tx): decided as new, to an IP of its own.
@@ -85,9 +99,16 @@ async fn attack_skip_write_refused_new_number_leaves_no_row_and_counts_stay_exac
         .map(|i| message("+14155550003", &format!("203.0.113.{}", i + 1), None))
         .collect();
     let refs: Vec<&NewMessage> = more.iter().collect();
-    let (verdicts, _) = admit_batch(None, &db, &limits, &Slices::default(), &refs)
-        .await
-        .expect("admitted");
+    let (verdicts, _) = admit_batch(
+        None,
+        &db,
+        &limits,
+        &Slices::default(),
+        &refs,
+        tokio::time::Instant::now(),
+    )
+    .await
+    .expect("admitted");
     let counted = verdicts
         .iter()
         .filter(|v| matches!(v, Verdict::Counted(_)))

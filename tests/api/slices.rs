@@ -107,31 +107,35 @@ async fn what_a_process_holds_unused_is_given_back_when_it_expires_and_when_it_s
     let second = first.spawn_sibling(&config, Role::Ingress).await;
     let pool = first.pool.clone();
 
-    assert_eq!(
-        burst([&first, &first], british(0, 1)).await,
-        [200],
-        "stored"
-    );
-    // One stored, and the rest of a slice of 1 + 3 held by the first process.
-    assert_eq!(counted_in_caps(&first).await, 4);
+    let post = async |n: usize| {
+        assert_eq!(
+            burst([&first, &first], british(n, 1)).await,
+            [200],
+            "stored"
+        );
+    };
+    // A country nobody asked for lately is decided on its row: one event, nothing held.
+    post(0).await;
+    assert_eq!(counted_in_caps(&first).await, 1);
+    // Asked for again within 5 s, it is busy: a slice of 1 + 3, the rest held by the process.
+    post(1).await;
+    assert_eq!(counted_in_caps(&first).await, 5);
     wait_until(
         "the expired slice's rest given back",
         Duration::from_secs(15),
-        async || counted_in_caps(&second).await == 1,
+        async || counted_in_caps(&second).await == 2,
     )
     .await;
 
-    assert_eq!(
-        burst([&first, &first], british(1, 1)).await,
-        [200],
-        "stored"
-    );
-    assert_eq!(counted_in_caps(&second).await, 5);
+    post(2).await;
+    post(3).await;
+    let counted = counted_in_caps(&second).await;
+    assert!(counted > 4, "a slice is held again: {counted}");
     drop(first);
     wait_until(
         "a stopping process's slice given back",
         Duration::from_secs(4),
-        async || events_counted(&pool, "ingress_hits", "key LIKE 'cc:%'").await == 2,
+        async || events_counted(&pool, "ingress_hits", "key LIKE 'cc:%'").await == 4,
     )
     .await;
 }
@@ -206,7 +210,12 @@ async fn a_slice_gone_stale_while_its_batch_waited_for_a_lock_is_not_spent() {
     );
     let app = TestApp::spawn_with(&config).await;
     let number = "+447400600001";
-    assert_eq!(status_of(&app, number).await, 200, "takes a slice of 1 + 3");
+    assert_eq!(status_of(&app, number).await, 200, "decided on the row");
+    assert_eq!(
+        status_of(&app, "+447400600002").await,
+        200,
+        "busy now: takes a slice of 1 + 3"
+    );
 
     // The number's row is held: the next request to it waits in its reservation, holding
     // the process's slice, while the database's clock moves to the next bucket.
@@ -254,12 +263,12 @@ async fn a_slice_gone_stale_while_its_batch_waited_for_a_lock_is_not_spent() {
     holder.commit().await.expect("release");
     assert_eq!(waiting.await.expect("joined"), 200);
 
-    // Once every slice is given back, each bucket holds one event: the second request was
-    // counted in the bucket it was decided in, not in the first one.
+    // Once every slice is given back, the third request is counted in a bucket after the
+    // one the test saw before it waited, not in the slice's earlier bucket.
     wait_until(
         "every slice given back",
         Duration::from_secs(15),
-        async || counted_in_caps(&app).await == 2,
+        async || counted_in_caps(&app).await == 3,
     )
     .await;
     let counts: Vec<i64> =
@@ -267,8 +276,8 @@ async fn a_slice_gone_stale_while_its_batch_waited_for_a_lock_is_not_spent() {
             .fetch_one(&app.pool)
             .await
             .expect("counts");
-    let per_bucket: Vec<i64> = counts.chunks_exact(3).map(|t| t[2]).collect();
-    assert_eq!(per_bucket, [1, 1], "{counts:?}");
+    let latest = counts.chunks_exact(3).map(|t| t[1]).max().unwrap_or(0);
+    assert!(latest > bucket * 1000, "{counts:?} (seen at {bucket} s)");
 }
 
 async fn status_of(app: &TestApp, number: &str) -> u16 {
@@ -288,13 +297,18 @@ async fn a_refill_keeps_no_more_than_a_share_of_what_other_limits_refused() {
          [[limits.country]]\ncountries = [\"GB\"]\nmax = 1000\nwindow_seconds = 3600\n",
     );
     let app = TestApp::spawn_with(&config).await;
+    // Makes the country busy: the burst below refills its slice.
+    assert_eq!(
+        burst([&app, &app], vec![from_ip("+447400799999", "192.0.2.99")]).await,
+        [200]
+    );
     let one_address: Vec<Value> = (0..40)
         .map(|i| from_ip(&format!("+4474007{i:05}"), "192.0.2.1"))
         .collect();
     let statuses = burst([&app, &app], one_address).await;
     assert_eq!(count(&statuses, 200), 1, "{statuses:?}");
-    // The stored one, and at most a share of 10 held by each of the process's two writers:
+    // The two stored, and at most a share of 10 held by each of the process's two writers:
     // not the 39 the address's cap refused.
     let counted = counted_in_caps(&app).await;
-    assert!((1..=21).contains(&counted), "{counted}");
+    assert!((2..=22).contains(&counted), "{counted}");
 }
