@@ -21,7 +21,7 @@ use super::{
     messages::{self, Enqueued},
 };
 use crate::domain::NewMessage;
-use crate::limits::ingress::{IngressLimits, LimitRefusal, Limited, Monitored, OverSpend};
+use crate::limits::ingress::{Check, IngressLimits, LimitRefusal, Limited, Monitored, OverSpend};
 use crate::limits::slices::Slices;
 
 /// Most messages in one insert.
@@ -219,11 +219,12 @@ impl Writer {
             return each(self.store_unlimited(messages).await, messages.len());
         }
         let started = tokio::time::Instant::now();
-        match ingress_hits::plan_first_hits(&self.limits, &self.slices, messages, started) {
+        let checks = ingress_hits::checks_of(&self.limits, &self.slices, messages, started);
+        match ingress_hits::plan_first_hits(&self.limits, &self.slices, messages, &checks) {
             Some(plan) if !plan.messages.is_empty() => {
-                self.store_first_hits(messages, plan, started).await
+                self.store_first_hits(messages, plan, checks).await
             }
-            _ => each(self.store_reserved(messages, started).await, messages.len()),
+            _ => each(self.store_reserved(messages, checks).await, messages.len()),
         }
     }
 
@@ -245,7 +246,7 @@ impl Writer {
         &self,
         messages: &[&NewMessage],
         plan: FirstHitsPlan,
-        started: tokio::time::Instant,
+        checks: Vec<Vec<Check>>,
     ) -> Vec<Outcome> {
         let planned: Vec<&NewMessage> = plan.messages.iter().map(|&i| messages[i]).collect();
         let hits = match self.first_hits(&planned, &plan).await {
@@ -285,7 +286,8 @@ impl Writer {
             .collect();
         if !rest.is_empty() {
             let left: Vec<&NewMessage> = rest.iter().map(|&i| messages[i]).collect();
-            let decided = each(self.store_reserved(&left, started).await, left.len());
+            let left_checks = rest.iter().map(|&i| checks[i].clone()).collect();
+            let decided = each(self.store_reserved(&left, left_checks).await, left.len());
             for (i, outcome) in rest.into_iter().zip(decided) {
                 outcomes[i] = Some(outcome);
             }
@@ -326,7 +328,7 @@ impl Writer {
     async fn store_reserved(
         &self,
         messages: &[&NewMessage],
-        started: tokio::time::Instant,
+        checks: Vec<Vec<Check>>,
     ) -> Result<Vec<Result<Stored, Refused>>, sqlx::Error> {
         // A batch with keys holds their locks in the transaction that stores it, and tells
         // repeats apart once they are held; one without is stored by a single statement that
@@ -343,7 +345,7 @@ impl Writer {
                 &self.limits,
                 &self.slices,
                 messages,
-                started,
+                checks,
             )
             .await?;
             (tx, verdicts, reservation)
@@ -354,7 +356,7 @@ impl Writer {
                 &self.limits,
                 &self.slices,
                 messages,
-                started,
+                checks,
             )
             .await?;
             match self.pool.for_one_statement().await {

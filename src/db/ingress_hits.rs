@@ -69,7 +69,7 @@ pub async fn admit_batch(
     limits: &IngressLimits,
     slices: &Slices,
     messages: &[&NewMessage],
-    started: Instant,
+    checks: Vec<Vec<Check>>,
 ) -> Result<(Vec<Verdict>, Reservation), sqlx::Error> {
     // A batch with a copy of a keyed request waits here for any other batch holding the same
     // key: the look-up below then sees that batch's commit, so two copies are never both
@@ -83,7 +83,7 @@ pub async fn admit_batch(
         limits,
         slices,
         messages,
-        checks: checks_of(limits, slices, messages, started),
+        checks,
         known,
     };
     match batch.attempt(pool, true).await? {
@@ -232,8 +232,9 @@ fn utc_day(at_ms: i64) -> chrono::NaiveDate {
 }
 
 /// The checks of each message, those on busy keys marked sliced (`Slices::busy`) for the
-/// batch that started at `started`.
-fn checks_of(
+/// batch that started at `started`. Asked once per batch: its plan and its reservation decide
+/// on the same marks.
+pub fn checks_of(
     limits: &IngressLimits,
     slices: &Slices,
     messages: &[&NewMessage],
@@ -404,12 +405,11 @@ pub fn plan_first_hits(
     limits: &IngressLimits,
     slices: &Slices,
     messages: &[&NewMessage],
-    started: Instant,
+    checks: &[Vec<Check>],
 ) -> Option<FirstHitsPlan> {
     if messages.iter().any(|m| m.idempotency_key.is_some()) {
         return None;
     }
-    let checks = checks_of(limits, slices, messages, started);
     let now = Instant::now();
     let (mut events, refill) = take_event_slices(checks.iter(), slices, now, true);
     let needs = spend::take_slices(&limits.spend, messages, slices, now, true);
@@ -422,7 +422,7 @@ pub fn plan_first_hits(
     }
     let mut plan = FirstHitsPlan::default();
     let mut claimed: HashMap<&str, &[WindowLimit]> = HashMap::new();
-    for (i, (message, checks)) in messages.iter().zip(&checks).enumerate() {
+    for (i, (message, checks)) in messages.iter().zip(checks).enumerate() {
         let (sliced, rows): (Vec<&Check>, Vec<&Check>) = checks.iter().partition(|c| c.sliced);
         if rows.iter().any(|c| claimed.contains_key(c.key.as_str()))
             || sliced.iter().any(|c| events.left(&c.key) == 0)

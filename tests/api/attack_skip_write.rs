@@ -3,7 +3,7 @@
 //! batch and two messages to one new number must leave the counts exactly as decided.
 
 use smsgate::config::{LimitsConfig, SpendConfig, WindowLimit};
-use smsgate::db::ingress_hits::{Verdict, admit_batch};
+use smsgate::db::ingress_hits::{Verdict, admit_batch, checks_of};
 use smsgate::domain::{MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo};
 use smsgate::limits::ingress::IngressLimits;
 use smsgate::limits::slices::Slices;
@@ -48,6 +48,7 @@ async fn attack_skip_write_refused_new_number_leaves_no_row_and_counts_stay_exac
         &SpendConfig::default(),
     );
     let db = smsgate::db::Db::direct(app.pool.clone());
+    let slices = Slices::default();
 
     // First message of the IP to a new number: counted; the second (another new number,
     // same IP): refused by the IP's cap after its number's row was created.
@@ -57,9 +58,9 @@ async fn attack_skip_write_refused_new_number_leaves_no_row_and_counts_stay_exac
         None,
         &db,
         &limits,
-        &Slices::default(),
+        &slices,
         &[&a, &b],
-        tokio::time::Instant::now(),
+        checks_of(&limits, &slices, &[&a, &b], tokio::time::Instant::now()),
     )
     .await
     .expect("admitted");
@@ -80,9 +81,14 @@ async fn attack_skip_write_refused_new_number_leaves_no_row_and_counts_stay_exac
         None,
         &db,
         &limits,
-        &Slices::default(),
+        &slices,
         &[&c1, &c2, &c3],
-        tokio::time::Instant::now(),
+        checks_of(
+            &limits,
+            &slices,
+            &[&c1, &c2, &c3],
+            tokio::time::Instant::now(),
+        ),
     )
     .await
     .expect("admitted");
@@ -103,9 +109,9 @@ async fn attack_skip_write_refused_new_number_leaves_no_row_and_counts_stay_exac
         None,
         &db,
         &limits,
-        &Slices::default(),
+        &slices,
         &refs,
-        tokio::time::Instant::now(),
+        checks_of(&limits, &slices, &refs, tokio::time::Instant::now()),
     )
     .await
     .expect("admitted");
