@@ -74,6 +74,10 @@ pub struct Plan {
     pub recipient_limit: Option<Window>,
     pub ip_limit: Option<Window>,
     pub ingress_recipient_limit: Option<Window>,
+    /// A country cap high enough to be spent in budget slices (max >= 200), on every country:
+    /// the soak's requests never reach it, so it refuses nothing, yet the slices are taken,
+    /// refilled and given back through kills and database restarts.
+    pub country_limit: Option<Window>,
     pub retention_days: u32,
     /// 1 or 2 processes on the database; the second may be a worker only.
     pub second_process: Option<&'static str>,
@@ -109,6 +113,12 @@ impl Plan {
         let recipient_limit = window(&mut rng, 1..3, 1..5);
         let ip_limit = window(&mut rng, 10..40, 2..8);
         let ingress_recipient_limit = window(&mut rng, 2..6, 2..8);
+        // Drawn from a generator of its own, so the seeds on file keep their scenarios.
+        let country_limit = window(
+            &mut StdRng::seed_from_u64(seed ^ 0x736c_6963_6573),
+            200..261,
+            30..3600,
+        );
         let requests = requests(&mut rng, seed, duration);
         let events = events(&mut rng, &carriers, requests.len(), duration);
         Self {
@@ -125,6 +135,7 @@ impl Plan {
             recipient_limit,
             ip_limit,
             ingress_recipient_limit,
+            country_limit,
             retention_days: if rng.random_bool(0.5) { 0 } else { 7 },
             second_process: match rng.random_range(0..3) {
                 0 => None,
@@ -174,6 +185,12 @@ impl Plan {
             toml += &format!(
                 "[[routes]]\nprefix = \"{prefix}\"\ncarriers = [{}]\n",
                 names.join(", ")
+            );
+        }
+        if let Some(w) = self.country_limit {
+            toml += &format!(
+                "[[limits.country]]\ncountries = [\"*\"]\nmax = {}\nwindow_seconds = {}\n",
+                w.max, w.window_seconds
             );
         }
         for (name, limit) in [
