@@ -337,35 +337,29 @@ impl Writer {
         let keyed = messages.iter().any(|m| m.idempotency_key.is_some());
         // A batch without keys takes its insert's connection only once its reservation is
         // done: it never holds two connections at once.
-        let (tx, verdicts, reservation) = if keyed {
-            let mut tx = self.pool.begin().await?;
-            let (verdicts, reservation) = ingress_hits::admit_batch(
-                Some(&mut tx),
-                &self.pool,
-                &self.limits,
-                &self.slices,
-                messages,
-                checks,
-            )
-            .await?;
-            (tx, verdicts, reservation)
+        let mut keyed_tx = if keyed {
+            Some(self.pool.begin().await?)
         } else {
-            let (verdicts, reservation) = ingress_hits::admit_batch(
-                None,
-                &self.pool,
-                &self.limits,
-                &self.slices,
-                messages,
-                checks,
-            )
-            .await?;
-            match self.pool.for_one_statement().await {
-                Ok(conn) => (conn, verdicts, reservation),
+            None
+        };
+        let (verdicts, reservation) = ingress_hits::admit_batch(
+            keyed_tx.as_mut(),
+            &self.pool,
+            &self.limits,
+            &self.slices,
+            messages,
+            checks,
+        )
+        .await?;
+        let tx = match keyed_tx {
+            Some(tx) => tx,
+            None => match self.pool.for_one_statement().await {
+                Ok(conn) => conn,
                 Err(err) => {
                     self.give_back(&reservation).await;
                     return Err(err);
                 }
-            }
+            },
         };
         match self.insert(tx, messages, &verdicts).await {
             Ok(outcomes) => Ok(outcomes),

@@ -13,7 +13,7 @@ use super::{Db, Tx};
 use crate::config::Micros;
 use crate::domain::NewMessage;
 use crate::limits::ingress::{OverSpend, SpendCeiling};
-use crate::limits::slices::{self, Leftover, Slices, SpendSlice};
+use crate::limits::slices::{self, Leftover, Slices, SpendSlice, spend_leftover};
 
 /// The scope of the ceiling of all countries together.
 const ALL: &str = "*";
@@ -184,14 +184,6 @@ impl Needs {
     /// read after the batch waited for its locks): its spend would count on the wrong day.
     pub fn stale(&self, day: NaiveDate) -> bool {
         self.held.values().flatten().any(|slice| slice.day != day)
-    }
-}
-
-fn spend_leftover(scope: &str, slice: &SpendSlice) -> Leftover {
-    Leftover::Spend {
-        day: slice.day,
-        scope: scope.to_string(),
-        micros: slice.left,
     }
 }
 

@@ -120,6 +120,83 @@ impl State {
     }
 }
 
+/// What taking and putting back needs of a slice, events or spend alike.
+trait Slice: Clone {
+    fn left(&mut self) -> &mut i64;
+    fn until(&self) -> Instant;
+    /// Counted by the same reservation as `other`: the two may be joined.
+    fn same_source(&self, other: &Self) -> bool;
+    fn leftover(&self, name: &str) -> Leftover;
+}
+
+impl Slice for EventSlice {
+    fn left(&mut self) -> &mut i64 {
+        &mut self.left
+    }
+    fn until(&self) -> Instant {
+        self.until
+    }
+    fn same_source(&self, other: &Self) -> bool {
+        self.at_ms == other.at_ms && self.until == other.until
+    }
+    fn leftover(&self, name: &str) -> Leftover {
+        events_leftover(name, self)
+    }
+}
+
+impl Slice for SpendSlice {
+    fn left(&mut self) -> &mut i64 {
+        &mut self.left
+    }
+    fn until(&self) -> Instant {
+        self.until
+    }
+    fn same_source(&self, other: &Self) -> bool {
+        self.day == other.day && self.until == other.until
+    }
+    fn leftover(&self, name: &str) -> Leftover {
+        spend_leftover(name, self)
+    }
+}
+
+/// Takes up to `wanted` of `name`'s held slice (expired ones already moved out).
+fn take<S: Slice>(held: &mut HashMap<String, S>, name: &str, wanted: i64) -> Option<S> {
+    let slice = held.get_mut(name)?;
+    let taken = (*slice.left()).min(wanted);
+    *slice.left() -= taken;
+    let mut part = slice.clone();
+    *part.left() = taken;
+    if *slice.left() == 0 {
+        held.remove(name);
+    }
+    Some(part)
+}
+
+/// Keeps what a batch did not use: joined to the slice it came from, held as `name`'s slice if
+/// it has none, or given back.
+fn put_back<S: Slice>(
+    held: &mut HashMap<String, S>,
+    leftovers: &mut Vec<Leftover>,
+    name: &str,
+    mut slice: S,
+    now: Instant,
+) {
+    if *slice.left() <= 0 {
+        return;
+    }
+    if slice.until() <= now {
+        leftovers.push(slice.leftover(name));
+        return;
+    }
+    match held.get_mut(name) {
+        Some(mine) if mine.same_source(&slice) => *mine.left() += *slice.left(),
+        Some(_) => leftovers.push(slice.leftover(name)),
+        None => {
+            held.insert(name.to_string(), slice);
+        }
+    }
+}
+
 fn events_leftover(key: &str, slice: &EventSlice) -> Leftover {
     Leftover::Events {
         key: key.to_string(),
@@ -129,7 +206,7 @@ fn events_leftover(key: &str, slice: &EventSlice) -> Leftover {
     }
 }
 
-fn spend_leftover(scope: &str, slice: &SpendSlice) -> Leftover {
+pub fn spend_leftover(scope: &str, slice: &SpendSlice) -> Leftover {
     Leftover::Spend {
         day: slice.day,
         scope: scope.to_string(),
@@ -178,75 +255,35 @@ impl Slices {
     pub fn take_events(&self, key: &str, wanted: i64, now: Instant) -> Option<EventSlice> {
         let mut state = self.state();
         state.expire(now);
-        let held = state.events.get_mut(key)?;
-        let taken = held.left.min(wanted);
-        held.left -= taken;
-        let mut slice = held.clone();
-        slice.left = taken;
-        if held.left == 0 {
-            state.events.remove(key);
-        }
-        Some(slice)
+        take(&mut state.events, key, wanted)
     }
 
     /// Takes up to `wanted` of the day's spend held for `scope`.
     pub fn take_spend(&self, scope: &str, wanted: Micros, now: Instant) -> Option<SpendSlice> {
         let mut state = self.state();
         state.expire(now);
-        let held = state.spend.get_mut(scope)?;
-        let taken = held.left.min(wanted);
-        held.left -= taken;
-        let mut slice = held.clone();
-        slice.left = taken;
-        if held.left == 0 {
-            state.spend.remove(scope);
-        }
-        Some(slice)
+        take(&mut state.spend, scope, wanted)
     }
 
     /// Keeps what a batch did not use: joined to the slice it came from, held as the key's
     /// slice if it has none, or given back.
     pub fn put_back_events(&self, key: &str, slice: EventSlice, now: Instant) {
-        if slice.left <= 0 {
-            return;
-        }
         let mut state = self.state();
         state.expire(now);
-        if slice.until <= now {
-            state.leftovers.push(events_leftover(key, &slice));
-            return;
-        }
-        match state.events.get_mut(key) {
-            Some(held) if held.at_ms == slice.at_ms && held.until == slice.until => {
-                held.left += slice.left;
-            }
-            Some(_) => state.leftovers.push(events_leftover(key, &slice)),
-            None => {
-                state.events.insert(key.to_string(), slice);
-            }
-        }
+        let State {
+            events, leftovers, ..
+        } = &mut *state;
+        put_back(events, leftovers, key, slice, now);
     }
 
     /// As `put_back_events`, for spend.
     pub fn put_back_spend(&self, scope: &str, slice: SpendSlice, now: Instant) {
-        if slice.left <= 0 {
-            return;
-        }
         let mut state = self.state();
         state.expire(now);
-        if slice.until <= now {
-            state.leftovers.push(spend_leftover(scope, &slice));
-            return;
-        }
-        match state.spend.get_mut(scope) {
-            Some(held) if held.day == slice.day && held.until == slice.until => {
-                held.left += slice.left;
-            }
-            Some(_) => state.leftovers.push(spend_leftover(scope, &slice)),
-            None => {
-                state.spend.insert(scope.to_string(), slice);
-            }
-        }
+        let State {
+            spend, leftovers, ..
+        } = &mut *state;
+        put_back(spend, leftovers, scope, slice, now);
     }
 
     /// What was counted and not used, to be given back (a batch that was not stored).
