@@ -4,6 +4,7 @@ mod abuse;
 mod actions;
 mod attack_final;
 mod attack_limits;
+mod attack_odd;
 mod attack_partitions;
 mod attack_queue_fk;
 mod attack_registry;
