@@ -177,8 +177,12 @@ impl Bench {
             public_secret: false,
             issuers: smsgate::config::SignerConfig::default_issuers(),
         };
-        let url = format!("http://127.0.0.1:{port}/v1/auth0/sms");
-        Ok(Arc::new(Target::new(url, signer, self.args.connections)?))
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(Arc::new(Target::new(
+            address,
+            "/v1/auth0/sms".into(),
+            signer,
+        )))
     }
 
     /// Empties the queue and every limit's and ceiling's state, so each phase starts from
