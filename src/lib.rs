@@ -3,6 +3,11 @@
 //! A request enters through [`http`], is parsed into [`domain`] types, and waits in [`db`]
 //! until a worker hands it to a carrier.
 
+/// Every binary linking smsgate (the gateway, the bench that serves it, the tests) allocates
+/// with mimalloc (Cargo.toml says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod app;
 pub mod audit;
 pub mod auth0;

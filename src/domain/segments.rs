@@ -57,8 +57,38 @@ const BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ
 /// The extension table: form feed, ^ { } \ [ ~ ] | and the euro sign.
 const EXTENSION: &str = "\u{0C}^{}\\[~]|€";
 
+/// Septets of each ASCII character (0 when it has no GSM-7 form): most texts are ASCII, and
+/// a table spares a search of the alphabet per character.
+const ASCII_SEPTETS: [u8; 128] = ascii_septets();
+
+const fn ascii_septets() -> [u8; 128] {
+    let mut table = [0u8; 128];
+    let (basic, extension) = (BASIC.as_bytes(), EXTENSION.as_bytes());
+    let mut i = 0;
+    while i < basic.len() {
+        if basic[i] < 128 {
+            table[basic[i] as usize] = 1;
+        }
+        i += 1;
+    }
+    let mut i = 0;
+    while i < extension.len() {
+        if extension[i] < 128 {
+            table[extension[i] as usize] = 2;
+        }
+        i += 1;
+    }
+    table
+}
+
 /// Septets a character takes in GSM-7, or `None` when it has no GSM-7 form.
 fn septets(c: char) -> Option<u32> {
+    if c.is_ascii() {
+        return match ASCII_SEPTETS[c as usize] {
+            0 => None,
+            n => Some(u32::from(n)),
+        };
+    }
     if BASIC.contains(c) {
         Some(1)
     } else if EXTENSION.contains(c) {
@@ -111,6 +141,20 @@ mod tests {
             "{} characters",
             text.chars().count()
         );
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_alphabets() {
+        for c in (0u8..128).map(char::from) {
+            let searched = if BASIC.contains(c) {
+                Some(1)
+            } else if EXTENSION.contains(c) {
+                Some(2)
+            } else {
+                None
+            };
+            assert_eq!(septets(c), searched, "{c:?}");
+        }
     }
 
     #[test]
