@@ -18,7 +18,7 @@ use crate::db::embedded::{Durability, EmbeddedPostgres};
 use crate::dispatch::Dispatcher;
 use crate::dispatch::wake::{Wake, run_notifier};
 use crate::http::server::ConnectionLimits;
-use crate::http::{self, AppState, InFlight, MetricsState, metrics_router};
+use crate::http::{self, AppHandles, AppState, InFlight, MetricsState, metrics_router};
 use crate::limits::destinations::DestinationPolicy;
 use crate::limits::ingress::IngressLimits;
 use crate::limits::pricing::Pricing;
@@ -297,7 +297,7 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
     let metrics = Metrics::new(config).context("cannot register metrics")?;
     let limits = IngressLimits::new(&config.limits, &config.spend);
     let destinations = DestinationPolicy::new(&config.destinations);
-    let state = AppState {
+    let state = AppState::new(AppHandles {
         pool: database.pool.clone(),
         accept_unsigned: verifier.is_empty() && config.server.allow_unauthenticated,
         verifier: Arc::new(verifier),
@@ -326,7 +326,7 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
         callbacks: http::callbacks::CallbackKeys::new(config),
         carriers: Arc::new(config.carriers.keys().cloned().collect()),
         readiness: Arc::default(),
-    };
+    });
     Ok(state)
 }
 

@@ -38,9 +38,27 @@ pub use in_flight::InFlight;
 pub use ingress::parse_request;
 pub use metrics::{MetricsState, metrics_router};
 
-/// Cheap handles shared by every request.
+/// What every request handler shares. The router clones it for each request, so it is one
+/// reference count, not one per handle.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppHandles>);
+
+impl AppState {
+    pub fn new(handles: AppHandles) -> Self {
+        Self(Arc::new(handles))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppHandles;
+
+    fn deref(&self) -> &AppHandles {
+        &self.0
+    }
+}
+
+/// The handles behind `AppState`.
+pub struct AppHandles {
     pub pool: Db,
     pub verifier: Arc<Verifier>,
     /// True only with `server.allow_unauthenticated` and no signer configured.
