@@ -11,6 +11,10 @@ use serde::Serialize;
 use crate::config::SignerConfig;
 use crate::secret::{Secret, decode_base64url_secret};
 
+mod recent;
+
+use recent::{RecentTokens, Verified};
+
 /// Clock skew allowed on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 60;
 /// Auth0's tokens are a few hundred bytes; anything this long is not one of them.
@@ -68,6 +72,8 @@ struct Signer {
 /// All configured signers; a token is accepted when any of them verifies it completely.
 pub struct Verifier {
     signers: Vec<Signer>,
+    /// Tokens verified a moment ago (`recent`): most requests at volume carry one.
+    recent: RecentTokens,
 }
 
 impl Verifier {
@@ -81,7 +87,10 @@ impl Verifier {
                 digest_key: digest_key(config),
             })
             .collect();
-        Self { signers }
+        Self {
+            signers,
+            recent: RecentTokens::default(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,6 +136,12 @@ impl Verifier {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed);
         }
+        if let Some(known) = self.recent.find(token)
+            && let Some(signer) = self.signers.get(known.signer)
+        {
+            known.in_time(jsonwebtoken::get_current_timestamp(), LEEWAY_SECONDS)?;
+            return Ok(&signer.name);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::HS256 {
             return Err(TokenError::UnsupportedAlgorithm);
@@ -135,13 +150,22 @@ impl Verifier {
             return Err(TokenError::CriticalHeader);
         }
         let mut best = TokenError::BadSignature;
-        for signer in &self.signers {
-            match jsonwebtoken::decode::<IssuerClaim>(token, &signer.key, &signer.validation) {
+        for (index, signer) in self.signers.iter().enumerate() {
+            match jsonwebtoken::decode::<CheckedClaims>(token, &signer.key, &signer.validation) {
                 // jsonwebtoken checks `iss` only when it is a string: any other type is
                 // refused here, so a number or an object cannot slip past the check.
                 Ok(data) => {
-                    return match data.claims.iss {
-                        None | Some(serde_json::Value::String(_)) => Ok(&signer.name),
+                    let CheckedClaims { iss, exp, nbf } = data.claims;
+                    return match iss {
+                        None | Some(serde_json::Value::String(_)) => {
+                            let verified = Verified {
+                                signer: index,
+                                exp,
+                                nbf,
+                            };
+                            self.recent.remember(token, verified);
+                            Ok(&signer.name)
+                        }
                         Some(_) => Err(TokenError::WrongIssuer),
                     };
                 }
@@ -157,11 +181,16 @@ impl Verifier {
     }
 }
 
-/// The one claim read back after verification, whatever its JSON type.
+/// The claims read back after verification: the issuer whatever its JSON type, and the times
+/// a remembered token is checked against again (jsonwebtoken has read them as integers).
 #[derive(serde::Deserialize)]
-struct IssuerClaim {
+struct CheckedClaims {
     #[serde(default)]
     iss: Option<serde_json::Value>,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    nbf: Option<u64>,
 }
 
 /// Whether the protected header has a `crit` member, whatever its value. RFC 7515 §4.1.11 has a
