@@ -236,10 +236,16 @@ mod tests {
             smsgate: vec![std::process::id()],
             postmaster: Some(me.parent),
         };
-        let spin = std::time::Instant::now();
+        let own_ticks = || {
+            let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux /proc/self/stat");
+            process_times(&stat).expect("parsable").own
+        };
+        // Spin until this process has used 0.3 s of CPU (30 ticks at Linux's 100 a second),
+        // however long a busy machine takes to give it that.
+        let (start, deadline) = (own_ticks(), std::time::Instant::now());
         let before = meter.sample();
-        while spin.elapsed() < std::time::Duration::from_millis(300) {
-            std::hint::black_box(spin.elapsed());
+        while own_ticks() < start + 31 && deadline.elapsed() < std::time::Duration::from_secs(60) {
+            std::hint::black_box(deadline.elapsed());
         }
         let used = meter.sample().since(&before);
         // Counted twice (as "smsgate" and as a child of the "postmaster"): at least 0.3 s.
