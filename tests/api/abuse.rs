@@ -57,6 +57,37 @@ pub fn count(statuses: &[u16], status: u16) -> usize {
     statuses.iter().filter(|s| **s == status).count()
 }
 
+/// Fills the `left` requests a sliced limit has left: a burst (`send(round)`, fresh numbers
+/// each round), then a wait until the slices it left are given back (`given_back`), again
+/// until `left` are stored. A burst may be refused early by what another writer or process
+/// holds unused (docs/guarantees.md), never past the limit. Returns how many were stored.
+pub async fn fill_in_bursts(
+    left: usize,
+    send: impl AsyncFn(usize) -> Vec<u16>,
+    given_back: impl AsyncFn() -> bool,
+) -> usize {
+    let mut stored = 0;
+    for round in 0..5 {
+        let statuses = send(round).await;
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 429),
+            "{statuses:?}"
+        );
+        stored += count(&statuses, 200);
+        assert!(stored <= left, "{stored} stored where {left} were left");
+        crate::dispatch::wait_until(
+            "the slices given back",
+            std::time::Duration::from_secs(15),
+            &given_back,
+        )
+        .await;
+        if stored == left {
+            break;
+        }
+    }
+    stored
+}
+
 #[tokio::test]
 async fn an_ip_limit_holds_exactly_across_two_processes_and_refusals_store_nothing() {
     let config = TestConfig::with("[[limits.ip]]\nmax = 3\nwindow_seconds = 3600\n");
