@@ -60,9 +60,11 @@ pub fn count(statuses: &[u16], status: u16) -> usize {
 /// Fills the `left` requests a sliced limit has left: a burst (`send(round)`, fresh numbers
 /// each round), then a wait until the slices it left are given back (`given_back`), again
 /// until `left` are stored. A burst may be refused early by what another writer or process
-/// holds unused (docs/guarantees.md), never past the limit. Returns how many were stored.
+/// holds unused (docs/guarantees.md), never past the limit; by at most `early_at_most` in the
+/// first burst, when given. Returns how many were stored.
 pub async fn fill_in_bursts(
     left: usize,
+    early_at_most: Option<usize>,
     send: impl AsyncFn(usize) -> Vec<u16>,
     given_back: impl AsyncFn() -> bool,
 ) -> usize {
@@ -75,6 +77,14 @@ pub async fn fill_in_bursts(
         );
         stored += count(&statuses, 200);
         assert!(stored <= left, "{stored} stored where {left} were left");
+        if round == 0
+            && let Some(early) = early_at_most
+        {
+            assert!(
+                stored + early >= left,
+                "the first burst stored {stored} of the {left} left: {statuses:?}"
+            );
+        }
         crate::dispatch::wait_until(
             "the slices given back",
             std::time::Duration::from_secs(15),

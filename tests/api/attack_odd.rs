@@ -111,6 +111,7 @@ async fn an_address_with_two_windows_holds_the_tighter_cap_across_two_processes(
     .await;
     let filled = crate::abuse::fill_in_bursts(
         (200 - kept) as usize,
+        None,
         async |round| {
             let from = 1_000 + round * 40;
             let last: Vec<Value> = (from..from + 40).map(one_address).collect();

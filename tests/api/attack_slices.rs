@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use smsgate::Role;
 
-use crate::abuse::{count, from_ip};
+use crate::abuse::{count, fill_in_bursts, from_ip};
 use crate::dispatch::wait_until;
 use crate::helpers::{TestApp, events_counted, token};
 use crate::test_config::TestConfig;
@@ -55,44 +55,6 @@ fn british(i: usize) -> Value {
 /// writer (2) of each of the three processes (docs/guarantees.md, "Slices make a busy limit
 /// conservative").
 const HELD_ELSEWHERE: usize = 3 * 2 * 2;
-
-/// Fills what is left of a sliced limit (`left` messages): a burst of fresh requests
-/// (`round`), then a wait until the slices it left are given back (`given_back`), again until
-/// it is full. The first burst stores all that is left but for what slices held elsewhere
-/// refused early; the limit then fills exactly, never past it.
-async fn fill(
-    apps: &[&TestApp],
-    left: usize,
-    round: impl Fn(usize) -> Vec<Request>,
-    given_back: impl AsyncFn() -> bool,
-) {
-    let mut stored = 0;
-    for r in 0..5 {
-        let statuses = burst(apps, &round(r)).await;
-        assert!(
-            statuses.iter().all(|s| *s == 200 || *s == 429),
-            "{statuses:?}"
-        );
-        stored += count(&statuses, 200);
-        assert!(stored <= left, "{stored} stored where {left} were left");
-        if r == 0 {
-            assert!(
-                stored + HELD_ELSEWHERE >= left,
-                "the first burst stored {stored} of the {left} left: {statuses:?}"
-            );
-        }
-        wait_until(
-            "the slices given back",
-            Duration::from_secs(15),
-            &given_back,
-        )
-        .await;
-        if stored == left {
-            return;
-        }
-    }
-    panic!("{stored} of the {left} left stored after five bursts");
-}
 
 async fn three(config: &TestConfig) -> (TestApp, TestApp, TestApp) {
     let first = TestApp::spawn_with(config).await;
@@ -159,12 +121,13 @@ async fn a_sliced_cap_of_200_holds_across_three_processes_with_mixed_batches() {
         async || events_counted(&first.pool, "ingress_hits", "key LIKE 'cc:%'").await == stored,
     )
     .await;
-    fill(
-        &apps,
+    fill_in_bursts(
         200 - stored as usize,
-        |r| {
+        Some(HELD_ELSEWHERE),
+        async |r| {
             let from = 5_000 + r * 40;
-            (from..from + 40).map(|i| plain(british(i))).collect()
+            let last: Vec<Request> = (from..from + 40).map(|i| plain(british(i))).collect();
+            burst(&apps, &last).await
         },
         async || {
             let stored = first.count_rows("messages").await;
@@ -230,12 +193,13 @@ async fn a_sliced_spend_ceiling_holds_across_three_processes_with_mixed_batches(
         async || spend().await == expected,
     )
     .await;
-    fill(
-        &apps,
+    fill_in_bursts(
         200 - stored as usize,
-        |r| {
+        Some(HELD_ELSEWHERE),
+        async |r| {
             let from = 6_000 + r * 60;
-            (from..from + 60).map(|i| plain(british(i))).collect()
+            let last: Vec<Request> = (from..from + 60).map(|i| plain(british(i))).collect();
+            burst(&apps, &last).await
         },
         async || spend().await == by_country().await,
     )

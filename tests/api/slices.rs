@@ -58,6 +58,7 @@ async fn a_sliced_country_cap_holds_exactly_across_two_processes() {
     .await;
     let filled = fill_in_bursts(
         300 - stored,
+        None,
         async |round| burst([&first, &second], british(500 + round * 20, 20)).await,
         async || counted_in_caps(&first).await == first.count_rows("messages").await,
     )
@@ -101,6 +102,7 @@ async fn a_sliced_spend_ceiling_holds_exactly_across_two_processes() {
     .await;
     let filled = fill_in_bursts(
         400 - stored,
+        None,
         async |round| burst([&first, &second], british(600 + round * 20, 20)).await,
         async || spent().await == first.count_rows("messages").await * 250_000,
     )
@@ -172,6 +174,7 @@ async fn the_tighter_of_two_rules_of_the_same_countries_and_window_holds() {
     .await;
     let filled = fill_in_bursts(
         300 - stored,
+        None,
         async |round| burst([&app, &app], british(900 + round * 20, 20)).await,
         async || counted_in_caps(&app).await == app.count_rows("messages").await,
     )
