@@ -308,18 +308,12 @@ impl Writer {
             .for_one_statement()
             .await
             .map_err(Unstored::Certainly)?;
-        let hits = first_hits::insert(
-            &mut conn,
-            planned,
-            &plan.keys_of,
-            &plan.new_keys,
-            self.ttl_seconds,
-        )
-        .await
-        .map_err(|err| match err {
-            sqlx::Error::Database(_) => Unstored::Certainly(err),
-            err => Unstored::Perhaps(err),
-        })?;
+        let hits = first_hits::insert(&mut conn, planned, &plan.new_keys, self.ttl_seconds)
+            .await
+            .map_err(|err| match err {
+                sqlx::Error::Database(_) => Unstored::Certainly(err),
+                err => Unstored::Perhaps(err),
+            })?;
         conn.commit().await.map_err(Unstored::Perhaps)?;
         Ok(hits)
     }

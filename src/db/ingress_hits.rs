@@ -421,7 +421,8 @@ pub fn plan_first_hits(
         return None;
     }
     let mut plan = FirstHitsPlan::default();
-    let mut claimed: HashMap<&str, &[WindowLimit]> = HashMap::new();
+    // Each key claimed, with its windows and the place (from 1) of the message claiming it.
+    let mut claimed: HashMap<&str, (&[WindowLimit], i64)> = HashMap::new();
     for (i, (message, checks)) in messages.iter().zip(checks).enumerate() {
         let (sliced, rows): (Vec<&Check>, Vec<&Check>) = checks.iter().partition(|c| c.sliced);
         if rows.iter().any(|c| claimed.contains_key(c.key.as_str()))
@@ -432,7 +433,11 @@ pub fn plan_first_hits(
         }
         let mut spent = spend.used();
         spent.extend(sliced.iter().filter_map(|c| events.take(&c.key)));
-        claimed.extend(rows.iter().map(|c| (c.key.as_str(), c.windows.as_slice())));
+        let place = plan.messages.len() as i64 + 1;
+        claimed.extend(
+            rows.iter()
+                .map(|c| (c.key.as_str(), (c.windows.as_slice(), place))),
+        );
         let mut keys: Vec<&str> = rows.iter().map(|c| c.key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -443,11 +448,12 @@ pub fn plan_first_hits(
     let now = Instant::now();
     events.put_back(slices, now);
     spend.put_back(slices, now);
-    let mut keys: Vec<(&str, &[WindowLimit])> = claimed.into_iter().collect();
+    let mut keys: Vec<(&str, (&[WindowLimit], i64))> = claimed.into_iter().collect();
     keys.sort_unstable_by_key(|(key, _)| *key);
-    for (key, windows) in keys {
+    for (key, (windows, owner)) in keys {
         plan.new_keys.keys.push(key.to_string());
         plan.new_keys.spans.push(Counts::spans(windows));
+        plan.new_keys.owners.push(owner);
         plan.new_keys
             .widths
             .extend(windows.iter().map(bucket_width_ms));
