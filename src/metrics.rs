@@ -93,6 +93,7 @@ pub struct Inner {
     pub breaker_open: IntGaugeVec,
     pub receipts: IntCounterVec,
     pub receipt_latency: Histogram,
+    pub resends: IntCounterVec,
     pub carrier_disabled: IntGaugeVec,
     pub ingress_in_flight: IntGaugeVec,
     pub ready: prometheus::IntGauge,
@@ -232,6 +233,12 @@ const RECEIPT_LATENCY: HistogramSpec = HistogramSpec {
     help: "From the ingress commit to the carrier's receipt saying delivered.",
     buckets: &RECEIPT_BUCKETS,
 };
+const RESENDS: Spec = Spec {
+    name: "smsgate_resends_total",
+    help: "Messages sent again through another carrier, by the carrier that failed to deliver \
+           and why (route_failure: its receipt said so; no_receipt: none came in time).",
+    labels: &["carrier", "reason"],
+};
 const CARRIER_DISABLED: Spec = Spec {
     name: "smsgate_carrier_disabled",
     help: "1 while an operator has disabled the carrier (POST /v1/carriers/{name}/disable).",
@@ -284,6 +291,7 @@ impl Metrics {
             breaker_open: r.gauge(&BREAKER_OPEN)?,
             receipts: r.counter(&RECEIPTS)?,
             receipt_latency: r.histogram(&RECEIPT_LATENCY)?,
+            resends: r.counter(&RESENDS)?,
             carrier_disabled: r.gauge(&CARRIER_DISABLED)?,
             ingress_in_flight: r.gauge(&INGRESS_IN_FLIGHT)?,
             held: r.counter(&HELD)?,

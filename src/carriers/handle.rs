@@ -33,6 +33,11 @@ pub struct CarrierHandle {
     pub timeout: Duration,
     /// Whether it places calls: a call is never handed to one that does not.
     places_calls: bool,
+    /// Whether a final word on delivery comes for what it took: a receipt, or the silence of
+    /// `receipt_timeout`. Only then can a failed delivery be sent again.
+    pub awaits_receipts: bool,
+    /// `receipt_timeout_seconds`: no final receipt within this long is a route failure.
+    pub receipt_timeout: Option<Duration>,
 }
 
 impl CarrierHandle {
@@ -48,6 +53,7 @@ impl CarrierHandle {
             .find(|kind| kind.name() == settings.kind)
             .ok_or_else(|| anyhow::anyhow!("carriers.{name}: no kind {:?}", settings.kind))?;
         let client = kind.build(name, settings, http).await?;
+        let receipts = kind.receipts(name, settings).is_some();
         Ok(Self {
             name: name.to_string(),
             client,
@@ -68,6 +74,8 @@ impl CarrierHandle {
             disabled: std::sync::atomic::AtomicBool::new(false),
             timeout: transport.timeout,
             places_calls: settings.settings.places_calls(),
+            awaits_receipts: receipts || transport.receipt_timeout.is_some(),
+            receipt_timeout: transport.receipt_timeout,
         })
     }
 
@@ -92,6 +100,8 @@ impl CarrierHandle {
             timeout: Duration::from_secs(1),
             // It answers for calls to test numbers as for texts.
             places_calls: true,
+            awaits_receipts: false,
+            receipt_timeout: None,
         }
     }
 

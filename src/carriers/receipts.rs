@@ -6,6 +6,7 @@
 
 use reqwest::header::HeaderMap;
 
+pub use crate::domain::DeliveryFailure;
 use crate::domain::Status;
 
 /// A callback as it arrived.
@@ -35,6 +36,8 @@ pub struct Receipt {
     /// The final state it reports, or `None` for an intermediate one (queued, sent, …).
     pub verdict: Option<Status>,
     pub error_code: Option<String>,
+    /// Why it was not delivered, when the verdict is `Undelivered`.
+    pub failure: Option<DeliveryFailure>,
 }
 
 /// A request whose proof holds.

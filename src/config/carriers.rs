@@ -84,10 +84,15 @@ pub struct TransportConfig {
     /// How long an open breaker skips the carrier before one message probes it.
     #[serde(default = "default_breaker_cooldown_seconds")]
     pub breaker_cooldown_seconds: Seconds,
+    /// A message this carrier took and gave no final receipt for within this long is treated
+    /// as a silent route failure (sent again through another carrier while the code has time
+    /// left); none = wait for the receipt (some carriers drop messages without a word).
+    #[serde(default)]
+    pub receipt_timeout_seconds: Option<Seconds>,
 }
 
 /// The keys of [`TransportConfig`] and `kind`: every other key of a table is its kind's.
-pub const SHARED_KEYS: [&str; 7] = [
+pub const SHARED_KEYS: [&str; 8] = [
     "kind",
     "connect_timeout_ms",
     "timeout_ms",
@@ -95,6 +100,7 @@ pub const SHARED_KEYS: [&str; 7] = [
     "max_in_flight",
     "breaker_failures",
     "breaker_cooldown_seconds",
+    "receipt_timeout_seconds",
 ];
 
 impl Default for TransportConfig {
@@ -106,6 +112,7 @@ impl Default for TransportConfig {
             max_in_flight: None,
             breaker_failures: default_breaker_failures(),
             breaker_cooldown_seconds: default_breaker_cooldown_seconds(),
+            receipt_timeout_seconds: None,
         }
     }
 }

@@ -33,6 +33,11 @@ pub struct DispatchConfig {
     pub shutdown_grace_seconds: u64,
     /// Cross-process wake-ups are sent at most this often (NOTIFY serialises commits).
     pub notify_interval_ms: Millis,
+    /// A receipt reporting a route failure sends the code again through a carrier of its
+    /// route that has not carried it, if it has at least `resend_min_remaining_seconds` of
+    /// life left.
+    pub resend_on_route_failure: bool,
+    pub resend_min_remaining_seconds: u32,
 }
 
 impl Default for DispatchConfig {
@@ -49,6 +54,8 @@ impl Default for DispatchConfig {
             max_attempts: count32(5),
             shutdown_grace_seconds: 10,
             notify_interval_ms: Millis::new(100),
+            resend_on_route_failure: true,
+            resend_min_remaining_seconds: 30,
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct Transport {
     pub max_in_flight: Option<NonZeroU32>,
     pub breaker_failures: NonZeroU32,
     pub breaker_cooldown: Duration,
+    /// No final receipt within this long is a silent route failure; none = wait.
+    pub receipt_timeout: Option<Duration>,
 }
 
 impl From<&TransportConfig> for Transport {
@@ -38,6 +40,7 @@ impl From<&TransportConfig> for Transport {
             max_in_flight: config.max_in_flight.and_then(NonZeroU32::new),
             breaker_failures: config.breaker_failures,
             breaker_cooldown: config.breaker_cooldown_seconds.duration(),
+            receipt_timeout: config.receipt_timeout_seconds.map(|s| s.duration()),
         }
     }
 }

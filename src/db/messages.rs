@@ -356,6 +356,18 @@ pub struct AttemptView {
     pub latency_ms: Option<i32>,
     pub carrier_message_id: Option<String>,
     pub at: DateTime<Utc>,
+    /// What the carrier's receipt said of this send (`delivered`, `undelivered`, or `none`
+    /// when it stayed silent past its receipt timeout), and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+    /// Why it was not delivered: `route` (the message moved on to another carrier, if one
+    /// was left) or `recipient`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt_failure: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt_error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt_at: Option<DateTime<Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -385,7 +397,8 @@ pub const FIND_STATEMENTS: [&str; 2] = [
          LEFT JOIN message_queue q ON q.message_id = m.id
          WHERE m.id = $1",
     "SELECT attempt, carrier, outcome, http_status, error_code, latency_ms,
-                carrier_message_id, created_at AS at
+                carrier_message_id, created_at AS at, receipt_status AS receipt,
+                receipt_failure, receipt_error_code, receipt_at
          FROM message_attempts WHERE message_id = $1 ORDER BY id",
 ];
 

@@ -13,6 +13,7 @@ pub mod partitions;
 pub mod queue;
 pub mod receipts;
 pub mod recipient_sends;
+pub mod resends;
 pub mod retention;
 pub mod spend;
 pub mod tls;

@@ -28,6 +28,10 @@ pub struct Claimed {
     /// "sms" or "voice" (`Channel::parse`).
     pub channel: String,
     pub locale: Option<String>,
+    /// The carriers that took it in earlier sends (set when a route failure sent it again):
+    /// a resend never goes through them.
+    #[sqlx(default)]
+    pub carried_by: Option<Vec<String>>,
     /// A queue row whose message is gone (no foreign key forbids it since migration 0015):
     /// the claim removes it instead of handing it out.
     #[sqlx(default)]
@@ -90,7 +94,7 @@ pub async fn claim(
                    (extract(epoch FROM q.expires_at - now()) * 1000)::bigint AS remaining_ms,
                    q.expires_at, c.run_at AS due_at, coalesce(m.created_at, q.created_at)
                    AS created_at, coalesce(m.channel, 'sms') AS channel, m.locale,
-                   m.id IS NULL AS orphan",
+                   m.carried_by, m.id IS NULL AS orphan",
     )
     .bind(limit as i64)
     .bind(f64::from(lease_seconds))
@@ -189,6 +193,9 @@ pub struct Completion {
     pub attempts: i32,
     pub disposition: Disposition,
     pub calls: Vec<AttemptRecord>,
+    /// A sent message keeps its body while a route failure may still send it again
+    /// (`dispatch::send`); erased then by its receipt or once too little of its life is left.
+    pub keep_body: bool,
 }
 
 /// Writes a batch of completions in one transaction. Attempts are always recorded; a final
@@ -221,18 +228,20 @@ async fn end_finals(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<Vec<String>
             columns.carrier_ids.push(carrier_message_id.clone());
             columns.errors.push(error.clone());
             columns.attempts.push(completion.attempts);
+            columns.keep_body.push(completion.keep_body);
         }
     }
     if columns.ids.is_empty() {
         return Ok(Vec::new());
     }
     // The body is erased as the message ends: it held a one-time code (in any script's
-    // digits, so masking digits would not do).
+    // digits, so masking digits would not do). A sent one that a resend may still need keeps
+    // it until its receipt, or until too little of its life is left (`db::resends`).
     sqlx::query_scalar(
         "WITH v AS (
              SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[],
-                                  $5::text[], $6::text[], $7::int[])
-                 AS v(id, token, status, carrier, carrier_message_id, error, attempts)
+                                  $5::text[], $6::text[], $7::int[], $8::bool[])
+                 AS v(id, token, status, carrier, carrier_message_id, error, attempts, keep)
          ), ended AS (
              DELETE FROM message_queue q USING v
              WHERE q.message_id = v.id AND q.lease_token = v.token
@@ -242,7 +251,7 @@ async fn end_finals(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<Vec<String>
          SET status = v.status, carrier = v.carrier, carrier_message_id = v.carrier_message_id,
              last_error = v.error, attempts = v.attempts, finished_at = now(),
              sent_at = CASE WHEN v.status = 'sent' THEN now() END,
-             body = ''
+             body = CASE WHEN v.keep AND v.status = 'sent' THEN m.body ELSE '' END
          FROM v JOIN ended ON ended.message_id = v.id
          WHERE m.id = v.id
          RETURNING m.status",
@@ -254,6 +263,7 @@ async fn end_finals(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<Vec<String>
     .bind(&columns.carrier_ids)
     .bind(&columns.errors)
     .bind(&columns.attempts)
+    .bind(&columns.keep_body)
     .fetch_all(&mut *tx)
     .await
 }
@@ -300,6 +310,7 @@ struct FinalColumns {
     carrier_ids: Vec<Option<String>>,
     errors: Vec<Option<String>>,
     attempts: Vec<i32>,
+    keep_body: Vec<bool>,
 }
 
 async fn insert_attempts(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<(), sqlx::Error> {

@@ -15,6 +15,10 @@ const BATCH: i64 = 1000;
 /// provider's Action within minutes; an hour leaves ample room.
 pub const IDEMPOTENCY_WINDOW_SECONDS: u32 = 3600;
 
+/// A receipt that matched no sent message is tried again for this long, then forgotten
+/// (`receipts::apply_pending_in`).
+const PENDING_KEPT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What is kept how long.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
@@ -24,6 +28,8 @@ pub struct Plan {
     pub send_log_seconds: u32,
     /// The longest `[[limits.ip]]` or `[[limits.ingress_recipient]]` window.
     pub ingress_log_seconds: u32,
+    /// When a late receipt's route failure sends its message again.
+    pub resend: super::receipts::ResendPolicy,
 }
 
 /// What one pass removed.
@@ -75,9 +81,10 @@ async fn sweep_rows(
         if std::mem::take(&mut first) {
             // Once per sweep, by the one process holding the lock: receipts that beat their
             // message's outcome write.
-            let applied = super::receipts::apply_pending_in(&mut tx).await?;
+            let (applied, resent) =
+                super::receipts::apply_pending_in(&mut tx, plan.resend, PENDING_KEPT).await?;
             if applied > 0 {
-                tracing::info!(applied, "delivery receipts applied late");
+                tracing::info!(applied, resent, "delivery receipts applied late");
             }
         }
         let mut deleted = 0;

@@ -5,6 +5,7 @@ mod admissions;
 mod completer;
 pub mod decide;
 mod inline;
+pub mod receipt_watch;
 mod record;
 pub mod retention;
 pub mod retry;
@@ -101,6 +102,7 @@ fn retention_plan(config: &Config) -> retention::Plan {
         ingress_log_seconds: counted_for_seconds(
             IngressLimits::new(&config.limits, &config.spend).longest_window_seconds(),
         ),
+        resend: crate::db::receipts::ResendPolicy::of(&config.dispatch),
     }
 }
 
@@ -139,6 +141,15 @@ impl Dispatcher {
             claimers.spawn(claimer.clone().run());
         }
         let mut background = JoinSet::new();
+        let watch = receipt_watch::ReceiptWatch {
+            pool: pool.clone(),
+            resend: crate::db::receipts::ResendPolicy::of(d),
+            silent_after: receipt_watch::ReceiptWatch::silent_after(&switches),
+            ttl: Duration::from_secs(u64::from(d.message_ttl_seconds)),
+            metrics: metrics.clone(),
+            wake: wake.clone(),
+        };
+        background.spawn(watch.run(shutdown.clone()));
         match listen {
             Some(session) => {
                 background.spawn(wake::run_listener(session, wake, shutdown.clone()));

@@ -19,6 +19,7 @@ use crate::db::Db;
 use crate::carriers::{Accepted, CarrierHandle, FailureClass, OutboundSms, Routes, SendError};
 use crate::config::{Config, WindowLimit};
 use crate::db::queue::{Claimed, Completion, Disposition};
+use crate::db::receipts::ResendPolicy;
 use crate::db::recipient_sends;
 use crate::domain::{Channel, PhoneNumber, Status, redact_digits};
 use crate::limits::pricing::Pricing;
@@ -45,6 +46,8 @@ pub struct SendContext {
     pub windows: Vec<WindowLimit>,
     /// Admits sends against `windows` (none without windows).
     pub admissions: Option<Admissions>,
+    /// When a route failure sends the code again (the body is kept only then).
+    pub resend: ResendPolicy,
 }
 
 /// The clocks of one claimed message, started when the claim was sent: the database's
@@ -99,6 +102,9 @@ struct Attempt<'a> {
     maybe_sent: bool,
     /// Set when the attempt ends: a logged send that no carrier took, to take out again.
     unmade: &'a mut Option<i64>,
+    /// The carrier that took it may yet report a route failure, and a resend would have a
+    /// carrier and time: the body stays until then.
+    keep_body: bool,
 }
 
 /// Runs the attempt and says what should happen to the message. `in_hand` is given back as
@@ -142,6 +148,7 @@ async fn attempt_route(
         logged_at: None,
         maybe_sent: false,
         unmade,
+        keep_body: false,
     };
     let recipient = PhoneNumber::from_e164_unchecked(message.recipient.clone());
     let mut skipped_until: Option<Option<Duration>> = None;
@@ -149,15 +156,11 @@ async fn attempt_route(
     let mut admitted = context.windows.is_empty();
     let channel = Channel::parse(&message.channel);
     let route_sender = context.routes.sender_for(recipient.as_str());
-    // A call goes only to carriers that place calls; the others of the route are passed over.
-    let carriers = context.routes.carriers_for(recipient.as_str());
-    if channel == Channel::Voice && !carriers.iter().any(|c| c.calls()) {
-        attempt.last_error = String::from("no carrier of this number's route places calls");
+    let carriers = attempt.candidates(recipient.as_str(), channel);
+    if let Some(ended) = attempt.nothing_left(&carriers, channel) {
+        return attempt.ended(ended);
     }
-    for carrier in carriers
-        .iter()
-        .filter(|c| channel == Channel::Sms || c.calls())
-    {
+    for carrier in &carriers {
         let turn = match attempt.wait_for_turn(carrier).await {
             Ok(turn) => turn,
             Err(Skip::Unusable(usable_in)) => {
@@ -197,6 +200,7 @@ async fn attempt_route(
         let result = carrier.send(&sms).await;
         drop(turn);
         if let Some(disposition) = attempt.settle(carrier, now.elapsed(), result) {
+            attempt.keep_body = attempt.may_resend(&disposition, carrier, &carriers);
             return attempt.ended(disposition);
         }
     }
@@ -218,6 +222,92 @@ struct Turn {
 }
 
 impl Attempt<'_> {
+    /// The route's carriers for this message, in order: those that can carry its channel (a
+    /// call goes only to carriers that place calls), less those that took it in an earlier
+    /// send (a resend never goes through them).
+    fn candidates(&self, recipient: &str, channel: Channel) -> Vec<Arc<CarrierHandle>> {
+        let carried = self.message.carried_by.as_deref().unwrap_or_default();
+        self.context
+            .routes
+            .carriers_for(recipient)
+            .iter()
+            .filter(|c| channel == Channel::Sms || c.calls())
+            .filter(|c| !carried.contains(&c.name))
+            .cloned()
+            .collect()
+    }
+
+    /// Why no carrier is left to try, if none is: a call with no carrier that places calls,
+    /// or a resend whose route's every carrier carried it already (it ends undelivered).
+    fn nothing_left(
+        &mut self,
+        candidates: &[Arc<CarrierHandle>],
+        channel: Channel,
+    ) -> Option<Disposition> {
+        if !candidates.is_empty() {
+            return None;
+        }
+        if self
+            .message
+            .carried_by
+            .as_ref()
+            .is_some_and(|c| !c.is_empty())
+        {
+            return Some(Disposition::Final {
+                status: Status::Undelivered,
+                carrier: None,
+                carrier_message_id: None,
+                error: Some(
+                    "a carrier failed to deliver it, and every other carrier of its route \
+                     carried it already"
+                        .into(),
+                ),
+            });
+        }
+        if channel == Channel::Voice {
+            self.last_error = String::from("no carrier of this number's route places calls");
+        }
+        None
+    }
+
+    /// Whether a message `carrier` just took may be sent again should it report a route
+    /// failure: resends are on, the carrier will give a final word, a carrier of the route
+    /// has not carried it (not this one, nor one called without an answer), and the code
+    /// has the time a resend needs.
+    fn may_resend(
+        &self,
+        disposition: &Disposition,
+        carrier: &CarrierHandle,
+        route: &[Arc<CarrierHandle>],
+    ) -> bool {
+        let sent = matches!(
+            disposition,
+            Disposition::Final {
+                status: Status::Sent,
+                ..
+            }
+        );
+        let Some(min_remaining) = self.context.resend.min_remaining else {
+            return false;
+        };
+        let left = self
+            .clocks
+            .deadline
+            .saturating_duration_since(Instant::now());
+        let carried_now: Vec<&str> = self
+            .recorder
+            .calls
+            .iter()
+            .filter(|call| call.outcome == "sent" || call.outcome == "timeout")
+            .map(|call| call.carrier.as_str())
+            .collect();
+        sent && carrier.awaits_receipts
+            && left >= min_remaining
+            && route
+                .iter()
+                .any(|other| !carried_now.contains(&other.name.as_str()))
+    }
+
     /// Admits the send to the number once per attempt (a failover within it is the same send),
     /// then checks, right before the call, that the lease still covers it and the code is
     /// still alive; the moment of the check.
@@ -442,6 +532,7 @@ impl Attempt<'_> {
             attempts,
             disposition,
             calls,
+            keep_body: self.keep_body,
         }
     }
 }
@@ -501,6 +592,7 @@ pub fn finalise(message: &Claimed, status: Status, error: &str) -> Completion {
             error: Some(error.to_string()),
         },
         calls: Vec::new(),
+        keep_body: false,
     }
 }
 
@@ -532,6 +624,7 @@ impl SendContext {
             windows: config.limits.recipient_pacing.clone(),
             admissions: (!config.limits.recipient_pacing.is_empty())
                 .then(|| Admissions::start(pool.clone(), config.limits.recipient_pacing.clone())),
+            resend: ResendPolicy::of(d),
         }))
     }
 }

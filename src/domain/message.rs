@@ -182,6 +182,37 @@ pub struct Assessment {
     pub estimated_cost: Option<i64>,
 }
 
+/// Why a report says a message was not delivered: whether another carrier may do better.
+/// Each kind classifies its own published codes (docs/carriers.md, "Why a message was not
+/// delivered"); a code it does not know is a route failure, since only a failure the number
+/// itself causes makes another carrier pointless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryFailure {
+    /// The carrier or the network failed it (unreachable, filtered, expired in a queue,
+    /// unknown): another carrier may deliver it.
+    Route,
+    /// The number cannot take it (invalid, unallocated, a landline, opted out): no carrier
+    /// will.
+    Recipient,
+}
+
+impl DeliveryFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryFailure::Route => "route",
+            DeliveryFailure::Recipient => "recipient",
+        }
+    }
+
+    /// The class of an undelivered report whose code is among `recipient_codes`, or not.
+    pub fn of_code(code: Option<&str>, recipient_codes: &[&str]) -> Self {
+        match code.map(str::trim) {
+            Some(code) if recipient_codes.contains(&code) => DeliveryFailure::Recipient,
+            _ => DeliveryFailure::Route,
+        }
+    }
+}
+
 /// Where a message stands. The strings are stored in the database and shown by the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

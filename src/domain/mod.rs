@@ -11,8 +11,8 @@ pub mod segments;
 pub use classifier::{Classification, classify};
 pub use limit_kind::LimitKind;
 pub use message::{
-    Assessment, Channel, MessageBody, MessageId, NewMessage, RequestInfo, Status, is_bidi_control,
-    redact_digits,
+    Assessment, Channel, DeliveryFailure, MessageBody, MessageId, NewMessage, RequestInfo, Status,
+    is_bidi_control, redact_digits,
 };
 pub use phone::{PhoneError, PhoneNumber, parse_country};
 pub use prefix::{PrefixTable, longest_match};

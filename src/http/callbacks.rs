@@ -16,10 +16,10 @@ use axum::response::{IntoResponse, Response};
 
 use super::admin::params::PathParams;
 use super::{ApiError, AppState};
-use crate::carriers::receipts::{CallbackRequest, Proof};
+use crate::carriers::receipts::{CallbackRequest, Proof, Receipt};
 use crate::carriers::{MAX_CARRIER_ID_CHARS, ReceiptCheck, storable};
 use crate::config::Config;
-use crate::db::receipts::{self, Applied};
+use crate::db::receipts::{self, Applied, Report, ResendPolicy};
 use crate::domain::Status;
 
 /// How each carrier's callbacks are proven, from the configuration.
@@ -30,6 +30,8 @@ pub struct CallbackKeys {
     /// reports then takes at most one core, and waits its turn instead of starving the
     /// ingress.
     costly_turn: Arc<tokio::sync::Semaphore>,
+    /// When a route failure sends the code again.
+    resend: ResendPolicy,
 }
 
 /// A report that waits longer than this for its expensive check gets 503 (the carrier
@@ -46,6 +48,7 @@ impl CallbackKeys {
         Arc::new(Self {
             by_carrier,
             costly_turn: Arc::new(tokio::sync::Semaphore::new(1)),
+            resend: ResendPolicy::of(&config.dispatch),
         })
     }
 }
@@ -110,14 +113,7 @@ pub async fn receive(
         Ok(receipt) => receipt,
         Err(why) => return ApiError::MalformedJson(why).into_response(),
     };
-    apply(
-        &state,
-        &request.carrier,
-        &receipt.carrier_message_id,
-        receipt.verdict,
-        receipt.error_code.as_deref(),
-    )
-    .await
+    apply(&state, &request.carrier, &receipt).await
 }
 
 /// The request's proof; an expensive one waits its turn on the blocking pool.
@@ -156,18 +152,15 @@ const MAX_CARRIER_ID: usize = 255;
 
 /// Applies a final verdict to its message and counts the receipt, once per distinct report;
 /// intermediate states (queued, sent, enroute, …) are only counted.
-async fn apply(
-    state: &AppState,
-    carrier: &str,
-    carrier_message_id: &str,
-    verdict: Option<Status>,
-    error_code: Option<&str>,
-) -> Response {
+async fn apply(state: &AppState, carrier: &str, receipt: &Receipt) -> Response {
+    let (carrier_message_id, verdict) = (receipt.carrier_message_id.as_str(), receipt.verdict);
     // Cleaned as a send's answer is (control characters dropped, bounded): the id then matches
     // the one stored with the send, and a NUL, which PostgreSQL's text refuses, is never a 503
     // the carrier would retry forever. An id too long to be one of ours is refused as sent.
     let cleaned = storable(carrier_message_id, MAX_CARRIER_ID_CHARS);
-    let error_code = error_code
+    let error_code = receipt
+        .error_code
+        .as_deref()
         .map(|code| storable(code, MAX_CARRIER_ID_CHARS))
         .filter(|code| !code.is_empty());
     if cleaned.is_empty() || carrier_message_id.len() > MAX_CARRIER_ID {
@@ -190,15 +183,14 @@ async fn apply(
         count();
         return StatusCode::NO_CONTENT.into_response();
     };
-    let applied = match receipts::record(
-        &state.pool,
+    let report = Report {
         carrier,
         carrier_message_id,
         status,
         error_code,
-    )
-    .await
-    {
+        failure: receipt.failure.filter(|_| status == Status::Undelivered),
+    };
+    let applied = match receipts::record(&state.pool, &report, state.callbacks.resend).await {
         Ok(applied) => applied,
         Err(err) => {
             tracing::error!(carrier, error = %err, "cannot record a delivery receipt");
@@ -208,6 +200,15 @@ async fn apply(
         }
     };
     let what = match applied {
+        Applied::Applied { resent: true, .. } => {
+            state
+                .metrics
+                .resends
+                .with_label_values(&[carrier, "route_failure"])
+                .inc();
+            state.wake.message_queued();
+            "route failure: the message goes out again through another carrier"
+        }
         Applied::Applied { age_ms, .. } => {
             if status == Status::Delivered {
                 let seconds = age_ms as f64 / 1e3;

@@ -18,6 +18,7 @@ fn plan(days: u32) -> Plan {
         days,
         send_log_seconds: 600,
         ingress_log_seconds: 600,
+        resend: Default::default(),
     }
 }
 
@@ -339,10 +340,14 @@ async fn after_a_day_is_dropped_its_keys_ids_and_receipts_are_answered_without_e
     assert_eq!(repeat.status().as_u16(), 200);
     let late = smsgate::db::receipts::record(
         &db,
-        "console",
-        &carrier_id,
-        smsgate::domain::Status::Delivered,
-        None,
+        &smsgate::db::receipts::Report {
+            carrier: "console",
+            carrier_message_id: &carrier_id,
+            status: smsgate::domain::Status::Delivered,
+            error_code: None,
+            failure: None,
+        },
+        Default::default(),
     )
     .await
     .expect("a late receipt is recorded");
@@ -461,10 +466,14 @@ async fn one_report_recorded_concurrently_by_three_processes_is_stored_once() {
         async move {
             smsgate::db::receipts::record(
                 &db,
-                "console",
-                "SM-concurrent",
-                smsgate::domain::Status::Delivered,
-                None,
+                &smsgate::db::receipts::Report {
+                    carrier: "console",
+                    carrier_message_id: "SM-concurrent",
+                    status: smsgate::domain::Status::Delivered,
+                    error_code: None,
+                    failure: None,
+                },
+                Default::default(),
             )
             .await
         }

@@ -19,6 +19,7 @@ fn plan(days: u32, ingress_log_seconds: u32) -> Plan {
         days,
         send_log_seconds: 600,
         ingress_log_seconds,
+        resend: Default::default(),
     }
 }
 

@@ -319,6 +319,7 @@ async fn every_side_table_is_swept_to_its_retention_whatever_the_message_count()
         days: 7,
         send_log_seconds: 60,
         ingress_log_seconds: 60,
+        resend: Default::default(),
     };
 
     smsgate::dispatch::retention::sweep(
@@ -647,6 +648,7 @@ async fn retention_never_deletes_a_send_log_a_limit_is_updating_meanwhile() {
             days: 7,
             send_log_seconds: 60,
             ingress_log_seconds: 60,
+            resend: Default::default(),
         };
         smsgate::dispatch::retention::sweep(
             &smsgate::db::Db::direct(pool.clone()),

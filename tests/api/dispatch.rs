@@ -441,6 +441,7 @@ async fn retention_deletes_old_final_messages_only() {
         days: 7,
         send_log_seconds: 600,
         ingress_log_seconds: 600,
+        resend: Default::default(),
     };
     let swept = smsgate::dispatch::retention::sweep(&db, plan, &Default::default())
         .await

@@ -38,6 +38,7 @@ mod process;
 mod prometheus;
 mod readme;
 mod receipts;
+mod resends;
 mod signed_reports;
 mod slices;
 mod slow_clients;

@@ -50,6 +50,7 @@ async fn sweep(pool: &PgPool, days: u32) -> Swept {
         days,
         send_log_seconds: 600,
         ingress_log_seconds: 600,
+        resend: Default::default(),
     };
     smsgate::dispatch::retention::sweep(&Db::direct(pool.clone()), plan, &Default::default())
         .await
@@ -385,10 +386,14 @@ async fn an_upgrade_keeps_every_row_readable_and_the_queued_message_sent() {
     assert_eq!(queued["status"], "sent", "{queued}");
     let repeat = smsgate::db::receipts::record(
         &Db::direct(app.pool.clone()),
-        "console",
-        "old-1",
-        smsgate::domain::Status::Delivered,
-        None,
+        &smsgate::db::receipts::Report {
+            carrier: "console",
+            carrier_message_id: "old-1",
+            status: smsgate::domain::Status::Delivered,
+            error_code: None,
+            failure: None,
+        },
+        Default::default(),
     )
     .await
     .expect("record");
@@ -465,10 +470,14 @@ async fn a_report_recorded_on_an_earlier_day_is_not_stored_again() {
 
     let again = smsgate::db::receipts::record(
         &Db::direct(app.pool.clone()),
-        "console",
-        "SM-yesterday",
-        smsgate::domain::Status::Delivered,
-        None,
+        &smsgate::db::receipts::Report {
+            carrier: "console",
+            carrier_message_id: "SM-yesterday",
+            status: smsgate::domain::Status::Delivered,
+            error_code: None,
+            failure: None,
+        },
+        Default::default(),
     )
     .await
     .expect("record");

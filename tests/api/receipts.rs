@@ -187,10 +187,14 @@ async fn a_receipt_that_arrives_before_the_outcome_is_applied_later() {
     // The carrier's receipt is faster than the batched outcome write: nothing to apply yet.
     let applied = smsgate::db::receipts::record(
         &smsgate::db::Db::direct(app.pool.clone()),
-        "console",
-        "SMearly",
-        smsgate::domain::Status::Delivered,
-        None,
+        &smsgate::db::receipts::Report {
+            carrier: "console",
+            carrier_message_id: "SMearly",
+            status: smsgate::domain::Status::Delivered,
+            error_code: None,
+            failure: None,
+        },
+        Default::default(),
     )
     .await
     .expect("recorded");
@@ -205,11 +209,15 @@ async fn a_receipt_that_arrives_before_the_outcome_is_applied_later() {
     .await
     .expect("the outcome lands");
 
-    let late = smsgate::db::receipts::apply_pending(&smsgate::db::Db::direct(app.pool.clone()))
-        .await
-        .expect("sweep");
+    let late = smsgate::db::receipts::apply_pending(
+        &smsgate::db::Db::direct(app.pool.clone()),
+        Default::default(),
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .expect("sweep");
 
-    assert_eq!(late, 1);
+    assert_eq!(late, (1, 0), "applied, and no resend");
     let status: String = sqlx::query_scalar("SELECT status FROM messages WHERE id = $1::uuid")
         .bind(&id)
         .fetch_one(&app.pool)

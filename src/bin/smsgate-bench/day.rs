@@ -133,6 +133,7 @@ async fn remove(bench: &Bench, delay: Duration) -> anyhow::Result<(f64, i64, Vec
         days: 2,
         send_log_seconds: 3600,
         ingress_log_seconds: 3600,
+        resend: Default::default(),
     };
     let wal_before = wal_lsn(bench).await?;
     let started = Instant::now();

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::signature::{SignatureKeys, SignedRequest};
-use crate::carriers::receipts::{CallbackRequest, Proof, Receipt, ReceiptCheck};
+use crate::carriers::receipts::{CallbackRequest, DeliveryFailure, Proof, Receipt, ReceiptCheck};
 use crate::domain::Status;
 use crate::secret::Secret;
 
@@ -60,10 +60,14 @@ impl ReceiptCheck for DeliveryReports {
 
     fn read(&self, body: &[u8]) -> Result<Receipt, String> {
         let report: DeliveryReport = crate::domain::json::object(body)?;
+        let verdict = verdict(&report.status);
+        let failure = (verdict == Some(Status::Undelivered))
+            .then(|| DeliveryFailure::of_code(report.error_code.as_deref(), &RECIPIENT_CODES));
         Ok(Receipt {
-            verdict: verdict(&report.status),
+            verdict,
             carrier_message_id: report.message_id,
             error_code: report.error_code,
+            failure,
         })
     }
 }
@@ -103,6 +107,14 @@ pub struct DeliveryReport {
     #[serde(default)]
     pub error_code: Option<String>,
 }
+
+/// MessageMedia's delivery report codes (its API reference, "Delivery reports", the status
+/// codes list) that say the number itself cannot take the message: 302 and 412 destination
+/// blocked, 411 invalid destination, 413 no SMS service on the destination. Every other
+/// failure (301 usage threshold, 304 dropped, 320 and 401 validity expired, 330 gateway
+/// failure, 332 no route, 400 undeliverable, 402 rejected downstream, 414 unreachable, …) is
+/// a route failure.
+pub const RECIPIENT_CODES: [&str; 4] = ["302", "411", "412", "413"];
 
 /// What a report's status says about delivery.
 pub fn verdict(status: &str) -> Option<Status> {

@@ -8,7 +8,7 @@ use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Deserialize;
 
-use crate::carriers::receipts::{CallbackRequest, Proof, Receipt, ReceiptCheck};
+use crate::carriers::receipts::{CallbackRequest, DeliveryFailure, Proof, Receipt, ReceiptCheck};
 use crate::domain::Status;
 
 /// One carrier's webhooks, signed under `key`.
@@ -40,13 +40,28 @@ impl ReceiptCheck for Webhooks {
 
     fn read(&self, body: &[u8]) -> Result<Receipt, String> {
         let webhook: Webhook = crate::domain::json::object(body)?;
+        let (verdict, error_code) = (webhook.verdict(), webhook.error_code());
+        let failure = (verdict == Some(Status::Undelivered))
+            .then(|| DeliveryFailure::of_code(error_code.as_deref(), &RECIPIENT_CODES));
         Ok(Receipt {
-            verdict: webhook.verdict(),
-            error_code: webhook.error_code(),
+            verdict,
+            error_code,
             carrier_message_id: webhook.data.payload.id,
+            failure,
         })
     }
 }
+
+/// Telnyx's messaging error codes (developers.telnyx.com/docs/messaging/messages/error-codes)
+/// that say the number itself cannot take the message: 10001 inactive number, 10002 invalid
+/// number, 40001 a landline or non-routable number, 40012 invalid destination (unowned,
+/// deactivated), 40300 opted out (STOP), 40301 and 40319 a message type the number cannot
+/// take, 40310 invalid `to`. Every other code (40002 spam filter, 40004 rejected for an
+/// unknown reason, 40005 and 40014 expired, 40006 recipient server unavailable, 40008
+/// undeliverable, …) is a route failure.
+pub const RECIPIENT_CODES: [&str; 8] = [
+    "10001", "10002", "40001", "40012", "40300", "40301", "40310", "40319",
+];
 
 pub const SIGNATURE_HEADER: &str = "telnyx-signature-ed25519";
 pub const TIMESTAMP_HEADER: &str = "telnyx-timestamp";

@@ -7,7 +7,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
-use crate::carriers::receipts::{CallbackRequest, Proof, Receipt, ReceiptCheck};
+use crate::carriers::receipts::{CallbackRequest, DeliveryFailure, Proof, Receipt, ReceiptCheck};
 use crate::domain::Status;
 use crate::secret::Secret;
 
@@ -54,10 +54,16 @@ impl ReceiptCheck for StatusCallbacks {
                 "MessageSid and MessageStatus (or CallSid and CallStatus) are required".into(),
             );
         };
+        let error_code = field("ErrorCode").map(str::to_string);
+        let failure = (verdict == Some(Status::Undelivered)).then(|| match field("CallStatus") {
+            Some(status) if field("MessageSid").is_none() => call_failure(status),
+            _ => DeliveryFailure::of_code(error_code.as_deref(), &RECIPIENT_CODES),
+        });
         Ok(Receipt {
             carrier_message_id: sid.to_string(),
             verdict,
-            error_code: field("ErrorCode").map(str::to_string),
+            error_code,
+            failure,
         })
     }
 }
@@ -86,6 +92,22 @@ pub fn message_verdict(status: &str) -> Option<Status> {
         "delivered" => Some(Status::Delivered),
         "undelivered" | "failed" => Some(Status::Undelivered),
         _ => None,
+    }
+}
+
+/// Twilio's error codes (twilio.com/docs/api/errors/<code>) that say the number itself cannot
+/// take the message: 21211 invalid `To`, 21610 unsubscribed (replied STOP), 21614 not a
+/// mobile number, 30004 blocked by the recipient, 30005 unknown or unallocated handset, 30006
+/// a landline or a carrier that cannot reach it. Every other code (30003 unreachable handset,
+/// 30007 carrier filtering, 30008 unknown, 30034 unregistered sender, …) is a route failure.
+pub const RECIPIENT_CODES: [&str; 6] = ["21211", "21610", "21614", "30004", "30005", "30006"];
+
+/// Why a call was never heard: a call that failed is the route's doing; busy, unanswered or
+/// canceled is the person's, and another carrier's call would ring the same phone.
+fn call_failure(status: &str) -> DeliveryFailure {
+    match status {
+        "failed" => DeliveryFailure::Route,
+        _ => DeliveryFailure::Recipient,
     }
 }
 

@@ -1,0 +1,85 @@
+//! Every second, on every worker process: receipts that beat their message's send record are
+//! applied (a route failure among them sends the code again), messages whose carrier stayed
+//! silent past its `receipt_timeout_seconds` go out again, and the bodies no resend can use
+//! any more are erased. Each step is one statement that locks the rows it changes, so
+//! processes running it at once never resend a message twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Ticks;
+use crate::carriers::CarrierHandle;
+use crate::db::receipts::{self, ResendPolicy};
+use crate::db::{Db, resends};
+use crate::metrics::Metrics;
+
+/// How often the watch runs: a resend is due a second at most after its time.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// What the watch needs, from the configuration.
+pub struct ReceiptWatch {
+    pub pool: Db,
+    pub resend: ResendPolicy,
+    /// Carriers with a `receipt_timeout_seconds`, and that timeout.
+    pub silent_after: Vec<(String, Duration)>,
+    /// `dispatch.message_ttl_seconds`: how long ago a message still alive was accepted.
+    pub ttl: Duration,
+    pub metrics: Metrics,
+    pub wake: crate::db::wake::Wake,
+}
+
+impl ReceiptWatch {
+    /// The carriers of `handles` that have a receipt timeout.
+    pub fn silent_after(handles: &[Arc<CarrierHandle>]) -> Vec<(String, Duration)> {
+        let mut silent: Vec<(String, Duration)> = handles
+            .iter()
+            .filter_map(|c| c.receipt_timeout.map(|t| (c.name.clone(), t)))
+            .collect();
+        silent.sort();
+        silent
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticks = Ticks::new(EVERY, &shutdown);
+        while ticks.next().await {
+            if let Err(err) = self.once().await {
+                tracing::warn!(error = %err, "the receipt watch failed; trying again in a second");
+            }
+        }
+    }
+
+    /// One pass; what it did is logged and counted.
+    pub async fn once(&self) -> Result<(), sqlx::Error> {
+        let (applied, resent) = receipts::apply_pending(&self.pool, self.resend, self.ttl).await?;
+        if applied > 0 {
+            tracing::info!(applied, resent, "delivery receipts applied late");
+        }
+        let mut queued = resent;
+        if self.resend.min_remaining.is_some() {
+            for (carrier, timeout) in &self.silent_after {
+                let silent =
+                    resends::resend_silent(&self.pool, carrier, *timeout, self.resend, self.ttl)
+                        .await?;
+                if silent > 0 {
+                    tracing::info!(
+                        carrier,
+                        messages = silent,
+                        "no receipt in time: sending again through another carrier"
+                    );
+                    self.metrics
+                        .resends
+                        .with_label_values(&[carrier, "no_receipt"])
+                        .inc_by(silent);
+                }
+                queued += silent;
+            }
+        }
+        resends::erase_spent_bodies(&self.pool, self.resend).await?;
+        if queued > 0 {
+            self.wake.message_queued();
+        }
+        Ok(())
+    }
+}
