@@ -16,6 +16,7 @@ use crate::db;
 use crate::db::batcher::Batcher;
 use crate::db::embedded::{Durability, EmbeddedPostgres};
 use crate::dispatch::Dispatcher;
+use crate::dispatch::route_measure::RouteMeasure;
 use crate::dispatch::wake::{Wake, run_notifier};
 use crate::http::server::ConnectionLimits;
 use crate::http::{self, AppHandles, AppState, InFlight, MetricsState, metrics_router};
@@ -199,6 +200,17 @@ impl App {
         })
     }
 
+    /// The task that adds this process's route measurements and exports the window.
+    fn route_measure(&self) -> RouteMeasure {
+        RouteMeasure {
+            pool: self.database.pool.clone(),
+            stats: self.state.route_stats.clone(),
+            metrics: self.state.metrics.clone(),
+            window_seconds: self.config.dispatch.route_stats_window_seconds.get(),
+            settle_seconds: self.config.dispatch.message_ttl_seconds,
+        }
+    }
+
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
     }
@@ -228,6 +240,7 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        background.spawn(self.route_measure().run(shutdown.clone()));
         let dispatcher = if self.role.workers() {
             let metrics = self.state.metrics.clone();
             Some(
@@ -237,6 +250,7 @@ impl App {
                     self.database.session_options().cloned(),
                     wake,
                     metrics,
+                    self.state.route_stats.clone(),
                     shutdown.clone(),
                 )
                 .await?,
@@ -272,6 +286,7 @@ impl App {
         }
         let admin_apart = self.config.admin.listen.is_some();
         let batcher = self.state.batcher.clone();
+        let route_stats = self.state.route_stats.clone();
         let router = http::public_router(self.state, admin_apart, request_timeout);
         let server = http::server::serve(self.listener, router, limits, shutdown.clone());
         let workers = async {
@@ -283,6 +298,11 @@ impl App {
         tokio::join!(server, workers);
         batcher.give_back_slices().await;
         background.abort_all();
+        // The counts of the last sends and receipts, which the measuring task may not have had
+        // the time to add.
+        if let Err(err) = route_stats.flush(&self.database.pool).await {
+            tracing::warn!(error = %err, "the last route measurements could not be added");
+        }
         self.database.close().await;
         Ok(())
     }
@@ -326,6 +346,7 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
         callbacks: http::callbacks::CallbackKeys::new(config),
         carriers: Arc::new(config.carriers.keys().cloned().collect()),
         readiness: Arc::default(),
+        route_stats: Default::default(),
     });
     Ok(state)
 }

@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         action: MessagesAction,
     },
+    /// What each carrier delivered per destination country, straight from the database.
+    Carriers {
+        #[command(subcommand)]
+        action: CarriersAction,
+    },
     /// Print an HS256 token signed the way Auth0 signs its gateway calls.
     Token {
         /// The `[auth0.<name>]` signer to sign for; optional when only one is configured.
@@ -52,6 +57,17 @@ enum Command {
         /// Lifetime of the token.
         #[arg(long, default_value_t = 600)]
         ttl_seconds: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CarriersAction {
+    /// Sends, receipts and delivery ratio per carrier and country over the measurement window
+    /// (dispatch.route_stats_window_seconds), from every process.
+    Stats {
+        /// Print JSON, as GET /v1/carriers/stats answers, instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -125,6 +141,7 @@ fn main() -> ExitCode {
         Command::Serve { role } => run_async(&config.clone(), serve(config, role.into())),
         Command::Migrate => run_async(&config.clone(), migrate(config)),
         Command::Messages { action } => run_async(&config.clone(), messages(config, action)),
+        Command::Carriers { action } => run_async(&config.clone(), carriers(config, action)),
         Command::Healthcheck => run_async(&config.clone(), healthcheck(config)),
     };
     match result {
@@ -176,6 +193,71 @@ async fn messages(config: Config, action: MessagesAction) -> anyhow::Result<()> 
     let result = run_messages(&database.pool, action).await;
     database.close().await;
     result
+}
+
+async fn carriers(config: Config, action: CarriersAction) -> anyhow::Result<()> {
+    let database = Database::open(&config.database).await?;
+    let CarriersAction::Stats { json } = action;
+    let d = &config.dispatch;
+    let (window, settle) = (d.route_stats_window_seconds.get(), d.message_ttl_seconds);
+    let result = db::route_stats::window(&database.pool, window, settle).await;
+    database.close().await;
+    let routes = result?;
+    if json {
+        let routes: Vec<serde_json::Value> = routes
+            .iter()
+            .map(|r| {
+                let mut value = serde_json::to_value(r).unwrap_or_default();
+                value["delivery_ratio"] = r.delivery_ratio().into();
+                value["conversion_ratio"] = r.conversion_ratio().into();
+                value
+            })
+            .collect();
+        let body = serde_json::json!({
+            "window_seconds": window, "settle_seconds": settle, "routes": routes,
+        });
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    println!("last {window} s; a send without a receipt after {settle} s counts as no_receipt");
+    println!(
+        "{:<16} {:<7} {:>8} {:>9} {:>12} {:>16} {:>10} {:>8} {:>10} {:>8} {:>10}",
+        "carrier",
+        "country",
+        "sent",
+        "delivered",
+        "failed_route",
+        "failed_recipient",
+        "no_receipt",
+        "ratio",
+        "latency_s",
+        "verified",
+        "conversion"
+    );
+    for r in routes {
+        let ratio = r.delivery_ratio().map_or("-".into(), |x| format!("{x:.3}"));
+        let latency = r
+            .receipt_latency_ms
+            .map_or("-".into(), |ms| format!("{:.1}", ms / 1e3));
+        let conversion = r
+            .conversion_ratio()
+            .map_or("-".into(), |x| format!("{x:.3}"));
+        println!(
+            "{:<16} {:<7} {:>8} {:>9} {:>12} {:>16} {:>10} {:>8} {:>10} {:>8} {:>10}",
+            r.carrier,
+            r.country,
+            r.sent,
+            r.delivered,
+            r.failed_route,
+            r.failed_recipient,
+            r.no_receipt,
+            ratio,
+            latency,
+            r.verified,
+            conversion
+        );
+    }
+    Ok(())
 }
 
 async fn run_messages(pool: &crate::db::Db, action: MessagesAction) -> anyhow::Result<()> {

@@ -94,6 +94,9 @@ pub struct Inner {
     pub receipts: IntCounterVec,
     pub receipt_latency: Histogram,
     pub resends: IntCounterVec,
+    pub verifications: IntCounterVec,
+    pub route_messages: IntGaugeVec,
+    pub route_receipt_latency: prometheus::GaugeVec,
     pub carrier_disabled: IntGaugeVec,
     pub ingress_in_flight: IntGaugeVec,
     pub ready: prometheus::IntGauge,
@@ -239,6 +242,22 @@ const RESENDS: Spec = Spec {
            and why (route_failure: its receipt said so; no_receipt: none came in time).",
     labels: &["carrier", "reason"],
 };
+/// Why a message was sent again (`smsgate_resends_total`).
+pub const RESEND_REASONS: [&str; 2] = ["route_failure", "no_receipt"];
+const ROUTE_MESSAGES: Spec = Spec {
+    name: "smsgate_route_messages",
+    help: "Messages each carrier took per destination country over the route measurement window \
+           (dispatch.route_stats_window_seconds), by what became of them: sent, delivered, \
+           failed_route, failed_recipient, no_receipt. Database-wide: aggregate with max, not sum.",
+    labels: &["carrier", "country", "outcome"],
+};
+const VERIFICATIONS: Spec = Spec {
+    name: "smsgate_verifications_total",
+    help: "Logins completed with a phone code, told by POST /v1/verifications, by signer and \
+           outcome: attributed to a message, repeated, or no_message of ours.",
+    labels: &["signer", "outcome"],
+};
+const ROUTE_RECEIPT_LATENCY: &str = "smsgate_route_receipt_latency_seconds";
 const CARRIER_DISABLED: Spec = Spec {
     name: "smsgate_carrier_disabled",
     help: "1 while an operator has disabled the carrier (POST /v1/carriers/{name}/disable).",
@@ -292,6 +311,16 @@ impl Metrics {
             receipts: r.counter(&RECEIPTS)?,
             receipt_latency: r.histogram(&RECEIPT_LATENCY)?,
             resends: r.counter(&RESENDS)?,
+            verifications: r.counter(&VERIFICATIONS)?,
+            route_messages: r.gauge(&ROUTE_MESSAGES)?,
+            route_receipt_latency: r.register(prometheus::GaugeVec::new(
+                Opts::new(
+                    ROUTE_RECEIPT_LATENCY,
+                    "Mean time from a send to its final receipt over the route measurement \
+                     window, per carrier and destination country. Database-wide.",
+                ),
+                &["carrier", "country"],
+            )?)?,
             carrier_disabled: r.gauge(&CARRIER_DISABLED)?,
             ingress_in_flight: r.gauge(&INGRESS_IN_FLIGHT)?,
             held: r.counter(&HELD)?,
@@ -363,6 +392,9 @@ impl Metrics {
             self.carrier_disabled
                 .with_label_values(&[carrier.as_str()])
                 .set(0);
+            for reason in RESEND_REASONS {
+                self.resends.with_label_values(&[carrier.as_str(), reason]);
+            }
             for status in RECEIPT_STATUSES {
                 self.receipts.with_label_values(&[carrier.as_str(), status]);
             }
@@ -411,10 +443,18 @@ impl Metrics {
 
     /// Every metric family name currently exported (for tests of dashboards and alerts).
     pub fn family_names(&self) -> Vec<String> {
-        self.registry
+        let mut names: Vec<String> = self
+            .registry
             .gather()
             .iter()
             .map(|f| f.name().to_string())
-            .collect()
+            .collect();
+        // Their labels are the routes' countries, known only once traffic is measured.
+        for later in [ROUTE_MESSAGES.name, ROUTE_RECEIPT_LATENCY] {
+            if !names.iter().any(|n| n == later) {
+                names.push(later.to_string());
+            }
+        }
+        names
     }
 }

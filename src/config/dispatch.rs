@@ -38,6 +38,8 @@ pub struct DispatchConfig {
     /// life left.
     pub resend_on_route_failure: bool,
     pub resend_min_remaining_seconds: u32,
+    /// How far back the route measurements (per carrier and country) look.
+    pub route_stats_window_seconds: Seconds,
 }
 
 impl Default for DispatchConfig {
@@ -56,6 +58,7 @@ impl Default for DispatchConfig {
             notify_interval_ms: Millis::new(100),
             resend_on_route_failure: true,
             resend_min_remaining_seconds: 30,
+            route_stats_window_seconds: Seconds::new(3600),
         }
     }
 }
@@ -97,6 +100,18 @@ impl Config {
             );
         }
         let d = &self.dispatch;
+        if !(60..=86_400).contains(&d.route_stats_window_seconds.get()) {
+            problem(
+                "dispatch.route_stats_window_seconds".into(),
+                "must be between 60 and 86400".into(),
+            );
+        }
+        if d.resend_min_remaining_seconds > 86_400 {
+            problem(
+                "dispatch.resend_min_remaining_seconds".into(),
+                "must be at most 86400 (a code's longest life)".into(),
+            );
+        }
         if d.retry_max_ms < d.retry_base_ms {
             problem(
                 "dispatch.retry_max_ms".into(),

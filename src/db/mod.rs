@@ -15,8 +15,10 @@ pub mod receipts;
 pub mod recipient_sends;
 pub mod resends;
 pub mod retention;
+pub mod route_stats;
 pub mod spend;
 pub mod tls;
+pub mod verifications;
 pub mod wake;
 
 pub use handle::{Db, Tx};

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::{Db, Tx};
 
+use super::route_stats::{ReceiptSeen, RouteStats};
 use crate::domain::DeliveryFailure;
 use crate::domain::Status;
 
@@ -39,10 +40,12 @@ pub struct Report<'a> {
 }
 
 /// When a route failure sends the code again: never with less than `min_remaining` of its
-/// life left (`None`: never).
+/// life left (`None`: never), nor past `max_attempts`.
 #[derive(Debug, Clone, Copy)]
 pub struct ResendPolicy {
     pub min_remaining: Option<Duration>,
+    /// A resend is an attempt: none once a message made `dispatch.max_attempts`.
+    pub max_attempts: i32,
 }
 
 impl Default for ResendPolicy {
@@ -59,6 +62,7 @@ impl ResendPolicy {
             min_remaining: config
                 .resend_on_route_failure
                 .then(|| Duration::from_secs(u64::from(config.resend_min_remaining_seconds))),
+            max_attempts: i32::try_from(config.max_attempts.get()).unwrap_or(i32::MAX),
         }
     }
 
@@ -69,16 +73,45 @@ impl ResendPolicy {
     }
 }
 
-/// Records a receipt and applies it when its message is known.
+/// Records a receipt and applies the earliest report of its carrier message not applied yet:
+/// this one, or one that beat the send's own record (the first verdict wins, so a "delivered"
+/// that came early is never overridden by a failure that came after it).
 pub async fn record(
     pool: &Db,
     report: &Report<'_>,
     resend: ResendPolicy,
+    stats: Option<&RouteStats>,
 ) -> Result<Applied, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let applied = apply(&mut tx, &Reports::one(report), resend).await?;
-    let first = store(&mut tx, report, !applied.is_empty()).await?;
+    let first = store(&mut tx, report).await?;
+    let earliest: Option<StoredReport> = sqlx::query_as(
+        "SELECT carrier, carrier_message_id, status, failure, error_code
+         FROM delivery_receipts
+         WHERE carrier = $1 AND carrier_message_id = $2 AND NOT applied
+         ORDER BY id LIMIT 1",
+    )
+    .bind(report.carrier)
+    .bind(report.carrier_message_id)
+    .fetch_optional(&mut tx)
+    .await?;
+    let applied = match earliest {
+        Some(earliest) => apply(&mut tx, &Reports::from(vec![earliest]), resend).await?,
+        None => Vec::new(),
+    };
+    if !applied.is_empty() {
+        sqlx::query(
+            "UPDATE delivery_receipts SET applied = true
+             WHERE carrier = $1 AND carrier_message_id = $2 AND NOT applied",
+        )
+        .bind(report.carrier)
+        .bind(report.carrier_message_id)
+        .execute(&mut tx)
+        .await?;
+    }
     tx.commit().await?;
+    if let Some(stats) = stats {
+        applied.iter().for_each(|row| stats.receipt(&row.seen()));
+    }
     Ok(match applied.first() {
         Some(row) => Applied::Applied {
             age_ms: row.age_ms,
@@ -100,15 +133,17 @@ struct Reports {
     codes: Vec<Option<String>>,
 }
 
-impl Reports {
-    fn one(report: &Report<'_>) -> Self {
-        Self {
-            carriers: vec![report.carrier.to_string()],
-            ids: vec![report.carrier_message_id.to_string()],
-            statuses: vec![report.status.as_str().to_string()],
-            failures: vec![report.failure.map(|f| f.as_str().to_string())],
-            codes: vec![report.error_code.map(str::to_string)],
+impl From<Vec<StoredReport>> for Reports {
+    fn from(stored: Vec<StoredReport>) -> Self {
+        let mut reports = Reports::default();
+        for report in stored {
+            reports.carriers.push(report.carrier);
+            reports.ids.push(report.carrier_message_id);
+            reports.statuses.push(report.status);
+            reports.failures.push(report.failure);
+            reports.codes.push(report.error_code);
         }
+        reports
     }
 }
 
@@ -129,6 +164,29 @@ struct AppliedRow {
     carrier_message_id: String,
     age_ms: i64,
     resent: bool,
+    recipient: String,
+    sent_minute: i64,
+    receipt_ms: i64,
+    status: String,
+    failure: Option<String>,
+}
+
+impl AppliedRow {
+    /// The receipt, as the route measurements count it.
+    fn seen(&self) -> ReceiptSeen {
+        ReceiptSeen {
+            carrier: self.carrier.clone(),
+            recipient: self.recipient.clone(),
+            sent_minute: self.sent_minute,
+            receipt_ms: self.receipt_ms,
+            status: Status::parse(&self.status).unwrap_or(Status::Undelivered),
+            failure: match self.failure.as_deref() {
+                Some("recipient") => Some(DeliveryFailure::Recipient),
+                Some(_) => Some(DeliveryFailure::Route),
+                None => None,
+            },
+        }
+    }
 }
 
 /// Applies final reports to their messages still in `sent` (the first verdict wins). A route
@@ -148,45 +206,51 @@ async fn apply(
         .bind(&reports.failures)
         .bind(&reports.codes)
         .bind(resend.min_remaining_seconds())
+        .bind(resend.max_attempts)
         .fetch_all(&mut *conn)
         .await
 }
 
-/// `$1`–`$5` the reports' columns, `$6` the seconds of life a resend needs. Each `CASE`
-/// repeats the resend condition: an UPDATE's expressions all see the row as it was.
+/// `$1`–`$5` the reports' columns, `$6` the seconds of life a resend needs, `$7` the attempts
+/// a message may have made before (`dispatch.max_attempts`). `d` locks each message still
+/// `sent` from the reporting carrier and decides once whether it goes out again.
 const APPLY: &str = "WITH r AS (
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
              AS r(carrier, carrier_message_id, status, failure, error_code)
+     ), d AS (
+         SELECT m.id, r.carrier, r.carrier_message_id, r.status, r.failure, r.error_code,
+                r.status = 'undelivered' AND r.failure = 'route' AND m.body <> ''
+                    AND m.attempts < $7
+                    AND m.expires_at - now() >= make_interval(secs => $6) AS resend
+         FROM r JOIN messages m
+             ON m.carrier_message_id = r.carrier_message_id AND m.carrier = r.carrier
+         WHERE m.status = 'sent'
+         FOR UPDATE OF m
      ), m AS (
          UPDATE messages m
-         SET status = CASE WHEN r.status = 'undelivered' AND r.failure = 'route' AND m.body <> ''
-                            AND m.expires_at - now() >= make_interval(secs => $6)
-                      THEN 'queued' ELSE r.status END,
-             finished_at = CASE WHEN r.status = 'undelivered' AND r.failure = 'route'
-                                 AND m.body <> ''
-                                 AND m.expires_at - now() >= make_interval(secs => $6)
-                           THEN NULL ELSE m.finished_at END,
-             carried_by = CASE WHEN r.status = 'undelivered' AND r.failure = 'route'
-                                AND m.body <> ''
-                                AND m.expires_at - now() >= make_interval(secs => $6)
+         SET status = CASE WHEN d.resend THEN 'queued' ELSE d.status END,
+             finished_at = CASE WHEN d.resend THEN NULL ELSE m.finished_at END,
+             carried_by = CASE WHEN d.resend
                           THEN ARRAY(SELECT DISTINCT a.carrier FROM message_attempts a
                                      WHERE a.message_id = m.id
                                        AND a.outcome IN ('sent', 'timeout'))
                           ELSE m.carried_by END,
-             last_error = CASE WHEN r.status = 'undelivered' THEN
-                              concat(m.carrier, ': not delivered, a ', coalesce(r.failure, 'route'),
-                                     ' failure', ' (code ' || r.error_code || ')')
+             last_error = CASE WHEN d.status = 'undelivered' THEN
+                              concat(m.carrier, ': not delivered, a ', coalesce(d.failure, 'route'),
+                                     ' failure', ' (code ' || d.error_code || ')')
                           ELSE m.last_error END,
-             body = CASE WHEN r.status = 'undelivered' AND r.failure = 'route' AND m.body <> ''
-                          AND m.expires_at - now() >= make_interval(secs => $6)
-                    THEN m.body ELSE '' END,
+             body = CASE WHEN d.resend THEN m.body ELSE '' END,
              receipt_at = now()
-         FROM r
-         WHERE m.carrier_message_id = r.carrier_message_id AND m.carrier = r.carrier
-           AND m.status = 'sent'
-         RETURNING m.id, m.status = 'queued' AS resent, m.expires_at, m.created_at, m.attempts,
-                   r.carrier, r.carrier_message_id, r.status, r.failure, r.error_code,
-                   (extract(epoch FROM now() - m.created_at) * 1000)::bigint AS age_ms
+         FROM d
+         WHERE m.id = d.id
+         RETURNING m.id, d.resend AS resent, m.expires_at, m.created_at, m.attempts,
+                   d.carrier, d.carrier_message_id, d.status, d.failure, d.error_code,
+                   (extract(epoch FROM now() - m.created_at) * 1000)::bigint AS age_ms,
+                   m.recipient,
+                   extract(epoch FROM date_trunc('minute', coalesce(m.sent_at, now())))::bigint
+                       AS sent_minute,
+                   (extract(epoch FROM now() - coalesce(m.sent_at, now())) * 1000)::bigint
+                       AS receipt_ms
      ), q AS (
          INSERT INTO message_queue (message_id, run_at, expires_at, created_at, attempts)
          SELECT id, now(), expires_at, created_at, attempts FROM m WHERE resent
@@ -199,62 +263,49 @@ const APPLY: &str = "WITH r AS (
          WHERE a.message_id = m.id AND a.carrier = m.carrier
            AND a.carrier_message_id = m.carrier_message_id AND a.receipt_status IS NULL
      )
-     SELECT carrier, carrier_message_id, age_ms, resent FROM m";
+     SELECT carrier, carrier_message_id, age_ms, resent, recipient, sent_minute, receipt_ms,
+            status, failure
+     FROM m";
 
 /// The advisory-lock namespace of reports (the two-number form, apart from the single-number
 /// locks such as retention's): "sg" "dr". A hash collision only makes two reports take turns.
 const REPORT_LOCKS: i32 = 0x7367_6472;
 
-/// Stores a report unless the same (carrier, id, status) was stored before, on any day; true
-/// when it is new. A repeat only marks the first copy applied, when this one applied it (the
-/// first came before its message's outcome was written).
-async fn store(tx: &mut Tx<'_>, report: &Report<'_>, applied: bool) -> Result<bool, sqlx::Error> {
+/// Stores a report, not yet applied, unless the same (carrier, id, status) was stored before,
+/// on any day; true when it is new.
+async fn store(tx: &mut Tx<'_>, report: &Report<'_>) -> Result<bool, sqlx::Error> {
     let (carrier, carrier_message_id, status) =
         (report.carrier, report.carrier_message_id, report.status);
     // Receipts are partitioned by day, and a unique index only holds within a partition: the
-    // lock makes "look in every day, then insert" one step for this report, across processes.
-    sqlx::query("SELECT pg_advisory_xact_lock($4, hashtext(concat_ws(' ', $1, $2, $3)))")
+    // lock makes "look in every day, then insert" one step, and the reports of one carrier
+    // message take turns (whatever their status), so the earliest is always applied first.
+    sqlx::query("SELECT pg_advisory_xact_lock($3, hashtext(concat_ws(' ', $1, $2)))")
         .bind(carrier)
         .bind(carrier_message_id)
-        .bind(status.as_str())
         .bind(REPORT_LOCKS)
         .execute(&mut *tx)
         .await?;
-    let repeated = sqlx::query(
-        "UPDATE delivery_receipts SET applied = true
-         WHERE carrier = $1 AND carrier_message_id = $2 AND status = $3 AND $4 AND NOT applied",
+    let stored_before: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM delivery_receipts
+                        WHERE carrier = $1 AND carrier_message_id = $2 AND status = $3)",
     )
     .bind(carrier)
     .bind(carrier_message_id)
     .bind(status.as_str())
-    .bind(applied)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        > 0;
-    let stored_before: bool = repeated
-        || sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM delivery_receipts
-                            WHERE carrier = $1 AND carrier_message_id = $2 AND status = $3)",
-        )
-        .bind(carrier)
-        .bind(carrier_message_id)
-        .bind(status.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
+    .fetch_one(&mut *tx)
+    .await?;
     if stored_before {
         return Ok(false);
     }
     sqlx::query(
         "INSERT INTO delivery_receipts
              (carrier, carrier_message_id, status, error_code, applied, failure)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         VALUES ($1, $2, $3, $4, false, $5)",
     )
     .bind(carrier)
     .bind(carrier_message_id)
     .bind(status.as_str())
     .bind(report.error_code)
-    .bind(applied)
     .bind(report.failure.map(DeliveryFailure::as_str))
     .execute(&mut *tx)
     .await?;
@@ -262,18 +313,27 @@ async fn store(tx: &mut Tx<'_>, report: &Report<'_>, applied: bool) -> Result<bo
 }
 
 /// Applies receipts that arrived before their message's outcome was written; forgets those
-/// older than an hour that never matched. Returns how many were applied, and how many of
-/// those sent their message again. Only reports received `within` the last while are tried
+/// older than an hour that never matched. Returns how many were applied, and the carriers
+/// that failed each message sent again. Only reports received `within` the last while are tried
 /// (the resend watch looks at a code's lifetime every second; the retention sweep at all).
 pub async fn apply_pending(
     pool: &Db,
     resend: ResendPolicy,
     within: Duration,
-) -> Result<(u64, u64), sqlx::Error> {
+    stats: Option<&RouteStats>,
+) -> Result<(u64, Vec<String>), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let applied = apply_pending_in(&mut tx, resend, within).await?;
+    let applied = apply_pending_rows(&mut tx, resend, within).await?;
     tx.commit().await?;
-    Ok(applied)
+    if let Some(stats) = stats {
+        applied.iter().for_each(|row| stats.receipt(&row.seen()));
+    }
+    let resent = applied
+        .iter()
+        .filter(|row| row.resent)
+        .map(|row| row.carrier.clone())
+        .collect();
+    Ok((applied.len() as u64, resent))
 }
 
 /// The same inside the caller's transaction (the retention sweep, under its lock).
@@ -282,6 +342,16 @@ pub async fn apply_pending_in(
     resend: ResendPolicy,
     within: Duration,
 ) -> Result<(u64, u64), sqlx::Error> {
+    let applied = apply_pending_rows(conn, resend, within).await?;
+    let resent = applied.iter().filter(|row| row.resent).count() as u64;
+    Ok((applied.len() as u64, resent))
+}
+
+async fn apply_pending_rows(
+    conn: &mut Tx<'_>,
+    resend: ResendPolicy,
+    within: Duration,
+) -> Result<Vec<AppliedRow>, sqlx::Error> {
     // The oldest unapplied report of each message id: the first verdict wins.
     let pending: Vec<StoredReport> = sqlx::query_as(
         "SELECT DISTINCT ON (carrier, carrier_message_id)
@@ -294,14 +364,7 @@ pub async fn apply_pending_in(
     .bind(within.as_secs_f64())
     .fetch_all(&mut *conn)
     .await?;
-    let mut reports = Reports::default();
-    for report in pending {
-        reports.carriers.push(report.carrier);
-        reports.ids.push(report.carrier_message_id);
-        reports.statuses.push(report.status);
-        reports.failures.push(report.failure);
-        reports.codes.push(report.error_code);
-    }
+    let reports = Reports::from(pending);
     let applied = if reports.ids.is_empty() {
         Vec::new()
     } else {
@@ -329,8 +392,7 @@ pub async fn apply_pending_in(
     )
     .execute(&mut *conn)
     .await?;
-    let resent = applied.iter().filter(|row| row.resent).count() as u64;
-    Ok((applied.len() as u64, resent))
+    Ok(applied)
 }
 
 /// The database's clock in unix seconds: what a signed webhook's timestamp is judged by.

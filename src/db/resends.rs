@@ -45,6 +45,7 @@ pub async fn resend_silent(
                AND expires_at >= now() + make_interval(secs => $3)
                AND expires_at <= now() + make_interval(secs => $4)
                AND sent_at <= now() - make_interval(secs => $2)
+               AND attempts < $6
              ORDER BY expires_at
              LIMIT 1000
              FOR UPDATE SKIP LOCKED
@@ -79,6 +80,7 @@ pub async fn resend_silent(
     .bind(resend.min_remaining_seconds())
     .bind(newest.as_secs_f64())
     .bind(timeout.as_secs() as i64)
+    .bind(resend.max_attempts)
     .fetch_one(pool)
     .await
     .map(|n: i64| n as u64)

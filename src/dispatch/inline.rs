@@ -28,8 +28,14 @@ pub struct InlineDispatcher {
 impl InlineDispatcher {
     pub async fn new(config: &Config, pool: Db, metrics: Metrics) -> anyhow::Result<Self> {
         let handles = carriers::build_all(config, &metrics).await?;
-        let context =
-            SendContext::build(config, &handles, &pool, &metrics, &CancellationToken::new())?;
+        let context = SendContext::build(
+            config,
+            &handles,
+            &pool,
+            &metrics,
+            &Default::default(),
+            &CancellationToken::new(),
+        )?;
         Ok(Self {
             context,
             carriers: handles.into_values().collect(),

@@ -9,6 +9,7 @@ pub mod receipt_watch;
 mod record;
 pub mod retention;
 pub mod retry;
+pub mod route_measure;
 mod send;
 mod switches;
 pub mod wake;
@@ -28,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::carriers;
 use crate::config::{Config, DispatchConfig};
 use crate::db::queue::{self, ClaimBatch, Completion};
+use crate::db::route_stats::RouteStats;
 use crate::domain::Status;
 use crate::limits::ingress::IngressLimits;
 use crate::limits::window::counted_for_seconds;
@@ -115,12 +117,14 @@ impl Dispatcher {
         listen: Option<PgConnectOptions>,
         wake: Wake,
         metrics: Metrics,
+        route_stats: RouteStats,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let handles = carriers::build_all(config, &metrics).await?;
         let switches: Vec<Arc<carriers::CarrierHandle>> = handles.values().cloned().collect();
         let d = &config.dispatch;
-        let context = SendContext::build(config, &handles, &pool, &metrics, &shutdown)?;
+        let context =
+            SendContext::build(config, &handles, &pool, &metrics, &route_stats, &shutdown)?;
         let in_hand = claim_capacity(&handles, context.lease).map(|n| Arc::new(Semaphore::new(n)));
         let (outcomes, receiver) = mpsc::channel(4 * d.workers.get().max(64));
         let completer = tokio::spawn(completer::run(pool.clone(), receiver, metrics.clone()));
@@ -148,6 +152,7 @@ impl Dispatcher {
             ttl: Duration::from_secs(u64::from(d.message_ttl_seconds)),
             metrics: metrics.clone(),
             wake: wake.clone(),
+            route_stats,
         };
         background.spawn(watch.run(shutdown.clone()));
         match listen {

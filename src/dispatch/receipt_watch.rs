@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::Ticks;
 use crate::carriers::CarrierHandle;
 use crate::db::receipts::{self, ResendPolicy};
+use crate::db::route_stats::RouteStats;
 use crate::db::{Db, resends};
 use crate::metrics::Metrics;
 
@@ -28,6 +29,8 @@ pub struct ReceiptWatch {
     pub ttl: Duration,
     pub metrics: Metrics,
     pub wake: crate::db::wake::Wake,
+    /// Receipts applied late still count for the route measurements.
+    pub route_stats: RouteStats,
 }
 
 impl ReceiptWatch {
@@ -52,11 +55,23 @@ impl ReceiptWatch {
 
     /// One pass; what it did is logged and counted.
     pub async fn once(&self) -> Result<(), sqlx::Error> {
-        let (applied, resent) = receipts::apply_pending(&self.pool, self.resend, self.ttl).await?;
+        let (applied, resent) =
+            receipts::apply_pending(&self.pool, self.resend, self.ttl, Some(&self.route_stats))
+                .await?;
         if applied > 0 {
-            tracing::info!(applied, resent, "delivery receipts applied late");
+            tracing::info!(
+                applied,
+                resent = resent.len(),
+                "delivery receipts applied late"
+            );
         }
-        let mut queued = resent;
+        for carrier in &resent {
+            self.metrics
+                .resends
+                .with_label_values(&[carrier, "route_failure"])
+                .inc();
+        }
+        let mut queued = resent.len() as u64;
         if self.resend.min_remaining.is_some() {
             for (carrier, timeout) in &self.silent_after {
                 let silent =

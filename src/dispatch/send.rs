@@ -21,6 +21,7 @@ use crate::config::{Config, WindowLimit};
 use crate::db::queue::{Claimed, Completion, Disposition};
 use crate::db::receipts::ResendPolicy;
 use crate::db::recipient_sends;
+use crate::db::route_stats::RouteStats;
 use crate::domain::{Channel, PhoneNumber, Status, redact_digits};
 use crate::limits::pricing::Pricing;
 use crate::limits::window::Admission;
@@ -48,6 +49,8 @@ pub struct SendContext {
     pub admissions: Option<Admissions>,
     /// When a route failure sends the code again (the body is kept only then).
     pub resend: ResendPolicy,
+    /// Each send a carrier took is counted for the route measurements.
+    pub route_stats: RouteStats,
 }
 
 /// The clocks of one claimed message, started when the claim was sent: the database's
@@ -272,8 +275,8 @@ impl Attempt<'_> {
 
     /// Whether a message `carrier` just took may be sent again should it report a route
     /// failure: resends are on, the carrier will give a final word, a carrier of the route
-    /// has not carried it (not this one, nor one called without an answer), and the code
-    /// has the time a resend needs.
+    /// has not carried it (not this one, nor one called without an answer), the code has the
+    /// time a resend needs, and `max_attempts` leaves an attempt for it.
     fn may_resend(
         &self,
         disposition: &Disposition,
@@ -303,6 +306,7 @@ impl Attempt<'_> {
             .collect();
         sent && carrier.awaits_receipts
             && left >= min_remaining
+            && self.message.attempts + 1 < self.context.resend.max_attempts
             && route
                 .iter()
                 .any(|other| !carried_now.contains(&other.name.as_str()))
@@ -423,12 +427,17 @@ impl Attempt<'_> {
             self.maybe_sent = true;
         }
         match result {
-            Ok(accepted) => Some(Disposition::Final {
-                status: Status::Sent,
-                carrier: Some(carrier.name.clone()),
-                carrier_message_id: accepted.carrier_message_id,
-                error: None,
-            }),
+            Ok(accepted) => {
+                self.context
+                    .route_stats
+                    .sent(&carrier.name, &self.message.recipient);
+                Some(Disposition::Final {
+                    status: Status::Sent,
+                    carrier: Some(carrier.name.clone()),
+                    carrier_message_id: accepted.carrier_message_id,
+                    error: None,
+                })
+            }
             Err(error) => {
                 self.last_error = format!("{}: {}", carrier.name, error.message);
                 self.retry_after = self.retry_after.max(error.retry_after);
@@ -606,6 +615,7 @@ impl SendContext {
         handles: &std::collections::HashMap<String, Arc<CarrierHandle>>,
         pool: &Db,
         metrics: &Metrics,
+        route_stats: &RouteStats,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Arc<SendContext>> {
         let d = &config.dispatch;
@@ -625,6 +635,7 @@ impl SendContext {
             admissions: (!config.limits.recipient_pacing.is_empty())
                 .then(|| Admissions::start(pool.clone(), config.limits.recipient_pacing.clone())),
             resend: ResendPolicy::of(d),
+            route_stats: route_stats.clone(),
         }))
     }
 }

@@ -205,9 +205,15 @@ impl DeliveryFailure {
     }
 
     /// The class of an undelivered report whose code is among `recipient_codes`, or not.
+    /// The code is read as it is stored: without control characters or spaces.
     pub fn of_code(code: Option<&str>, recipient_codes: &[&str]) -> Self {
-        match code.map(str::trim) {
-            Some(code) if recipient_codes.contains(&code) => DeliveryFailure::Recipient,
+        let cleaned: Option<String> = code.map(|code| {
+            code.chars()
+                .filter(|c| !c.is_control() && !c.is_whitespace())
+                .collect()
+        });
+        match cleaned {
+            Some(code) if recipient_codes.contains(&code.as_str()) => DeliveryFailure::Recipient,
             _ => DeliveryFailure::Route,
         }
     }

@@ -146,6 +146,30 @@ async fn prove(
     proven.map_err(|why| forged(&request.carrier, why))
 }
 
+/// What a recorded receipt did, counted (a resend wakes the workers); the log line's words.
+fn observe(state: &AppState, carrier: &str, status: Status, applied: Applied) -> &'static str {
+    match applied {
+        Applied::Applied { resent: true, .. } => {
+            state
+                .metrics
+                .resends
+                .with_label_values(&[carrier, "route_failure"])
+                .inc();
+            state.wake.message_queued();
+            "route failure: the message goes out again through another carrier"
+        }
+        Applied::Applied { age_ms, .. } => {
+            if status == Status::Delivered {
+                let seconds = age_ms as f64 / 1e3;
+                state.metrics.receipt_latency.observe(seconds.max(0.0));
+            }
+            "delivery receipt applied"
+        }
+        Applied::Pending => "delivery receipt kept for later",
+        Applied::Repeated => "delivery receipt already recorded; ignored",
+    }
+}
+
 /// Carriers' message ids are a few dozen characters (34 to 64 among the carriers we know); a
 /// longer one is not a report of ours, and would not fit the receipts' index.
 const MAX_CARRIER_ID: usize = 255;
@@ -190,7 +214,14 @@ async fn apply(state: &AppState, carrier: &str, receipt: &Receipt) -> Response {
         error_code,
         failure: receipt.failure.filter(|_| status == Status::Undelivered),
     };
-    let applied = match receipts::record(&state.pool, &report, state.callbacks.resend).await {
+    let applied = match receipts::record(
+        &state.pool,
+        &report,
+        state.callbacks.resend,
+        Some(&state.route_stats),
+    )
+    .await
+    {
         Ok(applied) => applied,
         Err(err) => {
             tracing::error!(carrier, error = %err, "cannot record a delivery receipt");
@@ -199,26 +230,7 @@ async fn apply(state: &AppState, carrier: &str, receipt: &Receipt) -> Response {
                 .into_response();
         }
     };
-    let what = match applied {
-        Applied::Applied { resent: true, .. } => {
-            state
-                .metrics
-                .resends
-                .with_label_values(&[carrier, "route_failure"])
-                .inc();
-            state.wake.message_queued();
-            "route failure: the message goes out again through another carrier"
-        }
-        Applied::Applied { age_ms, .. } => {
-            if status == Status::Delivered {
-                let seconds = age_ms as f64 / 1e3;
-                state.metrics.receipt_latency.observe(seconds.max(0.0));
-            }
-            "delivery receipt applied"
-        }
-        Applied::Pending => "delivery receipt kept for later",
-        Applied::Repeated => "delivery receipt already recorded; ignored",
-    };
+    let what = observe(state, carrier, status, applied);
     // Counted when first recorded: a repeat that applies a report kept for later was counted
     // when it arrived.
     if matches!(

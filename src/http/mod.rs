@@ -12,6 +12,7 @@ mod ingress;
 mod metrics;
 mod phone_provider;
 pub mod server;
+mod verifications;
 
 use std::sync::Arc;
 
@@ -93,6 +94,8 @@ pub struct AppHandles {
     pub carriers: Arc<std::collections::BTreeSet<String>>,
     /// `/readyz`'s last verdict, reused for a second.
     pub readiness: Arc<health::Readiness>,
+    /// What each route delivered, counted by this process until it is added to the table.
+    pub route_stats: crate::db::route_stats::RouteStats,
 }
 
 /// The public listener: its routes, hardened, and the ingress counted around all of it.
@@ -134,6 +137,7 @@ fn ingress_routes(state: AppState, request_timeout: std::time::Duration) -> Rout
                 ingress::accept_with(parse, state, caller, answer_by, headers, body)
             }),
         )
+        .route("/v1/verifications", post(verifications::verified))
         .route_layer(axum::middleware::from_fn_with_state(
             request_timeout,
             extract::stamp_receive_by,
@@ -203,6 +207,7 @@ fn with_admin_routes(router: Router<AppState>) -> Router<AppState> {
         )
         .route("/v1/messages/{id}", get(admin::messages::show_message))
         .route("/v1/spend", get(admin::spend::spend_today))
+        .route("/v1/carriers/stats", get(admin::carriers::carrier_stats))
 }
 
 /// What every public route gets: a whole-request timeout (408), a panic turned into a 500

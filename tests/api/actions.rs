@@ -293,7 +293,7 @@ async fn the_route_is_served_only_by_ingress_processes() {
 /// Runs one of the shipped Actions (`examples/auth0-actions/`) with Node against the gateway,
 /// as Auth0 would: returns what the handler did (`ok`, `error`, and its `retry`/`drop` calls).
 /// `None` when Node is not installed here (CI installs it and sets CI, which makes it required).
-fn run_action(file: &str, event: &Value) -> Option<Value> {
+pub fn run_action(file: &str, event: &Value) -> Option<Value> {
     const HARNESS: &str = r#"
         const action = require(process.argv[1]);
         const event = JSON.parse(process.argv[2]);
@@ -301,7 +301,8 @@ fn run_action(file: &str, event: &Value) -> Option<Value> {
         const api = { notification: {
             retry: (reason) => calls.push(['retry', reason]),
             drop: (reason) => calls.push(['drop', reason]) } };
-        const handler = action.onExecuteCustomPhoneProvider || action.onExecuteSendPhoneMessage;
+        const handler = action.onExecuteCustomPhoneProvider || action.onExecuteSendPhoneMessage
+            || action.onExecutePostLogin;
         handler(event, api).then(
             () => console.log(JSON.stringify({ ok: true, calls })),
             (err) => console.log(JSON.stringify({ ok: false, error: err.message, calls })));
@@ -324,7 +325,9 @@ fn run_action(file: &str, event: &Value) -> Option<Value> {
         Err(err) => panic!("node is required in CI: {err}"),
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
-    Some(serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+    // The handler's own console lines come first; the harness's verdict is the last line.
+    let verdict = stdout.trim().lines().last().unwrap_or_default();
+    Some(serde_json::from_str(verdict).unwrap_or_else(|_| {
         panic!(
             "the harness printed {stdout:?}, stderr {:?}",
             String::from_utf8_lossy(&output.stderr)

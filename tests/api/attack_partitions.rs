@@ -348,6 +348,7 @@ async fn after_a_day_is_dropped_its_keys_ids_and_receipts_are_answered_without_e
             failure: None,
         },
         Default::default(),
+        None,
     )
     .await
     .expect("a late receipt is recorded");
@@ -474,6 +475,7 @@ async fn one_report_recorded_concurrently_by_three_processes_is_stored_once() {
                     failure: None,
                 },
                 Default::default(),
+                None,
             )
             .await
         }

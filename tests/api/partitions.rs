@@ -394,6 +394,7 @@ async fn an_upgrade_keeps_every_row_readable_and_the_queued_message_sent() {
             failure: None,
         },
         Default::default(),
+        None,
     )
     .await
     .expect("record");
@@ -478,6 +479,7 @@ async fn a_report_recorded_on_an_earlier_day_is_not_stored_again() {
             failure: None,
         },
         Default::default(),
+        None,
     )
     .await
     .expect("record");

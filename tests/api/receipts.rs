@@ -195,6 +195,7 @@ async fn a_receipt_that_arrives_before_the_outcome_is_applied_later() {
             failure: None,
         },
         Default::default(),
+        None,
     )
     .await
     .expect("recorded");
@@ -213,11 +214,12 @@ async fn a_receipt_that_arrives_before_the_outcome_is_applied_later() {
         &smsgate::db::Db::direct(app.pool.clone()),
         Default::default(),
         std::time::Duration::from_secs(3600),
+        None,
     )
     .await
     .expect("sweep");
 
-    assert_eq!(late, (1, 0), "applied, and no resend");
+    assert_eq!(late, (1, Vec::new()), "applied, and no resend");
     let status: String = sqlx::query_scalar("SELECT status FROM messages WHERE id = $1::uuid")
         .bind(&id)
         .fetch_one(&app.pool)

@@ -19,14 +19,14 @@ use crate::test_config::TestConfig;
 const TO: &str = "+14155552671";
 
 /// Two Twilio accounts, `first` then `second`, on the default route; `extra` merged last.
-struct TwoCarriers {
-    app: TestApp,
-    first: TwilioStandIn,
-    second: TwilioStandIn,
+pub struct TwoCarriers {
+    pub app: TestApp,
+    pub first: TwilioStandIn,
+    pub second: TwilioStandIn,
 }
 
 impl TwoCarriers {
-    async fn start(extra: &str) -> Self {
+    pub async fn start(extra: &str) -> Self {
         let (first, second) = (TwilioStandIn::start().await, TwilioStandIn::start().await);
         let public = format!("public_url = \"{PUBLIC_URL}\"\n");
         let tables = format!(
@@ -45,7 +45,12 @@ impl TwoCarriers {
 
     /// Queues a message and waits until `first` took it; its id and `first`'s id for it.
     async fn sent_through_first(&self) -> (String, String) {
-        let id = queue(&self.app, TO).await;
+        self.sent_through_first_to(TO).await
+    }
+
+    /// The same for a message to `to`.
+    pub async fn sent_through_first_to(&self, to: &str) -> (String, String) {
+        let id = queue(&self.app, to).await;
         let view = wait_final(&self.app, &id, Duration::from_secs(10)).await;
         assert_eq!(view["status"], "sent", "{view}");
         assert_eq!(view["carrier"], "first", "{view}");
@@ -53,7 +58,7 @@ impl TwoCarriers {
     }
 
     /// A receipt from carrier `name`, signed as Twilio signs it; the response status.
-    async fn receipt(&self, name: &str, sid: &str, status: &str, code: Option<&str>) -> u16 {
+    pub async fn receipt(&self, name: &str, sid: &str, status: &str, code: Option<&str>) -> u16 {
         let mut params = vec![("MessageSid", sid), ("MessageStatus", status)];
         if let Some(code) = code {
             params.push(("ErrorCode", code));
@@ -77,7 +82,7 @@ impl TwoCarriers {
     }
 
     /// Waits until the message has `attempts` attempt rows and a final status.
-    async fn settled_after(&self, id: &str, attempts: usize) -> Value {
+    pub async fn settled_after(&self, id: &str, attempts: usize) -> Value {
         let mut view = Value::Null;
         wait_until(
             "the resend to settle",
@@ -107,7 +112,7 @@ impl TwoCarriers {
     }
 }
 
-fn carrier_id(view: &Value, attempt: usize) -> String {
+pub fn carrier_id(view: &Value, attempt: usize) -> String {
     view["attempts"][attempt]["carrier_message_id"]
         .as_str()
         .expect("a carrier id")
@@ -382,4 +387,114 @@ async fn a_resend_is_admitted_by_the_per_recipient_limit() {
     assert_eq!(view["status"], "rate_limited", "{view}");
     assert!(carriers.second.seen().is_empty(), "the limit held");
     assert_eq!(carriers.body_of(&id).await, "");
+}
+
+/// Gives the message the carrier id `sid`, as if its send's record had landed only now.
+async fn sent_with_id(carriers: &TwoCarriers, id: &str, sid: &str) {
+    for table in ["messages", "message_attempts"] {
+        let column = if table == "messages" {
+            "id"
+        } else {
+            "message_id"
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET carrier_message_id = $2 WHERE {column} = $1::uuid"
+        )))
+        .bind(id)
+        .bind(sid)
+        .execute(&carriers.app.pool)
+        .await
+        .expect("the send's record");
+    }
+}
+
+#[tokio::test]
+async fn an_early_delivered_receipt_is_not_overridden_by_a_later_failure() {
+    let carriers = TwoCarriers::start("").await;
+    // "Delivered" beats the send's own record: kept for later.
+    assert_eq!(
+        carriers
+            .receipt("first", "SMearly", "delivered", None)
+            .await,
+        204
+    );
+    let (id, _) = carriers.sent_through_first().await;
+    sent_with_id(&carriers, &id, "SMearly").await;
+
+    // Then the same carrier reports a route failure for it.
+    let status = carriers
+        .receipt("first", "SMearly", "undelivered", Some("30003"))
+        .await;
+
+    assert_eq!(status, 204);
+    let view = status_of(&carriers.app, &id).await;
+    assert_eq!(
+        view["status"], "delivered",
+        "the first verdict wins: {view}"
+    );
+    assert!(carriers.second.seen().is_empty(), "no resend");
+    assert_eq!(carriers.body_of(&id).await, "");
+}
+
+#[tokio::test]
+async fn a_route_failure_that_came_early_resends_once_its_send_is_recorded() {
+    let carriers = TwoCarriers::start("").await;
+    assert_eq!(
+        carriers
+            .receipt("first", "SMlate", "undelivered", Some("30007"))
+            .await,
+        204
+    );
+    let (id, _) = carriers.sent_through_first().await;
+    sent_with_id(&carriers, &id, "SMlate").await;
+
+    // The receipt watch applies it within a second or so.
+    let view = carriers.settled_after(&id, 2).await;
+
+    assert_eq!(view["carrier"], "second", "{view}");
+    assert_eq!(
+        carriers.resends_counted("first", "route_failure").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn no_resend_once_max_attempts_are_made() {
+    let carriers = TwoCarriers::start("[dispatch]\nmax_attempts = 1\n").await;
+    let (id, sid) = carriers.sent_through_first().await;
+    assert_eq!(
+        carriers.body_of(&id).await,
+        "",
+        "no attempt left for a resend"
+    );
+
+    assert_eq!(
+        carriers
+            .receipt("first", &sid, "undelivered", Some("30007"))
+            .await,
+        204
+    );
+
+    assert_eq!(status_of(&carriers.app, &id).await["status"], "undelivered");
+    assert!(carriers.second.seen().is_empty(), "no resend");
+}
+
+#[tokio::test]
+async fn a_recipient_code_with_control_characters_is_still_a_recipient_failure() {
+    let carriers = TwoCarriers::start("").await;
+    let (id, sid) = carriers.sent_through_first().await;
+
+    let status = carriers
+        .receipt("first", &sid, "undelivered", Some("30005\u{1}"))
+        .await;
+
+    assert_eq!(status, 204);
+    let view = status_of(&carriers.app, &id).await;
+    assert_eq!(view["status"], "undelivered", "{view}");
+    assert_eq!(
+        view["attempts"][0]["receipt_failure"], "recipient",
+        "{view}"
+    );
+    assert_eq!(view["attempts"][0]["receipt_error_code"], "30005", "{view}");
+    assert!(carriers.second.seen().is_empty(), "no resend");
 }

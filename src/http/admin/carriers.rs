@@ -43,3 +43,49 @@ pub async fn switch_carrier(
         disabled,
     }))
 }
+
+/// What each route delivered over the measurement window.
+#[derive(serde::Serialize)]
+pub struct CarrierStats {
+    window_seconds: u32,
+    /// A send without a receipt counts as `no_receipt` once it is this old.
+    settle_seconds: u32,
+    routes: Vec<RouteStat>,
+}
+
+#[derive(serde::Serialize)]
+pub struct RouteStat {
+    #[serde(flatten)]
+    window: db::route_stats::RouteWindow,
+    /// Delivered out of the sends with a verdict; none before the first.
+    delivery_ratio: Option<f64>,
+    /// Logins completed out of the sends.
+    conversion_ratio: Option<f64>,
+}
+
+/// `GET /v1/carriers/stats`: per carrier and destination country, over
+/// `dispatch.route_stats_window_seconds`, the sends, what their receipts said and how fast,
+/// from every process.
+pub async fn carrier_stats(
+    State(state): State<AppState>,
+    _: Admin,
+    query: QueryParams,
+) -> Result<Json<CarrierStats>, ApiError> {
+    query.known(&[])?;
+    let d = &state.config.dispatch;
+    let (window_seconds, settle_seconds) =
+        (d.route_stats_window_seconds.get(), d.message_ttl_seconds);
+    let routes = db::route_stats::window(&state.pool, window_seconds, settle_seconds).await?;
+    Ok(Json(CarrierStats {
+        window_seconds,
+        settle_seconds,
+        routes: routes
+            .into_iter()
+            .map(|window| RouteStat {
+                delivery_ratio: window.delivery_ratio(),
+                conversion_ratio: window.conversion_ratio(),
+                window,
+            })
+            .collect(),
+    }))
+}
