@@ -208,6 +208,7 @@ impl App {
             metrics: self.state.metrics.clone(),
             window_seconds: self.config.dispatch.route_stats_window_seconds.get(),
             settle_seconds: self.config.dispatch.message_ttl_seconds,
+            measured: self.state.measured.clone(),
         }
     }
 
@@ -250,7 +251,7 @@ impl App {
                     self.database.session_options().cloned(),
                     wake,
                     metrics,
-                    self.state.route_stats.clone(),
+                    (self.state.route_stats.clone(), self.state.measured.clone()),
                     shutdown.clone(),
                 )
                 .await?,
@@ -317,6 +318,7 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
     let metrics = Metrics::new(config).context("cannot register metrics")?;
     let limits = IngressLimits::new(&config.limits, &config.spend);
     let destinations = DestinationPolicy::new(&config.destinations);
+    let measured = crate::dispatch::measured::MeasuredOrders::new(config, &metrics);
     let state = AppState::new(AppHandles {
         pool: database.pool.clone(),
         accept_unsigned: verifier.is_empty() && config.server.allow_unauthenticated,
@@ -347,6 +349,7 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
         carriers: Arc::new(config.carriers.keys().cloned().collect()),
         readiness: Arc::default(),
         route_stats: Default::default(),
+        measured,
     });
     Ok(state)
 }

@@ -95,6 +95,7 @@ pub struct Inner {
     pub receipt_latency: Histogram,
     pub resends: IntCounterVec,
     pub verifications: IntCounterVec,
+    pub route_order_changes: IntCounterVec,
     pub route_messages: IntGaugeVec,
     pub route_receipt_latency: prometheus::GaugeVec,
     pub carrier_disabled: IntGaugeVec,
@@ -257,6 +258,12 @@ const VERIFICATIONS: Spec = Spec {
            outcome: attributed to a message, repeated, or no_message of ours.",
     labels: &["signer", "outcome"],
 };
+const ROUTE_ORDER_CHANGES: Spec = Spec {
+    name: "smsgate_route_order_changes_total",
+    help: "Changes of a measured route's carrier order (order = \"measured\"), by route prefix \
+           and destination country.",
+    labels: &["route", "country"],
+};
 const ROUTE_RECEIPT_LATENCY: &str = "smsgate_route_receipt_latency_seconds";
 const CARRIER_DISABLED: Spec = Spec {
     name: "smsgate_carrier_disabled",
@@ -312,6 +319,7 @@ impl Metrics {
             receipt_latency: r.histogram(&RECEIPT_LATENCY)?,
             resends: r.counter(&RESENDS)?,
             verifications: r.counter(&VERIFICATIONS)?,
+            route_order_changes: r.counter(&ROUTE_ORDER_CHANGES)?,
             route_messages: r.gauge(&ROUTE_MESSAGES)?,
             route_receipt_latency: r.register(prometheus::GaugeVec::new(
                 Opts::new(
@@ -450,7 +458,11 @@ impl Metrics {
             .map(|f| f.name().to_string())
             .collect();
         // Their labels are the routes' countries, known only once traffic is measured.
-        for later in [ROUTE_MESSAGES.name, ROUTE_RECEIPT_LATENCY] {
+        for later in [
+            ROUTE_MESSAGES.name,
+            ROUTE_RECEIPT_LATENCY,
+            ROUTE_ORDER_CHANGES.name,
+        ] {
             if !names.iter().any(|n| n == later) {
                 names.push(later.to_string());
             }

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{CarrierHandle, test_numbers};
-use crate::config::{RouteConfig, TestNumberConfig};
+use crate::config::{RouteConfig, RouteOrder, TestNumberConfig};
 use crate::domain::PrefixTable;
 
+/// One route: its carriers as listed, its own sender, and its prefix when it orders its
+/// carriers by measurement.
+type Route = (Vec<Arc<CarrierHandle>>, Option<String>, Option<String>);
+
 pub struct Routes {
-    /// Each route's carriers, and its own sender.
-    routes: PrefixTable<(Vec<Arc<CarrierHandle>>, Option<String>)>,
+    routes: PrefixTable<Route>,
     /// `[[test_numbers]]`, matched whole before any prefix: answered by their stand-in.
     test_numbers: HashMap<String, Vec<Arc<CarrierHandle>>>,
 }
@@ -35,7 +38,11 @@ impl Routes {
                             .with_context(|| format!("route names unknown carrier {name}"))
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                Ok((route.prefix.clone(), (handles, route.sender.clone())))
+                let measured = (route.order == RouteOrder::Measured).then(|| route.prefix.clone());
+                Ok((
+                    route.prefix.clone(),
+                    (handles, route.sender.clone(), measured),
+                ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let test_numbers = match carriers.get(test_numbers::NAME) {
@@ -59,6 +66,15 @@ impl Routes {
         self.routes.get(recipient)?.1.as_deref()
     }
 
+    /// The prefix of the route `recipient` takes, when that route orders its carriers by
+    /// measurement (`dispatch::measured`).
+    pub fn measured_route(&self, recipient: &str) -> Option<&str> {
+        if self.test_numbers.contains_key(recipient) {
+            return None;
+        }
+        self.routes.get(recipient)?.2.as_deref()
+    }
+
     /// The carriers for `recipient` (E.164), in the order to try them.
     pub fn carriers_for(&self, recipient: &str) -> &[Arc<CarrierHandle>] {
         if let Some(stand_in) = self.test_numbers.get(recipient) {
@@ -66,7 +82,7 @@ impl Routes {
         }
         self.routes
             .get(recipient)
-            .map(|(carriers, _)| carriers.as_slice())
+            .map(|(carriers, _, _)| carriers.as_slice())
             .unwrap_or_default()
     }
 }

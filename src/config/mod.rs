@@ -40,8 +40,8 @@ pub use guard::{
 pub use limits::{DestinationsConfig, LimitsConfig, WindowLimit};
 pub use log::{LogConfig, LogFormat};
 pub use problems::ConfigError;
-pub use routing::RouteConfig;
 pub use routing::is_e164;
+pub use routing::{RouteConfig, RouteOrder};
 pub use server::{AdminConfig, MIN_HEADER_BYTES, MetricsConfig, ServerConfig};
 pub use settings::{CarrierSettings, Transport};
 pub use signers::SignerConfig;

@@ -110,6 +110,43 @@ pub struct RouteConfig {
     /// alphanumeric sender ID or an E.164 number.
     #[serde(default)]
     pub sender: Option<String>,
+    /// `static` (the listed order) or `measured`: per destination country, the carriers in
+    /// the order of their recent success (`dispatch::measured`).
+    #[serde(default)]
+    pub order: RouteOrder,
+    /// `measured`: the sends (or verdicts) a carrier needs in a country before its figures
+    /// count; until then the listed order holds.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u32,
+    /// `measured`: the share of messages sent first through a carrier other than the leader,
+    /// so a recovering carrier is noticed.
+    #[serde(default = "default_explore")]
+    pub explore: f64,
+    /// `measured`: how much better (as a share: 0.05 is five points) a carrier must do than
+    /// the leader to take its place, so the order does not flap.
+    #[serde(default = "default_margin")]
+    pub margin: f64,
+}
+
+/// How a route orders its carriers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteOrder {
+    #[default]
+    Static,
+    Measured,
+}
+
+fn default_min_samples() -> u32 {
+    50
+}
+
+fn default_explore() -> f64 {
+    0.05
+}
+
+fn default_margin() -> f64 {
+    0.05
 }
 
 impl Config {
@@ -134,6 +171,15 @@ impl Config {
             }
             if route.carriers.is_empty() {
                 problem(key("carriers"), "must name at least one carrier".into());
+            }
+            if !(0.0..=0.5).contains(&route.explore) {
+                problem(key("explore"), "must be between 0 and 0.5".into());
+            }
+            if !(0.0..=1.0).contains(&route.margin) {
+                problem(key("margin"), "must be between 0 and 1".into());
+            }
+            if !(1..=1_000_000).contains(&route.min_samples) {
+                problem(key("min_samples"), "must be between 1 and 1000000".into());
             }
             for carrier in &route.carriers {
                 if !self.carriers.contains_key(carrier) {

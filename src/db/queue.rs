@@ -198,10 +198,21 @@ pub struct Completion {
     pub keep_body: bool,
 }
 
+/// A final outcome the database applied.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Ended {
+    pub status: String,
+    /// For a sent message: the carrier that took it, its number, and the minute of the send
+    /// (epoch seconds, the database's clock), for the route measurements.
+    pub carrier: Option<String>,
+    pub recipient: String,
+    pub sent_minute: Option<i64>,
+}
+
 /// Writes a batch of completions in one transaction. Attempts are always recorded; a final
 /// status or a reschedule only applies while the lease is still ours. Returns the final
-/// statuses that did apply.
-pub async fn complete(pool: &Db, batch: &[Completion]) -> Result<Vec<String>, sqlx::Error> {
+/// outcomes that did apply.
+pub async fn complete(pool: &Db, batch: &[Completion]) -> Result<Vec<Ended>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     insert_attempts(&mut tx, batch).await?;
     let ended = end_finals(&mut tx, batch).await?;
@@ -210,8 +221,8 @@ pub async fn complete(pool: &Db, batch: &[Completion]) -> Result<Vec<String>, sq
     Ok(ended)
 }
 
-/// Ends the final ones whose lease is still ours; their final statuses.
-async fn end_finals(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<Vec<String>, sqlx::Error> {
+/// Ends the final ones whose lease is still ours; what they ended as.
+async fn end_finals(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<Vec<Ended>, sqlx::Error> {
     let mut columns = FinalColumns::default();
     for completion in batch {
         if let Disposition::Final {
@@ -237,7 +248,9 @@ async fn end_finals(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<Vec<String>
     // The body is erased as the message ends: it held a one-time code (in any script's
     // digits, so masking digits would not do). A sent one that a resend may still need keeps
     // it until its receipt, or until too little of its life is left (`db::resends`).
-    sqlx::query_scalar(
+    // A message that was sent before (a resend that failed) keeps its carrier and the time
+    // it was taken: the login its code completes is still attributed to it.
+    sqlx::query_as(
         "WITH v AS (
              SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[],
                                   $5::text[], $6::text[], $7::int[], $8::bool[])
@@ -248,13 +261,21 @@ async fn end_finals(tx: &mut Tx<'_>, batch: &[Completion]) -> Result<Vec<String>
              RETURNING q.message_id
          )
          UPDATE messages m
-         SET status = v.status, carrier = v.carrier, carrier_message_id = v.carrier_message_id,
+         SET status = v.status,
+             carrier = CASE WHEN v.status = 'sent' OR m.sent_at IS NULL THEN v.carrier
+                            ELSE m.carrier END,
+             carrier_message_id = CASE WHEN v.status = 'sent' OR m.sent_at IS NULL
+                                       THEN v.carrier_message_id
+                                       ELSE m.carrier_message_id END,
              last_error = v.error, attempts = v.attempts, finished_at = now(),
-             sent_at = CASE WHEN v.status = 'sent' THEN now() END,
+             sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE m.sent_at END,
              body = CASE WHEN v.keep AND v.status = 'sent' THEN m.body ELSE '' END
          FROM v JOIN ended ON ended.message_id = v.id
          WHERE m.id = v.id
-         RETURNING m.status",
+         RETURNING m.status, m.carrier, m.recipient,
+                   CASE WHEN m.status = 'sent'
+                        THEN extract(epoch FROM date_trunc('minute', m.sent_at))::bigint
+                   END AS sent_minute",
     )
     .bind(&columns.ids)
     .bind(&columns.tokens)

@@ -220,7 +220,7 @@ const APPLY: &str = "WITH r AS (
      ), d AS (
          SELECT m.id, r.carrier, r.carrier_message_id, r.status, r.failure, r.error_code,
                 r.status = 'undelivered' AND r.failure = 'route' AND m.body <> ''
-                    AND m.attempts < $7
+                    AND m.attempts < $7 AND m.verified_at IS NULL
                     AND m.expires_at - now() >= make_interval(secs => $6) AS resend
          FROM r JOIN messages m
              ON m.carrier_message_id = r.carrier_message_id AND m.carrier = r.carrier

@@ -45,7 +45,7 @@ pub async fn resend_silent(
                AND expires_at >= now() + make_interval(secs => $3)
                AND expires_at <= now() + make_interval(secs => $4)
                AND sent_at <= now() - make_interval(secs => $2)
-               AND attempts < $6
+               AND attempts < $6 AND verified_at IS NULL
              ORDER BY expires_at
              LIMIT 1000
              FOR UPDATE SKIP LOCKED

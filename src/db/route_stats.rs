@@ -58,12 +58,13 @@ pub struct ReceiptSeen {
 }
 
 impl RouteStats {
-    /// `carrier` took a message to `recipient`.
-    pub fn sent(&self, carrier: &str, recipient: &str) {
+    /// `carrier` took a message to `recipient` in `minute` (epoch seconds, the database's
+    /// clock: the minute its receipt and its login will count in too).
+    pub fn sent(&self, carrier: &str, recipient: &str, minute: i64) {
         let key = Key {
             carrier: carrier.to_string(),
             country: country_of(recipient),
-            minute: None,
+            minute: Some(minute),
         };
         self.add(key, |c| c.sent += 1);
     }

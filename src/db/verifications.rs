@@ -29,10 +29,12 @@ pub enum Attributed {
 /// How far apart Auth0's clock and the database's may be when matching a login to a send.
 const SKEW_SECONDS: f64 = 30.0;
 
-/// Marks the newest message to `recipient` (E.164) sent by `at` (the database's clock when
-/// `None`) whose code was still alive then, unless one was marked for that login already.
+/// Marks the newest message of `signer` to `recipient` (E.164) sent by `at` (the database's
+/// clock when `None`) whose code was still alive then, unless one was marked for that login
+/// already. Another signer's messages are never seen: a tenant learns nothing of another's.
 pub async fn attribute(
     pool: &Db,
+    signer: Option<&str>,
     recipient: &str,
     at: Option<DateTime<Utc>>,
 ) -> Result<Attributed, sqlx::Error> {
@@ -52,13 +54,17 @@ pub async fn attribute(
              SELECT m.id, m.verified_at IS NOT NULL AS verified
              FROM messages m, t
              WHERE t.in_range AND m.recipient = $1 AND m.sent_at IS NOT NULL
+               AND m.signer IS NOT DISTINCT FROM $4
                AND m.sent_at <= t.at + make_interval(secs => $3)
                AND m.expires_at >= t.at - make_interval(secs => $3)
              ORDER BY m.sent_at DESC
              LIMIT 1
              FOR UPDATE OF m
          ), u AS (
-             UPDATE messages m SET verified_at = t.at
+             UPDATE messages m
+             SET verified_at = t.at,
+                 -- The code did its work: no resend will need it.
+                 body = CASE WHEN m.status = 'sent' THEN '' ELSE m.body END
              FROM c, t
              WHERE m.id = c.id AND NOT c.verified
              RETURNING m.id, m.carrier,
@@ -70,6 +76,7 @@ pub async fn attribute(
     .bind(recipient)
     .bind(at)
     .bind(SKEW_SECONDS)
+    .bind(signer)
     .fetch_one(pool)
     .await?;
     Ok(match row {

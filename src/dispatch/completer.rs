@@ -6,21 +6,40 @@ use std::time::Duration;
 use crate::db::Db;
 use tokio::sync::mpsc;
 
-use crate::db::queue::{self, Completion};
+use crate::db::queue::{self, Completion, Ended};
+use crate::db::route_stats::RouteStats;
 use crate::metrics::Metrics;
 
 /// Most outcomes written in one transaction.
 const MAX_BATCH: usize = 256;
 
 /// Runs until every sender is dropped and the channel is drained.
-pub async fn run(pool: Db, mut outcomes: mpsc::Receiver<Completion>, metrics: Metrics) {
+pub async fn run(
+    pool: Db,
+    mut outcomes: mpsc::Receiver<Completion>,
+    metrics: Metrics,
+    route_stats: RouteStats,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while outcomes.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Counted from what the database applied, so the metric matches the table exactly.
-        for status in write_with_retry(&pool, &batch).await {
-            metrics.finished.with_label_values(&[status.as_str()]).inc();
-        }
+        let ended = write_with_retry(&pool, &batch).await;
+        count(&ended, &metrics, &route_stats);
         batch.clear();
+    }
+}
+
+/// The outcomes applied: each final status, and each send in the minute it was taken (the
+/// minute its receipt will count in).
+pub(super) fn count(ended: &[Ended], metrics: &Metrics, route_stats: &RouteStats) {
+    for outcome in ended {
+        metrics
+            .finished
+            .with_label_values(&[outcome.status.as_str()])
+            .inc();
+        if let (Some(carrier), Some(minute)) = (&outcome.carrier, outcome.sent_minute) {
+            route_stats.sent(carrier, &outcome.recipient, minute);
+        }
     }
 }
 
@@ -28,7 +47,7 @@ pub async fn run(pool: Db, mut outcomes: mpsc::Receiver<Completion>, metrics: Me
 /// lease runs out. Gives up after about a minute, and the lease takes over. A batch that the
 /// database refuses for its data is written one outcome at a time, so one bad outcome cannot
 /// cost the others theirs.
-pub(super) async fn write_with_retry(pool: &Db, batch: &[Completion]) -> Vec<String> {
+pub(super) async fn write_with_retry(pool: &Db, batch: &[Completion]) -> Vec<Ended> {
     let mut delay = Duration::from_millis(50);
     for _ in 0..12 {
         match queue::complete(pool, batch).await {
@@ -53,7 +72,7 @@ pub(super) async fn write_with_retry(pool: &Db, batch: &[Completion]) -> Vec<Str
 
 /// Each outcome alone; one the database still refuses is written without the texts it came
 /// with (its status and lease are what matter).
-async fn write_isolated(pool: &Db, batch: &[Completion]) -> Vec<String> {
+async fn write_isolated(pool: &Db, batch: &[Completion]) -> Vec<Ended> {
     let mut ended = Vec::new();
     for completion in batch {
         let one = std::slice::from_ref(completion);

@@ -79,13 +79,8 @@ impl InlineDispatcher {
                 // A send that panicked leaves its lease to run out, as in a worker that died.
                 outcomes.extend(joined.ok());
             }
-            for status in completer::write_with_retry(&self.pool, &outcomes).await {
-                self.context
-                    .metrics
-                    .finished
-                    .with_label_values(&[status.as_str()])
-                    .inc();
-            }
+            let ended = completer::write_with_retry(&self.pool, &outcomes).await;
+            completer::count(&ended, &self.context.metrics, &self.context.route_stats);
             written += outcomes.len();
         }
     }

@@ -5,6 +5,7 @@ mod admissions;
 mod completer;
 pub mod decide;
 mod inline;
+pub mod measured;
 pub mod receipt_watch;
 mod record;
 pub mod retention;
@@ -117,17 +118,24 @@ impl Dispatcher {
         listen: Option<PgConnectOptions>,
         wake: Wake,
         metrics: Metrics,
-        route_stats: RouteStats,
+        measures: (RouteStats, Arc<measured::MeasuredOrders>),
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let (route_stats, measured) = measures;
         let handles = carriers::build_all(config, &metrics).await?;
         let switches: Vec<Arc<carriers::CarrierHandle>> = handles.values().cloned().collect();
         let d = &config.dispatch;
         let context =
             SendContext::build(config, &handles, &pool, &metrics, &route_stats, &shutdown)?;
+        let context = context.with_measured(measured);
         let in_hand = claim_capacity(&handles, context.lease).map(|n| Arc::new(Semaphore::new(n)));
         let (outcomes, receiver) = mpsc::channel(4 * d.workers.get().max(64));
-        let completer = tokio::spawn(completer::run(pool.clone(), receiver, metrics.clone()));
+        let completer = tokio::spawn(completer::run(
+            pool.clone(),
+            receiver,
+            metrics.clone(),
+            route_stats.clone(),
+        ));
         let sends = TaskTracker::new();
         let claimer = Arc::new(Claimer {
             pool: pool.clone(),

@@ -8,6 +8,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Ticks;
+use std::sync::Arc;
+
+use super::measured::MeasuredOrders;
 use crate::db::Db;
 use crate::db::route_stats::{self, RouteStats, RouteWindow};
 use crate::metrics::Metrics;
@@ -25,6 +28,8 @@ pub struct RouteMeasure {
     pub window_seconds: u32,
     /// A send this old without a receipt counts as unanswered (the code's lifetime).
     pub settle_seconds: u32,
+    /// Measured routes reorder on every read (which is then every flush).
+    pub measured: Arc<MeasuredOrders>,
 }
 
 impl RouteMeasure {
@@ -36,11 +41,19 @@ impl RouteMeasure {
                 tracing::warn!(error = %err, "cannot add the route measurements; keeping them for the next try");
             }
             round = round.wrapping_add(1);
-            if round.is_multiple_of(READ_EVERY) {
+            let read_every = if self.measured.is_empty() {
+                READ_EVERY
+            } else {
+                1
+            };
+            if round.is_multiple_of(read_every) {
                 match route_stats::window(&self.pool, self.window_seconds, self.settle_seconds)
                     .await
                 {
-                    Ok(window) => export(&self.metrics, &window),
+                    Ok(window) => {
+                        export(&self.metrics, &window);
+                        self.measured.refresh(&window);
+                    }
                     Err(err) => tracing::warn!(error = %err, "cannot read the route measurements"),
                 }
             }

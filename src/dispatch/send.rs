@@ -16,12 +16,13 @@ use super::record::Recorder;
 use super::retry::RetryPolicy;
 use crate::db::Db;
 
+use super::measured::MeasuredOrders;
 use crate::carriers::{Accepted, CarrierHandle, FailureClass, OutboundSms, Routes, SendError};
 use crate::config::{Config, WindowLimit};
 use crate::db::queue::{Claimed, Completion, Disposition};
 use crate::db::receipts::ResendPolicy;
 use crate::db::recipient_sends;
-use crate::db::route_stats::RouteStats;
+use crate::db::route_stats::{RouteStats, country_of};
 use crate::domain::{Channel, PhoneNumber, Status, redact_digits};
 use crate::limits::pricing::Pricing;
 use crate::limits::window::Admission;
@@ -51,6 +52,8 @@ pub struct SendContext {
     pub resend: ResendPolicy,
     /// Each send a carrier took is counted for the route measurements.
     pub route_stats: RouteStats,
+    /// The carrier order of `order = "measured"` routes, per country.
+    pub measured: Option<Arc<MeasuredOrders>>,
 }
 
 /// The clocks of one claimed message, started when the claim was sent: the database's
@@ -225,19 +228,29 @@ struct Turn {
 }
 
 impl Attempt<'_> {
-    /// The route's carriers for this message, in order: those that can carry its channel (a
-    /// call goes only to carriers that place calls), less those that took it in an earlier
-    /// send (a resend never goes through them).
+    /// The route's carriers for this message, in order (a measured route's order for its
+    /// country): those that can carry its channel (a call goes only to carriers that place
+    /// calls), less those that took it in an earlier send (a resend never goes through them).
     fn candidates(&self, recipient: &str, channel: Channel) -> Vec<Arc<CarrierHandle>> {
         let carried = self.message.carried_by.as_deref().unwrap_or_default();
-        self.context
+        let usable: Vec<Arc<CarrierHandle>> = self
+            .context
             .routes
             .carriers_for(recipient)
             .iter()
             .filter(|c| channel == Channel::Sms || c.calls())
             .filter(|c| !carried.contains(&c.name))
             .cloned()
-            .collect()
+            .collect();
+        match (
+            &self.context.measured,
+            self.context.routes.measured_route(recipient),
+        ) {
+            (Some(measured), Some(prefix)) => {
+                measured.order(prefix, &country_of(recipient), usable)
+            }
+            _ => usable,
+        }
     }
 
     /// Why no carrier is left to try, if none is: a call with no carrier that places calls,
@@ -427,17 +440,12 @@ impl Attempt<'_> {
             self.maybe_sent = true;
         }
         match result {
-            Ok(accepted) => {
-                self.context
-                    .route_stats
-                    .sent(&carrier.name, &self.message.recipient);
-                Some(Disposition::Final {
-                    status: Status::Sent,
-                    carrier: Some(carrier.name.clone()),
-                    carrier_message_id: accepted.carrier_message_id,
-                    error: None,
-                })
-            }
+            Ok(accepted) => Some(Disposition::Final {
+                status: Status::Sent,
+                carrier: Some(carrier.name.clone()),
+                carrier_message_id: accepted.carrier_message_id,
+                error: None,
+            }),
             Err(error) => {
                 self.last_error = format!("{}: {}", carrier.name, error.message);
                 self.retry_after = self.retry_after.max(error.retry_after);
@@ -605,6 +613,19 @@ pub fn finalise(message: &Claimed, status: Status, error: &str) -> Completion {
     }
 }
 
+impl SendContext {
+    /// The same context, ordering measured routes by `measured`.
+    pub fn with_measured(self: Arc<Self>, measured: Arc<MeasuredOrders>) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut context) => {
+                context.measured = Some(measured);
+                Arc::new(context)
+            }
+            Err(shared) => shared,
+        }
+    }
+}
+
 /// Shared handle type for the context.
 pub type SharedContext = Arc<SendContext>;
 
@@ -636,6 +657,7 @@ impl SendContext {
                 .then(|| Admissions::start(pool.clone(), config.limits.recipient_pacing.clone())),
             resend: ResendPolicy::of(d),
             route_stats: route_stats.clone(),
+            measured: None,
         }))
     }
 }

@@ -281,7 +281,8 @@ pub(super) fn validate(
     signer: Option<String>,
 ) -> Result<NewMessage, ApiError> {
     let recipient = PhoneNumber::parse(&request.recipient).map_err(|err| {
-        tracing::info!(recipient = %redact_digits(&request.recipient), reason = %err, "invalid recipient");
+        // Debug-quoted: a control character in it cannot forge a log line.
+        tracing::info!(recipient = ?redact_digits(&request.recipient), reason = %err, "invalid recipient");
         invalid("invalid_recipient", err.to_string())
     })?;
     let body =

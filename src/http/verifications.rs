@@ -46,7 +46,8 @@ pub async fn verified(
     let request: VerificationRequest =
         crate::domain::json::object(&body).map_err(ApiError::MalformedJson)?;
     let number = PhoneNumber::parse(&request.phone_number).map_err(|err| {
-        tracing::info!(phone_number = %redact_digits(&request.phone_number), reason = %err, "invalid verification");
+        // Debug-quoted: a control character in it cannot forge a log line.
+        tracing::info!(phone_number = ?redact_digits(&request.phone_number), reason = %err, "invalid verification");
         invalid("invalid_phone_number", err.to_string())
     })?;
     let at = match request.at.as_deref() {
@@ -58,7 +59,8 @@ pub async fn verified(
         ),
         Some(_) => return Err(invalid("invalid_time", "at must be an RFC 3339 time")),
     };
-    let attributed = verifications::attribute(&state.pool, number.as_str(), at).await?;
+    let signer = caller.signer.as_deref();
+    let attributed = verifications::attribute(&state.pool, signer, number.as_str(), at).await?;
     let outcome = match &attributed {
         Attributed::New { .. } => "attributed",
         Attributed::Repeated { .. } => "repeated",

@@ -17,6 +17,7 @@ mod cli;
 mod clocks;
 mod config_reference;
 mod correctness;
+mod delivery_simulation;
 mod deploy;
 mod dispatch;
 mod failover;

@@ -27,6 +27,11 @@ pub struct TwoCarriers {
 
 impl TwoCarriers {
     pub async fn start(extra: &str) -> Self {
+        Self::start_with(extra, |config| config).await
+    }
+
+    /// The same, with `change` made to the configuration last.
+    pub async fn start_with(extra: &str, change: impl FnOnce(TestConfig) -> TestConfig) -> Self {
         let (first, second) = (TwilioStandIn::start().await, TwilioStandIn::start().await);
         let public = format!("public_url = \"{PUBLIC_URL}\"\n");
         let tables = format!(
@@ -39,7 +44,7 @@ impl TwoCarriers {
             .merge(FAST_DISPATCH)
             .set("dispatch.lease_seconds", 15)
             .merge(extra);
-        let app = TestApp::spawn_role(&config, Role::All).await;
+        let app = TestApp::spawn_role(&change(config), Role::All).await;
         Self { app, first, second }
     }
 

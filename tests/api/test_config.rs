@@ -95,6 +95,23 @@ impl TestConfig {
         self
     }
 
+    /// `key` of the route for `prefix` set to `value` (`order`, `explore`, …).
+    pub fn route_setting(mut self, prefix: &str, key: &str, value: impl Into<Value>) -> Self {
+        let route = self
+            .0
+            .get_mut("routes")
+            .and_then(Value::as_array_mut)
+            .and_then(|routes| {
+                routes
+                    .iter_mut()
+                    .find(|r| r.get("prefix").and_then(Value::as_str) == Some(prefix))
+            })
+            .and_then(Value::as_table_mut)
+            .unwrap_or_else(|| panic!("no route for {prefix:?}"));
+        route.insert(key.to_string(), value.into());
+        self
+    }
+
     /// The route for `prefix` removed.
     pub fn without_route(mut self, prefix: &str) -> Self {
         if let Some(routes) = self.0.get_mut("routes").and_then(Value::as_array_mut) {

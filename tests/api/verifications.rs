@@ -239,3 +239,108 @@ async fn bad_verifications_are_refused_and_change_nothing() {
     }
     assert_eq!(verified_messages(&app).await, 0, "nothing was attributed");
 }
+
+#[tokio::test]
+async fn a_signer_cannot_see_or_claim_another_signers_messages() {
+    const OTHER_SECRET: &str = "another-tenant-secret-with-enough-entropy-42";
+    let config = TestConfig::base()
+        .merge(FAST_DISPATCH)
+        .set("dispatch.lease_seconds", 15)
+        .merge(&format!(
+            "[auth0.other]\nsecret = \"{OTHER_SECRET}\"\naudience = \"{}\"\nsubject = \"{}\"\n",
+            crate::helpers::AUDIENCE,
+            crate::helpers::SUBJECT
+        ));
+    let app = TestApp::spawn_role(&config, Role::All).await;
+    let id = sent(&app, TO).await;
+    let other = crate::helpers::sign_with(
+        &crate::helpers::auth0_claims(),
+        OTHER_SECRET.as_bytes(),
+        jsonwebtoken::Algorithm::HS256,
+    );
+    let body = json!({"phone_number": TO}).to_string();
+
+    let foreign = verify(&app, &body, Some(&other)).await;
+
+    assert_eq!(foreign.status().as_u16(), 200);
+    let answer: Value = foreign.json().await.expect("JSON");
+    assert_eq!(
+        answer,
+        json!({"attributed": false, "repeated": false}),
+        "nothing seen"
+    );
+    assert_eq!(verified_at(&app, &id).await, None);
+    let own: Value = verify(&app, &body, Some(&token()))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(own["message_id"], id.as_str(), "{own}");
+    assert_eq!(own["repeated"], false, "{own}");
+}
+
+#[tokio::test]
+async fn a_code_whose_login_completed_is_not_sent_again() {
+    let carriers = crate::resends::TwoCarriers::start("").await;
+    let (id, sid) = carriers.sent_through_first_to(TO).await;
+    let body = json!({"phone_number": TO}).to_string();
+    let answer: Value = verify(&carriers.app, &body, Some(&token()))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["attributed"], true, "{answer}");
+    let kept: String = sqlx::query_scalar("SELECT body FROM messages WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&carriers.app.pool)
+        .await
+        .expect("body");
+    assert_eq!(kept, "", "the code did its work: erased");
+
+    // A route failure reported afterwards (a false one, or one for a copy) sends nothing.
+    assert_eq!(
+        carriers
+            .receipt("first", &sid, "undelivered", Some("30003"))
+            .await,
+        204
+    );
+
+    let view = crate::dispatch::status_of(&carriers.app, &id).await;
+    assert_eq!(view["status"], "undelivered", "{view}");
+    assert!(
+        carriers.second.seen().is_empty(),
+        "no resend of a used code"
+    );
+}
+
+#[tokio::test]
+async fn a_login_after_a_failed_resend_goes_to_the_carrier_that_took_the_code() {
+    let carriers = crate::resends::TwoCarriers::start("").await;
+    let (id, sid) = carriers.sent_through_first_to(TO).await;
+    // The second carrier refuses the number when the resend comes.
+    carriers
+        .second
+        .script([crate::standins::Reply::error(400, "21211")]);
+    assert_eq!(
+        carriers
+            .receipt("first", &sid, "undelivered", Some("30003"))
+            .await,
+        204
+    );
+    let view = carriers.settled_after(&id, 2).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["carrier"], "first", "the carrier that took it: {view}");
+
+    let answer: Value = verify(
+        &carriers.app,
+        &json!({"phone_number": TO}).to_string(),
+        Some(&token()),
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
+
+    assert_eq!(answer["attributed"], true, "{answer}");
+    assert_eq!(answer["message_id"], id.as_str());
+}
