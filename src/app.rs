@@ -16,6 +16,7 @@ use crate::db;
 use crate::db::batcher::Batcher;
 use crate::db::embedded::{Durability, EmbeddedPostgres};
 use crate::dispatch::Dispatcher;
+use crate::dispatch::measured::MeasuredOrders;
 use crate::dispatch::route_measure::RouteMeasure;
 use crate::dispatch::wake::{Wake, run_notifier};
 use crate::http::server::ConnectionLimits;
@@ -162,6 +163,8 @@ pub struct App {
     database: Database,
     config: Config,
     role: Role,
+    /// The carrier order of measured routes, refreshed from the measurements.
+    measured: Arc<MeasuredOrders>,
 }
 
 impl App {
@@ -189,6 +192,7 @@ impl App {
         }
         let state = app_state(config, role, &database)?;
         let (listener, metrics_listener, admin_listener) = bind_listeners(config).await?;
+        let measured = MeasuredOrders::new(config, &state.metrics);
         Ok(Self {
             listener,
             metrics_listener,
@@ -197,6 +201,7 @@ impl App {
             database,
             config: config.clone(),
             role,
+            measured,
         })
     }
 
@@ -208,7 +213,7 @@ impl App {
             metrics: self.state.metrics.clone(),
             window_seconds: self.config.dispatch.route_stats_window_seconds.get(),
             settle_seconds: self.config.dispatch.message_ttl_seconds,
-            measured: self.state.measured.clone(),
+            measured: self.measured.clone(),
         }
     }
 
@@ -251,7 +256,7 @@ impl App {
                     self.database.session_options().cloned(),
                     wake,
                     metrics,
-                    (self.state.route_stats.clone(), self.state.measured.clone()),
+                    (self.state.route_stats.clone(), self.measured.clone()),
                     shutdown.clone(),
                 )
                 .await?,
@@ -318,7 +323,6 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
     let metrics = Metrics::new(config).context("cannot register metrics")?;
     let limits = IngressLimits::new(&config.limits, &config.spend);
     let destinations = DestinationPolicy::new(&config.destinations);
-    let measured = crate::dispatch::measured::MeasuredOrders::new(config, &metrics);
     let state = AppState::new(AppHandles {
         pool: database.pool.clone(),
         accept_unsigned: verifier.is_empty() && config.server.allow_unauthenticated,
@@ -349,7 +353,6 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
         carriers: Arc::new(config.carriers.keys().cloned().collect()),
         readiness: Arc::default(),
         route_stats: Default::default(),
-        measured,
     });
     Ok(state)
 }

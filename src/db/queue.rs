@@ -32,6 +32,9 @@ pub struct Claimed {
     /// a resend never goes through them.
     #[sqlx(default)]
     pub carried_by: Option<Vec<String>>,
+    /// A login already completed with its code (a resend was pending): it is not sent again.
+    #[sqlx(default)]
+    pub verified: bool,
     /// A queue row whose message is gone (no foreign key forbids it since migration 0015):
     /// the claim removes it instead of handing it out.
     #[sqlx(default)]
@@ -94,7 +97,8 @@ pub async fn claim(
                    (extract(epoch FROM q.expires_at - now()) * 1000)::bigint AS remaining_ms,
                    q.expires_at, c.run_at AS due_at, coalesce(m.created_at, q.created_at)
                    AS created_at, coalesce(m.channel, 'sms') AS channel, m.locale,
-                   m.carried_by, m.id IS NULL AS orphan",
+                   m.carried_by, m.verified_at IS NOT NULL AS verified,
+                   m.id IS NULL AS orphan",
     )
     .bind(limit as i64)
     .bind(f64::from(lease_seconds))

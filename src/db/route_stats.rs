@@ -193,9 +193,11 @@ pub struct RouteWindow {
 }
 
 impl RouteWindow {
-    /// Delivered out of the sends that have a verdict (a receipt, or none past its time).
+    /// Delivered out of the sends the route could have delivered that have a verdict (a
+    /// receipt, or none past its time). Recipient failures are left out: they end the message,
+    /// so only the carrier tried first ever sees them.
     pub fn delivery_ratio(&self) -> Option<f64> {
-        let judged = self.delivered + self.failed_route + self.failed_recipient + self.no_receipt;
+        let judged = self.delivered + self.failed_route + self.no_receipt;
         (judged > 0).then(|| self.delivered as f64 / judged as f64)
     }
 

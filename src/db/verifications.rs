@@ -54,6 +54,10 @@ pub async fn attribute(
              SELECT m.id, m.verified_at IS NOT NULL AS verified
              FROM messages m, t
              WHERE t.in_range AND m.recipient = $1 AND m.sent_at IS NOT NULL
+               -- Messages are partitioned by their UUIDv7 id (time first): only the days a
+               -- code alive at t.at can come from are read.
+               AND m.id >= (lpad(to_hex((extract(epoch FROM t.at - interval '2 days') * 1000)
+                                 ::bigint), 12, '0') || repeat('0', 20))::uuid
                AND m.signer IS NOT DISTINCT FROM $4
                AND m.sent_at <= t.at + make_interval(secs => $3)
                AND m.expires_at >= t.at - make_interval(secs => $3)

@@ -33,7 +33,7 @@ impl InlineDispatcher {
             &handles,
             &pool,
             &metrics,
-            &Default::default(),
+            (&Default::default(), None),
             &CancellationToken::new(),
         )?;
         Ok(Self {

@@ -31,6 +31,13 @@ pub struct MeasuredOrders {
     routes: HashMap<String, Settings>,
     /// (prefix, country) → the carriers, best first; absent: the listed order.
     orders: RwLock<HashMap<(String, String), Vec<String>>>,
+    /// (prefix, country) pairs messages asked an order for: only those are ranked (a route
+    /// is not ordered for countries it never carries).
+    asked: RwLock<std::collections::HashSet<(String, String)>>,
+    /// (prefix, country, carrier) → the last score the carrier had once measured: a carrier
+    /// whose samples left the window keeps it, so only one never measured gets the benefit
+    /// of the doubt (and a poor carrier cannot take the lead back once a window).
+    last_scores: RwLock<HashMap<(String, String, String), f64>>,
     metrics: Metrics,
 }
 
@@ -60,6 +67,8 @@ impl MeasuredOrders {
         Arc::new(Self {
             routes,
             orders: RwLock::default(),
+            asked: RwLock::default(),
+            last_scores: RwLock::default(),
             metrics: metrics.clone(),
         })
     }
@@ -78,26 +87,38 @@ impl MeasuredOrders {
                 .or_default()
                 .insert(row.carrier.as_str(), row);
         }
+        let asked = self.asked.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut orders = self.orders.write().unwrap_or_else(|e| e.into_inner());
-        for (prefix, settings) in &self.routes {
-            for (country, figures) in &by_country {
-                let key = (prefix.clone(), country.to_string());
-                let current = orders
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| settings.carriers.clone());
-                let next = rank(settings, &current, figures);
-                if next != current {
-                    tracing::info!(
-                        route = %prefix, country, from = ?current, to = ?next,
-                        "route order changed by measurement"
-                    );
-                    self.metrics
-                        .route_order_changes
-                        .with_label_values(&[prefix.as_str(), country])
-                        .inc();
-                    orders.insert(key, next);
-                }
+        let mut last = self.last_scores.write().unwrap_or_else(|e| e.into_inner());
+        for key in asked {
+            let (prefix, country) = (&key.0, &key.1);
+            let (Some(settings), Some(figures)) =
+                (self.routes.get(prefix), by_country.get(country.as_str()))
+            else {
+                continue;
+            };
+            let current = orders
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| settings.carriers.clone());
+            let remembered = |carrier: &str| {
+                last.get(&(prefix.clone(), country.clone(), carrier.to_string()))
+                    .copied()
+            };
+            let (next, scores) = rank(settings, &current, figures, remembered);
+            for (carrier, score) in scores {
+                last.insert((prefix.clone(), country.clone(), carrier), score);
+            }
+            if next != current {
+                tracing::info!(
+                    route = %prefix, %country, from = ?current, to = ?next,
+                    "route order changed by measurement"
+                );
+                self.metrics
+                    .route_order_changes
+                    .with_label_values(&[prefix.as_str(), country.as_str()])
+                    .inc();
+                orders.insert(key.clone(), next);
             }
         }
     }
@@ -113,14 +134,28 @@ impl MeasuredOrders {
         let Some(settings) = self.routes.get(prefix) else {
             return carriers;
         };
-        let orders = self.orders.read().unwrap_or_else(|e| e.into_inner());
-        let Some(order) = orders.get(&(prefix.to_string(), country.to_string())) else {
-            return carriers;
-        };
-        let place = |c: &Arc<CarrierHandle>| order.iter().position(|n| *n == c.name);
+        let key = (prefix.to_string(), country.to_string());
+        let known = self
+            .asked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key);
+        if !known {
+            self.asked
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone());
+        }
         let mut sorted = carriers;
-        sorted.sort_by_key(|c| place(c).unwrap_or(usize::MAX));
-        drop(orders);
+        if let Some(order) = self
+            .orders
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            let place = |c: &Arc<CarrierHandle>| order.iter().position(|n| *n == c.name);
+            sorted.sort_by_key(|c| place(c).unwrap_or(usize::MAX));
+        }
         if sorted.len() > 1 && rand::rng().random_bool(settings.explore) {
             let other = rand::rng().random_range(1..sorted.len());
             let explored = sorted.remove(other);
@@ -136,7 +171,8 @@ fn rank(
     settings: &Settings,
     current: &[String],
     figures: &HashMap<&str, &RouteWindow>,
-) -> Vec<String> {
+    remembered: impl Fn(&str) -> Option<f64>,
+) -> (Vec<String>, Vec<(String, f64)>) {
     let logins: i64 = settings
         .carriers
         .iter()
@@ -148,14 +184,29 @@ fn rank(
     } else {
         Signal::Delivery
     };
-    let measured =
-        |carrier: &str| score(figures.get(carrier).copied(), signal, settings.min_samples);
+    let measured = |carrier: &str| {
+        score(figures.get(carrier).copied(), signal, settings.min_samples)
+            .or_else(|| remembered(carrier))
+    };
+    let scores: Vec<(String, f64)> = settings
+        .carriers
+        .iter()
+        .filter_map(|c| {
+            let now = score(
+                figures.get(c.as_str()).copied(),
+                signal,
+                settings.min_samples,
+            );
+            now.map(|s| (c.clone(), s))
+        })
+        .collect();
     if settings.carriers.iter().all(|c| measured(c).is_none()) {
-        return settings.carriers.clone();
+        // Nothing measured (yet, or any more): the order stays as it is.
+        return (current.to_vec(), scores);
     }
-    // Once one carrier is measured, one not measured yet is given the benefit of the doubt
-    // (a perfect score): a leader doing measurably badly then hands its traffic to it, and it
-    // is measured in turn, instead of waiting for explore to find it.
+    // Once one carrier is measured, one never measured is given the benefit of the doubt (a
+    // perfect score): a leader doing measurably badly then hands its traffic to it, and it is
+    // measured in turn, instead of waiting for explore to find it.
     let score = |carrier: &str| Some(measured(carrier).unwrap_or(1.0));
     let mut ranked = settings.carriers.clone();
     // Best first; equal scores keep their listed order.
@@ -164,12 +215,12 @@ fn rank(
         b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal)
     });
     let (Some(leader), Some(best)) = (current.first(), ranked.first()) else {
-        return ranked;
+        return (ranked, scores);
     };
     if leader == best {
-        return ranked;
+        return (ranked, scores);
     }
-    match (score(leader), score(best)) {
+    let order = match (score(leader), score(best)) {
         // The leader keeps its place unless the best does better by more than the margin.
         (Some(kept), Some(challenger)) if challenger <= kept + settings.margin => {
             let mut kept_order = vec![leader.clone()];
@@ -177,7 +228,8 @@ fn rank(
             kept_order
         }
         _ => ranked,
-    }
+    };
+    (order, scores)
 }
 
 /// A carrier's success in one country by `signal`, once it has `min_samples` of its own.
@@ -186,10 +238,7 @@ fn score(figures: Option<&RouteWindow>, signal: Signal, min_samples: i64) -> Opt
     match signal {
         Signal::Conversion if figures.sent >= min_samples => figures.conversion_ratio(),
         Signal::Delivery => {
-            let judged = figures.delivered
-                + figures.failed_route
-                + figures.failed_recipient
-                + figures.no_receipt;
+            let judged = figures.delivered + figures.failed_route + figures.no_receipt;
             (judged >= min_samples)
                 .then(|| figures.delivery_ratio())
                 .flatten()
@@ -228,7 +277,7 @@ mod tests {
     fn ranked(a: &RouteWindow, b: &RouteWindow, current: &[&str]) -> Vec<String> {
         let figures = HashMap::from([("a", a), ("b", b)]);
         let current: Vec<String> = current.iter().map(|c| c.to_string()).collect();
-        rank(&settings(), &current, &figures)
+        rank(&settings(), &current, &figures, |_| None).0
     }
 
     #[test]

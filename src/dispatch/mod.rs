@@ -109,6 +109,24 @@ fn retention_plan(config: &Config) -> retention::Plan {
     }
 }
 
+/// The LISTEN wake-up, given a session on PostgreSQL itself; without one, claimers poll.
+fn listen_for_wakes(
+    background: &mut JoinSet<()>,
+    listen: Option<PgConnectOptions>,
+    wake: Wake,
+    shutdown: &CancellationToken,
+) {
+    match listen {
+        Some(session) => {
+            background.spawn(wake::run_listener(session, wake, shutdown.clone()));
+        }
+        None => tracing::info!(
+            "no database.direct_url behind the transaction pooler: workers learn of other \
+             processes' messages by polling (dispatch.poll_interval_ms)"
+        ),
+    }
+}
+
 impl Dispatcher {
     /// Starts claimers, the outcome writer, retention and, given a session on PostgreSQL
     /// itself, the LISTEN wake-up (without one, claimers poll).
@@ -125,9 +143,14 @@ impl Dispatcher {
         let handles = carriers::build_all(config, &metrics).await?;
         let switches: Vec<Arc<carriers::CarrierHandle>> = handles.values().cloned().collect();
         let d = &config.dispatch;
-        let context =
-            SendContext::build(config, &handles, &pool, &metrics, &route_stats, &shutdown)?;
-        let context = context.with_measured(measured);
+        let context = SendContext::build(
+            config,
+            &handles,
+            &pool,
+            &metrics,
+            (&route_stats, Some(measured)),
+            &shutdown,
+        )?;
         let in_hand = claim_capacity(&handles, context.lease).map(|n| Arc::new(Semaphore::new(n)));
         let (outcomes, receiver) = mpsc::channel(4 * d.workers.get().max(64));
         let completer = tokio::spawn(completer::run(
@@ -153,25 +176,9 @@ impl Dispatcher {
             claimers.spawn(claimer.clone().run());
         }
         let mut background = JoinSet::new();
-        let watch = receipt_watch::ReceiptWatch {
-            pool: pool.clone(),
-            resend: crate::db::receipts::ResendPolicy::of(d),
-            silent_after: receipt_watch::ReceiptWatch::silent_after(&switches),
-            ttl: Duration::from_secs(u64::from(d.message_ttl_seconds)),
-            metrics: metrics.clone(),
-            wake: wake.clone(),
-            route_stats,
-        };
-        background.spawn(watch.run(shutdown.clone()));
-        match listen {
-            Some(session) => {
-                background.spawn(wake::run_listener(session, wake, shutdown.clone()));
-            }
-            None => tracing::info!(
-                "no database.direct_url behind the transaction pooler: workers learn of other \
-                 processes' messages by polling (dispatch.poll_interval_ms)"
-            ),
-        }
+        let watch = receipt_watch::ReceiptWatch::new(config, &pool, &switches, &metrics, &wake);
+        background.spawn(watch.with_stats(route_stats).run(shutdown.clone()));
+        listen_for_wakes(&mut background, listen, wake, &shutdown);
         background.spawn(follow_carrier_switches(
             pool.clone(),
             switches,
@@ -327,9 +334,13 @@ impl Claimer {
         claim_started: Instant,
     ) {
         for message in batch.ready {
-            if message.remaining_ms <= 0 {
-                let ended =
-                    send::finalise(&message, Status::Expired, "the code expired in the queue");
+            if message.remaining_ms <= 0 || message.verified {
+                let ended = if message.verified {
+                    let why = "its login completed before the resend went out";
+                    send::finalise(&message, Status::Delivered, why)
+                } else {
+                    send::finalise(&message, Status::Expired, "the code expired in the queue")
+                };
                 self.finish(ended).await;
                 continue;
             }

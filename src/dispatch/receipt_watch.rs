@@ -34,6 +34,33 @@ pub struct ReceiptWatch {
 }
 
 impl ReceiptWatch {
+    pub fn new(
+        config: &crate::config::Config,
+        pool: &Db,
+        carriers: &[Arc<CarrierHandle>],
+        metrics: &Metrics,
+        wake: &crate::db::wake::Wake,
+    ) -> Self {
+        let d = &config.dispatch;
+        Self {
+            pool: pool.clone(),
+            resend: ResendPolicy::of(d),
+            silent_after: Self::silent_after(carriers),
+            ttl: Duration::from_secs(u64::from(d.message_ttl_seconds)),
+            metrics: metrics.clone(),
+            wake: wake.clone(),
+            route_stats: RouteStats::default(),
+        }
+    }
+
+    /// The same, counting late receipts into `route_stats`.
+    pub fn with_stats(self, route_stats: RouteStats) -> Self {
+        Self {
+            route_stats,
+            ..self
+        }
+    }
+
     /// The carriers of `handles` that have a receipt timeout.
     pub fn silent_after(handles: &[Arc<CarrierHandle>]) -> Vec<(String, Duration)> {
         let mut silent: Vec<(String, Duration)> = handles

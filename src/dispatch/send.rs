@@ -613,19 +613,6 @@ pub fn finalise(message: &Claimed, status: Status, error: &str) -> Completion {
     }
 }
 
-impl SendContext {
-    /// The same context, ordering measured routes by `measured`.
-    pub fn with_measured(self: Arc<Self>, measured: Arc<MeasuredOrders>) -> Arc<Self> {
-        match Arc::try_unwrap(self) {
-            Ok(mut context) => {
-                context.measured = Some(measured);
-                Arc::new(context)
-            }
-            Err(shared) => shared,
-        }
-    }
-}
-
 /// Shared handle type for the context.
 pub type SharedContext = Arc<SendContext>;
 
@@ -636,9 +623,10 @@ impl SendContext {
         handles: &std::collections::HashMap<String, Arc<CarrierHandle>>,
         pool: &Db,
         metrics: &Metrics,
-        route_stats: &RouteStats,
+        measures: (&RouteStats, Option<Arc<MeasuredOrders>>),
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Arc<SendContext>> {
+        let (route_stats, measured) = measures;
         let d = &config.dispatch;
         Ok(Arc::new(SendContext {
             routes: Routes::new(&config.routes, &config.test_numbers, handles)?,
@@ -657,7 +645,7 @@ impl SendContext {
                 .then(|| Admissions::start(pool.clone(), config.limits.recipient_pacing.clone())),
             resend: ResendPolicy::of(d),
             route_stats: route_stats.clone(),
-            measured: None,
+            measured,
         }))
     }
 }

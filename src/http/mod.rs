@@ -96,8 +96,6 @@ pub struct AppHandles {
     pub readiness: Arc<health::Readiness>,
     /// What each route delivered, counted by this process until it is added to the table.
     pub route_stats: crate::db::route_stats::RouteStats,
-    /// The carrier order of measured routes, refreshed from the measurements.
-    pub measured: Arc<crate::dispatch::measured::MeasuredOrders>,
 }
 
 /// The public listener: its routes, hardened, and the ingress counted around all of it.
