@@ -100,14 +100,10 @@ impl Config {
             );
         }
         let d = &self.dispatch;
-        if !(60..=86_400).contains(&d.route_stats_window_seconds.get())
-            || d.route_stats_window_seconds.get() <= d.message_ttl_seconds
-        {
+        if !(60..=86_400).contains(&d.route_stats_window_seconds.get()) {
             problem(
                 "dispatch.route_stats_window_seconds".into(),
-                "must be between 60 and 86400, and longer than message_ttl_seconds (a send \
-                 counts as unanswered only once its code's life is over)"
-                    .into(),
+                "must be between 60 and 86400".into(),
             );
         }
         if d.resend_min_remaining_seconds > 86_400 {
