@@ -13,7 +13,6 @@ use super::{completer, switches};
 use crate::carriers::{self, CarrierHandle};
 use crate::config::Config;
 use crate::db::queue;
-use crate::domain::Status;
 use crate::metrics::Metrics;
 
 /// The carriers, routes and policies of a configuration, run on demand.
@@ -66,9 +65,8 @@ impl InlineDispatcher {
             for message in batch.ready {
                 let context = self.context.clone();
                 sends.spawn(async move {
-                    if message.remaining_ms <= 0 {
-                        let why = "the code expired in the queue";
-                        return send::finalise(&message, Status::Expired, why);
+                    if let Some(ended) = send::ended_before_sending(&message) {
+                        return ended;
                     }
                     let clocks = send::Clocks::new(started, message.remaining_ms, context.lease);
                     send::dispatch(context, message, clocks, None).await

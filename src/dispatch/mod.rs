@@ -334,13 +334,7 @@ impl Claimer {
         claim_started: Instant,
     ) {
         for message in batch.ready {
-            if message.remaining_ms <= 0 || message.verified {
-                let ended = if message.verified {
-                    let why = "its login completed before the resend went out";
-                    send::finalise(&message, Status::Delivered, why)
-                } else {
-                    send::finalise(&message, Status::Expired, "the code expired in the queue")
-                };
+            if let Some(ended) = send::ended_before_sending(&message) {
                 self.finish(ended).await;
                 continue;
             }

@@ -595,6 +595,17 @@ pub fn log_outcome(completion: &Completion) {
     }
 }
 
+/// A claimed message that must not be sent at all: its code expired in the queue, or a login
+/// completed with it while its resend waited (it ends `delivered`).
+pub fn ended_before_sending(message: &Claimed) -> Option<Completion> {
+    if message.verified {
+        let why = "its login completed before the resend went out";
+        return Some(finalise(message, Status::Delivered, why));
+    }
+    (message.remaining_ms <= 0)
+        .then(|| finalise(message, Status::Expired, "the code expired in the queue"))
+}
+
 /// Used by the claimer for rows that are already past their expiry or their limits, and for
 /// a send that panicked.
 pub fn finalise(message: &Claimed, status: Status, error: &str) -> Completion {

@@ -32,6 +32,16 @@ impl TwoCarriers {
 
     /// The same, with `change` made to the configuration last.
     pub async fn start_with(extra: &str, change: impl FnOnce(TestConfig) -> TestConfig) -> Self {
+        Self::start_as(extra, change, Role::All).await
+    }
+
+    /// The same in a process of `role` (an ingress only: sends happen when the test says,
+    /// through `app.dispatch_until_idle()`).
+    pub async fn start_as(
+        extra: &str,
+        change: impl FnOnce(TestConfig) -> TestConfig,
+        role: Role,
+    ) -> Self {
         let (first, second) = (TwilioStandIn::start().await, TwilioStandIn::start().await);
         let public = format!("public_url = \"{PUBLIC_URL}\"\n");
         let tables = format!(
@@ -44,7 +54,7 @@ impl TwoCarriers {
             .merge(FAST_DISPATCH)
             .set("dispatch.lease_seconds", 15)
             .merge(extra);
-        let app = TestApp::spawn_role(&change(config), Role::All).await;
+        let app = TestApp::spawn_role(&change(config), role).await;
         Self { app, first, second }
     }
 

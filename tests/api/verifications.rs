@@ -344,3 +344,47 @@ async fn a_login_after_a_failed_resend_goes_to_the_carrier_that_took_the_code() 
     assert_eq!(answer["attributed"], true, "{answer}");
     assert_eq!(answer["message_id"], id.as_str());
 }
+
+#[tokio::test]
+async fn a_login_completed_while_the_resend_waits_ends_the_message_unsent() {
+    // An ingress process: the test sends when it says (no worker claims behind its back).
+    let carriers = crate::resends::TwoCarriers::start_as("", |config| config, Role::Ingress).await;
+    let id = queue(&carriers.app, TO).await;
+    carriers.app.dispatch_until_idle().await;
+    let view = crate::dispatch::status_of(&carriers.app, &id).await;
+    assert_eq!(view["carrier"], "first", "{view}");
+    let sid = crate::resends::carrier_id(&view, 0);
+    assert_eq!(
+        carriers
+            .receipt("first", &sid, "undelivered", Some("30003"))
+            .await,
+        204
+    );
+    assert_eq!(
+        carriers.app.count_rows("message_queue").await,
+        1,
+        "a resend waits"
+    );
+
+    // The user logs in with the first code before the resend goes out.
+    let answer: Value = verify(
+        &carriers.app,
+        &json!({"phone_number": TO}).to_string(),
+        Some(&token()),
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
+    assert_eq!(answer["attributed"], true, "{answer}");
+    carriers.app.dispatch_until_idle().await;
+
+    let view = crate::dispatch::status_of(&carriers.app, &id).await;
+    assert_eq!(view["status"], "delivered", "{view}");
+    assert_eq!(view["carrier"], "first", "{view}");
+    assert!(
+        carriers.second.seen().is_empty(),
+        "the resend never went out"
+    );
+    assert_eq!(carriers.app.count_rows("message_queue").await, 0);
+}
