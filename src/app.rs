@@ -176,7 +176,9 @@ impl App {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
+        let warming = tokio::task::spawn_blocking(crate::domain::warm_up);
         let database = Database::open_owned(&config.database).await?;
+        warming.await?;
         if database.is_embedded_guest() {
             // It would lose its database whenever the owner stops: one gateway per embedded
             // cluster (operator commands may still connect beside it).

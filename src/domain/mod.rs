@@ -8,7 +8,7 @@ mod phone;
 mod prefix;
 pub mod segments;
 
-pub use classifier::{Classification, classify};
+pub use classifier::{Classification, classify, warm_up};
 pub use limit_kind::LimitKind;
 pub use message::{
     Assessment, Channel, DeliveryFailure, MessageBody, MessageId, NewMessage, RequestInfo, Status,

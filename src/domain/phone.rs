@@ -203,6 +203,11 @@ fn has_only_number_characters(rest: &str) -> bool {
     !open
 }
 
+/// Builds what parsing a number needs once (see `classifier::warm_up`).
+pub(crate) fn warm_up() {
+    let _ = possible_lengths_by_code();
+}
+
 /// For each calling code (index), the national lengths some region using it allows; `None` for
 /// unassigned codes. Built once from the `phonenumber` metadata.
 fn possible_lengths_by_code() -> &'static [Option<Vec<u16>>] {

@@ -28,6 +28,17 @@ pub fn spawn_binary_with_env(
     dir: &std::path::Path,
     env: &[(&str, &str)],
 ) -> (Child, u16) {
+    spawn_binary_as(app, config, dir, env, "all")
+}
+
+/// `spawn_binary_with_env` in one `--role` (all, ingress, worker).
+pub fn spawn_binary_as(
+    app: &TestApp,
+    config: &TestConfig,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    role: &str,
+) -> (Child, u16) {
     let port = free_port();
     let text = config
         .clone()
@@ -37,7 +48,7 @@ pub fn spawn_binary_with_env(
     std::fs::write(&path, text).expect("config");
     let log = std::fs::File::create(dir.join(format!("smsgate-{port}.log"))).expect("log");
     let child = Command::new(BINARY)
-        .args(["serve", "--config"])
+        .args(["serve", "--role", role, "--config"])
         .arg(&path)
         .env("DATABASE_URL", url_of(&app.pool.connect_options()))
         .envs(env.iter().copied())
@@ -232,4 +243,48 @@ async fn json_logs_carry_one_outcome_line_per_message_and_never_a_code_number_or
         log.contains("+********000"),
         "numbers are masked but for their last 3 digits"
     );
+}
+
+/// A process that only dispatches parses its first phone number when it counts its first
+/// outcome (the route measurements' country). That work must be done before the process
+/// claims anything: done on the outcome writer, it held the first outcomes past a one-second
+/// lease, and those messages were claimed and sent again (soak seed 2).
+#[tokio::test]
+async fn a_new_worker_process_records_its_first_outcomes_within_a_short_lease() {
+    let standin = TwilioStandIn::start().await;
+    // Calls that end well inside the lease, leaving less of it than the first parse takes
+    // in a debug build (0.8 s here).
+    standin.set_default(Reply::Slow(Duration::from_millis(350)));
+    let config = config_with(
+        &standin,
+        "[dispatch]\nworkers = 4\nlease_seconds = 1\npoll_interval_ms = 100\n",
+    )
+    .set("carriers.twilio.timeout_ms", 500)
+    .set("carriers.twilio.connect_timeout_ms", 200);
+    let db = TestApp::spawn_role(&config, Role::Ingress).await;
+    let mut recipients = Vec::new();
+    for i in 0..6 {
+        let recipient = format!("+44791110{:04}", 2000 + i);
+        let response = db
+            .post_sms(Some(&token()), &crate::helpers::sms(&recipient))
+            .await;
+        assert_eq!(response.status().as_u16(), 200);
+        recipients.push(recipient);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let (worker, _) = spawn_binary_as(&db, &config, dir.path(), &[], "worker");
+    crate::dispatch::wait_until_drained(&db.pool, Duration::from_secs(30)).await;
+    // A second claim would follow the lease's end: give it the time to show.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(stop(worker).await.success());
+
+    let accepted = standin.accepted_per_recipient();
+    for recipient in &recipients {
+        assert_eq!(
+            accepted.get(recipient),
+            Some(&1),
+            "{recipient}: {accepted:?}"
+        );
+    }
 }
