@@ -58,6 +58,8 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         ttl_seconds: u64,
     },
+    /// Print the HTTP API's OpenAPI 3.1 description (docs/openapi.json); needs no configuration.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +120,10 @@ impl From<RoleArg> for Role {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        print!("{}", smsgate::http::openapi::document());
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(err) => {
@@ -134,6 +140,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_redacted_toml());
             Ok(())
         }
+        Command::Openapi => Ok(()),
         Command::Token {
             signer,
             ttl_seconds,

@@ -59,6 +59,12 @@ pub trait Kind: CarrierKindConfig {
     fn receipts(&self, _name: &str, _settings: &CarrierSettings) -> Option<Arc<dyn ReceiptCheck>> {
         None
     }
+
+    /// The media type of the kind's delivery receipts, for the API's description; `None` for
+    /// a kind that sends none.
+    fn receipt_media_type(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// The kind's own settings type, as its `read` built them.

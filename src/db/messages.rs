@@ -322,7 +322,7 @@ async fn earlier_messages(
 }
 
 /// A message as the status API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: Uuid,
     pub status: Status,
@@ -346,7 +346,7 @@ pub struct MessageView {
 }
 
 /// One carrier call.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i32,
     pub carrier: String,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::domain::{MessageId, Status, redact_digits};
 
 /// One line of a listing.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct MessageSummary {
     pub id: Uuid,
     pub status: String,

@@ -176,7 +176,7 @@ async fn upsert(pool: &Db, counts: &HashMap<Key, Counts>) -> Result<(), sqlx::Er
 }
 
 /// One carrier and country over the window.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RouteWindow {
     pub carrier: String,
     pub country: String,

@@ -220,7 +220,9 @@ impl DeliveryFailure {
 }
 
 /// Where a message stands. The strings are stored in the database and shown by the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Queued,

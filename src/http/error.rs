@@ -125,9 +125,11 @@ impl From<EnqueueError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorBody {
+    /// A stable code (`invalid_token`, `too_many_requests`, …).
+    error: &'static str,
+    /// In words, for people; never quotes the request's values.
     error_description: String,
 }
 
@@ -243,4 +245,67 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// What the ingress routes refuse; nothing is stored for any of them.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum IngressRefusals {
+    /// Not the JSON this route takes, or a field is invalid
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// The bearer token is missing or does not verify
+    #[response(status = 401, headers(("WWW-Authenticate" = String)))]
+    Unauthorized(ErrorBody),
+    /// The destination is blocked by policy
+    #[response(status = 403)]
+    Blocked(ErrorBody),
+    /// The request was not received in time
+    #[response(status = 408)]
+    Timeout(ErrorBody),
+    /// The body is larger than 16 KiB
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Content-Type is not application/json
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+    /// The Idempotency-Key was used for another message
+    #[response(status = 422)]
+    KeyReused(ErrorBody),
+    /// A limit refused it
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds until it may pass")))]
+    Limited(ErrorBody),
+    /// Internal error
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The database is unavailable
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    Unavailable(ErrorBody),
+}
+
+/// What the status and operator API refuses.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum AdminRefusals {
+    /// A query parameter is unknown, repeated or invalid
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// The admin token is missing or wrong
+    #[response(status = 401, headers(("WWW-Authenticate" = String)))]
+    Unauthorized(ErrorBody),
+    /// The status API is off (no `admin.token`)
+    #[response(status = 403)]
+    Disabled(ErrorBody),
+    /// No such message or carrier
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The request was not completed in time
+    #[response(status = 408)]
+    Timeout(ErrorBody),
+    /// Internal error
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The database is unavailable
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    Unavailable(ErrorBody),
 }

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use super::AppState;
@@ -61,22 +60,63 @@ impl Readiness {
     }
 }
 
-/// The process is up and serving HTTP.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// A probe's answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` (alive), `ready`, or `not_ready`.
+    status: &'static str,
+    /// Why it is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+impl Health {
+    const fn up(status: &'static str) -> Json<Self> {
+        Json(Self {
+            status,
+            reason: None,
+        })
+    }
+
+    fn not_ready(reason: &'static str) -> (StatusCode, Json<Self>) {
+        let health = Self {
+            status: "not_ready",
+            reason: Some(reason),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(health))
+    }
+}
+
+/// The process is up and serving HTTP (`/livez`, and `/healthz` as before).
+#[utoipa::path(
+    get, path = "/livez", tag = "health",
+    responses((status = 200, description = "The process serves HTTP", body = Health))
+)]
+pub async fn livez() -> Json<Health> {
+    Health::up("ok")
+}
+
+/// `/healthz`: the older name of `/livez`, kept for existing probes.
+#[utoipa::path(
+    get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process serves HTTP", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Health::up("ok")
 }
 
 /// The database answers and its schema is the one this binary expects.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready to take traffic", body = Health),
+        (status = 503, description = "The database is unreachable or not migrated", body = Health),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     match state.readiness.verdict(&state.pool).await {
-        Verdict::Ready => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        Verdict::NotMigrated => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "database migrations are not applied"})),
-        ),
-        Verdict::Unreachable => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "database unreachable"})),
-        ),
+        Verdict::Ready => (StatusCode::OK, Health::up("ready")),
+        Verdict::NotMigrated => Health::not_ready("database migrations are not applied"),
+        Verdict::Unreachable => Health::not_ready("database unreachable"),
     }
 }

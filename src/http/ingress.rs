@@ -25,9 +25,11 @@ const MAX_SENDER_CHARS: usize = 128;
 const MAX_USER_AGENT_CHARS: usize = 512;
 
 /// The legacy body: `sender` and `req` are optional, unknown fields are ignored.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct LegacySmsRequest {
+    /// The number, in E.164 (`+` and digits) or a form libphonenumber reads as one.
     pub recipient: String,
+    /// The text, with the code in it; at most 1,600 characters.
     pub body: String,
     #[serde(default)]
     pub sender: Option<String>,
@@ -36,7 +38,7 @@ pub(super) struct LegacySmsRequest {
 }
 
 /// Sent only when the connection has `forward_req_info` on.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct ForwardedRequest {
     #[serde(default)]
     pub ip: Option<String>,
@@ -44,8 +46,10 @@ pub(super) struct ForwardedRequest {
     pub user_agent: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Accepted {
+    /// The stored message (`GET /v1/messages/{id}`).
+    #[schema(value_type = uuid::Uuid)]
     id: MessageId,
 }
 
@@ -237,7 +241,22 @@ async fn store(
 }
 
 /// The body of a legacy request, parsed and validated into the message it asks for. Pure, so
-/// the property tests can feed it anything.
+/// the property tests can feed it anything. (Described here for the OpenAPI document: the
+/// route runs `accept_with` with it.)
+#[utoipa::path(
+    post, path = "/v1/auth0/sms", tag = "ingress",
+    summary = "Auth0's custom SMS gateway call: stores the message, then answers",
+    security(("auth0" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Up to 255 visible ASCII characters; a repeat answers with the first message"),
+    ),
+    request_body(content = LegacySmsRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Committed to the database; it will be sent", body = Accepted),
+        super::error::IngressRefusals,
+    )
+)]
 pub fn parse_request(bytes: &[u8], signer: Option<String>) -> Result<NewMessage, ApiError> {
     let parsed: LegacySmsRequest = super::extract::json_object(bytes)?;
     validate(parsed, signer)

@@ -10,6 +10,7 @@ mod health;
 mod in_flight;
 mod ingress;
 mod metrics;
+pub mod openapi;
 mod phone_provider;
 pub mod server;
 mod verifications;
@@ -161,6 +162,7 @@ fn router(state: AppState, admin_apart: bool) -> Router {
         );
     }
     let router = router
+        .route("/livez", get(health::livez))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     let router = if admin_apart {
@@ -175,6 +177,7 @@ fn router(state: AppState, admin_apart: bool) -> Router {
 pub fn admin_router(state: AppState) -> Router {
     answer_strays_in_json(
         with_admin_routes(Router::new())
+            .route("/livez", get(health::livez))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .with_state(state),
@@ -208,6 +211,7 @@ fn with_admin_routes(router: Router<AppState>) -> Router<AppState> {
         .route("/v1/messages/{id}", get(admin::messages::show_message))
         .route("/v1/spend", get(admin::spend::spend_today))
         .route("/v1/carriers/stats", get(admin::carriers::carrier_stats))
+        .route("/openapi.json", get(openapi::served))
 }
 
 /// What every public route gets: a whole-request timeout (408), a panic turned into a 500

@@ -15,8 +15,8 @@ use super::ApiError;
 use super::ingress::{DERIVED_PREFIX, ForwardedRequest, LegacySmsRequest, invalid, validate};
 use crate::domain::{Channel, NewMessage};
 
-#[derive(Deserialize)]
-struct ActionRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ActionRequest {
     #[serde(default)]
     notification: Option<Notification>,
     #[serde(default)]
@@ -26,7 +26,7 @@ struct ActionRequest {
 }
 
 /// `event.notification` of the custom-phone-provider Action.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Notification {
     recipient: String,
     #[serde(default)]
@@ -46,7 +46,7 @@ struct Notification {
 }
 
 /// `event.message_options` of the send-phone-message Action.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct MessageOptions {
     recipient: String,
     #[serde(default)]
@@ -60,7 +60,7 @@ struct MessageOptions {
 }
 
 /// `event.request` as Actions have it (`user_agent`, not the legacy `user-agent`).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ActionRequestInfo {
     #[serde(default)]
     ip: Option<String>,
@@ -82,6 +82,24 @@ struct Mapped {
 }
 
 /// Parses either Action shape into the message it asks for.
+#[utoipa::path(
+    post, path = "/v1/auth0/phone-provider", tag = "ingress",
+    summary = "What an Auth0 Action forwards (custom phone provider, or send-phone-message)",
+    description = "Either `notification` (the custom phone provider) or `message_options` \
+                   (send-phone-message), not both.",
+    security(("auth0" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Up to 255 visible ASCII characters; without one, a notification's code \
+                        gives the key"),
+    ),
+    request_body(content = ActionRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Committed to the database; it will be sent",
+         body = super::ingress::Accepted),
+        super::error::IngressRefusals,
+    )
+)]
 pub fn parse_action_request(bytes: &[u8], signer: Option<String>) -> Result<NewMessage, ApiError> {
     let parsed: ActionRequest = super::extract::json_object(bytes)?;
     let mapped = match (parsed.notification, parsed.message_options) {

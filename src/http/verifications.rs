@@ -16,8 +16,8 @@ use super::{ApiError, AppState};
 use crate::db::verifications::{self, Attributed};
 use crate::domain::{PhoneNumber, redact_digits};
 
-#[derive(Deserialize)]
-struct VerificationRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct VerificationRequest {
     /// The number the login's code went to (`event.user.phone_number`).
     phone_number: String,
     /// When the login completed (`event.authentication.methods[].timestamp`); now if absent.
@@ -25,7 +25,7 @@ struct VerificationRequest {
     at: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Verification {
     /// Whether a message of ours was found for it (a code sent by another gateway is not).
     attributed: bool,
@@ -38,6 +38,16 @@ pub struct Verification {
 /// RFC 3339 times are a few dozen characters; a longer one is not a time.
 const MAX_AT_CHARS: usize = 64;
 
+#[utoipa::path(
+    post, path = "/v1/verifications", tag = "ingress",
+    summary = "A login completed with a code smsgate sent (the route measurements' conversions)",
+    security(("auth0" = [])),
+    request_body(content = VerificationRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Attributed to a message of this signer, or not", body = Verification),
+        super::error::IngressRefusals,
+    )
+)]
 pub async fn verified(
     State(state): State<AppState>,
     caller: Caller,

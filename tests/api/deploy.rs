@@ -825,7 +825,11 @@ async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
             .send()
     };
 
-    for path in [format!("/v1/messages/{id}"), "/v1/messages".to_string()] {
+    for path in [
+        format!("/v1/messages/{id}"),
+        "/v1/messages".to_string(),
+        "/openapi.json".to_string(),
+    ] {
         let public = admin(port, path.clone()).await.expect("sent");
         crate::helpers::assert_status(&public, 404, &format!("{path} is not public"));
         let private = admin(admin_port, path.clone()).await.expect("sent");

@@ -14,6 +14,20 @@ async fn healthz_and_readyz_answer_200_on_a_migrated_database() {
     assert_eq!(ready.status().as_u16(), 200);
 }
 
+/// `/livez` is Kubernetes' current name for the liveness probe; `/healthz` stays for
+/// existing probes. Both answer without the database.
+#[tokio::test]
+async fn livez_and_healthz_say_the_process_is_up() {
+    let app = TestApp::spawn().await;
+
+    for path in ["/livez", "/healthz"] {
+        let response = app.get(path).await;
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        assert_eq!(body, serde_json::json!({"status": "ok"}), "{path}");
+    }
+}
+
 #[tokio::test]
 async fn readyz_is_503_until_migrations_are_applied() {
     let config = TestConfig::base().set("database.migrate_on_start", false);

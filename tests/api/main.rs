@@ -31,6 +31,7 @@ mod ingress;
 mod keys_and_limits;
 mod limits_at_volume;
 mod observability;
+mod openapi;
 mod operator;
 mod ops_files;
 mod partitions;

@@ -43,6 +43,10 @@ impl Kind for MessageMedia {
         })
     }
 
+    fn receipt_media_type(&self) -> Option<&'static str> {
+        Some("application/json")
+    }
+
     fn receipts(&self, name: &str, settings: &CarrierSettings) -> Option<Arc<dyn ReceiptCheck>> {
         let own = super::own::<MessageMediaSettings>(settings).ok()?;
         let public_url = own.public_url.as_deref()?;

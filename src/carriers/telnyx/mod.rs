@@ -43,6 +43,10 @@ impl Kind for Telnyx {
         })
     }
 
+    fn receipt_media_type(&self) -> Option<&'static str> {
+        Some("application/json")
+    }
+
     fn receipts(&self, _name: &str, settings: &CarrierSettings) -> Option<Arc<dyn ReceiptCheck>> {
         let own = super::own::<TelnyxSettings>(settings).ok()?;
         let (_, key) = own.webhooks.as_ref()?;

@@ -52,6 +52,10 @@ impl Kind for Twilio {
         })
     }
 
+    fn receipt_media_type(&self) -> Option<&'static str> {
+        Some("application/x-www-form-urlencoded")
+    }
+
     fn receipts(&self, name: &str, settings: &CarrierSettings) -> Option<Arc<dyn ReceiptCheck>> {
         let own = super::own::<TwilioSettings>(settings).ok()?;
         let (public_url, auth_token) = own.receipts.clone()?;

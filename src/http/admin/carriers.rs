@@ -9,7 +9,7 @@ use crate::db;
 use crate::http::extract::Admin;
 use crate::http::{ApiError, AppState};
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct CarrierSwitch {
     carrier: String,
     disabled: bool,
@@ -18,6 +18,19 @@ pub struct CarrierSwitch {
 /// `POST /v1/carriers/{name}/disable` and `/enable`: takes a carrier out of (or back into)
 /// every route at once, on every worker within a second; its state shows as
 /// `smsgate_carrier_disabled`.
+#[utoipa::path(
+    post, path = "/v1/carriers/{name}/{action}", tag = "operator",
+    summary = "Takes a carrier out of every route, or puts it back, in every process",
+    security(("admin" = [])),
+    params(
+        ("name" = String, Path, description = "A configured carrier"),
+        ("action" = String, Path, description = "`disable` or `enable`"),
+    ),
+    responses(
+        (status = 200, description = "The carrier's switch as it now stands", body = CarrierSwitch),
+        crate::http::error::AdminRefusals,
+    )
+)]
 pub async fn switch_carrier(
     State(state): State<AppState>,
     _: Admin,
@@ -45,7 +58,7 @@ pub async fn switch_carrier(
 }
 
 /// What each route delivered over the measurement window.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct CarrierStats {
     window_seconds: u32,
     /// A send without a receipt counts as `no_receipt` once it is this old.
@@ -53,7 +66,7 @@ pub struct CarrierStats {
     routes: Vec<RouteStat>,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct RouteStat {
     #[serde(flatten)]
     window: db::route_stats::RouteWindow,
@@ -66,6 +79,15 @@ pub struct RouteStat {
 /// `GET /v1/carriers/stats`: per carrier and destination country, over
 /// `dispatch.route_stats_window_seconds`, the sends, what their receipts said and how fast,
 /// from every process.
+#[utoipa::path(
+    get, path = "/v1/carriers/stats", tag = "operator",
+    summary = "What each carrier delivered per destination country over the window",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The window's measurements", body = CarrierStats),
+        crate::http::error::AdminRefusals,
+    )
+)]
 pub async fn carrier_stats(
     State(state): State<AppState>,
     _: Admin,

@@ -12,6 +12,16 @@ use crate::domain::{MessageId, PhoneNumber, Status};
 use crate::http::extract::Admin;
 use crate::http::{ApiError, AppState};
 
+#[utoipa::path(
+    get, path = "/v1/messages/{id}", tag = "operator",
+    summary = "A message, its attempts and its receipts",
+    security(("admin" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The id the ingress answered with")),
+    responses(
+        (status = 200, description = "The message", body = MessageView),
+        crate::http::error::AdminRefusals,
+    )
+)]
 pub async fn show_message(
     State(state): State<AppState>,
     _: Admin,
@@ -28,7 +38,7 @@ pub async fn show_message(
     view.map(Json).ok_or(ApiError::NotFound)
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct MessageList {
     messages: Vec<MessageSummary>,
     /// Pass as `before` for the next (older) page; absent on the last page.
@@ -40,6 +50,26 @@ const LIST_PARAMETERS: [&str; 5] = ["status", "since", "before", "limit", "revea
 
 /// `GET /v1/messages?status=&since=&before=&limit=&reveal=`: newest first, numbers masked
 /// unless `reveal=true`.
+#[utoipa::path(
+    get, path = "/v1/messages", tag = "operator",
+    summary = "Messages, newest first, a page at a time",
+    security(("admin" = [])),
+    params(
+        ("status" = Option<Status>, Query, description = "Only messages in this status"),
+        ("since" = Option<chrono::DateTime<chrono::Utc>>, Query,
+         description = "Only messages created at or after this RFC 3339 time"),
+        ("before" = Option<uuid::Uuid>, Query,
+         description = "The page after this id (the previous page's `next`)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
+         description = "Messages per page (100 unless given)"),
+        ("reveal" = Option<bool>, Query,
+         description = "Show whole numbers instead of masked ones"),
+    ),
+    responses(
+        (status = 200, description = "A page of messages", body = MessageList),
+        crate::http::error::AdminRefusals,
+    )
+)]
 pub async fn list_messages(
     State(state): State<AppState>,
     _: Admin,

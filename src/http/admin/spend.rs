@@ -10,7 +10,7 @@ use crate::http::extract::Admin;
 use crate::http::{ApiError, AppState};
 use crate::limits::pricing::amount;
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct SpendToday {
     day: NaiveDate,
     currency: String,
@@ -22,12 +22,21 @@ pub struct SpendToday {
     countries: Vec<CountrySpend>,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct CountrySpend {
     country: String,
     spent: f64,
 }
 
+#[utoipa::path(
+    get, path = "/v1/spend", tag = "operator",
+    summary = "Today's estimated spend (UTC day of the database), against the ceilings",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Today's spend", body = SpendToday),
+        crate::http::error::AdminRefusals,
+    )
+)]
 pub async fn spend_today(
     State(state): State<AppState>,
     _: Admin,
