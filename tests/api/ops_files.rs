@@ -148,7 +148,7 @@ fn the_shipped_deployment_configurations_are_valid_with_their_secrets() {
     let secret = "k3J9v0Qm7Lr2Xz8Wq4Nt6Bp1Yc5Hd0Gs-and-some-more";
     for (path, signer) in [
         ("config/docker.toml", "default"),
-        ("deploy/kubernetes/smsgate.toml", "default"),
+        ("deploy/kubernetes/base/smsgate.toml", "default"),
     ] {
         let mut table: toml::Table = std::fs::read_to_string(path)
             .expect("readable")
@@ -168,4 +168,31 @@ fn the_shipped_deployment_configurations_are_valid_with_their_secrets() {
             panic!("{path}: {error}");
         }
     }
+}
+
+/// Every alert links its runbook: a heading of its own in docs/operations.md, whose anchor
+/// (GitHub's: the heading, lower-cased) its `runbook_url` names.
+#[test]
+fn every_alert_has_a_runbook_url_to_its_heading_in_operations() {
+    let rules = std::fs::read_to_string("config/prometheus/alerts.yml").expect("alerts");
+    let operations = std::fs::read_to_string("docs/operations.md").expect("operations");
+    let mut alerts = 0;
+    for block in rules.split("- alert: ").skip(1) {
+        let name = block.split_whitespace().next().expect("a name");
+        let url = block
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("runbook_url: "))
+            .unwrap_or_else(|| panic!("{name} has no runbook_url"));
+        let anchor = name.to_lowercase();
+        assert!(
+            url.ends_with(&format!("/docs/operations.md#{anchor}")),
+            "{name}: {url}"
+        );
+        assert!(
+            operations.lines().any(|line| line == format!("### {name}")),
+            "docs/operations.md has no heading for {name}"
+        );
+        alerts += 1;
+    }
+    assert!(alerts >= 12, "{alerts} alerts read");
 }
