@@ -323,6 +323,7 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
         tracing::warn!("no [auth0.*] signer: accepting unauthenticated requests");
     }
     let metrics = Metrics::new(config).context("cannot register metrics")?;
+    metrics.add(Box::new(database.pool.usage().acquire_histogram()));
     let limits = IngressLimits::new(&config.limits, &config.spend);
     let destinations = DestinationPolicy::new(&config.destinations);
     let state = AppState::new(AppHandles {

@@ -49,6 +49,7 @@ pub struct Db {
     reach: Reach,
     /// BEGIN plus the per-transaction settings, when they cannot be session settings.
     begin: Option<String>,
+    usage: super::pool_use::PoolUse,
 }
 
 impl fmt::Debug for Db {
@@ -72,6 +73,7 @@ impl Db {
             pool,
             reach: Reach::Direct,
             begin: None,
+            usage: Default::default(),
         }
     }
 
@@ -89,6 +91,7 @@ impl Db {
             pool,
             reach: Reach::TransactionPooler,
             begin: Some(begin),
+            usage: Default::default(),
         }
     }
 
@@ -99,6 +102,11 @@ impl Db {
     /// The underlying pool, for its statistics and for closing it; queries go through `self`.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Waits for connections and their times, for the metrics.
+    pub fn usage(&self) -> &super::pool_use::PoolUse {
+        &self.usage
     }
 
     /// A transaction (with the per-transaction settings behind a pooler).
@@ -133,6 +141,10 @@ impl Db {
     }
 
     async fn begin_as(&self, statement: Option<String>) -> Result<Tx<'static>, sqlx::Error> {
+        self.usage.timed(self.begin_untimed(statement)).await
+    }
+
+    async fn begin_untimed(&self, statement: Option<String>) -> Result<Tx<'static>, sqlx::Error> {
         let transaction = match statement {
             Some(begin) => {
                 // Not cancelled with its caller: see the module's notes.
@@ -154,7 +166,7 @@ impl Db {
     pub async fn for_one_statement(&self) -> Result<Tx<'static>, sqlx::Error> {
         match self.reach {
             Reach::Direct => Ok(Tx {
-                held: Held::Connection(self.pool.acquire().await?),
+                held: Held::Connection(self.usage.timed(self.pool.acquire()).await?),
                 reach: self.reach,
             }),
             Reach::TransactionPooler => self.begin().await,

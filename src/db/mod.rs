@@ -10,6 +10,7 @@ mod literal;
 pub mod messages;
 pub mod operator;
 pub mod partitions;
+pub mod pool_use;
 pub mod queue;
 pub mod receipts;
 pub mod recipient_sends;

@@ -67,7 +67,10 @@ impl<'a> Recorder<'a> {
         if let Some(cost) = self.pricing.cost(carrier, &self.message.recipient, parts) {
             self.metrics
                 .spend
-                .with_label_values(&[carrier])
+                .with_label_values(&[
+                    carrier,
+                    crate::metrics::currency_label(&self.pricing.currency),
+                ])
                 .inc_by(amount(cost));
         }
     }
@@ -101,9 +104,9 @@ impl<'a> Recorder<'a> {
         match result {
             Ok(accepted) => {
                 let since_commit = self.message.age_ms();
-                self.metrics
-                    .delivery_latency
-                    .observe(since_commit.max(0) as f64 / 1000.0);
+                let seconds = since_commit.max(0) as f64 / 1000.0;
+                self.metrics.accept_latency.observe(seconds);
+                self.metrics.delivery_latency_deprecated.observe(seconds);
                 // The target operators' log filters have always named for sends.
                 tracing::info!(
                     target: "smsgate::dispatch::send",

@@ -66,6 +66,7 @@ pub async fn count_ingress(
         .inc();
     metrics
         .ingress_duration
+        .with_label_values(&[endpoint, outcome])
         .observe(started.elapsed().as_secs_f64());
     if let Some(scope) = limit_scope {
         metrics.rate_limited.with_label_values(&[scope]).inc();
@@ -139,7 +140,17 @@ mod tests {
         assert_eq!(count("sms", "timeout"), 1);
         assert_eq!(count("phone_provider", "error"), 1);
         assert_eq!(
-            metrics.ingress_duration.get_sample_count(),
+            ["sms", "phone_provider"]
+                .into_iter()
+                .flat_map(|endpoint| {
+                    crate::metrics::INGRESS_OUTCOMES.map(|outcome| {
+                        metrics
+                            .ingress_duration
+                            .with_label_values(&[endpoint, outcome])
+                            .get_sample_count()
+                    })
+                })
+                .sum::<u64>(),
             2,
             "the 404 is not counted"
         );

@@ -98,6 +98,20 @@ pub fn metrics_router(state: MetricsState) -> Router {
         .with_state(state)
 }
 
+/// The pool as it stands at the scrape.
+fn pool_gauges(metrics: &crate::metrics::Metrics, db: &Db) {
+    let pool = db.pool();
+    let open = i64::from(pool.size());
+    let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX).min(open);
+    let connections = &metrics.pool_connections;
+    connections.with_label_values(&["idle"]).set(idle);
+    connections.with_label_values(&["in_use"]).set(open - idle);
+    metrics
+        .pool_max
+        .set(i64::from(pool.options().get_max_connections()));
+    metrics.pool_waiting.set(db.usage().waiting());
+}
+
 /// The database's share of a scrape: a frozen database must not make the scrape itself time
 /// out (Prometheus would then report the process down, not the database).
 const SCRAPE_DATABASE_BUDGET: Duration = Duration::from_secs(1);
@@ -159,6 +173,7 @@ async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
         }
         metrics.queue_due_age.set(stats.due_age_seconds);
     }
+    pool_gauges(&state.metrics, &state.pool);
     for (signer, used) in state.in_flight.in_use() {
         // An empty label value is no label at all to Prometheus: unsigned requests are "-".
         let signer = if signer.is_empty() { NO_SIGNER } else { signer };

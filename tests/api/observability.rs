@@ -47,11 +47,12 @@ fn split_series(series: &str) -> (&str, Vec<&str>) {
     }
 }
 
-pub const FAMILIES: [&str; 18] = [
+pub const FAMILIES: [&str; 23] = [
     "smsgate_ingress_requests_total",
     "smsgate_ingress_request_duration_seconds",
     "smsgate_dispatch_attempts_total",
     "smsgate_carrier_request_duration_seconds",
+    "smsgate_carrier_accept_latency_seconds",
     "smsgate_delivery_latency_seconds",
     "smsgate_failovers_total",
     "smsgate_messages_finished_total",
@@ -64,6 +65,10 @@ pub const FAMILIES: [&str; 18] = [
     "smsgate_dispatch_held_total",
     "smsgate_carrier_breaker_open",
     "smsgate_build_info",
+    "smsgate_db_pool_connections",
+    "smsgate_db_pool_max_connections",
+    "smsgate_db_pool_waiting",
+    "smsgate_db_pool_acquire_seconds",
     "process_resident_memory_bytes",
     "process_open_fds",
 ];
@@ -127,6 +132,29 @@ async fn every_family_and_known_label_is_exported_at_zero_from_start_up() {
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(sample(&text, &version), Some(1.0));
+    let commit = format!(
+        "smsgate_build_info{{commit=\"{}\"}}",
+        env!("SMSGATE_COMMIT")
+    );
+    assert_eq!(sample(&text, &commit), Some(1.0), "the commit is a label");
+    assert!(!env!("SMSGATE_COMMIT").is_empty());
+    let max = sample(&text, "smsgate_db_pool_max_connections").unwrap_or(0.0);
+    assert!(max >= 1.0, "the pool's maximum: {max}");
+    let open = sample(&text, "smsgate_db_pool_connections").unwrap_or(-1.0);
+    assert!(
+        (0.0..=max).contains(&open),
+        "open connections: {open} of {max}"
+    );
+    assert_eq!(sample(&text, "smsgate_db_pool_waiting"), Some(0.0));
+    assert!(
+        sample(&text, "smsgate_db_pool_acquire_seconds_count").unwrap_or(0.0) >= 1.0,
+        "start-up took connections"
+    );
+    assert_eq!(
+        sample(&text, "smsgate_estimated_spend_total{currency=\"XXX\"}"),
+        Some(0.0),
+        "spend carries its currency (ISO 4217's none when [spend] names none)"
+    );
 }
 
 #[tokio::test]
@@ -172,6 +200,16 @@ async fn counters_agree_exactly_with_what_happened() {
     );
     assert_eq!(value("smsgate_ingress_request_duration_seconds_count"), 4.0);
     assert_eq!(
+        value(
+            "smsgate_ingress_request_duration_seconds_count{endpoint=\"sms\",outcome=\"accepted\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("smsgate_ingress_request_duration_seconds_count{outcome=\"too_large\"}"),
+        1.0
+    );
+    assert_eq!(
         value("smsgate_dispatch_attempts_total{carrier=\"failing\",outcome=\"carrier_failure\"}"),
         1.0
     );
@@ -191,6 +229,8 @@ async fn counters_agree_exactly_with_what_happened() {
         value("smsgate_messages_finished_total{status=\"sent\"}"),
         1.0
     );
+    assert_eq!(value("smsgate_carrier_accept_latency_seconds_count"), 1.0);
+    // Its old name, kept for one release, sees the same observations.
     assert_eq!(value("smsgate_delivery_latency_seconds_count"), 1.0);
     assert_eq!(value("smsgate_queue_depth{status=\"queued\"}"), 0.0);
     assert!(
