@@ -5,13 +5,16 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use smsgate::{App, Config, Database, Role, audit, auth0, db, telemetry};
 
 #[derive(Parser)]
-#[command(version, about = "Auth0-compatible SMS gateway backed by PostgreSQL")]
+#[command(
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SMSGATE_COMMIT"), ")"),
+    about = "Auth0-compatible SMS gateway backed by PostgreSQL"
+)]
 struct Cli {
     /// Configuration file; `SMSGATE__SECTION__KEY` variables and DATABASE_URL override it.
     #[arg(
@@ -60,6 +63,22 @@ enum Command {
     },
     /// Print the HTTP API's OpenAPI 3.1 description (docs/openapi.json); needs no configuration.
     Openapi,
+    /// Print a completion script for a shell (`smsgate completions bash > /etc/bash_completion.d/smsgate`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, in roff, generated from this command line (`smsgate man | man -l -`).
+    Man,
+}
+
+/// How a command prints what it read.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// Aligned columns, for people.
+    Table,
+    /// JSON, as the HTTP API answers, for scripts.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -67,8 +86,11 @@ enum CarriersAction {
     /// Sends, receipts and delivery ratio per carrier and country over the measurement window
     /// (dispatch.route_stats_window_seconds), from every process.
     Stats {
-        /// Print JSON, as GET /v1/carriers/stats answers, instead of a table.
-        #[arg(long)]
+        /// `json` prints what GET /v1/carriers/stats answers.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// The same as `--output json` (the older spelling).
+        #[arg(long, hide = true)]
         json: bool,
     },
 }
@@ -92,9 +114,17 @@ enum MessagesAction {
         limit: i64,
         #[arg(long)]
         reveal: bool,
+        /// `json` prints what GET /v1/messages answers.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
-    /// One message with every carrier call, as JSON.
-    Show { id: String },
+    /// One message with every carrier call (JSON unless `--output table`).
+    Show {
+        id: String,
+        /// `json` prints what GET /v1/messages/{id} answers.
+        #[arg(long, value_enum, default_value_t = Output::Json)]
+        output: Output,
+    },
     /// Make a waiting message due now (skip its backoff or limit wait).
     Retry { id: String },
     /// End a waiting message without sending it (failed, "canceled by an operator").
@@ -120,9 +150,25 @@ impl From<RoleArg> for Role {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Openapi) = cli.command {
-        print!("{}", smsgate::http::openapi::document());
-        return ExitCode::SUCCESS;
+    // What needs no configuration.
+    match &cli.command {
+        Some(Command::Openapi) => {
+            return emit(smsgate::http::openapi::document().as_bytes());
+        }
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "smsgate", &mut script);
+            return emit(&script);
+        }
+        Some(Command::Man) => {
+            let mut page = Vec::new();
+            if let Err(err) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                eprintln!("{err}");
+                return ExitCode::FAILURE;
+            }
+            return emit(&page);
+        }
+        _ => {}
     }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
@@ -140,7 +186,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_redacted_toml());
             Ok(())
         }
-        Command::Openapi => Ok(()),
+        Command::Openapi | Command::Completions { .. } | Command::Man => Ok(()),
         Command::Token {
             signer,
             ttl_seconds,
@@ -204,7 +250,8 @@ async fn messages(config: Config, action: MessagesAction) -> anyhow::Result<()> 
 
 async fn carriers(config: Config, action: CarriersAction) -> anyhow::Result<()> {
     let database = Database::open(&config.database).await?;
-    let CarriersAction::Stats { json } = action;
+    let CarriersAction::Stats { output, json } = action;
+    let json = json || output == Output::Json;
     let d = &config.dispatch;
     let (window, settle) = (d.route_stats_window_seconds.get(), d.message_ttl_seconds);
     let result = db::route_stats::window(&database.pool, window, settle).await;
@@ -279,6 +326,7 @@ async fn run_messages(pool: &crate::db::Db, action: MessagesAction) -> anyhow::R
             since,
             limit,
             reveal,
+            output,
         } => {
             let filter = ListFilter {
                 status: status
@@ -294,12 +342,20 @@ async fn run_messages(pool: &crate::db::Db, action: MessagesAction) -> anyhow::R
                 before: None,
                 limit,
             };
-            for m in operator::list(pool, &filter).await? {
-                let recipient = if reveal {
-                    m.recipient
-                } else {
-                    PhoneNumber::from_e164_unchecked(m.recipient).masked()
-                };
+            let mut messages = operator::list(pool, &filter).await?;
+            for m in &mut messages {
+                if !reveal {
+                    let number = PhoneNumber::from_e164_unchecked(std::mem::take(&mut m.recipient));
+                    m.recipient = number.masked();
+                }
+            }
+            if output == Output::Json {
+                let body = serde_json::json!({ "messages": messages });
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                return Ok(());
+            }
+            for m in messages {
+                let recipient = m.recipient;
                 println!(
                     "{}  {:<12} {:<16} {:<14} attempts={} {}",
                     m.id,
@@ -312,11 +368,14 @@ async fn run_messages(pool: &crate::db::Db, action: MessagesAction) -> anyhow::R
                 );
             }
         }
-        MessagesAction::Show { id } => {
+        MessagesAction::Show { id, output } => {
             let view = db::messages::find(pool, parse_id(&id)?)
                 .await?
                 .context("no message with this id")?;
-            println!("{}", serde_json::to_string_pretty(&view)?);
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+                Output::Table => print_message(&view),
+            }
         }
         MessagesAction::Retry { id } => {
             let id = parse_id(&id)?;
@@ -400,4 +459,46 @@ fn print_token(config: &Config, signer: Option<&str>, ttl_seconds: u64) -> anyho
         .with_context(|| format!("signer {name}"))?;
     println!("{}", token.expose());
     Ok(())
+}
+
+/// Writes a generated document to standard output; a reader that stopped early (`| head`)
+/// is not an error.
+fn emit(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `messages show --output table`: the message, then one line per carrier call.
+fn print_message(view: &db::messages::MessageView) {
+    let time =
+        |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    println!("id          {}", view.id);
+    println!("status      {}", view.status.as_str());
+    println!("recipient   {}", view.recipient);
+    println!("carrier     {}", view.carrier.as_deref().unwrap_or("-"));
+    println!("created     {}", time(&view.created_at));
+    println!("expires     {}", time(&view.expires_at));
+    if let Some(reason) = &view.reason {
+        println!("reason      {reason}");
+    }
+    for a in &view.attempts {
+        println!(
+            "attempt {:<3} {:<14} {:<18} http={:<4} {:>6} ms  {}  receipt={}",
+            a.attempt,
+            a.carrier,
+            a.outcome,
+            a.http_status.map_or("-".to_string(), |s| s.to_string()),
+            a.latency_ms.map_or("-".to_string(), |ms| ms.to_string()),
+            time(&a.at),
+            a.receipt.as_deref().unwrap_or("-"),
+        );
+    }
 }

@@ -898,3 +898,61 @@ fn check_config_names_every_problem_of_the_carrier_tables_in_one_run() {
         assert!(!errors.contains(value), "{value} repeated in:\n{errors}");
     }
 }
+
+/// `--version` names the commit; completions and the manual page come from the command line's
+/// own definition, so every subcommand is in them; none of these needs a configuration.
+#[test]
+fn version_completions_and_manual_page_need_no_configuration() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(BINARY)
+            .args(args)
+            .env("SMSGATE_CONFIG", "/nonexistent/smsgate.toml")
+            .output()
+            .expect("smsgate runs")
+    };
+    let version = run(&["--version"]);
+    assert_eq!(
+        stdout(&version).trim(),
+        format!(
+            "smsgate {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            env!("SMSGATE_COMMIT")
+        )
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        assert!(script.status.success(), "{shell}: {}", stderr(&script));
+        let text = stdout(&script);
+        for command in [
+            "serve",
+            "migrate",
+            "messages",
+            "carriers",
+            "openapi",
+            "completions",
+        ] {
+            assert!(text.contains(command), "{shell} completes {command}");
+        }
+    }
+    let unknown = run(&["completions", "cmd.exe"]);
+    assert_eq!(
+        unknown.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+    let man = run(&["man"]);
+    assert!(man.status.success(), "{}", stderr(&man));
+    let page = stdout(&man);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH smsgate 1"),
+        "roff: {page}"
+    );
+    assert!(
+        page.contains("check\\-config") && page.contains("messages"),
+        "{page}"
+    );
+    let openapi = run(&["openapi"]);
+    assert!(openapi.status.success());
+    let document: serde_json::Value = serde_json::from_slice(&openapi.stdout).expect("JSON");
+    assert_eq!(document["info"]["version"], env!("CARGO_PKG_VERSION"));
+}

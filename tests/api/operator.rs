@@ -132,6 +132,22 @@ async fn the_command_line_lists_shows_retries_and_cancels() {
     let show = messages_cli(&app, &["show", &waiting]);
     let view: Value = serde_json::from_slice(&show.stdout).expect("JSON");
     assert_eq!(view["status"], "queued");
+    let as_json = messages_cli(&app, &["list", "--output", "json"]);
+    let listed: Value = serde_json::from_slice(&as_json.stdout).expect("JSON");
+    let rows = listed["messages"].as_array().expect("messages");
+    assert!(rows.iter().any(|m| m["id"] == waiting.as_str()), "{listed}");
+    assert!(
+        rows.iter()
+            .all(|m| m["recipient"].as_str().is_some_and(|r| r.contains('*'))),
+        "numbers masked in JSON too: {listed}"
+    );
+    let as_table = messages_cli(&app, &["show", &waiting, "--output", "table"]);
+    let table = String::from_utf8_lossy(&as_table.stdout);
+    assert!(as_table.status.success());
+    assert!(
+        table.contains(&format!("id          {waiting}")) && table.contains("status      queued"),
+        "{table}"
+    );
 
     let retry = messages_cli(&app, &["retry", &waiting]);
     assert!(

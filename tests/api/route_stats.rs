@@ -203,6 +203,9 @@ async fn the_command_line_prints_the_same_window() {
     assert_eq!(body["routes"][0]["carrier"], "first", "{body}");
     assert_eq!(body["routes"][0]["delivered"], 1, "{body}");
     assert_eq!(body["routes"][0]["delivery_ratio"], 1.0, "{body}");
+    let output = run(&["--output", "json"]);
+    let same: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(same, body, "--output json is --json");
     let table = run(&[]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(table.status.success());
