@@ -18,7 +18,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && cp target/release/smsgate /smsgate
 
 # Runtime stage: distroless (glibc, CA roots, no shell, no package manager), as its non-root
-# user. smsgate writes nothing to its file system, so it runs with a read-only root too.
+# user. smsgate writes only a private socket directory under /tmp (a verified TLS connection to
+# PostgreSQL), so it runs with a read-only root and /tmp in memory.
 FROM gcr.io/distroless/cc-debian12:nonroot
 WORKDIR /app
 COPY --from=build /smsgate /usr/local/bin/smsgate
