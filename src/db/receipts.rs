@@ -18,6 +18,8 @@ pub enum Applied {
     /// before, by the database's clock. `first` is false when this report was recorded before
     /// (kept for later) and a repeat of it applied it now.
     Applied {
+        /// The message the report was about, for the log.
+        message_id: uuid::Uuid,
         age_ms: i64,
         first: bool,
         resent: bool,
@@ -114,6 +116,7 @@ pub async fn record(
     }
     Ok(match applied.first() {
         Some(row) => Applied::Applied {
+            message_id: row.id,
             age_ms: row.age_ms,
             first,
             resent: row.resent,
@@ -160,6 +163,7 @@ struct StoredReport {
 /// A message a report applied to.
 #[derive(Debug, sqlx::FromRow)]
 struct AppliedRow {
+    id: uuid::Uuid,
     carrier: String,
     carrier_message_id: String,
     age_ms: i64,
@@ -263,7 +267,7 @@ const APPLY: &str = "WITH r AS (
          WHERE a.message_id = m.id AND a.carrier = m.carrier
            AND a.carrier_message_id = m.carrier_message_id AND a.receipt_status IS NULL
      )
-     SELECT carrier, carrier_message_id, age_ms, resent, recipient, sent_minute, receipt_ms,
+     SELECT id, carrier, carrier_message_id, age_ms, resent, recipient, sent_minute, receipt_ms,
             status, failure
      FROM m";
 

@@ -26,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::carriers;
 use crate::config::{Config, DispatchConfig};
@@ -334,6 +335,7 @@ impl Claimer {
         claim_started: Instant,
     ) {
         for message in batch.ready {
+            tracing::debug!(id = %message.id, attempts = message.attempts, "message claimed");
             if let Some(ended) = send::ended_before_sending(&message) {
                 self.finish(ended).await;
                 continue;
@@ -347,14 +349,17 @@ impl Claimer {
                 let ticket = message.clone();
                 // A panic is caught here, so it becomes a recorded failure, not a lost outcome
                 // (which would send the message again once its lease ran out).
-                let completion =
-                    match tokio::spawn(send::dispatch(context, message, clocks, hand)).await {
-                        Ok(completion) => completion,
-                        Err(err) => {
-                            tracing::error!(id = %ticket.id, error = %err, "a send panicked");
-                            send::finalise(&ticket, Status::Failed, "internal error while sending")
-                        }
-                    };
+                // Every line logged while it is sent (the carrier's own warnings included)
+                // carries the message's id.
+                let span = tracing::info_span!("message", id = %message.id);
+                let send = send::dispatch(context, message, clocks, hand).instrument(span);
+                let completion = match tokio::spawn(send).await {
+                    Ok(completion) => completion,
+                    Err(err) => {
+                        tracing::error!(id = %ticket.id, error = %err, "a send panicked");
+                        send::finalise(&ticket, Status::Failed, "internal error while sending")
+                    }
+                };
                 send::log_outcome(&completion);
                 outcomes.send(completion).await.ok();
                 drop(permit);

@@ -239,6 +239,12 @@ async fn apply(state: &AppState, carrier: &str, receipt: &Receipt) -> Response {
     ) {
         count();
     }
-    tracing::info!(carrier, carrier_message_id, status = label, "{what}");
+    match applied {
+        // The message's id, so its receipt is one more line of its life in the log.
+        Applied::Applied { message_id, .. } => {
+            tracing::info!(id = %message_id, carrier, carrier_message_id, status = label, "{what}")
+        }
+        _ => tracing::info!(carrier, carrier_message_id, status = label, "{what}"),
+    }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -288,3 +288,67 @@ async fn a_new_worker_process_records_its_first_outcomes_within_a_short_lease() 
         );
     }
 }
+
+/// Every line of a message's life names it: stored, queued, claimed, each carrier call (the
+/// carrier module's own warnings included), the outcome; in the line's fields or in the span
+/// it was logged in.
+#[tokio::test]
+async fn every_log_line_of_a_messages_life_carries_its_id() {
+    let standin = TwilioStandIn::start().await;
+    // The first answer breaks off mid-body: the carrier module warns, inside the send.
+    standin.script([Reply::ResetMidBody]);
+    let config = config_with(
+        &standin,
+        "[log]\nformat = \"json\"\nlevel = \"debug,sqlx=warn,hyper=info,reqwest=info\"\n",
+    );
+    let db = TestApp::spawn_role(&config, Role::Ingress).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, port) = spawn_binary(&db, &config, dir.path());
+    let client = wait_until_healthy(port).await;
+
+    let response = crate::helpers::sms_request(&client, port, token(), "+14155552000")
+        .send()
+        .await
+        .expect("sent");
+    let id = response.json::<Value>().await.expect("JSON")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    crate::dispatch::wait_until_drained(&db.pool, Duration::from_secs(10)).await;
+    assert!(stop(child).await.success());
+
+    let log = std::fs::read_to_string(dir.path().join(format!("smsgate-{port}.log"))).expect("log");
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let names_it = |line: &Value| {
+        line["id"] == id.as_str()
+            || line["span"]["id"] == id.as_str()
+            || line["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|s| s["id"] == id.as_str()))
+    };
+    let life = [
+        "storing message",
+        "message queued",
+        "message claimed",
+        "the carrier accepted but its answer broke off; taken as sent without an id",
+        "message sent",
+    ];
+    for step in life {
+        let line = lines
+            .iter()
+            .find(|l| l["message"] == step)
+            .unwrap_or_else(|| panic!("no {step:?} line in {log}"));
+        assert!(names_it(line), "{step:?} does not name {id}: {line}");
+    }
+    let about_sends = lines.iter().filter(|l| {
+        l["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("smsgate::carriers") || t == "smsgate::dispatch::send")
+    });
+    for line in about_sends {
+        assert!(names_it(line), "a send's line without its id: {line}");
+    }
+}
