@@ -210,7 +210,8 @@ fn run_async(
     config: &Config,
     task: impl Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
-    telemetry::init(&config.log);
+    // Kept until the runtime is done: dropping it exports the last spans.
+    let _tracing = telemetry::init(&config.log, &config.telemetry);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

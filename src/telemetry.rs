@@ -1,25 +1,94 @@
-//! Logging set-up: text or JSON lines on stderr, filtered by `log.level` or `RUST_LOG`.
-//! What is logged never carries a code in clear, a full phone number, a secret or the
-//! `Authorization` header: bodies go through `redact_digits`, numbers through `masked`.
+//! Logging and tracing set-up: text or JSON lines on stderr, filtered by `log.level` or
+//! `RUST_LOG`; with `[telemetry] otlp_endpoint`, smsgate's spans also go to an OpenTelemetry
+//! collector over OTLP/HTTP (docs/metrics.md, "Traces"). What is logged or exported never
+//! carries a code in clear, a full phone number, a secret or the `Authorization` header:
+//! bodies go through `redact_digits`, numbers through `masked`.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, OtlpProtocol, TelemetryConfig};
 
-/// Installs the global subscriber once; later calls (tests) are ignored.
-pub fn init(config: &LogConfig) {
+/// Exports what is left when dropped: keep it until the process ends.
+pub struct Tracing {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(err) = provider.shutdown()
+        {
+            eprintln!("traces not all exported at exit: {err}");
+        }
+    }
+}
+
+/// Installs the global subscriber once; later calls (tests) are ignored, and export nothing.
+pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Tracing {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
+        .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a person at a terminal: a log file or a collector gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(|| LossyStderr);
-    let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let lines = match log.format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
     };
+    let provider = telemetry.otlp_endpoint.as_deref().and_then(|endpoint| {
+        exporter(endpoint, telemetry)
+            .map_err(|err| eprintln!("telemetry.otlp_endpoint: no traces exported: {err}"))
+            .ok()
+    });
+    // smsgate's own spans go to the collector, at the levels `log.level` lets through (the
+    // default, info, has them all).
+    let spans = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("smsgate"))
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.target().starts_with("smsgate")
+            }))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .with(spans)
+        .try_init()
+        .is_ok();
+    Tracing {
+        provider: provider.filter(|_| installed),
+    }
+}
+
+/// The OTLP/HTTP pipeline: batched, on a thread of its own (a collector that is slow or away
+/// costs exported spans, never a request).
+fn exporter(
+    endpoint: &str,
+    telemetry: &TelemetryConfig,
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    let protocol = match telemetry.otlp_protocol {
+        OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
+        OtlpProtocol::HttpJson => Protocol::HttpJson,
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol)
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .with_timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(telemetry.service_name.clone())
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// Standard error that drops a line it cannot write. When the reader of a piped stderr goes

@@ -67,10 +67,17 @@ pub struct Answer {
 }
 
 /// Sends `request` within `timeout` and reads the answer; transport failures are classified.
+/// With `trace`, the request carries it as W3C `traceparent` (a carrier that traces may join
+/// the message's trace; one that does not ignores the header).
 pub async fn send(
     request: reqwest::RequestBuilder,
     timeout: Duration,
+    trace: Option<&crate::domain::TraceContext>,
 ) -> Result<Answer, SendError> {
+    let request = match trace {
+        Some(trace) => request.header("traceparent", trace.to_string()),
+        None => request,
+    };
     let response = request
         .timeout(timeout)
         .send()

@@ -27,6 +27,9 @@ pub struct OutboundSms {
     /// When the code expires, as the database stored it: for carriers that take a time, so
     /// no gateway clock (which may be skewed) moves it.
     pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// This call's place in the message's trace (a child of the ingress's span): HTTP
+    /// carriers send it as `traceparent`.
+    pub trace: Option<crate::domain::TraceContext>,
 }
 
 impl OutboundSms {

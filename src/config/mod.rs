@@ -17,6 +17,7 @@ mod secrets;
 mod server;
 mod settings;
 mod signers;
+mod telemetry;
 mod units;
 mod validate;
 
@@ -45,6 +46,7 @@ pub use routing::{RouteConfig, RouteOrder};
 pub use server::{AdminConfig, MIN_HEADER_BYTES, MetricsConfig, ServerConfig};
 pub use settings::{CarrierSettings, Transport};
 pub use signers::SignerConfig;
+pub use telemetry::{OtlpProtocol, TelemetryConfig};
 pub use units::{Millis, Seconds};
 
 /// The shared secret of `config/development.toml`; smsgate warns about it and keeps it on loopback.
@@ -72,6 +74,7 @@ pub struct Config {
     pub test_numbers: Vec<TestNumberConfig>,
     pub retention: RetentionConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     /// The carriers' typed settings, built from `carriers` once it passed validation.
     #[serde(skip)]
     carrier_settings: BTreeMap<String, CarrierSettings>,

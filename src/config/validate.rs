@@ -12,6 +12,7 @@ impl Config {
         self.validate_listeners(&mut problem);
         self.validate_database(&mut problem);
         self.validate_log(&mut problem);
+        self.validate_telemetry(&mut problem);
         self.validate_dispatch(&mut problem);
         self.validate_routes(&mut problem);
         self.validate_destinations(&mut problem);

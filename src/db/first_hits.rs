@@ -79,6 +79,7 @@ pub async fn insert(
         .bind(&new_keys.spans)
         .bind(&new_keys.owners)
         .bind(&new_keys.widths)
+        .bind(&c.traces)
         .fetch_all(&mut *conn)
         .await?;
     let mut hits = FirstHits::default();
@@ -89,7 +90,7 @@ pub async fn insert(
 }
 
 /// The statement: `$1`–`$14` the messages' columns, `$15` and `$16` the new keys and their
-/// spans, `$17` their owners, `$18` the keys' bucket widths. Built once (it embeds
+/// spans, `$17` their owners, `$18` the keys' bucket widths, `$19` the messages' traceparents. Built once (it embeds
 /// `FIRST_EVENT`). Which messages lost a key is one hashed anti-join over flat arrays, not a
 /// list split per message (that cost a seventh of the database's time).
 static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(statement);
@@ -118,17 +119,19 @@ fn statement() -> String {
          ), mv AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::text[], $9::smallint[], $10::text[],
-                                  $11::text[], $12::bigint[], $13::text[], $14::text[])
+                                  $11::text[], $12::bigint[], $13::text[], $14::text[],
+                                  $19::text[])
                  WITH ORDINALITY
                  AS mv(id, recipient, body, sender, client_ip, user_agent, signer, segments,
-                       encoding, country, cost, channel, locale, place)
+                       encoding, country, cost, channel, locale, trace, place)
          ), m AS (
              INSERT INTO messages
                  (id, recipient, body, sender, client_ip, user_agent, signer, expires_at,
-                  segments, encoding, country, estimated_cost_micros, channel, locale)
+                  segments, encoding, country, estimated_cost_micros, channel, locale,
+                  traceparent)
              SELECT id, recipient, body, sender, client_ip::inet, user_agent, signer,
                     now() + make_interval(secs => $8), segments, encoding, country, cost,
-                    channel, locale
+                    channel, locale, trace
              FROM mv, late
              WHERE mv.place NOT IN (SELECT owner FROM lost) AND late.in_time
              RETURNING id, created_at, expires_at

@@ -187,6 +187,7 @@ pub(super) struct Columns<'a> {
     pub(super) costs: Vec<Option<i64>>,
     pub(super) channels: Vec<&'static str>,
     pub(super) locales: Vec<Option<&'a str>>,
+    pub(super) traces: Vec<Option<String>>,
 }
 
 impl<'a> Columns<'a> {
@@ -210,6 +211,7 @@ impl<'a> Columns<'a> {
             c.signers.push(message.signer.as_deref());
             c.keys.push(message.idempotency_key.as_deref());
             c.fingerprints.push(message.fingerprint.as_deref());
+            c.traces.push(message.trace.map(|t| t.to_string()));
         }
         c
     }
@@ -231,9 +233,9 @@ async fn insert(
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::text[], $9::text[], $10::text[],
                                   $11::smallint[], $12::text[], $13::text[], $14::bigint[],
-                                  $15::text[], $16::text[]) WITH ORDINALITY
+                                  $15::text[], $16::text[], $18::text[]) WITH ORDINALITY
                  AS v(id, recipient, body, sender, client_ip, user_agent, signer, idem, print,
-                      segments, encoding, country, cost, channel, locale, ord)
+                      segments, encoding, country, cost, channel, locale, trace, ord)
          ), k AS (
              INSERT INTO idempotency_keys (key, message_id, fingerprint)
              SELECT DISTINCT ON (idem) idem, id, print FROM v WHERE idem IS NOT NULL
@@ -246,10 +248,11 @@ async fn insert(
          ), m AS (
              INSERT INTO messages
                  (id, recipient, body, sender, client_ip, user_agent, signer, expires_at,
-                  segments, encoding, country, estimated_cost_micros, channel, locale)
+                  segments, encoding, country, estimated_cost_micros, channel, locale,
+                  traceparent)
              SELECT id, recipient, body, sender, client_ip::inet, user_agent, signer,
                     now() + make_interval(secs => $8), segments, encoding, country, cost,
-                    channel, locale
+                    channel, locale, trace
              FROM v
              WHERE idem IS NULL OR id IN (SELECT message_id FROM k)
              RETURNING id, created_at, expires_at
@@ -276,6 +279,7 @@ async fn insert(
     .bind(&c.channels)
     .bind(&c.locales)
     .bind(f64::from(IDEMPOTENCY_WINDOW_SECONDS))
+    .bind(&c.traces)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows

@@ -28,6 +28,9 @@ pub struct Claimed {
     /// "sms" or "voice" (`Channel::parse`).
     pub channel: String,
     pub locale: Option<String>,
+    /// The ingress's traceparent (W3C), when it was stored with one.
+    #[sqlx(default)]
+    pub traceparent: Option<String>,
     /// The carriers that took it in earlier sends (set when a route failure sent it again):
     /// a resend never goes through them.
     #[sqlx(default)]
@@ -97,7 +100,7 @@ pub async fn claim(
                    (extract(epoch FROM q.expires_at - now()) * 1000)::bigint AS remaining_ms,
                    q.expires_at, c.run_at AS due_at, coalesce(m.created_at, q.created_at)
                    AS created_at, coalesce(m.channel, 'sms') AS channel, m.locale,
-                   m.carried_by, m.verified_at IS NOT NULL AS verified,
+                   m.traceparent, m.carried_by, m.verified_at IS NOT NULL AS verified,
                    m.id IS NULL AS orphan",
     )
     .bind(limit as i64)
@@ -458,6 +461,13 @@ impl Completion {
 impl Claimed {
     pub fn message_id(&self) -> MessageId {
         MessageId(self.id)
+    }
+
+    /// The ingress's place in the message's trace, when it stored a valid one.
+    pub fn trace(&self) -> Option<crate::domain::TraceContext> {
+        self.traceparent
+            .as_deref()
+            .and_then(crate::domain::TraceContext::parse)
     }
 
     /// How long ago it was accepted, by the database's clock: its age when claimed (its life

@@ -351,7 +351,15 @@ impl Claimer {
                 // (which would send the message again once its lease ran out).
                 // Every line logged while it is sent (the carrier's own warnings included)
                 // carries the message's id.
-                let span = tracing::info_span!("message", id = %message.id);
+                let trace_id = message.trace().map(|trace| trace.trace_id_hex());
+                let span = tracing::info_span!(
+                    "message",
+                    id = %message.id,
+                    trace_id = trace_id.as_deref().unwrap_or("-")
+                );
+                if let Some(trace) = message.trace() {
+                    trace.adopt(&span);
+                }
                 let send = send::dispatch(context, message, clocks, hand).instrument(span);
                 let completion = match tokio::spawn(send).await {
                     Ok(completion) => completion,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::admissions::{Admissions, Undecided};
 use super::decide::{BUSY_PAUSE, Decision, RouteOutcome, Standing, decide};
@@ -23,7 +24,7 @@ use crate::db::queue::{Claimed, Completion, Disposition};
 use crate::db::receipts::ResendPolicy;
 use crate::db::recipient_sends;
 use crate::db::route_stats::{RouteStats, country_of};
-use crate::domain::{Channel, PhoneNumber, Status, redact_digits};
+use crate::domain::{Channel, PhoneNumber, Status, TraceContext, redact_digits};
 use crate::limits::pricing::Pricing;
 use crate::limits::window::Admission;
 use crate::metrics::Metrics;
@@ -135,6 +136,32 @@ pub async fn dispatch(
     completion
 }
 
+/// One carrier call of `message`, and its span (a child of the message's; its id goes to the
+/// carrier as `traceparent`).
+fn outbound(
+    message: &Claimed,
+    carrier: &str,
+    recipient: &PhoneNumber,
+    (route_sender, channel): (Option<&str>, Channel),
+    validity: Duration,
+) -> (OutboundSms, tracing::Span) {
+    let call = tracing::info_span!("carrier call", carrier, otel.kind = "client");
+    let trace = TraceContext::of_span(&call).or_else(|| message.trace().map(|t| t.child()));
+    let sms = OutboundSms {
+        id: message.message_id(),
+        to: recipient.clone(),
+        body: message.body.clone(),
+        sender: message.sender.clone(),
+        route_sender: route_sender.map(str::to_string),
+        channel,
+        locale: message.locale.clone(),
+        validity,
+        expires_at: message.expires_at,
+        trace,
+    };
+    (sms, call)
+}
+
 async fn attempt_route(
     context: &SendContext,
     message: &Claimed,
@@ -192,18 +219,10 @@ async fn attempt_route(
         };
         drop(in_hand.take());
         attempt.recorder.calling(&carrier.name);
-        let sms = OutboundSms {
-            id: message.message_id(),
-            to: recipient.clone(),
-            body: message.body.clone(),
-            sender: message.sender.clone(),
-            route_sender: route_sender.map(str::to_string),
-            channel,
-            locale: message.locale.clone(),
-            validity: clocks.deadline - now,
-            expires_at: message.expires_at,
-        };
-        let result = carrier.send(&sms).await;
+        let validity = clocks.deadline - now;
+        let how = (route_sender, channel);
+        let (sms, call) = outbound(message, &carrier.name, &recipient, how, validity);
+        let result = carrier.send(&sms).instrument(call).await;
         drop(turn);
         if let Some(disposition) = attempt.settle(carrier, now.elapsed(), result) {
             attempt.keep_body = attempt.may_resend(&disposition, carrier, &carriers);

@@ -145,6 +145,8 @@ pub struct NewMessage {
     pub channel: Channel,
     /// BCP 47 locale of the text (Auth0's `locale`), for the voice a call speaks in.
     pub locale: Option<String>,
+    /// The ingress's place in the request's trace (W3C Trace Context), stored with it.
+    pub trace: Option<super::TraceContext>,
 }
 
 /// How a message reaches its recipient.

@@ -7,6 +7,7 @@ mod message;
 mod phone;
 mod prefix;
 pub mod segments;
+mod trace;
 
 pub use classifier::{Classification, classify, warm_up};
 pub use limit_kind::LimitKind;
@@ -17,6 +18,7 @@ pub use message::{
 pub use phone::{PhoneError, PhoneNumber, parse_country};
 pub use prefix::{PrefixTable, longest_match};
 pub use segments::{Encoding, Segments, segments};
+pub use trace::TraceContext;
 
 /// How metrics and logs name a request no configured signer signed (refused, or unsigned).
 pub const NO_SIGNER: &str = "-";

@@ -8,12 +8,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use super::extract::{AnswerBy, Caller, JsonBytes};
 use super::{ApiError, AppState};
 use crate::domain::{
     Channel, Classification, MessageBody, MessageId, NewMessage, PhoneNumber, RequestInfo,
-    classify, is_bidi_control, redact_digits,
+    TraceContext, classify, is_bidi_control, redact_digits,
 };
 
 /// Marks an idempotency key derived from a phone-provider notification (`phone_provider`):
@@ -67,7 +68,14 @@ pub async fn accept_with(
     headers: HeaderMap,
     JsonBytes(body): JsonBytes,
 ) -> Result<Json<Accepted>, ApiError> {
-    accept(&state, caller, &headers, &body, parse, answer_by).await
+    // The request's span: with traces exported, a child of the caller's (W3C traceparent).
+    let span = tracing::info_span!("ingress", otel.kind = "server");
+    if let Some(caller) = caller_trace(&headers) {
+        caller.adopt(&span);
+    }
+    accept(&state, caller, &headers, &body, parse, answer_by)
+        .instrument(span)
+        .await
 }
 
 async fn accept(
@@ -79,6 +87,11 @@ async fn accept(
     answer_by: tokio::time::Instant,
 ) -> Result<Json<Accepted>, ApiError> {
     let mut message = parse(body, caller.signer.clone())?;
+    message.trace = Some(
+        TraceContext::of_span(&tracing::Span::current()).unwrap_or_else(|| {
+            caller_trace(headers).map_or_else(TraceContext::start, |caller| caller.child())
+        }),
+    );
     if let Some(key) = idempotency_key(headers)? {
         message.idempotency_key = Some(key);
     }
@@ -204,9 +217,11 @@ async fn store(
     answer_by: tokio::time::Instant,
 ) -> Result<Json<Accepted>, ApiError> {
     let (id, recipient, ip) = (message.id, message.recipient.masked(), message.request.ip);
+    let trace_id = message.trace.map(|trace| trace.trace_id_hex());
     let country = message.guard.country.clone();
     tracing::debug!(
         %id,
+        trace_id = trace_id.as_deref().unwrap_or("-"),
         %recipient,
         body = %message.body.redacted(),
         signer = message.signer.as_deref().unwrap_or("-"),
@@ -218,7 +233,14 @@ async fn store(
         .await;
     let stored = result.map_err(|err| {
         // The request's context for the line the conversion logs; built only on failure.
-        let _request = tracing::warn_span!("ingress", %id, %recipient, ?ip).entered();
+        let _request = tracing::warn_span!(
+            "ingress",
+            %id,
+            trace_id = trace_id.as_deref().unwrap_or("-"),
+            %recipient,
+            ?ip
+        )
+        .entered();
         ApiError::from(err)
     })?;
     let limits = stored
@@ -250,6 +272,8 @@ async fn store(
     params(
         ("Idempotency-Key" = Option<String>, Header,
          description = "Up to 255 visible ASCII characters; a repeat answers with the first message"),
+        ("traceparent" = Option<String>, Header,
+         description = "W3C Trace Context: the message joins the caller's trace (an invalid one is ignored)"),
     ),
     request_body(content = LegacySmsRequest, content_type = "application/json"),
     responses(
@@ -260,6 +284,16 @@ async fn store(
 pub fn parse_request(bytes: &[u8], signer: Option<String>) -> Result<NewMessage, ApiError> {
     let parsed: LegacySmsRequest = super::extract::json_object(bytes)?;
     validate(parsed, signer)
+}
+
+/// The caller's place in its trace (W3C `traceparent`): the ingress's span is its child.
+/// Without one, or with one that is not valid (ignored, as the specification asks, never
+/// refused), the ingress starts a trace.
+fn caller_trace(headers: &HeaderMap) -> Option<TraceContext> {
+    headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(TraceContext::parse)
 }
 
 /// Longest `Idempotency-Key` accepted; Auth0's own ids are far shorter.
@@ -356,5 +390,6 @@ pub(super) fn validate(
         guard: Default::default(),
         channel: Default::default(),
         locale: None,
+        trace: None,
     })
 }

@@ -92,6 +92,8 @@ struct Mapped {
         ("Idempotency-Key" = Option<String>, Header,
          description = "Up to 255 visible ASCII characters; without one, a notification's code \
                         gives the key"),
+        ("traceparent" = Option<String>, Header,
+         description = "W3C Trace Context: the message joins the caller's trace (an invalid one is ignored)"),
     ),
     request_body(content = ActionRequest, content_type = "application/json"),
     responses(

@@ -26,6 +26,7 @@ fn message(to: &str, ip: &str, key: Option<&str>) -> NewMessage {
         guard: Default::default(),
         channel: Default::default(),
         locale: None,
+        trace: None,
     }
 }
 

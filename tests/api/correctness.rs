@@ -554,6 +554,7 @@ fn keyed(key: &str) -> smsgate::domain::NewMessage {
         guard: Default::default(),
         channel: Default::default(),
         locale: None,
+        trace: None,
     }
 }
 

@@ -50,5 +50,6 @@ mod standins;
 mod status;
 mod telnyx_receipts;
 mod test_config;
+mod traces;
 mod verifications;
 mod voice;

@@ -343,6 +343,18 @@ async fn every_log_line_of_a_messages_life_carries_its_id() {
             .unwrap_or_else(|| panic!("no {step:?} line in {log}"));
         assert!(names_it(line), "{step:?} does not name {id}: {line}");
     }
+    // One trace id from the ingress to the send, across the two processes.
+    let storing = lines
+        .iter()
+        .find(|l| l["message"] == "storing message")
+        .expect("stored");
+    let trace_id = storing["trace_id"].as_str().expect("a trace id");
+    assert_eq!(trace_id.len(), 32, "{storing}");
+    let sent = lines
+        .iter()
+        .find(|l| l["message"] == "message sent")
+        .expect("sent");
+    assert_eq!(sent["span"]["trace_id"], trace_id, "{sent}");
     let about_sends = lines.iter().filter(|l| {
         l["target"]
             .as_str()

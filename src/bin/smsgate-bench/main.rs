@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
 /// The child process: smsgate in the given role until SIGTERM.
 async fn serve(config: &Path, role: &str) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    smsgate::telemetry::init(&config.log);
+    let _tracing = smsgate::telemetry::init(&config.log, &config.telemetry);
     let role = match role {
         "ingress" => Role::Ingress,
         "worker" => Role::Worker,

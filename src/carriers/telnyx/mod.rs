@@ -163,7 +163,7 @@ impl Carrier for TelnyxCarrier {
             .bearer_auth(self.api_token.expose())
             .header(reqwest::header::ACCEPT, "application/json")
             .json(&request);
-        let answer = http::send(request, self.timeout).await?;
+        let answer = http::send(request, self.timeout, sms.trace.as_ref()).await?;
         let (status, retry_after, body) = (answer.status, answer.retry_after, answer.body);
         if status.is_success() {
             let sent: Option<SendResponse> = serde_json::from_slice(&body).ok();

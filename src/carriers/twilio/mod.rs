@@ -188,7 +188,7 @@ impl Carrier for TwilioCarrier {
             .post(url)
             .basic_auth(&self.username, Some(self.password.expose()))
             .form(&form);
-        let answer = http::send(request, self.timeout).await?;
+        let answer = http::send(request, self.timeout, sms.trace.as_ref()).await?;
         let (status, retry_after, body) = (answer.status, answer.retry_after, answer.body);
         if status.is_success() {
             let resource: Option<MessageResource> = serde_json::from_slice(&body).ok();
