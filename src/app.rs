@@ -284,13 +284,10 @@ impl App {
         let request_timeout = self.config.server.request_timeout_ms.duration();
         if let Some(listener) = self.admin_listener {
             let admin = http::harden(http::admin_router(self.state.clone()), request_timeout);
-            let admin_server = axum::serve(listener, admin)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            background.spawn(async move {
-                if let Err(err) = admin_server.await {
-                    tracing::error!(error = %err, "admin listener failed");
-                }
-            });
+            // The public listener's defences (header timeout and size, connection cap) on the
+            // admin one too: a slow client must not hold it open either.
+            let admin_server = http::server::serve(listener, admin, limits, shutdown.clone());
+            background.spawn(admin_server);
         }
         let admin_apart = self.config.admin.listen.is_some();
         let batcher = self.state.batcher.clone();

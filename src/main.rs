@@ -10,6 +10,22 @@ use tokio_util::sync::CancellationToken;
 
 use smsgate::{App, Config, Database, Role, audit, auth0, db, telemetry};
 
+/// `println!` for the commands' output, except that a reader that went away (`| head -1`)
+/// ends the command quietly (exit 0), and another write error ends it with exit 1, instead
+/// of a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout(), $($arg)*) {
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("{err}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SMSGATE_COMMIT"), ")"),
@@ -90,7 +106,7 @@ enum CarriersAction {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
         /// The same as `--output json` (the older spelling).
-        #[arg(long, hide = true)]
+        #[arg(long, hide = true, conflicts_with = "output")]
         json: bool,
     },
 }
@@ -112,6 +128,7 @@ enum MessagesAction {
             value_parser = clap::value_parser!(i64).range(db::operator::LIST_LIMITS)
         )]
         limit: i64,
+        /// Show whole phone numbers (masked but for their last 3 digits otherwise).
         #[arg(long)]
         reveal: bool,
         /// `json` prints what GET /v1/messages answers.
@@ -183,7 +200,7 @@ fn main() -> ExitCode {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
-            print!("{}", config.to_redacted_toml());
+            say!("{}", config.to_redacted_toml().trim_end_matches('\n'));
             Ok(())
         }
         Command::Openapi | Command::Completions { .. } | Command::Man => Ok(()),
@@ -271,11 +288,11 @@ async fn carriers(config: Config, action: CarriersAction) -> anyhow::Result<()> 
         let body = serde_json::json!({
             "window_seconds": window, "settle_seconds": settle, "routes": routes,
         });
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        say!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    println!("last {window} s; a send without a receipt after {settle} s counts as no_receipt");
-    println!(
+    say!("last {window} s; a send without a receipt after {settle} s counts as no_receipt");
+    say!(
         "{:<16} {:<7} {:>8} {:>9} {:>12} {:>16} {:>10} {:>8} {:>10} {:>8} {:>10}",
         "carrier",
         "country",
@@ -297,7 +314,7 @@ async fn carriers(config: Config, action: CarriersAction) -> anyhow::Result<()> 
         let conversion = r
             .conversion_ratio()
             .map_or("-".into(), |x| format!("{x:.3}"));
-        println!(
+        say!(
             "{:<16} {:<7} {:>8} {:>9} {:>12} {:>16} {:>10} {:>8} {:>10} {:>8} {:>10}",
             r.carrier,
             r.country,
@@ -351,13 +368,20 @@ async fn run_messages(pool: &crate::db::Db, action: MessagesAction) -> anyhow::R
                 }
             }
             if output == Output::Json {
-                let body = serde_json::json!({ "messages": messages });
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                // As GET /v1/messages answers: `next` is the id to page from, on a full page.
+                let next = (messages.len() as i64 == limit)
+                    .then(|| messages.last().map(|m| m.id.to_string()))
+                    .flatten();
+                let body = match next {
+                    Some(next) => serde_json::json!({ "messages": messages, "next": next }),
+                    None => serde_json::json!({ "messages": messages }),
+                };
+                say!("{}", serde_json::to_string_pretty(&body)?);
                 return Ok(());
             }
             for m in messages {
                 let recipient = m.recipient;
-                println!(
+                say!(
                     "{}  {:<12} {:<16} {:<14} attempts={} {}",
                     m.id,
                     m.status,
@@ -374,7 +398,7 @@ async fn run_messages(pool: &crate::db::Db, action: MessagesAction) -> anyhow::R
                 .await?
                 .context("no message with this id")?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+                Output::Json => say!("{}", serde_json::to_string_pretty(&view)?),
                 Output::Table => print_message(&view),
             }
         }
@@ -382,14 +406,14 @@ async fn run_messages(pool: &crate::db::Db, action: MessagesAction) -> anyhow::R
             let id = parse_id(&id)?;
             operator::retry_now(pool, id).await??;
             audit::message_changed(id, "retry", "due now", audit::Actor::Cli);
-            println!("{id}: due now");
+            say!("{id}: due now");
         }
         MessagesAction::Cancel { id } => {
             let id = parse_id(&id)?;
             operator::cancel(pool, id).await??;
             let change = "queued -> failed, canceled by an operator";
             audit::message_changed(id, "cancel", change, audit::Actor::Cli);
-            println!("{id}: canceled");
+            say!("{id}: canceled");
         }
     }
     Ok(())
@@ -458,7 +482,7 @@ fn print_token(config: &Config, signer: Option<&str>, ttl_seconds: u64) -> anyho
     let token = auth0::sign(signer_config, now, ttl_seconds)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("signer {name}"))?;
-    println!("{}", token.expose());
+    say!("{}", token.expose());
     Ok(())
 }
 
@@ -481,17 +505,17 @@ fn emit(bytes: &[u8]) -> ExitCode {
 fn print_message(view: &db::messages::MessageView) {
     let time =
         |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    println!("id          {}", view.id);
-    println!("status      {}", view.status.as_str());
-    println!("recipient   {}", view.recipient);
-    println!("carrier     {}", view.carrier.as_deref().unwrap_or("-"));
-    println!("created     {}", time(&view.created_at));
-    println!("expires     {}", time(&view.expires_at));
+    say!("id          {}", view.id);
+    say!("status      {}", view.status.as_str());
+    say!("recipient   {}", view.recipient);
+    say!("carrier     {}", view.carrier.as_deref().unwrap_or("-"));
+    say!("created     {}", time(&view.created_at));
+    say!("expires     {}", time(&view.expires_at));
     if let Some(reason) = &view.reason {
-        println!("reason      {reason}");
+        say!("reason      {reason}");
     }
     for a in &view.attempts {
-        println!(
+        say!(
             "attempt {:<3} {:<14} {:<18} http={:<4} {:>6} ms  {}  receipt={}",
             a.attempt,
             a.carrier,

@@ -329,6 +329,11 @@ pub async fn apply_pending(
     let mut tx = pool.begin().await?;
     let applied = apply_pending_rows(&mut tx, resend, within).await?;
     tx.commit().await?;
+    for row in &applied {
+        // One more line of the message's life, under its id.
+        tracing::info!(id = %row.id, carrier = %row.carrier, status = %row.status,
+            resent = row.resent, "delivery receipt applied late");
+    }
     if let Some(stats) = stats {
         applied.iter().for_each(|row| stats.receipt(&row.seen()));
     }

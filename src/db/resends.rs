@@ -33,10 +33,10 @@ pub async fn resend_silent(
     timeout: Duration,
     resend: ResendPolicy,
     ttl: Duration,
-) -> Result<u64, sqlx::Error> {
+) -> Result<Vec<uuid::Uuid>, sqlx::Error> {
     let Some(newest) = ttl.checked_sub(timeout) else {
         // Every code expires before its carrier's silence could count.
-        return Ok(0);
+        return Ok(Vec::new());
     };
     sqlx::query_scalar(
         "WITH s AS (
@@ -73,7 +73,7 @@ pub async fn resend_silent(
                AND a.carrier_message_id IS NOT DISTINCT FROM m.carrier_message_id
                AND a.receipt_status IS NULL
          )
-         SELECT count(*) FROM m",
+         SELECT id FROM m",
     )
     .bind(carrier)
     .bind(timeout.as_secs_f64())
@@ -81,7 +81,6 @@ pub async fn resend_silent(
     .bind(newest.as_secs_f64())
     .bind(timeout.as_secs() as i64)
     .bind(resend.max_attempts)
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await
-    .map(|n: i64| n as u64)
 }

@@ -104,12 +104,15 @@ impl ReceiptWatch {
                 let silent =
                     resends::resend_silent(&self.pool, carrier, *timeout, self.resend, self.ttl)
                         .await?;
-                if silent > 0 {
+                for id in &silent {
                     tracing::info!(
+                        %id,
                         carrier,
-                        messages = silent,
                         "no receipt in time: sending again through another carrier"
                     );
+                }
+                let silent = silent.len() as u64;
+                if silent > 0 {
                     self.metrics
                         .resends
                         .with_label_values(&[carrier, "no_receipt"])

@@ -168,7 +168,7 @@ fn router(state: AppState, admin_apart: bool) -> Router {
     let router = if admin_apart {
         router
     } else {
-        with_admin_routes(router)
+        with_admin_routes(router).route("/openapi.json", get(openapi::served))
     };
     router.with_state(state)
 }
@@ -177,6 +177,7 @@ fn router(state: AppState, admin_apart: bool) -> Router {
 pub fn admin_router(state: AppState) -> Router {
     answer_strays_in_json(
         with_admin_routes(Router::new())
+            .route("/openapi.json", get(openapi::served_apart))
             .route("/livez", get(health::livez))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
@@ -211,7 +212,6 @@ fn with_admin_routes(router: Router<AppState>) -> Router<AppState> {
         .route("/v1/messages/{id}", get(admin::messages::show_message))
         .route("/v1/spend", get(admin::spend::spend_today))
         .route("/v1/carriers/stats", get(admin::carriers::carrier_stats))
-        .route("/openapi.json", get(openapi::served))
 }
 
 /// What every public route gets: a whole-request timeout (408), a panic turned into a 500

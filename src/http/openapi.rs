@@ -19,7 +19,9 @@ use super::error::ErrorBody;
     info(
         title = "smsgate",
         description = "Auth0's custom SMS gateway and phone provider, committed to PostgreSQL \
-                       before the answer. docs/api.md explains each route."
+                       before the answer. docs/http-api.md explains each route. With \
+                       admin.listen set, the operator routes (and this document, with only \
+                       them and the probes) are served there, and the rest on server.listen."
     ),
     paths(
         super::ingress::parse_request,
@@ -46,6 +48,26 @@ use super::error::ErrorBody;
 )]
 struct ApiDoc;
 
+/// What the admin listener serves (`admin.listen` set): only the routes it answers, the
+/// operator API and the probes.
+pub fn admin_document() -> String {
+    let mut document = ApiDoc::openapi();
+    document.paths.paths.retain(|path, _| {
+        path.starts_with("/v1/messages")
+            || path.starts_with("/v1/carriers/")
+            || path.starts_with("/v1/spend")
+            || matches!(
+                path.as_str(),
+                "/livez" | "/healthz" | "/readyz" | "/openapi.json"
+            )
+    });
+    let mut text = document
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".to_string());
+    text.push('\n');
+    text
+}
+
 /// The description, as committed in docs/openapi.json.
 pub fn document() -> String {
     let mut text = ApiDoc::openapi()
@@ -63,6 +85,14 @@ pub fn document() -> String {
 )]
 pub async fn served() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document())
+}
+
+/// `GET /openapi.json` on the admin listener: the routes it answers.
+pub async fn served_apart() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        admin_document(),
+    )
 }
 
 /// The two bearer schemes: a signer's HS256 JWT (as Auth0 signs it) and the admin token.

@@ -835,6 +835,21 @@ async fn with_admin_listen_the_admin_routes_leave_the_public_listener() {
         let private = admin(admin_port, path.clone()).await.expect("sent");
         crate::helpers::assert_status(&private, 200, &format!("{path} on admin.listen"));
     }
+    // The admin listener's description has only what that listener answers.
+    let described: serde_json::Value = admin(admin_port, "/openapi.json".to_string())
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    let paths = described["paths"].as_object().expect("paths");
+    assert!(paths.contains_key("/v1/messages/{id}") && paths.contains_key("/readyz"));
+    assert!(
+        !paths.contains_key("/v1/auth0/sms")
+            && !paths.keys().any(|p| p.starts_with("/v1/callbacks")),
+        "{:?}",
+        paths.keys()
+    );
     let switch = client
         .post(format!(
             "http://127.0.0.1:{port}/v1/carriers/console/disable"

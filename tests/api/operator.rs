@@ -563,3 +563,50 @@ async fn every_answer_of_the_operator_api_is_json_with_error_and_description() {
         "nothing more stored than the one message"
     );
 }
+
+/// A reader that stops early (`| head`) ends a listing quietly; a full page in JSON says
+/// where the next one starts, as the API does; `--json` and `--output` are one choice.
+#[tokio::test]
+async fn the_command_line_pages_in_json_and_stops_quietly_for_a_reader_that_left() {
+    let app = TestApp::spawn().await;
+    for i in 0..3 {
+        queue(&app, &format!("+1415555{:04}", 7100 + i)).await;
+    }
+
+    let page = messages_cli(&app, &["list", "--output", "json", "--limit", "2"]);
+    let body: Value = serde_json::from_slice(&page.stdout).expect("JSON");
+    assert_eq!(body["messages"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["next"], body["messages"][1]["id"], "{body}");
+    let rest = messages_cli(&app, &["list", "--output", "json", "--limit", "5"]);
+    let rest: Value = serde_json::from_slice(&rest.stdout).expect("JSON");
+    assert!(rest.get("next").is_none(), "not a full page: {rest}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("smsgate.toml");
+    std::fs::write(&config, base_config()).expect("config");
+    // The reader is gone before smsgate writes a byte: its first line meets a closed pipe.
+    let mut listing = std::process::Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .args(["messages", "list"])
+        .env("DATABASE_URL", url_of(&app.pool.connect_options()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("smsgate runs");
+    drop(listing.stdout.take());
+    let ended = listing.wait_with_output().expect("ends");
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(ended.status.code(), Some(0), "{stderr}");
+
+    let both = std::process::Command::new(BINARY)
+        .args(["carriers", "stats", "--json", "--output", "table"])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "contradictory flags are a usage error"
+    );
+}
