@@ -367,31 +367,7 @@ async fn run_messages(pool: &crate::db::Db, action: MessagesAction) -> anyhow::R
                     m.recipient = number.masked();
                 }
             }
-            if output == Output::Json {
-                // As GET /v1/messages answers: `next` is the id to page from, on a full page.
-                let next = (messages.len() as i64 == limit)
-                    .then(|| messages.last().map(|m| m.id.to_string()))
-                    .flatten();
-                let body = match next {
-                    Some(next) => serde_json::json!({ "messages": messages, "next": next }),
-                    None => serde_json::json!({ "messages": messages }),
-                };
-                say!("{}", serde_json::to_string_pretty(&body)?);
-                return Ok(());
-            }
-            for m in messages {
-                let recipient = m.recipient;
-                say!(
-                    "{}  {:<12} {:<16} {:<14} attempts={} {}",
-                    m.id,
-                    m.status,
-                    recipient,
-                    m.carrier.as_deref().unwrap_or("-"),
-                    m.attempts,
-                    m.created_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                );
-            }
+            print_list(&messages, output, limit)?;
         }
         MessagesAction::Show { id, output } => {
             let view = db::messages::find(pool, parse_id(&id)?)
@@ -499,6 +475,39 @@ fn emit(bytes: &[u8]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `messages list`: one line per message, or JSON as GET /v1/messages answers (with `next`,
+/// the id to page from, on a full page).
+fn print_list(
+    messages: &[db::operator::MessageSummary],
+    output: Output,
+    limit: i64,
+) -> anyhow::Result<()> {
+    if output == Output::Json {
+        let next = (messages.len() as i64 == limit)
+            .then(|| messages.last().map(|m| m.id.to_string()))
+            .flatten();
+        let body = match next {
+            Some(next) => serde_json::json!({ "messages": messages, "next": next }),
+            None => serde_json::json!({ "messages": messages }),
+        };
+        say!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    for m in messages {
+        say!(
+            "{}  {:<12} {:<16} {:<14} attempts={} {}",
+            m.id,
+            m.status,
+            m.recipient,
+            m.carrier.as_deref().unwrap_or("-"),
+            m.attempts,
+            m.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    Ok(())
 }
 
 /// `messages show --output table`: the message, then one line per carrier call.

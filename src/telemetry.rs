@@ -79,7 +79,7 @@ fn exporter(
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(protocol)
-        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .with_endpoint(traces_url(endpoint))
         .with_timeout(std::time::Duration::from_secs(5))
         .build()?;
     let resource = opentelemetry_sdk::Resource::builder()
@@ -89,6 +89,16 @@ fn exporter(
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+/// OTLP/HTTP's traces path on the collector's base address (kept when it is already there).
+fn traces_url(endpoint: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
+    }
 }
 
 /// Standard error that drops a line it cannot write. When the reader of a piped stderr goes
@@ -106,5 +116,15 @@ impl std::io::Write for LossyStderr {
     fn flush(&mut self) -> std::io::Result<()> {
         let _ = std::io::stderr().flush();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_traces_path_is_added_once() {
+        for endpoint in ["http://c:4318", "http://c:4318/", "http://c:4318/v1/traces"] {
+            assert_eq!(super::traces_url(endpoint), "http://c:4318/v1/traces");
+        }
     }
 }

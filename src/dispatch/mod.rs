@@ -360,7 +360,7 @@ impl Claimer {
                 if let Some(trace) = message.trace() {
                     trace.adopt(&span);
                 }
-                let send = send::dispatch(context, message, clocks, hand).instrument(span);
+                let send = send::dispatch(context, message, clocks, hand).instrument(span.clone());
                 let completion = match tokio::spawn(send).await {
                     Ok(completion) => completion,
                     Err(err) => {
@@ -368,7 +368,8 @@ impl Claimer {
                         send::finalise(&ticket, Status::Failed, "internal error while sending")
                     }
                 };
-                send::log_outcome(&completion);
+                // The outcome's line in the message's span too (its trace id).
+                span.in_scope(|| send::log_outcome(&completion));
                 outcomes.send(completion).await.ok();
                 drop(permit);
             });

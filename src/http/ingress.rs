@@ -69,7 +69,11 @@ pub async fn accept_with(
     JsonBytes(body): JsonBytes,
 ) -> Result<Json<Accepted>, ApiError> {
     // The request's span: with traces exported, a child of the caller's (W3C traceparent).
-    let span = tracing::info_span!("ingress", otel.kind = "server");
+    let span = tracing::info_span!(
+        "ingress",
+        otel.kind = "server",
+        trace_id = tracing::field::Empty
+    );
     if let Some(caller) = caller_trace(&headers) {
         caller.adopt(&span);
     }
@@ -87,11 +91,12 @@ async fn accept(
     answer_by: tokio::time::Instant,
 ) -> Result<Json<Accepted>, ApiError> {
     let mut message = parse(body, caller.signer.clone())?;
-    message.trace = Some(
-        TraceContext::of_span(&tracing::Span::current()).unwrap_or_else(|| {
-            caller_trace(headers).map_or_else(TraceContext::start, |caller| caller.child())
-        }),
-    );
+    let trace = TraceContext::of_span(&tracing::Span::current()).unwrap_or_else(|| {
+        caller_trace(headers).map_or_else(TraceContext::start, |caller| caller.child())
+    });
+    // Every line of the request, in its span, carries the trace id.
+    tracing::Span::current().record("trace_id", trace.trace_id_hex());
+    message.trace = Some(trace);
     if let Some(key) = idempotency_key(headers)? {
         message.idempotency_key = Some(key);
     }
