@@ -45,17 +45,23 @@ impl Config {
         let telemetry = &self.telemetry;
         if let Some(endpoint) = &telemetry.otlp_endpoint {
             let parsed = reqwest::Url::parse(endpoint);
+            // Exactly as written: a space or a fragment would lose every span, and
+            // credentials in the address would be printed by check-config.
             let usable = endpoint.len() <= MAX_ENDPOINT_CHARS
+                && endpoint.trim() == endpoint
                 && parsed.as_ref().is_ok_and(|url| {
                     matches!(url.scheme(), "http" | "https")
                         && url.host_str().is_some()
                         && url.query().is_none()
+                        && url.fragment().is_none()
+                        && url.username().is_empty()
+                        && url.password().is_none()
                 });
             if !usable {
                 problem(
                     "telemetry.otlp_endpoint".into(),
-                    "must be an http:// or https:// address without a query, e.g. \
-                     http://otel-collector:4318"
+                    "must be an http:// or https:// address without spaces, query, fragment \
+                     or credentials, e.g. http://otel-collector:4318"
                         .into(),
                 );
             }

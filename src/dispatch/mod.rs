@@ -335,7 +335,12 @@ impl Claimer {
         claim_started: Instant,
     ) {
         for message in batch.ready {
-            tracing::debug!(id = %message.id, attempts = message.attempts, "message claimed");
+            tracing::debug!(
+                id = %message.id,
+                trace_id = message.trace().map(|t| t.trace_id_hex()).as_deref().unwrap_or("-"),
+                attempts = message.attempts,
+                "message claimed"
+            );
             if let Some(ended) = send::ended_before_sending(&message) {
                 self.finish(ended).await;
                 continue;

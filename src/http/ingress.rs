@@ -72,7 +72,8 @@ pub async fn accept_with(
     let span = tracing::info_span!(
         "ingress",
         otel.kind = "server",
-        trace_id = tracing::field::Empty
+        trace_id = tracing::field::Empty,
+        id = tracing::field::Empty
     );
     if let Some(caller) = caller_trace(&headers) {
         caller.adopt(&span);
@@ -259,6 +260,8 @@ async fn store(
         report_monitored(state, limit, country.as_deref(), &recipient, reason);
     }
     let enqueued = stored.enqueued;
+    // The message this request is about (an earlier one, for a repeat): in the trace too.
+    tracing::Span::current().record("id", tracing::field::display(enqueued.id));
     state.wake.message_queued();
     tracing::debug!(%id, expires_at = %enqueued.expires_at, "message queued");
     if enqueued.id != id {
@@ -295,10 +298,12 @@ pub fn parse_request(bytes: &[u8], signer: Option<String>) -> Result<NewMessage,
 /// Without one, or with one that is not valid (ignored, as the specification asks, never
 /// refused), the ingress starts a trace.
 fn caller_trace(headers: &HeaderMap) -> Option<TraceContext> {
-    headers
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok())
-        .and_then(TraceContext::parse)
+    let mut values = headers.get_all("traceparent").iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        // Two traceparent headers: the specification treats the context as invalid.
+        return None;
+    };
+    value.to_str().ok().and_then(TraceContext::parse)
 }
 
 /// Longest `Idempotency-Key` accepted; Auth0's own ids are far shorter.

@@ -355,6 +355,16 @@ async fn every_log_line_of_a_messages_life_carries_its_id() {
         .find(|l| l["message"] == "message sent")
         .expect("sent");
     assert_eq!(sent["span"]["trace_id"], trace_id, "{sent}");
+    let claimed = lines
+        .iter()
+        .find(|l| l["message"] == "message claimed")
+        .expect("claimed");
+    assert_eq!(claimed["trace_id"], trace_id, "{claimed}");
+    let queued = lines
+        .iter()
+        .find(|l| l["message"] == "message queued")
+        .expect("queued");
+    assert_eq!(queued["span"]["trace_id"], trace_id, "{queued}");
     let about_sends = lines.iter().filter(|l| {
         l["target"]
             .as_str()

@@ -304,3 +304,64 @@ async fn spans_are_protocol_buffers_unless_json_is_asked_for() {
         );
     }
 }
+
+/// An endpoint that would lose every span, or print a credential, is refused by name.
+#[test]
+fn an_otlp_endpoint_that_would_lose_spans_or_show_a_credential_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("smsgate.toml");
+    for endpoint in [
+        " http://collector:4318",
+        "http://collector:4318 ",
+        "http://collector:4318#part",
+        "http://collector:4318?x=1",
+        "http://user:secret@collector:4318",
+        "ftp://collector:4318",
+        "collector:4318",
+    ] {
+        let text = format!(
+            "{}[telemetry]\notlp_endpoint = \"{endpoint}\"\n",
+            crate::helpers::base_config()
+        );
+        std::fs::write(&path, text).expect("config");
+        let refused = smsgate::config::Config::load(&path).expect_err(endpoint);
+        assert!(
+            refused
+                .problems
+                .iter()
+                .any(|p| p.key == "telemetry.otlp_endpoint"),
+            "{endpoint:?}: {refused:?}"
+        );
+        assert!(!format!("{refused:?}").contains("secret"), "{endpoint:?}");
+    }
+    let good = format!(
+        "{}[telemetry]\notlp_endpoint = \"https://collector.example:4318/\"\n",
+        crate::helpers::base_config()
+    );
+    std::fs::write(&path, good).expect("config");
+    assert!(smsgate::config::Config::load(&path).is_ok());
+}
+
+/// Two `traceparent` headers make the caller's context invalid (W3C): a trace starts.
+#[tokio::test]
+async fn two_traceparent_headers_start_a_trace_of_their_own() {
+    let standin = TwilioStandIn::start().await;
+    let app = TestApp::spawn_role(&config_with(&standin, ""), Role::All).await;
+    let response = app
+        .client
+        .post(app.url("/v1/auth0/sms"))
+        .bearer_auth(token())
+        .header("traceparent", CALLER)
+        .header("traceparent", CALLER)
+        .json(&sms("+14155550190"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    let ingress = stored(&app, body["id"].as_str().expect("id")).await;
+    assert_ne!(
+        ingress.trace_id,
+        TraceContext::parse(CALLER).expect("valid").trace_id
+    );
+}
