@@ -335,9 +335,13 @@ impl Claimer {
         claim_started: Instant,
     ) {
         for message in batch.ready {
+            // Its place in the trace, read once: the claim's line, the send's span.
+            let trace = message.trace();
+            let trace_id = trace.map(|t| t.trace_id_hex());
+            let trace_id = trace_id.unwrap_or_else(|| "-".to_string());
             tracing::debug!(
                 id = %message.id,
-                trace_id = message.trace().map(|t| t.trace_id_hex()).as_deref().unwrap_or("-"),
+                trace_id,
                 attempts = message.attempts,
                 "message claimed"
             );
@@ -352,20 +356,15 @@ impl Claimer {
             let clocks = send::Clocks::new(claim_started, message.remaining_ms, context.lease);
             self.sends.spawn(async move {
                 let ticket = message.clone();
-                // A panic is caught here, so it becomes a recorded failure, not a lost outcome
-                // (which would send the message again once its lease ran out).
                 // Every line logged while it is sent (the carrier's own warnings included)
-                // carries the message's id.
-                let trace_id = message.trace().map(|trace| trace.trace_id_hex());
-                let span = tracing::info_span!(
-                    "message",
-                    id = %message.id,
-                    trace_id = trace_id.as_deref().unwrap_or("-")
-                );
-                if let Some(trace) = message.trace() {
+                // carries the message's id and trace id.
+                let span = tracing::info_span!("message", id = %message.id, trace_id);
+                if let Some(trace) = trace {
                     trace.adopt(&span);
                 }
                 let send = send::dispatch(context, message, clocks, hand).instrument(span.clone());
+                // A panic is caught here, so it becomes a recorded failure, not a lost outcome
+                // (which would send the message again once its lease ran out).
                 let completion = match tokio::spawn(send).await {
                     Ok(completion) => completion,
                     Err(err) => {

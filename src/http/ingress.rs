@@ -75,10 +75,16 @@ pub async fn accept_with(
         trace_id = tracing::field::Empty,
         id = tracing::field::Empty
     );
-    if let Some(caller) = caller_trace(&headers) {
-        caller.adopt(&span);
+    let callers = caller_trace(&headers);
+    if let Some(callers) = &callers {
+        callers.adopt(&span);
     }
-    accept(&state, caller, &headers, &body, parse, answer_by)
+    // The exported span's ids when traces are exported, else smsgate's own.
+    let trace = TraceContext::of_span(&span)
+        .unwrap_or_else(|| callers.map_or_else(TraceContext::start, |c| c.child()));
+    // Every line of the request, in its span, carries the trace id.
+    span.record("trace_id", trace.trace_id_hex());
+    accept(&state, caller, &headers, &body, parse, answer_by, trace)
         .instrument(span)
         .await
 }
@@ -90,13 +96,9 @@ async fn accept(
     body: &[u8],
     parse: Parser,
     answer_by: tokio::time::Instant,
+    trace: TraceContext,
 ) -> Result<Json<Accepted>, ApiError> {
     let mut message = parse(body, caller.signer.clone())?;
-    let trace = TraceContext::of_span(&tracing::Span::current()).unwrap_or_else(|| {
-        caller_trace(headers).map_or_else(TraceContext::start, |caller| caller.child())
-    });
-    // Every line of the request, in its span, carries the trace id.
-    tracing::Span::current().record("trace_id", trace.trace_id_hex());
     message.trace = Some(trace);
     if let Some(key) = idempotency_key(headers)? {
         message.idempotency_key = Some(key);

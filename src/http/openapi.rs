@@ -61,16 +61,17 @@ pub fn admin_document() -> String {
                 "/livez" | "/healthz" | "/readyz" | "/openapi.json"
             )
     });
-    let mut text = document
-        .to_pretty_json()
-        .unwrap_or_else(|_| "{}".to_string());
-    text.push('\n');
-    text
+    pretty(&document)
 }
 
 /// The description, as committed in docs/openapi.json.
 pub fn document() -> String {
-    let mut text = ApiDoc::openapi()
+    pretty(&ApiDoc::openapi())
+}
+
+/// As committed: pretty JSON with a final newline.
+fn pretty(document: &Document) -> String {
+    let mut text = document
         .to_pretty_json()
         .unwrap_or_else(|_| "{}".to_string());
     text.push('\n');

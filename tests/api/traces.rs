@@ -195,37 +195,48 @@ fn spans_of(posts: &[Post]) -> Vec<(String, String, String, String)> {
     spans
 }
 
+/// One message with the caller's `traceparent`, through the real binary exporting its spans
+/// (`telemetry`: more `[telemetry]` keys past the endpoint); returns what the collector got,
+/// the database, the carrier stand-in and the message's id, after a clean stop (which exports
+/// what is left).
+async fn traced_through_the_binary(
+    telemetry: &str,
+    to: &str,
+) -> (Collector, TestApp, TwilioStandIn, String) {
+    let (collector, endpoint) = Collector::start().await;
+    let standin = TwilioStandIn::start().await;
+    let config = config_with(
+        &standin,
+        &format!("[telemetry]\notlp_endpoint = \"{endpoint}\"\n{telemetry}"),
+    );
+    let db = TestApp::spawn_role(&config, Role::Ingress).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, port) = crate::process::spawn_binary(&db, &config, dir.path());
+    let client = crate::cli::wait_until_healthy(port).await;
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
+        .bearer_auth(token())
+        .header("traceparent", CALLER)
+        .json(&sms(to))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    let id = body["id"].as_str().expect("id").to_string();
+    crate::dispatch::wait_until_drained(&db.pool, Duration::from_secs(10)).await;
+    assert!(crate::cli::terminate(child).await.success());
+    (collector, db, standin, id)
+}
+
 /// With `[telemetry] otlp_endpoint`, the real binary exports one trace per message to a
 /// collector: the request (a child of the caller's span), the send (a child of the request,
 /// through the stored context), and the carrier call (a child of the send), whose id is the
 /// `traceparent` the carrier got. Nothing secret in any of it.
 #[tokio::test]
 async fn spans_go_to_an_otlp_collector_as_one_trace_from_the_request_to_the_carrier() {
-    let (collector, endpoint) = Collector::start().await;
-    let standin = TwilioStandIn::start().await;
-    let config = config_with(
-        &standin,
-        &format!("[telemetry]\notlp_endpoint = \"{endpoint}\"\notlp_protocol = \"http/json\"\n"),
-    );
-    let db = TestApp::spawn_role(&config, Role::Ingress).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (child, port) = crate::process::spawn_binary(&db, &config, dir.path());
-    let client = crate::cli::wait_until_healthy(port).await;
-
-    let response = client
-        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
-        .bearer_auth(token())
-        .header("traceparent", CALLER)
-        .json(&sms("+14155550177"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status().as_u16(), 200);
-    let id: serde_json::Value = response.json().await.expect("JSON");
-    let id = id["id"].as_str().expect("id").to_string();
-    crate::dispatch::wait_until_drained(&db.pool, Duration::from_secs(10)).await;
-    // A clean stop exports what is left.
-    assert!(crate::cli::terminate(child).await.success());
+    let (collector, db, standin, id) =
+        traced_through_the_binary("otlp_protocol = \"http/json\"\n", "+14155550177").await;
 
     let caller = TraceContext::parse(CALLER).expect("valid");
     let spans = spans_of(&collector.posts());
@@ -270,27 +281,7 @@ async fn spans_go_to_an_otlp_collector_as_one_trace_from_the_request_to_the_carr
 /// The default encoding is OTLP's protocol buffers: the post says so and carries the trace.
 #[tokio::test]
 async fn spans_are_protocol_buffers_unless_json_is_asked_for() {
-    let (collector, endpoint) = Collector::start().await;
-    let standin = TwilioStandIn::start().await;
-    let config = config_with(
-        &standin,
-        &format!("[telemetry]\notlp_endpoint = \"{endpoint}/\"\n"),
-    );
-    let db = TestApp::spawn_role(&config, Role::Ingress).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (child, port) = crate::process::spawn_binary(&db, &config, dir.path());
-    let client = crate::cli::wait_until_healthy(port).await;
-    let response = client
-        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
-        .bearer_auth(token())
-        .header("traceparent", CALLER)
-        .json(&sms("+14155550178"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status().as_u16(), 200);
-    crate::dispatch::wait_until_drained(&db.pool, Duration::from_secs(10)).await;
-    assert!(crate::cli::terminate(child).await.success());
+    let (collector, ..) = traced_through_the_binary("", "+14155550178").await;
 
     let posts = collector.posts();
     assert!(!posts.is_empty(), "spans were exported");
