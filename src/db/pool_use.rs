@@ -77,3 +77,48 @@ impl Drop for Waiting<'_> {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Until the spawned task is counted, for at most a few seconds.
+    async fn counted(usage: &PoolUse) {
+        let seen = async {
+            while usage.waiting() == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), seen)
+            .await
+            .expect("a task taking a connection is counted as waiting");
+    }
+
+    #[tokio::test]
+    async fn a_task_counts_as_waiting_until_its_connection_is_taken_or_it_gives_up() {
+        let usage = PoolUse::default();
+        let (give, taken) = tokio::sync::oneshot::channel::<()>();
+        let waiter = tokio::spawn({
+            let usage = usage.clone();
+            async move { usage.timed(taken).await }
+        });
+        counted(&usage).await;
+        assert_eq!(usage.waiting(), 1);
+        give.send(()).expect("the waiter is still waiting");
+        waiter
+            .await
+            .expect("no panic")
+            .expect("the connection came");
+        assert_eq!(usage.waiting(), 0);
+        assert_eq!(usage.acquire_histogram().get_sample_count(), 1);
+
+        let gave_up = tokio::spawn({
+            let usage = usage.clone();
+            async move { usage.timed(std::future::pending::<()>()).await }
+        });
+        counted(&usage).await;
+        gave_up.abort();
+        let _ = gave_up.await;
+        assert_eq!(usage.waiting(), 0, "a caller that gave up is not waiting");
+    }
+}
