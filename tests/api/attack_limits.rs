@@ -408,10 +408,13 @@ async fn attack_kill_9_between_reservation_and_insert_never_under_counts() {
     let counted_at_kill =
         events_counted(&db.pool, "ingress_hits", "key = 'to:+447400100000'").await;
     // Let the orphaned insert run to its end (its backend may still commit it).
-    sqlx::query("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
-        .execute(&db.pool)
-        .await
-        .expect("cancel");
+    sqlx::query(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+         WHERE wait_event = 'PgSleep' AND datname = current_database()",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("cancel");
     sqlx::raw_sql("DROP TRIGGER stall ON messages")
         .execute(&db.pool)
         .await
@@ -504,14 +507,16 @@ async fn attack_retry_after_is_truthful_on_a_skewed_gateway() {
             .parse()
             .expect("seconds");
         assert!((1..=7).contains(&wait), "{skew}: Retry-After {wait}");
-        if wait >= 2 {
-            tokio::time::sleep(Duration::from_millis(wait * 1000 - 1500)).await;
+        // Retry-After is rounded up to whole seconds, so 2.5 s before it leaves at least
+        // 1.5 s of the window for the sleep's overshoot and the request.
+        if wait >= 3 {
+            tokio::time::sleep(Duration::from_millis(wait * 1000 - 2500)).await;
             assert_eq!(
                 send().await.status().as_u16(),
                 429,
-                "{skew}: 1.5 s before Retry-After"
+                "{skew}: 2.5 s before Retry-After"
             );
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tokio::time::sleep(Duration::from_millis(2500)).await;
         } else {
             tokio::time::sleep(Duration::from_secs(wait)).await;
         }

@@ -269,10 +269,10 @@ async fn no_resend_once_too_little_of_the_code_is_left() {
 
 #[tokio::test]
 async fn a_kept_code_is_erased_once_no_resend_could_use_it() {
-    // Codes live 33 s, a resend needs 30: three seconds after it was taken, the code is gone
+    // Codes live 40 s, a resend needs 30: ten seconds after it was taken, the code is gone
     // even though no receipt came.
     let carriers = TwoCarriers::start(
-        "[dispatch]\nmessage_ttl_seconds = 33\nresend_min_remaining_seconds = 30\n",
+        "[dispatch]\nmessage_ttl_seconds = 40\nresend_min_remaining_seconds = 30\n",
     )
     .await;
     let (id, sid) = carriers.sent_through_first().await;
@@ -280,7 +280,7 @@ async fn a_kept_code_is_erased_once_no_resend_could_use_it() {
 
     wait_until(
         "the kept code to be erased",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         async || carriers.body_of(&id).await.is_empty(),
     )
     .await;
@@ -371,7 +371,8 @@ async fn the_same_failure_reported_at_once_many_times_resends_once() {
 
 #[tokio::test]
 async fn a_carrier_silent_past_its_receipt_timeout_counts_as_a_route_failure() {
-    let carriers = TwoCarriers::start("[carriers.first]\nreceipt_timeout_seconds = 1\n").await;
+    // Three seconds: long enough for the test to see the first send before it is resent.
+    let carriers = TwoCarriers::start("[carriers.first]\nreceipt_timeout_seconds = 3\n").await;
     let (id, _sid) = carriers.sent_through_first().await;
 
     let view = carriers.settled_after(&id, 2).await;

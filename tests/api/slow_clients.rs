@@ -33,7 +33,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, 
 
 #[tokio::test]
 async fn slowloris_connections_are_cut_off_while_other_clients_are_served() {
-    let app = TestApp::spawn_with(&with_server("header_timeout_ms = 800")).await;
+    let app = TestApp::spawn_with(&with_server("header_timeout_ms = 2000")).await;
     // Twenty clients that send a header line every 200 ms and never finish.
     let mut attackers = Vec::new();
     for _ in 0..20 {
@@ -60,7 +60,7 @@ async fn slowloris_connections_are_cut_off_while_other_clients_are_served() {
         open
     });
 
-    // Meanwhile everyone else is served at once.
+    // Meanwhile everyone else is served at once: well before the attackers' header timeout.
     for i in 0..5 {
         let started = Instant::now();
         let response = app
@@ -68,7 +68,7 @@ async fn slowloris_connections_are_cut_off_while_other_clients_are_served() {
             .await;
         assert_eq!(response.status().as_u16(), 200);
         assert!(
-            started.elapsed() < Duration::from_millis(500),
+            started.elapsed() < Duration::from_millis(1500),
             "{:?}",
             started.elapsed()
         );
@@ -107,18 +107,18 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
 async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
     let app =
         TestApp::spawn_with(&with_server("max_connections = 2\nheader_timeout_ms = 700")).await;
-    // Two silent connections take both slots.
+    // Two silent connections take both slots; their header timeout starts after `started`.
+    let started = Instant::now();
     let _first = TcpStream::connect(app.address).await.expect("connect");
     let _second = TcpStream::connect(app.address).await.expect("connect");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
 
     let response = app.post_sms(Some(&token()), &sms("+14155552671")).await;
 
     assert_eq!(response.status().as_u16(), 200);
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
         "the third client is served once the silent ones are cut off: {waited:?}"
     );
 }
