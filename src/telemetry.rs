@@ -4,9 +4,14 @@
 //! carries a code in clear, a full phone number, a secret or the `Authorization` header:
 //! bodies go through `redact_digits`, numbers through `masked`.
 
+use std::sync::LazyLock;
+use std::time::Duration;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use prometheus::IntCounter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -80,15 +85,58 @@ fn exporter(
         .with_http()
         .with_protocol(protocol)
         .with_endpoint(traces_url(endpoint))
-        .with_timeout(std::time::Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(5))
         .build()?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(telemetry.service_name.clone())
         .build();
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_batch_exporter(Counted(exporter))
         .with_resource(resource)
         .build())
+}
+
+/// Batches of spans the collector did not take, for `smsgate_trace_export_failures_total`: one
+/// exporter per process, so one count, which every metrics registry of the process shows.
+static EXPORT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "smsgate_trace_export_failures_total",
+        "Batches of spans the OTLP collector did not take (an error status, unreachable, or no \
+         answer within 5 s); their spans are lost.",
+    )
+    .expect("a valid metric name")
+});
+
+/// The export failure count, to register with the process's metrics.
+pub fn export_failures() -> IntCounter {
+    EXPORT_FAILURES.clone()
+}
+
+/// An exporter that counts the batches it failed to deliver: the batch processor only logs
+/// them, and a log line is not what an alert reads.
+#[derive(Debug)]
+struct Counted<E>(E);
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let exported = self.0.export(batch).await;
+        if exported.is_err() {
+            EXPORT_FAILURES.inc();
+        }
+        exported
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.0.set_resource(resource);
+    }
 }
 
 /// OTLP/HTTP's traces path on the collector's base address (kept when it is already there).

@@ -47,7 +47,7 @@ fn split_series(series: &str) -> (&str, Vec<&str>) {
     }
 }
 
-pub const FAMILIES: [&str; 23] = [
+pub const FAMILIES: [&str; 24] = [
     "smsgate_ingress_requests_total",
     "smsgate_ingress_request_duration_seconds",
     "smsgate_dispatch_attempts_total",
@@ -69,6 +69,7 @@ pub const FAMILIES: [&str; 23] = [
     "smsgate_db_pool_max_connections",
     "smsgate_db_pool_waiting",
     "smsgate_db_pool_acquire_seconds",
+    "smsgate_trace_export_failures_total",
     "process_resident_memory_bytes",
     "process_open_fds",
 ];

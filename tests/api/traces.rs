@@ -131,6 +131,11 @@ struct Collector(std::sync::Arc<std::sync::Mutex<Vec<Post>>>);
 
 impl Collector {
     async fn start() -> (Self, String) {
+        Self::answering(axum::http::StatusCode::OK).await
+    }
+
+    /// A collector that keeps every post and answers each with `status`.
+    async fn answering(status: axum::http::StatusCode) -> (Self, String) {
         let collector = Self::default();
         let kept = collector.clone();
         let app = axum::Router::new().route(
@@ -145,7 +150,7 @@ impl Collector {
                             .unwrap_or_default()
                             .to_string();
                         kept.0.lock().expect("lock").push((kind, body.to_vec()));
-                        axum::http::StatusCode::OK
+                        status
                     }
                 },
             ),
@@ -294,6 +299,60 @@ async fn spans_are_protocol_buffers_unless_json_is_asked_for() {
             "the caller's trace id is in the export"
         );
     }
+}
+
+/// A collector that refuses every export costs its spans, never a request or a send, and each
+/// batch it refused is counted where an alert can read it.
+#[tokio::test]
+async fn batches_a_collector_refuses_are_counted_and_the_messages_still_go() {
+    let (collector, endpoint) =
+        Collector::answering(axum::http::StatusCode::SERVICE_UNAVAILABLE).await;
+    let standin = TwilioStandIn::start().await;
+    let config = config_with(
+        &standin,
+        &format!("[telemetry]\notlp_endpoint = \"{endpoint}\"\n"),
+    );
+    let db = TestApp::spawn_role(&config, Role::Ingress).await;
+    let metrics_port = crate::cli::free_port();
+    let binary = config
+        .clone()
+        .set("metrics.listen", format!("127.0.0.1:{metrics_port}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, port) = crate::process::spawn_binary(&db, &binary, dir.path());
+    let client = crate::cli::wait_until_healthy(port).await;
+    let scrape = async || {
+        let text = client
+            .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .send()
+            .await
+            .expect("scraped")
+            .text()
+            .await
+            .expect("text");
+        crate::observability::sample(&text, "smsgate_trace_export_failures_total")
+    };
+    assert_eq!(scrape().await, Some(0.0), "nothing refused yet");
+
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/v1/auth0/sms"))
+        .bearer_auth(token())
+        .json(&sms("+14155550179"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 200);
+    crate::dispatch::wait_until_drained(&db.pool, Duration::from_secs(10)).await;
+    assert_eq!(standin.seen().len(), 1, "the message went out");
+    // The batch processor exports every few seconds.
+    crate::dispatch::wait_until(
+        "a refused batch counted",
+        Duration::from_secs(20),
+        async || scrape().await.is_some_and(|failures| failures >= 1.0),
+    )
+    .await;
+
+    assert!(!collector.posts().is_empty(), "the collector was asked");
+    assert!(crate::cli::terminate(child).await.success());
 }
 
 /// An endpoint that would lose every span, or print a credential, is refused by name.
