@@ -405,7 +405,7 @@ impl Metrics {
             )?,
             pool_waiting: r.int_gauge(
                 "smsgate_db_pool_waiting",
-                "Tasks of this process waiting for a pooled connection.",
+                "Tasks of this process taking a pooled connection: waiting for one, then its BEGIN.",
             )?,
             ready: r.int_gauge(
                 "smsgate_ready",

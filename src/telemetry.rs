@@ -101,8 +101,8 @@ fn exporter(
 static EXPORT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     IntCounter::new(
         "smsgate_trace_export_failures_total",
-        "Batches of spans the OTLP collector did not take (an error status, unreachable, or no \
-         answer within 5 s); their spans are lost.",
+        "Batches of spans the OTLP collector did not take after the exporter's retries (an \
+         error status, unreachable, or no answer in time); their spans are lost.",
     )
     .expect("a valid metric name")
 });
@@ -112,8 +112,8 @@ pub fn export_failures() -> IntCounter {
     EXPORT_FAILURES.clone()
 }
 
-/// An exporter that counts the batches it failed to deliver: the batch processor only logs
-/// them, and a log line is not what an alert reads.
+/// An exporter that counts the batches it failed to deliver: the batch processor reports them
+/// only through OpenTelemetry's internal logs, which this build leaves out.
 #[derive(Debug)]
 struct Counted<E>(E);
 
@@ -128,6 +128,10 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn shutdown(&self) -> OTelSdkResult {
+        self.0.shutdown()
     }
 
     fn force_flush(&self) -> OTelSdkResult {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use smsgate::Role;
 
-use crate::dispatch::{queue, wait_final};
+use crate::dispatch::{queue, wait_final, wait_until};
 use crate::helpers::TestApp;
 use crate::standins::messagemedia::{MessageMediaStandIn, messagemedia_toml};
 use crate::standins::sns::{SnsStandIn, sns_toml};
@@ -37,6 +37,11 @@ async fn send_with(config: TestConfig) -> Value {
 
 /// A stand-in's carrier table with a 500 ms timeout.
 fn short_timeout(table: String) -> String {
+    timeout_of(table, 500)
+}
+
+/// A stand-in's carrier table with a timeout of `timeout_ms` (and a 400 ms connect timeout).
+fn timeout_of(table: String, timeout_ms: i64) -> String {
     let mut table: toml::Table = table.parse().expect("a carrier table");
     for carrier in table["carriers"]
         .as_table_mut()
@@ -44,7 +49,7 @@ fn short_timeout(table: String) -> String {
         .flat_map(|t| t.iter_mut().map(|(_, carrier)| carrier))
     {
         if let Some(carrier) = carrier.as_table_mut() {
-            carrier.insert("timeout_ms".into(), 500.into());
+            carrier.insert("timeout_ms".into(), timeout_ms.into());
             carrier.insert("connect_timeout_ms".into(), 400.into());
         }
     }
@@ -539,12 +544,12 @@ async fn an_error_status_with_a_garbage_body_fails_over() {
 #[tokio::test]
 async fn a_trickling_answer_is_cut_at_the_timeout_without_stalling_other_messages() {
     let trickling = TwilioStandIn::start().await;
-    // The success body, one byte every 50 ms: many seconds in all, past the 500 ms timeout.
+    // The success body, one byte every 50 ms: many seconds in all, past the 3 s timeout.
     trickling.set_default(Reply::Trickle(Duration::from_millis(50)));
     let good = TwilioStandIn::start().await;
     let tables = format!(
         "{}{}",
-        short_timeout(trickling.carrier_toml("trickling")),
+        timeout_of(trickling.carrier_toml("trickling"), 3_000),
         good.carrier_toml("good")
     );
     // Numbers starting +1415 go to the trickling carrier; everything else to the good one.
@@ -552,6 +557,10 @@ async fn a_trickling_answer_is_cut_at_the_timeout_without_stalling_other_message
     let app = TestApp::spawn_role(&config, Role::All).await;
 
     let slow = queue(&app, "+14155552671").await;
+    wait_until("the trickling call", Duration::from_secs(10), async || {
+        !trickling.seen().is_empty()
+    })
+    .await;
     let others = [
         queue(&app, "+12125552671").await,
         queue(&app, "+12125552672").await,
@@ -563,8 +572,8 @@ async fn a_trickling_answer_is_cut_at_the_timeout_without_stalling_other_message
     }
     let view = wait_final(&app, &slow, Duration::from_secs(10)).await;
 
-    // Finished while the trickling call still ran (it takes its whole 500 ms timeout), by
-    // the database's clock: a machine that stalls the test does not stall this comparison.
+    // Queued, sent and finished while the trickling call still ran (it takes its whole 3 s
+    // timeout), by the database's clock.
     let before_the_trickle: bool = sqlx::query_scalar(
         "SELECT bool_and(o.finished_at < s.finished_at)
          FROM messages o, messages s WHERE o.id = ANY($1::uuid[]) AND s.id = $2::uuid",

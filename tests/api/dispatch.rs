@@ -362,8 +362,9 @@ async fn a_message_leased_by_a_dead_worker_is_claimed_again_after_the_lease() {
     let config = config_with(&standin, FAST_DISPATCH);
     let ingress = TestApp::spawn_role(&config, Role::Ingress).await;
     let id = queue(&ingress, "+14155552671").await;
-    // A worker that claimed it and died: leased for 2 more seconds, never sent.
-    sqlx::query("UPDATE message_queue SET run_at = now() + interval '2 seconds', lease_token = 42")
+    // A worker that claimed it and died: leased for 4 more seconds, never sent (long enough
+    // for the worker process below to start within it on a slow machine).
+    sqlx::query("UPDATE message_queue SET run_at = now() + interval '4 seconds', lease_token = 42")
         .execute(&ingress.pool)
         .await
         .expect("lease");
@@ -375,7 +376,7 @@ async fn a_message_leased_by_a_dead_worker_is_claimed_again_after_the_lease() {
 
     assert_eq!(view["status"], "sent");
     assert!(
-        started.elapsed() >= Duration::from_millis(1500),
+        started.elapsed() >= Duration::from_millis(3500),
         "not before the lease ran out"
     );
     assert_eq!(standin.received().len(), 1);

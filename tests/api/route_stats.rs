@@ -24,7 +24,6 @@ async fn stats(carriers: &TwoCarriers, token: Option<&str>) -> reqwest::Response
     request.send().await.expect("sent")
 }
 
-/// The window's row for `carrier` and `country`, once the processes have added their counts.
 /// The window's row of `carrier` and `country` once it holds every count in `expected`: sends
 /// and receipts are added every two seconds, so one addition may hold a send without its
 /// receipt.
