@@ -25,7 +25,8 @@ WORKDIR /app
 COPY --from=build /smsgate /usr/local/bin/smsgate
 COPY config config
 USER nonroot:nonroot
-EXPOSE 8080 9464
+# Public (ingress, health), metrics, and the admin API when `admin.listen` names it.
+EXPOSE 8080 9464 8081
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["smsgate", "healthcheck", "--config", "config/docker.toml"]
 ENTRYPOINT ["smsgate"]
