@@ -321,7 +321,6 @@ fn app_state(config: &Config, role: Role, database: &Database) -> anyhow::Result
     }
     let metrics = Metrics::new(config).context("cannot register metrics")?;
     metrics.add(Box::new(database.pool.usage().acquire_histogram()));
-    metrics.add(Box::new(crate::telemetry::export_failures()));
     let limits = IngressLimits::new(&config.limits, &config.spend);
     let destinations = DestinationPolicy::new(&config.destinations);
     let state = AppState::new(AppHandles {

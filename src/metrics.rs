@@ -2,11 +2,11 @@
 //! and alerts use them); labels are bounded: carrier names, outcomes and statuses, never a
 //! number, an id or a body. Known label values start at 0 so alerts and rate() work at once.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::config::Config;
@@ -351,6 +351,17 @@ const RECEIPT_BUCKETS: [f64; 11] = [
     1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 ];
 
+/// Batches of spans the OTLP collector did not take, counted by the exporter `telemetry`
+/// installs: one exporter per process, so one count, which every registry of the process shows.
+pub static TRACE_EXPORT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "smsgate_trace_export_failures_total",
+        "Batches of spans the OTLP collector did not take after the exporter's retries (an \
+         error status, unreachable, or no answer in time); their spans are lost.",
+    )
+    .expect("a valid metric name")
+});
+
 impl Metrics {
     /// Builds the registry for `config`'s carriers and routes. Registration can only fail on a
     /// duplicate name, which is a programming error caught by the tests.
@@ -428,6 +439,7 @@ impl Metrics {
             registry: r.registry.clone(),
         };
         r.process()?;
+        r.register(TRACE_EXPORT_FAILURES.clone())?;
         let metrics = Self(Arc::new(inner));
         metrics.initialise(config);
         Ok(metrics)

@@ -4,14 +4,12 @@
 //! carries a code in clear, a full phone number, a secret or the `Authorization` header:
 //! bodies go through `redact_digits`, numbers through `masked`.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
-use prometheus::IntCounter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -96,22 +94,6 @@ fn exporter(
         .build())
 }
 
-/// Batches of spans the collector did not take, for `smsgate_trace_export_failures_total`: one
-/// exporter per process, so one count, which every metrics registry of the process shows.
-static EXPORT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
-    IntCounter::new(
-        "smsgate_trace_export_failures_total",
-        "Batches of spans the OTLP collector did not take after the exporter's retries (an \
-         error status, unreachable, or no answer in time); their spans are lost.",
-    )
-    .expect("a valid metric name")
-});
-
-/// The export failure count, to register with the process's metrics.
-pub fn export_failures() -> IntCounter {
-    EXPORT_FAILURES.clone()
-}
-
 /// An exporter that counts the batches it failed to deliver: the batch processor reports them
 /// only through OpenTelemetry's internal logs, which this build leaves out.
 #[derive(Debug)]
@@ -121,7 +103,7 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let exported = self.0.export(batch).await;
         if exported.is_err() {
-            EXPORT_FAILURES.inc();
+            crate::metrics::TRACE_EXPORT_FAILURES.inc();
         }
         exported
     }
