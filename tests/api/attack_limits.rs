@@ -408,13 +408,7 @@ async fn attack_kill_9_between_reservation_and_insert_never_under_counts() {
     let counted_at_kill =
         events_counted(&db.pool, "ingress_hits", "key = 'to:+447400100000'").await;
     // Let the orphaned insert run to its end (its backend may still commit it).
-    sqlx::query(
-        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
-         WHERE wait_event = 'PgSleep' AND datname = current_database()",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("cancel");
+    crate::helpers::wake_sleeping_sessions(&db.pool).await;
     sqlx::raw_sql("DROP TRIGGER stall ON messages")
         .execute(&db.pool)
         .await

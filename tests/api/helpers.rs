@@ -496,6 +496,18 @@ pub async fn until_a_session_sleeps(pool: &PgPool) {
     until_sessions(pool, "wait_event = 'PgSleep'", "a session in pg_sleep").await;
 }
 
+/// Wakes every session of `pool`'s database sleeping in `pg_sleep` (a test's stalling
+/// trigger), and only those: other tests share the server.
+pub async fn wake_sleeping_sessions(pool: &PgPool) {
+    sqlx::query(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+         WHERE wait_event = 'PgSleep' AND datname = current_database()",
+    )
+    .execute(pool)
+    .await
+    .expect("cancel the sleeping sessions");
+}
+
 /// Waits until a worker of `pool`'s database LISTENs for wake-ups: from then on a wake-up
 /// reaches it, whatever its poll interval.
 pub async fn until_a_worker_listens(pool: &PgPool) {

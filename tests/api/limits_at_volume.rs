@@ -64,13 +64,7 @@ async fn a_stalled_batch_holds_no_row_other_writers_of_its_country_need() {
     );
     assert!(!stalled.is_finished(), "the stalled batch is still stalled");
 
-    sqlx::query(
-        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
-         WHERE wait_event = 'PgSleep' AND datname = current_database()",
-    )
-    .execute(&first.pool)
-    .await
-    .expect("cancel the stall");
+    crate::helpers::wake_sleeping_sessions(&first.pool).await;
     let stalled = stalled.await.expect("join").expect("answered");
     assert_eq!(stalled.status(), 503, "its insert failed");
 
